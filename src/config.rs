@@ -1,0 +1,379 @@
+//! Configuration: every knob with its default, unit and range, checked once at build time.
+//!
+//! Why: the store's behaviour (how long records live, when a lease runs out, what is durable
+//! when) is the contract a deployment relies on, so every setting is named, documented and
+//! range-checked. Invariant: a [`Config`] value always holds settings inside their documented
+//! ranges; the only way to make one is [`Config::default`] or [`ConfigBuilder::build`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::ConfigError;
+
+/// When a completion is acknowledged, and so what a crash can lose (rule C10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The default. `complete` returns after the commit holding it has been fsynced.
+    ///
+    /// - Process crash: nothing acknowledged is lost.
+    /// - Power loss: nothing acknowledged is lost (assuming the disk honours fsync).
+    ///
+    /// Concurrent operations share one commit and one fsync (group commit), so throughput
+    /// grows with concurrency while each caller still waits for its own durability.
+    Immediate,
+    /// `complete` returns after the commit is applied in memory; a background flush makes it
+    /// durable within `max_delay`.
+    ///
+    /// - Process crash or power loss: the completions acknowledged in the last `max_delay`
+    ///   before the crash may be lost (their keys come back absent or in flight, so a retry
+    ///   executes again); older ones survive. Nothing is ever corrupted or half-written.
+    Buffered {
+        /// The longest time an acknowledged completion may stay undurable.
+        max_delay: Duration,
+    },
+    /// No file at all: records live in memory and vanish with the process.
+    ///
+    /// - Process crash or power loss: everything is lost.
+    ///
+    /// For tests and for deployments that use idemstore as a deduplicating cache.
+    Memory,
+}
+
+/// Which completed responses are stored for replay (rule C7). A response that is not stored
+/// releases the key instead, so the next attempt executes again (rule C6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CachePolicy {
+    /// Store only 2xx responses (the default, seed 000).
+    #[default]
+    SuccessOnly,
+    /// Store 2xx and 4xx; release on 5xx (seed 004).
+    SuccessAndClientErrors,
+    /// Store every response.
+    All,
+}
+
+impl CachePolicy {
+    /// Whether a response with this status code is stored.
+    pub fn keeps(self, status: u16) -> bool {
+        match self {
+            CachePolicy::SuccessOnly => (200..300).contains(&status),
+            CachePolicy::SuccessAndClientErrors => (200..500).contains(&status),
+            CachePolicy::All => true,
+        }
+    }
+}
+
+/// The store's settings. Build one with [`Config::builder`], or take [`Config::default`].
+///
+/// ```
+/// use std::time::Duration;
+/// use idemstore::{CachePolicy, Config, Durability};
+/// let config = Config::builder()
+///     .ttl(Duration::from_secs(48 * 3600))
+///     .lease(Duration::from_secs(30))
+///     .cache_policy(CachePolicy::SuccessAndClientErrors)
+///     .durability(Durability::Buffered { max_delay: Duration::from_millis(5) })
+///     .build()?;
+/// assert_eq!(config.lease(), Duration::from_secs(30));
+/// # Ok::<(), idemstore::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) retry_after: Duration,
+    pub(crate) durability: Durability,
+    pub(crate) cache_policy: CachePolicy,
+    pub(crate) max_key_len: usize,
+    pub(crate) max_response_bytes: usize,
+    pub(crate) release_in_flight_on_open: bool,
+    pub(crate) reservations_durable: bool,
+    pub(crate) compactor_batch: usize,
+    pub(crate) compactor_pause: Duration,
+    pub(crate) compactor_interval: Duration,
+    pub(crate) index_capacity: usize,
+    pub(crate) response_cache_bytes: usize,
+    pub(crate) batch_limit: usize,
+    pub(crate) page_cache_bytes: usize,
+    pub(crate) verify_on_open: bool,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ttl: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(60),
+            retry_after: Duration::from_secs(1),
+            durability: Durability::Immediate,
+            cache_policy: CachePolicy::SuccessOnly,
+            max_key_len: 255,
+            max_response_bytes: 1 << 20,
+            release_in_flight_on_open: false,
+            reservations_durable: true,
+            compactor_batch: 1000,
+            compactor_pause: Duration::from_millis(10),
+            compactor_interval: Duration::from_secs(1),
+            index_capacity: 1 << 16,
+            response_cache_bytes: 64 << 20,
+            batch_limit: 1024,
+            page_cache_bytes: 256 << 20,
+            verify_on_open: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl Config {
+    /// A builder starting from the defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config::default(),
+            error: None,
+        }
+    }
+
+    /// How long a completed record lives, counted from completion.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How long a reservation holds its key before another `begin` may take it over.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The retry hint given with an in-progress answer.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    /// The durability mode.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// The cache policy.
+    pub fn cache_policy(&self) -> CachePolicy {
+        self.cache_policy
+    }
+
+    /// The longest key accepted, in bytes.
+    pub fn max_key_len(&self) -> usize {
+        self.max_key_len
+    }
+
+    /// The largest encoded response accepted, in bytes.
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
+    }
+}
+
+/// Builds a [`Config`]; each setter states its default, unit and range, and
+/// [`build`](ConfigBuilder::build) refuses a value outside its range.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConfigBuilder {
+    config: Config,
+    error: Option<ConfigError>,
+}
+
+macro_rules! check {
+    ($self:ident, $name:literal, $value:expr, $ok:expr, $range:literal) => {
+        if !$ok && $self.error.is_none() {
+            $self.error = Some(ConfigError {
+                setting: $name,
+                value: format!("{:?}", $value),
+                range: $range,
+            });
+        }
+    };
+}
+
+impl ConfigBuilder {
+    /// Time to live of a completed record, counted from completion (rule C9).
+    /// Default 24 h; range 1 s to 366 days.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        let ok = ttl >= Duration::from_secs(1) && ttl <= Duration::from_secs(366 * 86_400);
+        check!(self, "ttl", ttl, ok, "1 s to 366 days");
+        self.config.ttl = ttl;
+        self
+    }
+
+    /// Lease of a reservation (rule C8). Default 60 s; range 10 ms to 24 h.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        let ok = lease >= Duration::from_millis(10) && lease <= Duration::from_secs(86_400);
+        check!(self, "lease", lease, ok, "10 ms to 24 h");
+        self.config.lease = lease;
+        self
+    }
+
+    /// Retry hint returned with [`Begin::InProgress`](crate::Begin::InProgress) (rule C5).
+    /// Default 1 s; range 0 to 1 h.
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        let ok = retry_after <= Duration::from_secs(3600);
+        check!(self, "retry_after", retry_after, ok, "0 to 1 h");
+        self.config.retry_after = retry_after;
+        self
+    }
+
+    /// Durability mode (rule C10). Default [`Durability::Immediate`]. `Buffered { max_delay }`
+    /// takes a delay from 1 ms to 10 s.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        if let Durability::Buffered { max_delay } = durability {
+            let ok = max_delay >= Duration::from_millis(1) && max_delay <= Duration::from_secs(10);
+            check!(self, "durability", durability, ok, "Buffered max_delay 1 ms to 10 s");
+        }
+        self.config.durability = durability;
+        self
+    }
+
+    /// Which responses are stored (rule C7). Default [`CachePolicy::SuccessOnly`].
+    pub fn cache_policy(mut self, policy: CachePolicy) -> Self {
+        self.config.cache_policy = policy;
+        self
+    }
+
+    /// Longest key accepted, in bytes (rule C12). Default 255; range 1 to 4096.
+    pub fn max_key_len(mut self, bytes: usize) -> Self {
+        check!(self, "max_key_len", bytes, (1..=4096).contains(&bytes), "1 to 4096");
+        self.config.max_key_len = bytes;
+        self
+    }
+
+    /// Largest encoded response (status, headers and body) accepted by `complete`, in bytes
+    /// (rule C12). Default 1 MiB; range 64 B to 256 MiB.
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        let ok = (64..=256 << 20).contains(&bytes);
+        check!(self, "max_response_bytes", bytes, ok, "64 B to 256 MiB");
+        self.config.max_response_bytes = bytes;
+        self
+    }
+
+    /// Release every in-flight record when the store opens (rule C11). Only safe when one
+    /// process uses the file, which then knows no reservation survives its restart.
+    /// Default false: in-flight records keep their lease deadline.
+    pub fn release_in_flight_on_open(mut self, release: bool) -> Self {
+        self.config.release_in_flight_on_open = release;
+        self
+    }
+
+    /// Make a reservation durable before `begin` returns `Execute`. Default true. When false,
+    /// reservations are committed without an fsync (they become durable with the next durable
+    /// commit): faster, but after a crash an operation that was executing may be executed again.
+    pub fn reservations_durable(mut self, durable: bool) -> Self {
+        self.config.reservations_durable = durable;
+        self
+    }
+
+    /// Largest number of expired records the compactor removes in one commit.
+    /// Default 1000; range 1 to 100 000.
+    pub fn compactor_batch(mut self, records: usize) -> Self {
+        check!(self, "compactor_batch", records, (1..=100_000).contains(&records), "1 to 100 000");
+        self.config.compactor_batch = records;
+        self
+    }
+
+    /// Pause between two compactor batches while expired records remain, so foreground work
+    /// keeps the writer. Default 10 ms; range 0 to 60 s.
+    pub fn compactor_pause(mut self, pause: Duration) -> Self {
+        let ok = pause <= Duration::from_secs(60);
+        check!(self, "compactor_pause", pause, ok, "0 to 60 s");
+        self.config.compactor_pause = pause;
+        self
+    }
+
+    /// How often the compactor looks for expired records when the last look found none left.
+    /// Default 1 s; range 1 ms to 1 h.
+    pub fn compactor_interval(mut self, interval: Duration) -> Self {
+        let ok = interval >= Duration::from_millis(1) && interval <= Duration::from_secs(3600);
+        check!(self, "compactor_interval", interval, ok, "1 ms to 1 h");
+        self.config.compactor_interval = interval;
+        self
+    }
+
+    /// Number of records the in-memory hot index is sized for at open, so it does not resize
+    /// while it warms up. Default 65 536; range 0 to 2^30.
+    pub fn index_capacity(mut self, records: usize) -> Self {
+        check!(self, "index_capacity", records, records <= 1 << 30, "0 to 2^30");
+        self.config.index_capacity = records;
+        self
+    }
+
+    /// Bytes of completed responses kept in memory for replays without a disk read; the
+    /// oldest are dropped first beyond it (they are then read from the file).
+    /// Default 64 MiB; range 0 to 2^40.
+    pub fn response_cache_bytes(mut self, bytes: usize) -> Self {
+        check!(self, "response_cache_bytes", bytes, bytes as u64 <= 1 << 40, "0 to 2^40");
+        self.config.response_cache_bytes = bytes;
+        self
+    }
+
+    /// Most operations the writer puts in one commit. Default 1024; range 1 to 65 536.
+    pub fn batch_limit(mut self, ops: usize) -> Self {
+        check!(self, "batch_limit", ops, (1..=65_536).contains(&ops), "1 to 65 536");
+        self.config.batch_limit = ops;
+        self
+    }
+
+    /// Memory for the storage engine's page cache, in bytes. Default 256 MiB; range 1 MiB to
+    /// 2^40.
+    pub fn page_cache_bytes(mut self, bytes: usize) -> Self {
+        let ok = (1 << 20..=1usize << 40).contains(&bytes);
+        check!(self, "page_cache_bytes", bytes, ok, "1 MiB to 2^40");
+        self.config.page_cache_bytes = bytes;
+        self
+    }
+
+    /// Check every page's checksum at open (reads the whole file). Default false; a damaged
+    /// file is still reported as an error without it, but only this finds damage in pages
+    /// that are never read.
+    pub fn verify_on_open(mut self, verify: bool) -> Self {
+        self.config.verify_on_open = verify;
+        self
+    }
+
+    /// The clock used for leases and expiry. Default [`SystemClock`]; tests pass a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.config.clock = Arc::new(clock);
+        self
+    }
+
+    /// The configuration, or the first setting that was out of range.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.config),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_is_refused_with_its_name() {
+        let err = Config::builder()
+            .lease(Duration::from_millis(1))
+            .build()
+            .err();
+        assert_eq!(err.map(|e| e.setting()), Some("lease"));
+        assert!(Config::builder().max_key_len(0).build().is_err());
+        assert!(Config::builder().batch_limit(0).build().is_err());
+        assert!(Config::builder().build().is_ok());
+    }
+
+    #[test]
+    fn cache_policy_c7() {
+        assert!(CachePolicy::SuccessOnly.keeps(201));
+        assert!(!CachePolicy::SuccessOnly.keeps(404));
+        assert!(CachePolicy::SuccessAndClientErrors.keeps(422));
+        assert!(!CachePolicy::SuccessAndClientErrors.keeps(503));
+        assert!(CachePolicy::All.keeps(500));
+    }
+}

@@ -1,0 +1,494 @@
+//! Errors, one enum per operation, plus the umbrella [`Error`].
+//!
+//! # Design
+//!
+//! Each operation returns the narrowest enum that lists only what can go wrong in it, so a
+//! caller can match exhaustively on what matters (`CompleteError::Fenced` for a stale lease
+//! holder, say) without wading through variants that cannot happen. Failures of the storage
+//! engine itself are shared by every operation and live in [`Unavailable`]; every per-operation
+//! enum carries it as its `Unavailable` variant, so "the store cannot serve right now" is handled
+//! once (an HTTP layer maps it to `503`). The umbrella [`Error`] converts from all of them for
+//! callers who just want `?`.
+//!
+//! No type of the storage engine underneath (redb) appears here: causes are kept as boxed
+//! `std::error::Error` values reachable through [`std::error::Error::source`], so the engine can
+//! change without breaking callers.
+//!
+//! All enums are `#[non_exhaustive]`: new failure modes may be added in minor releases.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+/// A shared, type-erased cause.
+pub(crate) type Cause = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// An idempotency key was refused (rule C12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key is empty.
+    Empty,
+    /// The key is longer than the limit.
+    TooLong {
+        /// Length of the key in bytes.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The key holds a byte that is not visible ASCII (`0x21..=0x7E`).
+    InvalidByte {
+        /// Position of the first offending byte.
+        index: usize,
+        /// The offending byte.
+        byte: u8,
+    },
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::Empty => f.write_str("idempotency key is empty"),
+            KeyError::TooLong { len, max } => {
+                write!(f, "idempotency key is {len} bytes long; the limit is {max}")
+            }
+            KeyError::InvalidByte { index, byte } => write!(
+                f,
+                "idempotency key has byte 0x{byte:02x} at position {index}; only visible ASCII (0x21-0x7e) is allowed"
+            ),
+        }
+    }
+}
+
+impl StdError for KeyError {}
+
+/// A scope was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScopeError {
+    /// The scope is empty.
+    Empty,
+    /// The scope is longer than [`crate::Scope::MAX_LEN`] bytes.
+    TooLong {
+        /// Length of the scope in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The scope holds a control character.
+    ControlCharacter {
+        /// Byte position of the first control character.
+        index: usize,
+    },
+}
+
+impl fmt::Display for ScopeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScopeError::Empty => f.write_str("scope is empty"),
+            ScopeError::TooLong { len, max } => {
+                write!(f, "scope is {len} bytes long; the limit is {max}")
+            }
+            ScopeError::ControlCharacter { index } => {
+                write!(f, "scope has a control character at byte {index}")
+            }
+        }
+    }
+}
+
+impl StdError for ScopeError {}
+
+/// A configuration value is outside its documented range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub(crate) setting: &'static str,
+    pub(crate) value: String,
+    pub(crate) range: &'static str,
+}
+
+impl ConfigError {
+    /// The name of the setter whose value was refused.
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "config `{}` = {} is out of range ({})",
+            self.setting, self.value, self.range
+        )
+    }
+}
+
+impl StdError for ConfigError {}
+
+/// The store cannot serve the operation: shared by every operation's error enum.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// An earlier write or fsync failed, so the store refuses all further work: what is on
+    /// disk is consistent, but this process can no longer tell what it holds. Close every
+    /// handle and open the store again (the open repairs and recovers).
+    Poisoned {
+        /// What poisoned the store.
+        cause: Cause,
+    },
+    /// The commit that carried this operation failed. The operation was applied entirely or
+    /// not at all, and may already be durable: read the record again after reopening.
+    OutcomeUnknown {
+        /// Why the commit failed.
+        cause: Cause,
+    },
+    /// The store was closed.
+    Closed,
+    /// A read found data that does not decode: the file was altered outside idemstore or the
+    /// media failed.
+    Corrupted {
+        /// What was found.
+        detail: String,
+    },
+    /// A read from the storage engine failed.
+    Io {
+        /// The cause.
+        cause: Cause,
+    },
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unavailable::Poisoned { cause } => write!(
+                f,
+                "store is poisoned by an earlier storage failure ({cause}); close it and open it again to recover"
+            ),
+            Unavailable::OutcomeUnknown { cause } => write!(
+                f,
+                "commit failed ({cause}); the operation may or may not have been applied, and the store is now poisoned"
+            ),
+            Unavailable::Closed => f.write_str("store is closed"),
+            Unavailable::Corrupted { detail } => write!(f, "store data is corrupted: {detail}"),
+            Unavailable::Io { cause } => write!(f, "storage read failed: {cause}"),
+        }
+    }
+}
+
+impl StdError for Unavailable {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Unavailable::Poisoned { cause }
+            | Unavailable::OutcomeUnknown { cause }
+            | Unavailable::Io { cause } => Some(&**cause as &(dyn StdError + 'static)),
+            _ => None,
+        }
+    }
+}
+
+/// [`Store::open`](crate::Store::open) failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The file could not be opened or created.
+    Io(std::io::Error),
+    /// Another `Store` (in this or another process) has the file open.
+    AlreadyOpen,
+    /// The file is damaged and could not be repaired.
+    Corrupted {
+        /// What was found.
+        detail: String,
+    },
+    /// The file was written by a newer idemstore whose format this version cannot read.
+    UnsupportedFormat {
+        /// The format version found in the file.
+        found: u64,
+        /// The newest format version this build reads.
+        supported: u64,
+    },
+    /// The file is a redb database that does not hold idemstore tables of the expected types.
+    NotAnIdemstoreFile {
+        /// What did not match.
+        detail: String,
+    },
+    /// A background thread could not be started.
+    Spawn(std::io::Error),
+    /// The storage engine failed while opening.
+    Storage {
+        /// The cause.
+        cause: Cause,
+    },
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Io(e) => write!(f, "cannot open the store file: {e}"),
+            OpenError::AlreadyOpen => {
+                f.write_str("the store file is already open in this or another process")
+            }
+            OpenError::Corrupted { detail } => {
+                write!(f, "the store file is damaged and cannot be repaired: {detail}")
+            }
+            OpenError::UnsupportedFormat { found, supported } => write!(
+                f,
+                "the store file has format version {found}; this build reads up to version {supported}"
+            ),
+            OpenError::NotAnIdemstoreFile { detail } => {
+                write!(f, "the file is not an idemstore database: {detail}")
+            }
+            OpenError::Spawn(e) => write!(f, "cannot start a background thread: {e}"),
+            OpenError::Storage { cause } => write!(f, "storage failure while opening: {cause}"),
+        }
+    }
+}
+
+impl StdError for OpenError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            OpenError::Io(e) | OpenError::Spawn(e) => Some(e),
+            OpenError::Storage { cause } => Some(&**cause as &(dyn StdError + 'static)),
+            _ => None,
+        }
+    }
+}
+
+/// [`Store::begin`](crate::Store::begin) failed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BeginError {
+    /// The key is longer than this store's configured `max_key_len` (rule C12).
+    InvalidKey(KeyError),
+    /// The store cannot serve.
+    Unavailable(Unavailable),
+}
+
+impl fmt::Display for BeginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BeginError::InvalidKey(e) => write!(f, "begin refused: {e}"),
+            BeginError::Unavailable(e) => write!(f, "begin failed: {e}"),
+        }
+    }
+}
+
+impl StdError for BeginError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            BeginError::InvalidKey(e) => Some(e),
+            BeginError::Unavailable(e) => Some(e),
+        }
+    }
+}
+
+/// Completing a reservation failed; nothing was stored.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CompleteError {
+    /// The lease ran out and another `begin` took the key over with a higher fencing token
+    /// (rule C8). The response was not stored; the new holder's outcome will be.
+    Fenced {
+        /// The token of the stale reservation.
+        token: u64,
+        /// The token of the reservation that holds the key now.
+        current: u64,
+    },
+    /// No reservation with this token exists any more: the record expired, was purged, was
+    /// released, or was already completed.
+    NotReserved {
+        /// The token of the reservation.
+        token: u64,
+    },
+    /// The encoded response is larger than `max_response_bytes` (rule C12). The reservation is
+    /// released, as for any failed attempt (rule C6).
+    ResponseTooLarge {
+        /// Encoded size in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The store cannot serve.
+    Unavailable(Unavailable),
+}
+
+impl fmt::Display for CompleteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompleteError::Fenced { token, current } => write!(
+                f,
+                "reservation {token} lost its lease and was taken over by reservation {current}; nothing was stored"
+            ),
+            CompleteError::NotReserved { token } => write!(
+                f,
+                "reservation {token} no longer exists (expired, purged, released or already completed); nothing was stored"
+            ),
+            CompleteError::ResponseTooLarge { len, max } => write!(
+                f,
+                "response is {len} bytes encoded; the limit is {max}; the key was released"
+            ),
+            CompleteError::Unavailable(e) => write!(f, "complete failed: {e}"),
+        }
+    }
+}
+
+impl StdError for CompleteError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            CompleteError::Unavailable(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Renewing or releasing a reservation failed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum LeaseError {
+    /// The lease ran out and another `begin` took the key over (rule C8).
+    Fenced {
+        /// The token of the stale reservation.
+        token: u64,
+        /// The token of the reservation that holds the key now.
+        current: u64,
+    },
+    /// No reservation with this token exists any more.
+    NotReserved {
+        /// The token of the reservation.
+        token: u64,
+    },
+    /// The store cannot serve.
+    Unavailable(Unavailable),
+}
+
+impl fmt::Display for LeaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseError::Fenced { token, current } => write!(
+                f,
+                "reservation {token} lost its lease and was taken over by reservation {current}"
+            ),
+            LeaseError::NotReserved { token } => write!(
+                f,
+                "reservation {token} no longer exists (expired, purged, released or completed)"
+            ),
+            LeaseError::Unavailable(e) => write!(f, "lease operation failed: {e}"),
+        }
+    }
+}
+
+impl StdError for LeaseError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            LeaseError::Unavailable(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The umbrella error: every operation's error converts into it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Opening failed.
+    Open(OpenError),
+    /// A configuration value was refused.
+    Config(ConfigError),
+    /// A key was refused.
+    Key(KeyError),
+    /// A scope was refused.
+    Scope(ScopeError),
+    /// `begin` failed.
+    Begin(BeginError),
+    /// `complete` failed.
+    Complete(CompleteError),
+    /// `renew` or `release` failed.
+    Lease(LeaseError),
+    /// A read, purge or compaction failed.
+    Unavailable(Unavailable),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Open(e) => e.fmt(f),
+            Error::Config(e) => e.fmt(f),
+            Error::Key(e) => e.fmt(f),
+            Error::Scope(e) => e.fmt(f),
+            Error::Begin(e) => e.fmt(f),
+            Error::Complete(e) => e.fmt(f),
+            Error::Lease(e) => e.fmt(f),
+            Error::Unavailable(e) => e.fmt(f),
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::Open(e) => Some(e),
+            Error::Config(e) => Some(e),
+            Error::Key(e) => Some(e),
+            Error::Scope(e) => Some(e),
+            Error::Begin(e) => Some(e),
+            Error::Complete(e) => Some(e),
+            Error::Lease(e) => Some(e),
+            Error::Unavailable(e) => Some(e),
+        }
+    }
+}
+
+macro_rules! umbrella_from {
+    ($($ty:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$ty> for Error {
+            fn from(e: $ty) -> Self {
+                Error::$variant(e)
+            }
+        })*
+    };
+}
+
+umbrella_from! {
+    OpenError => Open,
+    ConfigError => Config,
+    KeyError => Key,
+    ScopeError => Scope,
+    BeginError => Begin,
+    CompleteError => Complete,
+    LeaseError => Lease,
+    Unavailable => Unavailable,
+}
+
+impl From<Unavailable> for BeginError {
+    fn from(e: Unavailable) -> Self {
+        BeginError::Unavailable(e)
+    }
+}
+
+impl From<Unavailable> for CompleteError {
+    fn from(e: Unavailable) -> Self {
+        CompleteError::Unavailable(e)
+    }
+}
+
+impl From<Unavailable> for LeaseError {
+    fn from(e: Unavailable) -> Self {
+        LeaseError::Unavailable(e)
+    }
+}
+
+/// Wraps any error as a shared cause.
+pub(crate) fn cause<E: StdError + Send + Sync + 'static>(e: E) -> Cause {
+    Arc::new(e)
+}
+
+/// A plain message as a cause.
+#[derive(Debug)]
+pub(crate) struct Message(pub(crate) String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for Message {}

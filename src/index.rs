@@ -1,0 +1,118 @@
+//! The hot index: a lock-free map in memory from key hash to a copy of the record's hot part
+//! (and, for completed records, the response), answering duplicate checks without a disk read.
+//!
+//! Why: most retries and duplicate storms can be answered from memory (in progress, conflict,
+//! replay), leaving the writer thread and the disk to first attempts and completions.
+//!
+//! Invariants (the full argument is in `docs/design.md`, "How the index may lag redb"):
+//! - only the writer thread mutates the index, and only after the commit that made a change
+//!   has returned, before the callers of that batch are answered;
+//! - an entry is a copy of a committed record; the index may lack records (not touched since
+//!   open, or their response dropped for the memory budget), never hold one redb lacks except
+//!   during the moment between a commit and the writer's update;
+//! - readers copy entries out and hold no guard after the lookup returns.
+
+use std::hash::{BuildHasher, Hasher};
+
+use papaya::{HashMap, ResizeMode};
+
+use crate::key::KeyHash;
+use crate::record::Hot;
+use crate::response::Response;
+
+/// What the index holds for a key.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) hot: Hot,
+    /// The stored response of a completed record, if it is cached.
+    pub(crate) response: Option<Response>,
+}
+
+/// Keys are blake3 output already: the bucket hash is their first 8 bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PassThrough;
+
+/// The hasher behind [`PassThrough`].
+#[derive(Debug, Default)]
+pub(crate) struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if a key hashes through something other than `write_u64`; fold the
+        // bytes in so the map still works.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl BuildHasher for PassThrough {
+    type Hasher = PassThroughHasher;
+
+    fn build_hasher(&self) -> PassThroughHasher {
+        PassThroughHasher(0)
+    }
+}
+
+/// The index.
+pub(crate) struct HotIndex {
+    map: HashMap<KeyHash, Entry, PassThrough>,
+}
+
+impl HotIndex {
+    pub(crate) fn with_capacity(capacity: usize) -> HotIndex {
+        HotIndex {
+            map: HashMap::builder()
+                .capacity(capacity)
+                .hasher(PassThrough)
+                .resize_mode(ResizeMode::Blocking)
+                .build(),
+        }
+    }
+
+    /// A copy of the entry for `hash`.
+    pub(crate) fn get(&self, hash: &KeyHash) -> Option<Entry> {
+        self.map.pin().get(hash).cloned()
+    }
+
+    /// Writer thread only.
+    pub(crate) fn insert(&self, hash: KeyHash, entry: Entry) {
+        self.map.pin().insert(hash, entry);
+    }
+
+    /// Writer thread only.
+    pub(crate) fn remove(&self, hash: &KeyHash) {
+        self.map.pin().remove(hash);
+    }
+
+    /// Drops the cached response of `hash` if the entry still belongs to reservation `token`.
+    /// Writer thread only.
+    pub(crate) fn drop_response(&self, hash: &KeyHash, token: u64) {
+        let map = self.map.pin();
+        if let Some(e) = map.get(hash)
+            && e.hot.token == token
+            && e.response.is_some()
+        {
+            let hot = e.hot;
+            map.insert(
+                *hash,
+                Entry {
+                    hot,
+                    response: None,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}

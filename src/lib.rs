@@ -1,0 +1,63 @@
+//! # idemstore
+//!
+//! An embedded storage engine that makes write APIs safe to retry. A client that times out
+//! retries its request with the same idempotency key; idemstore makes sure the operation runs
+//! once, and that every retry gets the first response back, byte for byte, even after the
+//! server crashed in between.
+//!
+//! Records live in a [redb](https://docs.rs/redb) file. A lock-free in-memory hot index answers
+//! duplicate checks without a disk read, a group-commit writer thread turns many concurrent
+//! operations into one durable transaction, and a background compactor removes expired
+//! records. The rules the store keeps are stated in `docs/contract.md` (C1-C12); the design, with
+//! its crash analysis, in `docs/design.md`; the file format, byte by byte, in `docs/format.md`.
+//!
+//! ```
+//! use idemstore::{Begin, Config, Fingerprint, Key, Response, Scope, Store};
+//!
+//! let store = Store::in_memory(Config::default())?;
+//! let scope = Scope::new("acct_42")?;
+//! let key = Key::new("1f0a3b6e-7c1d-4a3e-9e91-9b6c0f8b18f4")?;
+//! let fp = Fingerprint::of_request("POST", "/v1/bookings", Some("application/json"), br#"{"a":1}"#);
+//!
+//! let Begin::Execute(reservation) = store.begin(&scope, &key, &fp)? else { unreachable!() };
+//! reservation.complete(Response::new(201, [("content-type", "application/json")], "{}"))?;
+//!
+//! // The retry, with the body's keys in another order, replays the stored response.
+//! let retry = Fingerprint::of_request("POST", "/v1/bookings", Some("application/json"), br#"{ "a" : 1.0 }"#);
+//! assert!(matches!(store.begin(&scope, &key, &retry)?, Begin::Replay(r) if r.status() == 201));
+//! # Ok::<(), idemstore::Error>(())
+//! ```
+
+mod backend;
+mod canonical_json;
+mod clock;
+mod compactor;
+mod config;
+mod error;
+mod fingerprint;
+mod index;
+mod key;
+mod machine;
+mod record;
+mod reply;
+mod response;
+mod shared;
+mod stats;
+mod store;
+mod writer;
+
+pub use backend::{Backend, Claim, RecordInfo};
+pub use canonical_json::canonicalize;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{CachePolicy, Config, ConfigBuilder, Durability};
+pub use error::{
+    BeginError, CompleteError, ConfigError, Error, KeyError, LeaseError, OpenError, ScopeError,
+    Unavailable,
+};
+pub use fingerprint::{Fingerprint, FingerprintBuilder, is_json_content_type};
+pub use key::{Key, Scope};
+pub use record::State;
+pub use response::Response;
+pub use stats::Stats;
+pub use store::{Begin, Reservation, Store};
+pub use writer::Completion;

@@ -1,0 +1,143 @@
+//! The idempotency state machine, free of any storage: given what is known about a key, what
+//! happens to a `begin`, a `complete`, a renewal or a release.
+//!
+//! Why: the rules (C1-C9) must be decided the same way by the group-commit writer (which sees
+//! the authoritative record inside its write transaction) and by the hot index fast path (which
+//! sees a copy), and a future distributed backend must decide them the same way too. Keeping
+//! the decisions here, as pure functions of (record, request, now), makes that true by
+//! construction and lets the model test check them directly.
+//!
+//! Invariants:
+//! - a completed record that has not expired is never executed again (C3), and is replayed only
+//!   to a request with an equal fingerprint (C4);
+//! - an in-flight record is taken over only once its lease deadline has passed (C8), and the
+//!   taker gets a fresh, higher fencing token (handed out by the caller of [`decide_begin`]);
+//! - a lease holder's mutation is accepted only while the record is in flight with its token.
+
+use crate::fingerprint::Fingerprint;
+use crate::record::{Hot, State};
+
+/// What a `begin` must do, given the current record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BeginDecision {
+    /// Reserve the key and execute (C2). `takeover` is set when an in-flight record whose
+    /// lease ran out is replaced (C8).
+    Execute { takeover: bool },
+    /// Replay the stored response (C3).
+    Replay,
+    /// Another attempt holds a live lease (C5).
+    InProgress,
+    /// The key was used for a different request (C4).
+    Conflict,
+}
+
+/// Whether a record is past its expiry and so behaves as absent (C9).
+pub(crate) fn expired(hot: &Hot, now: u64) -> bool {
+    now >= hot.expires_at
+}
+
+/// Decides a `begin` for a request with fingerprint `fp` at time `now`.
+pub(crate) fn decide_begin(current: Option<&Hot>, fp: &Fingerprint, now: u64) -> BeginDecision {
+    let Some(hot) = current else {
+        return BeginDecision::Execute { takeover: false };
+    };
+    if expired(hot, now) {
+        return BeginDecision::Execute { takeover: false };
+    }
+    if hot.fingerprint != *fp {
+        return BeginDecision::Conflict;
+    }
+    match hot.state {
+        State::Completed => BeginDecision::Replay,
+        State::InFlight if now < hot.lease_deadline => BeginDecision::InProgress,
+        State::InFlight => BeginDecision::Execute { takeover: true },
+    }
+}
+
+/// Why a lease holder's mutation is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HolderRefusal {
+    /// Another reservation holds the key now (C8).
+    Fenced { current: u64 },
+    /// No reservation with this token exists.
+    NotReserved,
+}
+
+/// Checks that the holder of `token` still owns the key: the record is in flight with that
+/// token. A lease that ran out without a takeover still owns the key.
+pub(crate) fn check_holder(current: Option<&Hot>, token: u64) -> Result<(), HolderRefusal> {
+    match current {
+        Some(hot) if hot.state == State::InFlight && hot.token == token => Ok(()),
+        // Tokens grow store-wide, so a record with a higher token was reserved after ours.
+        Some(hot) if hot.token > token => Err(HolderRefusal::Fenced { current: hot.token }),
+        _ => Err(HolderRefusal::NotReserved),
+    }
+}
+
+/// The expiry time of an in-flight record: the TTL counted from creation, but never before
+/// its lease runs out, so a record cannot vanish while its holder still owns it.
+pub(crate) fn in_flight_expiry(created_at: u64, lease_deadline: u64, ttl_ms: u64) -> u64 {
+    created_at.saturating_add(ttl_ms).max(lease_deadline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hot(state: State, fp: u8, lease: u64, expires: u64, token: u64) -> Hot {
+        Hot {
+            state,
+            fingerprint: Fingerprint::from_parts(1, [fp; 32]),
+            status: 200,
+            response_len: 0,
+            created_at: 0,
+            lease_deadline: lease,
+            expires_at: expires,
+            token,
+        }
+    }
+
+    #[test]
+    fn begin_rules() {
+        let fp = Fingerprint::from_parts(1, [1; 32]);
+        let other = Fingerprint::from_parts(1, [2; 32]);
+        use BeginDecision::*;
+        assert_eq!(
+            decide_begin(None, &fp, 5),
+            Execute { takeover: false },
+            "C2"
+        );
+        let done = hot(State::Completed, 1, 0, 100, 1);
+        assert_eq!(decide_begin(Some(&done), &fp, 5), Replay, "C3");
+        assert_eq!(decide_begin(Some(&done), &other, 5), Conflict, "C4");
+        assert_eq!(
+            decide_begin(Some(&done), &fp, 100),
+            Execute { takeover: false },
+            "C9"
+        );
+        let busy = hot(State::InFlight, 1, 50, 100, 1);
+        assert_eq!(decide_begin(Some(&busy), &fp, 5), InProgress, "C5");
+        assert_eq!(decide_begin(Some(&busy), &other, 5), Conflict, "C4");
+        assert_eq!(
+            decide_begin(Some(&busy), &fp, 50),
+            Execute { takeover: true },
+            "C8"
+        );
+        assert_eq!(decide_begin(Some(&busy), &other, 50), Conflict, "C4");
+    }
+
+    #[test]
+    fn holder_rules() {
+        let busy = hot(State::InFlight, 1, 50, 100, 7);
+        assert_eq!(check_holder(Some(&busy), 7), Ok(()));
+        assert_eq!(
+            check_holder(Some(&busy), 6),
+            Err(HolderRefusal::Fenced { current: 7 })
+        );
+        assert_eq!(
+            check_holder(Some(&hot(State::Completed, 1, 0, 100, 7)), 7),
+            Err(HolderRefusal::NotReserved)
+        );
+        assert_eq!(check_holder(None, 7), Err(HolderRefusal::NotReserved));
+    }
+}

@@ -1,0 +1,451 @@
+//! The on-disk layout: tables, the record (format version 1), and the expiry index key.
+//!
+//! Why: the file must outlive any version of this crate, so its bytes are defined here and in
+//! `docs/format.md`, not by a serialisation library, and golden-bytes tests pin them.
+//! Invariants: `Record::decode(&record.encode())` gives back `record`; `decode` never panics
+//! and refuses any version, state or length it does not know; offsets below are chained
+//! constants checked at compile time against the documented header length.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use redb::{Key as RedbKey, TableDefinition, TypeName, Value};
+
+use crate::fingerprint::Fingerprint;
+use crate::key::KeyHash;
+
+/// Main table: key hash → record.
+pub(crate) const RECORDS: TableDefinition<&[u8; 32], RecordBytes> =
+    TableDefinition::new("idem_records");
+/// Stored responses of completed records: key hash → response blob.
+pub(crate) const RESPONSES: TableDefinition<&[u8; 32], Blob> =
+    TableDefinition::new("idem_responses");
+/// Expiry index: (expires_at big-endian, key hash) → ().
+pub(crate) const EXPIRY: TableDefinition<ExpiryKey, ()> = TableDefinition::new("idem_expiry");
+/// Store-wide counters: name → u64.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("idem_meta");
+
+/// Meta key holding the file's format version.
+pub(crate) const META_FORMAT: &str = "format_version";
+/// Meta key holding the next fencing token to hand out.
+pub(crate) const META_NEXT_TOKEN: &str = "next_token";
+/// The format version this build writes and the newest it reads.
+pub(crate) const FORMAT_VERSION: u64 = 1;
+
+/// Record layout version written in byte 0.
+pub(crate) const RECORD_VERSION: u8 = 1;
+
+// Byte offsets of the fixed part, chained so each follows from the one before.
+const OFF_VERSION: usize = 0;
+const OFF_STATE: usize = OFF_VERSION + 1;
+const OFF_FP_VERSION: usize = OFF_STATE + 1;
+const OFF_FLAGS: usize = OFF_FP_VERSION + 1;
+const OFF_STATUS: usize = OFF_FLAGS + 1;
+const OFF_SCOPE_LEN: usize = OFF_STATUS + 2;
+const OFF_KEY_LEN: usize = OFF_SCOPE_LEN + 2;
+const OFF_RESERVED: usize = OFF_KEY_LEN + 2;
+const OFF_RESPONSE_LEN: usize = OFF_RESERVED + 2;
+const OFF_FP: usize = OFF_RESPONSE_LEN + 4;
+const OFF_CREATED: usize = OFF_FP + 32;
+const OFF_LEASE: usize = OFF_CREATED + 8;
+const OFF_EXPIRES: usize = OFF_LEASE + 8;
+const OFF_TOKEN: usize = OFF_EXPIRES + 8;
+/// Length of the fixed part; the scope and key bytes follow it.
+pub(crate) const FIXED_LEN: usize = OFF_TOKEN + 8;
+const _: () = assert!(FIXED_LEN == 80, "docs/format.md documents an 80-byte fixed part");
+
+/// The state of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Reserved: an attempt is executing (or was, before a crash) and holds a lease.
+    InFlight,
+    /// Completed: the response is stored and replays until the record expires.
+    Completed,
+}
+
+impl State {
+    fn to_byte(self) -> u8 {
+        match self {
+            State::InFlight => 1,
+            State::Completed => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<State> {
+        match b {
+            1 => Some(State::InFlight),
+            2 => Some(State::Completed),
+            _ => None,
+        }
+    }
+}
+
+/// The fixed-size part of a record: everything a duplicate check needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hot {
+    pub(crate) state: State,
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) status: u16,
+    pub(crate) response_len: u32,
+    pub(crate) created_at: u64,
+    /// When the lease runs out (in flight); 0 once completed.
+    pub(crate) lease_deadline: u64,
+    /// When the record expires and is removed.
+    pub(crate) expires_at: u64,
+    pub(crate) token: u64,
+}
+
+/// A whole record: the hot part plus the raw scope and key, kept for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) hot: Hot,
+    pub(crate) scope: String,
+    pub(crate) key: String,
+}
+
+/// Why record bytes could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RecordError {
+    Short(usize),
+    Version(u8),
+    State(u8),
+    Flags(u8),
+    Length { expected: usize, found: usize },
+    Text,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::Short(n) => write!(f, "record is {n} bytes, shorter than its fixed part"),
+            RecordError::Version(v) => write!(f, "record has unknown layout version {v}"),
+            RecordError::State(s) => write!(f, "record has unknown state {s}"),
+            RecordError::Flags(x) => write!(f, "record has unknown flags 0x{x:02x}"),
+            RecordError::Length { expected, found } => {
+                write!(f, "record is {found} bytes; its lengths say {expected}")
+            }
+            RecordError::Text => f.write_str("record scope or key is not valid text"),
+        }
+    }
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    let mut a = [0u8; 2];
+    if let Some(s) = b.get(at..at + 2) {
+        a.copy_from_slice(s);
+    }
+    u16::from_le_bytes(a)
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+fn byte(b: &[u8], at: usize) -> u8 {
+    b.get(at).copied().unwrap_or(0)
+}
+
+impl Hot {
+    /// Decodes the fixed part from the first [`FIXED_LEN`] bytes of a record.
+    pub(crate) fn decode(b: &[u8]) -> Result<Hot, RecordError> {
+        if b.len() < FIXED_LEN {
+            return Err(RecordError::Short(b.len()));
+        }
+        let version = byte(b, OFF_VERSION);
+        if version != RECORD_VERSION {
+            return Err(RecordError::Version(version));
+        }
+        let state = State::from_byte(byte(b, OFF_STATE))
+            .ok_or(RecordError::State(byte(b, OFF_STATE)))?;
+        let flags = byte(b, OFF_FLAGS);
+        if flags != 0 {
+            return Err(RecordError::Flags(flags));
+        }
+        let mut digest = [0u8; 32];
+        if let Some(s) = b.get(OFF_FP..OFF_FP + 32) {
+            digest.copy_from_slice(s);
+        }
+        Ok(Hot {
+            state,
+            fingerprint: Fingerprint::from_parts(byte(b, OFF_FP_VERSION), digest),
+            status: le_u16(b, OFF_STATUS),
+            response_len: le_u32(b, OFF_RESPONSE_LEN),
+            created_at: le_u64(b, OFF_CREATED),
+            lease_deadline: le_u64(b, OFF_LEASE),
+            expires_at: le_u64(b, OFF_EXPIRES),
+            token: le_u64(b, OFF_TOKEN),
+        })
+    }
+}
+
+impl Record {
+    /// Encodes the record (layout in `docs/format.md`).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let h = &self.hot;
+        let scope = self.scope.as_bytes();
+        let key = self.key.as_bytes();
+        let mut out = Vec::with_capacity(FIXED_LEN + scope.len() + key.len());
+        out.push(RECORD_VERSION);
+        out.push(h.state.to_byte());
+        out.push(h.fingerprint.version());
+        out.push(0); // flags
+        out.extend_from_slice(&h.status.to_le_bytes());
+        // Scope and key lengths are bounded by their validation (255 and 4096 bytes).
+        out.extend_from_slice(&(scope.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0, 0]); // reserved
+        out.extend_from_slice(&h.response_len.to_le_bytes());
+        out.extend_from_slice(h.fingerprint.digest());
+        out.extend_from_slice(&h.created_at.to_le_bytes());
+        out.extend_from_slice(&h.lease_deadline.to_le_bytes());
+        out.extend_from_slice(&h.expires_at.to_le_bytes());
+        out.extend_from_slice(&h.token.to_le_bytes());
+        out.extend_from_slice(scope);
+        out.extend_from_slice(key);
+        out
+    }
+
+    /// Decodes a record.
+    pub(crate) fn decode(b: &[u8]) -> Result<Record, RecordError> {
+        let hot = Hot::decode(b)?;
+        let scope_len = usize::from(le_u16(b, OFF_SCOPE_LEN));
+        let key_len = usize::from(le_u16(b, OFF_KEY_LEN));
+        let expected = FIXED_LEN + scope_len + key_len;
+        if b.len() != expected {
+            return Err(RecordError::Length {
+                expected,
+                found: b.len(),
+            });
+        }
+        let scope = b.get(FIXED_LEN..FIXED_LEN + scope_len).unwrap_or(&[]);
+        let key = b.get(FIXED_LEN + scope_len..).unwrap_or(&[]);
+        let scope = std::str::from_utf8(scope).map_err(|_| RecordError::Text)?;
+        let key = std::str::from_utf8(key).map_err(|_| RecordError::Text)?;
+        Ok(Record {
+            hot,
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+/// redb value type of the records table: raw record bytes, decoded by [`Record::decode`].
+#[derive(Debug)]
+pub(crate) struct RecordBytes;
+
+impl Value for RecordBytes {
+    type SelfType<'a>
+        = &'a [u8]
+    where
+        Self: 'a;
+    type AsBytes<'a>
+        = &'a [u8]
+    where
+        Self: 'a;
+
+    fn fixed_width() -> Option<usize> {
+        None
+    }
+
+    fn from_bytes<'a>(data: &'a [u8]) -> &'a [u8]
+    where
+        Self: 'a,
+    {
+        data
+    }
+
+    fn as_bytes<'a, 'b: 'a>(value: &'a &'b [u8]) -> &'a [u8]
+    where
+        Self: 'b,
+    {
+        value
+    }
+
+    fn type_name() -> TypeName {
+        TypeName::new("idemstore::Record")
+    }
+}
+
+/// redb value type of the responses table: a response blob.
+#[derive(Debug)]
+pub(crate) struct Blob;
+
+impl Value for Blob {
+    type SelfType<'a>
+        = &'a [u8]
+    where
+        Self: 'a;
+    type AsBytes<'a>
+        = &'a [u8]
+    where
+        Self: 'a;
+
+    fn fixed_width() -> Option<usize> {
+        None
+    }
+
+    fn from_bytes<'a>(data: &'a [u8]) -> &'a [u8]
+    where
+        Self: 'a,
+    {
+        data
+    }
+
+    fn as_bytes<'a, 'b: 'a>(value: &'a &'b [u8]) -> &'a [u8]
+    where
+        Self: 'b,
+    {
+        value
+    }
+
+    fn type_name() -> TypeName {
+        TypeName::new("idemstore::ResponseBlob")
+    }
+}
+
+/// Expiry index key: `expires_at` big-endian then the key hash, so byte order is time order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExpiryKey(pub(crate) [u8; 40]);
+
+impl ExpiryKey {
+    pub(crate) fn new(expires_at: u64, hash: &KeyHash) -> ExpiryKey {
+        let mut k = [0u8; 40];
+        k[..8].copy_from_slice(&expires_at.to_be_bytes());
+        k[8..].copy_from_slice(&hash.0);
+        ExpiryKey(k)
+    }
+
+    /// The largest key with this expiry time: the end of a range "expired by `t`".
+    pub(crate) fn upper(expires_at: u64) -> ExpiryKey {
+        let mut k = [0xffu8; 40];
+        k[..8].copy_from_slice(&expires_at.to_be_bytes());
+        ExpiryKey(k)
+    }
+
+    pub(crate) fn expires_at(&self) -> u64 {
+        le_u64_be(&self.0)
+    }
+
+    pub(crate) fn hash(&self) -> KeyHash {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(&self.0[8..]);
+        KeyHash(h)
+    }
+}
+
+fn le_u64_be(b: &[u8; 40]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+impl Value for ExpiryKey {
+    type SelfType<'a>
+        = ExpiryKey
+    where
+        Self: 'a;
+    type AsBytes<'a>
+        = [u8; 40]
+    where
+        Self: 'a;
+
+    fn fixed_width() -> Option<usize> {
+        Some(40)
+    }
+
+    fn from_bytes<'a>(data: &'a [u8]) -> ExpiryKey
+    where
+        Self: 'a,
+    {
+        // redb only hands back bytes it stored with the fixed width of 40.
+        let mut k = [0u8; 40];
+        let n = data.len().min(40);
+        k[..n].copy_from_slice(&data[..n]);
+        ExpiryKey(k)
+    }
+
+    fn as_bytes<'a, 'b: 'a>(value: &'a ExpiryKey) -> [u8; 40]
+    where
+        Self: 'b,
+    {
+        value.0
+    }
+
+    fn type_name() -> TypeName {
+        TypeName::new("idemstore::ExpiryKey")
+    }
+}
+
+impl RedbKey for ExpiryKey {
+    fn compare(data1: &[u8], data2: &[u8]) -> Ordering {
+        data1.cmp(data2)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            hot: Hot {
+                state: State::Completed,
+                fingerprint: Fingerprint::from_parts(1, [0xab; 32]),
+                status: 201,
+                response_len: 300,
+                created_at: 1_000,
+                lease_deadline: 0,
+                expires_at: 86_401_000,
+                token: 7,
+            },
+            scope: "acct".into(),
+            key: "k-1".into(),
+        }
+    }
+
+    #[test]
+    fn roundtrip() {
+        let r = sample();
+        let e = r.encode();
+        assert_eq!(e.len(), FIXED_LEN + 4 + 3);
+        assert_eq!(Record::decode(&e).unwrap(), r);
+    }
+
+    #[test]
+    fn decode_refuses_damage_without_panicking() {
+        let e = sample().encode();
+        for n in 0..e.len() {
+            assert!(Record::decode(&e[..n]).is_err(), "prefix {n}");
+        }
+        for i in 0..e.len() {
+            for bit in 0..8 {
+                let mut m = e.clone();
+                m[i] ^= 1 << bit;
+                let _ = Record::decode(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_key_orders_by_time() {
+        let a = ExpiryKey::new(5, &KeyHash([0xff; 32]));
+        let b = ExpiryKey::new(6, &KeyHash([0; 32]));
+        assert_eq!(ExpiryKey::compare(&a.0, &b.0), Ordering::Less);
+        assert_eq!(a.expires_at(), 5);
+        assert_eq!(b.hash(), KeyHash([0; 32]));
+        assert!(ExpiryKey::compare(&ExpiryKey::upper(5).0, &b.0) == Ordering::Less);
+    }
+}

@@ -1,0 +1,128 @@
+//! Counters of what the store has done since it was opened.
+//!
+//! Why: operators need to see replays, conflicts, takeovers and how well group commit batches,
+//! without a metrics dependency in the core. Invariant: counters only grow; a [`Stats`] value
+//! is a snapshot taken with relaxed loads (each counter exact, the set not taken atomically).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A snapshot of the store's counters since open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `begin` calls answered `Execute` (C2, C8 takeovers included).
+    pub executes: u64,
+    /// `begin` calls answered `Replay` (C3).
+    pub replays: u64,
+    /// `begin` calls answered `Conflict` (C4).
+    pub conflicts: u64,
+    /// `begin` calls answered `InProgress` (C5).
+    pub in_progress: u64,
+    /// Of the `begin` calls, those answered from the hot index without the writer.
+    pub answered_from_index: u64,
+    /// Completions stored.
+    pub completions: u64,
+    /// Reservations released: explicitly, by drop, or by a response the cache policy does not
+    /// keep (C6), or at open (C11).
+    pub releases: u64,
+    /// Reservations taken over after their lease ran out (C8).
+    pub lease_takeovers: u64,
+    /// Completions and renewals refused because the reservation was fenced (C8).
+    pub fenced: u64,
+    /// Expired records removed by the compactor (C9).
+    pub expired_removed: u64,
+    /// Write transactions committed by the writer.
+    pub commits: u64,
+    /// Of the commits, those made durable with an fsync.
+    pub durable_commits: u64,
+    /// Operations carried by all commits (divide by `commits` for the mean batch size).
+    pub batched_ops: u64,
+    /// The largest number of operations in one commit.
+    pub max_batch: u64,
+    /// Total time spent in commits, in microseconds.
+    pub commit_micros_total: u64,
+    /// The longest commit, in microseconds.
+    pub commit_micros_max: u64,
+    /// Entries in the hot index now.
+    pub index_entries: u64,
+}
+
+impl Stats {
+    /// Mean operations per commit.
+    pub fn mean_batch(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.batched_ops as f64 / self.commits as f64
+        }
+    }
+
+    /// Mean commit latency.
+    pub fn mean_commit_latency(&self) -> Duration {
+        Duration::from_micros(self.commit_micros_total.checked_div(self.commits).unwrap_or(0))
+    }
+
+    /// Longest commit latency.
+    pub fn max_commit_latency(&self) -> Duration {
+        Duration::from_micros(self.commit_micros_max)
+    }
+}
+
+/// The live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) executes: AtomicU64,
+    pub(crate) replays: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
+    pub(crate) in_progress: AtomicU64,
+    pub(crate) answered_from_index: AtomicU64,
+    pub(crate) completions: AtomicU64,
+    pub(crate) releases: AtomicU64,
+    pub(crate) lease_takeovers: AtomicU64,
+    pub(crate) fenced: AtomicU64,
+    pub(crate) expired_removed: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) durable_commits: AtomicU64,
+    pub(crate) batched_ops: AtomicU64,
+    pub(crate) max_batch: AtomicU64,
+    pub(crate) commit_micros_total: AtomicU64,
+    pub(crate) commit_micros_max: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+pub(crate) fn raise(c: &AtomicU64, n: u64) {
+    c.fetch_max(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self, index_entries: usize) -> Stats {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            executes: l(&self.executes),
+            replays: l(&self.replays),
+            conflicts: l(&self.conflicts),
+            in_progress: l(&self.in_progress),
+            answered_from_index: l(&self.answered_from_index),
+            completions: l(&self.completions),
+            releases: l(&self.releases),
+            lease_takeovers: l(&self.lease_takeovers),
+            fenced: l(&self.fenced),
+            expired_removed: l(&self.expired_removed),
+            commits: l(&self.commits),
+            durable_commits: l(&self.durable_commits),
+            batched_ops: l(&self.batched_ops),
+            max_batch: l(&self.max_batch),
+            commit_micros_total: l(&self.commit_micros_total),
+            commit_micros_max: l(&self.commit_micros_max),
+            index_entries: index_entries as u64,
+        }
+    }
+}

@@ -1,0 +1,803 @@
+//! The public store: open, `begin`, reservations, reads, purge, compaction, close.
+//!
+//! Why: this is the one type a service holds. It validates input, answers what the hot index
+//! can answer, and hands everything else to the writer thread, waiting on a reply slot
+//! (blocking) or awaiting it (async). Invariants: no call here writes to the database itself;
+//! every mutation goes through the writer's queue, so there is exactly one writer; every path a
+//! caller or a damaged file can reach returns an error instead of panicking (reads of the file
+//! run under `catch_unwind`, since the storage engine may panic on a damaged page).
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+
+use crate::backend::{Backend, Claim, RecordInfo};
+use crate::compactor;
+use crate::config::{Config, Durability};
+use crate::error::{
+    BeginError, CompleteError, KeyError, LeaseError, OpenError, Unavailable, cause,
+};
+use crate::fingerprint::Fingerprint;
+use crate::key::{Key, KeyHash, Scope, check_key_bytes};
+use crate::machine::{self, BeginDecision};
+use crate::record::{
+    EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_NEXT_TOKEN, RECORDS, RESPONSES, Record, State,
+};
+use crate::reply::{self, Closed, Receiver};
+use crate::response::{self, Response};
+use crate::shared::{Shared, panic_text};
+use crate::stats::{Stats, bump};
+use crate::writer::{self, BeginReply, Completion, Op};
+
+/// An idempotency store: a redb file, its hot index, its writer and its compactor.
+///
+/// `Store` is cheap to clone and `Send + Sync`; clones share one store. Dropping the last
+/// handle (reservations hold one too) or calling [`close`](Store::close) drains the writer,
+/// makes everything durable and joins the background threads.
+///
+/// ```
+/// use idemstore::{Begin, Config, Fingerprint, Key, Response, Scope, Store};
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("idem.redb");
+/// let store = Store::open(&path, Config::default())?;
+/// let scope = Scope::new("acct_42")?;
+/// let key = Key::new("1f0a3b6e-7c1d-4a3e-9e91-9b6c0f8b18f4")?;
+/// let body = br#"{"start":"2026-05-20T15:00:00Z"}"#;
+/// let fp = Fingerprint::of_request("POST", "/v1/bookings", Some("application/json"), body);
+/// match store.begin(&scope, &key, &fp)? {
+///     Begin::Execute(reservation) => {
+///         // ... run the operation, then store its response (durable before this returns):
+///         let headers = [("content-type", "application/json")];
+///         reservation.complete(Response::new(201, headers, r#"{"uid":"b1"}"#))?;
+///     }
+///     Begin::Replay(response) => println!("replay: {}", response.status()),
+///     Begin::InProgress { retry_after } => println!("busy, retry in {retry_after:?}"),
+///     Begin::Conflict => println!("key reused for another request"),
+///     _ => {}
+/// }
+/// // A retry with the same key and body gets the first response back.
+/// let Begin::Replay(first) = store.begin(&scope, &key, &fp)? else { unreachable!() };
+/// assert_eq!(first.body(), br#"{"uid":"b1"}"#);
+/// store.close()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    ops: Sender<Op>,
+    threads: Mutex<Threads>,
+}
+
+struct Threads {
+    writer: Option<JoinHandle<()>>,
+    compactor: Option<JoinHandle<()>>,
+    stop_compactor: Option<Sender<()>>,
+}
+
+/// What `begin` tells the caller to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Begin {
+    /// First attempt (C2): run the operation, then [`complete`](Reservation::complete) the
+    /// reservation. Dropping it without completing releases the key (C6).
+    Execute(Reservation),
+    /// Same key, same request, completed (C3): the stored response, byte for byte.
+    Replay(Response),
+    /// Same key, same request, still executing elsewhere (C5).
+    InProgress {
+        /// How long to wait before retrying.
+        retry_after: Duration,
+    },
+    /// Same key, different request (C4).
+    Conflict,
+}
+
+/// The right to execute an operation for a key, and the duty to complete or release it.
+///
+/// Dropping a reservation without [`complete`](Reservation::complete) releases the key (C6),
+/// so an error, a panic or a cancelled future never leaves a key stuck.
+#[derive(Debug)]
+#[must_use = "dropping a reservation releases the key at once"]
+pub struct Reservation {
+    store: Store,
+    hash: KeyHash,
+    token: u64,
+    lease_deadline: u64,
+    armed: bool,
+}
+
+enum Prepared {
+    Ready(Claim),
+    Wait(Receiver<Result<BeginReply, Unavailable>>),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("durability", &self.inner.shared.config.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the store at `path`, creating the file if it does not exist, and starts its
+    /// writer and compactor threads. With [`Durability::Memory`] no file is touched.
+    ///
+    /// An unclean previous shutdown is repaired here; in-flight records keep their lease
+    /// (C11) unless `release_in_flight_on_open` is set.
+    pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Store, OpenError> {
+        if config.durability == Durability::Memory {
+            return Store::in_memory(config);
+        }
+        let path = path.as_ref().to_path_buf();
+        let db = open_db(&config, move |b| b.create(&path))?;
+        Store::start(db, config)
+    }
+
+    /// Opens a store that keeps everything in memory ([`Durability::Memory`], whatever the
+    /// config says).
+    pub fn in_memory(config: Config) -> Result<Store, OpenError> {
+        let config = Config {
+            durability: Durability::Memory,
+            ..config
+        };
+        let db = open_db(&config, |b| {
+            b.create_with_backend(redb::backends::InMemoryBackend::new())
+        })?;
+        Store::start(db, config)
+    }
+
+    fn start(db: Database, config: Config) -> Result<Store, OpenError> {
+        let next_token = guard_open(|| init_tables(&db, &config))?;
+        let db = Arc::new(db);
+        let shared = Arc::new(Shared::new(config, Arc::clone(&db)));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let writer = writer::spawn(Arc::clone(&shared), db, rx, next_token)
+            .map_err(OpenError::Spawn)?;
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let inner = Inner {
+            shared: Arc::clone(&shared),
+            ops: tx.clone(),
+            threads: Mutex::new(Threads {
+                writer: Some(writer),
+                compactor: None,
+                stop_compactor: Some(stop_tx),
+            }),
+        };
+        // From here on, dropping `inner` shuts the writer down cleanly.
+        let compactor =
+            compactor::spawn(Arc::clone(&shared), tx, stop_rx).map_err(OpenError::Spawn)?;
+        inner.threads.lock().compactor = Some(compactor);
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &Config {
+        &self.inner.shared.config
+    }
+
+    /// Checks a key against this store's `max_key_len` (C12).
+    pub fn key(&self, key: impl AsRef<str>) -> Result<Key, KeyError> {
+        Key::with_max_len(key, self.config().max_key_len)
+    }
+
+    /// Decides what to do with a request (C1-C5, C8, C9): reserve and execute, replay, wait,
+    /// or refuse. Blocks until a reservation is durable (in the default mode); duplicates of a
+    /// known key are answered from memory.
+    pub fn begin(&self, scope: &Scope, key: &Key, fp: &Fingerprint) -> Result<Begin, BeginError> {
+        let (hash, prepared) = self.prepare_begin(scope, key, fp)?;
+        let claim = match prepared {
+            Prepared::Ready(claim) => claim,
+            Prepared::Wait(rx) => self.claim_from_reply(rx.wait())?,
+        };
+        Ok(self.wrap(hash, claim))
+    }
+
+    /// [`begin`](Store::begin) as a future, woken by the writer thread: no thread waits on
+    /// its behalf, and it works on any async runtime.
+    pub fn begin_async(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+    ) -> impl Future<Output = Result<Begin, BeginError>> + Send + 'static {
+        let store = self.clone();
+        let prepared = self.prepare_begin(scope, key, fp);
+        async move {
+            let (hash, prepared) = prepared?;
+            let claim = match prepared {
+                Prepared::Ready(claim) => claim,
+                Prepared::Wait(rx) => store.claim_from_reply(rx.await)?,
+            };
+            Ok(store.wrap(hash, claim))
+        }
+    }
+
+    fn wrap(&self, hash: KeyHash, claim: Claim) -> Begin {
+        match claim {
+            Claim::Execute {
+                token,
+                lease_deadline,
+            } => Begin::Execute(Reservation {
+                store: self.clone(),
+                hash,
+                token,
+                lease_deadline,
+                armed: true,
+            }),
+            Claim::Replay(r) => Begin::Replay(r),
+            Claim::InProgress { retry_after } => Begin::InProgress { retry_after },
+            Claim::Conflict => Begin::Conflict,
+        }
+    }
+
+    fn prepare_begin(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+    ) -> Result<(KeyHash, Prepared), BeginError> {
+        let shared = &self.inner.shared;
+        shared.check()?;
+        check_key_bytes(key.as_str().as_bytes(), shared.config.max_key_len)
+            .map_err(BeginError::InvalidKey)?;
+        let hash = KeyHash::of(scope, key);
+        if let Some(claim) = self.fast_begin(&hash, fp)? {
+            bump(&shared.counters.answered_from_index);
+            return Ok((hash, Prepared::Ready(claim)));
+        }
+        let (tx, rx) = reply::channel();
+        self.submit(Op::Begin {
+            hash,
+            scope: scope.clone(),
+            key: key.clone(),
+            fp: *fp,
+            reply: tx,
+        })?;
+        Ok((hash, Prepared::Wait(rx)))
+    }
+
+    /// Answers from the hot index when it can; `None` sends the request to the writer.
+    fn fast_begin(&self, hash: &KeyHash, fp: &Fingerprint) -> Result<Option<Claim>, Unavailable> {
+        let shared = &self.inner.shared;
+        // Read before the index: if it is zero here, every release sent before this call has
+        // already reached the index.
+        let releases_pending = shared.detached_releases.load(Ordering::SeqCst) > 0;
+        let Some(entry) = shared.index.get(hash) else {
+            return Ok(None);
+        };
+        if releases_pending && entry.hot.state == State::InFlight {
+            return Ok(None);
+        }
+        let counters = &shared.counters;
+        match machine::decide_begin(Some(&entry.hot), fp, shared.now()) {
+            BeginDecision::Execute { .. } => Ok(None),
+            BeginDecision::Conflict => {
+                bump(&counters.conflicts);
+                Ok(Some(Claim::Conflict))
+            }
+            BeginDecision::InProgress => {
+                bump(&counters.in_progress);
+                Ok(Some(Claim::InProgress {
+                    retry_after: shared.config.retry_after,
+                }))
+            }
+            BeginDecision::Replay => {
+                let response = match entry.response {
+                    Some(r) => Some(r),
+                    None => self.read_response(hash, entry.hot.token)?,
+                };
+                if response.is_some() {
+                    bump(&counters.replays);
+                }
+                Ok(response.map(Claim::Replay))
+            }
+        }
+    }
+
+    fn claim_from_reply(
+        &self,
+        reply: Result<Result<BeginReply, Unavailable>, Closed>,
+    ) -> Result<Claim, BeginError> {
+        let shared = &self.inner.shared;
+        let reply = reply.map_err(|_| shared.lost_reply())??;
+        Ok(match reply {
+            BeginReply::Execute {
+                token,
+                lease_deadline,
+            } => Claim::Execute {
+                token,
+                lease_deadline,
+            },
+            BeginReply::Replay(r) => Claim::Replay(r),
+            BeginReply::InProgress => Claim::InProgress {
+                retry_after: shared.config.retry_after,
+            },
+            BeginReply::Conflict => Claim::Conflict,
+        })
+    }
+
+    fn submit(&self, op: Op) -> Result<(), Unavailable> {
+        self.inner
+            .ops
+            .send(op)
+            .map_err(|_| self.inner.shared.lost_reply())
+    }
+
+    /// Runs a read transaction, turning a storage-engine panic into an error.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, Unavailable>,
+    ) -> Result<T, Unavailable> {
+        let shared = &self.inner.shared;
+        catch_unwind(AssertUnwindSafe(|| {
+            let txn = shared.db()?.begin_read().map_err(io_error)?;
+            f(&txn)
+        }))
+        .unwrap_or_else(|payload| {
+            Err(Unavailable::Corrupted {
+                detail: format!(
+                    "the storage engine panicked reading the file: {}",
+                    panic_text(&*payload)
+                ),
+            })
+        })
+    }
+
+    /// The stored response of the completed reservation `token`, if the file still holds it.
+    fn read_response(&self, hash: &KeyHash, token: u64) -> Result<Option<Response>, Unavailable> {
+        let now = self.inner.shared.now();
+        self.read(|txn| {
+            let records = txn.open_table(RECORDS).map_err(io_error)?;
+            let Some(g) = records.get(&hash.0).map_err(io_error)? else {
+                return Ok(None);
+            };
+            let hot = crate::record::Hot::decode(g.value()).map_err(corrupted)?;
+            if hot.state != State::Completed || hot.token != token || machine::expired(&hot, now)
+            {
+                return Ok(None);
+            }
+            let responses = txn.open_table(RESPONSES).map_err(io_error)?;
+            let Some(blob) = responses.get(&hash.0).map_err(io_error)? else {
+                return Err(Unavailable::Corrupted {
+                    detail: format!("completed record {hash:?} has no stored response"),
+                });
+            };
+            response::decode(blob.value()).map(Some).map_err(corrupted)
+        })
+    }
+
+    /// The record for (scope, key), or `None` if there is none or it has expired (C9).
+    pub fn get(&self, scope: &Scope, key: &Key) -> Result<Option<RecordInfo>, Unavailable> {
+        self.inner.shared.check()?;
+        if self.inner.shared.detached_releases.load(Ordering::SeqCst) > 0 {
+            // A dropped reservation's release is queued: let the writer apply it first, so a
+            // read after the drop sees the key released (C6).
+            let (tx, rx) = reply::channel();
+            self.submit(Op::Barrier { reply: tx })?;
+            rx.wait().map_err(|_| self.inner.shared.lost_reply())??;
+        }
+        let hash = KeyHash::of(scope, key);
+        let now = self.inner.shared.now();
+        self.read(|txn| {
+            let records = txn.open_table(RECORDS).map_err(io_error)?;
+            let Some(g) = records.get(&hash.0).map_err(io_error)? else {
+                return Ok(None);
+            };
+            let rec = Record::decode(g.value()).map_err(corrupted)?;
+            if machine::expired(&rec.hot, now) {
+                return Ok(None);
+            }
+            let response = if rec.hot.state == State::Completed {
+                let responses = txn.open_table(RESPONSES).map_err(io_error)?;
+                let blob = responses.get(&hash.0).map_err(io_error)?;
+                match blob {
+                    Some(b) => Some(response::decode(b.value()).map_err(corrupted)?),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let h = rec.hot;
+            Ok(Some(RecordInfo {
+                scope: rec.scope,
+                key: rec.key,
+                state: h.state,
+                fingerprint: h.fingerprint,
+                created_at: h.created_at,
+                lease_deadline: (h.state == State::InFlight).then_some(h.lease_deadline),
+                expires_at: h.expires_at,
+                token: h.token,
+                response,
+            }))
+        })
+    }
+
+    /// Removes the record for (scope, key), whatever its state; true if there was one. A
+    /// reservation of a purged key can no longer complete.
+    pub fn purge(&self, scope: &Scope, key: &Key) -> Result<bool, Unavailable> {
+        self.inner.shared.check()?;
+        let (tx, rx) = reply::channel();
+        self.submit(Op::Purge {
+            hash: KeyHash::of(scope, key),
+            reply: tx,
+        })?;
+        rx.wait().map_err(|_| self.inner.shared.lost_reply())?
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> Stats {
+        let shared = &self.inner.shared;
+        shared.counters.snapshot(shared.index.len())
+    }
+
+    /// Removes every record expired by now, in compactor-sized batches, and returns how many
+    /// were removed. The background compactor does the same on its own schedule.
+    pub fn compact_now(&self) -> Result<u64, Unavailable> {
+        let shared = &self.inner.shared;
+        let batch = shared.config.compactor_batch;
+        let mut removed = 0;
+        loop {
+            let report = compactor::expire_once(shared, &self.inner.ops, batch)?;
+            removed += report.removed;
+            if report.scanned < batch {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Makes every commit so far durable now (useful with [`Durability::Buffered`]).
+    pub fn flush(&self) -> Result<(), Unavailable> {
+        self.inner.shared.check()?;
+        let (tx, rx) = reply::channel();
+        self.submit(Op::Flush { reply: tx })?;
+        rx.wait().map_err(|_| self.inner.shared.lost_reply())?
+    }
+
+    /// Drains the writer, makes everything durable, stops the background threads and closes
+    /// the file. Other handles of this store get [`Unavailable::Closed`] afterwards.
+    pub fn close(self) -> Result<(), Unavailable> {
+        self.inner.shutdown()
+    }
+
+    fn complete_token(
+        &self,
+        hash: KeyHash,
+        token: u64,
+        response: Response,
+    ) -> Result<Receiver<Result<Completion, CompleteError>>, CompleteError> {
+        let shared = &self.inner.shared;
+        shared.check()?;
+        let max = shared.config.max_response_bytes;
+        let len = response.encoded_len();
+        let blob = match response::encode(&response) {
+            Ok(blob) if len <= max => blob,
+            _ => {
+                self.send_release(hash, token);
+                return Err(CompleteError::ResponseTooLarge { len, max });
+            }
+        };
+        let (tx, rx) = reply::channel();
+        self.submit(Op::Complete {
+            hash,
+            token,
+            response,
+            blob,
+            reply: tx,
+        })?;
+        Ok(rx)
+    }
+
+    fn send_release(&self, hash: KeyHash, token: u64) {
+        // Fire and forget; counted so that `begin` does not trust the index's copy of an
+        // in-flight record until the writer has applied it.
+        let pending = &self.inner.shared.detached_releases;
+        pending.fetch_add(1, Ordering::SeqCst);
+        let sent = self.inner.ops.send(Op::Release {
+            hash,
+            token,
+            reply: None,
+        });
+        if sent.is_err() {
+            pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn lease_op(
+        &self,
+        op: impl FnOnce(reply::Sender<Result<u64, LeaseError>>) -> Op,
+    ) -> Result<Receiver<Result<u64, LeaseError>>, LeaseError> {
+        self.inner.shared.check()?;
+        let (tx, rx) = reply::channel();
+        self.submit(op(tx))?;
+        Ok(rx)
+    }
+
+    fn release_token(&self, hash: KeyHash, token: u64) -> Result<(), LeaseError> {
+        let shared = &self.inner.shared;
+        shared.check()?;
+        let (tx, rx) = reply::channel();
+        self.submit(Op::Release {
+            hash,
+            token,
+            reply: Some(tx),
+        })?;
+        rx.wait().map_err(|_| shared.lost_reply())?
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) -> Result<(), Unavailable> {
+        let mut threads = self.threads.lock();
+        drop(threads.stop_compactor.take());
+        if let Some(c) = threads.compactor.take() {
+            let _ = c.join();
+        }
+        let Some(writer) = threads.writer.take() else {
+            return self.shared.check_poison();
+        };
+        let flushed = match self.shared.check_poison() {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let (tx, rx) = reply::channel();
+                match self.ops.send(Op::Flush { reply: tx }) {
+                    Ok(()) => rx.wait().unwrap_or_else(|_| Err(self.shared.lost_reply())),
+                    Err(_) => Err(self.shared.lost_reply()),
+                }
+            }
+        };
+        let _ = self.ops.send(Op::Shutdown);
+        let joined = writer.join();
+        self.shared.mark_closed();
+        if joined.is_err() {
+            return Err(self.shared.poisoned_error());
+        }
+        flushed
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+impl Reservation {
+    /// The fencing token (C8): strictly greater than every token handed out before by this
+    /// store, so a resource guarded by it can refuse a stale holder.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// When the lease runs out, in milliseconds since the Unix epoch. After it, another
+    /// `begin` may take the key over; [`renew`](Reservation::renew) extends it.
+    pub fn lease_deadline(&self) -> u64 {
+        self.lease_deadline
+    }
+
+    /// Stores the operation's response and returns once it is durable (C10, in the default
+    /// mode). A status the cache policy does not keep releases the key instead (C6, C7).
+    /// A stale holder (C8) gets [`CompleteError::Fenced`] and nothing is stored.
+    pub fn complete(mut self, response: Response) -> Result<Completion, CompleteError> {
+        self.armed = false;
+        let rx = self.store.complete_token(self.hash, self.token, response)?;
+        rx.wait().map_err(|_| self.store.inner.shared.lost_reply())?
+    }
+
+    /// [`complete`](Reservation::complete) as a runtime-agnostic future.
+    pub fn complete_async(
+        mut self,
+        response: Response,
+    ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
+        self.armed = false;
+        let store = self.store.clone();
+        let submitted = self.store.complete_token(self.hash, self.token, response);
+        async move {
+            let rx = submitted?;
+            rx.await.map_err(|_| store.inner.shared.lost_reply())?
+        }
+    }
+
+    /// Extends the lease to a full lease period from now (C8).
+    pub fn renew(&mut self) -> Result<(), LeaseError> {
+        let (hash, token) = (self.hash, self.token);
+        let rx = self
+            .store
+            .lease_op(|reply| Op::Renew { hash, token, reply })?;
+        self.lease_deadline = rx.wait().map_err(|_| self.store.inner.shared.lost_reply())??;
+        Ok(())
+    }
+
+    /// [`renew`](Reservation::renew) as a runtime-agnostic future.
+    pub fn renew_async(&mut self) -> impl Future<Output = Result<(), LeaseError>> + Send + '_ {
+        let (hash, token) = (self.hash, self.token);
+        let submitted = self
+            .store
+            .lease_op(|reply| Op::Renew { hash, token, reply });
+        async move {
+            let rx = submitted?;
+            self.lease_deadline = rx.await.map_err(|_| self.store.inner.shared.lost_reply())??;
+            Ok(())
+        }
+    }
+
+    /// Releases the key now, so the next attempt executes (C6).
+    pub fn release(mut self) -> Result<(), LeaseError> {
+        self.armed = false;
+        self.store.release_token(self.hash, self.token)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.send_release(self.hash, self.token);
+        }
+    }
+}
+
+impl Backend for Store {
+    fn claim(&self, scope: &Scope, key: &Key, fp: &Fingerprint) -> Result<Claim, BeginError> {
+        let (_, prepared) = self.prepare_begin(scope, key, fp)?;
+        match prepared {
+            Prepared::Ready(claim) => Ok(claim),
+            Prepared::Wait(rx) => self.claim_from_reply(rx.wait()),
+        }
+    }
+
+    fn complete(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        token: u64,
+        response: Response,
+    ) -> Result<Completion, CompleteError> {
+        let rx = self.complete_token(KeyHash::of(scope, key), token, response)?;
+        rx.wait().map_err(|_| self.inner.shared.lost_reply())?
+    }
+
+    fn renew(&self, scope: &Scope, key: &Key, token: u64) -> Result<u64, LeaseError> {
+        let hash = KeyHash::of(scope, key);
+        let rx = self.lease_op(|reply| Op::Renew { hash, token, reply })?;
+        rx.wait().map_err(|_| self.inner.shared.lost_reply())?
+    }
+
+    fn release(&self, scope: &Scope, key: &Key, token: u64) -> Result<(), LeaseError> {
+        self.release_token(KeyHash::of(scope, key), token)
+    }
+
+    fn get(&self, scope: &Scope, key: &Key) -> Result<Option<RecordInfo>, Unavailable> {
+        Store::get(self, scope, key)
+    }
+
+    fn purge(&self, scope: &Scope, key: &Key) -> Result<bool, Unavailable> {
+        Store::purge(self, scope, key)
+    }
+}
+
+fn io_error(e: impl Into<redb::Error>) -> Unavailable {
+    match e.into() {
+        redb::Error::Corrupted(detail) => Unavailable::Corrupted { detail },
+        other => Unavailable::Io {
+            cause: cause(other),
+        },
+    }
+}
+
+fn corrupted(e: impl std::fmt::Display) -> Unavailable {
+    Unavailable::Corrupted {
+        detail: e.to_string(),
+    }
+}
+
+/// Runs an opening step, turning a storage-engine panic on a damaged file into an error.
+fn guard_open<T>(f: impl FnOnce() -> Result<T, OpenError>) -> Result<T, OpenError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(OpenError::Corrupted {
+            detail: format!(
+                "the storage engine panicked reading the file: {}",
+                panic_text(&*payload)
+            ),
+        })
+    })
+}
+
+fn open_db(
+    config: &Config,
+    create: impl FnOnce(&redb::Builder) -> Result<Database, redb::DatabaseError>,
+) -> Result<Database, OpenError> {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(config.page_cache_bytes);
+    if config.verify_on_open {
+        builder.set_check_integrity_on_open(true);
+    }
+    guard_open(|| create(&builder).map_err(open_error))
+}
+
+/// Maps a storage-engine error met while opening.
+fn open_error(e: impl Into<redb::Error>) -> OpenError {
+    match e.into() {
+        redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
+            OpenError::AlreadyOpen
+        }
+        redb::Error::Io(e) => OpenError::Io(e),
+        redb::Error::Corrupted(detail) => OpenError::Corrupted { detail },
+        redb::Error::RepairAborted => OpenError::Corrupted {
+            detail: "repair was aborted".into(),
+        },
+        e @ (redb::Error::UpgradeRequired(_)
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TableIsNotMultimap(_)) => OpenError::NotAnIdemstoreFile {
+            detail: e.to_string(),
+        },
+        other => OpenError::Storage {
+            cause: cause(other),
+        },
+    }
+}
+
+/// Creates the tables of a new file, checks the format version of an existing one, applies
+/// `release_in_flight_on_open`, and returns the next fencing token.
+fn init_tables(db: &Database, config: &Config) -> Result<u64, OpenError> {
+    let txn = db.begin_write().map_err(open_error)?;
+    let next_token;
+    {
+        let mut records = txn.open_table(RECORDS).map_err(open_error)?;
+        txn.open_table(RESPONSES).map_err(open_error)?;
+        let mut expiry = txn.open_table(EXPIRY).map_err(open_error)?;
+        let mut meta = txn.open_table(META).map_err(open_error)?;
+        let format = meta.get(META_FORMAT).map_err(open_error)?.map(|g| g.value());
+        match format {
+            None => {
+                meta.insert(META_FORMAT, FORMAT_VERSION)
+                    .map_err(open_error)?;
+            }
+            Some(found) if found > FORMAT_VERSION => {
+                return Err(OpenError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Some(_) => {}
+        }
+        next_token = meta
+            .get(META_NEXT_TOKEN)
+            .map_err(open_error)?
+            .map(|g| g.value())
+            .unwrap_or(1);
+        if config.release_in_flight_on_open {
+            let mut in_flight = Vec::new();
+            for entry in records.iter().map_err(open_error)? {
+                let (k, v) = entry.map_err(open_error)?;
+                if let Ok(hot) = crate::record::Hot::decode(v.value())
+                    && hot.state == State::InFlight
+                {
+                    in_flight.push((*k.value(), hot.expires_at));
+                }
+            }
+            for (hash, expires_at) in in_flight {
+                records.remove(&hash).map_err(open_error)?;
+                let ek = crate::record::ExpiryKey::new(expires_at, &KeyHash(hash));
+                expiry.remove(ek).map_err(open_error)?;
+            }
+        }
+    }
+    txn.commit().map_err(open_error)?;
+    Ok(next_token)
+}

@@ -1,0 +1,106 @@
+//! Shared helpers: stores on temporary files with a controllable clock.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use idemstore::{
+    Begin, Config, ConfigBuilder, Durability, Fingerprint, Key, ManualClock, Reservation,
+    Response, Scope, Store,
+};
+
+/// Start of every manual clock: 2026-01-01T00:00:00Z.
+pub const T0: u64 = 1_767_225_600_000;
+
+pub struct TestStore {
+    pub store: Store,
+    pub clock: ManualClock,
+    pub path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn config(clock: &ManualClock) -> ConfigBuilder {
+    Config::builder()
+        .clock(clock.clone())
+        // Keep the background compactor out of the way: tests call compact_now.
+        .compactor_interval(Duration::from_secs(3600))
+}
+
+pub fn open_with(f: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idem.redb");
+    let clock = ManualClock::new(T0);
+    let store = Store::open(&path, f(config(&clock)).build().unwrap()).unwrap();
+    TestStore {
+        store,
+        clock,
+        path,
+        dir,
+    }
+}
+
+pub fn open() -> TestStore {
+    open_with(|c| c)
+}
+
+impl TestStore {
+    /// Closes and reopens the same file with the same clock and settings `f`.
+    pub fn reopen_with(self, f: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> TestStore {
+        let TestStore {
+            store,
+            clock,
+            path,
+            dir,
+        } = self;
+        store.close().unwrap();
+        let store = Store::open(&path, f(config(&clock)).build().unwrap()).unwrap();
+        TestStore {
+            store,
+            clock,
+            path,
+            dir,
+        }
+    }
+
+    pub fn reopen(self) -> TestStore {
+        self.reopen_with(|c| c)
+    }
+}
+
+pub fn scope(s: &str) -> Scope {
+    Scope::new(s).unwrap()
+}
+
+pub fn key(s: &str) -> Key {
+    Key::new(s).unwrap()
+}
+
+pub fn fp(body: &str) -> Fingerprint {
+    Fingerprint::of_request("POST", "/v1/bookings", Some("application/json"), body.as_bytes())
+}
+
+pub fn resp(status: u16, body: &str) -> Response {
+    Response::new(status, [("content-type", "application/json")], body.to_owned())
+}
+
+pub fn memory(clock: &ManualClock) -> Store {
+    Store::open(
+        "unused",
+        config(clock).durability(Durability::Memory).build().unwrap(),
+    )
+    .unwrap()
+}
+
+pub fn execute(b: Begin) -> Reservation {
+    match b {
+        Begin::Execute(r) => r,
+        other => panic!("expected Execute, got {other:?}"),
+    }
+}
+
+pub fn replay(b: Begin) -> Response {
+    match b {
+        Begin::Replay(r) => r,
+        other => panic!("expected Replay, got {other:?}"),
+    }
+}
