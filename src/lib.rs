@@ -35,6 +35,8 @@ mod compactor;
 mod config;
 mod error;
 mod fingerprint;
+#[cfg(test)]
+mod golden_tests;
 mod index;
 mod key;
 mod machine;

@@ -1,0 +1,1 @@
+//! Golden bytes: the on-disk layouts of `docs/format.md`, pinned.
