@@ -225,7 +225,13 @@ impl ConfigBuilder {
     pub fn durability(mut self, durability: Durability) -> Self {
         if let Durability::Buffered { max_delay } = durability {
             let ok = max_delay >= Duration::from_millis(1) && max_delay <= Duration::from_secs(10);
-            check!(self, "durability", durability, ok, "Buffered max_delay 1 ms to 10 s");
+            check!(
+                self,
+                "durability",
+                durability,
+                ok,
+                "Buffered max_delay 1 ms to 10 s"
+            );
         }
         self.config.durability = durability;
         self
@@ -239,7 +245,13 @@ impl ConfigBuilder {
 
     /// Longest key accepted, in bytes (rule C12). Default 255; range 1 to 4096.
     pub fn max_key_len(mut self, bytes: usize) -> Self {
-        check!(self, "max_key_len", bytes, (1..=4096).contains(&bytes), "1 to 4096");
+        check!(
+            self,
+            "max_key_len",
+            bytes,
+            (1..=4096).contains(&bytes),
+            "1 to 4096"
+        );
         self.config.max_key_len = bytes;
         self
     }
@@ -272,7 +284,13 @@ impl ConfigBuilder {
     /// Largest number of expired records the compactor removes in one commit.
     /// Default 1000; range 1 to 100 000.
     pub fn compactor_batch(mut self, records: usize) -> Self {
-        check!(self, "compactor_batch", records, (1..=100_000).contains(&records), "1 to 100 000");
+        check!(
+            self,
+            "compactor_batch",
+            records,
+            (1..=100_000).contains(&records),
+            "1 to 100 000"
+        );
         self.config.compactor_batch = records;
         self
     }
@@ -298,7 +316,13 @@ impl ConfigBuilder {
     /// Number of records the in-memory hot index is sized for at open, so it does not resize
     /// while it warms up. Default 65 536; range 0 to 2^30.
     pub fn index_capacity(mut self, records: usize) -> Self {
-        check!(self, "index_capacity", records, records <= 1 << 30, "0 to 2^30");
+        check!(
+            self,
+            "index_capacity",
+            records,
+            records <= 1 << 30,
+            "0 to 2^30"
+        );
         self.config.index_capacity = records;
         self
     }
@@ -307,14 +331,26 @@ impl ConfigBuilder {
     /// oldest are dropped first beyond it (they are then read from the file).
     /// Default 64 MiB; range 0 to 2^40.
     pub fn response_cache_bytes(mut self, bytes: usize) -> Self {
-        check!(self, "response_cache_bytes", bytes, bytes as u64 <= 1 << 40, "0 to 2^40");
+        check!(
+            self,
+            "response_cache_bytes",
+            bytes,
+            bytes as u64 <= 1 << 40,
+            "0 to 2^40"
+        );
         self.config.response_cache_bytes = bytes;
         self
     }
 
     /// Most operations the writer puts in one commit. Default 1024; range 1 to 65 536.
     pub fn batch_limit(mut self, ops: usize) -> Self {
-        check!(self, "batch_limit", ops, (1..=65_536).contains(&ops), "1 to 65 536");
+        check!(
+            self,
+            "batch_limit",
+            ops,
+            (1..=65_536).contains(&ops),
+            "1 to 65 536"
+        );
         self.config.batch_limit = ops;
         self
     }

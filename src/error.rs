@@ -228,7 +228,10 @@ impl fmt::Display for OpenError {
                 f.write_str("the store file is already open in this or another process")
             }
             OpenError::Corrupted { detail } => {
-                write!(f, "the store file is damaged and cannot be repaired: {detail}")
+                write!(
+                    f,
+                    "the store file is damaged and cannot be repaired: {detail}"
+                )
             }
             OpenError::UnsupportedFormat { found, supported } => write!(
                 f,

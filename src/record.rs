@@ -52,7 +52,10 @@ const OFF_EXPIRES: usize = OFF_LEASE + 8;
 const OFF_TOKEN: usize = OFF_EXPIRES + 8;
 /// Length of the fixed part; the scope and key bytes follow it.
 pub(crate) const FIXED_LEN: usize = OFF_TOKEN + 8;
-const _: () = assert!(FIXED_LEN == 80, "docs/format.md documents an 80-byte fixed part");
+const _: () = assert!(
+    FIXED_LEN == 80,
+    "docs/format.md documents an 80-byte fixed part"
+);
 
 /// The state of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,8 +170,8 @@ impl Hot {
         if version != RECORD_VERSION {
             return Err(RecordError::Version(version));
         }
-        let state = State::from_byte(byte(b, OFF_STATE))
-            .ok_or(RecordError::State(byte(b, OFF_STATE)))?;
+        let state =
+            State::from_byte(byte(b, OFF_STATE)).ok_or(RecordError::State(byte(b, OFF_STATE)))?;
         let flags = byte(b, OFF_FLAGS);
         if flags != 0 {
             return Err(RecordError::Flags(flags));

@@ -219,7 +219,11 @@ mod tests {
 
     #[test]
     fn roundtrip_and_length() {
-        let r = Response::new(201, [("content-type", &b"a/b"[..]), ("etag", b"\"1\"")], "hi");
+        let r = Response::new(
+            201,
+            [("content-type", &b"a/b"[..]), ("etag", b"\"1\"")],
+            "hi",
+        );
         let e = encode(&r).unwrap();
         assert_eq!(e.len(), r.encoded_len());
         assert_eq!(decode(&e).unwrap(), r);

@@ -60,7 +60,11 @@ impl Stats {
 
     /// Mean commit latency.
     pub fn mean_commit_latency(&self) -> Duration {
-        Duration::from_micros(self.commit_micros_total.checked_div(self.commits).unwrap_or(0))
+        Duration::from_micros(
+            self.commit_micros_total
+                .checked_div(self.commits)
+                .unwrap_or(0),
+        )
     }
 
     /// Longest commit latency.

@@ -164,8 +164,8 @@ impl Store {
         let db = Arc::new(db);
         let shared = Arc::new(Shared::new(config, Arc::clone(&db)));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let writer = writer::spawn(Arc::clone(&shared), db, rx, next_token)
-            .map_err(OpenError::Spawn)?;
+        let writer =
+            writer::spawn(Arc::clone(&shared), db, rx, next_token).map_err(OpenError::Spawn)?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let inner = Inner {
             shared: Arc::clone(&shared),
@@ -367,8 +367,7 @@ impl Store {
                 return Ok(None);
             };
             let hot = crate::record::Hot::decode(g.value()).map_err(corrupted)?;
-            if hot.state != State::Completed || hot.token != token || machine::expired(&hot, now)
-            {
+            if hot.state != State::Completed || hot.token != token || machine::expired(&hot, now) {
                 return Ok(None);
             }
             let responses = txn.open_table(RESPONSES).map_err(io_error)?;
@@ -595,7 +594,8 @@ impl Reservation {
     pub fn complete(mut self, response: Response) -> Result<Completion, CompleteError> {
         self.armed = false;
         let rx = self.store.complete_token(self.hash, self.token, response)?;
-        rx.wait().map_err(|_| self.store.inner.shared.lost_reply())?
+        rx.wait()
+            .map_err(|_| self.store.inner.shared.lost_reply())?
     }
 
     /// [`complete`](Reservation::complete) as a runtime-agnostic future.
@@ -618,7 +618,9 @@ impl Reservation {
         let rx = self
             .store
             .lease_op(|reply| Op::Renew { hash, token, reply })?;
-        self.lease_deadline = rx.wait().map_err(|_| self.store.inner.shared.lost_reply())??;
+        self.lease_deadline = rx
+            .wait()
+            .map_err(|_| self.store.inner.shared.lost_reply())??;
         Ok(())
     }
 
@@ -630,7 +632,9 @@ impl Reservation {
             .lease_op(|reply| Op::Renew { hash, token, reply });
         async move {
             let rx = submitted?;
-            self.lease_deadline = rx.await.map_err(|_| self.store.inner.shared.lost_reply())??;
+            self.lease_deadline = rx
+                .await
+                .map_err(|_| self.store.inner.shared.lost_reply())??;
             Ok(())
         }
     }
@@ -734,6 +738,18 @@ fn open_error(e: impl Into<redb::Error>) -> OpenError {
         redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
             OpenError::AlreadyOpen
         }
+        // The engine reports a bad header or a file shorter than its own header as I/O errors
+        // of these kinds: the file is damaged, not unreadable.
+        redb::Error::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            OpenError::Corrupted {
+                detail: e.to_string(),
+            }
+        }
         redb::Error::Io(e) => OpenError::Io(e),
         redb::Error::Corrupted(detail) => OpenError::Corrupted { detail },
         redb::Error::RepairAborted => OpenError::Corrupted {
@@ -762,7 +778,10 @@ fn init_tables(db: &Database, config: &Config) -> Result<u64, OpenError> {
         txn.open_table(RESPONSES).map_err(open_error)?;
         let mut expiry = txn.open_table(EXPIRY).map_err(open_error)?;
         let mut meta = txn.open_table(META).map_err(open_error)?;
-        let format = meta.get(META_FORMAT).map_err(open_error)?.map(|g| g.value());
+        let format = meta
+            .get(META_FORMAT)
+            .map_err(open_error)?
+            .map(|g| g.value());
         match format {
             None => {
                 meta.insert(META_FORMAT, FORMAT_VERSION)

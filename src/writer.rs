@@ -127,7 +127,10 @@ enum Pending {
         Sender<Result<Completion, CompleteError>>,
         Result<Completion, CompleteError>,
     ),
-    Lease(Option<Sender<Result<(), LeaseError>>>, Result<(), LeaseError>),
+    Lease(
+        Option<Sender<Result<(), LeaseError>>>,
+        Result<(), LeaseError>,
+    ),
     Renew(Sender<Result<u64, LeaseError>>, Result<u64, LeaseError>),
     Purge(Sender<Result<bool, Unavailable>>, bool),
     Expire(Sender<Result<ExpireReport, Unavailable>>, ExpireReport),
@@ -332,7 +335,10 @@ impl Writer {
         if self.next_token != token_before {
             let meta = self.io(txn.open_table(META));
             let Ok(mut meta) = meta else { return };
-            if self.io(meta.insert(META_NEXT_TOKEN, self.next_token)).is_err() {
+            if self
+                .io(meta.insert(META_NEXT_TOKEN, self.next_token))
+                .is_err()
+            {
                 return;
             }
         }
@@ -455,7 +461,12 @@ impl Writer {
             )
     }
 
-    fn apply_all(&mut self, txn: &WriteTransaction, ops: Vec<Op>, b: &mut Batch) -> Result<(), Fail> {
+    fn apply_all(
+        &mut self,
+        txn: &WriteTransaction,
+        ops: Vec<Op>,
+        b: &mut Batch,
+    ) -> Result<(), Fail> {
         let mut t = Tables {
             records: self.io(txn.open_table(RECORDS))?,
             responses: self.io(txn.open_table(RESPONSES))?,
@@ -469,7 +480,11 @@ impl Writer {
     }
 
     /// Reads a record: `Ok(None)` when absent, `Ok(Some(Err))` when it does not decode.
-    fn load(&self, t: &Tables<'_>, hash: &KeyHash) -> Result<Option<Result<Record, Unavailable>>, Fail> {
+    fn load(
+        &self,
+        t: &Tables<'_>,
+        hash: &KeyHash,
+    ) -> Result<Option<Result<Record, Unavailable>>, Fail> {
         let guard = self.io(t.records.get(&hash.0))?;
         Ok(guard.map(|g| {
             Record::decode(g.value()).map_err(|e| Unavailable::Corrupted {
@@ -479,7 +494,13 @@ impl Writer {
     }
 
     /// Writes `record` under `hash`, moving its expiry index entry from `old_expiry`.
-    fn put(&self, t: &mut Tables<'_>, hash: &KeyHash, record: &Record, old_expiry: Option<u64>) -> Result<(), Fail> {
+    fn put(
+        &self,
+        t: &mut Tables<'_>,
+        hash: &KeyHash,
+        record: &Record,
+        old_expiry: Option<u64>,
+    ) -> Result<(), Fail> {
         let new_expiry = record.hot.expires_at;
         if old_expiry != Some(new_expiry) {
             if let Some(old) = old_expiry {
@@ -672,12 +693,14 @@ impl Writer {
                         },
                     ));
                     bump(&counters.completions);
-                    b.pending.push(Pending::Complete(reply, Ok(Completion::Stored)));
+                    b.pending
+                        .push(Pending::Complete(reply, Ok(Completion::Stored)));
                 } else {
                     self.delete(t, &hash, Some(&old))?;
                     b.effects.push(Effect::Remove(hash));
                     bump(&counters.releases);
-                    b.pending.push(Pending::Complete(reply, Ok(Completion::Released)));
+                    b.pending
+                        .push(Pending::Complete(reply, Ok(Completion::Released)));
                 }
             }
             Op::Release { hash, token, reply } => {
@@ -716,7 +739,10 @@ impl Writer {
                     Some(Ok(r)) => Some(r),
                     None => None,
                 };
-                let result = match (machine::check_holder(current.as_ref().map(|r| &r.hot), token), current) {
+                let result = match (
+                    machine::check_holder(current.as_ref().map(|r| &r.hot), token),
+                    current,
+                ) {
                     (Ok(()), Some(mut record)) => {
                         let old = record.hot;
                         let lease_deadline = now.saturating_add(crate::clock::millis(config.lease));
@@ -773,7 +799,13 @@ impl Writer {
     }
 
     /// Removes up to `limit` records whose expiry time has passed (C9).
-    fn expire(&self, t: &mut Tables<'_>, now: u64, limit: usize, b: &mut Batch) -> Result<ExpireReport, Fail> {
+    fn expire(
+        &self,
+        t: &mut Tables<'_>,
+        now: u64,
+        limit: usize,
+        b: &mut Batch,
+    ) -> Result<ExpireReport, Fail> {
         let mut due = Vec::new();
         {
             let range = self.io(t.expiry.range(..=ExpiryKey::upper(now)))?;

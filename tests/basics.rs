@@ -14,7 +14,10 @@ fn c2_c3_first_attempt_then_byte_identical_replay() {
     let again = replay(t.store.begin(&s, &k, &fp(r#"{ "a": 1.0 }"#)).unwrap());
     assert_eq!(again, original);
     let t = t.reopen();
-    assert_eq!(replay(t.store.begin(&s, &k, &fp(r#"{"a":1}"#)).unwrap()), original);
+    assert_eq!(
+        replay(t.store.begin(&s, &k, &fp(r#"{"a":1}"#)).unwrap()),
+        original
+    );
 }
 
 #[test]
@@ -22,9 +25,15 @@ fn c4_conflict_in_flight_and_completed() {
     let t = open();
     let (s, k) = (scope("acct"), key("k1"));
     let r = execute(t.store.begin(&s, &k, &fp("1")).unwrap());
-    assert!(matches!(t.store.begin(&s, &k, &fp("2")).unwrap(), Begin::Conflict));
+    assert!(matches!(
+        t.store.begin(&s, &k, &fp("2")).unwrap(),
+        Begin::Conflict
+    ));
     r.complete(resp(200, "x")).unwrap();
-    assert!(matches!(t.store.begin(&s, &k, &fp("2")).unwrap(), Begin::Conflict));
+    assert!(matches!(
+        t.store.begin(&s, &k, &fp("2")).unwrap(),
+        Begin::Conflict
+    ));
 }
 
 #[test]
@@ -47,7 +56,7 @@ fn c6_drop_and_release_free_the_key() {
     r.release().unwrap();
     let r = execute(t.store.begin(&s, &k, &fp("1")).unwrap());
     assert_eq!(r.complete(resp(500, "boom")).unwrap(), Completion::Released);
-    execute(t.store.begin(&s, &k, &fp("1")).unwrap());
+    drop(execute(t.store.begin(&s, &k, &fp("1")).unwrap()));
 }
 
 #[test]
@@ -55,6 +64,6 @@ fn scopes_keep_keys_apart() {
     let t = open();
     let k = key("k1");
     let r = execute(t.store.begin(&scope("a"), &k, &fp("1")).unwrap());
-    execute(t.store.begin(&scope("b"), &k, &fp("1")).unwrap());
+    drop(execute(t.store.begin(&scope("b"), &k, &fp("1")).unwrap()));
     r.complete(resp(200, "a")).unwrap();
 }

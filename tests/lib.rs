@@ -1,6 +1,25 @@
 //! The integration tests, built as one binary. Each module is a scenario; test names carry the
 //! contract rule they check (C1-C12, see docs/contract.md).
 
+// Tests state their expectations with unwrap and panic; a failure is the test's verdict.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
 mod support;
 
+mod async_api;
 mod basics;
+mod conformance;
+mod damaged;
+mod durability;
+mod expiry;
+mod lease;
+mod limits;
+mod model;
+mod policy;
+mod recovery;
+mod storm;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use idemstore::{
-    Begin, Config, ConfigBuilder, Durability, Fingerprint, Key, ManualClock, Reservation,
-    Response, Scope, Store,
+    Begin, Config, ConfigBuilder, Durability, Fingerprint, Key, ManualClock, Reservation, Response,
+    Scope, Store,
 };
 
 /// Start of every manual clock: 2026-01-01T00:00:00Z.
@@ -76,17 +76,29 @@ pub fn key(s: &str) -> Key {
 }
 
 pub fn fp(body: &str) -> Fingerprint {
-    Fingerprint::of_request("POST", "/v1/bookings", Some("application/json"), body.as_bytes())
+    Fingerprint::of_request(
+        "POST",
+        "/v1/bookings",
+        Some("application/json"),
+        body.as_bytes(),
+    )
 }
 
 pub fn resp(status: u16, body: &str) -> Response {
-    Response::new(status, [("content-type", "application/json")], body.to_owned())
+    Response::new(
+        status,
+        [("content-type", "application/json")],
+        body.to_owned(),
+    )
 }
 
 pub fn memory(clock: &ManualClock) -> Store {
     Store::open(
         "unused",
-        config(clock).durability(Durability::Memory).build().unwrap(),
+        config(clock)
+            .durability(Durability::Memory)
+            .build()
+            .unwrap(),
     )
     .unwrap()
 }

@@ -73,7 +73,8 @@ fn demo(db: &str) -> Result<(), Box<dyn std::error::Error>> {
     let body = br#"{"event_type_id":"evt_1","start":"2026-05-20T15:00:00Z","attendee":{"email":"a@b.com"}}"#;
     let reordered = br#"{ "attendee": {"email": "a@b.com"}, "start": "2026-05-20T15:00:00Z", "event_type_id": "evt_1" }"#;
     let other = br#"{"event_type_id":"evt_1","start":"2026-05-21T09:00:00Z","attendee":{"email":"a@b.com"}}"#;
-    let fp = |b: &[u8]| Fingerprint::of_request("POST", "/v1/bookings", Some("application/json"), b);
+    let fp =
+        |b: &[u8]| Fingerprint::of_request("POST", "/v1/bookings", Some("application/json"), b);
 
     println!("key: {key}\n");
     println!("1. POST /v1/bookings (first attempt)");
@@ -92,9 +93,15 @@ fn demo(db: &str) -> Result<(), Box<dyn std::error::Error>> {
     reservation.complete(response)?;
     println!("   first attempt completed: 201 stored durably");
     println!("3. retry with the same key, body keys reordered");
-    println!("   -> {}", describe(&store.begin(&scope, &key, &fp(reordered))?));
+    println!(
+        "   -> {}",
+        describe(&store.begin(&scope, &key, &fp(reordered))?)
+    );
     println!("4. the same key with a different body");
-    println!("   -> {}", describe(&store.begin(&scope, &key, &fp(other))?));
+    println!(
+        "   -> {}",
+        describe(&store.begin(&scope, &key, &fp(other))?)
+    );
     store.close()?;
     let store = Store::open(db, Config::default())?;
     println!("5. after closing and reopening the file, the retry again");

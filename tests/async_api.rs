@@ -1,0 +1,86 @@
+//! The async forms, driven by a minimal executor: the futures must be woken by the writer
+//! thread, with no async runtime in the crate.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use idemstore::{Begin, Completion};
+
+use crate::support::*;
+
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `fut` to completion, parking between polls; fails if nobody wakes it for 20 s.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(fut);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "future was never woken");
+        std::thread::park_timeout(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn async_begin_and_complete_are_woken_by_the_writer() {
+    let t = open();
+    let (s, k) = (scope("acct"), key("k"));
+    let fut = t.store.begin_async(&s, &k, &fp("1"));
+    let Begin::Execute(mut r) = block_on(fut).unwrap() else {
+        panic!("expected Execute")
+    };
+    block_on(r.renew_async()).unwrap();
+    let done = block_on(r.complete_async(resp(201, "async"))).unwrap();
+    assert_eq!(done, Completion::Stored);
+    let Begin::Replay(r) = block_on(t.store.begin_async(&s, &k, &fp("1"))).unwrap() else {
+        panic!("expected Replay")
+    };
+    assert_eq!(r.body(), b"async");
+}
+
+#[test]
+fn async_futures_are_send_and_static() {
+    fn assert_send_static<T: Send + 'static>(_: &T) {}
+    let t = open();
+    let fut = t.store.begin_async(&scope("a"), &key("k"), &fp("1"));
+    assert_send_static(&fut);
+    let Begin::Execute(r) = block_on(fut).unwrap() else {
+        panic!()
+    };
+    let fut = r.complete_async(resp(200, "x"));
+    assert_send_static(&fut);
+    block_on(fut).unwrap();
+}
+
+#[test]
+fn c6_a_cancelled_future_holding_a_reservation_releases_the_key() {
+    let t = open();
+    let (s, k) = (scope("acct"), key("k"));
+    let Begin::Execute(r) = block_on(t.store.begin_async(&s, &k, &fp("1"))).unwrap() else {
+        panic!()
+    };
+    // A handler future that owns the reservation is dropped before it completes.
+    let handler = async move {
+        let _held = r;
+        std::future::pending::<()>().await;
+    };
+    drop(handler);
+    assert!(matches!(
+        t.store.begin(&s, &k, &fp("1")).unwrap(),
+        Begin::Execute(_)
+    ));
+}

@@ -1,0 +1,117 @@
+//! The contract at the level of the `Backend` trait, so that every backend (the embedded store
+//! in each durability mode now, a shared one later) is held to the same answers.
+
+use std::time::Duration;
+
+use idemstore::{
+    Backend, CachePolicy, Claim, CompleteError, Completion, Durability, LeaseError, ManualClock,
+    Store,
+};
+
+use crate::support::*;
+
+/// Runs the suite against `backend`, whose clock is `clock`, lease 10 s and TTL 100 s.
+fn suite(b: &dyn Backend, clock: &ManualClock) {
+    let s = scope("conf");
+    let token = |c: Claim| match c {
+        Claim::Execute { token, .. } => token,
+        other => panic!("expected Execute, got {other:?}"),
+    };
+    // C2, C5, C4, C3
+    let k = key("k1");
+    let t1 = token(b.claim(&s, &k, &fp("a")).unwrap());
+    assert!(matches!(
+        b.claim(&s, &k, &fp("a")).unwrap(),
+        Claim::InProgress { .. }
+    ));
+    assert!(matches!(
+        b.claim(&s, &k, &fp("b")).unwrap(),
+        Claim::Conflict
+    ));
+    assert_eq!(
+        b.complete(&s, &k, t1, resp(201, "r1")).unwrap(),
+        Completion::Stored
+    );
+    match b.claim(&s, &k, &fp("a")).unwrap() {
+        Claim::Replay(r) => assert_eq!(r, resp(201, "r1")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        b.claim(&s, &k, &fp("b")).unwrap(),
+        Claim::Conflict
+    ));
+    // C6: release, and an unkept status
+    let k2 = key("k2");
+    let t2 = token(b.claim(&s, &k2, &fp("a")).unwrap());
+    b.release(&s, &k2, t2).unwrap();
+    let t3 = token(b.claim(&s, &k2, &fp("a")).unwrap());
+    assert!(t3 > t2);
+    assert_eq!(
+        b.complete(&s, &k2, t3, resp(503, "later")).unwrap(),
+        Completion::Released
+    );
+    // C8: takeover and fencing
+    let t4 = token(b.claim(&s, &k2, &fp("a")).unwrap());
+    clock.advance(Duration::from_secs(10));
+    let t5 = token(b.claim(&s, &k2, &fp("a")).unwrap());
+    assert!(t5 > t4);
+    assert!(matches!(
+        b.complete(&s, &k2, t4, resp(200, "stale")),
+        Err(CompleteError::Fenced { .. })
+    ));
+    assert!(matches!(
+        b.renew(&s, &k2, t4),
+        Err(LeaseError::Fenced { .. })
+    ));
+    let deadline = b.renew(&s, &k2, t5).unwrap();
+    assert_eq!(deadline, clock.now_millis() + 10_000);
+    b.complete(&s, &k2, t5, resp(200, "fresh")).unwrap();
+    // get and purge
+    let info = b.get(&s, &k2).unwrap().unwrap();
+    assert_eq!(info.token, t5);
+    assert_eq!(
+        info.response.as_ref().map(|r| r.body().to_vec()),
+        Some(b"fresh".to_vec())
+    );
+    assert!(b.purge(&s, &k2).unwrap());
+    assert!(!b.purge(&s, &k2).unwrap());
+    assert!(b.get(&s, &k2).unwrap().is_none());
+    token(b.claim(&s, &k2, &fp("other")).unwrap());
+    // C9
+    clock.advance(Duration::from_secs(100));
+    assert!(b.get(&s, &k).unwrap().is_none());
+    token(b.claim(&s, &k, &fp("b")).unwrap());
+}
+
+use idemstore::Clock;
+
+fn run(durability: Durability) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock)
+        .lease(Duration::from_secs(10))
+        .ttl(Duration::from_secs(100))
+        .cache_policy(CachePolicy::SuccessOnly)
+        .durability(durability)
+        .build()
+        .unwrap();
+    let store = Store::open(dir.path().join("c.redb"), cfg).unwrap();
+    suite(&store, &clock);
+}
+
+#[test]
+fn conformance_immediate() {
+    run(Durability::Immediate);
+}
+
+#[test]
+fn conformance_buffered() {
+    run(Durability::Buffered {
+        max_delay: Duration::from_millis(2),
+    });
+}
+
+#[test]
+fn conformance_memory() {
+    run(Durability::Memory);
+}

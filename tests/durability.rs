@@ -1,0 +1,129 @@
+//! Durability modes (C10), including a real process crash in the default mode.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use idemstore::{Config, Durability, Store};
+
+use crate::support::*;
+
+const CRASH_DB: &str = "IDEMSTORE_TEST_CRASH_DB";
+const ACKED: usize = 40;
+
+/// Run only as the child of `c10_acknowledged_completions_survive_a_process_crash`: completes
+/// records, reports each acknowledgement on stdout, then aborts without any shutdown.
+#[test]
+#[ignore = "child process of the crash test"]
+fn crash_child() {
+    let Ok(path) = std::env::var(CRASH_DB) else {
+        return;
+    };
+    let store = Store::open(&path, Config::default()).unwrap();
+    let s = scope("acct");
+    for i in 0..ACKED {
+        let k = key(&format!("k{i}"));
+        let r = execute(store.begin(&s, &k, &fp(&i.to_string())).unwrap());
+        r.complete(resp(201, &format!("response {i}"))).unwrap();
+        println!("ACK {i}");
+    }
+    // One more reservation left in flight, then the process dies mid-flight.
+    let _in_flight = execute(store.begin(&s, &key("in-flight"), &fp("x")).unwrap());
+    std::process::abort();
+}
+
+#[test]
+fn c10_acknowledged_completions_survive_a_process_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.redb");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "durability::crash_child",
+            "--nocapture",
+        ])
+        .env(CRASH_DB, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let acked: Vec<usize> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.strip_prefix("ACK ").and_then(|n| n.parse().ok()))
+        .collect();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the child must have crashed");
+    assert_eq!(acked.len(), ACKED);
+    let store = Store::open(&path, Config::default()).unwrap();
+    let s = scope("acct");
+    for i in acked {
+        let got = replay(
+            store
+                .begin(&s, &key(&format!("k{i}")), &fp(&i.to_string()))
+                .unwrap(),
+        );
+        assert_eq!(got, resp(201, &format!("response {i}")), "C10: ack {i}");
+    }
+    // C11: the reservation that was in flight at the crash is still in flight.
+    let info = store.get(&s, &key("in-flight")).unwrap().unwrap();
+    assert_eq!(info.state, idemstore::State::InFlight);
+}
+
+#[test]
+fn c10_memory_mode_touches_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("never.redb");
+    let clock = idemstore::ManualClock::new(T0);
+    let store = Store::open(
+        &path,
+        config(&clock)
+            .durability(Durability::Memory)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    execute(store.begin(&scope("a"), &key("k"), &fp("1")).unwrap())
+        .complete(resp(200, "m"))
+        .unwrap();
+    replay(store.begin(&scope("a"), &key("k"), &fp("1")).unwrap());
+    store.close().unwrap();
+    assert!(!path.exists());
+}
+
+#[test]
+fn c10_buffered_mode_is_durable_after_flush_and_close() {
+    let buffered = |c: idemstore::ConfigBuilder| {
+        c.durability(Durability::Buffered {
+            max_delay: Duration::from_millis(5),
+        })
+    };
+    let t = open_with(buffered);
+    let (s, k) = (scope("acct"), key("k"));
+    execute(t.store.begin(&s, &k, &fp("1")).unwrap())
+        .complete(resp(201, "buffered"))
+        .unwrap();
+    t.store.flush().unwrap();
+    let before = t.store.stats().durable_commits;
+    assert!(before >= 1);
+    let t = t.reopen_with(buffered);
+    assert_eq!(
+        replay(t.store.begin(&s, &k, &fp("1")).unwrap()).body(),
+        b"buffered"
+    );
+}
+
+#[test]
+fn c10_immediate_mode_makes_every_completion_commit_durable() {
+    let t = open();
+    let s = scope("acct");
+    for i in 0..10 {
+        execute(t.store.begin(&s, &key(&format!("k{i}")), &fp("1")).unwrap())
+            .complete(resp(200, "x"))
+            .unwrap();
+    }
+    let stats = t.store.stats();
+    assert_eq!(stats.commits, stats.durable_commits);
+    assert!(stats.commits >= 10);
+}
