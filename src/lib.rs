@@ -45,6 +45,7 @@ mod reply;
 mod response;
 mod shared;
 mod stats;
+mod storage;
 mod store;
 mod writer;
 
@@ -61,5 +62,6 @@ pub use key::{Key, Scope};
 pub use record::State;
 pub use response::Response;
 pub use stats::Stats;
+pub use storage::StorageBackend;
 pub use store::{Begin, Reservation, Store};
 pub use writer::Completion;

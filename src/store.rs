@@ -35,6 +35,7 @@ use crate::reply::{self, Closed, Receiver};
 use crate::response::{self, Response};
 use crate::shared::{Shared, panic_text};
 use crate::stats::{Stats, bump};
+use crate::storage::StorageBackend;
 use crate::writer::{self, BeginReply, Completion, Op};
 
 /// An idempotency store: a redb file, its hot index, its writer and its compactor.
@@ -143,6 +144,26 @@ impl Store {
         }
         let path = path.as_ref().to_path_buf();
         let db = open_db(&config, move |b| b.create(&path))?;
+        Store::start(db, config)
+    }
+
+    /// Opens the store on a caller-supplied device instead of a file: a fault-injecting one for
+    /// crash tests, say. The device is used as it is; the file lock that [`Store::open`] takes
+    /// is the device's business. `Durability::Memory` in `config` is treated as `Immediate`.
+    pub fn open_with_backend(
+        backend: impl StorageBackend,
+        config: Config,
+    ) -> Result<Store, OpenError> {
+        let config = match config.durability {
+            Durability::Memory => Config {
+                durability: Durability::Immediate,
+                ..config
+            },
+            _ => config,
+        };
+        let db = open_db(&config, |b| {
+            b.create_with_backend(crate::storage::Adapter(backend))
+        })?;
         Store::start(db, config)
     }
 

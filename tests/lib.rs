@@ -20,6 +20,7 @@ mod expiry;
 mod lease;
 mod limits;
 mod model;
+mod poison;
 mod policy;
 mod recovery;
 mod storm;
