@@ -20,7 +20,6 @@ use crate::writer::Completion;
 
 /// The answer to a token-level `claim`.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum Claim {
     /// The caller holds the key and executes (C2); it proves ownership with `token` (C8).
     Execute {

@@ -62,7 +62,6 @@ use crate::writer::{self, BeginReply, Completion, Op};
 ///     Begin::Replay(response) => println!("replay: {}", response.status()),
 ///     Begin::InProgress { retry_after } => println!("busy, retry in {retry_after:?}"),
 ///     Begin::Conflict => println!("key reused for another request"),
-///     _ => {}
 /// }
 /// // A retry with the same key and body gets the first response back.
 /// let Begin::Replay(first) = store.begin(&scope, &key, &fp)? else { unreachable!() };
@@ -87,9 +86,9 @@ struct Threads {
     stop_compactor: Option<Sender<()>>,
 }
 
-/// What `begin` tells the caller to do.
+/// What `begin` tells the caller to do: exactly the four outcomes of rules C2-C5, so a `match`
+/// needs no catch-all arm.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Begin {
     /// First attempt (C2): run the operation, then [`complete`](Reservation::complete) the
     /// reservation. Dropping it without completing releases the key (C6).

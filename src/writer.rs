@@ -47,7 +47,6 @@ use crate::stats::{add, bump, raise};
 
 /// What `complete` did with the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Completion {
     /// The response is stored and will be replayed (C3).
     Stored,

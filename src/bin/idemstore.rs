@@ -60,7 +60,6 @@ fn describe(b: &Begin) -> String {
             format!("in progress, retry after {}s", retry_after.as_secs())
         }
         Begin::Conflict => "conflict: key reused for a different request".to_owned(),
-        _ => "unknown".to_owned(),
     }
 }
 
