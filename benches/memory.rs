@@ -6,6 +6,9 @@
 //! `response_cache_bytes(0)` and the page cache is held at 8 MiB, so the growth is the index plus
 //! allocator overhead) and the file size per key.
 
+// A bench aborts on any failure: there is no result to report then.
+#![allow(clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use idemstore::{Begin, Config, Durability, Fingerprint, Key, Response, Scope, Store};
@@ -67,11 +70,23 @@ fn main() {
     let after = rss_bytes();
     let stats = store.stats();
     let file = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    println!("keys loaded:            {keys} in {:.1} s", loaded.as_secs_f64());
+    println!(
+        "keys loaded:            {keys} in {:.1} s",
+        loaded.as_secs_f64()
+    );
     println!("index entries:          {}", stats.index_entries);
-    println!("rss before open:        {:.1} MiB", before as f64 / 1048576.0);
-    println!("rss after open:         {:.1} MiB", opened as f64 / 1048576.0);
-    println!("rss after load:         {:.1} MiB", after as f64 / 1048576.0);
+    println!(
+        "rss before open:        {:.1} MiB",
+        before as f64 / 1048576.0
+    );
+    println!(
+        "rss after open:         {:.1} MiB",
+        opened as f64 / 1048576.0
+    );
+    println!(
+        "rss after load:         {:.1} MiB",
+        after as f64 / 1048576.0
+    );
     println!(
         "rss growth per key:     {:.1} B",
         after.saturating_sub(opened) as f64 / keys as f64

@@ -46,10 +46,11 @@ pub enum Durability {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum CachePolicy {
-    /// Store only 2xx responses (the default, seed 000).
+    /// Store only 2xx responses (the default): any failure can be retried.
     #[default]
     SuccessOnly,
-    /// Store 2xx and 4xx; release on 5xx (seed 004).
+    /// Store 2xx and 4xx, release on 5xx: a client error replays as it was, a server error
+    /// can be retried.
     SuccessAndClientErrors,
     /// Store every response.
     All,

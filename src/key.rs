@@ -68,7 +68,7 @@ impl fmt::Display for Scope {
 pub struct Key(Arc<str>);
 
 impl Key {
-    /// The default limit on a key's length, in bytes (seed 000's 255 characters).
+    /// The default limit on a key's length, in bytes (the common 255-character limit of public APIs).
     pub const DEFAULT_MAX_LEN: usize = 255;
 
     /// Checks a key against the default limit of 255 bytes.

@@ -4,8 +4,10 @@
 //! Why: every operation that waits on disk has a blocking and an async form, and neither may
 //! tie up a thread per waiting call beyond the caller's own: a blocking caller parks on a
 //! condition variable, an async caller leaves a waker, and the writer wakes whichever is there.
-//! No async runtime is involved. Invariant: a receiver always ends, either with the value or,
-//! if the sender was dropped without sending (the writer stopped or panicked), with `Closed`.
+//! No async runtime is involved. Invariants: a receiver always ends, either with the value or,
+//! if the sender was dropped without sending (the writer stopped or panicked), with `Closed`;
+//! a value is either taken by the receiver or handed back to the sender (when the receiver was
+//! abandoned first), never silently lost, because both sides decide under the slot's lock.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +24,8 @@ struct Slot<T> {
 struct SlotState<T> {
     value: Option<T>,
     closed: bool,
+    /// The receiver went away; a later `send` gets its value back.
+    abandoned: bool,
     waker: Option<Waker>,
 }
 
@@ -40,6 +44,7 @@ pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
         state: Mutex::new(SlotState {
             value: None,
             closed: false,
+            abandoned: false,
             waker: None,
         }),
         ready: Condvar::new(),
@@ -48,16 +53,32 @@ pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
 }
 
 impl<T> Sender<T> {
-    pub(crate) fn send(mut self, value: T) {
-        if let Some(slot) = self.0.take() {
-            finish(&slot, Some(value));
+    /// Whether the receiver has given up already.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|slot| slot.state.lock().abandoned)
+    }
+
+    /// Delivers `value`, or hands it back if the receiver was abandoned.
+    pub(crate) fn send(mut self, value: T) -> Result<(), T> {
+        match self.0.take() {
+            Some(slot) => finish(&slot, Some(value)),
+            None => Err(value),
         }
     }
 }
 
-fn finish<T>(slot: &Slot<T>, value: Option<T>) {
+fn finish<T>(slot: &Slot<T>, value: Option<T>) -> Result<(), T> {
     let waker = {
         let mut st = slot.state.lock();
+        if st.abandoned {
+            st.closed = true;
+            return match value {
+                Some(v) => Err(v),
+                None => Ok(()),
+            };
+        }
         st.value = value;
         st.closed = true;
         st.waker.take()
@@ -66,12 +87,13 @@ fn finish<T>(slot: &Slot<T>, value: Option<T>) {
     if let Some(w) = waker {
         w.wake();
     }
+    Ok(())
 }
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         if let Some(slot) = self.0.take() {
-            finish(&slot, None);
+            let _ = finish(&slot, None);
         }
     }
 }
@@ -84,6 +106,21 @@ impl<T> Receiver<T> {
             self.0.ready.wait(&mut st);
         }
         st.value.take().ok_or(Closed)
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Gives up on the reply: returns it if it already arrived; otherwise runs `not_yet` (under
+    /// the slot's lock, so no `send` can slip in between) and a later `send` will get its value
+    /// back.
+    pub(crate) fn abandon(self, not_yet: impl FnOnce()) -> Option<T> {
+        let mut st = self.0.state.lock();
+        st.abandoned = true;
+        let value = st.value.take();
+        if value.is_none() && !st.closed {
+            not_yet();
+        }
+        value
     }
 }
 
@@ -112,6 +149,14 @@ mod tests {
         let (tx, rx) = channel();
         std::thread::spawn(move || tx.send(5u32));
         assert_eq!(rx.wait(), Ok(5));
+        let (tx, rx) = channel::<u32>();
+        let mut pending = false;
+        assert_eq!(rx.abandon(|| pending = true), None);
+        assert!(pending);
+        assert_eq!(tx.send(6), Err(6));
+        let (tx, rx) = channel::<u32>();
+        assert_eq!(tx.send(7), Ok(()));
+        assert_eq!(rx.abandon(|| unreachable!()), Some(7));
         let (tx, rx) = channel::<u32>();
         drop(tx);
         assert_eq!(rx.wait(), Err(Closed));

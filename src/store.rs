@@ -120,7 +120,58 @@ pub struct Reservation {
 
 enum Prepared {
     Ready(Claim),
-    Wait(Receiver<Result<BeginReply, Unavailable>>),
+    Wait(WaitBegin),
+}
+
+/// A `begin` queued at the writer. If it is dropped before the answer is taken (an async
+/// caller cancelled), a reservation made for it is released, so no key is left in flight
+/// without a holder (C6).
+struct WaitBegin {
+    rx: Option<Receiver<Result<BeginReply, Unavailable>>>,
+    store: Store,
+    hash: KeyHash,
+}
+
+impl WaitBegin {
+    fn wait(mut self) -> Result<Result<BeginReply, Unavailable>, Closed> {
+        match self.rx.take() {
+            Some(rx) => rx.wait(),
+            None => Err(Closed),
+        }
+    }
+}
+
+impl Future for WaitBegin {
+    type Output = Result<Result<BeginReply, Unavailable>, Closed>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(rx) = self.rx.as_mut() else {
+            return std::task::Poll::Ready(Err(Closed));
+        };
+        let out = std::pin::Pin::new(rx).poll(cx);
+        if out.is_ready() {
+            self.rx = None;
+        }
+        out
+    }
+}
+
+impl Drop for WaitBegin {
+    fn drop(&mut self) {
+        let Some(rx) = self.rx.take() else { return };
+        let pending = &self.store.inner.shared.detached_releases;
+        // Not answered yet: the writer releases what it reserves for us, and `begin` must not
+        // trust an in-flight copy in the index until it has.
+        let answered = rx.abandon(|| {
+            pending.fetch_add(1, Ordering::SeqCst);
+        });
+        if let Some(Ok(BeginReply::Execute { token, .. })) = answered {
+            self.store.send_release(self.hash, token);
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -180,9 +231,10 @@ impl Store {
     }
 
     fn start(db: Database, config: Config) -> Result<Store, OpenError> {
-        let next_token = guard_open(|| init_tables(&db, &config))?;
+        let (next_token, released) = guard_open(|| init_tables(&db, &config))?;
         let db = Arc::new(db);
         let shared = Arc::new(Shared::new(config, Arc::clone(&db)));
+        crate::stats::add(&shared.counters.releases, released);
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer =
             writer::spawn(Arc::clone(&shared), db, rx, next_token).map_err(OpenError::Spawn)?;
@@ -288,7 +340,14 @@ impl Store {
             fp: *fp,
             reply: tx,
         })?;
-        Ok((hash, Prepared::Wait(rx)))
+        Ok((
+            hash,
+            Prepared::Wait(WaitBegin {
+                rx: Some(rx),
+                store: self.clone(),
+                hash,
+            }),
+        ))
     }
 
     /// Answers from the hot index when it can; `None` sends the request to the writer.
@@ -789,10 +848,12 @@ fn open_error(e: impl Into<redb::Error>) -> OpenError {
 }
 
 /// Creates the tables of a new file, checks the format version of an existing one, applies
-/// `release_in_flight_on_open`, and returns the next fencing token.
-fn init_tables(db: &Database, config: &Config) -> Result<u64, OpenError> {
+/// `release_in_flight_on_open`, and returns the next fencing token and how many reservations
+/// were released.
+fn init_tables(db: &Database, config: &Config) -> Result<(u64, u64), OpenError> {
     let txn = db.begin_write().map_err(open_error)?;
     let next_token;
+    let mut released = 0;
     {
         let mut records = txn.open_table(RECORDS).map_err(open_error)?;
         txn.open_table(RESPONSES).map_err(open_error)?;
@@ -806,6 +867,11 @@ fn init_tables(db: &Database, config: &Config) -> Result<u64, OpenError> {
             None => {
                 meta.insert(META_FORMAT, FORMAT_VERSION)
                     .map_err(open_error)?;
+            }
+            Some(0) => {
+                return Err(OpenError::Corrupted {
+                    detail: "format version 0 was never written by any release".into(),
+                });
             }
             Some(found) if found > FORMAT_VERSION => {
                 return Err(OpenError::UnsupportedFormat {
@@ -834,9 +900,10 @@ fn init_tables(db: &Database, config: &Config) -> Result<u64, OpenError> {
                 records.remove(&hash).map_err(open_error)?;
                 let ek = crate::record::ExpiryKey::new(expires_at, &KeyHash(hash));
                 expiry.remove(ek).map_err(open_error)?;
+                released += 1;
             }
         }
     }
     txn.commit().map_err(open_error)?;
-    Ok(next_token)
+    Ok((next_token, released))
 }

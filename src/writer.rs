@@ -121,6 +121,7 @@ enum Pending {
     Begin(
         Sender<Result<BeginReply, Unavailable>>,
         Result<BeginReply, Unavailable>,
+        KeyHash,
     ),
     Complete(
         Sender<Result<Completion, CompleteError>>,
@@ -136,36 +137,51 @@ enum Pending {
     Flush(Sender<Result<(), Unavailable>>),
 }
 
+/// A `begin` whose caller gave up waiting (its future was dropped) before the answer came.
+enum Abandoned {
+    /// The answer was a reservation nobody holds: it must be released.
+    Reservation(KeyHash, u64),
+    /// Any other answer: nothing to undo.
+    Answer,
+}
+
 impl Pending {
-    fn deliver(self) {
+    /// Answers the caller. A caller that gave up on a `begin` only matters when the answer
+    /// handed it a reservation, which must then be released.
+    fn deliver(self) -> Option<Abandoned> {
         match self {
-            Pending::Begin(tx, r) => tx.send(r),
-            Pending::Complete(tx, r) => tx.send(r),
-            Pending::Lease(tx, r) => {
-                if let Some(tx) = tx {
-                    tx.send(r)
-                }
+            Pending::Begin(tx, r, hash) => {
+                return match tx.send(r) {
+                    Ok(()) => None,
+                    Err(Ok(BeginReply::Execute { token, .. })) => {
+                        Some(Abandoned::Reservation(hash, token))
+                    }
+                    Err(_) => Some(Abandoned::Answer),
+                };
             }
-            Pending::Renew(tx, r) => tx.send(r),
-            Pending::Purge(tx, r) => tx.send(Ok(r)),
-            Pending::Expire(tx, r) => tx.send(Ok(r)),
-            Pending::Flush(tx) => tx.send(Ok(())),
+            // Other callers that gave up lose nothing by not hearing the answer.
+            Pending::Complete(tx, r) => drop(tx.send(r)),
+            Pending::Lease(Some(tx), r) => drop(tx.send(r)),
+            Pending::Lease(None, _) => {}
+            Pending::Renew(tx, r) => drop(tx.send(r)),
+            Pending::Purge(tx, r) => drop(tx.send(Ok(r))),
+            Pending::Expire(tx, r) => drop(tx.send(Ok(r))),
+            Pending::Flush(tx) => drop(tx.send(Ok(()))),
         }
+        None
     }
 
+    /// Answers the caller with an error: nothing was applied, so nothing needs undoing.
     fn fail(self, e: Unavailable) {
         match self {
-            Pending::Begin(tx, _) => tx.send(Err(e)),
-            Pending::Complete(tx, _) => tx.send(Err(CompleteError::Unavailable(e))),
-            Pending::Lease(tx, _) => {
-                if let Some(tx) = tx {
-                    tx.send(Err(LeaseError::Unavailable(e)))
-                }
-            }
-            Pending::Renew(tx, _) => tx.send(Err(LeaseError::Unavailable(e))),
-            Pending::Purge(tx, _) => tx.send(Err(e)),
-            Pending::Expire(tx, _) => tx.send(Err(e)),
-            Pending::Flush(tx) => tx.send(Err(e)),
+            Pending::Begin(tx, _, _) => drop(tx.send(Err(e))),
+            Pending::Complete(tx, _) => drop(tx.send(Err(CompleteError::Unavailable(e)))),
+            Pending::Lease(Some(tx), _) => drop(tx.send(Err(LeaseError::Unavailable(e)))),
+            Pending::Renew(tx, _) => drop(tx.send(Err(LeaseError::Unavailable(e)))),
+            Pending::Lease(None, _) => {}
+            Pending::Purge(tx, _) => drop(tx.send(Err(e))),
+            Pending::Expire(tx, _) => drop(tx.send(Err(e))),
+            Pending::Flush(tx) => drop(tx.send(Err(e))),
         }
     }
 }
@@ -174,18 +190,16 @@ impl Op {
     /// Answers the operation with an error without doing it.
     fn fail(self, e: Unavailable) {
         match self {
-            Op::Begin { reply, .. } => reply.send(Err(e)),
-            Op::Complete { reply, .. } => reply.send(Err(CompleteError::Unavailable(e))),
-            Op::Release { reply, .. } => {
-                if let Some(tx) = reply {
-                    tx.send(Err(LeaseError::Unavailable(e)))
-                }
-            }
-            Op::Renew { reply, .. } => reply.send(Err(LeaseError::Unavailable(e))),
-            Op::Purge { reply, .. } => reply.send(Err(e)),
-            Op::Expire { reply, .. } => reply.send(Err(e)),
-            Op::Flush { reply } | Op::Barrier { reply } => reply.send(Err(e)),
-            Op::Shutdown => {}
+            Op::Begin { reply, .. } => drop(reply.send(Err(e))),
+            Op::Complete { reply, .. } => drop(reply.send(Err(CompleteError::Unavailable(e)))),
+            Op::Release {
+                reply: Some(reply), ..
+            } => drop(reply.send(Err(LeaseError::Unavailable(e)))),
+            Op::Renew { reply, .. } => drop(reply.send(Err(LeaseError::Unavailable(e)))),
+            Op::Release { reply: None, .. } | Op::Shutdown => {}
+            Op::Purge { reply, .. } => drop(reply.send(Err(e))),
+            Op::Expire { reply, .. } => drop(reply.send(Err(e))),
+            Op::Flush { reply } | Op::Barrier { reply } => drop(reply.send(Err(e))),
         }
     }
 }
@@ -234,6 +248,8 @@ pub(crate) struct Writer {
     /// Cached responses, oldest first: (key, reservation token, bytes).
     cached: VecDeque<(KeyHash, u64, usize)>,
     cached_bytes: usize,
+    /// Reservations made for callers that gave up waiting, to release in the next batch.
+    orphans: Vec<(KeyHash, u64)>,
 }
 
 /// Starts the writer thread.
@@ -252,6 +268,7 @@ pub(crate) fn spawn(
         flush_at: None,
         cached: VecDeque::new(),
         cached_bytes: 0,
+        orphans: Vec::new(),
     };
     std::thread::Builder::new()
         .name("idemstore-writer".into())
@@ -264,6 +281,22 @@ impl Writer {
         let mut ops: Vec<Op> = Vec::with_capacity(limit);
         let mut stop = false;
         while !stop {
+            // A buffered store past its deadline makes the next commit durable, even when
+            // operations keep arriving and the receive below never times out.
+            let due = self.flush_at.is_some_and(|at| Instant::now() >= at);
+            if !self.orphans.is_empty() {
+                let releases = self
+                    .orphans
+                    .drain(..)
+                    .map(|(hash, token)| Op::Release {
+                        hash,
+                        token,
+                        reply: None,
+                    })
+                    .collect();
+                self.guarded(releases, due);
+                continue;
+            }
             let first = match self.flush_at {
                 Some(at) => match self.rx.recv_deadline(at) {
                     Ok(op) => op,
@@ -290,7 +323,7 @@ impl Writer {
                 }
             }
             let batch = std::mem::replace(&mut ops, Vec::with_capacity(limit));
-            self.guarded(batch, false);
+            self.guarded(batch, due);
         }
         if self.unsynced {
             self.guarded(Vec::new(), true);
@@ -419,13 +452,19 @@ impl Writer {
                 Effect::Remove(hash) => self.shared.index.remove(&hash),
             }
         }
+        let mut settled = b.detached_releases;
         for p in b.pending {
-            p.deliver();
+            match p.deliver() {
+                None => {}
+                // Counted when the caller gave up; settled once its release is applied.
+                Some(Abandoned::Reservation(hash, token)) => self.orphans.push((hash, token)),
+                Some(Abandoned::Answer) => settled += 1,
+            }
         }
-        if b.detached_releases > 0 {
+        if settled > 0 {
             self.shared
                 .detached_releases
-                .fetch_sub(b.detached_releases, std::sync::atomic::Ordering::SeqCst);
+                .fetch_sub(settled, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -536,9 +575,15 @@ impl Writer {
                 fp,
                 reply,
             } => {
+                if reply.is_abandoned() {
+                    // The caller gave up before this was decided: reserve nothing, and settle
+                    // the count its giving up added, as for a detached release.
+                    b.detached_releases += 1;
+                    return Ok(());
+                }
                 let current = match self.load(t, &hash)? {
                     Some(Err(e)) => {
-                        b.pending.push(Pending::Begin(reply, Err(e)));
+                        b.pending.push(Pending::Begin(reply, Err(e), hash));
                         return Ok(());
                     }
                     Some(Ok(r)) => Some(r),
@@ -594,6 +639,7 @@ impl Writer {
                                 token,
                                 lease_deadline,
                             }),
+                            hash,
                         ));
                     }
                     BeginDecision::Replay => {
@@ -613,14 +659,18 @@ impl Writer {
                                         response: Some(resp.clone()),
                                     },
                                 ));
-                                b.pending
-                                    .push(Pending::Begin(reply, Ok(BeginReply::Replay(resp))));
+                                b.pending.push(Pending::Begin(
+                                    reply,
+                                    Ok(BeginReply::Replay(resp)),
+                                    hash,
+                                ));
                             }
                             Err(detail) => b.pending.push(Pending::Begin(
                                 reply,
                                 Err(Unavailable::Corrupted {
                                     detail: format!("response {hash:?}: {detail}"),
                                 }),
+                                hash,
                             )),
                         }
                     }
@@ -635,7 +685,7 @@ impl Writer {
                         if let Some(hot) = hot {
                             b.effects.push(Effect::Warm(hash, hot));
                         }
-                        b.pending.push(Pending::Begin(reply, Ok(answer)));
+                        b.pending.push(Pending::Begin(reply, Ok(answer), hash));
                     }
                 }
             }

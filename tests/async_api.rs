@@ -84,3 +84,24 @@ fn c6_a_cancelled_future_holding_a_reservation_releases_the_key() {
         Begin::Execute(_)
     ));
 }
+
+#[test]
+fn c6_a_begin_future_dropped_before_its_answer_leaves_no_key_in_flight() {
+    let t = open();
+    let s = scope("acct");
+    for i in 0..200 {
+        let k = key(&format!("k{i}"));
+        // Queued at the writer, then cancelled: polled once or never.
+        let mut fut = Box::pin(t.store.begin_async(&s, &k, &fp("1")));
+        if i % 2 == 0 {
+            let waker = Waker::noop();
+            let _ = fut.as_mut().poll(&mut Context::from_waker(waker));
+        }
+        drop(fut);
+        // The next attempt, issued after the cancellation, executes.
+        match t.store.begin(&s, &k, &fp("1")).unwrap() {
+            Begin::Execute(r) => r.complete(resp(200, "ok")).map(|_| ()).unwrap(),
+            other => panic!("key {i}: {other:?}"),
+        }
+    }
+}

@@ -127,3 +127,29 @@ fn c10_immediate_mode_makes_every_completion_commit_durable() {
     assert_eq!(stats.commits, stats.durable_commits);
     assert!(stats.commits >= 10);
 }
+
+#[test]
+fn c10_buffered_mode_flushes_within_its_delay_under_steady_load() {
+    let t = open_with(|c| {
+        c.durability(Durability::Buffered {
+            max_delay: Duration::from_millis(1),
+        })
+    });
+    let s = scope("acct");
+    std::thread::scope(|threads| {
+        for th in 0..8 {
+            let (store, s) = (&t.store, &s);
+            threads.spawn(move || {
+                for i in 0..250 {
+                    let k = key(&format!("t{th}i{i}"));
+                    let r = execute(store.begin(s, &k, &fp("1")).unwrap());
+                    r.complete(resp(200, "x")).unwrap();
+                }
+            });
+        }
+    });
+    // Operations never stopped arriving for a millisecond, yet the deadline was honoured.
+    let stats = t.store.stats();
+    assert!(stats.commits > 100, "{stats:?}");
+    assert!(stats.durable_commits >= 1, "{stats:?}");
+}

@@ -23,7 +23,11 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const MAX_RESPONSE_BYTES: usize = 256;
 const SCOPES: [&str; 2] = ["acct_a", "acct_b"];
 const KEYS: [&str; 3] = ["k0", "k1", "k2"];
-const BODIES: [&str; 3] = [r#"{"amount":5}"#, r#"{"amount":7}"#, r#"{"amount":5,"note":"x"}"#];
+const BODIES: [&str; 3] = [
+    r#"{"amount":5}"#,
+    r#"{"amount":7}"#,
+    r#"{"amount":5,"note":"x"}"#,
+];
 const STATUSES: [u16; 4] = [200, 201, 409, 500];
 
 // ---------------------------------------------------------------------------------------------
@@ -39,35 +43,66 @@ enum Touch {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
-    Begin { scope: usize, key: usize, body: usize },
+    Begin {
+        scope: usize,
+        key: usize,
+        body: usize,
+    },
     /// Completes live reservation `res % len` with `STATUSES[status]` and response `resp`.
-    Complete { res: usize, status: usize, resp: usize },
-    Release { res: usize },
-    Renew { res: usize },
+    Complete {
+        res: usize,
+        status: usize,
+        resp: usize,
+    },
+    Release {
+        res: usize,
+    },
+    Renew {
+        res: usize,
+    },
     /// Drops a live reservation without completing it (C6).
-    Drop { res: usize },
-    Purge { scope: usize, key: usize },
-    Get { scope: usize, key: usize },
-    Advance { ms: u64 },
+    Drop {
+        res: usize,
+    },
+    Purge {
+        scope: usize,
+        key: usize,
+    },
+    Get {
+        scope: usize,
+        key: usize,
+    },
+    Advance {
+        ms: u64,
+    },
     CompactNow,
     /// `close()` while reservations may be alive; they become orphans, then reopen.
     Reopen,
     /// Drop the `Store` handle instead of closing it, then reopen.
     DropReopen,
     /// Uses an orphan (a reservation of a closed store): it must have no effect.
-    Orphan { res: usize, touch: Touch },
+    Orphan {
+        res: usize,
+        touch: Touch,
+    },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     let scope = 0..SCOPES.len();
     let key = 0..KEYS.len();
+    // Exact lease boundaries now and then; mostly jumps that make leases and records expire.
     let advance = prop_oneof![
         1 => Just(0u64),
         1 => Just(1u64),
         1 => Just(LEASE_MS - 1),
         1 => Just(LEASE_MS),
-        6 => 0..=40_000u64,
+        2 => 0..=40_000u64,
+        // Whole seconds, mostly long ones: sums land exactly on lease and TTL boundaries.
+        2 => (0..=40u64).prop_map(|s| s * 1_000),
+        6 => (20..=40u64).prop_map(|s| s * 1_000),
     ];
+    // Body 0 more often than the others, so retries of one request (replays) are common.
+    let body = prop_oneof![4 => Just(0usize), 1 => Just(1usize), 1 => Just(2usize)];
     let touch = prop_oneof![
         Just(Touch::Renew),
         Just(Touch::Complete),
@@ -75,22 +110,24 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         Just(Touch::Drop),
     ];
     // Response 3 is over `MAX_RESPONSE_BYTES`; keep it rare.
-    let resp = prop_oneof![3 => 0..3usize, 1 => Just(3usize)];
+    let resp = prop_oneof![6 => 0..3usize, 1 => Just(3usize)];
+    // Kept (2xx) statuses more often than not, so replays are common.
+    let status = prop_oneof![3 => 0..2usize, 1 => 2..STATUSES.len()];
     prop_oneof![
-        10 => (scope.clone(), key.clone(), 0..BODIES.len())
+        10 => (scope.clone(), key.clone(), body)
             .prop_map(|(scope, key, body)| Op::Begin { scope, key, body }),
-        5 => (any::<usize>(), 0..STATUSES.len(), resp)
+        6 => (0..8usize, status, resp)
             .prop_map(|(res, status, resp)| Op::Complete { res, status, resp }),
-        2 => any::<usize>().prop_map(|res| Op::Release { res }),
-        2 => any::<usize>().prop_map(|res| Op::Renew { res }),
-        2 => any::<usize>().prop_map(|res| Op::Drop { res }),
-        2 => (scope.clone(), key.clone()).prop_map(|(scope, key)| Op::Purge { scope, key }),
-        2 => (scope, key).prop_map(|(scope, key)| Op::Get { scope, key }),
-        5 => advance.prop_map(|ms| Op::Advance { ms }),
-        2 => Just(Op::CompactNow),
+        2 => (0..8usize).prop_map(|res| Op::Release { res }),
+        2 => (0..8usize).prop_map(|res| Op::Renew { res }),
+        2 => (0..8usize).prop_map(|res| Op::Drop { res }),
+        1 => (scope.clone(), key.clone()).prop_map(|(scope, key)| Op::Purge { scope, key }),
+        3 => (scope, key).prop_map(|(scope, key)| Op::Get { scope, key }),
+        11 => advance.prop_map(|ms| Op::Advance { ms }),
+        3 => Just(Op::CompactNow),
         1 => Just(Op::Reopen),
         1 => Just(Op::DropReopen),
-        1 => (any::<usize>(), touch).prop_map(|(res, touch)| Op::Orphan { res, touch }),
+        1 => (0..8usize, touch).prop_map(|(res, touch)| Op::Orphan { res, touch }),
     ]
 }
 
@@ -115,7 +152,11 @@ fn response(status: u16, resp: usize) -> Response {
             ],
             Vec::new(),
         ),
-        2 => Response::new(status, [("x-bin", vec![0u8, 0xff, b'\r'])], vec![0, 1, 0xfe, 0xff]),
+        2 => Response::new(
+            status,
+            [("x-bin", vec![0u8, 0xff, b'\r'])],
+            vec![0, 1, 0xfe, 0xff],
+        ),
         _ => Response::new(status, [("content-type", "text/plain")], vec![b'x'; 400]),
     }
 }
@@ -171,7 +212,10 @@ struct Info {
 enum Out {
     /// Nothing to observe (no reservation to act on, a drop, a clock move, a reopen).
     Nothing,
-    Execute { token: u64, lease_deadline: u64 },
+    Execute {
+        token: u64,
+        lease_deadline: u64,
+    },
     Replay(Resp),
     InProgress(Duration),
     Conflict,
@@ -198,7 +242,6 @@ fn begin_out(b: Result<Begin, idemstore::BeginError>) -> (Out, Option<Reservatio
         Ok(Begin::Replay(r)) => (Out::Replay(Resp(r)), None),
         Ok(Begin::InProgress { retry_after }) => (Out::InProgress(retry_after), None),
         Ok(Begin::Conflict) => (Out::Conflict, None),
-        Ok(other) => (Out::BeginFailed(format!("{other:?}")), None),
         Err(e) => (Out::BeginFailed(format!("{e:?}")), None),
     }
 }
@@ -340,7 +383,10 @@ impl Model {
         self.holder(sk, token)?;
         if (200..300).contains(&response.status()) {
             let now = self.now;
-            let r = self.records.get_mut(&sk).ok_or(Refusal::Other("model".into()))?;
+            let r = self
+                .records
+                .get_mut(&sk)
+                .ok_or(Refusal::Other("model".into()))?;
             r.state = MState::Completed { response };
             r.expires_at = now + TTL_MS;
             Ok(Completion::Stored)
@@ -361,7 +407,10 @@ impl Model {
     fn renew(&mut self, sk: Sk, token: u64) -> Result<u64, Refusal> {
         self.holder(sk, token)?;
         let lease_deadline = self.now + LEASE_MS;
-        let r = self.records.get_mut(&sk).ok_or(Refusal::Other("model".into()))?;
+        let r = self
+            .records
+            .get_mut(&sk)
+            .ok_or(Refusal::Other("model".into()))?;
         r.state = MState::InFlight { lease_deadline };
         r.expires_at = r.expires_at.max(lease_deadline);
         Ok(lease_deadline)
@@ -423,15 +472,22 @@ impl Model {
 struct Variant {
     durability: Durability,
     release_in_flight_on_open: bool,
+    /// `Some(0)`: no response is cached in memory, every replay reads the file.
+    response_cache_bytes: Option<usize>,
 }
 
 impl Variant {
     fn configure(self, c: ConfigBuilder) -> ConfigBuilder {
-        c.lease(Duration::from_millis(LEASE_MS))
+        let c = c
+            .lease(Duration::from_millis(LEASE_MS))
             .ttl(Duration::from_millis(TTL_MS))
             .max_response_bytes(MAX_RESPONSE_BYTES)
             .durability(self.durability)
-            .release_in_flight_on_open(self.release_in_flight_on_open)
+            .release_in_flight_on_open(self.release_in_flight_on_open);
+        match self.response_cache_bytes {
+            Some(bytes) => c.response_cache_bytes(bytes),
+            None => c,
+        }
     }
 
     fn open(self, path: &std::path::Path, t_clock: &idemstore::ManualClock) -> Store {
@@ -486,7 +542,11 @@ impl Harness {
     /// Runs `op` against the store and the model; returns (store's answer, model's answer).
     fn step(&mut self, op: Op) -> (Out, Out) {
         match op {
-            Op::Begin { scope: s, key: k, body } => {
+            Op::Begin {
+                scope: s,
+                key: k,
+                body,
+            } => {
                 let f = fp(BODIES[body]);
                 let (real, r) = begin_out(self.store().begin(&scope(SCOPES[s]), &key(KEYS[k]), &f));
                 let expected = self.model.begin(sk_of(s, k), f);
@@ -552,7 +612,11 @@ impl Harness {
             }
             Op::Get { scope: s, key: k } => (self.real_get(s, k), self.model_get(s, k)),
             Op::Advance { ms } => {
-                self.t.as_ref().unwrap().clock.advance(Duration::from_millis(ms));
+                self.t
+                    .as_ref()
+                    .unwrap()
+                    .clock
+                    .advance(Duration::from_millis(ms));
                 self.model.now += ms;
                 (Out::Nothing, Out::Nothing)
             }
@@ -668,10 +732,17 @@ impl Harness {
 }
 
 fn run_case(v: Variant, ops: &[Op]) -> Result<(), TestCaseError> {
+    run_case_collect(v, ops).map(drop)
+}
+
+/// [`run_case`], returning the store's answers.
+fn run_case_collect(v: Variant, ops: &[Op]) -> Result<Vec<Out>, TestCaseError> {
     let mut h = Harness::new(v);
+    let mut outs = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
         let (real, expected) = h.step(*op);
-        prop_assert_eq!(real, expected, "step {} {:?}", i, op);
+        prop_assert_eq!(&real, &expected, "step {} {:?}", i, op);
+        outs.push(real);
     }
     // Whatever the last operations were, every key reads as the model says.
     for s in 0..SCOPES.len() {
@@ -686,7 +757,7 @@ fn run_case(v: Variant, ops: &[Op]) -> Result<(), TestCaseError> {
     drop(live);
     drop(orphans);
     drop(t);
-    Ok(())
+    Ok(outs)
 }
 
 /// `PROPTEST_CASES` when set, else `default`; no failure files in the source tree.
@@ -719,11 +790,12 @@ fn replay_ops(v: Variant, ops: &[Op]) {
 const IMMEDIATE: Variant = Variant {
     durability: Durability::Immediate,
     release_in_flight_on_open: false,
+    response_cache_bytes: None,
 };
 
 #[test]
 fn model_c1_c12_immediate() {
-    run_model(IMMEDIATE, 64);
+    run_model(IMMEDIATE, 256);
 }
 
 #[test]
@@ -734,8 +806,9 @@ fn model_c1_c12_buffered() {
                 max_delay: Duration::from_millis(5),
             },
             release_in_flight_on_open: false,
+            response_cache_bytes: None,
         },
-        64,
+        192,
     );
 }
 
@@ -745,8 +818,9 @@ fn model_c1_c12_memory() {
         Variant {
             durability: Durability::Memory,
             release_in_flight_on_open: false,
+            response_cache_bytes: None,
         },
-        128,
+        1024,
     );
 }
 
@@ -756,8 +830,21 @@ fn model_c11_release_in_flight_on_open() {
         Variant {
             durability: Durability::Immediate,
             release_in_flight_on_open: true,
+            response_cache_bytes: None,
         },
-        48,
+        128,
+    );
+}
+
+#[test]
+fn model_c3_replay_from_storage_without_response_cache() {
+    run_model(
+        Variant {
+            durability: Durability::Memory,
+            release_in_flight_on_open: false,
+            response_cache_bytes: Some(0),
+        },
+        512,
     );
 }
 
@@ -766,52 +853,92 @@ fn model_c11_release_in_flight_on_open() {
 #[test]
 fn model_walkthrough_c2_c12() {
     use Op::*;
+    #[rustfmt::skip]
     let ops = [
-        Begin { scope: 0, key: 0, body: 0 },
-        Begin { scope: 0, key: 0, body: 0 },
-        Begin { scope: 0, key: 0, body: 1 },
-        Begin { scope: 1, key: 0, body: 1 },
-        Renew { res: 0 },
-        Advance { ms: LEASE_MS },
-        Begin { scope: 0, key: 0, body: 0 },
-        Complete { res: 0, status: 1, resp: 0 },
-        Renew { res: 1 },
-        Complete { res: 1, status: 0, resp: 1 },
-        Begin { scope: 0, key: 0, body: 0 },
-        Get { scope: 0, key: 0 },
-        Begin { scope: 0, key: 1, body: 2 },
-        Complete { res: 1, status: 2, resp: 2 },
-        Begin { scope: 0, key: 1, body: 2 },
-        Complete { res: 1, status: 0, resp: 3 },
-        Begin { scope: 0, key: 2, body: 0 },
-        Reopen,
-        Orphan { res: 0, touch: Touch::Renew },
-        Orphan { res: 0, touch: Touch::Complete },
-        Get { scope: 0, key: 2 },
-        Begin { scope: 0, key: 2, body: 0 },
+        Begin { scope: 0, key: 0, body: 0 },              // C2: execute, token 1
+        Begin { scope: 0, key: 0, body: 0 },              // C5: in progress
+        Begin { scope: 0, key: 0, body: 1 },              // C4: conflict
+        Begin { scope: 1, key: 0, body: 1 },              // another scope: execute, token 2
+        Renew { res: 0 },                                 // C8: token 1 renews
+        Advance { ms: LEASE_MS },                         // now == token 1's lease deadline
+        Begin { scope: 0, key: 0, body: 0 },              // C8: takeover, token 3
+        Complete { res: 0, status: 1, resp: 0 },          // C8: token 1 fenced by 3
+        Renew { res: 1 },                                 // token 3 renews
+        Complete { res: 1, status: 0, resp: 1 },          // C3: token 3 stored
+        Begin { scope: 0, key: 0, body: 0 },              // C3: replay
+        Get { scope: 0, key: 0 },                         // completed, token 3
+        Begin { scope: 0, key: 1, body: 2 },              // token 4
+        Complete { res: 1, status: 2, resp: 2 },          // C7: 409 released
+        Begin { scope: 0, key: 1, body: 2 },              // C6: executes again, token 5
+        Complete { res: 1, status: 0, resp: 3 },          // C12: too large, released
+        Begin { scope: 0, key: 2, body: 0 },              // token 6
+        Reopen,                                           // tokens 2 and 6 become orphans
+        Orphan { res: 0, touch: Touch::Renew },           // closed
+        Orphan { res: 0, touch: Touch::Complete },        // closed
+        Get { scope: 0, key: 2 },                         // C11: still in flight (or released)
+        Begin { scope: 0, key: 2, body: 0 },              // C5 (or C2 when released at open)
         DropReopen,
         Get { scope: 1, key: 0 },
         Advance { ms: 40_000 },
         Advance { ms: 40_000 },
         Advance { ms: 40_000 },
-        Get { scope: 0, key: 0 },
-        Purge { scope: 0, key: 0 },
-        Purge { scope: 0, key: 0 },
-        CompactNow,
+        Get { scope: 0, key: 0 },                         // C9: expired reads as none
+        Purge { scope: 0, key: 0 },                       // expired but present: true
+        Purge { scope: 0, key: 0 },                       // false
+        CompactNow,                                       // C9: the expired in-flight ones
         Begin { scope: 1, key: 0, body: 0 },
-        Drop { res: 0 },
-        Get { scope: 1, key: 0 },
-        CompactNow,
+        Drop { res: 0 },                                  // C6
+        Get { scope: 1, key: 0 },                         // none
+        CompactNow,                                       // 0
     ];
+    // The model's answers, checked by hand once (the store must give the same).
+    let outs = run_case_collect(IMMEDIATE, &ops).unwrap();
+    let lease = |n: u64| T0 + n * LEASE_MS;
+    let execute = |token: u64, lease_deadline: u64| Out::Execute {
+        token,
+        lease_deadline,
+    };
+    assert_eq!(outs[0], execute(1, lease(1)));
+    assert_eq!(outs[1], Out::InProgress(RETRY_AFTER));
+    assert_eq!(outs[2], Out::Conflict);
+    assert_eq!(outs[3], execute(2, lease(1)));
+    assert_eq!(outs[4], Out::Renew(Ok(()), lease(1)));
+    assert_eq!(outs[6], execute(3, lease(2)));
+    let fenced = Refusal::Fenced {
+        token: 1,
+        current: 3,
+    };
+    assert_eq!(outs[7], Out::Complete(Err(fenced)));
+    assert_eq!(outs[8], Out::Renew(Ok(()), lease(2)));
+    assert_eq!(outs[9], Out::Complete(Ok(Completion::Stored)));
+    assert_eq!(outs[10], Out::Replay(Resp(response(200, 1))));
+    assert!(matches!(&outs[11], Out::Get(Some(i)) if i.token == 3 && i.state == State::Completed));
+    assert_eq!(outs[13], Out::Complete(Ok(Completion::Released)));
+    assert_eq!(outs[14], execute(5, lease(2)));
+    assert!(matches!(
+        outs[15],
+        Out::Complete(Err(Refusal::TooLarge { .. }))
+    ));
+    assert_eq!(outs[18], Out::Renew(Err(Refusal::Closed), lease(1)));
+    assert_eq!(outs[19], Out::Complete(Err(Refusal::Closed)));
+    assert!(matches!(&outs[20], Out::Get(Some(i)) if i.token == 6 && i.state == State::InFlight));
+    assert_eq!(outs[21], Out::InProgress(RETRY_AFTER));
+    assert!(matches!(&outs[23], Out::Get(Some(i)) if i.token == 2));
+    assert_eq!(outs[27], Out::Get(None));
+    assert_eq!(outs[28..30], [Out::Purge(true), Out::Purge(false)]);
+    assert_eq!(outs[30], Out::Compact(2));
+    assert_eq!(outs[31], execute(7, lease(14)));
+    assert_eq!(outs[33..], [Out::Get(None), Out::Compact(0)]);
     for v in [
-        IMMEDIATE,
         Variant {
             durability: Durability::Memory,
             release_in_flight_on_open: false,
+            response_cache_bytes: None,
         },
         Variant {
             durability: Durability::Immediate,
             release_in_flight_on_open: true,
+            response_cache_bytes: None,
         },
     ] {
         replay_ops(v, &ops);
@@ -828,6 +955,7 @@ fn concurrent_case(durability: Durability, requests: &[Request]) -> Result<(), T
     let v = Variant {
         durability,
         release_in_flight_on_open: false,
+        response_cache_bytes: None,
     };
     let t = open_with(|c| v.configure(c));
     let s = scope("acct");
@@ -916,8 +1044,8 @@ fn concurrent_case(durability: Durability, requests: &[Request]) -> Result<(), T
     }
     let check = |store: &Store| -> Result<(), TestCaseError> {
         for (&k, (body, response)) in &stored {
-            for b in 0..2 {
-                let got = store.begin(&s, &key(KEYS[k]), &fp(BODIES[b])).unwrap();
+            for (b, text) in BODIES.iter().enumerate().take(2) {
+                let got = store.begin(&s, &key(KEYS[k]), &fp(text)).unwrap();
                 if b == *body {
                     let Begin::Replay(r) = got else {
                         return Err(TestCaseError::fail(format!("C3: key {k}: {got:?}")));
@@ -950,7 +1078,7 @@ fn concurrent_begins_c1() {
         Just(Durability::Memory),
     ];
     let requests = prop::collection::vec((0..KEYS.len(), 0..2usize), 2..=8);
-    let result = runner(48).run(&(durability, requests), |(d, reqs)| {
+    let result = runner(64).run(&(durability, requests), |(d, reqs)| {
         concurrent_case(d, &reqs)
     });
     if let Err(e) = result {

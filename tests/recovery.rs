@@ -37,6 +37,7 @@ fn c11_release_in_flight_on_open_frees_every_reservation() {
     done.complete(resp(200, "kept")).unwrap();
     let t = t.reopen_with(|c| c.release_in_flight_on_open(true));
     drop(orphans);
+    assert_eq!(t.store.stats().releases, 5);
     for i in 0..5 {
         assert!(t.store.get(&s, &key(&format!("k{i}"))).unwrap().is_none());
         drop(execute(

@@ -1,6 +1,6 @@
 //! `idemstore`: the command-line tool.
 //!
-//! `idemstore demo [--db PATH]` runs seed 000's booking story against an embedded store file:
+//! `idemstore demo [--db PATH]` runs the booking story of the README against an embedded store file:
 //! a first attempt, a retry with the same key (replayed byte for byte), a reuse of the key for
 //! another body (conflict), a duplicate while the first attempt is still running (in progress),
 //! and a replay after closing and reopening the file.
