@@ -168,6 +168,8 @@ fn golden_constants() {
     assert_eq!(FIXED_LEN, 80);
     assert_eq!(META_FORMAT, "format_version");
     assert_eq!(META_NEXT_TOKEN, "next_token");
+    assert_eq!(crate::record::META_CLEAN, "clean_shutdown");
+    assert_eq!(crate::record::TOKEN_SKIP_AFTER_CRASH, 1 << 32);
 }
 
 #[test]

@@ -29,6 +29,13 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("idem_m
 pub(crate) const META_FORMAT: &str = "format_version";
 /// Meta key holding the next fencing token to hand out.
 pub(crate) const META_NEXT_TOKEN: &str = "next_token";
+/// Meta key present (= 1) only while the file is closed cleanly: written by the final commit
+/// of a close, removed by the commit that opens the file.
+pub(crate) const META_CLEAN: &str = "clean_shutdown";
+/// How far the token counter jumps when a file is opened after a crash. Tokens handed out
+/// after the last durable commit were lost with it (buffered mode, non-durable reservations),
+/// and must never be handed out again: no session issues 2^32 tokens between durable commits.
+pub(crate) const TOKEN_SKIP_AFTER_CRASH: u64 = 1 << 32;
 /// The format version this build writes and the newest it reads.
 pub(crate) const FORMAT_VERSION: u64 = 1;
 

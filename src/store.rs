@@ -29,7 +29,8 @@ use crate::fingerprint::Fingerprint;
 use crate::key::{Key, KeyHash, Scope, check_key_bytes};
 use crate::machine::{self, BeginDecision};
 use crate::record::{
-    EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_NEXT_TOKEN, RECORDS, RESPONSES, Record, State,
+    EXPIRY, FORMAT_VERSION, META, META_CLEAN, META_FORMAT, META_NEXT_TOKEN, RECORDS, RESPONSES,
+    Record, State, TOKEN_SKIP_AFTER_CRASH,
 };
 use crate::reply::{self, Closed, Receiver};
 use crate::response::{self, Response};
@@ -881,11 +882,27 @@ fn init_tables(db: &Database, config: &Config) -> Result<(u64, u64), OpenError> 
             }
             Some(_) => {}
         }
-        next_token = meta
+        let clean = meta
+            .remove(META_CLEAN)
+            .map_err(open_error)?
+            .map(|g| g.value())
+            == Some(1);
+        let stored = meta
             .get(META_NEXT_TOKEN)
             .map_err(open_error)?
             .map(|g| g.value())
             .unwrap_or(1);
+        // After a crash, tokens issued since the last durable commit may be lost from the
+        // file but not from the world (a fenced resource may have seen them): skip past them.
+        next_token = if format.is_some() && !clean {
+            stored.saturating_add(TOKEN_SKIP_AFTER_CRASH)
+        } else {
+            stored
+        };
+        if next_token != stored {
+            meta.insert(META_NEXT_TOKEN, next_token)
+                .map_err(open_error)?;
+        }
         if config.release_in_flight_on_open {
             let mut in_flight = Vec::new();
             for entry in records.iter().map_err(open_error)? {

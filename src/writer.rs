@@ -37,8 +37,8 @@ use crate::index::Entry;
 use crate::key::{Key, KeyHash, Scope};
 use crate::machine::{self, BeginDecision, HolderRefusal};
 use crate::record::{
-    Blob, EXPIRY, ExpiryKey, Hot, META, META_NEXT_TOKEN, RECORDS, RESPONSES, Record, RecordBytes,
-    State,
+    Blob, EXPIRY, ExpiryKey, Hot, META, META_CLEAN, META_NEXT_TOKEN, RECORDS, RESPONSES, Record,
+    RecordBytes, State,
 };
 use crate::reply::Sender;
 use crate::response::{self, Response};
@@ -325,9 +325,27 @@ impl Writer {
             let batch = std::mem::replace(&mut ops, Vec::with_capacity(limit));
             self.guarded(batch, due);
         }
-        if self.unsynced {
-            self.guarded(Vec::new(), true);
+        self.close_cleanly();
+    }
+
+    /// The last commit of a store: makes everything durable and marks the file closed
+    /// cleanly, so the next open knows no fencing token was lost.
+    fn close_cleanly(&mut self) {
+        if self.shared.check_poison().is_err() {
+            return;
         }
+        let Ok(txn) = self.io(self.db.begin_write()) else {
+            return;
+        };
+        {
+            let Ok(mut meta) = self.io(txn.open_table(META)) else {
+                return;
+            };
+            if self.io(meta.insert(META_CLEAN, 1)).is_err() {
+                return;
+            }
+        }
+        let _ = self.io(txn.commit());
     }
 
     /// Runs one batch, turning a panic into a poisoned store.

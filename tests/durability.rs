@@ -69,6 +69,14 @@ fn c10_acknowledged_completions_survive_a_process_crash() {
     // C11: the reservation that was in flight at the crash is still in flight.
     let info = store.get(&s, &key("in-flight")).unwrap().unwrap();
     assert_eq!(info.state, idemstore::State::InFlight);
+    // C8: after a crash, fencing tokens jump past any the dead process may have handed out.
+    let after = execute(store.begin(&s, &key("after"), &fp("x")).unwrap());
+    assert!(
+        after.token() > info.token + (1 << 31),
+        "{} vs {}",
+        after.token(),
+        info.token
+    );
 }
 
 #[test]

@@ -78,7 +78,11 @@ enum Op {
     CompactNow,
     /// `close()` while reservations may be alive; they become orphans, then reopen.
     Reopen,
-    /// Drop the `Store` handle instead of closing it, then reopen.
+    /// Drop the `Store` handle instead of closing it, then reopen. Live reservations hold
+    /// clones of the store, so with a file the old store stays open (a second open gets
+    /// `AlreadyOpen`) until they are dropped too, which releases their keys (C6) before the
+    /// last handle shuts it down. In memory the new store is a new one at once, and the old
+    /// reservations' drops must not reach it.
     DropReopen,
     /// Uses an orphan (a reservation of a closed store): it must have no effect.
     Orphan {
@@ -948,10 +952,33 @@ fn model_walkthrough_c2_c12() {
 // ---------------------------------------------------------------------------------------------
 // The concurrent property (C1)
 
-/// One thread's request: which key, which body.
+/// One thread's request: which key, which body (0 or 1).
 type Request = (usize, usize);
 
-fn concurrent_case(durability: Durability, requests: &[Request]) -> Result<(), TestCaseError> {
+/// What the raced keys hold before the race.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prior {
+    /// Never seen (C2).
+    Absent,
+    /// Reserved by body 0 whose lease ran out; its holder is still alive (C8 takeover).
+    LeaseExpired,
+    /// Completed by body 1 and expired (C9: behaves as new).
+    Expired,
+}
+
+fn race_response(k: usize, token: u64) -> Response {
+    Response::new(
+        201,
+        [("content-type", "application/json")],
+        format!(r#"{{"key":{k},"token":{token}}}"#),
+    )
+}
+
+fn concurrent_case(
+    durability: Durability,
+    prior: Prior,
+    requests: &[Request],
+) -> Result<(), TestCaseError> {
     let v = Variant {
         durability,
         release_in_flight_on_open: false,
@@ -959,6 +986,36 @@ fn concurrent_case(durability: Durability, requests: &[Request]) -> Result<(), T
     };
     let t = open_with(|c| v.configure(c));
     let s = scope("acct");
+    let keys: BTreeSet<usize> = requests.iter().map(|r| r.0).collect();
+
+    // Set the keys up; `stale` are the live holders whose lease runs out.
+    let mut stale: HashMap<usize, Reservation> = HashMap::new();
+    for &k in &keys {
+        match prior {
+            Prior::Absent => {}
+            Prior::LeaseExpired => {
+                let r = execute(t.store.begin(&s, &key(KEYS[k]), &fp(BODIES[0])).unwrap());
+                stale.insert(k, r);
+            }
+            Prior::Expired => {
+                let r = execute(t.store.begin(&s, &key(KEYS[k]), &fp(BODIES[1])).unwrap());
+                let token = r.token();
+                r.complete(race_response(k, token)).unwrap();
+            }
+        }
+    }
+    let tokens_before = if prior == Prior::Absent {
+        0
+    } else {
+        keys.len() as u64
+    };
+    match prior {
+        Prior::Absent => {}
+        Prior::LeaseExpired => t.clock.advance(Duration::from_millis(LEASE_MS)),
+        Prior::Expired => t.clock.advance(Duration::from_millis(TTL_MS)),
+    }
+
+    // The race: every thread waits at the barrier, then begins.
     let start = Barrier::new(requests.len());
     let outcomes: Vec<Begin> = std::thread::scope(|threads| {
         let handles: Vec<_> = requests
@@ -975,7 +1032,7 @@ fn concurrent_case(durability: Durability, requests: &[Request]) -> Result<(), T
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
 
-    // Per key: exactly one Execute (C1); the others C5 (same body) or C4 (other body).
+    // Per key: at most one Execute (C1).
     let mut winners: HashMap<usize, (usize, Reservation)> = HashMap::new();
     let mut losers: Vec<(Request, Begin)> = Vec::new();
     for (&req, outcome) in requests.iter().zip(outcomes) {
@@ -993,19 +1050,26 @@ fn concurrent_case(durability: Durability, requests: &[Request]) -> Result<(), T
             other => losers.push((req, other)),
         }
     }
-    let keys: BTreeSet<usize> = requests.iter().map(|r| r.0).collect();
-    prop_assert_eq!(
-        keys.iter().copied().collect::<Vec<_>>(),
-        {
-            let mut w: Vec<usize> = winners.keys().copied().collect();
-            w.sort_unstable();
-            w
-        },
-        "C1: every key executes exactly once"
-    );
+    // Exactly one where one can execute: every key, except a key still held (in flight with
+    // body 0) that nobody asked for with body 0.
+    for &k in &keys {
+        let can_execute = match prior {
+            Prior::LeaseExpired => requests.contains(&(k, 0)),
+            Prior::Absent | Prior::Expired => true,
+        };
+        prop_assert_eq!(
+            winners.contains_key(&k),
+            can_execute,
+            "C1: key {}, {:?}, {:?}",
+            k,
+            prior,
+            requests
+        );
+    }
+    // The others: C5 with the executor's body, C4 with another.
     for ((k, body), outcome) in &losers {
-        let winner_body = winners[k].0;
-        if *body == winner_body {
+        let holder_body = winners.get(k).map_or(0, |w| w.0);
+        if *body == holder_body {
             prop_assert!(
                 matches!(outcome, Begin::InProgress { retry_after } if *retry_after == RETRY_AFTER),
                 "C5: key {} body {}: {:?}",
@@ -1023,22 +1087,36 @@ fn concurrent_case(durability: Durability, requests: &[Request]) -> Result<(), T
             );
         }
     }
-    // C8: distinct fencing tokens, handed out from 1 by a fresh store.
+    // C8: distinct fencing tokens, the next ones after those handed out before the race.
     let tokens: BTreeSet<u64> = winners.values().map(|(_, r)| r.token()).collect();
     prop_assert_eq!(tokens.len(), winners.len(), "C8: tokens repeat");
     prop_assert_eq!(
         tokens.into_iter().collect::<Vec<_>>(),
-        (1..=winners.len() as u64).collect::<Vec<_>>()
+        (tokens_before + 1..=tokens_before + winners.len() as u64).collect::<Vec<_>>()
     );
 
-    // Complete the winners; every later begin with the winner's body replays it (C3).
+    // A stale holder was fenced by the taker; where nobody took over, it still owns the key.
     let mut stored: HashMap<usize, (usize, Response)> = HashMap::new();
+    for (k, r) in stale {
+        let token = r.token();
+        let result = r.complete(race_response(k, token));
+        match winners.get(&k) {
+            Some((_, w)) => prop_assert!(
+                matches!(result, Err(CompleteError::Fenced { token: t, current })
+                    if t == token && current == w.token()),
+                "C8: stale holder of key {}: {:?}",
+                k,
+                result
+            ),
+            None => {
+                prop_assert!(matches!(result, Ok(Completion::Stored)), "{:?}", result);
+                stored.insert(k, (0, race_response(k, token)));
+            }
+        }
+    }
+    // Complete the winners; every later begin with the winner's body replays it (C3).
     for (k, (body, r)) in winners {
-        let response = Response::new(
-            201,
-            [("content-type", "application/json")],
-            format!(r#"{{"key":{k},"token":{}}}"#, r.token()),
-        );
+        let response = race_response(k, r.token());
         prop_assert_eq!(r.complete(response.clone()).unwrap(), Completion::Stored);
         stored.insert(k, (body, response));
     }
@@ -1068,20 +1146,37 @@ fn concurrent_case(durability: Durability, requests: &[Request]) -> Result<(), T
     Ok(())
 }
 
-#[test]
-fn concurrent_begins_c1() {
-    let durability = prop_oneof![
+fn durabilities() -> impl Strategy<Value = Durability> {
+    prop_oneof![
         Just(Durability::Immediate),
         Just(Durability::Buffered {
             max_delay: Duration::from_millis(5)
         }),
         Just(Durability::Memory),
-    ];
-    let requests = prop::collection::vec((0..KEYS.len(), 0..2usize), 2..=8);
-    let result = runner(64).run(&(durability, requests), |(d, reqs)| {
-        concurrent_case(d, &reqs)
-    });
+    ]
+}
+
+/// 2 to 8 threads on 3 keys (so keys overlap), bodies 0 and 1.
+fn race_requests() -> impl Strategy<Value = Vec<Request>> {
+    prop::collection::vec((0..KEYS.len(), 0..2usize), 2..=8)
+}
+
+fn run_race(prior: impl Strategy<Value = Prior>) {
+    let result = runner(96).run(
+        &(durabilities(), prior, race_requests()),
+        |(d, prior, reqs)| concurrent_case(d, prior, &reqs),
+    );
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+#[test]
+fn concurrent_begins_c1() {
+    run_race(Just(Prior::Absent));
+}
+
+#[test]
+fn concurrent_takeover_and_expiry_c1_c8_c9() {
+    run_race(prop_oneof![Just(Prior::LeaseExpired), Just(Prior::Expired)]);
 }
