@@ -7,20 +7,24 @@
 //!   durable figures can be read against the disk's physical limit in the same session;
 //! - `begin_new_key`: `begin` on a never-seen key, per durability mode;
 //! - `replay_hit_1m`: `begin` that replays, over 1,000,000 completed records, with the default
-//!   64 MiB response cache and with a cache large enough for every response;
+//!   64 MiB response cache and with a cache large enough for every response, for random keys
+//!   and for the 1,000 most recent ones; beside it the same lookup in a plain `HashMap` (the
+//!   floor on this machine) and the cost of the key's blake3 hash alone;
 //! - `begin_complete_threads`: `begin` on a new key then `complete` with a 300-byte response,
-//!   1, 16 and 64 threads, per durability mode, as pairs per second;
+//!   1, 16 and 64 threads, per durability mode, as pairs per second (plus the default mode with
+//!   `reservations_durable(false)` at 64 threads);
 //! - `fingerprint_1k_json`: `Fingerprint::of_request` over a 1 KiB JSON body, and the same bytes
 //!   as `text/plain`.
 //!
 //! `IDEMSTORE_BENCH=disk,replay_hit_1m` runs only the named groups (the criterion name filter
 //! still applies inside them, but cannot skip the 1M-record preload);
 //! `IDEMSTORE_BENCH_VARIANTS=memory/cache_1gib` runs only the replay stores whose label contains
-//! one of the names; `IDEMSTORE_BENCH_RECORDS` and `IDEMSTORE_BENCH_PRELOAD_THREADS` change the
+//! one of the names (the file-backed replay store, about four minutes of preload, runs only when
+//! named this way: `IDEMSTORE_BENCH_VARIANTS=memory,file`); `IDEMSTORE_BENCH_RECORDS` and `IDEMSTORE_BENCH_PRELOAD_THREADS` change the
 //! replay store's size and the number of preloading threads. Under `cargo test` (criterion's
 //! test mode) every size is cut down so the run takes seconds.
 //!
-//! Lines starting with `DISK`, `PRELOAD`, `STATS`, `LAT` and `TARGET` are the figures that are
+//! Lines starting with `DISK`, `PRELOAD`, `STATS`, `IO`, `LAT` and `TARGET` are the figures that are
 //! not criterion's own; the document quotes them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -98,10 +102,12 @@ impl Plan {
         plan
     }
 
-    fn wants_variant(&self, label: &str) -> bool {
-        self.variants
-            .as_ref()
-            .is_none_or(|v| v.iter().any(|name| label.contains(name.as_str())))
+    /// Whether to run the replay store `label`; an `opt_in` one runs only when named.
+    fn wants_variant(&self, label: &str, opt_in: bool) -> bool {
+        match &self.variants {
+            Some(v) => v.iter().any(|name| label.contains(name.as_str())),
+            None => !opt_in || self.quick,
+        }
     }
 
     fn wants(&self, group: &str) -> bool {
@@ -182,6 +188,47 @@ fn rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// This process's write counters from `/proc/self/io`: bytes passed to `write`-family calls,
+/// the number of those calls, and bytes sent to the storage layer.
+#[derive(Clone, Copy, Default)]
+struct Io {
+    wchar: u64,
+    syscw: u64,
+    write_bytes: u64,
+}
+
+fn io() -> Io {
+    let text = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Io {
+        wchar: field("wchar:"),
+        syscw: field("syscw:"),
+        write_bytes: field("write_bytes:"),
+    }
+}
+
+/// Write volume per durable commit between two snapshots.
+fn io_line(label: &str, before: (&Stats, Io), after: (&Stats, Io)) -> String {
+    let commits = (after.0.commits - before.0.commits).max(1);
+    let durable = (after.0.durable_commits - before.0.durable_commits).max(1);
+    let wchar = after.1.wchar - before.1.wchar;
+    format!(
+        "IO {label}: written {:.1} MiB in {} write calls; per commit {:.1} KiB and {:.1} calls; \
+         per durable commit {:.1} KiB; sent to storage {:.1} MiB",
+        wchar as f64 / (1 << 20) as f64,
+        after.1.syscw - before.1.syscw,
+        wchar as f64 / commits as f64 / 1024.0,
+        (after.1.syscw - before.1.syscw) as f64 / commits as f64,
+        wchar as f64 / durable as f64 / 1024.0,
+        (after.1.write_bytes - before.1.write_bytes) as f64 / (1 << 20) as f64,
+    )
 }
 
 fn mode_name(d: Durability) -> &'static str {
@@ -326,6 +373,7 @@ fn begin_new_key(c: &mut Criterion) {
         let counter = AtomicU64::new(0);
         let salt = 0xb0 + m as u64;
         let before = store.stats();
+        let io_before = io();
         let mut lat = Vec::new();
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -351,9 +399,12 @@ fn begin_new_key(c: &mut Criterion) {
                 elapsed
             });
         });
+        let (after, io_after) = (store.stats(), io());
+        let label = format!("begin_new_key/{name}");
+        println!("{}", stats_line(&label, &before, &after));
         println!(
             "{}",
-            stats_line(&format!("begin_new_key/{name}"), &before, &store.stats())
+            io_line(&label, (&before, io_before), (&after, io_after))
         );
         println!("LAT begin_new_key/{name}: {}", latency_line(lat));
         store.close().unwrap();
@@ -502,7 +553,7 @@ fn replay_begin(
 }
 
 /// Times replays of random keys from `keys`: a criterion benchmark, then 200,000 calls timed one
-/// by one for the per-call percentiles (the timer pair, about 40 ns here, is included).
+/// by one for the per-call percentiles (the timer pair, about 30 ns here, is included).
 fn replay_measure(
     c: &mut Criterion,
     plan: &Plan,
@@ -587,7 +638,10 @@ fn replay_hit_1m(c: &mut Criterion, plan: &Plan) {
     ];
 
     for (label, durability, cache) in variants {
-        if !plan.wants_variant(label) {
+        // The file-backed store takes about four minutes to fill here, which would push the
+        // whole run past ten minutes: it runs only when asked for by name.
+        let opt_in = label.starts_with("file/");
+        if !plan.wants_variant(label, opt_in) {
             continue;
         }
         let config = config(durability)
@@ -710,12 +764,23 @@ fn begin_complete_threads(c: &mut Criterion, plan: &Plan) {
     // One shared response: the writer encodes it per pair anyway; sharing keeps the caller's
     // allocation out of a measurement of the store.
     let body = response(0);
+    let buffered = Durability::Buffered {
+        max_delay: BUFFERED_DELAY,
+    };
+    // (name, durability, reservations_durable, thread counts). The last row is not in the
+    // brief: the default mode with `reservations_durable(false)`, which spends one fsync per
+    // pair instead of two; it shows what the second fsync costs.
+    let last = plan.thread_counts.len() - 1;
     let modes = [
-        Durability::Immediate,
-        Durability::Buffered {
-            max_delay: BUFFERED_DELAY,
-        },
-        Durability::Memory,
+        ("immediate", Durability::Immediate, true, plan.thread_counts),
+        ("buffered_2ms", buffered, true, plan.thread_counts),
+        ("memory", Durability::Memory, true, plan.thread_counts),
+        (
+            "immediate_lazy_reservations",
+            Durability::Immediate,
+            false,
+            &plan.thread_counts[last..],
+        ),
     ];
     let mut group = c.benchmark_group("begin_complete_threads");
     group
@@ -724,17 +789,22 @@ fn begin_complete_threads(c: &mut Criterion, plan: &Plan) {
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Elements(1));
-    for (m, durability) in modes.into_iter().enumerate() {
-        let name = mode_name(durability);
-        for &threads in plan.thread_counts {
+    for (m, (name, durability, reservations_durable, thread_counts)) in
+        modes.into_iter().enumerate()
+    {
+        for &threads in thread_counts {
             let store = open(
                 dir.path(),
                 &format!("pairs_{name}_{threads}"),
-                config(durability).build().unwrap(),
+                config(durability)
+                    .reservations_durable(reservations_durable)
+                    .build()
+                    .unwrap(),
             );
             let counter = AtomicU64::new(0);
             let salt = 0xc0 + m as u64 * 1000 + threads as u64;
             let before = store.stats();
+            let io_before = io();
             let mut lat = Vec::new();
             let mut measured = (0u64, Duration::ZERO);
             group.bench_function(BenchmarkId::new(name, threads), |b| {
@@ -748,15 +818,20 @@ fn begin_complete_threads(c: &mut Criterion, plan: &Plan) {
                 });
             });
             let after = store.stats();
+            let io_after = io();
             let label = format!("begin_complete_threads/{name}/{threads}");
             println!("{}", stats_line(&label, &before, &after));
+            println!(
+                "{}",
+                io_line(&label, (&before, io_before), (&after, io_after))
+            );
             println!(
                 "LAT {label} (per pair, warm-up included): {}; overall {:.0} pairs/s over {} pairs",
                 latency_line(lat),
                 measured.0 as f64 / measured.1.as_secs_f64(),
                 measured.0
             );
-            if durability == Durability::Immediate && threads == 64 {
+            if name == "immediate" && threads == 64 {
                 let rate = measured.0 as f64 / measured.1.as_secs_f64();
                 println!(
                     "TARGET {label}: {rate:.0} pairs/s vs target > 20000: {}",
