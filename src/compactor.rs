@@ -25,8 +25,8 @@ pub(crate) fn expire_once(
     shared.check()?;
     let (tx, rx) = reply::channel();
     ops.send(Op::Expire { limit, reply: tx })
-        .map_err(|_| shared.lost_reply())?;
-    rx.wait().map_err(|_| shared.lost_reply())?
+        .map_err(|_| shared.lost_reply(reply::Closed::default()))?;
+    rx.wait().map_err(|c| shared.lost_reply(c))?
 }
 
 /// Starts the compactor thread. It stops when `stop` is dropped or sent to.

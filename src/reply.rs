@@ -24,6 +24,8 @@ struct Slot<T> {
 struct SlotState<T> {
     value: Option<T>,
     closed: bool,
+    /// Closed by a sender dropped while its thread panicked.
+    panicked: bool,
     /// The receiver went away; a later `send` gets its value back.
     abandoned: bool,
     waker: Option<Waker>,
@@ -36,14 +38,18 @@ pub(crate) struct Sender<T>(Option<Arc<Slot<T>>>);
 pub(crate) struct Receiver<T>(Arc<Slot<T>>);
 
 /// The sender went away without replying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Closed;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Closed {
+    /// It was dropped by a panicking thread: the store is being poisoned.
+    pub(crate) panicked: bool,
+}
 
 pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
     let slot = Arc::new(Slot {
         state: Mutex::new(SlotState {
             value: None,
             closed: false,
+            panicked: false,
             abandoned: false,
             waker: None,
         }),
@@ -93,6 +99,7 @@ fn finish<T>(slot: &Slot<T>, value: Option<T>) -> Result<(), T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         if let Some(slot) = self.0.take() {
+            slot.state.lock().panicked = std::thread::panicking();
             let _ = finish(&slot, None);
         }
     }
@@ -105,7 +112,8 @@ impl<T> Receiver<T> {
         while !st.closed {
             self.0.ready.wait(&mut st);
         }
-        st.value.take().ok_or(Closed)
+        let panicked = st.panicked;
+        st.value.take().ok_or(Closed { panicked })
     }
 }
 
@@ -130,7 +138,8 @@ impl<T> Future for Receiver<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut st = self.0.state.lock();
         if st.closed {
-            return Poll::Ready(st.value.take().ok_or(Closed));
+            let panicked = st.panicked;
+            return Poll::Ready(st.value.take().ok_or(Closed { panicked }));
         }
         match &st.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -159,6 +168,6 @@ mod tests {
         assert_eq!(rx.abandon(|| unreachable!()), Some(7));
         let (tx, rx) = channel::<u32>();
         drop(tx);
-        assert_eq!(rx.wait(), Err(Closed));
+        assert_eq!(rx.wait(), Err(Closed { panicked: false }));
     }
 }

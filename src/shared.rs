@@ -16,6 +16,7 @@ use redb::Database;
 use crate::config::Config;
 use crate::error::{Cause, Message, Unavailable};
 use crate::index::HotIndex;
+use crate::reply::Closed;
 use crate::stats::Counters;
 
 pub(crate) struct Shared {
@@ -64,7 +65,10 @@ impl Shared {
     /// Marks the store closed and lets go of the database (the writer has stopped by now).
     pub(crate) fn mark_closed(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        self.db.write().take();
+        let db = self.db.write().take();
+        // After a panic inside the storage engine its internal locks are poisoned and closing
+        // it panics too; that must not reach the caller of `close` or of a drop.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
     }
 
     /// The database, unless the store is closed.
@@ -100,10 +104,16 @@ impl Shared {
         Unavailable::Poisoned { cause }
     }
 
-    /// What a caller is told when the writer dropped its reply without answering.
-    pub(crate) fn lost_reply(&self) -> Unavailable {
+    /// What a caller is told when the writer dropped its reply without answering (or, with
+    /// `Closed::default()`, when the writer's queue is gone).
+    pub(crate) fn lost_reply(&self, closed: Closed) -> Unavailable {
         match self.check() {
             Err(e) => e,
+            // The panic's handler poisons the store right after the unwinding that dropped
+            // this reply; the caller hears the same verdict now.
+            Ok(()) if closed.panicked => Unavailable::Poisoned {
+                cause: Arc::new(Message("the writer thread panicked".into())),
+            },
             Ok(()) => Unavailable::Closed,
         }
     }

@@ -137,7 +137,7 @@ impl WaitBegin {
     fn wait(mut self) -> Result<Result<BeginReply, Unavailable>, Closed> {
         match self.rx.take() {
             Some(rx) => rx.wait(),
-            None => Err(Closed),
+            None => Err(Closed::default()),
         }
     }
 }
@@ -150,7 +150,7 @@ impl Future for WaitBegin {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let Some(rx) = self.rx.as_mut() else {
-            return std::task::Poll::Ready(Err(Closed));
+            return std::task::Poll::Ready(Err(Closed::default()));
         };
         let out = std::pin::Pin::new(rx).poll(cx);
         if out.is_ready() {
@@ -394,7 +394,7 @@ impl Store {
         reply: Result<Result<BeginReply, Unavailable>, Closed>,
     ) -> Result<Claim, BeginError> {
         let shared = &self.inner.shared;
-        let reply = reply.map_err(|_| shared.lost_reply())??;
+        let reply = reply.map_err(|c| shared.lost_reply(c))??;
         Ok(match reply {
             BeginReply::Execute {
                 token,
@@ -415,7 +415,7 @@ impl Store {
         self.inner
             .ops
             .send(op)
-            .map_err(|_| self.inner.shared.lost_reply())
+            .map_err(|_| self.inner.shared.lost_reply(Closed::default()))
     }
 
     /// Runs a read transaction, turning a storage-engine panic into an error.
@@ -468,7 +468,7 @@ impl Store {
             // read after the drop sees the key released (C6).
             let (tx, rx) = reply::channel();
             self.submit(Op::Barrier { reply: tx })?;
-            rx.wait().map_err(|_| self.inner.shared.lost_reply())??;
+            rx.wait().map_err(|c| self.inner.shared.lost_reply(c))??;
         }
         let hash = KeyHash::of(scope, key);
         let now = self.inner.shared.now();
@@ -515,7 +515,7 @@ impl Store {
             hash: KeyHash::of(scope, key),
             reply: tx,
         })?;
-        rx.wait().map_err(|_| self.inner.shared.lost_reply())?
+        rx.wait().map_err(|c| self.inner.shared.lost_reply(c))?
     }
 
     /// Counters since open.
@@ -544,7 +544,7 @@ impl Store {
         self.inner.shared.check()?;
         let (tx, rx) = reply::channel();
         self.submit(Op::Flush { reply: tx })?;
-        rx.wait().map_err(|_| self.inner.shared.lost_reply())?
+        rx.wait().map_err(|c| self.inner.shared.lost_reply(c))?
     }
 
     /// Drains the writer, makes everything durable, stops the background threads and closes
@@ -615,7 +615,7 @@ impl Store {
             token,
             reply: Some(tx),
         })?;
-        rx.wait().map_err(|_| shared.lost_reply())?
+        rx.wait().map_err(|c| shared.lost_reply(c))?
     }
 }
 
@@ -634,8 +634,8 @@ impl Inner {
             Ok(()) => {
                 let (tx, rx) = reply::channel();
                 match self.ops.send(Op::Flush { reply: tx }) {
-                    Ok(()) => rx.wait().unwrap_or_else(|_| Err(self.shared.lost_reply())),
-                    Err(_) => Err(self.shared.lost_reply()),
+                    Ok(()) => rx.wait().unwrap_or_else(|c| Err(self.shared.lost_reply(c))),
+                    Err(_) => Err(self.shared.lost_reply(Closed::default())),
                 }
             }
         };
@@ -675,7 +675,7 @@ impl Reservation {
         self.armed = false;
         let rx = self.store.complete_token(self.hash, self.token, response)?;
         rx.wait()
-            .map_err(|_| self.store.inner.shared.lost_reply())?
+            .map_err(|c| self.store.inner.shared.lost_reply(c))?
     }
 
     /// [`complete`](Reservation::complete) as a runtime-agnostic future.
@@ -688,7 +688,7 @@ impl Reservation {
         let submitted = self.store.complete_token(self.hash, self.token, response);
         async move {
             let rx = submitted?;
-            rx.await.map_err(|_| store.inner.shared.lost_reply())?
+            rx.await.map_err(|c| store.inner.shared.lost_reply(c))?
         }
     }
 
@@ -700,7 +700,7 @@ impl Reservation {
             .lease_op(|reply| Op::Renew { hash, token, reply })?;
         self.lease_deadline = rx
             .wait()
-            .map_err(|_| self.store.inner.shared.lost_reply())??;
+            .map_err(|c| self.store.inner.shared.lost_reply(c))??;
         Ok(())
     }
 
@@ -714,7 +714,7 @@ impl Reservation {
             let rx = submitted?;
             self.lease_deadline = rx
                 .await
-                .map_err(|_| self.store.inner.shared.lost_reply())??;
+                .map_err(|c| self.store.inner.shared.lost_reply(c))??;
             Ok(())
         }
     }
@@ -751,13 +751,13 @@ impl Backend for Store {
         response: Response,
     ) -> Result<Completion, CompleteError> {
         let rx = self.complete_token(KeyHash::of(scope, key), token, response)?;
-        rx.wait().map_err(|_| self.inner.shared.lost_reply())?
+        rx.wait().map_err(|c| self.inner.shared.lost_reply(c))?
     }
 
     fn renew(&self, scope: &Scope, key: &Key, token: u64) -> Result<u64, LeaseError> {
         let hash = KeyHash::of(scope, key);
         let rx = self.lease_op(|reply| Op::Renew { hash, token, reply })?;
-        rx.wait().map_err(|_| self.inner.shared.lost_reply())?
+        rx.wait().map_err(|c| self.inner.shared.lost_reply(c))?
     }
 
     fn release(&self, scope: &Scope, key: &Key, token: u64) -> Result<(), LeaseError> {

@@ -15,6 +15,7 @@ struct Flaky {
     bytes: Arc<Mutex<Vec<u8>>>,
     fail_sync: Arc<AtomicBool>,
     fail_write: Arc<AtomicBool>,
+    panic_on_write: Arc<AtomicBool>,
 }
 
 impl StorageBackend for Flaky {
@@ -48,6 +49,9 @@ impl StorageBackend for Flaky {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.panic_on_write.load(Ordering::SeqCst) {
+            panic!("injected panic in the storage device");
+        }
         if self.fail_write.load(Ordering::SeqCst) {
             return Err(io::Error::from(io::ErrorKind::StorageFull));
         }
@@ -112,4 +116,22 @@ fn c10_a_full_disk_poisons_the_store_and_reopening_recovers() {
     check_poisoned_then_recovered(Flaky::default(), |d, on| {
         d.fail_write.store(on, Ordering::SeqCst)
     });
+}
+
+#[test]
+fn a_panic_in_the_writer_poisons_the_store_and_its_callers_hear_so() {
+    let device = Flaky::default();
+    let store = Store::open_with_backend(device.clone(), cfg()).unwrap();
+    let s = scope("acct");
+    device.panic_on_write.store(true, Ordering::SeqCst);
+    for attempt in 0..2 {
+        match store.begin(&s, &key("k"), &fp("1")) {
+            Err(BeginError::Unavailable(e @ Unavailable::Poisoned { .. })) => {
+                assert!(e.to_string().contains("panicked"), "attempt {attempt}: {e}");
+            }
+            other => panic!("attempt {attempt}: expected Poisoned, got {other:?}"),
+        }
+    }
+    device.panic_on_write.store(false, Ordering::SeqCst);
+    assert!(store.close().is_err());
 }
