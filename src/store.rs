@@ -237,8 +237,8 @@ impl Store {
         let shared = Arc::new(Shared::new(config, Arc::clone(&db)));
         crate::stats::add(&shared.counters.releases, released);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let writer = writer::spawn(Arc::clone(&shared), db, rx, tx.clone(), next_token)
-            .map_err(OpenError::Spawn)?;
+        let writer =
+            writer::spawn(Arc::clone(&shared), db, rx, next_token).map_err(OpenError::Spawn)?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let inner = Inner {
             shared: Arc::clone(&shared),

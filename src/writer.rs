@@ -204,57 +204,6 @@ impl Op {
     }
 }
 
-/// Batches with at most this many answers are answered by the writer itself.
-const INLINE_REPLIES: usize = 2;
-
-/// Lowers the count of detached releases by `n` once they have reached the index.
-fn settle(shared: &Shared, n: u64) {
-    if n > 0 {
-        shared
-            .detached_releases
-            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Answers every caller of a committed batch. A caller that gave up on a `begin` is settled
-/// here; if its answer was a reservation, `orphan` gets it, to be released.
-fn deliver_all(shared: &Shared, pending: Vec<Pending>, mut orphan: impl FnMut(KeyHash, u64)) {
-    let mut settled = 0;
-    for p in pending {
-        match p.deliver() {
-            None => {}
-            // Counted when the caller gave up; settled once its release is applied.
-            Some(Abandoned::Reservation(hash, token)) => orphan(hash, token),
-            Some(Abandoned::Answer) => settled += 1,
-        }
-    }
-    settle(shared, settled);
-}
-
-/// Starts the thread that answers the callers of large batches. Reservations whose caller
-/// gave up are sent back to the writer as releases.
-fn spawn_notifier(
-    shared: Arc<Shared>,
-    batches: Receiver<Vec<Pending>>,
-    ops: crossbeam_channel::Sender<Op>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("idemstore-notify".into())
-        .spawn(move || {
-            for pending in batches {
-                deliver_all(&shared, pending, |hash, token| {
-                    // The count raised when its caller gave up is settled when the writer
-                    // applies this release (a detached release).
-                    let _ = ops.send(Op::Release {
-                        hash,
-                        token,
-                        reply: None,
-                    });
-                });
-            }
-        })
-}
-
 /// A change to the hot index, applied once the batch has committed.
 enum Effect {
     /// The record is now this.
@@ -301,9 +250,6 @@ pub(crate) struct Writer {
     cached_bytes: usize,
     /// Reservations made for callers that gave up waiting, to release in the next batch.
     orphans: Vec<(KeyHash, u64)>,
-    /// Hands large batches' answers to the notifier thread.
-    notifier: crossbeam_channel::Sender<Vec<Pending>>,
-    notifier_thread: Option<JoinHandle<()>>,
 }
 
 /// Starts the writer thread.
@@ -311,11 +257,8 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     db: Arc<Database>,
     rx: Receiver<Op>,
-    ops: crossbeam_channel::Sender<Op>,
     next_token: u64,
 ) -> std::io::Result<JoinHandle<()>> {
-    let (notifier, batches) = crossbeam_channel::unbounded();
-    let notifier_thread = spawn_notifier(Arc::clone(&shared), batches, ops)?;
     let writer = Writer {
         shared,
         db,
@@ -326,8 +269,6 @@ pub(crate) fn spawn(
         cached: VecDeque::new(),
         cached_bytes: 0,
         orphans: Vec::new(),
-        notifier,
-        notifier_thread: Some(notifier_thread),
     };
     std::thread::Builder::new()
         .name("idemstore-writer".into())
@@ -385,12 +326,6 @@ impl Writer {
             self.guarded(batch, due);
         }
         self.close_cleanly();
-        // Every answer is delivered before the writer's thread ends, so before `close` returns.
-        let (closed, _) = crossbeam_channel::bounded(0);
-        drop(std::mem::replace(&mut self.notifier, closed));
-        if let Some(t) = self.notifier_thread.take() {
-            let _ = t.join();
-        }
     }
 
     /// The last commit of a store: makes everything durable and marks the file closed
@@ -535,20 +470,19 @@ impl Writer {
                 Effect::Remove(hash) => self.shared.index.remove(&hash),
             }
         }
-        settle(&self.shared, b.detached_releases);
-        // Waking a caller is a system call and often an inter-processor interrupt; for a large
-        // batch that is a good share of the writer's time, so another thread does it while the
-        // writer starts the next batch. A small batch is answered here, saving a hand-off.
-        if b.pending.len() <= INLINE_REPLIES {
-            let orphans = &mut self.orphans;
-            deliver_all(&self.shared, b.pending, |hash, token| {
-                orphans.push((hash, token))
-            });
-        } else if let Err(returned) = self.notifier.send(b.pending) {
-            let orphans = &mut self.orphans;
-            deliver_all(&self.shared, returned.0, |hash, token| {
-                orphans.push((hash, token))
-            });
+        let mut settled = b.detached_releases;
+        for p in b.pending {
+            match p.deliver() {
+                None => {}
+                // Counted when the caller gave up; settled once its release is applied.
+                Some(Abandoned::Reservation(hash, token)) => self.orphans.push((hash, token)),
+                Some(Abandoned::Answer) => settled += 1,
+            }
+        }
+        if settled > 0 {
+            self.shared
+                .detached_releases
+                .fetch_sub(settled, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
