@@ -606,16 +606,24 @@ impl Store {
         Ok(rx)
     }
 
-    fn release_token(&self, hash: KeyHash, token: u64) -> Result<(), LeaseError> {
-        let shared = &self.inner.shared;
-        shared.check()?;
+    fn submit_release(
+        &self,
+        hash: KeyHash,
+        token: u64,
+    ) -> Result<Receiver<Result<(), LeaseError>>, LeaseError> {
+        self.inner.shared.check()?;
         let (tx, rx) = reply::channel();
         self.submit(Op::Release {
             hash,
             token,
             reply: Some(tx),
         })?;
-        rx.wait().map_err(|c| shared.lost_reply(c))?
+        Ok(rx)
+    }
+
+    fn release_token(&self, hash: KeyHash, token: u64) -> Result<(), LeaseError> {
+        let rx = self.submit_release(hash, token)?;
+        rx.wait().map_err(|c| self.inner.shared.lost_reply(c))?
     }
 }
 
@@ -723,6 +731,20 @@ impl Reservation {
     pub fn release(mut self) -> Result<(), LeaseError> {
         self.armed = false;
         self.store.release_token(self.hash, self.token)
+    }
+
+    /// [`release`](Reservation::release) as a runtime-agnostic future. The release is queued
+    /// when this is called, so dropping the future does not keep the key.
+    pub fn release_async(
+        mut self,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send + 'static {
+        self.armed = false;
+        let store = self.store.clone();
+        let submitted = self.store.submit_release(self.hash, self.token);
+        async move {
+            let rx = submitted?;
+            rx.await.map_err(|c| store.inner.shared.lost_reply(c))?
+        }
     }
 }
 

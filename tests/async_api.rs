@@ -50,6 +50,12 @@ fn async_begin_and_complete_are_woken_by_the_writer() {
         panic!("expected Replay")
     };
     assert_eq!(r.body(), b"async");
+    let other = key("other");
+    let Begin::Execute(r) = block_on(t.store.begin_async(&s, &other, &fp("1"))).unwrap() else {
+        panic!("expected Execute")
+    };
+    block_on(r.release_async()).unwrap();
+    assert!(t.store.get(&s, &other).unwrap().is_none(), "C6: released");
 }
 
 #[test]
