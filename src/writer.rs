@@ -508,13 +508,11 @@ impl Writer {
     }
 
     /// Whether an operation that needs durability makes this batch durable: in the buffered
-    /// mode only an explicit flush does.
+    /// mode only an explicit flush or the deadline does, and in the memory mode there is
+    /// nothing to make durable (a durable commit there only costs the engine's flush path:
+    /// 30 µs instead of about 90 µs per single-operation commit).
     fn durable_if(&self, needed: bool) -> bool {
-        needed
-            && matches!(
-                self.shared.config.durability,
-                Durability::Immediate | Durability::Memory
-            )
+        needed && self.shared.config.durability == Durability::Immediate
     }
 
     fn apply_all(
