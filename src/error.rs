@@ -162,7 +162,7 @@ impl fmt::Display for Unavailable {
         match self {
             Unavailable::Poisoned { cause } => write!(
                 f,
-                "store is poisoned by an earlier storage failure ({cause}); close it and open it again to recover"
+                "store is poisoned ({cause}); close it and open it again to recover"
             ),
             Unavailable::OutcomeUnknown { cause } => write!(
                 f,
@@ -310,6 +310,12 @@ pub enum CompleteError {
         /// The limit.
         max: usize,
     },
+    /// The response cannot be encoded whatever its size: more than 65 535 headers, or a
+    /// header name longer than 65 535 bytes (rule C12). The reservation is released.
+    InvalidResponse {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The store cannot serve.
     Unavailable(Unavailable),
 }
@@ -329,6 +335,12 @@ impl fmt::Display for CompleteError {
                 f,
                 "response is {len} bytes encoded; the limit is {max}; the key was released"
             ),
+            CompleteError::InvalidResponse { reason } => {
+                write!(
+                    f,
+                    "response cannot be stored: {reason}; the key was released"
+                )
+            }
             CompleteError::Unavailable(e) => write!(f, "complete failed: {e}"),
         }
     }

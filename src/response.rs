@@ -118,14 +118,16 @@ impl fmt::Display for DecodeError {
             DecodeError::Truncated => f.write_str("response blob is truncated"),
             DecodeError::TrailingBytes => f.write_str("response blob has trailing bytes"),
             DecodeError::HeaderName => f.write_str("response header name is not UTF-8"),
-            DecodeError::TooLarge => f.write_str("response has a field too large to encode"),
+            DecodeError::TooLarge => {
+                f.write_str("more than 65 535 headers or a header name longer than 65 535 bytes")
+            }
         }
     }
 }
 
-/// Encodes a response (layout in `docs/format.md`). Fails only when a field exceeds its
-/// length field (more than 65 535 headers, a header name over 65 535 bytes, a value or body
-/// over 4 GiB), which `max_response_bytes` rules out long before.
+/// Encodes a response (layout in `docs/format.md`). Fails when a field exceeds its length
+/// field: more than 65 535 headers or a header name over 65 535 bytes (possible within
+/// `max_response_bytes`), or a value or body over 4 GiB (ruled out by it).
 pub(crate) fn encode(r: &Response) -> Result<Vec<u8>, DecodeError> {
     let inner = &*r.0;
     let mut out = Vec::with_capacity(r.encoded_len());

@@ -71,9 +71,13 @@ impl Shared {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
     }
 
-    /// The database, unless the store is closed.
-    pub(crate) fn db(&self) -> Result<Arc<Database>, Unavailable> {
-        self.db.read().clone().ok_or(Unavailable::Closed)
+    /// Runs `f` on the database, unless the store is closed; `mark_closed` waits for it.
+    pub(crate) fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, Unavailable>,
+    ) -> Result<T, Unavailable> {
+        let db = self.db.read();
+        f(db.as_ref().ok_or(Unavailable::Closed)?)
     }
 
     /// Ok while the store can serve; otherwise the reason it cannot.

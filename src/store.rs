@@ -425,8 +425,12 @@ impl Store {
     ) -> Result<T, Unavailable> {
         let shared = &self.inner.shared;
         catch_unwind(AssertUnwindSafe(|| {
-            let txn = shared.db()?.begin_read().map_err(io_error)?;
-            f(&txn)
+            // Holding the database for the whole read keeps `close` from returning while a
+            // read still has the file open.
+            shared.with_db(|db| {
+                let txn = db.begin_read().map_err(io_error)?;
+                f(&txn)
+            })
         }))
         .unwrap_or_else(|payload| {
             Err(Unavailable::Corrupted {
@@ -563,11 +567,18 @@ impl Store {
         shared.check()?;
         let max = shared.config.max_response_bytes;
         let len = response.encoded_len();
-        let blob = match response::encode(&response) {
-            Ok(blob) if len <= max => blob,
-            _ => {
+        let refused = match response::encode(&response) {
+            Ok(blob) if len <= max => Ok(blob),
+            Ok(_) => Err(CompleteError::ResponseTooLarge { len, max }),
+            Err(e) => Err(CompleteError::InvalidResponse {
+                reason: e.to_string(),
+            }),
+        };
+        let blob = match refused {
+            Ok(blob) => blob,
+            Err(e) => {
                 self.send_release(hash, token);
-                return Err(CompleteError::ResponseTooLarge { len, max });
+                return Err(e);
             }
         };
         let (tx, rx) = reply::channel();
@@ -590,6 +601,7 @@ impl Store {
             hash,
             token,
             reply: None,
+            detached: true,
         });
         if sent.is_err() {
             pending.fetch_sub(1, Ordering::SeqCst);
@@ -606,23 +618,35 @@ impl Store {
         Ok(rx)
     }
 
+    /// Queues a release answered through the returned slot. A `detached` one is counted like
+    /// a dropped reservation's, because its caller may stop waiting for the answer.
     fn submit_release(
         &self,
         hash: KeyHash,
         token: u64,
+        detached: bool,
     ) -> Result<Receiver<Result<(), LeaseError>>, LeaseError> {
-        self.inner.shared.check()?;
+        let shared = &self.inner.shared;
+        shared.check()?;
         let (tx, rx) = reply::channel();
-        self.submit(Op::Release {
+        if detached {
+            shared.detached_releases.fetch_add(1, Ordering::SeqCst);
+        }
+        let sent = self.submit(Op::Release {
             hash,
             token,
             reply: Some(tx),
-        })?;
+            detached,
+        });
+        if sent.is_err() && detached {
+            shared.detached_releases.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent?;
         Ok(rx)
     }
 
     fn release_token(&self, hash: KeyHash, token: u64) -> Result<(), LeaseError> {
-        let rx = self.submit_release(hash, token)?;
+        let rx = self.submit_release(hash, token, false)?;
         rx.wait().map_err(|c| self.inner.shared.lost_reply(c))?
     }
 }
@@ -631,6 +655,22 @@ impl Inner {
     fn shutdown(&self) -> Result<(), Unavailable> {
         let mut threads = self.threads.lock();
         drop(threads.stop_compactor.take());
+        let current = std::thread::current().id();
+        if threads
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.thread().id() == current)
+        {
+            // The last handle was dropped on the writer thread itself (an async task it woke
+            // and whose executor then dropped it). It cannot wait for itself, nor for the
+            // compactor, which may be waiting for it: ask it to stop after the batch in hand.
+            // It makes everything durable and closes the file as it ends.
+            threads.compactor.take();
+            threads.writer.take();
+            let _ = self.ops.send(Op::Shutdown);
+            self.shared.mark_closed();
+            return Ok(());
+        }
         if let Some(c) = threads.compactor.take() {
             let _ = c.join();
         }
@@ -653,7 +693,8 @@ impl Inner {
         if joined.is_err() {
             return Err(self.shared.poisoned_error());
         }
-        flushed
+        // The writer's last commit (the clean-shutdown mark) may have failed after the flush.
+        flushed.and_then(|()| self.shared.check_poison())
     }
 }
 
@@ -740,7 +781,9 @@ impl Reservation {
     ) -> impl Future<Output = Result<(), LeaseError>> + Send + 'static {
         self.armed = false;
         let store = self.store.clone();
-        let submitted = self.store.submit_release(self.hash, self.token);
+        // Counted as detached: dropping this future must not keep the key, as dropping the
+        // reservation would not.
+        let submitted = self.store.submit_release(self.hash, self.token, true);
         async move {
             let rx = submitted?;
             rx.await.map_err(|c| store.inner.shared.lost_reply(c))?

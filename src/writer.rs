@@ -42,7 +42,7 @@ use crate::record::{
 };
 use crate::reply::Sender;
 use crate::response::{self, Response};
-use crate::shared::{PoisonDart, Shared, panic_text};
+use crate::shared::{Shared, panic_text};
 use crate::stats::{add, bump, raise};
 
 /// What `complete` did with the response.
@@ -83,6 +83,8 @@ pub(crate) enum Op {
         hash: KeyHash,
         token: u64,
         reply: Option<Sender<Result<(), LeaseError>>>,
+        /// Counted in `Shared::detached_releases` by its sender; settled once applied.
+        detached: bool,
     },
     Renew {
         hash: KeyHash,
@@ -292,6 +294,7 @@ impl Writer {
                         hash,
                         token,
                         reply: None,
+                        detached: true,
                     })
                     .collect();
                 self.guarded(releases, due);
@@ -325,7 +328,34 @@ impl Writer {
             let batch = std::mem::replace(&mut ops, Vec::with_capacity(limit));
             self.guarded(batch, due);
         }
+        self.release_leftovers();
         self.close_cleanly();
+    }
+
+    /// At shutdown: applies the releases still queued behind `Shutdown` and those of
+    /// reservations whose callers gave up, so no key stays in flight without a holder (C6);
+    /// answers anything else queued with `Closed`.
+    fn release_leftovers(&mut self) {
+        let mut releases: Vec<Op> = self
+            .orphans
+            .drain(..)
+            .map(|(hash, token)| Op::Release {
+                hash,
+                token,
+                reply: None,
+                detached: true,
+            })
+            .collect();
+        while let Ok(op) = self.rx.try_recv() {
+            match op {
+                release @ Op::Release { .. } => releases.push(release),
+                other => other.fail(Unavailable::Closed),
+            }
+        }
+        if !releases.is_empty() {
+            self.guarded(releases, true);
+        }
+        // Releasing cannot make new orphans: it answers nobody with a reservation.
     }
 
     /// The last commit of a store: makes everything durable and marks the file closed
@@ -372,8 +402,8 @@ impl Writer {
             durable: force_durable && self.unsynced,
             ..Batch::default()
         };
-        // Declared after `b`, so a panic poisons before `b`'s reply slots are dropped.
-        let _dart = PoisonDart(&shared);
+        // A panic below drops `b`'s reply slots while unwinding; they are marked so, and their
+        // callers hear `Poisoned` (see `Shared::lost_reply`); `guarded` then poisons the store.
         let ops_count = ops.len() as u64;
         let Ok(txn) = self.io(self.db.begin_write()) else {
             return;
@@ -768,8 +798,13 @@ impl Writer {
                         .push(Pending::Complete(reply, Ok(Completion::Released)));
                 }
             }
-            Op::Release { hash, token, reply } => {
-                if reply.is_none() {
+            Op::Release {
+                hash,
+                token,
+                reply,
+                detached,
+            } => {
+                if detached {
                     b.detached_releases += 1;
                 }
                 let current = match self.load(t, &hash)? {
@@ -854,7 +889,10 @@ impl Writer {
                 b.pending.push(Pending::Expire(reply, report));
             }
             Op::Flush { reply } => {
-                b.durable |= self.unsynced || b.mutated;
+                // Nothing in memory can be made durable; elsewhere a flush always is.
+                if self.shared.config.durability != Durability::Memory {
+                    b.durable |= self.unsynced || b.mutated;
+                }
                 b.pending.push(Pending::Flush(reply));
             }
             Op::Barrier { reply } => b.pending.push(Pending::Flush(reply)),

@@ -111,3 +111,67 @@ fn c6_a_begin_future_dropped_before_its_answer_leaves_no_key_in_flight() {
         }
     }
 }
+
+#[test]
+fn c6_a_dropped_release_future_still_frees_the_key_at_once() {
+    let t = open();
+    let s = scope("acct");
+    for i in 0..100 {
+        let k = key(&format!("k{i}"));
+        let r = execute(t.store.begin(&s, &k, &fp("1")).unwrap());
+        drop(r.release_async());
+        assert!(
+            matches!(t.store.begin(&s, &k, &fp("1")).unwrap(), Begin::Execute(_)),
+            "key {i}"
+        );
+    }
+}
+
+/// A waker that owns its task, as simple executors do: waking it after the executor is gone
+/// drops the task, on whatever thread wakes it.
+struct OwningWaker(std::sync::Mutex<Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>>);
+
+impl Wake for OwningWaker {
+    fn wake(self: Arc<Self>) {
+        drop(self.0.lock().unwrap().take());
+    }
+}
+
+#[test]
+fn the_last_handle_dropped_on_the_writer_thread_does_not_hang_the_store() {
+    let t = open();
+    let path = t.path.clone();
+    let clock = t.clock.clone();
+    let fut = t.store.begin_async(&scope("a"), &key("k"), &fp("1"));
+    let task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+        let _ = fut.await;
+    });
+    let owner = Arc::new(OwningWaker(std::sync::Mutex::new(Some(task))));
+    let waker = Waker::from(owner.clone());
+    {
+        let mut slot = owner.0.lock().unwrap();
+        if let Some(task) = slot.as_mut() {
+            let _ = task.as_mut().poll(&mut Context::from_waker(&waker));
+        }
+    }
+    drop(waker);
+    // Only the task holds the store now; the writer's wake drops it on the writer thread.
+    let TestStore { store, dir, .. } = t;
+    drop(store);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reopened = loop {
+        match idemstore::Store::open(&path, config(&clock).build().unwrap()) {
+            Ok(store) => break store,
+            Err(idemstore::OpenError::AlreadyOpen) if Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("the store never closed: {e}"),
+        }
+    };
+    // The reservation made for the dropped task was released.
+    assert!(matches!(
+        reopened.begin(&scope("a"), &key("k"), &fp("1")).unwrap(),
+        Begin::Execute(_)
+    ));
+    drop(dir);
+}

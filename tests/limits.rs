@@ -61,6 +61,19 @@ fn c12_the_configured_key_limit_applies_to_begin() {
 }
 
 #[test]
+fn c12_a_response_that_cannot_be_encoded_is_refused_and_the_key_released() {
+    let t = open();
+    let (s, k) = (scope("acct"), key("k"));
+    let r = execute(t.store.begin(&s, &k, &fp("1")).unwrap());
+    let headers = (0..70_000).map(|i| (format!("x{i}"), Vec::new()));
+    match r.complete(Response::new(200, headers, "")) {
+        Err(CompleteError::InvalidResponse { reason }) => assert!(reason.contains("65 535")),
+        other => panic!("{other:?}"),
+    }
+    drop(execute(t.store.begin(&s, &k, &fp("1")).unwrap()));
+}
+
+#[test]
 fn c12_an_oversized_response_is_refused_and_the_key_released() {
     let t = open_with(|c| c.max_response_bytes(1024));
     let (s, k) = (scope("acct"), key("k"));

@@ -128,6 +128,10 @@ fn a_panic_in_the_writer_poisons_the_store_and_its_callers_hear_so() {
         match store.begin(&s, &key("k"), &fp("1")) {
             Err(BeginError::Unavailable(e @ Unavailable::Poisoned { .. })) => {
                 assert!(e.to_string().contains("panicked"), "attempt {attempt}: {e}");
+                if attempt == 1 {
+                    // The store keeps the panic's own message.
+                    assert!(e.to_string().contains("injected panic"), "{e}");
+                }
             }
             other => panic!("attempt {attempt}: expected Poisoned, got {other:?}"),
         }
