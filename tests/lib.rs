@@ -9,11 +9,13 @@
     unreachable_pub
 )]
 
+mod sim_disk;
 mod support;
 
 mod async_api;
 mod basics;
 mod conformance;
+mod crash;
 mod damaged;
 mod durability;
 mod expiry;
