@@ -232,7 +232,14 @@ impl Store {
     }
 
     fn start(db: Database, config: Config) -> Result<Store, OpenError> {
-        let (next_token, released) = guard_open(|| init_tables(&db, &config))?;
+        let (next_token, released) = match guard_open(|| init_tables(&db, &config)) {
+            Ok(v) => v,
+            Err(e) => {
+                // After a panic inside the engine its locks are poisoned and dropping it panics.
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+                return Err(e);
+            }
+        };
         let db = Arc::new(db);
         let shared = Arc::new(Shared::new(config, Arc::clone(&db)));
         crate::stats::add(&shared.counters.releases, released);
@@ -490,7 +497,11 @@ impl Store {
                 let blob = responses.get(&hash.0).map_err(io_error)?;
                 match blob {
                     Some(b) => Some(response::decode(b.value()).map_err(corrupted)?),
-                    None => None,
+                    None => {
+                        return Err(Unavailable::Corrupted {
+                            detail: format!("completed record {hash:?} has no stored response"),
+                        });
+                    }
                 }
             } else {
                 None

@@ -871,7 +871,12 @@ impl Writer {
             }
             Op::Purge { hash, reply } => {
                 let existed = match self.load(t, &hash)? {
-                    None => false,
+                    // Absent may rest on a release not yet durable: an acknowledged purge
+                    // makes it durable, or a crash could bring the record back.
+                    None => {
+                        b.durable |= self.durable_if(self.unsynced);
+                        false
+                    }
                     Some(rec) => {
                         let hot = rec.ok().map(|r| r.hot);
                         self.delete(t, &hash, hot.as_ref())?;
