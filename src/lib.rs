@@ -29,6 +29,7 @@
 //! ```
 
 mod backend;
+mod budget;
 mod canonical_json;
 mod clock;
 mod compactor;

@@ -21,7 +21,6 @@
 //! inside that transaction (exactly-once with the caller's own tables) is one more variant
 //! holding a boxed closure over the `WriteTransaction`.
 
-use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -30,6 +29,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 
+use crate::budget::ResponseBudget;
 use crate::config::Durability;
 use crate::error::{Cause, CompleteError, LeaseError, Message, Unavailable, cause};
 use crate::fingerprint::Fingerprint;
@@ -247,9 +247,8 @@ pub(crate) struct Writer {
     unsynced: bool,
     /// When the buffered mode must next make its commits durable.
     flush_at: Option<Instant>,
-    /// Cached responses, oldest first: (key, reservation token, bytes).
-    cached: VecDeque<(KeyHash, u64, usize)>,
-    cached_bytes: usize,
+    /// The byte budget of the responses the index holds.
+    cached: ResponseBudget,
     /// Reservations made for callers that gave up waiting, to release in the next batch.
     orphans: Vec<(KeyHash, u64)>,
 }
@@ -261,6 +260,7 @@ pub(crate) fn spawn(
     rx: Receiver<Op>,
     next_token: u64,
 ) -> std::io::Result<JoinHandle<()>> {
+    let cached = ResponseBudget::new(shared.config.response_cache_bytes);
     let writer = Writer {
         shared,
         db,
@@ -268,8 +268,7 @@ pub(crate) fn spawn(
         next_token,
         unsynced: false,
         flush_at: None,
-        cached: VecDeque::new(),
-        cached_bytes: 0,
+        cached,
         orphans: Vec::new(),
     };
     std::thread::Builder::new()
@@ -480,9 +479,13 @@ impl Writer {
                         .response
                         .as_ref()
                         .map(|r| (entry.hot.token, r.encoded_len()));
-                    self.shared.index.insert(hash, entry);
-                    if let Some((token, bytes)) = cached {
-                        self.track_cached(hash, token, bytes);
+                    let index = &self.shared.index;
+                    index.insert(hash, entry);
+                    match cached {
+                        Some((token, size)) => self
+                            .cached
+                            .add(hash, token, size, |h, t| index.drop_response(&h, t)),
+                        None => self.cached.remove(&hash),
                     }
                 }
                 Effect::Warm(hash, hot) => {
@@ -495,9 +498,13 @@ impl Writer {
                                 response: None,
                             },
                         );
+                        self.cached.remove(&hash);
                     }
                 }
-                Effect::Remove(hash) => self.shared.index.remove(&hash),
+                Effect::Remove(hash) => {
+                    self.shared.index.remove(&hash);
+                    self.cached.remove(&hash);
+                }
             }
         }
         let mut settled = b.detached_releases;
@@ -513,19 +520,6 @@ impl Writer {
             self.shared
                 .detached_releases
                 .fetch_sub(settled, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    /// Keeps the bytes of cached responses within the configured budget, oldest dropped first.
-    fn track_cached(&mut self, hash: KeyHash, token: u64, bytes: usize) {
-        self.cached.push_back((hash, token, bytes));
-        self.cached_bytes += bytes;
-        while self.cached_bytes > self.shared.config.response_cache_bytes {
-            let Some((h, t, n)) = self.cached.pop_front() else {
-                break;
-            };
-            self.cached_bytes -= n;
-            self.shared.index.drop_response(&h, t);
         }
     }
 
