@@ -386,7 +386,21 @@ impl Store {
             BeginDecision::Replay => {
                 let response = match entry.response {
                     Some(r) => Some(r),
-                    None => self.read_response(hash, entry.hot.token)?,
+                    None => {
+                        let read = self.read_response(hash, entry.hot.token)?;
+                        if let Some(r) = &read
+                            && shared.config.response_cache_bytes > 0
+                        {
+                            // Retries tend to come in runs: offer the response back to the
+                            // index (the writer, its only mutator, decides), fire and forget.
+                            let _ = self.inner.ops.send(Op::Cache {
+                                hash: *hash,
+                                token: entry.hot.token,
+                                response: r.clone(),
+                            });
+                        }
+                        read
+                    }
                 };
                 if response.is_some() {
                     bump(&counters.replays);

@@ -102,6 +102,12 @@ pub(crate) enum Op {
     Flush {
         reply: Sender<Result<(), Unavailable>>,
     },
+    /// A response read from the file by a replay, offered back to the index.
+    Cache {
+        hash: KeyHash,
+        token: u64,
+        response: Response,
+    },
     /// Answered once every operation queued before it has been applied.
     Barrier {
         reply: Sender<Result<(), Unavailable>>,
@@ -198,7 +204,7 @@ impl Op {
                 reply: Some(reply), ..
             } => drop(reply.send(Err(LeaseError::Unavailable(e)))),
             Op::Renew { reply, .. } => drop(reply.send(Err(LeaseError::Unavailable(e)))),
-            Op::Release { reply: None, .. } | Op::Shutdown => {}
+            Op::Release { reply: None, .. } | Op::Cache { .. } | Op::Shutdown => {}
             Op::Purge { reply, .. } => drop(reply.send(Err(e))),
             Op::Expire { reply, .. } => drop(reply.send(Err(e))),
             Op::Flush { reply } | Op::Barrier { reply } => drop(reply.send(Err(e))),
@@ -213,6 +219,9 @@ enum Effect {
     /// Learned from a read: insert unless the index already holds this reservation.
     Warm(KeyHash, Hot),
     Remove(KeyHash),
+    /// A response read from the file: cached if the index still holds that completed record
+    /// without it, as of the effects before this one.
+    Cache(KeyHash, u64, Response),
 }
 
 /// A storage failure inside a batch; the store is already poisoned when this exists.
@@ -504,6 +513,25 @@ impl Writer {
                 Effect::Remove(hash) => {
                     self.shared.index.remove(&hash);
                     self.cached.remove(&hash);
+                }
+                Effect::Cache(hash, token, response) => {
+                    let index = &self.shared.index;
+                    if let Some(e) = index.get(&hash)
+                        && e.hot.token == token
+                        && e.hot.state == State::Completed
+                        && e.response.is_none()
+                    {
+                        let size = response.encoded_len();
+                        index.insert(
+                            hash,
+                            Entry {
+                                hot: e.hot,
+                                response: Some(response),
+                            },
+                        );
+                        self.cached
+                            .add(hash, token, size, |h, t| index.drop_response(&h, t));
+                    }
                 }
             }
         }
@@ -895,6 +923,11 @@ impl Writer {
                 b.pending.push(Pending::Flush(reply));
             }
             Op::Barrier { reply } => b.pending.push(Pending::Flush(reply)),
+            Op::Cache {
+                hash,
+                token,
+                response,
+            } => b.effects.push(Effect::Cache(hash, token, response)),
             Op::Shutdown => {}
         }
         Ok(())

@@ -67,3 +67,25 @@ fn scopes_keep_keys_apart() {
     drop(execute(t.store.begin(&scope("b"), &k, &fp("1")).unwrap()));
     r.complete(resp(200, "a")).unwrap();
 }
+
+#[test]
+fn c3_replays_stay_identical_as_responses_leave_and_reenter_the_memory_cache() {
+    // A budget of about two responses: replays keep evicting and re-caching each other.
+    let t = open_with(|c| c.response_cache_bytes(200));
+    let s = scope("acct");
+    let keys: Vec<_> = (0..5).map(|i| key(&format!("k{i}"))).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let r = execute(t.store.begin(&s, k, &fp("1")).unwrap());
+        r.complete(resp(201, &format!("{{\"n\":{i}}}"))).unwrap();
+    }
+    for round in 0..20 {
+        for (i, k) in keys.iter().enumerate().rev() {
+            let got = replay(t.store.begin(&s, k, &fp("1")).unwrap());
+            assert_eq!(got, resp(201, &format!("{{\"n\":{i}}}")), "round {round}");
+        }
+    }
+    // Purging a key while its response may be offered back must not resurrect it.
+    assert!(t.store.purge(&s, &keys[0]).unwrap());
+    assert!(t.store.get(&s, &keys[0]).unwrap().is_none());
+    drop(execute(t.store.begin(&s, &keys[0], &fp("2")).unwrap()));
+}
