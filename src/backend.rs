@@ -14,9 +14,9 @@ use std::time::Duration;
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::fingerprint::Fingerprint;
 use crate::key::{Key, Scope};
+use crate::ops::Completion;
 use crate::record::State;
 use crate::response::Response;
-use crate::writer::Completion;
 
 /// The answer to a token-level `claim`.
 #[derive(Debug, Clone)]

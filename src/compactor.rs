@@ -12,9 +12,9 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::ops::{ExpireReport, Op};
 use crate::reply;
 use crate::shared::{PoisonDart, Shared};
-use crate::writer::{ExpireReport, Op};
 
 /// Runs one expiry pass through the writer and waits for it.
 pub(crate) fn expire_once(

@@ -21,7 +21,7 @@ use crate::record::{
 };
 use crate::response::{self, RESPONSE_VERSION, Response};
 use crate::store::Store;
-use crate::writer::Completion;
+use crate::ops::Completion;
 
 /// The example's scope.
 const SCOPE: &str = "acct_42";

@@ -1,0 +1,181 @@
+//! The messages between callers and the writer thread: queued operations and the answers
+//! waiting for their batch's commit.
+//!
+//! Why: the writer's queue is the store's only write path, so what can be asked of it and how
+//! each kind of answer reaches its caller is a concept of its own. Invariants: every operation
+//! carries the reply slot its caller waits on (a detached release carries none and is counted
+//! in `Shared::detached_releases` instead); an answer is delivered exactly once, or handed back
+//! when its caller gave up, and a handed-back reservation is reported so it can be released.
+
+use crate::error::{CompleteError, LeaseError, Unavailable};
+use crate::fingerprint::Fingerprint;
+use crate::key::{Key, KeyHash, Scope};
+use crate::reply::Sender;
+use crate::response::Response;
+
+/// What `complete` did with the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The response is stored and will be replayed (C3).
+    Stored,
+    /// The cache policy does not keep this status, so the key was released instead (C6, C7).
+    Released,
+}
+
+/// The writer's answer to a `begin` that reached it.
+#[derive(Debug)]
+pub(crate) enum BeginReply {
+    Execute { token: u64, lease_deadline: u64 },
+    Replay(Response),
+    InProgress,
+    Conflict,
+}
+
+/// One queued operation.
+pub(crate) enum Op {
+    Begin {
+        hash: KeyHash,
+        scope: Scope,
+        key: Key,
+        fp: Fingerprint,
+        reply: Sender<Result<BeginReply, Unavailable>>,
+    },
+    Complete {
+        hash: KeyHash,
+        token: u64,
+        response: Response,
+        blob: Vec<u8>,
+        reply: Sender<Result<Completion, CompleteError>>,
+    },
+    Release {
+        hash: KeyHash,
+        token: u64,
+        reply: Option<Sender<Result<(), LeaseError>>>,
+        /// Counted in `Shared::detached_releases` by its sender; settled once applied.
+        detached: bool,
+    },
+    Renew {
+        hash: KeyHash,
+        token: u64,
+        reply: Sender<Result<u64, LeaseError>>,
+    },
+    Purge {
+        hash: KeyHash,
+        reply: Sender<Result<bool, Unavailable>>,
+    },
+    Expire {
+        limit: usize,
+        reply: Sender<Result<ExpireReport, Unavailable>>,
+    },
+    Flush {
+        reply: Sender<Result<(), Unavailable>>,
+    },
+    /// A response read from the file by a replay, offered back to the index.
+    Cache {
+        hash: KeyHash,
+        token: u64,
+        response: Response,
+    },
+    /// Answered once every operation queued before it has been applied.
+    Barrier {
+        reply: Sender<Result<(), Unavailable>>,
+    },
+    Shutdown,
+}
+
+/// What one expiry pass did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ExpireReport {
+    /// Expiry index entries looked at (the pass's budget was `limit`).
+    pub(crate) scanned: usize,
+    /// Records removed.
+    pub(crate) removed: u64,
+}
+
+/// An answer waiting for the batch's commit.
+pub(crate) enum Pending {
+    Begin(
+        Sender<Result<BeginReply, Unavailable>>,
+        Result<BeginReply, Unavailable>,
+        KeyHash,
+    ),
+    Complete(
+        Sender<Result<Completion, CompleteError>>,
+        Result<Completion, CompleteError>,
+    ),
+    Lease(
+        Option<Sender<Result<(), LeaseError>>>,
+        Result<(), LeaseError>,
+    ),
+    Renew(Sender<Result<u64, LeaseError>>, Result<u64, LeaseError>),
+    Purge(Sender<Result<bool, Unavailable>>, bool),
+    Expire(Sender<Result<ExpireReport, Unavailable>>, ExpireReport),
+    Flush(Sender<Result<(), Unavailable>>),
+}
+
+/// A `begin` whose caller gave up waiting (its future was dropped) before the answer came.
+pub(crate) enum Abandoned {
+    /// The answer was a reservation nobody holds: it must be released.
+    Reservation(KeyHash, u64),
+    /// Any other answer: nothing to undo.
+    Answer,
+}
+
+impl Pending {
+    /// Answers the caller. A caller that gave up on a `begin` only matters when the answer
+    /// handed it a reservation, which must then be released.
+    pub(crate) fn deliver(self) -> Option<Abandoned> {
+        match self {
+            Pending::Begin(tx, r, hash) => {
+                return match tx.send(r) {
+                    Ok(()) => None,
+                    Err(Ok(BeginReply::Execute { token, .. })) => {
+                        Some(Abandoned::Reservation(hash, token))
+                    }
+                    Err(_) => Some(Abandoned::Answer),
+                };
+            }
+            // Other callers that gave up lose nothing by not hearing the answer.
+            Pending::Complete(tx, r) => drop(tx.send(r)),
+            Pending::Lease(Some(tx), r) => drop(tx.send(r)),
+            Pending::Lease(None, _) => {}
+            Pending::Renew(tx, r) => drop(tx.send(r)),
+            Pending::Purge(tx, r) => drop(tx.send(Ok(r))),
+            Pending::Expire(tx, r) => drop(tx.send(Ok(r))),
+            Pending::Flush(tx) => drop(tx.send(Ok(()))),
+        }
+        None
+    }
+
+    /// Answers the caller with an error: nothing was applied, so nothing needs undoing.
+    pub(crate) fn fail(self, e: Unavailable) {
+        match self {
+            Pending::Begin(tx, _, _) => drop(tx.send(Err(e))),
+            Pending::Complete(tx, _) => drop(tx.send(Err(CompleteError::Unavailable(e)))),
+            Pending::Lease(Some(tx), _) => drop(tx.send(Err(LeaseError::Unavailable(e)))),
+            Pending::Renew(tx, _) => drop(tx.send(Err(LeaseError::Unavailable(e)))),
+            Pending::Lease(None, _) => {}
+            Pending::Purge(tx, _) => drop(tx.send(Err(e))),
+            Pending::Expire(tx, _) => drop(tx.send(Err(e))),
+            Pending::Flush(tx) => drop(tx.send(Err(e))),
+        }
+    }
+}
+
+impl Op {
+    /// Answers the operation with an error without doing it.
+    pub(crate) fn fail(self, e: Unavailable) {
+        match self {
+            Op::Begin { reply, .. } => drop(reply.send(Err(e))),
+            Op::Complete { reply, .. } => drop(reply.send(Err(CompleteError::Unavailable(e)))),
+            Op::Release {
+                reply: Some(reply), ..
+            } => drop(reply.send(Err(LeaseError::Unavailable(e)))),
+            Op::Renew { reply, .. } => drop(reply.send(Err(LeaseError::Unavailable(e)))),
+            Op::Release { reply: None, .. } | Op::Cache { .. } | Op::Shutdown => {}
+            Op::Purge { reply, .. } => drop(reply.send(Err(e))),
+            Op::Expire { reply, .. } => drop(reply.send(Err(e))),
+            Op::Flush { reply } | Op::Barrier { reply } => drop(reply.send(Err(e))),
+        }
+    }
+}
