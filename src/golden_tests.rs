@@ -15,13 +15,13 @@ use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::fingerprint::Fingerprint;
 use crate::key::{Key, KeyHash, Scope};
+use crate::ops::Completion;
 use crate::record::{
     Blob, EXPIRY, ExpiryKey, FIXED_LEN, FORMAT_VERSION, META, META_FORMAT, META_NEXT_TOKEN,
     RECORD_VERSION, RECORDS, RESPONSES, Record, RecordBytes, State,
 };
 use crate::response::{self, RESPONSE_VERSION, Response};
 use crate::store::Store;
-use crate::ops::Completion;
 
 /// The example's scope.
 const SCOPE: &str = "acct_42";

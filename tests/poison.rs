@@ -2,7 +2,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use idemstore::{BeginError, Config, StorageBackend, Store, Unavailable};
 use parking_lot::Mutex;
@@ -16,6 +16,28 @@ struct Flaky {
     fail_sync: Arc<AtomicBool>,
     fail_write: Arc<AtomicBool>,
     panic_on_write: Arc<AtomicBool>,
+    /// Mutating calls (write, set_len, sync_data) made so far.
+    calls: Arc<AtomicU64>,
+    /// When non-zero: the mutating call with this number and every later one fail, with
+    /// `StorageFull` if `full` is set, else `EIO`.
+    fail_from: Arc<AtomicU64>,
+    full: Arc<AtomicBool>,
+}
+
+impl Flaky {
+    /// Counts a mutating call and fails it if the countdown says so.
+    fn mutate(&self) -> io::Result<()> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let from = self.fail_from.load(Ordering::SeqCst);
+        if from != 0 && n >= from {
+            return Err(if self.full.load(Ordering::SeqCst) {
+                io::Error::from(io::ErrorKind::StorageFull)
+            } else {
+                io::Error::other("injected EIO")
+            });
+        }
+        Ok(())
+    }
 }
 
 impl StorageBackend for Flaky {
@@ -34,6 +56,7 @@ impl StorageBackend for Flaky {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.mutate()?;
         if self.fail_write.load(Ordering::SeqCst) {
             return Err(io::Error::from(io::ErrorKind::StorageFull));
         }
@@ -42,6 +65,7 @@ impl StorageBackend for Flaky {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.mutate()?;
         if self.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected fsync failure"));
         }
@@ -52,6 +76,7 @@ impl StorageBackend for Flaky {
         if self.panic_on_write.load(Ordering::SeqCst) {
             panic!("injected panic in the storage device");
         }
+        self.mutate()?;
         if self.fail_write.load(Ordering::SeqCst) {
             return Err(io::Error::from(io::ErrorKind::StorageFull));
         }
@@ -138,4 +163,65 @@ fn a_panic_in_the_writer_poisons_the_store_and_its_callers_hear_so() {
     }
     device.panic_on_write.store(false, Ordering::SeqCst);
     assert!(store.close().is_err());
+}
+
+/// A workload of begins and completions; returns the keys whose completion was acknowledged.
+fn workload(store: &Store, acked: &mut Vec<usize>) {
+    let s = scope("acct");
+    for i in 0..12 {
+        let k = key(&format!("k{i}"));
+        let Ok(idemstore::Begin::Execute(r)) = store.begin(&s, &k, &fp(&i.to_string())) else {
+            return;
+        };
+        if r.complete(resp(201, &format!("body {i}"))).is_err() {
+            return;
+        }
+        acked.push(i);
+    }
+}
+
+#[test]
+fn c10_an_io_error_at_any_position_loses_nothing_acknowledged() {
+    // How many mutating calls the workload makes when nothing fails.
+    let probe = Flaky::default();
+    let store = Store::open_with_backend(probe.clone(), cfg()).unwrap();
+    let before = probe.calls.load(Ordering::SeqCst);
+    workload(&store, &mut Vec::new());
+    store.close().unwrap();
+    let total = probe.calls.load(Ordering::SeqCst);
+    assert!(total > before + 20, "{before}..{total}");
+    let mut positions = 0;
+    for fail_at in (before + 1)..=total {
+        for full in [false, true] {
+            let device = Flaky::default();
+            device.full.store(full, Ordering::SeqCst);
+            let store = Store::open_with_backend(device.clone(), cfg()).unwrap();
+            // Opening makes the same calls every time, so positions line up with the probe.
+            assert_eq!(device.calls.load(Ordering::SeqCst), before);
+            device.fail_from.store(fail_at, Ordering::SeqCst);
+            let mut acked = Vec::new();
+            workload(&store, &mut acked);
+            let _ = store.close();
+            // The error goes away (the disk had room again, the fault cleared): reopen.
+            device.fail_from.store(0, Ordering::SeqCst);
+            let store = Store::open_with_backend(device, cfg())
+                .unwrap_or_else(|e| panic!("call {fail_at}, full {full}: reopen failed: {e}"));
+            let s = scope("acct");
+            for i in acked {
+                let got = replay(
+                    store
+                        .begin(&s, &key(&format!("k{i}")), &fp(&i.to_string()))
+                        .unwrap(),
+                );
+                assert_eq!(
+                    got,
+                    resp(201, &format!("body {i}")),
+                    "call {fail_at}, full {full}"
+                );
+            }
+            store.close().unwrap();
+            positions += 1;
+        }
+    }
+    assert!(positions >= 40);
 }
