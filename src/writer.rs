@@ -127,16 +127,7 @@ impl Writer {
             // operations keep arriving and the receive below never times out.
             let due = self.flush_at.is_some_and(|at| Instant::now() >= at);
             if !self.orphans.is_empty() {
-                let releases = self
-                    .orphans
-                    .drain(..)
-                    .map(|(hash, token)| Op::Release {
-                        hash,
-                        token,
-                        reply: None,
-                        detached: true,
-                    })
-                    .collect();
+                let releases = self.orphan_releases();
                 self.guarded(releases, due);
                 continue;
             }
@@ -172,12 +163,10 @@ impl Writer {
         self.close_cleanly();
     }
 
-    /// At shutdown: applies the releases still queued behind `Shutdown` and those of
-    /// reservations whose callers gave up, so no key stays in flight without a holder (C6);
-    /// answers anything else queued with `Closed`.
-    fn release_leftovers(&mut self) {
-        let mut releases: Vec<Op> = self
-            .orphans
+    /// Release operations for the reservations whose callers gave up (counted as detached
+    /// when they gave up).
+    fn orphan_releases(&mut self) -> Vec<Op> {
+        self.orphans
             .drain(..)
             .map(|(hash, token)| Op::Release {
                 hash,
@@ -185,7 +174,14 @@ impl Writer {
                 reply: None,
                 detached: true,
             })
-            .collect();
+            .collect()
+    }
+
+    /// At shutdown: applies the releases still queued behind `Shutdown` and those of
+    /// reservations whose callers gave up, so no key stays in flight without a holder (C6);
+    /// answers anything else queued with `Closed`.
+    fn release_leftovers(&mut self) {
+        let mut releases = self.orphan_releases();
         while let Ok(op) = self.rx.try_recv() {
             match op {
                 release @ Op::Release { .. } => releases.push(release),
