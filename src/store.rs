@@ -26,7 +26,7 @@ use crate::error::{
     BeginError, CompleteError, KeyError, LeaseError, OpenError, Unavailable, cause,
 };
 use crate::fingerprint::Fingerprint;
-use crate::key::{Key, KeyHash, Scope, check_key_bytes};
+use crate::key::{Key, KeyHash, Scope};
 use crate::machine::{self, BeginDecision};
 use crate::open::{guard_open, init_tables, open_db};
 use crate::ops::{BeginReply, Completion, Op};
@@ -332,8 +332,14 @@ impl Store {
     ) -> Result<(KeyHash, Prepared), BeginError> {
         let shared = &self.inner.shared;
         shared.check()?;
-        check_key_bytes(key.as_str().as_bytes(), shared.config.max_key_len)
-            .map_err(BeginError::InvalidKey)?;
+        // A `Key` is valid by construction; only this store's length limit is left to check.
+        let max = shared.config.max_key_len;
+        if key.len() > max {
+            return Err(BeginError::InvalidKey(KeyError::TooLong {
+                len: key.len(),
+                max,
+            }));
+        }
         let hash = KeyHash::of(scope, key);
         if let Some(claim) = self.fast_begin(&hash, fp)? {
             bump(&shared.counters.answered_from_index);

@@ -419,9 +419,28 @@ impl Writer {
         t: &Tables<'_>,
         hash: &KeyHash,
     ) -> Result<Option<Result<Record, Unavailable>>, Fail> {
+        self.load_with(t, hash, Record::decode)
+    }
+
+    /// Like [`load`](Writer::load), but only the fixed part: no allocation, for the
+    /// operations that do not rewrite the record.
+    fn load_hot(
+        &self,
+        t: &Tables<'_>,
+        hash: &KeyHash,
+    ) -> Result<Option<Result<Hot, Unavailable>>, Fail> {
+        self.load_with(t, hash, Hot::decode)
+    }
+
+    fn load_with<T>(
+        &self,
+        t: &Tables<'_>,
+        hash: &KeyHash,
+        decode: fn(&[u8]) -> Result<T, crate::record::RecordError>,
+    ) -> Result<Option<Result<T, Unavailable>>, Fail> {
         let guard = self.io(t.records.get(&hash.0))?;
         Ok(guard.map(|g| {
-            Record::decode(g.value()).map_err(|e| Unavailable::Corrupted {
+            decode(g.value()).map_err(|e| Unavailable::Corrupted {
                 detail: format!("record {hash:?}: {e}"),
             })
         }))
@@ -477,15 +496,14 @@ impl Writer {
                     b.detached_releases += 1;
                     return Ok(());
                 }
-                let current = match self.load(t, &hash)? {
+                let hot = match self.load_hot(t, &hash)? {
                     Some(Err(e)) => {
                         b.pending.push(Pending::Begin(reply, Err(e), hash));
                         return Ok(());
                     }
-                    Some(Ok(r)) => Some(r),
+                    Some(Ok(h)) => Some(h),
                     None => None,
                 };
-                let hot = current.as_ref().map(|r| r.hot);
                 match machine::decide_begin(hot.as_ref(), &fp, now) {
                     BeginDecision::Execute { takeover } => {
                         let token = self.next_token;
@@ -657,16 +675,15 @@ impl Writer {
                 if detached {
                     b.detached_releases += 1;
                 }
-                let current = match self.load(t, &hash)? {
+                let hot = match self.load_hot(t, &hash)? {
                     Some(Err(e)) => {
                         b.pending
                             .push(Pending::Lease(reply, Err(LeaseError::Unavailable(e))));
                         return Ok(());
                     }
-                    Some(Ok(r)) => Some(r),
+                    Some(Ok(h)) => Some(h),
                     None => None,
                 };
-                let hot = current.as_ref().map(|r| r.hot);
                 let result = match machine::check_holder(hot.as_ref(), token) {
                     Ok(()) => {
                         self.delete(t, &hash, hot.as_ref())?;
@@ -720,7 +737,7 @@ impl Writer {
                 b.pending.push(Pending::Renew(reply, result));
             }
             Op::Purge { hash, reply } => {
-                let existed = match self.load(t, &hash)? {
+                let existed = match self.load_hot(t, &hash)? {
                     // Absent may rest on a release not yet durable: an acknowledged purge
                     // makes it durable, or a crash could bring the record back.
                     None => {
@@ -728,7 +745,7 @@ impl Writer {
                         false
                     }
                     Some(rec) => {
-                        let hot = rec.ok().map(|r| r.hot);
+                        let hot = rec.ok();
                         self.delete(t, &hash, hot.as_ref())?;
                         b.mutated = true;
                         b.durable |= self.durable_if(true);
@@ -785,8 +802,8 @@ impl Writer {
             let hash = ek.hash();
             self.io(t.expiry.remove(ek))?;
             b.mutated = true;
-            let hot = match self.load(t, &hash)? {
-                Some(Ok(r)) => Some(r.hot),
+            let hot = match self.load_hot(t, &hash)? {
+                Some(Ok(h)) => Some(h),
                 Some(Err(_)) => None,
                 None => continue,
             };
