@@ -28,6 +28,10 @@
 //! # Ok::<(), idemstore::Error>(())
 //! ```
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzz_support.rs"]
+pub mod __fuzz;
 mod backend;
 mod budget;
 mod canonical_json;

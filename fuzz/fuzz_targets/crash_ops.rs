@@ -1,0 +1,316 @@
+//! Operation sequences with power losses, on the simulated disk of the crash tests (C8, C10,
+//! C11).
+//!
+//! The input chooses everything: the mutating I/O call at which the power goes, the operations
+//! (begin, complete with a kept or an unkept status, release, renew, purge, time passing), which
+//! unsynced writes the disk keeps (whole or torn at 512-byte sectors), and whether the power
+//! goes again while a store recovers the image. Afterwards the image must open; every
+//! acknowledged completion replays byte for byte, both through `get` and through a retry; no key
+//! holds a response the test never gave it; fencing tokens stay above every token handed out;
+//! the recovered store completes a new key and closes. tests/crash.rs runs a fuller model of
+//! the same workload from seeds; this target lets coverage steer the choices.
+#![no_main]
+
+use std::time::Duration;
+
+use idemstore::{
+    Begin, Completion, Config, Fingerprint, Key, ManualClock, Reservation, Response, Scope, State,
+    Store,
+};
+use idemstore_fuzz::sim_disk::{Mode, Rng, SimDisk};
+use idemstore_fuzz::{Src, guarded};
+use libfuzzer_sys::fuzz_target;
+
+const T0: u64 = 1_767_225_600_000;
+const KEYS: usize = 4;
+const MAX_OPS: usize = 48;
+
+fn config(clock: &ManualClock) -> Config {
+    Config::builder()
+        .clock(clock.clone())
+        .compactor_interval(Duration::from_secs(3600))
+        // A small index: building and dropping the default 65 536 slots dominated each run.
+        .index_capacity(64)
+        .build()
+        .unwrap()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Acked {
+    /// No completion acknowledged since the last acknowledged purge.
+    Nothing,
+    /// This completion was acknowledged: it must replay.
+    Stored(Response),
+    /// Acknowledged, then a purge that failed: it replays or is gone.
+    StoredOrPurged(Response),
+}
+
+struct KeyModel {
+    key: Key,
+    fp: Fingerprint,
+    acked: Acked,
+    /// Every kept response passed to `complete` since the last acknowledged purge.
+    given: Vec<Response>,
+}
+
+struct Case {
+    clock: ManualClock,
+    scope: Scope,
+    keys: Vec<KeyModel>,
+    held: Vec<(usize, Reservation)>,
+    max_token: u64,
+    attempt: u64,
+}
+
+impl Case {
+    fn new() -> Case {
+        Case {
+            clock: ManualClock::new(T0),
+            scope: Scope::new("acct").unwrap(),
+            keys: (0..KEYS)
+                .map(|k| KeyModel {
+                    key: Key::new(format!("k{k}")).unwrap(),
+                    fp: Fingerprint::of_bytes(format!("request {k}").as_bytes()),
+                    acked: Acked::Nothing,
+                    given: Vec::new(),
+                })
+                .collect(),
+            held: Vec::new(),
+            max_token: 0,
+            attempt: 0,
+        }
+    }
+
+    /// Runs operations until the input or the power runs out.
+    fn workload(&mut self, store: &Store, disk: &SimDisk, src: &mut Src) {
+        for _ in 0..MAX_OPS {
+            if src.is_empty() || disk.is_dead() {
+                return;
+            }
+            let k = usize::from(src.below(KEYS as u8));
+            let op = src.below(8);
+            let mut failure = None;
+            let ok = match op {
+                0..=2 => self.begin(store, k, &mut failure),
+                3 | 4 if !self.held.is_empty() => {
+                    let i = usize::from(src.byte()) % self.held.len();
+                    let kept = src.below(4) != 0;
+                    self.complete(i, kept)
+                }
+                5 if !self.held.is_empty() => {
+                    let i = usize::from(src.byte()) % self.held.len();
+                    let (_, r) = self.held.swap_remove(i);
+                    match r.release() {
+                        Err(idemstore::LeaseError::Unavailable(e)) => {
+                            failure = Some(format!("release: {e}"));
+                            false
+                        }
+                        // Fenced or no longer reserved: the lease ran out and another attempt
+                        // took over.
+                        _ => true,
+                    }
+                }
+                6 => self.purge(store, k),
+                _ => {
+                    self.clock
+                        .advance(Duration::from_millis(u64::from(src.u16()) * 16));
+                    true
+                }
+            };
+            assert!(
+                ok || disk.is_dead(),
+                "an operation failed with the power on: op {op}, {failure:?}"
+            );
+        }
+    }
+
+    fn begin(&mut self, store: &Store, k: usize, failure: &mut Option<String>) -> bool {
+        let km = &self.keys[k];
+        match store.begin(&self.scope, &km.key, &km.fp) {
+            Ok(Begin::Execute(r)) => {
+                assert!(
+                    !matches!(km.acked, Acked::Stored(_)),
+                    "k{k}: a completed key executed again"
+                );
+                assert!(
+                    r.token() > self.max_token,
+                    "k{k}: token not increasing (C8)"
+                );
+                self.max_token = r.token();
+                self.held.push((k, r));
+            }
+            Ok(Begin::Replay(got)) => {
+                assert!(
+                    km.given.contains(&got),
+                    "k{k}: replayed a response never given"
+                );
+                if let Acked::Stored(want) = &km.acked {
+                    assert_eq!(&got, want, "k{k}: replayed another response");
+                }
+            }
+            Ok(Begin::InProgress { .. }) => {
+                assert!(
+                    !matches!(km.acked, Acked::Stored(_)),
+                    "k{k}: a completed key is in progress"
+                );
+            }
+            Ok(other) => panic!("k{k}: unexpected {other:?}"),
+            Err(e) => {
+                *failure = Some(format!("begin: {e}"));
+                return false;
+            }
+        }
+        true
+    }
+
+    fn complete(&mut self, i: usize, kept: bool) -> bool {
+        let (k, r) = self.held.swap_remove(i);
+        self.attempt += 1;
+        let status = if kept { 201 } else { 503 };
+        let response = Response::new(
+            status,
+            [("x-attempt", self.attempt.to_string())],
+            format!("k{k} attempt {} token {}", self.attempt, r.token()),
+        );
+        if kept {
+            self.keys[k].given.push(response.clone());
+        }
+        match r.complete(response.clone()) {
+            Ok(Completion::Stored) => {
+                assert!(kept, "k{k}: stored a status the policy does not keep");
+                assert!(
+                    !matches!(self.keys[k].acked, Acked::Stored(_)),
+                    "k{k}: completed twice"
+                );
+                self.keys[k].acked = Acked::Stored(response);
+                true
+            }
+            Ok(_) => true,
+            Err(idemstore::CompleteError::Unavailable(_)) => false,
+            // Fenced or no longer reserved: the lease ran out and another attempt took over.
+            Err(_) => true,
+        }
+    }
+
+    fn purge(&mut self, store: &Store, k: usize) -> bool {
+        let km = &mut self.keys[k];
+        match store.purge(&self.scope, &km.key) {
+            Ok(_) => {
+                km.acked = Acked::Nothing;
+                km.given.clear();
+                true
+            }
+            Err(_) => {
+                if let Acked::Stored(r) = &km.acked {
+                    km.acked = Acked::StoredOrPurged(r.clone());
+                }
+                false
+            }
+        }
+    }
+
+    /// Opens the image and checks it against the model.
+    fn verify(&self, image: Vec<u8>) {
+        let store = Store::open_with_backend(SimDisk::from_image(image), config(&self.clock))
+            .unwrap_or_else(|e| panic!("the image after a crash does not open (C11): {e}"));
+        for (k, km) in self.keys.iter().enumerate() {
+            let info = store.get(&self.scope, &km.key).unwrap();
+            let stored = info.as_ref().and_then(|i| i.response.clone());
+            if let Some(info) = &info {
+                assert_eq!(info.fingerprint, km.fp, "k{k}: record of another request");
+                if info.state == State::Completed {
+                    let r = stored.as_ref().expect("a completed record has a response");
+                    assert!(km.given.contains(r), "k{k}: holds a response never given");
+                }
+            }
+            match &km.acked {
+                Acked::Stored(want) => {
+                    assert_eq!(
+                        stored.as_ref(),
+                        Some(want),
+                        "k{k}: acknowledged completion lost (C10)"
+                    );
+                }
+                Acked::StoredOrPurged(want) => {
+                    assert!(
+                        stored.is_none() || stored.as_ref() == Some(want),
+                        "k{k}: changed"
+                    );
+                }
+                Acked::Nothing => {}
+            }
+            match store.begin(&self.scope, &km.key, &km.fp).unwrap() {
+                Begin::Replay(got) => assert_eq!(Some(got), stored, "k{k}: retry differs from get"),
+                Begin::Execute(r) => {
+                    assert!(stored.is_none(), "k{k}: a completed key executed");
+                    assert!(
+                        r.token() > self.max_token,
+                        "k{k}: token reused after a crash (C8)"
+                    );
+                }
+                Begin::InProgress { .. } => {
+                    assert!(
+                        info.is_some_and(|i| i.state == State::InFlight),
+                        "k{k}: in progress without an in-flight record"
+                    );
+                }
+                other => panic!("k{k}: unexpected {other:?}"),
+            }
+        }
+        let fresh = Key::new("after-crash").unwrap();
+        let fp = Fingerprint::of_bytes(b"after");
+        let Begin::Execute(r) = store.begin(&self.scope, &fresh, &fp).unwrap() else {
+            panic!("a new key after the crash did not execute");
+        };
+        let response = Response::new(201, [("a", "b")], "after");
+        assert!(matches!(
+            r.complete(response.clone()),
+            Ok(Completion::Stored)
+        ));
+        assert!(
+            matches!(store.begin(&self.scope, &fresh, &fp), Ok(Begin::Replay(got)) if got == response)
+        );
+        store.close().unwrap();
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    guarded(|| {
+        let mut src = Src(data);
+        let arm = u64::from(src.u16() % 512) + 1;
+        let torn = src.flag();
+        let crash_in_recovery = src.below(4) == 0;
+        let rearm = u64::from(src.below(128)) + 1;
+        let mut rng = Rng::new(src.u64());
+        let mode = if torn { Mode::Torn } else { Mode::Subset };
+
+        let mut case = Case::new();
+        let disk = SimDisk::new(Mode::Subset);
+        let store = Store::open_with_backend(disk.clone(), config(&case.clock)).unwrap();
+        disk.arm(arm);
+        case.workload(&store, &disk, &mut src);
+        // The process dies with the power, or stops here if the power held.
+        case.held.clear();
+        let _ = store.close();
+        let mut image = disk.crash_image(&mut rng, mode);
+
+        if crash_in_recovery {
+            let disk = SimDisk::from_image(image);
+            disk.arm(rearm);
+            if let Ok(store) = Store::open_with_backend(disk.clone(), config(&case.clock)) {
+                // A key outside the model, so the model stays as it was.
+                let probe = Key::new("probe").unwrap();
+                let fp = Fingerprint::of_bytes(b"probe");
+                if let Ok(Begin::Execute(r)) = store.begin(&case.scope, &probe, &fp) {
+                    case.max_token = case.max_token.max(r.token());
+                    let _ = r.complete(Response::new(200, [("p", "1")], "probe"));
+                }
+                let _ = store.close();
+            } else {
+                assert!(disk.is_dead(), "recovery failed with the power on");
+            }
+            image = disk.crash_image(&mut rng, mode);
+        }
+        case.verify(image);
+    });
+});

@@ -1,0 +1,178 @@
+//! Opening arbitrary or damaged database files (C11, C12): an error or a usable store, never a
+//! panic, never a hang (libFuzzer's `-timeout` turns a hang into a finding).
+//!
+//! The first input byte picks the file: the rest of the input as raw bytes, or a real store
+//! file (closed cleanly, or left as a crash leaves it) damaged by edits the input describes
+//! (bytes flipped or set, runs zeroed, the file cut short). A store that opens must answer
+//! every known key with a value and accept a new completion. With `verify_on_open`, a store
+//! that opens must never replay a response other than the one stored for that key: damage is
+//! refused or rolled back, never served.
+#![no_main]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use idemstore::{Begin, Config, Fingerprint, Key, ManualClock, Response, Scope, Store};
+use idemstore_fuzz::sim_disk::{Mode, SimDisk};
+use idemstore_fuzz::{Src, guarded};
+use libfuzzer_sys::fuzz_target;
+
+const T0: u64 = 1_767_225_600_000;
+const KEYS: usize = 24;
+
+fn config(verify: bool) -> Config {
+    Config::builder()
+        .clock(ManualClock::new(T0))
+        .compactor_interval(Duration::from_secs(3600))
+        // A small index: building and dropping the default 65 536 slots dominated each run.
+        .index_capacity(64)
+        .verify_on_open(verify)
+        .page_cache_bytes(1 << 20)
+        .build()
+        .unwrap()
+}
+
+fn scope() -> Scope {
+    Scope::new("acct").unwrap()
+}
+
+fn key(i: usize) -> Key {
+    Key::new(format!("k{i}")).unwrap()
+}
+
+fn fp(i: usize) -> Fingerprint {
+    Fingerprint::of_bytes(format!("request {i}").as_bytes())
+}
+
+/// The response stored for key `i`, if the base file completes it.
+fn response(i: usize) -> Option<Response> {
+    (i % 3 != 2).then(|| {
+        Response::new(
+            200 + (i % 7) as u16,
+            [("content-type", "text/plain"), ("x-i", "v")],
+            format!("response {i} ").repeat(i + 1),
+        )
+    })
+}
+
+/// Two real files: closed cleanly, and as a crash after the last commit leaves it.
+fn bases() -> &'static (Vec<u8>, Vec<u8>) {
+    static BASES: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    BASES.get_or_init(|| {
+        let disk = SimDisk::new(Mode::Subset);
+        let store = Store::open_with_backend(disk.clone(), config(false)).unwrap();
+        let mut held = Vec::new();
+        for i in 0..KEYS {
+            let Ok(Begin::Execute(r)) = store.begin(&scope(), &key(i), &fp(i)) else {
+                panic!("base file: begin {i}");
+            };
+            match response(i) {
+                Some(resp) => {
+                    r.complete(resp).unwrap();
+                }
+                None => held.push(r),
+            }
+        }
+        // Nothing is pending after an Immediate commit: this is what a crash leaves.
+        let crashed = disk.crash_image(&mut idemstore_fuzz::sim_disk::Rng::new(1), Mode::Subset);
+        drop(held);
+        store.close().unwrap();
+        let clean = disk.crash_image(&mut idemstore_fuzz::sim_disk::Rng::new(1), Mode::Subset);
+        (clean, crashed)
+    })
+}
+
+/// Applies the damage the input describes to `image`.
+fn damage(image: &mut Vec<u8>, src: &mut Src) {
+    let edits = src.below(8) + 1;
+    for _ in 0..edits {
+        if image.is_empty() {
+            return;
+        }
+        let kind = src.below(5);
+        let at = (src.u32() as usize) % image.len();
+        let value = src.byte();
+        match kind {
+            0 => image[at] ^= value.max(1),
+            1 => image[at] = value,
+            2 => {
+                // A zeroed run, as a torn or lost sector leaves.
+                let end = (at + 16 * usize::from(value) + 1).min(image.len());
+                image[at..end].fill(0);
+            }
+            3 => image.truncate(at),
+            _ => {
+                // Bytes of one place copied over another (a misdirected write).
+                let from = (src.u32() as usize) % image.len();
+                let len = (usize::from(value) * 8)
+                    .min(image.len() - at)
+                    .min(image.len() - from);
+                let chunk = image[from..from + len].to_vec();
+                image[at..at + len].copy_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Opens `image`; `check` says whether a response read must be the base file's.
+fn exercise(image: Vec<u8>, verify: bool, check: bool) {
+    let disk = SimDisk::from_image(image);
+    let Ok(store) = Store::open_with_backend(disk, config(verify)) else {
+        return;
+    };
+    let s = scope();
+    for i in 0..KEYS {
+        if let Ok(Some(info)) = store.get(&s, &key(i))
+            && check
+            && let Some(got) = &info.response
+        {
+            assert_eq!(
+                Some(got),
+                response(i).as_ref(),
+                "k{i}: a damaged file served a wrong response"
+            );
+        }
+        match store.begin(&s, &key(i), &fp(i)) {
+            Ok(Begin::Replay(got)) if check => {
+                assert_eq!(
+                    Some(&got),
+                    response(i).as_ref(),
+                    "k{i}: replayed a wrong response"
+                );
+            }
+            Ok(Begin::Execute(r)) => {
+                let _ = r.complete(Response::new(201, [("a", "b")], "after"));
+            }
+            _ => {}
+        }
+    }
+    if let Ok(Begin::Execute(r)) = store.begin(&s, &key(1000), &fp(1000)) {
+        let _ = r.complete(Response::new(201, [("a", "b")], "new"));
+    }
+    let _ = store.close();
+}
+
+fuzz_target!(|data: &[u8]| {
+    guarded(|| {
+        let mut src = Src(data);
+        let how = src.byte();
+        let verify = how & 0x10 != 0;
+        match how & 3 {
+            // Arbitrary bytes may form a valid file holding any response.
+            0 => exercise(src.0.to_vec(), verify, false),
+            base => {
+                let (clean, crashed) = bases();
+                let mut image = if base == 1 {
+                    clean.clone()
+                } else {
+                    crashed.clone()
+                };
+                let damaged = !src.is_empty();
+                if damaged {
+                    damage(&mut image, &mut src);
+                }
+                exercise(image, verify, verify || !damaged);
+            }
+        }
+    });
+});
