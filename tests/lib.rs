@@ -19,6 +19,7 @@ mod crash;
 mod damaged;
 mod durability;
 mod expiry;
+mod fixtures;
 mod kill;
 mod lease;
 mod limits;
