@@ -131,3 +131,175 @@ fn c11_a_newer_format_version_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Randomly damaged files (C11): `IDEMSTORE_DAMAGED_FILES` of them (default 300), seeded by
+/// `IDEMSTORE_DAMAGED_SEED`. Each is a real store file (closed cleanly, or as a crash leaves
+/// it) with bytes flipped, sectors or pages zeroed or copied over others, or the end cut off,
+/// opened with and without `verify_on_open` on a simulated disk. Every outcome must be a value:
+/// a clear `OpenError`, or a store whose every call returns; with verification, a store that
+/// opens never replays a response other than the one stored for its key.
+#[test]
+fn c11_randomly_damaged_files_give_errors_or_answers_never_panics() {
+    use crate::sim_disk::{Mode, Rng, SimDisk};
+    use idemstore::{Begin, ManualClock, Response};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    const KEYS: usize = 40;
+    let files = std::env::var("IDEMSTORE_DAMAGED_FILES")
+        .map(|v| v.parse::<u64>().unwrap())
+        .unwrap_or(300);
+    let seed = std::env::var("IDEMSTORE_DAMAGED_SEED")
+        .map(|v| v.parse::<u64>().unwrap())
+        .unwrap_or(0xDA4A_6ED0);
+    let config = |verify: bool| {
+        Config::builder()
+            .clock(ManualClock::new(T0))
+            .compactor_interval(Duration::from_secs(3600))
+            .index_capacity(64)
+            .verify_on_open(verify)
+            .build()
+            .unwrap()
+    };
+    let response = |i: usize| {
+        (i % 4 != 3).then(|| {
+            Response::new(
+                200 + i as u16,
+                [("content-type", "text/plain")],
+                format!("body {i} ").repeat(1 + i * 13),
+            )
+        })
+    };
+    let k = |i: usize| key(&format!("k{i}"));
+    let f = |i: usize| fp(&format!("{{\"i\":{i}}}"));
+
+    // The base files.
+    let disk = SimDisk::new(Mode::Subset);
+    let store = Store::open_with_backend(disk.clone(), config(false)).unwrap();
+    let mut held = Vec::new();
+    for i in 0..KEYS {
+        let r = execute(store.begin(&scope("acct"), &k(i), &f(i)).unwrap());
+        match response(i) {
+            Some(resp) => {
+                r.complete(resp).unwrap();
+            }
+            None => held.push(r),
+        }
+    }
+    let crashed = disk.crash_image(&mut Rng::new(1), Mode::Subset);
+    drop(held);
+    store.close().unwrap();
+    let clean = disk.crash_image(&mut Rng::new(1), Mode::Subset);
+
+    let mut rng = Rng::new(seed);
+    let mut outcomes = BTreeMap::<String, u64>::new();
+    let mut panics = Vec::new();
+    let started = std::time::Instant::now();
+    for case in 0..files {
+        let mut image = if rng.chance(1, 2) {
+            clean.clone()
+        } else {
+            crashed.clone()
+        };
+        let len = image.len() as u64;
+        let damage = rng.below(6);
+        match damage {
+            0 => {
+                for _ in 0..rng.range(1, 8) {
+                    image[rng.below(len) as usize] ^= 1 << rng.below(8);
+                }
+            }
+            1 => {
+                let at = rng.below(len / 512) as usize * 512;
+                image[at..at + 512].fill(0);
+            }
+            2 => {
+                let at = rng.below(len / 4096) as usize * 4096;
+                image[at..at + 4096].fill(0);
+            }
+            3 => image.truncate(rng.below(len) as usize),
+            4 => {
+                let from = rng.below(len / 4096) as usize * 4096;
+                let to = rng.below(len / 4096) as usize * 4096;
+                let page = image[from..from + 4096].to_vec();
+                image[to..to + 4096].copy_from_slice(&page);
+            }
+            _ => {
+                let at = rng.below(len - 64) as usize;
+                for b in &mut image[at..at + 64] {
+                    *b = rng.next_u64() as u8;
+                }
+            }
+        }
+        let verify = rng.chance(1, 2);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let opened = Store::open_with_backend(SimDisk::from_image(image), config(verify));
+            let store = match opened {
+                Err(e) => {
+                    assert!(
+                        matches!(
+                            e,
+                            OpenError::Corrupted { .. }
+                                | OpenError::NotAnIdemstoreFile { .. }
+                                | OpenError::UnsupportedFormat { .. }
+                        ),
+                        "not a clear error: {e:?}"
+                    );
+                    let kind = format!("{e:?}");
+                    return format!("refused: {}", kind.split([' ', '{']).next().unwrap());
+                }
+                Ok(store) => store,
+            };
+            let mut errors = 0;
+            for i in 0..KEYS {
+                match store.get(&scope("acct"), &k(i)) {
+                    Ok(Some(info)) if verify => {
+                        if let Some(got) = &info.response {
+                            assert_eq!(Some(got), response(i).as_ref(), "k{i}: wrong response");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => errors += 1,
+                }
+                match store.begin(&scope("acct"), &k(i), &f(i)) {
+                    Ok(Begin::Replay(got)) if verify => {
+                        assert_eq!(Some(&got), response(i).as_ref(), "k{i}: wrong replay");
+                    }
+                    Ok(Begin::Execute(r)) => {
+                        let _ = r.complete(Response::new(201, [("a", "b")], "again"));
+                    }
+                    Ok(_) => {}
+                    Err(_) => errors += 1,
+                }
+            }
+            let _ = store.close();
+            if errors == 0 {
+                "opened, every key answered".to_owned()
+            } else {
+                "opened, some keys answered with an error".to_owned()
+            }
+        }));
+        match outcome {
+            Ok(kind) => {
+                let plain = if verify {
+                    "verify_on_open"
+                } else {
+                    "plain open"
+                };
+                *outcomes.entry(format!("{plain}, {kind}")).or_default() += 1;
+            }
+            Err(p) => panics.push(format!(
+                "case {case} (damage {damage}, verify {verify}): {:?}",
+                p.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+            )),
+        }
+    }
+    eprintln!(
+        "damaged files: seed {seed:#x}, {files} files in {:.1?}: {outcomes:?}, {} panics",
+        started.elapsed(),
+        panics.len()
+    );
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+}
