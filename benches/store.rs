@@ -283,7 +283,8 @@ fn stats_line(label: &str, before: &Stats, after: &Stats) -> String {
     format!(
         "STATS {label}: commits={commits} durable_commits={} ops={ops} mean_batch={:.1} \
          mean_commit={:.0}us max_batch(since open)={} max_commit(since open)={:.1}ms \
-         executes={} completions={} replays={} answered_from_index={} index_entries={}",
+         executes={} completions={} replays={} answered_from_index={} index_entries={} \
+         log_syncs={} log_bytes={} checkpoints={}",
         after.durable_commits - before.durable_commits,
         if commits == 0 {
             0.0
@@ -302,6 +303,9 @@ fn stats_line(label: &str, before: &Stats, after: &Stats) -> String {
         after.replays - before.replays,
         after.answered_from_index - before.answered_from_index,
         after.index_entries,
+        after.log_syncs - before.log_syncs,
+        after.log_bytes - before.log_bytes,
+        after.checkpoints - before.checkpoints,
     )
 }
 
@@ -771,18 +775,34 @@ fn begin_complete_threads(c: &mut Criterion, plan: &Plan) {
     let buffered = Durability::Buffered {
         max_delay: BUFFERED_DELAY,
     };
-    // (name, durability, reservations_durable, thread counts). The last row is not in the
-    // brief: the default mode with `reservations_durable(false)`, which spends one fsync per
-    // pair instead of two; it shows what the second fsync costs.
+    // (name, durability, reservations_durable, write-ahead log, thread counts). The default
+    // mode runs with its write-ahead log and without it (a durable database commit per batch),
+    // side by side. The last row is not in the brief: the default mode with
+    // `reservations_durable(false)`, which spends one fsync per pair instead of two; it shows
+    // what the second fsync costs.
     let last = plan.thread_counts.len() - 1;
     let modes = [
-        ("immediate", Durability::Immediate, true, plan.thread_counts),
-        ("buffered_2ms", buffered, true, plan.thread_counts),
-        ("memory", Durability::Memory, true, plan.thread_counts),
+        (
+            "immediate",
+            Durability::Immediate,
+            true,
+            true,
+            plan.thread_counts,
+        ),
+        (
+            "immediate_no_wal",
+            Durability::Immediate,
+            true,
+            false,
+            plan.thread_counts,
+        ),
+        ("buffered_2ms", buffered, true, true, plan.thread_counts),
+        ("memory", Durability::Memory, true, true, plan.thread_counts),
         (
             "immediate_lazy_reservations",
             Durability::Immediate,
             false,
+            true,
             &plan.thread_counts[last..],
         ),
     ];
@@ -793,7 +813,7 @@ fn begin_complete_threads(c: &mut Criterion, plan: &Plan) {
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Elements(1));
-    for (m, (name, durability, reservations_durable, thread_counts)) in
+    for (m, (name, durability, reservations_durable, wal, thread_counts)) in
         modes.into_iter().enumerate()
     {
         for &threads in thread_counts {
@@ -802,6 +822,7 @@ fn begin_complete_threads(c: &mut Criterion, plan: &Plan) {
                 &format!("pairs_{name}_{threads}"),
                 config(durability)
                     .reservations_durable(reservations_durable)
+                    .write_ahead_log(wal)
                     .build()
                     .unwrap(),
             );

@@ -100,6 +100,9 @@ pub struct Config {
     pub(crate) batch_limit: usize,
     pub(crate) page_cache_bytes: usize,
     pub(crate) verify_on_open: bool,
+    pub(crate) write_ahead_log: bool,
+    pub(crate) log_capacity: u64,
+    pub(crate) checkpoint_interval: Duration,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -123,6 +126,9 @@ impl Default for Config {
             batch_limit: 1024,
             page_cache_bytes: 256 << 20,
             verify_on_open: false,
+            write_ahead_log: true,
+            log_capacity: 64 << 20,
+            checkpoint_interval: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
         }
     }
@@ -155,6 +161,11 @@ impl Config {
     /// The durability mode.
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// Whether batches are acknowledged through the write-ahead log.
+    pub fn write_ahead_log(&self) -> bool {
+        self.write_ahead_log
     }
 
     /// The cache policy.
@@ -370,6 +381,40 @@ impl ConfigBuilder {
     /// that are never read.
     pub fn verify_on_open(mut self, verify: bool) -> Self {
         self.config.verify_on_open = verify;
+        self
+    }
+
+    /// Acknowledge through a write-ahead log (one small overwrite and one `fdatasync` per
+    /// batch) instead of a durable database commit per batch. Default true. The log is a
+    /// second file next to the database, named after it with `.wal` appended (for
+    /// [`Store::open`](crate::Store::open)), or the second device of
+    /// [`Store::open_with_backends`](crate::Store::open_with_backends). Ignored in
+    /// [`Durability::Memory`]. What survives a crash is the same either way; see
+    /// [`Durability`].
+    pub fn write_ahead_log(mut self, enabled: bool) -> Self {
+        self.config.write_ahead_log = enabled;
+        self
+    }
+
+    /// Size of a new write-ahead log file, in bytes; fixed when the file is created (an
+    /// existing log keeps its size). Default 64 MiB; range 64 KiB to 64 GiB. A checkpoint starts
+    /// when half of it holds entries the database has not made durable, and a batch whose
+    /// entry is larger than a quarter of it is committed durably to the database instead.
+    pub fn log_capacity(mut self, bytes: u64) -> Self {
+        let ok = (crate::wal::MIN_CAPACITY..=64 << 30).contains(&bytes);
+        check!(self, "log_capacity", bytes, ok, "64 KiB to 64 GiB");
+        self.config.log_capacity = bytes;
+        self
+    }
+
+    /// Longest time between two checkpoints (durable database commits that let the log be
+    /// reused) while the store is written to. Default 1 s; range 1 ms to 1 h. Shorter means
+    /// less to replay after a crash and smaller checkpoints; each checkpoint holds the writer
+    /// for one durable database commit.
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        let ok = interval >= Duration::from_millis(1) && interval <= Duration::from_secs(3600);
+        check!(self, "checkpoint_interval", interval, ok, "1 ms to 1 h");
+        self.config.checkpoint_interval = interval;
         self
     }
 

@@ -211,6 +211,13 @@ pub enum OpenError {
         /// What did not match.
         detail: String,
     },
+    /// The write-ahead log is missing, damaged in its header, or belongs to another store,
+    /// while the database may depend on it (it was not closed cleanly): completions
+    /// acknowledged since the last checkpoint may live only in that log.
+    Log {
+        /// What was found.
+        detail: String,
+    },
     /// A background thread could not be started.
     Spawn(std::io::Error),
     /// The storage engine failed while opening.
@@ -240,6 +247,7 @@ impl fmt::Display for OpenError {
             OpenError::NotAnIdemstoreFile { detail } => {
                 write!(f, "the file is not an idemstore database: {detail}")
             }
+            OpenError::Log { detail } => write!(f, "cannot use the write-ahead log: {detail}"),
             OpenError::Spawn(e) => write!(f, "cannot start a background thread: {e}"),
             OpenError::Storage { cause } => write!(f, "storage failure while opening: {cause}"),
         }

@@ -39,6 +39,7 @@ mod clock;
 mod compactor;
 mod config;
 mod error;
+mod file_device;
 mod fingerprint;
 #[cfg(test)]
 mod golden_tests;
@@ -54,6 +55,7 @@ mod shared;
 mod stats;
 mod storage;
 mod store;
+mod wal;
 mod writer;
 
 pub use backend::{Backend, Claim, RecordInfo};

@@ -9,16 +9,19 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableTable, Table};
 
 use crate::config::Config;
 use crate::error::{OpenError, cause};
 use crate::key::KeyHash;
 use crate::record::{
-    EXPIRY, FORMAT_VERSION, META, META_CLEAN, META_FORMAT, META_NEXT_TOKEN, RECORDS, RESPONSES,
+    Blob, EXPIRY, ExpiryKey, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT, META_LOG_ID,
+    META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RESPONSES, RecordBytes,
     State, TOKEN_SKIP_AFTER_CRASH,
 };
 use crate::shared::panic_text;
+use crate::storage::StorageBackend;
+use crate::wal::{self, Change, Log, LogError, Mark};
 
 /// Runs an opening step, turning a storage-engine panic on a damaged file into an error.
 pub(crate) fn guard_open<T>(f: impl FnOnce() -> Result<T, OpenError>) -> Result<T, OpenError> {
@@ -80,16 +83,33 @@ fn open_error(e: impl Into<redb::Error>) -> OpenError {
     }
 }
 
-/// Creates the tables of a new file, checks the format version of an existing one, applies
-/// `release_in_flight_on_open`, and returns the next fencing token and how many reservations
-/// were released.
-pub(crate) fn init_tables(db: &Database, config: &Config) -> Result<(u64, u64), OpenError> {
+/// What opening found and set up.
+pub(crate) struct Opened {
+    pub(crate) next_token: u64,
+    /// Reservations released by `release_in_flight_on_open`.
+    pub(crate) released: u64,
+    /// The write-ahead log, positioned after its last intact entry.
+    pub(crate) log: Option<Log>,
+    /// Log entries replayed into the file.
+    pub(crate) replayed: u64,
+}
+
+/// Creates the tables of a new file, checks the format version of an existing one, replays
+/// the write-ahead log past the last checkpoint, applies `release_in_flight_on_open`, and
+/// commits all of it durably as the session's first checkpoint.
+pub(crate) fn init_tables(
+    db: &Database,
+    config: &Config,
+    log_dev: Option<Box<dyn StorageBackend>>,
+) -> Result<Opened, OpenError> {
     let txn = db.begin_write().map_err(open_error)?;
     let next_token;
     let mut released = 0;
+    let log;
+    let mut replayed = 0;
     {
         let mut records = txn.open_table(RECORDS).map_err(open_error)?;
-        txn.open_table(RESPONSES).map_err(open_error)?;
+        let mut responses = txn.open_table(RESPONSES).map_err(open_error)?;
         let mut expiry = txn.open_table(EXPIRY).map_err(open_error)?;
         let mut meta = txn.open_table(META).map_err(open_error)?;
         let format = meta
@@ -119,11 +139,91 @@ pub(crate) fn init_tables(db: &Database, config: &Config) -> Result<(u64, u64), 
             .map_err(open_error)?
             .map(|g| g.value())
             == Some(1);
-        let stored = meta
+        let in_file = meta
             .get(META_NEXT_TOKEN)
             .map_err(open_error)?
             .map(|g| g.value())
             .unwrap_or(1);
+        let mut stored = in_file;
+        let get = |meta: &Table<&str, u64>, k: &str| -> Result<Option<u64>, OpenError> {
+            Ok(meta.get(k).map_err(open_error)?.map(|g| g.value()))
+        };
+        let bound = get(&meta, META_LOG_ID)?;
+        log = match log_dev {
+            None => {
+                if bound.is_some() {
+                    if !clean && format.is_some() {
+                        return Err(OpenError::Log {
+                            detail: "the file was last used with a write-ahead log and was not \
+                                     closed cleanly; open it with its log to recover, close it, \
+                                     and it then opens without one"
+                                .into(),
+                        });
+                    }
+                    for k in [META_LOG_ID, META_LOG_SEQ, META_LOG_POS, META_LOG_ZEROED] {
+                        meta.remove(k).map_err(open_error)?;
+                    }
+                }
+                None
+            }
+            Some(dev) => {
+                let header = wal::read_header(&*dev);
+                let recovered = match (bound, header) {
+                    (Some(id), Ok(Some(h))) if h.id == id => {
+                        let from = Mark {
+                            seq: get(&meta, META_LOG_SEQ)?.unwrap_or(0),
+                            pos: get(&meta, META_LOG_POS)?.unwrap_or(wal::DATA_START),
+                            zeroed: get(&meta, META_LOG_ZEROED)?.unwrap_or(wal::DATA_START),
+                        };
+                        let mut failure = None;
+                        let result = Log::recover(dev, h, from, |seq, entry| {
+                            stored = stored.max(entry.next_token);
+                            replayed += 1;
+                            for change in entry.changes {
+                                if let Err(e) =
+                                    replay(&mut records, &mut responses, &mut expiry, change)
+                                {
+                                    failure = Some(e);
+                                    return Err(LogError::BadEntry {
+                                        seq,
+                                        detail: "replay failed".into(),
+                                    });
+                                }
+                            }
+                            Ok(())
+                        });
+                        match (result, failure) {
+                            (_, Some(e)) => return Err(e),
+                            (r, None) => r.map_err(log_error)?,
+                        }
+                    }
+                    (Some(_), found) if !clean && format.is_some() => {
+                        let detail = match found {
+                            Ok(None) => "the log file is missing or empty".to_owned(),
+                            Ok(Some(_)) => "the log file belongs to another store".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        return Err(OpenError::Log { detail });
+                    }
+                    (_, Err(LogError::Io(e))) => return Err(OpenError::Io(e)),
+                    // No log yet, or one whose entries the file holds durably (closed
+                    // cleanly): start a new one.
+                    _ => {
+                        Log::create(dev, fresh_log_id(), config.log_capacity).map_err(log_error)?
+                    }
+                };
+                let mark = recovered.mark();
+                for (k, v) in [
+                    (META_LOG_ID, recovered.id()),
+                    (META_LOG_SEQ, mark.seq),
+                    (META_LOG_POS, mark.pos),
+                    (META_LOG_ZEROED, mark.zeroed),
+                ] {
+                    meta.insert(k, v).map_err(open_error)?;
+                }
+                Some(recovered)
+            }
+        };
         // After a crash, tokens issued since the last durable commit may be lost from the
         // file but not from the world (a fenced resource may have seen them): skip past them.
         next_token = if format.is_some() && !clean {
@@ -131,7 +231,7 @@ pub(crate) fn init_tables(db: &Database, config: &Config) -> Result<(u64, u64), 
         } else {
             stored
         };
-        if next_token != stored {
+        if next_token != in_file {
             meta.insert(META_NEXT_TOKEN, next_token)
                 .map_err(open_error)?;
         }
@@ -139,7 +239,7 @@ pub(crate) fn init_tables(db: &Database, config: &Config) -> Result<(u64, u64), 
             let mut in_flight = Vec::new();
             for entry in records.iter().map_err(open_error)? {
                 let (k, v) = entry.map_err(open_error)?;
-                if let Ok(hot) = crate::record::Hot::decode(v.value())
+                if let Ok(hot) = Hot::decode(v.value())
                     && hot.state == State::InFlight
                 {
                     in_flight.push((*k.value(), hot.expires_at));
@@ -147,12 +247,104 @@ pub(crate) fn init_tables(db: &Database, config: &Config) -> Result<(u64, u64), 
             }
             for (hash, expires_at) in in_flight {
                 records.remove(&hash).map_err(open_error)?;
-                let ek = crate::record::ExpiryKey::new(expires_at, &KeyHash(hash));
+                let ek = ExpiryKey::new(expires_at, &KeyHash(hash));
                 expiry.remove(ek).map_err(open_error)?;
                 released += 1;
             }
         }
     }
     txn.commit().map_err(open_error)?;
-    Ok((next_token, released))
+    let mut log = log;
+    if let Some(l) = log.as_mut() {
+        let mark = l.mark();
+        l.checkpointed(mark);
+    }
+    Ok(Opened {
+        next_token,
+        released,
+        log,
+        replayed,
+    })
+}
+
+fn log_error(e: LogError) -> OpenError {
+    match e {
+        LogError::Io(e) => OpenError::Io(e),
+        other => OpenError::Log {
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Applies one logged change to the tables. Each change states a whole record, so applying
+/// it over a file that already holds it changes nothing.
+fn replay(
+    records: &mut Table<&'static [u8; 32], RecordBytes>,
+    responses: &mut Table<&'static [u8; 32], Blob>,
+    expiry: &mut Table<ExpiryKey, ()>,
+    change: Change<'_>,
+) -> Result<(), OpenError> {
+    let hash = match &change {
+        Change::Put { hash, .. } | Change::Delete { hash } => *hash,
+    };
+    let old = records
+        .get(&hash)
+        .map_err(open_error)?
+        .and_then(|g| Hot::decode(g.value()).ok());
+    let key_hash = KeyHash(hash);
+    match change {
+        Change::Put {
+            record, response, ..
+        } => {
+            let new = Hot::decode(record).map_err(|e| OpenError::Log {
+                detail: format!("a logged record does not decode: {e}"),
+            })?;
+            if let Some(old) = old
+                && old.expires_at != new.expires_at
+            {
+                expiry
+                    .remove(ExpiryKey::new(old.expires_at, &key_hash))
+                    .map_err(open_error)?;
+            }
+            expiry
+                .insert(ExpiryKey::new(new.expires_at, &key_hash), ())
+                .map_err(open_error)?;
+            records.insert(&hash, record).map_err(open_error)?;
+            match response {
+                Some(r) => {
+                    responses.insert(&hash, r).map_err(open_error)?;
+                }
+                None => {
+                    responses.remove(&hash).map_err(open_error)?;
+                }
+            }
+        }
+        Change::Delete { .. } => {
+            records.remove(&hash).map_err(open_error)?;
+            responses.remove(&hash).map_err(open_error)?;
+            if let Some(old) = old {
+                expiry
+                    .remove(ExpiryKey::new(old.expires_at, &key_hash))
+                    .map_err(open_error)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An identity for a new log, so a log from another store (or an older log of this one) is
+/// never replayed into this file.
+fn fresh_log_id() -> u64 {
+    let mut h = blake3::Hasher::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.update(&now.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    let local = 0u8;
+    h.update(&(&local as *const u8 as usize).to_le_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(b).max(1)
 }

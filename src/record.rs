@@ -32,6 +32,14 @@ pub(crate) const META_NEXT_TOKEN: &str = "next_token";
 /// Meta key present (= 1) only while the file is closed cleanly: written by the final commit
 /// of a close, removed by the commit that opens the file.
 pub(crate) const META_CLEAN: &str = "clean_shutdown";
+/// Meta key holding the identity of the write-ahead log bound to this file (absent: none).
+pub(crate) const META_LOG_ID: &str = "log_id";
+/// Meta key holding the sequence number of the last log entry this file holds durably.
+pub(crate) const META_LOG_SEQ: &str = "log_checkpoint_seq";
+/// Meta key holding the log position where the entries after that one start.
+pub(crate) const META_LOG_POS: &str = "log_checkpoint_pos";
+/// Meta key holding how far the log's blocks are known to be written (a performance hint).
+pub(crate) const META_LOG_ZEROED: &str = "log_zeroed";
 /// How far the token counter jumps when a file is opened after a crash. Tokens handed out
 /// after the last durable commit were lost with it (buffered mode, non-durable reservations),
 /// and must never be handed out again: no session issues 2^32 tokens between durable commits.

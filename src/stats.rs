@@ -34,7 +34,8 @@ pub struct Stats {
     pub expired_removed: u64,
     /// Write transactions committed by the writer.
     pub commits: u64,
-    /// Of the commits, those made durable with an fsync.
+    /// Of the commits, those made durable with an fsync before their callers were answered:
+    /// durable database commits, or batches acknowledged by a write-ahead log sync.
     pub durable_commits: u64,
     /// Operations carried by all commits (divide by `commits` for the mean batch size).
     pub batched_ops: u64,
@@ -46,6 +47,14 @@ pub struct Stats {
     pub commit_micros_max: u64,
     /// Entries in the hot index now.
     pub index_entries: u64,
+    /// Write-ahead log syncs (each acknowledges every batch appended since the one before).
+    pub log_syncs: u64,
+    /// Bytes appended to the write-ahead log.
+    pub log_bytes: u64,
+    /// Checkpoints: durable database commits that let the log space before them be reused.
+    pub checkpoints: u64,
+    /// Log entries replayed into the database when the store opened.
+    pub log_entries_replayed: u64,
 }
 
 impl Stats {
@@ -92,6 +101,10 @@ pub(crate) struct Counters {
     pub(crate) max_batch: AtomicU64,
     pub(crate) commit_micros_total: AtomicU64,
     pub(crate) commit_micros_max: AtomicU64,
+    pub(crate) log_syncs: AtomicU64,
+    pub(crate) log_bytes: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) log_entries_replayed: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -127,6 +140,10 @@ impl Counters {
             commit_micros_total: l(&self.commit_micros_total),
             commit_micros_max: l(&self.commit_micros_max),
             index_entries: index_entries as u64,
+            log_syncs: l(&self.log_syncs),
+            log_bytes: l(&self.log_bytes),
+            checkpoints: l(&self.checkpoints),
+            log_entries_replayed: l(&self.log_entries_replayed),
         }
     }
 }

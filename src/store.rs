@@ -25,6 +25,7 @@ use crate::config::{Config, Durability};
 use crate::error::{
     BeginError, CompleteError, KeyError, LeaseError, OpenError, Unavailable, cause,
 };
+use crate::file_device::FileDevice;
 use crate::fingerprint::Fingerprint;
 use crate::key::{Key, KeyHash, Scope};
 use crate::machine::{self, BeginDecision};
@@ -174,6 +175,12 @@ impl Drop for WaitBegin {
     }
 }
 
+/// Drops a database that failed to open: after a panic inside the engine its locks are
+/// poisoned and dropping it panics too.
+fn close_db(db: Database) {
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -193,15 +200,55 @@ impl Store {
             return Store::in_memory(config);
         }
         let path = path.as_ref().to_path_buf();
-        let db = open_db(&config, move |b| b.create(&path))?;
-        Store::start(db, config)
+        let db = open_db(&config, |b| b.create(&path))?;
+        let log: Option<Box<dyn StorageBackend>> = if config.write_ahead_log {
+            let mut name = path.clone().into_os_string();
+            name.push(".wal");
+            match FileDevice::open(Path::new(&name)) {
+                Ok(dev) => Some(Box::new(dev)),
+                Err(e) => {
+                    close_db(db);
+                    return Err(OpenError::Io(e));
+                }
+            }
+        } else {
+            None
+        };
+        Store::start(db, config, log)
     }
 
     /// Opens the store on a caller-supplied device instead of a file: a fault-injecting one for
     /// crash tests, say. The device is used as it is; the file lock that [`Store::open`] takes
     /// is the device's business. `Durability::Memory` in `config` is treated as `Immediate`.
+    /// There is no write-ahead log (every batch is a durable database commit); see
+    /// [`open_with_backends`](Store::open_with_backends) for one.
     pub fn open_with_backend(
         backend: impl StorageBackend,
+        config: Config,
+    ) -> Result<Store, OpenError> {
+        Store::open_devices(backend, None, config)
+    }
+
+    /// Opens the store on two caller-supplied devices: `database` for the records and `log`
+    /// for the write-ahead log (see [`ConfigBuilder::write_ahead_log`]). A device that has
+    /// never held a log is initialised as one. `Durability::Memory` in `config` is treated as
+    /// `Immediate`; `write_ahead_log(false)` in `config` leaves `log` unused.
+    pub fn open_with_backends(
+        database: impl StorageBackend,
+        log: impl StorageBackend,
+        config: Config,
+    ) -> Result<Store, OpenError> {
+        let log: Option<Box<dyn StorageBackend>> = if config.write_ahead_log {
+            Some(Box::new(log))
+        } else {
+            None
+        };
+        Store::open_devices(database, log, config)
+    }
+
+    fn open_devices(
+        database: impl StorageBackend,
+        log: Option<Box<dyn StorageBackend>>,
         config: Config,
     ) -> Result<Store, OpenError> {
         let config = match config.durability {
@@ -212,9 +259,9 @@ impl Store {
             _ => config,
         };
         let db = open_db(&config, |b| {
-            b.create_with_backend(crate::storage::Adapter(backend))
+            b.create_with_backend(crate::storage::Adapter(database))
         })?;
-        Store::start(db, config)
+        Store::start(db, config, log)
     }
 
     /// Opens a store that keeps everything in memory ([`Durability::Memory`], whatever the
@@ -227,24 +274,28 @@ impl Store {
         let db = open_db(&config, |b| {
             b.create_with_backend(redb::backends::InMemoryBackend::new())
         })?;
-        Store::start(db, config)
+        Store::start(db, config, None)
     }
 
-    fn start(db: Database, config: Config) -> Result<Store, OpenError> {
-        let (next_token, released) = match guard_open(|| init_tables(&db, &config)) {
+    fn start(
+        db: Database,
+        config: Config,
+        log: Option<Box<dyn StorageBackend>>,
+    ) -> Result<Store, OpenError> {
+        let opened = match guard_open(|| init_tables(&db, &config, log)) {
             Ok(v) => v,
             Err(e) => {
-                // After a panic inside the engine its locks are poisoned and dropping it panics.
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+                close_db(db);
                 return Err(e);
             }
         };
         let db = Arc::new(db);
         let shared = Arc::new(Shared::new(config, Arc::clone(&db)));
-        crate::stats::add(&shared.counters.releases, released);
+        crate::stats::add(&shared.counters.releases, opened.released);
+        crate::stats::add(&shared.counters.log_entries_replayed, opened.replayed);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let writer =
-            writer::spawn(Arc::clone(&shared), db, rx, next_token).map_err(OpenError::Spawn)?;
+        let writer = writer::spawn(Arc::clone(&shared), db, rx, opened.next_token, opened.log)
+            .map_err(OpenError::Spawn)?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let inner = Inner {
             shared: Arc::clone(&shared),

@@ -37,12 +37,13 @@ use crate::key::KeyHash;
 use crate::machine::{self, BeginDecision, HolderRefusal};
 use crate::ops::{Abandoned, BeginReply, Completion, ExpireReport, Op, Pending};
 use crate::record::{
-    Blob, EXPIRY, ExpiryKey, Hot, META, META_CLEAN, META_NEXT_TOKEN, RECORDS, RESPONSES, Record,
-    RecordBytes, State,
+    Blob, EXPIRY, ExpiryKey, Hot, META, META_CLEAN, META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED,
+    META_NEXT_TOKEN, RECORDS, RESPONSES, Record, RecordBytes, State,
 };
 use crate::response::{self, Response};
 use crate::shared::{Shared, panic_text};
 use crate::stats::{add, bump, raise};
+use crate::wal::{EntryBuf, Log, Mark};
 
 /// A change to the hot index, applied once the batch has committed.
 enum Effect {
@@ -77,6 +78,11 @@ struct Batch {
     durable: bool,
     /// Releases from dropped reservations in this batch.
     detached_releases: u64,
+    /// The batch's resulting record states, for the write-ahead log.
+    entry: EntryBuf,
+    /// With a log, make this batch a checkpoint: it freed space in the file, which the
+    /// storage engine reuses only once a durable commit no longer refers to it.
+    checkpoint: bool,
 }
 
 pub(crate) struct Writer {
@@ -92,6 +98,10 @@ pub(crate) struct Writer {
     cached: ResponseBudget,
     /// Reservations made for callers that gave up waiting, to release in the next batch.
     orphans: Vec<(KeyHash, u64)>,
+    /// The write-ahead log, when batches are acknowledged through one.
+    log: Option<Log>,
+    /// When the last checkpoint (durable database commit) was made.
+    last_checkpoint: Instant,
 }
 
 /// Starts the writer thread.
@@ -100,6 +110,7 @@ pub(crate) fn spawn(
     db: Arc<Database>,
     rx: Receiver<Op>,
     next_token: u64,
+    log: Option<Log>,
 ) -> std::io::Result<JoinHandle<()>> {
     let cached = ResponseBudget::new(shared.config.response_cache_bytes);
     let writer = Writer {
@@ -111,6 +122,8 @@ pub(crate) fn spawn(
         flush_at: None,
         cached,
         orphans: Vec::new(),
+        log,
+        last_checkpoint: Instant::now(),
     };
     std::thread::Builder::new()
         .name("idemstore-writer".into())
@@ -210,8 +223,18 @@ impl Writer {
             if self.io(meta.insert(META_CLEAN, 1)).is_err() {
                 return;
             }
+            if let Some(mark) = self.log.as_ref().map(Log::mark)
+                && self.io(write_mark(&mut meta, mark)).is_err()
+            {
+                return;
+            }
         }
-        let _ = self.io(txn.commit());
+        if self.io(txn.commit()).is_ok()
+            && let Some(log) = self.log.take()
+        {
+            // The file holds everything now; the log's entries are not needed any more.
+            let _ = log.close();
+        }
     }
 
     /// Runs one batch, turning a panic into a poisoned store.
@@ -263,32 +286,24 @@ impl Writer {
             self.finish(b);
             return;
         }
-        let durable = b.durable;
-        let mut txn = txn;
-        let level = if durable {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        };
-        if self.io(txn.set_durability(level)).is_err() {
-            return;
-        }
         let started = Instant::now();
-        let committed = txn.commit();
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        if let Err(e) = committed {
-            let c: Cause = cause(redb::Error::from(e));
-            shared.poison(c.clone());
-            for p in b.pending {
-                p.fail(Unavailable::OutcomeUnknown { cause: c.clone() });
+        let outcome = match self.log.is_some() {
+            true => self.commit_logged(txn, &mut b),
+            false => self.commit_direct(txn, &b),
+        };
+        let durable = match outcome {
+            Ok(durable) => durable,
+            Err(c) => {
+                shared.poison(c.clone());
+                for p in b.pending {
+                    p.fail(Unavailable::OutcomeUnknown { cause: c.clone() });
+                }
+                return;
             }
-            return;
-        }
+        };
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let counters = &shared.counters;
         bump(&counters.commits);
-        if durable {
-            bump(&counters.durable_commits);
-        }
         add(&counters.batched_ops, ops_count);
         raise(&counters.max_batch, ops_count);
         add(&counters.commit_micros_total, micros);
@@ -296,7 +311,7 @@ impl Writer {
         if durable {
             self.unsynced = false;
             self.flush_at = None;
-        } else {
+        } else if b.mutated {
             self.unsynced = true;
             if let Durability::Buffered { max_delay } = shared.config.durability
                 && self.flush_at.is_none()
@@ -305,6 +320,88 @@ impl Writer {
             }
         }
         self.finish(b);
+    }
+
+    /// Commits a batch without a log: a durable database commit when the batch needs
+    /// durability, a non-durable one otherwise. Returns whether everything acknowledged so far
+    /// is durable now.
+    fn commit_direct(&self, mut txn: WriteTransaction, b: &Batch) -> Result<bool, Cause> {
+        let level = if b.durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(level)
+            .map_err(|e| cause(redb::Error::from(e)))?;
+        txn.commit().map_err(|e| cause(redb::Error::from(e)))?;
+        if b.durable {
+            bump(&self.shared.counters.durable_commits);
+        }
+        Ok(b.durable)
+    }
+
+    /// Commits a batch through the write-ahead log: the database commit is not durable, the
+    /// batch's entry is appended to the log, and the log is synced when the batch needs
+    /// durability. Every so often (by time or log volume), or when the entry does not fit, the
+    /// batch is a checkpoint instead: a durable database commit that records the log position,
+    /// after which the log space before it is free. Returns whether everything acknowledged so
+    /// far is durable now.
+    fn commit_logged(&mut self, mut txn: WriteTransaction, b: &mut Batch) -> Result<bool, Cause> {
+        let Some(log) = self.log.as_mut() else {
+            return self.commit_direct(txn, b);
+        };
+        let counters = &self.shared.counters;
+        let storage = |e: redb::Error| cause(e);
+        let checkpoint = b.mutated
+            && (b.checkpoint
+                || !log.fits(b.entry.len())
+                || log.wants_checkpoint()
+                || self.last_checkpoint.elapsed() >= self.shared.config.checkpoint_interval);
+        if checkpoint {
+            let mark = log.mark();
+            {
+                let mut meta = txn.open_table(META).map_err(|e| storage(e.into()))?;
+                write_mark(&mut meta, mark).map_err(|e| storage(e.into()))?;
+            }
+            txn.set_durability(redb::Durability::Immediate)
+                .map_err(|e| storage(e.into()))?;
+            txn.commit().map_err(|e| storage(e.into()))?;
+            log.checkpointed(mark);
+            // The durable commit covers every earlier batch: nothing in the log needs a sync.
+            log.forget_unsynced();
+            self.last_checkpoint = Instant::now();
+            bump(&counters.checkpoints);
+            bump(&counters.durable_commits);
+            return Ok(true);
+        }
+        let log_failure = |e: std::io::Error| -> Cause {
+            Arc::new(Message(format!(
+                "the write-ahead log could not be written or synced, so nothing since its last \
+                 sync can be trusted to be durable: {e}"
+            )))
+        };
+        if !b.entry.is_empty() {
+            let len = b.entry.len() as u64;
+            log.append(&mut b.entry, self.next_token)
+                .map_err(log_failure)?;
+            add(&counters.log_bytes, len);
+        }
+        if b.mutated {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| storage(e.into()))?;
+            txn.commit().map_err(|e| storage(e.into()))?;
+        } else {
+            let _ = txn.abort();
+        }
+        if b.durable {
+            if log.unsynced() {
+                log.sync().map_err(log_failure)?;
+                bump(&counters.log_syncs);
+            }
+            bump(&counters.durable_commits);
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Applies the index effects, then answers every caller.
@@ -446,13 +543,16 @@ impl Writer {
         }))
     }
 
-    /// Writes `record` under `hash`, moving its expiry index entry from `old_expiry`.
+    /// Writes `record` under `hash`, moving its expiry index entry from `old_expiry`, and logs
+    /// the new state with `response`, the stored response it now has (the caller writes that
+    /// one; none for a record in flight).
     fn put(
         &self,
         t: &mut Tables<'_>,
-        hash: &KeyHash,
-        record: &Record,
+        b: &mut Batch,
+        (hash, record): (&KeyHash, &Record),
         old_expiry: Option<u64>,
+        response: Option<&[u8]>,
     ) -> Result<(), Fail> {
         let new_expiry = record.hot.expires_at;
         if old_expiry != Some(new_expiry) {
@@ -461,12 +561,25 @@ impl Writer {
             }
             self.io(t.expiry.insert(ExpiryKey::new(new_expiry, hash), ()))?;
         }
-        self.io(t.records.insert(&hash.0, record.encode().as_slice()))?;
+        let bytes = record.encode();
+        self.io(t.records.insert(&hash.0, bytes.as_slice()))?;
+        if self.log.is_some() {
+            b.entry.put(&hash.0, &bytes, response);
+        }
         Ok(())
     }
 
     /// Removes a record, its response and its expiry entry.
-    fn delete(&self, t: &mut Tables<'_>, hash: &KeyHash, hot: Option<&Hot>) -> Result<(), Fail> {
+    fn delete(
+        &self,
+        t: &mut Tables<'_>,
+        b: &mut Batch,
+        hash: &KeyHash,
+        hot: Option<&Hot>,
+    ) -> Result<(), Fail> {
+        if self.log.is_some() {
+            b.entry.delete(&hash.0);
+        }
         self.io(t.records.remove(&hash.0))?;
         if let Some(hot) = hot {
             self.io(t.expiry.remove(ExpiryKey::new(hot.expires_at, hash)))?;
@@ -533,7 +646,7 @@ impl Writer {
                             scope: scope.as_str().to_owned(),
                             key: key.as_str().to_owned(),
                         };
-                        self.put(t, &hash, &record, hot.map(|h| h.expires_at))?;
+                        self.put(t, b, (&hash, &record), hot.map(|h| h.expires_at), None)?;
                         b.mutated = true;
                         b.durable |= self.durable_if(config.reservations_durable);
                         b.effects.push(Effect::Put(
@@ -646,7 +759,13 @@ impl Writer {
                         expires_at: now.saturating_add(crate::clock::millis(config.ttl)),
                         ..old
                     };
-                    self.put(t, &hash, &record, Some(old.expires_at))?;
+                    self.put(
+                        t,
+                        b,
+                        (&hash, &record),
+                        Some(old.expires_at),
+                        Some(blob.as_slice()),
+                    )?;
                     b.durable |= self.durable_if(true);
                     b.effects.push(Effect::Put(
                         hash,
@@ -659,7 +778,7 @@ impl Writer {
                     b.pending
                         .push(Pending::Complete(reply, Ok(Completion::Stored)));
                 } else {
-                    self.delete(t, &hash, Some(&old))?;
+                    self.delete(t, b, &hash, Some(&old))?;
                     b.effects.push(Effect::Remove(hash));
                     bump(&counters.releases);
                     b.pending
@@ -686,7 +805,7 @@ impl Writer {
                 };
                 let result = match machine::check_holder(hot.as_ref(), token) {
                     Ok(()) => {
-                        self.delete(t, &hash, hot.as_ref())?;
+                        self.delete(t, b, &hash, hot.as_ref())?;
                         b.mutated = true;
                         b.effects.push(Effect::Remove(hash));
                         bump(&counters.releases);
@@ -715,7 +834,7 @@ impl Writer {
                         let lease_deadline = now.saturating_add(crate::clock::millis(config.lease));
                         record.hot.lease_deadline = lease_deadline;
                         record.hot.expires_at = old.expires_at.max(lease_deadline);
-                        self.put(t, &hash, &record, Some(old.expires_at))?;
+                        self.put(t, b, (&hash, &record), Some(old.expires_at), None)?;
                         b.mutated = true;
                         b.effects.push(Effect::Put(
                             hash,
@@ -746,7 +865,7 @@ impl Writer {
                     }
                     Some(rec) => {
                         let hot = rec.ok();
-                        self.delete(t, &hash, hot.as_ref())?;
+                        self.delete(t, b, &hash, hot.as_ref())?;
                         b.mutated = true;
                         b.durable |= self.durable_if(true);
                         b.effects.push(Effect::Remove(hash));
@@ -813,15 +932,27 @@ impl Writer {
             {
                 continue;
             }
-            self.delete(t, &hash, None)?;
+            self.delete(t, b, &hash, None)?;
             b.effects.push(Effect::Remove(hash));
             report.removed += 1;
         }
         if b.mutated {
             b.durable |= self.durable_if(true);
         }
+        b.checkpoint |= report.removed > 0;
         Ok(report)
     }
+}
+
+/// Records a checkpoint's log position in the meta table.
+fn write_mark(
+    meta: &mut Table<'_, &'static str, u64>,
+    mark: Mark,
+) -> Result<(), redb::StorageError> {
+    meta.insert(META_LOG_SEQ, mark.seq)?;
+    meta.insert(META_LOG_POS, mark.pos)?;
+    meta.insert(META_LOG_ZEROED, mark.zeroed)?;
+    Ok(())
 }
 
 fn lease_refusal(r: HolderRefusal, token: u64) -> LeaseError {

@@ -34,8 +34,10 @@ use crate::support::{T0, fp, key, scope};
 const KEYS: usize = 4;
 /// Operations per workload, at most.
 const MAX_OPS: usize = 120;
-/// The power goes at a mutating call drawn from `1..=ARM_MAX`.
+/// The power goes at a mutating call drawn from `1..=ARM_MAX`, or `1..=ARM_MAX_LOGGED` when the
+/// store acknowledges through a write-ahead log (about two calls per batch instead of eight).
 const ARM_MAX: u64 = 400;
+const ARM_MAX_LOGGED: u64 = 150;
 /// The second power loss, during recovery, at a mutating call drawn from `1..=REARM_MAX`.
 const REARM_MAX: u64 = 120;
 const DEFAULT_SEED: u64 = 0x1DE5_70CE_C4A5_0001;
@@ -52,13 +54,55 @@ fn env_u64(name: &str) -> Option<u64> {
     Some(parsed.unwrap_or_else(|e| panic!("{name}={v} is not a number: {e}")))
 }
 
+/// The smallest write-ahead log, so a workload of a few kilobytes wraps it and checkpoints.
+const LOG_CAPACITY: u64 = 64 << 10;
+
 fn cfg(clock: &ManualClock) -> Config {
     Config::builder()
         .clock(clock.clone())
         .compactor_interval(Duration::from_secs(3600))
+        .log_capacity(LOG_CAPACITY)
+        // Checkpoints by log volume only: a case then does not depend on the machine's speed.
+        .checkpoint_interval(Duration::from_secs(3600))
         .build()
         .unwrap()
 }
+
+/// The two disks of the simulated machine: the database's and the write-ahead log's. They
+/// share one power supply, so a crash point counts the calls of both.
+struct Disks {
+    db: SimDisk,
+    log: SimDisk,
+}
+
+impl Disks {
+    fn new(mode: Mode) -> Disks {
+        let db = SimDisk::new(mode);
+        let log = db.sibling(Vec::new());
+        Disks { db, log }
+    }
+
+    fn from_images((db, log): Images) -> Disks {
+        let db = SimDisk::from_image(db);
+        let log = db.sibling(log);
+        Disks { db, log }
+    }
+
+    fn set_lying(&self, lying: bool) {
+        self.db.set_lying(lying);
+        self.log.set_lying(lying);
+    }
+
+    fn crash_images(&self, rng: &mut Rng, mode: Mode) -> Images {
+        (
+            self.db.crash_image(rng, mode),
+            self.log.crash_image(rng, mode),
+        )
+    }
+}
+
+/// What the database's and the log's disks hold after a power loss.
+type Images = (Vec<u8>, Vec<u8>);
 
 fn panic_text(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -118,6 +162,8 @@ struct Summary {
     violations: Vec<String>,
     panics: u64,
     open_errors: u64,
+    /// Cases whose store acknowledged through a write-ahead log.
+    logged: u64,
 }
 
 /// One case: the workload until the power goes, and the model of what it was told.
@@ -132,6 +178,10 @@ struct Case {
     attempt: u64,
     /// Print every operation (`IDEMSTORE_CRASH_TRACE=1`), to follow one case.
     trace: bool,
+    /// The store acknowledges through a write-ahead log (most cases, as by default).
+    wal: bool,
+    /// Padding added to response bodies, at most, so the log fills up and wraps.
+    pad_max: u64,
 }
 
 /// What an operation's outcome means for the workload.
@@ -161,6 +211,16 @@ impl Case {
             max_token: 0,
             attempt: 0,
             trace: std::env::var_os("IDEMSTORE_CRASH_TRACE").is_some(),
+            wal: true,
+            pad_max: 0,
+        }
+    }
+
+    fn open(&self, disks: &Disks) -> Result<Store, idemstore::OpenError> {
+        if self.wal {
+            Store::open_with_backends(disks.db.clone(), disks.log.clone(), cfg(&self.clock))
+        } else {
+            Store::open_with_backend(disks.db.clone(), cfg(&self.clock))
         }
     }
 
@@ -239,8 +299,9 @@ impl Case {
         let token = res.token();
         // One in eight attempts fail with a status the default policy does not keep.
         let status = if self.rng.chance(1, 8) { 500 } else { 201 };
+        let pad = "p".repeat(self.rng.range(0, self.pad_max) as usize);
         let body = format!(
-            "{{\"key\":\"k{k}\",\"attempt\":{},\"token\":{token}}}",
+            "{{\"key\":\"k{k}\",\"attempt\":{},\"token\":{token},\"pad\":\"{pad}\"}}",
             self.attempt
         );
         let response = Response::new(
@@ -387,16 +448,15 @@ impl Case {
     /// operations after it, and returns what that disk could hold afterwards.
     fn crash_during_recovery(
         &mut self,
-        image: Vec<u8>,
+        images: Images,
         mode: Mode,
         summary: &mut Summary,
-    ) -> Result<Vec<u8>, String> {
-        let disk = SimDisk::from_image(image);
+    ) -> Result<Images, String> {
+        let disks = Disks::from_images(images);
+        let disk = &disks.db;
         disk.arm(self.rng.range(1, REARM_MAX));
         summary.double_crash_tried += 1;
-        let opened = catch_unwind(AssertUnwindSafe(|| {
-            Store::open_with_backend(disk.clone(), cfg(&self.clock))
-        }));
+        let opened = catch_unwind(AssertUnwindSafe(|| self.open(&disks)));
         match opened {
             Err(p) => {
                 summary.panics += 1;
@@ -427,15 +487,13 @@ impl Case {
         if disk.is_dead() {
             summary.double_crash_fired += 1;
         }
-        Ok(disk.crash_image(&mut self.rng, mode))
+        Ok(disks.crash_images(&mut self.rng, mode))
     }
 
     /// Opens `image` on a clean disk and checks it against the model.
-    fn verify(&self, image: Vec<u8>, summary: &mut Summary) -> Result<(), String> {
-        let disk = SimDisk::from_image(image);
-        let opened = catch_unwind(AssertUnwindSafe(|| {
-            Store::open_with_backend(disk.clone(), cfg(&self.clock))
-        }));
+    fn verify(&self, images: Images, summary: &mut Summary) -> Result<(), String> {
+        let disks = Disks::from_images(images);
+        let opened = catch_unwind(AssertUnwindSafe(|| self.open(&disks)));
         let store = match opened {
             Err(p) => {
                 summary.panics += 1;
@@ -560,19 +618,30 @@ fn run_case(seed: u64, lying: bool, summary: &mut Summary) -> Result<(), String>
     // image is mostly garbage), and only after the store has created its file in the others
     // (a valid file whose later commits are lost: the oracle must see the lost records).
     let lie_from_start = lying && case.rng.chance(1, 2);
-    let disk = SimDisk::new(if lie_from_start {
+    case.wal = case.rng.chance(3, 4);
+    if case.wal && case.rng.chance(1, 2) {
+        case.pad_max = 3000;
+    }
+    if case.wal {
+        summary.logged += 1;
+    }
+    let disks = Disks::new(if lie_from_start {
         Mode::Lying
     } else {
         Mode::Subset
     });
-    let store = Store::open_with_backend(disk.clone(), cfg(&case.clock))
+    let disk = &disks.db;
+    let store = case
+        .open(&disks)
         .unwrap_or_else(|e| case.fail(format!("open of a fresh disk: {e}")));
     if lying {
-        disk.set_lying(true);
+        disks.set_lying(true);
     }
-    let arm = case.rng.range(1, ARM_MAX);
+    let arm = case
+        .rng
+        .range(1, if case.wal { ARM_MAX_LOGGED } else { ARM_MAX });
     disk.arm(arm);
-    let (ops, crashed) = case.workload(&store, &disk);
+    let (ops, crashed) = case.workload(&store, disk);
     summary.ops += ops;
     if crashed {
         summary.crashed_in_workload += 1;
@@ -591,11 +660,11 @@ fn run_case(seed: u64, lying: bool, summary: &mut Summary) -> Result<(), String>
     } else {
         Mode::Subset
     };
-    let mut image = disk.crash_image(&mut case.rng, mode);
+    let mut images = disks.crash_images(&mut case.rng, mode);
     if case.rng.chance(1, 3) {
-        image = case.crash_during_recovery(image, mode, summary)?;
+        images = case.crash_during_recovery(images, mode, summary)?;
     }
-    case.verify(image, summary)
+    case.verify(images, summary)
 }
 
 fn run_cases(lying: bool, default_cases: u64) -> (Summary, u64, Duration) {
@@ -625,12 +694,13 @@ fn run_cases(lying: bool, default_cases: u64) -> (Summary, u64, Duration) {
 fn report(name: &str, s: &Summary, base: u64, took: Duration) {
     eprintln!(
         "{name}: base seed {base:#x}, {} cases in {took:.1?}: {} power losses in the workload at {} \
-         distinct crash points (of 1..={ARM_MAX}), {} operations, {} torn images, {} recoveries \
+         distinct crash points (of 1..={ARM_MAX}), {} cases with a write-ahead log, {} operations, {} torn images, {} recoveries \
          crashed again (of {} tried), {} acknowledged completions and {} acknowledged \
          reservations checked; {} violations ({} open errors, {} panics)",
         s.cases,
         s.crashed_in_workload,
         s.crash_points.len(),
+        s.logged,
         s.ops,
         s.torn,
         s.double_crash_fired,

@@ -28,3 +28,4 @@ mod poison;
 mod policy;
 mod recovery;
 mod storm;
+mod wal;

@@ -25,6 +25,14 @@ struct Flaky {
 }
 
 impl Flaky {
+    /// A second device of the same machine: its own bytes, the same faults and call count.
+    fn sibling(&self) -> Flaky {
+        Flaky {
+            bytes: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// Counts a mutating call and fails it if the countdown says so.
     fn mutate(&self) -> io::Result<()> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
@@ -91,11 +99,47 @@ impl StorageBackend for Flaky {
 }
 
 fn cfg() -> Config {
-    Config::default()
+    Config::builder().log_capacity(64 << 10).build().unwrap()
 }
 
-fn check_poisoned_then_recovered(device: Flaky, arm: impl Fn(&Flaky, bool)) {
-    let store = Store::open_with_backend(device.clone(), cfg()).unwrap();
+/// The database's device and, when the store acknowledges through a write-ahead log, the
+/// log's, sharing faults.
+#[derive(Debug, Clone)]
+struct Devices {
+    db: Flaky,
+    log: Option<Flaky>,
+}
+
+impl Devices {
+    fn new(wal: bool) -> Devices {
+        let db = Flaky::default();
+        let log = wal.then(|| db.sibling());
+        Devices { db, log }
+    }
+
+    fn open(&self) -> Result<Store, idemstore::OpenError> {
+        match &self.log {
+            Some(log) => Store::open_with_backends(self.db.clone(), log.clone(), cfg()),
+            None => Store::open_with_backend(self.db.clone(), cfg()),
+        }
+    }
+}
+
+impl std::ops::Deref for Devices {
+    type Target = Flaky;
+    fn deref(&self) -> &Flaky {
+        &self.db
+    }
+}
+
+fn check_poisoned_then_recovered(arm: impl Fn(&Flaky, bool)) {
+    for wal in [false, true] {
+        poisoned_then_recovered(Devices::new(wal), &arm);
+    }
+}
+
+fn poisoned_then_recovered(device: Devices, arm: &impl Fn(&Flaky, bool)) {
+    let store = device.open().unwrap();
     let s = scope("acct");
     execute(store.begin(&s, &key("acked"), &fp("1")).unwrap())
         .complete(resp(201, "acked"))
@@ -120,7 +164,7 @@ fn check_poisoned_then_recovered(device: Flaky, arm: impl Fn(&Flaky, bool)) {
     ));
     assert!(store.close().is_err());
     arm(&device, false);
-    let store = Store::open_with_backend(device, cfg()).unwrap();
+    let store = device.open().unwrap();
     assert_eq!(
         replay(store.begin(&s, &key("acked"), &fp("1")).unwrap()).body(),
         b"acked"
@@ -131,16 +175,12 @@ fn check_poisoned_then_recovered(device: Flaky, arm: impl Fn(&Flaky, bool)) {
 
 #[test]
 fn c10_a_failed_fsync_poisons_the_store_and_reopening_recovers() {
-    check_poisoned_then_recovered(Flaky::default(), |d, on| {
-        d.fail_sync.store(on, Ordering::SeqCst)
-    });
+    check_poisoned_then_recovered(|d, on| d.fail_sync.store(on, Ordering::SeqCst));
 }
 
 #[test]
 fn c10_a_full_disk_poisons_the_store_and_reopening_recovers() {
-    check_poisoned_then_recovered(Flaky::default(), |d, on| {
-        d.fail_write.store(on, Ordering::SeqCst)
-    });
+    check_poisoned_then_recovered(|d, on| d.fail_write.store(on, Ordering::SeqCst));
 }
 
 #[test]
@@ -182,29 +222,43 @@ fn workload(store: &Store, acked: &mut Vec<usize>) {
 
 #[test]
 fn c10_an_io_error_at_any_position_loses_nothing_acknowledged() {
+    io_error_at_any_position(false);
+}
+
+#[test]
+fn c10_an_io_error_at_any_position_of_database_or_log_loses_nothing_acknowledged() {
+    io_error_at_any_position(true);
+}
+
+fn io_error_at_any_position(wal: bool) {
     // How many mutating calls the workload makes when nothing fails.
-    let probe = Flaky::default();
-    let store = Store::open_with_backend(probe.clone(), cfg()).unwrap();
+    let probe = Devices::new(wal);
+    let store = probe.open().unwrap();
     let before = probe.calls.load(Ordering::SeqCst);
     workload(&store, &mut Vec::new());
     store.close().unwrap();
     let total = probe.calls.load(Ordering::SeqCst);
     assert!(total > before + 20, "{before}..{total}");
+    let mut poisoned_log = false;
     let mut positions = 0;
     for fail_at in (before + 1)..=total {
         for full in [false, true] {
-            let device = Flaky::default();
+            let device = Devices::new(wal);
             device.full.store(full, Ordering::SeqCst);
-            let store = Store::open_with_backend(device.clone(), cfg()).unwrap();
+            let store = device.open().unwrap();
             // Opening makes the same calls every time, so positions line up with the probe.
             assert_eq!(device.calls.load(Ordering::SeqCst), before);
             device.fail_from.store(fail_at, Ordering::SeqCst);
             let mut acked = Vec::new();
             workload(&store, &mut acked);
+            if let Err(e) = store.begin(&scope("acct"), &key("after"), &fp("1")) {
+                poisoned_log |= e.to_string().contains("write-ahead log");
+            }
             let _ = store.close();
             // The error goes away (the disk had room again, the fault cleared): reopen.
             device.fail_from.store(0, Ordering::SeqCst);
-            let store = Store::open_with_backend(device, cfg())
+            let store = device
+                .open()
                 .unwrap_or_else(|e| panic!("call {fail_at}, full {full}: reopen failed: {e}"));
             let s = scope("acct");
             for i in acked {
@@ -224,4 +278,7 @@ fn c10_an_io_error_at_any_position_loses_nothing_acknowledged() {
         }
     }
     assert!(positions >= 40);
+    // With a log, some positions are the log's own writes and syncs, and the poisoned store
+    // says which file failed.
+    assert_eq!(poisoned_log, wal);
 }

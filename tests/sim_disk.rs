@@ -80,6 +80,18 @@ fn write_at(image: &mut Vec<u8>, offset: u64, data: &[u8]) {
     image[start..end].copy_from_slice(data);
 }
 
+/// The power supply, shared by the disks of one simulated machine: a power loss armed on one
+/// of them counts the mutating calls of all of them and takes all of them down at once.
+#[derive(Debug, Default)]
+struct Power {
+    /// Mutating calls left before the power goes; `None` when disarmed.
+    countdown: Option<u64>,
+    /// The power is gone: every call fails.
+    dead: bool,
+    /// Successful mutating calls so far, on every disk.
+    mutations: u64,
+}
+
 #[derive(Debug)]
 struct State {
     /// The bytes as of the last successful (honest) `sync_data`.
@@ -88,13 +100,8 @@ struct State {
     live: Vec<u8>,
     /// Writes and resizes since the last sync, in order.
     pending: Vec<Pending>,
-    /// Mutating calls left before the power goes; `None` when disarmed.
-    countdown: Option<u64>,
-    /// The power is gone: every call fails.
-    dead: bool,
+    power: Arc<Mutex<Power>>,
     lying: bool,
-    /// Successful mutating calls so far.
-    mutations: u64,
     /// Successful syncs so far.
     syncs: u64,
 }
@@ -119,23 +126,36 @@ impl SimDisk {
     }
 
     fn with(image: Vec<u8>, lying: bool) -> SimDisk {
+        SimDisk::on(Arc::default(), image, lying)
+    }
+
+    fn on(power: Arc<Mutex<Power>>, image: Vec<u8>, lying: bool) -> SimDisk {
         SimDisk(Arc::new(Mutex::new(State {
             durable: image.clone(),
             live: image,
             pending: Vec::new(),
-            countdown: None,
-            dead: false,
+            power,
             lying,
-            mutations: 0,
             syncs: 0,
         })))
     }
 
-    /// Loses power on the `n`-th mutating call from now (`n >= 1`): that call and every later
-    /// call fail.
+    /// A second disk of the same machine, holding `image`: one power loss takes both down, and
+    /// `arm` counts the mutating calls of both. Its syncs lie if this disk's do.
+    pub fn sibling(&self, image: Vec<u8>) -> SimDisk {
+        let state = self.0.lock();
+        SimDisk::on(Arc::clone(&state.power), image, state.lying)
+    }
+
+    fn power(&self) -> Arc<Mutex<Power>> {
+        Arc::clone(&self.0.lock().power)
+    }
+
+    /// Loses power on the `n`-th mutating call from now (`n >= 1`) on this disk or a sibling:
+    /// that call and every later call fail.
     pub fn arm(&self, n: u64) {
         assert!(n >= 1);
-        self.0.lock().countdown = Some(n);
+        self.power().lock().countdown = Some(n);
     }
 
     /// Makes later syncs lie (or stop lying).
@@ -144,19 +164,31 @@ impl SimDisk {
     }
 
     pub fn disarm(&self) {
-        self.0.lock().countdown = None;
+        self.power().lock().countdown = None;
     }
 
     pub fn is_dead(&self) -> bool {
-        self.0.lock().dead
+        self.power().lock().dead
     }
 
+    /// Successful mutating calls so far, on this disk and its siblings.
     pub fn mutations(&self) -> u64 {
-        self.0.lock().mutations
+        self.power().lock().mutations
     }
 
     pub fn syncs(&self) -> u64 {
         self.0.lock().syncs
+    }
+
+    /// The bytes the last honest sync made durable: what the disk holds after a power loss
+    /// that keeps none of the later writes.
+    pub fn synced_image(&self) -> Vec<u8> {
+        self.0.lock().durable.clone()
+    }
+
+    /// The bytes reads see now.
+    pub fn live_image(&self) -> Vec<u8> {
+        self.0.lock().live.clone()
     }
 
     pub fn pending_ops(&self) -> usize {
@@ -208,26 +240,31 @@ impl SimDisk {
 impl State {
     /// Counts down one mutating call; fails it if the power goes now or has gone.
     fn mutate(&mut self) -> io::Result<()> {
-        if self.dead {
+        let mut power = self.power.lock();
+        if power.dead {
             return Err(power_loss());
         }
-        if let Some(n) = self.countdown {
+        if let Some(n) = power.countdown {
             if n <= 1 {
-                self.dead = true;
-                self.countdown = None;
+                power.dead = true;
+                power.countdown = None;
                 return Err(power_loss());
             }
-            self.countdown = Some(n - 1);
+            power.countdown = Some(n - 1);
         }
-        self.mutations += 1;
+        power.mutations += 1;
         Ok(())
+    }
+
+    fn dead(&self) -> bool {
+        self.power.lock().dead
     }
 }
 
 impl StorageBackend for SimDisk {
     fn len(&self) -> io::Result<u64> {
         let state = self.0.lock();
-        if state.dead {
+        if state.dead() {
             return Err(power_loss());
         }
         Ok(state.live.len() as u64)
@@ -235,7 +272,7 @@ impl StorageBackend for SimDisk {
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let state = self.0.lock();
-        if state.dead {
+        if state.dead() {
             return Err(power_loss());
         }
         let start = offset as usize;
