@@ -26,9 +26,12 @@ pub enum Durability {
     /// `complete` returns after the commit is applied in memory; a background flush makes it
     /// durable within `max_delay`.
     ///
-    /// - Process crash or power loss: the completions acknowledged in the last `max_delay`
-    ///   before the crash may be lost (their keys come back absent or in flight, so a retry
-    ///   executes again); older ones survive. Nothing is ever corrupted or half-written.
+    /// - Process crash: with the write-ahead log (the default), nothing acknowledged is lost:
+    ///   each batch's entry is written to the operating system before its callers are
+    ///   answered. Without the log, as for a power loss.
+    /// - Power loss: the completions acknowledged in the last `max_delay` before the crash
+    ///   may be lost (their keys come back absent or in flight, so a retry executes again);
+    ///   older ones survive. Nothing is ever corrupted or half-written.
     Buffered {
         /// The longest time an acknowledged completion may stay undurable.
         max_delay: Duration,

@@ -9,7 +9,19 @@ use idemstore::{Config, Durability, Store};
 use crate::support::*;
 
 const CRASH_DB: &str = "IDEMSTORE_TEST_CRASH_DB";
+/// Set for the child to acknowledge in `Buffered` mode (through the write-ahead log).
+const CRASH_BUFFERED: &str = "IDEMSTORE_TEST_CRASH_BUFFERED";
 const ACKED: usize = 40;
+
+/// The child's buffered mode: a delay far longer than the child lives, so no sync happens.
+fn crash_buffered() -> Config {
+    Config::builder()
+        .durability(Durability::Buffered {
+            max_delay: Duration::from_secs(10),
+        })
+        .build()
+        .unwrap()
+}
 
 /// Run only as the child of `c10_acknowledged_completions_survive_a_process_crash`: completes
 /// records, reports each acknowledgement on stdout, then aborts without any shutdown.
@@ -19,7 +31,12 @@ fn crash_child() {
     let Ok(path) = std::env::var(CRASH_DB) else {
         return;
     };
-    let store = Store::open(&path, Config::default()).unwrap();
+    let config = if std::env::var_os(CRASH_BUFFERED).is_some() {
+        crash_buffered()
+    } else {
+        Config::default()
+    };
+    let store = Store::open(&path, config).unwrap();
     let s = scope("acct");
     for i in 0..ACKED {
         let k = key(&format!("k{i}"));
@@ -34,16 +51,32 @@ fn crash_child() {
 
 #[test]
 fn c10_acknowledged_completions_survive_a_process_crash() {
+    process_crash(false);
+}
+
+/// With the write-ahead log, a buffered acknowledgement has been written to the operating
+/// system (not synced): a process crash loses nothing; only a power loss could.
+#[test]
+fn c10_buffered_acknowledgements_through_the_log_survive_a_process_crash() {
+    process_crash(true);
+}
+
+fn process_crash(buffered: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crash.redb");
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args([
             "--ignored",
             "--exact",
             "durability::crash_child",
             "--nocapture",
         ])
-        .env(CRASH_DB, &path)
+        .env(CRASH_DB, &path);
+    if buffered {
+        command.env(CRASH_BUFFERED, "1");
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -57,6 +90,9 @@ fn c10_acknowledged_completions_survive_a_process_crash() {
     assert!(!status.success(), "the child must have crashed");
     assert_eq!(acked.len(), ACKED);
     let store = Store::open(&path, Config::default()).unwrap();
+    if buffered {
+        assert!(store.stats().log_entries_replayed > 0);
+    }
     let s = scope("acct");
     for i in acked {
         let got = replay(
