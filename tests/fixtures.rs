@@ -2,12 +2,15 @@
 //!
 //! `v1-clean.redb` was written by format version 1 with the records [`known`] lists; every
 //! later build must open it and replay those records byte for byte, which pins format
-//! compatibility. When the format changes, the generator writes the new version's files beside
+//! compatibility. `v1-logged.redb` with `v1-logged.redb.wal` is what a power loss leaves of a
+//! store that acknowledged the same records through its write-ahead log: the database as of
+//! its opening commit and the log holding every record, which pins the log's format too. When the format changes, the generator writes the new version's files beside
 //! the old ones, which stay. The other files are damaged copies or a crash image: each must give
 //! `OpenError::Corrupted` or a store that answers every key with a value (a replay of the right
 //! response, an error, or an execution), never a panic and never a wrong response.
 //!
-//! Regenerate (only for the current format version):
+//! Write missing fixtures (existing files are kept; delete one to write it again, which a file
+//! of an older format version must never be):
 //! `IDEMSTORE_WRITE_FIXTURES=1 cargo test --test integration fixtures::write_fixtures -- --ignored`
 
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use idemstore::{Begin, Config, Durability, ManualClock, OpenError, Response, State, Store};
 
+use crate::sim_disk::{Mode, SimDisk};
 use crate::support::{T0, execute, fp, key, scope};
 
 /// A record the clean file holds: (scope, key, request body, response or in flight).
@@ -105,13 +109,17 @@ fn config(clock: &ManualClock, verify: bool) -> Config {
         .unwrap()
 }
 
-/// Copies a fixture into a temporary directory (opening writes to the file) and opens it at
-/// `T0` plus a minute, within every record's lifetime.
+/// Copies a fixture (and its log, if it has one) into a temporary directory (opening writes to
+/// the files) and opens it at `T0` plus a minute, within every record's lifetime.
 fn open_copy(name: &str, verify: bool) -> (tempfile::TempDir, Result<Store, OpenError>) {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join(name);
     std::fs::copy(dir().join(name), &path)
         .unwrap_or_else(|e| panic!("fixture {name} is missing: {e}"));
+    let log = format!("{name}.wal");
+    if dir().join(&log).exists() {
+        std::fs::copy(dir().join(&log), tmp.path().join(&log)).unwrap();
+    }
     let clock = ManualClock::new(T0 + 60_000);
     let opened = Store::open(&path, config(&clock, verify));
     (tmp, opened)
@@ -138,19 +146,86 @@ fn write_fixtures() {
     }
     let out = dir();
     std::fs::create_dir_all(&out).unwrap();
+    // Existing files are kept: they pin what the build that wrote them wrote.
+    let write = |name: &str, data: &[u8]| {
+        let path = out.join(name);
+        if !path.exists() {
+            std::fs::write(path, data).unwrap();
+        }
+    };
     let clean = out.join("v1-clean.redb");
-    let _ = std::fs::remove_file(&clean);
+    if !clean.exists() {
+        let clock = ManualClock::new(T0);
+        let store = Store::open(
+            &clean,
+            Config::builder()
+                .clock(clock.clone())
+                .compactor_interval(Duration::from_secs(3600))
+                .durability(Durability::Immediate)
+                .write_ahead_log(false)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let in_flight = write_known(&store, &clock);
+        // The file as a crash after the last commit leaves it: not closed, the in-flight key
+        // held.
+        let crashed = std::fs::read(&clean).unwrap();
+        // Close with the reservation still held: the file keeps it in flight.
+        store.close().unwrap();
+        drop(in_flight);
+        write("v1-crashed.redb", &crashed);
+    }
+    write_damaged(&std::fs::read(&clean).unwrap(), &write);
+    if !out.join("v1-logged.redb").exists() {
+        write_logged(&write);
+    }
+    // The logged pair with one byte of the log flipped, in the middle of its entries.
+    let db = std::fs::read(out.join("v1-logged.redb")).unwrap();
+    let mut log = std::fs::read(out.join("v1-logged.redb.wal")).unwrap();
+    let at = log
+        .windows(9)
+        .position(|w| w == b"fixture-2")
+        .expect("the log holds fixture-2");
+    log[at] ^= 0x20;
+    write("v1-logged-flipped-log.redb", &db);
+    write("v1-logged-flipped-log.redb.wal", &log);
+}
+
+/// Writes the known records through a write-ahead log, then what a power loss that keeps no
+/// unsynced write of either disk leaves.
+fn write_logged(write: &dyn Fn(&str, &[u8])) {
     let clock = ManualClock::new(T0);
-    let store = Store::open(
-        &clean,
+    let db = SimDisk::new(Mode::Subset);
+    let log = db.sibling(Vec::new());
+    let store = Store::open_with_backends(
+        db.clone(),
+        log.clone(),
         Config::builder()
             .clock(clock.clone())
             .compactor_interval(Duration::from_secs(3600))
-            .durability(Durability::Immediate)
+            .write_ahead_log(true)
+            .log_capacity(64 << 10)
+            .checkpoint_interval(Duration::from_secs(3600))
             .build()
             .unwrap(),
     )
     .unwrap();
+    let held = write_known(&store, &clock);
+    assert_eq!(
+        store.stats().checkpoints,
+        0,
+        "the records must live in the log only"
+    );
+    write("v1-logged.redb", &db.synced_image());
+    write("v1-logged.redb.wal", &log.synced_image());
+    drop(held);
+    drop(store);
+}
+
+/// Writes the known records (and the purged key) to `store`; returns the reservation of the
+/// in-flight one.
+fn write_known(store: &Store, clock: &ManualClock) -> Option<idemstore::Reservation> {
     let mut in_flight = None;
     for k in known() {
         if k.response.is_none() {
@@ -179,21 +254,18 @@ fn write_fixtures() {
         }
         clock.advance(Duration::from_millis(10));
     }
-    // The file as a crash after the last commit leaves it: not closed, the in-flight key held.
-    let crashed = std::fs::read(&clean).unwrap();
-    // Close with the reservation still held: the file keeps it in flight, as after a crash.
-    store.close().unwrap();
-    drop(in_flight);
-    let bytes = std::fs::read(&clean).unwrap();
-    let write = |name: &str, data: &[u8]| std::fs::write(out.join(name), data).unwrap();
-    write("v1-crashed.redb", &crashed);
+    in_flight
+}
+
+/// Writes the damaged copies of the clean file's `bytes`.
+fn write_damaged(bytes: &[u8], write: &dyn Fn(&str, &[u8])) {
     write("v1-truncated-half.redb", &bytes[..bytes.len() / 2]);
     write("v1-truncated-100.redb", &bytes[..100]);
-    let mut zeroed = bytes.clone();
+    let mut zeroed = bytes.to_vec();
     zeroed[..512].fill(0);
     write("v1-zeroed-header.redb", &zeroed);
     // Every copy of fixture-3's record (pages are copied on write): its version byte flipped.
-    let mut flipped = bytes.clone();
+    let mut flipped = bytes.to_vec();
     let needle = b"acctfixture-3";
     let mut hits = 0;
     let mut at = 0;
@@ -209,12 +281,12 @@ fn write_fixtures() {
     assert!(hits > 0);
     write("v1-flipped-record.redb", &flipped);
     // One byte of fixture-2's response body changed, in every copy.
-    let mut body = bytes.clone();
+    let mut body = bytes.to_vec();
     let n = replace_all(&mut body, b"spanning pages. large", |w| w[0] = b'S');
     assert!(n > 0);
     write("v1-flipped-response.redb", &body);
     // The 4 KiB page holding fixture-0's record zeroed.
-    let mut page = bytes.clone();
+    let mut page = bytes.to_vec();
     let pos = page
         .windows(13)
         .rposition(|w| w == b"acctfixture-0")
@@ -294,6 +366,20 @@ fn c10_c12_the_clean_v1_file_replays_its_known_records() {
 }
 
 #[test]
+fn c10_c12_the_logged_v1_files_replay_every_record_from_the_log() {
+    for verify in [false, true] {
+        let (_tmp, opened) = open_copy("v1-logged.redb", verify);
+        let store = opened.unwrap();
+        assert!(store.stats().log_entries_replayed > 0);
+        assert_eq!(
+            check_answers(&store, "v1-logged", false, false),
+            known().len() - 1
+        );
+        store.close().unwrap();
+    }
+}
+
+#[test]
 fn c11_the_crash_image_fixture_is_repaired_and_keeps_every_record() {
     for verify in [false, true] {
         let (_tmp, opened) = open_copy("v1-crashed.redb", verify);
@@ -326,6 +412,8 @@ fn c11_damaged_fixtures_give_corrupted_or_a_store_that_never_lies() {
         ("v1-flipped-record.redb", false, true, false),
         ("v1-flipped-response.redb", false, true, true),
         ("v1-zeroed-page.redb", true, true, false),
+        // The log's entries are checksummed: replay stops at the damaged one.
+        ("v1-logged-flipped-log.redb", false, false, false),
     ];
     for (name, plain_refused, verify_refused, plain_serves_damage) in cases {
         for (verify, expect_refused) in [(false, plain_refused), (true, verify_refused)] {

@@ -1,7 +1,9 @@
 //! Operation sequences with power losses, on the simulated disk of the crash tests (C8, C10,
 //! C11).
 //!
-//! The input chooses everything: the mutating I/O call at which the power goes, the operations
+//! The input chooses everything: whether the store acknowledges through its write-ahead log (a
+//! second disk on the same power supply) or through durable database commits, the mutating
+//! I/O call of either disk at which the power goes, the operations
 //! (begin, complete with a kept or an unkept status, release, renew, purge, time passing), which
 //! unsynced writes the disk keeps (whole or torn at 512-byte sectors), and whether the power
 //! goes again while a store recovers the image. Afterwards the image must open; every
@@ -25,9 +27,15 @@ const T0: u64 = 1_767_225_600_000;
 const KEYS: usize = 4;
 const MAX_OPS: usize = 48;
 
+/// The smallest log, so a workload of a few kilobytes wraps it and checkpoints.
+const LOG_CAPACITY: u64 = 64 << 10;
+
 fn config(clock: &ManualClock) -> Config {
     Config::builder()
         .clock(clock.clone())
+        .log_capacity(LOG_CAPACITY)
+        // Checkpoints by log volume only, so a case does not depend on the machine's speed.
+        .checkpoint_interval(Duration::from_secs(3600))
         .compactor_interval(Duration::from_secs(3600))
         // A small index: building and dropping the default 65 536 slots dominated each run.
         .index_capacity(64)
@@ -53,7 +61,38 @@ struct KeyModel {
     given: Vec<Response>,
 }
 
+/// The database's disk and the log's, sharing one power supply.
+struct Disks {
+    db: SimDisk,
+    log: SimDisk,
+}
+
+impl Disks {
+    fn new() -> Disks {
+        let db = SimDisk::new(Mode::Subset);
+        let log = db.sibling(Vec::new());
+        Disks { db, log }
+    }
+
+    fn from_images((db, log): (Vec<u8>, Vec<u8>)) -> Disks {
+        let db = SimDisk::from_image(db);
+        let log = db.sibling(log);
+        Disks { db, log }
+    }
+
+    fn crash_images(&self, rng: &mut Rng, mode: Mode) -> (Vec<u8>, Vec<u8>) {
+        (
+            self.db.crash_image(rng, mode),
+            self.log.crash_image(rng, mode),
+        )
+    }
+}
+
 struct Case {
+    /// The store acknowledges through the write-ahead log.
+    wal: bool,
+    /// Padding added to response bodies, at most, so the log fills up and wraps.
+    pad_max: usize,
     clock: ManualClock,
     scope: Scope,
     keys: Vec<KeyModel>,
@@ -63,8 +102,10 @@ struct Case {
 }
 
 impl Case {
-    fn new() -> Case {
+    fn new(wal: bool, pad_max: usize) -> Case {
         Case {
+            wal,
+            pad_max,
             clock: ManualClock::new(T0),
             scope: Scope::new("acct").unwrap(),
             keys: (0..KEYS)
@@ -78,6 +119,14 @@ impl Case {
             held: Vec::new(),
             max_token: 0,
             attempt: 0,
+        }
+    }
+
+    fn open(&self, disks: &Disks) -> Result<Store, idemstore::OpenError> {
+        if self.wal {
+            Store::open_with_backends(disks.db.clone(), disks.log.clone(), config(&self.clock))
+        } else {
+            Store::open_with_backend(disks.db.clone(), config(&self.clock))
         }
     }
 
@@ -95,7 +144,12 @@ impl Case {
                 3 | 4 if !self.held.is_empty() => {
                     let i = usize::from(src.byte()) % self.held.len();
                     let kept = src.below(4) != 0;
-                    self.complete(i, kept)
+                    let pad = if self.pad_max == 0 {
+                        0
+                    } else {
+                        usize::from(src.u16()) % self.pad_max
+                    };
+                    self.complete(i, kept, pad)
                 }
                 5 if !self.held.is_empty() => {
                     let i = usize::from(src.byte()) % self.held.len();
@@ -163,14 +217,19 @@ impl Case {
         true
     }
 
-    fn complete(&mut self, i: usize, kept: bool) -> bool {
+    fn complete(&mut self, i: usize, kept: bool, pad: usize) -> bool {
         let (k, r) = self.held.swap_remove(i);
         self.attempt += 1;
         let status = if kept { 201 } else { 503 };
         let response = Response::new(
             status,
             [("x-attempt", self.attempt.to_string())],
-            format!("k{k} attempt {} token {}", self.attempt, r.token()),
+            format!(
+                "k{k} attempt {} token {} {}",
+                self.attempt,
+                r.token(),
+                "p".repeat(pad)
+            ),
         );
         if kept {
             self.keys[k].given.push(response.clone());
@@ -210,8 +269,9 @@ impl Case {
     }
 
     /// Opens the image and checks it against the model.
-    fn verify(&self, image: Vec<u8>) {
-        let store = Store::open_with_backend(SimDisk::from_image(image), config(&self.clock))
+    fn verify(&self, images: (Vec<u8>, Vec<u8>)) {
+        let store = self
+            .open(&Disks::from_images(images))
             .unwrap_or_else(|e| panic!("the image after a crash does not open (C11): {e}"));
         for (k, km) in self.keys.iter().enumerate() {
             let info = store.get(&self.scope, &km.key).unwrap();
@@ -277,27 +337,31 @@ impl Case {
 fuzz_target!(|data: &[u8]| {
     guarded(|| {
         let mut src = Src(data);
-        let arm = u64::from(src.u16() % 512) + 1;
+        let how = src.byte();
+        // Most cases acknowledge through the log, as the default configuration does.
+        let wal = how & 3 != 0;
+        let pad_max = if how & 4 != 0 { 3000 } else { 0 };
+        let arm = u64::from(src.u16() % if wal { 192 } else { 512 }) + 1;
         let torn = src.flag();
         let crash_in_recovery = src.below(4) == 0;
         let rearm = u64::from(src.below(128)) + 1;
         let mut rng = Rng::new(src.u64());
         let mode = if torn { Mode::Torn } else { Mode::Subset };
 
-        let mut case = Case::new();
-        let disk = SimDisk::new(Mode::Subset);
-        let store = Store::open_with_backend(disk.clone(), config(&case.clock)).unwrap();
-        disk.arm(arm);
-        case.workload(&store, &disk, &mut src);
+        let mut case = Case::new(wal, pad_max);
+        let disks = Disks::new();
+        let store = case.open(&disks).unwrap();
+        disks.db.arm(arm);
+        case.workload(&store, &disks.db, &mut src);
         // The process dies with the power, or stops here if the power held.
         case.held.clear();
         let _ = store.close();
-        let mut image = disk.crash_image(&mut rng, mode);
+        let mut images = disks.crash_images(&mut rng, mode);
 
         if crash_in_recovery {
-            let disk = SimDisk::from_image(image);
-            disk.arm(rearm);
-            if let Ok(store) = Store::open_with_backend(disk.clone(), config(&case.clock)) {
+            let disks = Disks::from_images(images);
+            disks.db.arm(rearm);
+            if let Ok(store) = case.open(&disks) {
                 // A key outside the model, so the model stays as it was.
                 let probe = Key::new("probe").unwrap();
                 let fp = Fingerprint::of_bytes(b"probe");
@@ -307,10 +371,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 let _ = store.close();
             } else {
-                assert!(disk.is_dead(), "recovery failed with the power on");
+                assert!(disks.db.is_dead(), "recovery failed with the power on");
             }
-            image = disk.crash_image(&mut rng, mode);
+            images = disks.crash_images(&mut rng, mode);
         }
-        case.verify(image);
+        case.verify(images);
     });
 });

@@ -1,9 +1,11 @@
 //! Opening arbitrary or damaged database files (C11, C12): an error or a usable store, never a
 //! panic, never a hang (libFuzzer's `-timeout` turns a hang into a finding).
 //!
-//! The first input byte picks the file: the rest of the input as raw bytes, or a real store
+//! The first input byte picks the files: the rest of the input as raw bytes, or a real store
 //! file (closed cleanly, or left as a crash leaves it) damaged by edits the input describes
-//! (bytes flipped or set, runs zeroed, the file cut short). A store that opens must answer
+//! (bytes flipped or set, runs zeroed, the file cut short), or the database and write-ahead log
+//! a power loss leaves (completions acknowledged through the log, not yet checkpointed), with
+//! the log or the database damaged, or the rest of the input as the log. A store that opens must answer
 //! every known key with a value and accept a new completion. With `verify_on_open`, a store
 //! that opens must never replay a response other than the one stored for that key: damage is
 //! refused or rolled back, never served.
@@ -23,6 +25,8 @@ const KEYS: usize = 24;
 fn config(verify: bool) -> Config {
     Config::builder()
         .clock(ManualClock::new(T0))
+        .log_capacity(64 << 10)
+        .checkpoint_interval(Duration::from_secs(3600))
         .compactor_interval(Duration::from_secs(3600))
         // A small index: building and dropping the default 65 536 slots dominated each run.
         .index_capacity(64)
@@ -55,30 +59,58 @@ fn response(i: usize) -> Option<Response> {
     })
 }
 
-/// Two real files: closed cleanly, and as a crash after the last commit leaves it.
-fn bases() -> &'static (Vec<u8>, Vec<u8>) {
-    static BASES: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+/// The base files.
+struct Bases {
+    /// Without a log, closed cleanly.
+    clean: Vec<u8>,
+    /// Without a log, as a crash after the last commit leaves it.
+    crashed: Vec<u8>,
+    /// With a log, as a power loss leaves both: the database as of its last durable commit
+    /// (the opening one) and the log holding every acknowledged completion.
+    logged: (Vec<u8>, Vec<u8>),
+}
+
+/// Writes the known keys: completes those with a response, returns the others held.
+fn write_keys(store: &Store) -> Vec<idemstore::Reservation> {
+    let mut held = Vec::new();
+    for i in 0..KEYS {
+        let Ok(Begin::Execute(r)) = store.begin(&scope(), &key(i), &fp(i)) else {
+            panic!("base file: begin {i}");
+        };
+        match response(i) {
+            Some(resp) => {
+                r.complete(resp).unwrap();
+            }
+            None => held.push(r),
+        }
+    }
+    held
+}
+
+fn bases() -> &'static Bases {
+    static BASES: OnceLock<Bases> = OnceLock::new();
     BASES.get_or_init(|| {
         let disk = SimDisk::new(Mode::Subset);
         let store = Store::open_with_backend(disk.clone(), config(false)).unwrap();
-        let mut held = Vec::new();
-        for i in 0..KEYS {
-            let Ok(Begin::Execute(r)) = store.begin(&scope(), &key(i), &fp(i)) else {
-                panic!("base file: begin {i}");
-            };
-            match response(i) {
-                Some(resp) => {
-                    r.complete(resp).unwrap();
-                }
-                None => held.push(r),
-            }
-        }
-        // Nothing is pending after an Immediate commit: this is what a crash leaves.
-        let crashed = disk.crash_image(&mut idemstore_fuzz::sim_disk::Rng::new(1), Mode::Subset);
+        let held = write_keys(&store);
+        // Nothing is pending after a durable commit: this is what a crash leaves.
+        let crashed = disk.synced_image();
         drop(held);
         store.close().unwrap();
-        let clean = disk.crash_image(&mut idemstore_fuzz::sim_disk::Rng::new(1), Mode::Subset);
-        (clean, crashed)
+        let clean = disk.synced_image();
+
+        let db = SimDisk::new(Mode::Subset);
+        let log = db.sibling(Vec::new());
+        let store = Store::open_with_backends(db.clone(), log.clone(), config(false)).unwrap();
+        let held = write_keys(&store);
+        let logged = (db.synced_image(), log.synced_image());
+        drop(held);
+        drop(store);
+        Bases {
+            clean,
+            crashed,
+            logged,
+        }
     })
 }
 
@@ -114,10 +146,18 @@ fn damage(image: &mut Vec<u8>, src: &mut Src) {
     }
 }
 
-/// Opens `image`; `check` says whether a response read must be the base file's.
-fn exercise(image: Vec<u8>, verify: bool, check: bool) {
-    let disk = SimDisk::from_image(image);
-    let Ok(store) = Store::open_with_backend(disk, config(verify)) else {
+/// Opens `image` (with `log` as its write-ahead log, if any); `check` says whether a response
+/// read must be the base file's.
+fn exercise(image: Vec<u8>, log: Option<Vec<u8>>, verify: bool, check: bool) {
+    let db = SimDisk::from_image(image);
+    let opened = match log {
+        Some(log) => {
+            let log = db.sibling(log);
+            Store::open_with_backends(db, log, config(verify))
+        }
+        None => Store::open_with_backend(db, config(verify)),
+    };
+    let Ok(store) = opened else {
         return;
     };
     let s = scope();
@@ -157,21 +197,36 @@ fuzz_target!(|data: &[u8]| {
         let mut src = Src(data);
         let how = src.byte();
         let verify = how & 0x10 != 0;
+        let bases = bases();
         match how & 3 {
             // Arbitrary bytes may form a valid file holding any response.
-            0 => exercise(src.0.to_vec(), verify, false),
+            0 => exercise(src.0.to_vec(), None, verify, false),
+            3 => {
+                let (mut db, mut log) = bases.logged.clone();
+                if how & 0x40 != 0 {
+                    // Arbitrary bytes as the log: an error or a store, whatever they hold.
+                    exercise(db, Some(src.0.to_vec()), verify, false);
+                    return;
+                }
+                let damaged = !src.is_empty();
+                let damage_db = how & 0x20 != 0;
+                if damaged {
+                    damage(if damage_db { &mut db } else { &mut log }, &mut src);
+                }
+                // The log's entries are checksummed: damage there is never served.
+                exercise(db, Some(log), verify, verify || !damaged || !damage_db);
+            }
             base => {
-                let (clean, crashed) = bases();
                 let mut image = if base == 1 {
-                    clean.clone()
+                    bases.clean.clone()
                 } else {
-                    crashed.clone()
+                    bases.crashed.clone()
                 };
                 let damaged = !src.is_empty();
                 if damaged {
                     damage(&mut image, &mut src);
                 }
-                exercise(image, verify, verify || !damaged);
+                exercise(image, None, verify, verify || !damaged);
             }
         }
     });
