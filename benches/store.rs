@@ -16,6 +16,10 @@
 //!   and for the 1,000 most recent ones; beside it the same lookup in a plain `HashMap` (the
 //!   floor on this machine) and the cost of the key's blake3 hash alone.
 //!
+//! - `open_full_log`: not a criterion benchmark: the time from `Store::open` to
+//!   the first answered `begin` when the write-ahead log holds about 30 MiB of entries to
+//!   replay.
+//!
 //! Environment:
 //! - `IDEMSTORE_BENCH=disk,replay_hit_1m` runs only the named groups (the criterion name filter
 //!   still applies inside them, but cannot skip the 1M-record preload);
@@ -901,6 +905,64 @@ fn fingerprint_1k_json(c: &mut Criterion) {
     group.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// open_full_log: recovery time with a log full of entries to replay.
+
+/// Fills the default 64 MiB log to just under the volume that starts a checkpoint (half of it)
+/// with begin-then-complete pairs, 64 threads, in the buffered mode (every entry is written,
+/// few syncs), then copies the database and its log while the store is quiet: the copy is what
+/// a crash at that moment leaves (the database at its opening checkpoint, every entry after it
+/// in the log). Times `Store::open` on the copy up to the first answered `begin`.
+fn open_full_log(plan: &Plan) {
+    let dir = tempfile::tempdir().unwrap();
+    let scopes = scopes();
+    let fp = Fingerprint::of_request("POST", "/v1/bookings", Some("application/json"), b"{}");
+    let body = response(0);
+    let config = || {
+        config(Durability::Buffered {
+            max_delay: Duration::from_millis(50),
+        })
+        .checkpoint_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+    };
+    let store = open(dir.path(), "full_log", config());
+    let target = if plan.quick { 1 << 20 } else { (32 << 20) - (2 << 20) };
+    let counter = AtomicU64::new(0);
+    let mut lat = Vec::new();
+    let mut pairs = 0u64;
+    while store.stats().log_bytes < target {
+        pairs_run(
+            &store, &scopes, &fp, &body, 64, 4096, &counter, 0xf1, &mut lat,
+        );
+        pairs += 4096;
+    }
+    store.flush().unwrap();
+    let stats = store.stats();
+    assert_eq!(stats.checkpoints, 0, "the fill must not checkpoint: {stats:?}");
+    let copy = dir.path().join("copy.redb");
+    std::fs::copy(dir.path().join("full_log.redb"), &copy).unwrap();
+    std::fs::copy(
+        dir.path().join("full_log.redb.wal"),
+        dir.path().join("copy.redb.wal"),
+    )
+    .unwrap();
+    store.close().unwrap();
+    let started = Instant::now();
+    let reopened = Store::open(&copy, config()).unwrap();
+    let first = reopened.begin(&scopes[0], &key(0xf1, 0), &fp).unwrap();
+    let took = started.elapsed();
+    assert!(matches!(first, Begin::Replay(_)));
+    let replayed = reopened.stats().log_entries_replayed;
+    println!(
+        "RECOVERY open_full_log: {pairs} pairs, {:.1} MiB of log in {replayed} entries replayed; \
+         open to first answered begin {:.0} ms",
+        stats.log_bytes as f64 / (1 << 20) as f64,
+        took.as_secs_f64() * 1e3
+    );
+    reopened.close().unwrap();
+}
+
 fn main() {
     let plan = Plan::from_env();
     let mut c = Criterion::default().configure_from_args();
@@ -918,6 +980,9 @@ fn main() {
     }
     if plan.wants("replay_hit_1m") {
         replay_hit_1m(&mut c, &plan);
+    }
+    if plan.wants("open_full_log") {
+        open_full_log(&plan);
     }
     if plan.wants("disk") {
         disk_probe(&plan, "end");
