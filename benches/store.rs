@@ -927,7 +927,11 @@ fn open_full_log(plan: &Plan) {
         .unwrap()
     };
     let store = open(dir.path(), "full_log", config());
-    let target = if plan.quick { 1 << 20 } else { (32 << 20) - (2 << 20) };
+    let target = if plan.quick {
+        1 << 20
+    } else {
+        (32 << 20) - (2 << 20)
+    };
     let counter = AtomicU64::new(0);
     let mut lat = Vec::new();
     let mut pairs = 0u64;
@@ -939,7 +943,10 @@ fn open_full_log(plan: &Plan) {
     }
     store.flush().unwrap();
     let stats = store.stats();
-    assert_eq!(stats.checkpoints, 0, "the fill must not checkpoint: {stats:?}");
+    assert_eq!(
+        stats.checkpoints, 0,
+        "the fill must not checkpoint: {stats:?}"
+    );
     let copy = dir.path().join("copy.redb");
     std::fs::copy(dir.path().join("full_log.redb"), &copy).unwrap();
     std::fs::copy(
