@@ -930,16 +930,16 @@ fn open_full_log(plan: &Plan) {
     let target = if plan.quick {
         1 << 20
     } else {
-        (32 << 20) - (2 << 20)
+        (32 << 20) - (4 << 20)
     };
     let counter = AtomicU64::new(0);
     let mut lat = Vec::new();
     let mut pairs = 0u64;
     while store.stats().log_bytes < target {
         pairs_run(
-            &store, &scopes, &fp, &body, 64, 4096, &counter, 0xf1, &mut lat,
+            &store, &scopes, &fp, &body, 64, 1024, &counter, 0xf1, &mut lat,
         );
-        pairs += 4096;
+        pairs += 1024;
     }
     store.flush().unwrap();
     let stats = store.stats();
