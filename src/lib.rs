@@ -43,6 +43,8 @@ mod file_device;
 mod fingerprint;
 #[cfg(test)]
 mod golden_tests;
+#[cfg(feature = "http")]
+pub mod http;
 mod index;
 mod key;
 mod machine;

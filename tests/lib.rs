@@ -29,3 +29,9 @@ mod policy;
 mod recovery;
 mod storm;
 mod wal;
+
+// The HTTP layer (feature `http`).
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "http")]
+mod http_support;

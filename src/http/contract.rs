@@ -1,0 +1,407 @@
+//! What the layer promises over HTTP: which requests it guards, how it names and scopes keys,
+//! what it fingerprints, its limits, and how it words its answers.
+//!
+//! Why: one value holds every HTTP-level choice (rules H1-H9), so a service states its
+//! idempotency contract in one place and the presets can be compared field by field.
+//! Invariant: every `Contract` is usable as it is; the only checks that need the store (its
+//! cache policy and response limit) are made by [`IdempotencyLayer::new`](super::IdempotencyLayer::new).
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderName, Method, StatusCode};
+
+use crate::{CachePolicy, Scope};
+
+/// A function that names the owner of a request's key (rule H7); `None` refuses the request
+/// with `401`.
+pub type ScopeFn = Arc<dyn Fn(&Parts) -> Option<Scope> + Send + Sync>;
+
+/// The body style of the layer's own answers (rule H8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ErrorStyle {
+    /// `application/json`: `{"error": {"code": "...", "message": "..."}}` (the default).
+    #[default]
+    Json,
+    /// RFC 9457 `application/problem+json`: `type`, `title`, `status`, `detail`, and the
+    /// machine-readable `code` as an extension member.
+    Problem,
+}
+
+/// What the layer does when the store cannot answer (`Unavailable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Answer `503` with code `idempotency_unavailable` and run nothing (the default): a
+    /// retry can never run the operation twice.
+    #[default]
+    FailClosed,
+    /// Run the request without idempotency protection: the service stays up, and a retry
+    /// during the outage may run the operation again.
+    FailOpen,
+}
+
+/// The status of a key reused for a different request (rule H5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ConflictStatus {
+    /// `409 Conflict` (the default, as in the bookings API).
+    #[default]
+    Conflict,
+    /// `422 Unprocessable Content`, as in the IETF draft.
+    UnprocessableContent,
+}
+
+impl ConflictStatus {
+    pub(crate) fn status(self) -> StatusCode {
+        match self {
+            ConflictStatus::Conflict => StatusCode::CONFLICT,
+            ConflictStatus::UnprocessableContent => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+}
+
+/// A route pattern: literal segments, `{name}` or `:name` for any one segment, and a final
+/// `{*name}` or `*` for any rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Route(Vec<Segment>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Any,
+    Rest,
+}
+
+impl Route {
+    fn parse(pattern: &str) -> Route {
+        Route(
+            segments(pattern)
+                .map(|s| {
+                    if s == "*" || s.starts_with("{*") {
+                        Segment::Rest
+                    } else if s.starts_with(':') || (s.starts_with('{') && s.ends_with('}')) {
+                        Segment::Any
+                    } else {
+                        Segment::Literal(s.to_owned())
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        let mut parts = segments(path);
+        for seg in &self.0 {
+            match seg {
+                Segment::Rest => return true,
+                Segment::Any => {
+                    if parts.next().is_none() {
+                        return false;
+                    }
+                }
+                Segment::Literal(l) => {
+                    if parts.next() != Some(l.as_str()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|s| !s.is_empty())
+}
+
+/// The layer's HTTP contract: every setting, with the bookings API's defaults.
+///
+/// Start from a preset and change what differs:
+///
+/// ```
+/// use idemstore::http::{Contract, ErrorStyle};
+/// let contract = Contract::default()
+///     .routes(["/v1/bookings", "/v1/bookings/{uid}/cancel"])
+///     .fingerprint_query(true)
+///     .max_request_body(64 * 1024)
+///     .error_style(ErrorStyle::Problem);
+/// assert!(contract.guards(&http::Method::POST, "/v1/bookings/bk_1/cancel"));
+/// assert!(!contract.guards(&http::Method::GET, "/v1/bookings"));
+/// ```
+#[derive(Clone)]
+pub struct Contract {
+    pub(crate) header: HeaderName,
+    pub(crate) methods: Vec<Method>,
+    routes: Vec<Route>,
+    pub(crate) key_required: bool,
+    pub(crate) scope: ScopeFn,
+    pub(crate) fingerprint_query: bool,
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_stored_response: Option<usize>,
+    pub(crate) cache_policy: Option<CachePolicy>,
+    pub(crate) conflict: ConflictStatus,
+    pub(crate) error_style: ErrorStyle,
+    pub(crate) replay_header: HeaderName,
+    pub(crate) replayed_headers: Vec<HeaderName>,
+    pub(crate) on_store_error: OnStoreError,
+}
+
+/// The default request body limit: 1 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+impl Default for Contract {
+    /// The bookings API (seed 000): `Idempotency-Key` required on `POST` and `PATCH`, scoped
+    /// by the `Authorization` credentials, `409` on conflict, JSON errors, 2xx stored (the
+    /// store's policy), `Idempotent-Replay: true` on replays, fail closed.
+    fn default() -> Contract {
+        Contract {
+            header: HeaderName::from_static("idempotency-key"),
+            methods: vec![Method::POST, Method::PATCH],
+            routes: Vec::new(),
+            key_required: true,
+            scope: Arc::new(scope_from_authorization),
+            fingerprint_query: false,
+            fingerprint_headers: Vec::new(),
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            max_stored_response: None,
+            cache_policy: None,
+            conflict: ConflictStatus::Conflict,
+            error_style: ErrorStyle::Json,
+            replay_header: HeaderName::from_static("idempotent-replay"),
+            replayed_headers: vec![
+                http::header::CONTENT_TYPE,
+                http::header::LOCATION,
+                http::header::ETAG,
+            ],
+            on_store_error: OnStoreError::FailClosed,
+        }
+    }
+}
+
+/// The default scope (rule H7): a digest of the `Authorization` header's value, so the same
+/// key sent with two credentials names two records, and no credential is stored in clear.
+/// `None` (no header) refuses the request.
+///
+/// ```
+/// let req = http::Request::post("/").header("authorization", "Bearer t1").body(()).unwrap();
+/// let (parts, _) = req.into_parts();
+/// let scope = idemstore::http::scope_from_authorization(&parts).unwrap();
+/// assert!(scope.as_str().starts_with("auth:"));
+/// ```
+pub fn scope_from_authorization(parts: &Parts) -> Option<Scope> {
+    let value = parts.headers.get(http::header::AUTHORIZATION)?;
+    if value.is_empty() {
+        return None;
+    }
+    let digest = blake3::hash(value.as_bytes());
+    let hex: String = digest.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Scope::new(format!("auth:{hex}")).ok()
+}
+
+impl Contract {
+    /// The IETF draft (`draft-ietf-httpapi-idempotency-key-header`): the bookings defaults,
+    /// but a key reused for another request gets `422`, and every error is RFC 9457
+    /// `application/problem+json`.
+    pub fn ietf() -> Contract {
+        Contract::default()
+            .conflict_status(ConflictStatus::UnprocessableContent)
+            .error_style(ErrorStyle::Problem)
+    }
+
+    /// Stripe's behaviour: the key is optional (a request without one runs unguarded), every
+    /// result is stored and replayed, 5xx included (open the store with
+    /// [`CachePolicy::All`]), and replays carry `Idempotent-Replayed: true`.
+    pub fn stripe_like() -> Contract {
+        Contract::default()
+            .key_required(false)
+            .cache_policy(CachePolicy::All)
+            .replay_header(HeaderName::from_static("idempotent-replayed"))
+    }
+
+    /// The request header that carries the key (default `Idempotency-Key`).
+    pub fn header(mut self, name: HeaderName) -> Self {
+        self.header = name;
+        self
+    }
+
+    /// The methods guarded (rule H1; default `POST`, `PATCH`). Other methods pass through
+    /// untouched, whatever headers they carry.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Guards only these route patterns (default: every path). A pattern is a path whose
+    /// segments are literals, `{name}` or `:name` (any one segment), or a final `{*name}` or
+    /// `*` (any rest): `/v1/bookings/{uid}/cancel`.
+    pub fn routes<I, P>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        self.routes = patterns
+            .into_iter()
+            .map(|p| Route::parse(p.as_ref()))
+            .collect();
+        self
+    }
+
+    /// Whether a request without the header is refused with `400 missing_idempotency_key`
+    /// (`true`, the default) or passed through unguarded (`false`) (rule H2).
+    pub fn key_required(mut self, required: bool) -> Self {
+        self.key_required = required;
+        self
+    }
+
+    /// How the scope is taken from the request (rule H7; default
+    /// [`scope_from_authorization`]). Returning `None` refuses the request with
+    /// `401 unauthenticated`; a service without authentication returns a constant scope.
+    ///
+    /// ```
+    /// use idemstore::{Scope, http::Contract};
+    /// // An authentication layer outside this one put the account in the extensions.
+    /// #[derive(Clone)]
+    /// struct Account(Scope);
+    /// let contract = Contract::default()
+    ///     .scope(|parts| parts.extensions.get::<Account>().map(|a| a.0.clone()));
+    /// ```
+    pub fn scope(mut self, f: impl Fn(&Parts) -> Option<Scope> + Send + Sync + 'static) -> Self {
+        self.scope = Arc::new(f);
+        self
+    }
+
+    /// Whether the query string is part of the fingerprint (default `false`: method, path
+    /// and body only).
+    pub fn fingerprint_query(mut self, on: bool) -> Self {
+        self.fingerprint_query = on;
+        self
+    }
+
+    /// Adds a request header to the fingerprint (all its values, in order).
+    pub fn fingerprint_header(mut self, name: HeaderName) -> Self {
+        self.fingerprint_headers.push(name);
+        self
+    }
+
+    /// The largest request body of a guarded request, in bytes (rule H9; default 1 MiB). A
+    /// larger one gets `413 request_too_large` before any reservation is made.
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.max_request_body = bytes;
+        self
+    }
+
+    /// The largest response kept for replay, as the store counts it (status, headers and
+    /// body; default: the store's `max_response_bytes`, which is also the upper bound).
+    ///
+    /// A larger response is still sent whole to the client that ran the operation, and the
+    /// key is completed with the same status and headers but a short JSON body saying that
+    /// the original was too large to keep: a retry is told what happened and never runs the
+    /// operation again.
+    pub fn max_stored_response(mut self, bytes: usize) -> Self {
+        self.max_stored_response = Some(bytes);
+        self
+    }
+
+    /// Which statuses are stored (rule C7; default: the store's own policy). A status not
+    /// kept releases the key, so the next attempt runs again. It may not keep more than the
+    /// store's policy; [`IdempotencyLayer::new`](super::IdempotencyLayer::new) checks.
+    pub fn cache_policy(mut self, policy: CachePolicy) -> Self {
+        self.cache_policy = Some(policy);
+        self
+    }
+
+    /// The status of a key reused for a different request (rule H5; default `409`).
+    pub fn conflict_status(mut self, status: ConflictStatus) -> Self {
+        self.conflict = status;
+        self
+    }
+
+    /// The body style of the layer's own answers (rule H8; default JSON).
+    pub fn error_style(mut self, style: ErrorStyle) -> Self {
+        self.error_style = style;
+        self
+    }
+
+    /// The header set to `true` on replays (rule H4; default `Idempotent-Replay`).
+    pub fn replay_header(mut self, name: HeaderName) -> Self {
+        self.replay_header = name;
+        self
+    }
+
+    /// Adds a response header to those stored and replayed (default: `Content-Type`,
+    /// `Location`, `ETag`).
+    pub fn replay_response_header(mut self, name: HeaderName) -> Self {
+        if !self.replayed_headers.contains(&name) {
+            self.replayed_headers.push(name);
+        }
+        self
+    }
+
+    /// What to do when the store cannot answer (default [`OnStoreError::FailClosed`]).
+    pub fn on_store_error(mut self, choice: OnStoreError) -> Self {
+        self.on_store_error = choice;
+        self
+    }
+
+    /// Whether a request with this method and path is guarded (rule H1).
+    pub fn guards(&self, method: &Method, path: &str) -> bool {
+        self.methods.contains(method)
+            && (self.routes.is_empty() || self.routes.iter().any(|r| r.matches(path)))
+    }
+}
+
+impl fmt::Debug for Contract {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Contract")
+            .field("header", &self.header)
+            .field("methods", &self.methods)
+            .field("routes", &self.routes)
+            .field("key_required", &self.key_required)
+            .field("fingerprint_query", &self.fingerprint_query)
+            .field("fingerprint_headers", &self.fingerprint_headers)
+            .field("max_request_body", &self.max_request_body)
+            .field("max_stored_response", &self.max_stored_response)
+            .field("cache_policy", &self.cache_policy)
+            .field("conflict", &self.conflict)
+            .field("error_style", &self.error_style)
+            .field("replay_header", &self.replay_header)
+            .field("replayed_headers", &self.replayed_headers)
+            .field("on_store_error", &self.on_store_error)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h1_route_patterns() {
+        let r = Route::parse("/v1/bookings/{uid}/cancel");
+        assert!(r.matches("/v1/bookings/bk_1/cancel"));
+        assert!(r.matches("/v1/bookings/bk_1/cancel/"));
+        assert!(!r.matches("/v1/bookings/bk_1"));
+        assert!(!r.matches("/v1/bookings/bk_1/cancel/x"));
+        assert!(Route::parse("/v1/:id").matches("/v1/x"));
+        assert!(Route::parse("/v1/{*rest}").matches("/v1/a/b/c"));
+        assert!(Route::parse("/").matches("/"));
+        assert!(!Route::parse("/").matches("/a"));
+    }
+
+    #[test]
+    fn h1_default_guards_post_and_patch_everywhere() {
+        let c = Contract::default();
+        assert!(c.guards(&Method::POST, "/anything"));
+        assert!(c.guards(&Method::PATCH, "/"));
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE] {
+            assert!(!c.guards(&m, "/anything"));
+        }
+    }
+}

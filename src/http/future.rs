@@ -1,0 +1,305 @@
+//! [`ResponseFuture`], and the guarded path it drives.
+//!
+//! Why: an answer known at `call` time (a refusal, an unguarded pass-through) is a variant of
+//! the future, not a boxed one; only a guarded request, which awaits the request body, the
+//! store, the inner service, the response body and the store again, is one boxed future.
+//!
+//! Invariants of the guarded path, in order: the request body is read whole, up to the limit,
+//! before the store is asked (rule H9); the inner service runs only after `Execute`; the
+//! reservation is released whenever no response is stored: the service failed, panicked, or was
+//! cancelled (its future dropped: the client went away), its status is not kept (C6, C7), or its
+//! body failed; a stored response is durable before the client sees it (C10); a response too
+//! large to keep is stored as its status and headers with a note for a body, so a retry never
+//! runs the operation again.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_TYPE;
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::answer::{self, code};
+use super::body::{BoxError, RequestBody, ResponseBody};
+use super::contract::OnStoreError;
+use super::layer::Shared;
+use super::request::fingerprint;
+use super::service::too_large;
+use crate::{Begin, BeginError, Key, Reservation, Scope};
+
+type Guarded<ResBody, E> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<ResBody>>, E>> + Send>>;
+
+pin_project! {
+    /// The future of [`Idempotency`](super::Idempotency)'s responses.
+    pub struct ResponseFuture<F, ResBody, E> {
+        #[pin]
+        kind: Kind<F, ResBody, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, ResBody, E> {
+        // An answer made without the store or the inner service.
+        Early { response: Option<Response<ResponseBody<ResBody>>> },
+        // A request the contract does not guard: the inner service's future, as it is.
+        Unguarded { #[pin] future: F },
+        // A guarded request.
+        Guarded { future: Guarded<ResBody, E> },
+    }
+}
+
+impl<F, ResBody, E> ResponseFuture<F, ResBody, E> {
+    pub(crate) fn early(response: Response<ResponseBody<ResBody>>) -> Self {
+        ResponseFuture {
+            kind: Kind::Early {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn unguarded(future: F) -> Self {
+        ResponseFuture {
+            kind: Kind::Unguarded { future },
+        }
+    }
+
+    pub(crate) fn guarded(future: Guarded<ResBody, E>) -> Self {
+        ResponseFuture {
+            kind: Kind::Guarded { future },
+        }
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F, ResBody, E>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Early { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                // Polled after completion: stay pending rather than panic.
+                None => Poll::Pending,
+            },
+            KindProj::Unguarded { future } => future
+                .poll(cx)
+                .map(|r| r.map(|res| res.map(ResponseBody::inner))),
+            KindProj::Guarded { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, ResBody, E> std::fmt::Debug for ResponseFuture<F, ResBody, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Early { .. } => "Early",
+            Kind::Unguarded { .. } => "Unguarded",
+            Kind::Guarded { .. } => "Guarded",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+pin_project! {
+    /// The inner service's future with the reservation it runs under. The reservation is the
+    /// first field, so dropping this (a cancelled request) releases the key before the inner
+    /// future is dropped: whatever the handler observes of its own cancellation, the key is
+    /// already free.
+    struct Executing<F> {
+        reservation: Option<Reservation>,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Executing<F> {
+    type Output = (Option<Reservation>, F::Output);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.future.poll(cx));
+        Poll::Ready((this.reservation.take(), out))
+    }
+}
+
+/// The guarded path: read, ask the store, run, store, answer.
+pub(crate) async fn guarded<S, B, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    parts: Parts,
+    body: B,
+    scope: Scope,
+    key: Key,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    let contract = &shared.contract;
+    let style = contract.error_style;
+    let bytes = match Limited::new(body, contract.max_request_body)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Ok(too_large(&shared)),
+        Err(e) => {
+            return Ok(answer::error(
+                style,
+                StatusCode::BAD_REQUEST,
+                code::UNREADABLE,
+                &format!("the request body could not be read: {e}"),
+            ));
+        }
+    };
+    let fp = fingerprint(&parts, &bytes, contract);
+    let reservation = match shared.store.begin_async(&scope, &key, &fp).await {
+        Ok(Begin::Execute(reservation)) => Some(reservation),
+        Ok(Begin::Replay(stored)) => return Ok(answer::replay(&stored, &contract.replay_header)),
+        Ok(Begin::InProgress { retry_after }) => {
+            return Ok(answer::in_progress(style, retry_after));
+        }
+        Ok(Begin::Conflict) => {
+            return Ok(answer::error(
+                style,
+                contract.conflict.status(),
+                code::CONFLICT,
+                &format!(
+                    "this {} was already used for a different request",
+                    contract.header
+                ),
+            ));
+        }
+        Err(BeginError::InvalidKey(e)) => {
+            return Ok(answer::error(
+                style,
+                StatusCode::BAD_REQUEST,
+                code::INVALID_KEY,
+                &format!("invalid {} header: {e}", contract.header),
+            ));
+        }
+        Err(e) => match contract.on_store_error {
+            OnStoreError::FailOpen => None,
+            _ => {
+                return Ok(answer::error(
+                    style,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code::UNAVAILABLE,
+                    &format!("the idempotency store cannot answer: {e}"),
+                ));
+            }
+        },
+    };
+    let request = Request::from_parts(parts, RequestBody::buffered(bytes));
+    let (reservation, result) = Executing {
+        reservation,
+        future: inner.call(request),
+    }
+    .await;
+    // An error drops the reservation: the key is released (C6).
+    let response = result?;
+    let Some(reservation) = reservation else {
+        // Failed open: nothing to store.
+        return Ok(response.map(ResponseBody::inner));
+    };
+    let status = response.status();
+    if !shared.policy.keeps(status.as_u16()) {
+        drop(reservation);
+        return Ok(response.map(ResponseBody::inner));
+    }
+    store_and_answer(&shared, reservation, response).await
+}
+
+/// Reads the response body (up to what can be stored), completes the reservation, and
+/// returns the response.
+async fn store_and_answer<ResBody, E>(
+    shared: &Shared,
+    reservation: Reservation,
+    response: Response<ResBody>,
+) -> Result<Response<ResponseBody<ResBody>>, E>
+where
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, mut body) = response.into_parts();
+    let contract = &shared.contract;
+    let status = parts.status;
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in &contract.replayed_headers {
+        for value in parts.headers.get_all(name) {
+            kept.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+        }
+    }
+    let base = crate::Response::new(status.as_u16(), kept.iter().cloned(), Vec::new());
+    let budget = shared.max_stored.saturating_sub(base.encoded_len());
+    let mut buf = BytesMut::new();
+    let mut oversized = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                // Trailers are neither stored nor forwarded.
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > budget {
+                        oversized = true;
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                // The response cannot be told whole: the key is released (C6), and the client
+                // sees the body fail as it would have without the layer.
+                drop(reservation);
+                return Ok(Response::from_parts(parts, ResponseBody::failed(e.into())));
+            }
+        }
+    }
+    let read = buf.freeze();
+    let stored = if oversized {
+        let (content_type, note) = answer::not_kept_body(contract.error_style, status, read.len());
+        let headers = kept
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case(CONTENT_TYPE.as_str()))
+            .cloned()
+            .chain([(
+                CONTENT_TYPE.as_str().to_owned(),
+                content_type.as_bytes().to_vec(),
+            )]);
+        crate::Response::new(status.as_u16(), headers, note)
+    } else {
+        crate::Response::new(status.as_u16(), kept, read.to_vec())
+    };
+    if stored.encoded_len() <= shared.max_stored {
+        // The operation ran: whatever the store answers, the client gets its response. A
+        // failed completion leaves the key to its lease (or releases it), never stores a
+        // wrong answer.
+        let _ = reservation.complete_async(stored).await;
+    } else {
+        // Even the note does not fit (the headers alone are too large): release, C6.
+        drop(reservation);
+    }
+    let body = if oversized {
+        ResponseBody::inner_after(read, body)
+    } else {
+        ResponseBody::full(read)
+    };
+    // The bytes sent are the bytes the service made, so its headers (a Content-Length among
+    // them) stay true.
+    Ok(Response::from_parts(parts, body))
+}

@@ -1,0 +1,133 @@
+//! [`IdempotencyLayer`]: the tower `Layer` that wraps a service in [`Idempotency`].
+//!
+//! Why: the layer is what a service installs (`Router::layer`, `ServiceBuilder::layer`); it
+//! holds the store and the contract and checks once, at construction, that they agree.
+//! Invariant: every `Idempotency` made by one layer shares its store and contract.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::contract::Contract;
+use super::service::Idempotency;
+use crate::{CachePolicy, Store};
+
+/// What the layer needs from the store and the contract, shared by every service it makes.
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) contract: Contract,
+    /// The stored-response limit in force: the contract's, or the store's.
+    pub(crate) max_stored: usize,
+    /// The cache policy in force: the contract's, or the store's.
+    pub(crate) policy: CachePolicy,
+}
+
+/// A [`Contract`] that the store cannot keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ContractError {
+    /// The contract's cache policy stores a status that the store's policy releases: such a
+    /// response would be released, and a retry would run the operation again.
+    CachePolicyWiderThanStore {
+        /// The contract's policy.
+        contract: CachePolicy,
+        /// The store's policy.
+        store: CachePolicy,
+    },
+    /// The contract's stored-response limit is above the store's `max_response_bytes`.
+    StoredResponseLimitAboveStore {
+        /// The contract's limit.
+        contract: usize,
+        /// The store's limit.
+        store: usize,
+    },
+}
+
+impl fmt::Display for ContractError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ContractError::CachePolicyWiderThanStore { contract, store } => write!(
+                f,
+                "the contract's cache policy {contract:?} keeps statuses the store's policy {store:?} releases; open the store with a policy at least as wide"
+            ),
+            ContractError::StoredResponseLimitAboveStore { contract, store } => write!(
+                f,
+                "the contract's stored-response limit ({contract} bytes) is above the store's max_response_bytes ({store} bytes)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ContractError {}
+
+/// The tower layer that makes a service's writes safe to retry, on an idemstore [`Store`].
+///
+/// ```
+/// use idemstore::http::{Contract, IdempotencyLayer};
+/// use idemstore::{Config, Store};
+///
+/// let store = Store::in_memory(Config::default())?;
+/// let layer = IdempotencyLayer::new(store, Contract::default())?;
+/// // axum: Router::new().route(...).layer(layer)
+/// // tower: ServiceBuilder::new().layer(layer).service(svc)
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    shared: Arc<Shared>,
+}
+
+impl IdempotencyLayer {
+    /// A layer keeping `contract` on `store`. Fails if the contract asks for more than the
+    /// store keeps (a wider cache policy, a larger stored response).
+    pub fn new(store: Store, contract: Contract) -> Result<IdempotencyLayer, ContractError> {
+        let config = store.config();
+        let store_policy = config.cache_policy();
+        let policy = contract.cache_policy.unwrap_or(store_policy);
+        if (100..=999).any(|s| policy.keeps(s) && !store_policy.keeps(s)) {
+            return Err(ContractError::CachePolicyWiderThanStore {
+                contract: policy,
+                store: store_policy,
+            });
+        }
+        let store_max = config.max_response_bytes();
+        let max_stored = contract.max_stored_response.unwrap_or(store_max);
+        if max_stored > store_max {
+            return Err(ContractError::StoredResponseLimitAboveStore {
+                contract: max_stored,
+                store: store_max,
+            });
+        }
+        Ok(IdempotencyLayer {
+            shared: Arc::new(Shared {
+                store,
+                contract,
+                max_stored,
+                policy,
+            }),
+        })
+    }
+
+    /// The contract this layer keeps.
+    pub fn contract(&self) -> &Contract {
+        &self.shared.contract
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Idempotency<S> {
+        Idempotency::from_shared(inner, Arc::clone(&self.shared))
+    }
+}
+
+impl fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("store", &self.shared.store)
+            .field("contract", &self.shared.contract)
+            .finish()
+    }
+}

@@ -1,0 +1,152 @@
+//! The tower middleware: HTTP write endpoints that are safe to retry (feature `http`).
+//!
+//! [`IdempotencyLayer`] wraps any tower [`Service`](tower_service::Service) of
+//! `http::Request`s (an axum 0.8 `Router`, a hyper 1 service, a `tower::service_fn`). For each
+//! guarded request (by default every `POST` and `PATCH` carrying an `Idempotency-Key`) it asks
+//! the [`Store`](crate::Store) what to do, and:
+//!
+//! | The store says | The client gets | Rule |
+//! |---|---|---|
+//! | first attempt | the service's response, stored (durably, by default) before it is sent | C2, C10 |
+//! | same key, same request, done | the stored status, headers and body, plus `Idempotent-Replay: true`; the service does not run | H4, C3 |
+//! | same key, same request, running | `409 idempotency_in_progress`, `Retry-After: 1` | H6, C5 |
+//! | same key, different request | `409 idempotency_key_conflict` (or `422`) | H5, C4 |
+//! | the store cannot answer | `503 idempotency_unavailable` (or, if chosen, the request runs unguarded) | |
+//!
+//! and before the store is asked: no key on a guarded request → `400 missing_idempotency_key`
+//! (H2); a key that is empty, too long or not visible ASCII → `400 invalid_idempotency_key`
+//! (H3; `"abc"` in quotes is the key `abc`); no credentials to scope the key → `401
+//! unauthenticated` (H7); a body over the limit → `413 request_too_large` (H9). Errors are
+//! `{"error": {"code": "...", "message": "..."}}` (H8), or RFC 9457 problem details.
+//!
+//! # Using it with axum
+//!
+//! ```
+//! use axum::{Json, Router, routing::post};
+//! use idemstore::http::{Contract, IdempotencyLayer};
+//! use idemstore::{Config, Store};
+//!
+//! async fn create_booking(Json(body): Json<serde_json::Value>) -> (http::StatusCode, String) {
+//!     (http::StatusCode::CREATED, format!("booked {}", body["start"]))
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("idem.redb");
+//! let store = Store::open(&path, Config::default())?;
+//! let app: Router = Router::new()
+//!     .route("/v1/bookings", post(create_booking))
+//!     .layer(IdempotencyLayer::new(store, Contract::default())?);
+//! // axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What a retry sees
+//!
+//! A runnable round trip with `tower::ServiceExt::oneshot` (no network):
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use idemstore::http::{Contract, IdempotencyLayer};
+//! use idemstore::{Config, Store};
+//! use tower::{Layer, ServiceExt};
+//!
+//! # fn main() -> Result<(), idemstore::http::BoxError> {
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! let store = Store::in_memory(Config::default())?;
+//! let layer = IdempotencyLayer::new(store, Contract::default())?;
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+//! let counted = calls.clone();
+//! let service = layer.layer(tower::service_fn(move |_req| {
+//!     let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+//!     async move {
+//!         let body = Full::new(bytes::Bytes::from(format!(r#"{{"booking":{n}}}"#)));
+//!         let mut response = Response::new(body);
+//!         *response.status_mut() = StatusCode::CREATED;
+//!         Ok::<_, Infallible>(response)
+//!     }
+//! }));
+//! let request = |body: &'static str| {
+//!     Request::post("/v1/bookings")
+//!         .header("authorization", "Bearer t1")
+//!         .header("idempotency-key", "k-1")
+//!         .header("content-type", "application/json")
+//!         .body(Full::new(bytes::Bytes::from(body)))
+//! };
+//!
+//! let first = service.clone().oneshot(request(r#"{"start":"10:00","seats":1}"#)?).await?;
+//! assert_eq!(first.status(), StatusCode::CREATED);
+//!
+//! // The retry: keys reordered, whitespace changed; the service does not run again.
+//! let retry = service.clone().oneshot(request(r#"{ "seats": 1, "start": "10:00" }"#)?).await?;
+//! assert_eq!(retry.status(), StatusCode::CREATED);
+//! assert_eq!(retry.headers()["idempotent-replay"], "true");
+//! assert_eq!(retry.into_body().collect().await?.to_bytes(), r#"{"booking":1}"#);
+//!
+//! // The same key for another request is a conflict.
+//! let other = service.clone().oneshot(request(r#"{"start":"11:00","seats":1}"#)?).await?;
+//! assert_eq!(other.status(), StatusCode::CONFLICT);
+//! assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+//! # Ok::<(), idemstore::http::BoxError>(())
+//! # })
+//! # }
+//! ```
+//!
+//! # Choosing a contract
+//!
+//! [`Contract::default()`] is the bookings API: key required on `POST` and `PATCH`, scope from
+//! the `Authorization` credentials, 2xx stored, `409` on conflict, JSON errors.
+//! [`Contract::ietf()`] answers a conflict with `422` and every error with
+//! `application/problem+json`, as the IETF draft does. [`Contract::stripe_like()`] makes the
+//! key optional and stores every result (open the store with
+//! [`CachePolicy::All`](crate::CachePolicy::All)), marking replays `Idempotent-Replayed: true`.
+//! Every setting is a method on [`Contract`]: the header, methods and routes, the scope, what the
+//! fingerprint covers, the limits, the cache policy, the conflict status, the error style, and
+//! what happens when the store is down ([`OnStoreError`]).
+//!
+//! # What it guarantees, and what it does not
+//!
+//! * **One execution per key** (C1): of concurrent identical requests, one runs; the others get
+//!   `409 idempotency_in_progress` until it is done, then the replay.
+//! * **Release on failure** (C6): if the service returns an error, panics, produces a status
+//!   the cache policy does not keep, or its future is dropped because the client went away,
+//!   the key is released and the next attempt runs.
+//! * **Durable before sent**: in the store's default durability mode the response is on disk
+//!   before the client sees it, so a crash after a response never lets a retry run again.
+//! * **Responses too large to keep**: a response whose encoded size (status, replayed headers,
+//!   body) is over [`Contract::max_stored_response`] is sent whole to its client, and the key is
+//!   completed with the same status and replayed headers and a short body (in the error style,
+//!   code `idempotent_response_too_large`, with the content type of that style) saying that the
+//!   operation ran and its body was too large to keep. A retry sees that note, never a second
+//!   execution.
+//! * **Stored headers**: `Content-Type`, `Location` and `ETag` (add more with
+//!   [`Contract::replay_response_header`]). Trailers are neither stored nor forwarded on
+//!   guarded responses.
+//! * **The runtime is never blocked**: the layer uses the store's async calls, which are woken
+//!   by the store's writer thread; it works on any executor.
+//! * **Costs**: unguarded requests and early refusals are variants of [`ResponseFuture`] and
+//!   allocate nothing extra; a guarded request boxes one future and holds its request body and
+//!   (up to the stored limit) its response body in memory.
+//! * **Not covered**: a handler that runs longer than the store's lease (60 s by default) can
+//!   be taken over by a retry (C8); raise the lease for such operations. Idempotency is not
+//!   concurrency control: use `ETag`/`If-Match` for concurrent edits (the `idemstore serve`
+//!   demo shows both).
+
+mod answer;
+mod body;
+mod contract;
+mod future;
+mod layer;
+mod request;
+mod service;
+
+pub use body::{BoxError, RequestBody, ResponseBody};
+pub use contract::{
+    ConflictStatus, Contract, DEFAULT_MAX_REQUEST_BODY, ErrorStyle, OnStoreError, ScopeFn,
+    scope_from_authorization,
+};
+pub use future::ResponseFuture;
+pub use layer::{ContractError, IdempotencyLayer};
+pub use service::Idempotency;

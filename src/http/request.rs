@@ -1,0 +1,108 @@
+//! Reading a request: its idempotency key (rules H2, H3) and its fingerprint.
+//!
+//! Why: the key's syntax over HTTP (a bare token or a quoted structured-field string) and the
+//! parts of a request that identify it are HTTP matters the store does not know about.
+//! Invariant: `"abc"` and `abc` give the same key; anything that is not one visible-ASCII key
+//! within the store's limit is refused, never truncated or guessed.
+
+use http::HeaderMap;
+use http::request::Parts;
+
+use super::contract::Contract;
+use crate::{Fingerprint, Key, Store};
+
+/// What is wrong with a request's key header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyProblem {
+    /// No header.
+    Missing,
+    /// A header that is not a valid key; the text says why.
+    Invalid(String),
+}
+
+/// The key sent in `contract.header`, checked against the store's key limit.
+pub(crate) fn read_key(
+    headers: &HeaderMap,
+    contract: &Contract,
+    store: &Store,
+) -> Result<Key, KeyProblem> {
+    let mut values = headers.get_all(&contract.header).iter();
+    let Some(value) = values.next() else {
+        return Err(KeyProblem::Missing);
+    };
+    if values.next().is_some() {
+        return Err(KeyProblem::Invalid(format!(
+            "the {} header is sent more than once",
+            contract.header
+        )));
+    }
+    let raw = value.as_bytes();
+    let bare = unquote(raw)
+        .ok_or_else(|| KeyProblem::Invalid("the key is a malformed quoted string".to_owned()))?;
+    let text = std::str::from_utf8(&bare)
+        .map_err(|_| KeyProblem::Invalid("the key is not visible ASCII".to_owned()))?;
+    store
+        .key(text)
+        .map_err(|e| KeyProblem::Invalid(format!("{e}")))
+}
+
+/// A structured-field string (`"abc"`, with `\"` and `\\` escapes) unquoted; any other value
+/// as it is. `None` for a string that opens a quote and does not close it properly.
+fn unquote(raw: &[u8]) -> Option<Vec<u8>> {
+    let Some(inner) = raw.strip_prefix(b"\"") else {
+        return Some(raw.to_vec());
+    };
+    let inner = inner.strip_suffix(b"\"")?;
+    let mut out = Vec::with_capacity(inner.len());
+    let mut bytes = inner.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(&e @ (b'"' | b'\\')) => out.push(e),
+                _ => return None,
+            },
+            b'"' => return None,
+            b => out.push(b),
+        }
+    }
+    Some(out)
+}
+
+/// The request's fingerprint: method, path, optionally query and chosen headers, and the
+/// body (canonical JSON under a JSON content type).
+pub(crate) fn fingerprint(parts: &Parts, body: &[u8], contract: &Contract) -> Fingerprint {
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let mut builder = Fingerprint::builder()
+        .method(parts.method.as_str())
+        .path(parts.uri.path())
+        .body(content_type, body);
+    if contract.fingerprint_query {
+        builder = builder.query(parts.uri.query().unwrap_or(""));
+    }
+    for name in &contract.fingerprint_headers {
+        for value in parts.headers.get_all(name) {
+            builder = builder.header(name.as_str(), value.as_bytes());
+        }
+    }
+    builder.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h3_unquote() {
+        assert_eq!(unquote(b"abc").as_deref(), Some(&b"abc"[..]));
+        assert_eq!(unquote(b"\"abc\"").as_deref(), Some(&b"abc"[..]));
+        assert_eq!(unquote(br#""a\"b\\c""#).as_deref(), Some(&br#"a"b\c"#[..]));
+        assert_eq!(unquote(b"\"\"").as_deref(), Some(&b""[..]));
+        assert_eq!(unquote(b"\"abc"), None);
+        assert_eq!(unquote(b"\""), None);
+        assert_eq!(unquote(br#""a"b""#), None);
+        assert_eq!(unquote(br#""a\x""#), None);
+    }
+}

@@ -1,0 +1,155 @@
+//! [`Idempotency`]: the middleware service.
+//!
+//! Why: this is where a request is sorted. Requests the contract does not guard, and requests
+//! refused on their headers alone (no key, a bad key, no scope, a declared body over the
+//! limit), are answered without any allocation beyond the response; only a guarded request
+//! goes to the store, through one boxed future. Invariant: the inner service is called at
+//! most once per request, and for a guarded request only after the store said `Execute`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use tower_service::Service;
+
+use super::answer::{self, code};
+use super::body::{BoxError, RequestBody, ResponseBody};
+use super::future::{ResponseFuture, guarded};
+use super::layer::Shared;
+use super::request::{KeyProblem, read_key};
+
+/// A service wrapped by [`IdempotencyLayer`](super::IdempotencyLayer): guarded requests run
+/// once per (scope, key), and retries get the first response back.
+pub struct Idempotency<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for Idempotency<S> {
+    fn clone(&self) -> Self {
+        Idempotency {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> Idempotency<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Idempotency { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("inner", &self.inner)
+            .field("contract", &self.shared.contract)
+            .finish()
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Idempotency<S>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let contract = &self.shared.contract;
+        if !contract.guards(req.method(), req.uri().path()) {
+            return ResponseFuture::unguarded(self.inner.call(req.map(RequestBody::streaming)));
+        }
+        let style = contract.error_style;
+        let key = match read_key(req.headers(), contract, &self.shared.store) {
+            Ok(key) => Some(key),
+            Err(KeyProblem::Missing) if !contract.key_required => {
+                return ResponseFuture::unguarded(self.inner.call(req.map(RequestBody::streaming)));
+            }
+            Err(KeyProblem::Missing) => None,
+            Err(KeyProblem::Invalid(why)) => {
+                return ResponseFuture::early(answer::error(
+                    style,
+                    StatusCode::BAD_REQUEST,
+                    code::INVALID_KEY,
+                    &format!("invalid {} header: {why}", contract.header),
+                ));
+            }
+        };
+        let (parts, body) = req.into_parts();
+        let Some(scope) = (contract.scope)(&parts) else {
+            return ResponseFuture::early(answer::error(
+                style,
+                StatusCode::UNAUTHORIZED,
+                code::UNAUTHENTICATED,
+                "the request carries no credentials to scope its idempotency key",
+            ));
+        };
+        let Some(key) = key else {
+            return ResponseFuture::early(answer::error(
+                style,
+                StatusCode::BAD_REQUEST,
+                code::MISSING_KEY,
+                &format!("this request requires an {} header", contract.header),
+            ));
+        };
+        let declared = body.size_hint().lower();
+        if declared > contract.max_request_body as u64 {
+            return ResponseFuture::early(too_large(&self.shared));
+        }
+        // The ready service goes into the future; this handle keeps a fresh clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::guarded(Box::pin(guarded(
+            Arc::clone(&self.shared),
+            inner,
+            parts,
+            body,
+            scope,
+            key,
+        )))
+    }
+}
+
+/// `413 request_too_large` (rule H9).
+pub(crate) fn too_large<B>(shared: &Shared) -> Response<ResponseBody<B>> {
+    answer::error(
+        shared.contract.error_style,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        code::TOO_LARGE,
+        &format!(
+            "the request body is larger than {} bytes",
+            shared.contract.max_request_body
+        ),
+    )
+}
