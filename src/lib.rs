@@ -46,6 +46,7 @@ mod golden_tests;
 #[cfg(feature = "http")]
 pub mod http;
 mod index;
+mod inspect;
 mod key;
 mod machine;
 mod open;
@@ -69,6 +70,7 @@ pub use error::{
     Unavailable,
 };
 pub use fingerprint::{Fingerprint, FingerprintBuilder, is_json_content_type};
+pub use inspect::CheckReport;
 pub use key::{Key, Scope};
 pub use ops::Completion;
 pub use record::State;

@@ -320,6 +320,11 @@ impl Store {
         &self.inner.shared.config
     }
 
+    /// The store clock's reading, in milliseconds since the Unix epoch.
+    pub(crate) fn now(&self) -> u64 {
+        self.inner.shared.now()
+    }
+
     /// Checks a key against this store's `max_key_len` (C12).
     pub fn key(&self, key: impl AsRef<str>) -> Result<Key, KeyError> {
         Key::with_max_len(key, self.config().max_key_len)
@@ -496,7 +501,7 @@ impl Store {
     }
 
     /// Runs a read transaction, turning a storage-engine panic into an error.
-    fn read<T>(
+    pub(crate) fn read<T>(
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<T, Unavailable>,
     ) -> Result<T, Unavailable> {

@@ -35,3 +35,9 @@ mod wal;
 mod http;
 #[cfg(feature = "http")]
 mod http_support;
+
+// The `idemstore` binary (feature `cli`): the demo service and the operator subcommands.
+#[cfg(feature = "cli")]
+mod cli;
+#[cfg(feature = "cli")]
+mod serve;

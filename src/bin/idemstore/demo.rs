@@ -1,52 +1,9 @@
-//! `idemstore`: the command-line tool.
-//!
-//! `idemstore demo [--db PATH]` runs the booking story of the README against an embedded store file:
-//! a first attempt, a retry with the same key (replayed byte for byte), a reuse of the key for
-//! another body (conflict), a duplicate while the first attempt is still running (in progress),
-//! and a replay after closing and reopening the file.
-
-use std::process::ExitCode;
+//! `idemstore demo`: the booking story run against the store's API directly, without HTTP: a
+//! first attempt, a duplicate while it runs (in progress), a retry with the body's keys in
+//! another order (replayed byte for byte), a reuse of the key for another body (conflict), and
+//! a replay after closing and reopening the file.
 
 use idemstore::{Begin, Config, Fingerprint, Key, Response, Scope, Store};
-
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("demo") => {
-            let db = match flag(&args, "--db") {
-                Ok(db) => db.unwrap_or_else(|| "idemstore-demo.redb".to_owned()),
-                Err(e) => return fail(&e),
-            };
-            match demo(&db) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e.to_string()),
-            }
-        }
-        Some("-h" | "--help") | None => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => fail(&format!("unknown command `{other}`\n\n{USAGE}")),
-    }
-}
-
-const USAGE: &str = "usage: idemstore demo [--db PATH]   run the booking example on an embedded store (default ./idemstore-demo.redb)";
-
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("idemstore: {msg}");
-    ExitCode::FAILURE
-}
-
-fn flag(args: &[String], name: &str) -> Result<Option<String>, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(None),
-        Some(i) => args
-            .get(i + 1)
-            .cloned()
-            .map(Some)
-            .ok_or_else(|| format!("{name} needs a value")),
-    }
-}
 
 fn describe(b: &Begin) -> String {
     match b {
@@ -63,7 +20,7 @@ fn describe(b: &Begin) -> String {
     }
 }
 
-fn demo(db: &str) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(db: &str) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(db, Config::default())?;
     println!("store: {db} (durability: immediate, acknowledged after fsync)");
     let scope = Scope::new("acct_42")?;

@@ -1,0 +1,362 @@
+//! The operator subcommands: `stats`, `list`, `get`, `purge`, `compact`, `check`.
+//!
+//! Why: an operator needs to see and fix a store file without writing code. Invariants: a
+//! missing file is never created (it is an error), a damaged one gives a one-line error and a
+//! non-zero exit, never a panic; `--json` prints one JSON document on stdout; the human form is
+//! an aligned table.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use idemstore::{Config, Key, RecordInfo, Scope, State, Store};
+use serde_json::{Value, json};
+
+/// Where the store is and how to print.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Target {
+    /// The store file.
+    #[arg(long, default_value = "idemstore.redb")]
+    pub(crate) db: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// What a subcommand prints, and whether it found what it was asked for.
+pub(crate) struct Outcome {
+    pub(crate) text: String,
+    pub(crate) success: bool,
+}
+
+fn ok(text: String) -> Result<Outcome, String> {
+    Ok(Outcome {
+        text,
+        success: true,
+    })
+}
+
+/// Opens an existing store for inspection (never creates one).
+fn open(path: &Path, verify: bool) -> Result<Store, String> {
+    if !path.exists() {
+        return Err(format!("no store file at {}", path.display()));
+    }
+    let config = Config::builder()
+        // No background compaction while an operator looks.
+        .compactor_interval(Duration::from_secs(3600))
+        .verify_on_open(verify)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Store::open(path, config).map_err(|e| format!("cannot open {}: {}", path.display(), chain(&e)))
+}
+
+/// An error and its causes on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        if !s.contains(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = c.source();
+    }
+    s.replace(['\n', '\r'], " ")
+}
+
+fn close(store: Store) -> Result<(), String> {
+    store.close().map_err(|e| chain(&e))
+}
+
+pub(crate) fn stats(t: &Target) -> Result<Outcome, String> {
+    let store = open(&t.db, false)?;
+    let report = store.check().map_err(|e| chain(&e))?;
+    let file_bytes = std::fs::metadata(&t.db).map(|m| m.len()).unwrap_or(0);
+    close(store)?;
+    let live = report.records - report.expired;
+    let rows = [
+        ("file", t.db.display().to_string()),
+        ("file_bytes", file_bytes.to_string()),
+        ("records", report.records.to_string()),
+        ("live", live.to_string()),
+        ("in_flight", report.in_flight.to_string()),
+        ("completed", report.completed.to_string()),
+        ("expired_not_removed", report.expired.to_string()),
+        ("response_bytes", report.response_bytes.to_string()),
+    ];
+    if t.json {
+        let mut m = serde_json::Map::new();
+        for (k, v) in &rows {
+            let v = v
+                .parse::<u64>()
+                .map_or(Value::String(v.clone()), Value::from);
+            m.insert((*k).to_owned(), v);
+        }
+        return ok(Value::Object(m).to_string());
+    }
+    ok(table(
+        &["STAT", "VALUE"],
+        rows.iter()
+            .map(|(k, v)| vec![(*k).to_owned(), v.clone()])
+            .collect(),
+    ))
+}
+
+pub(crate) fn list(t: &Target, scope: Option<&str>, limit: usize) -> Result<Outcome, String> {
+    let scope = scope
+        .map(Scope::new)
+        .transpose()
+        .map_err(|e| format!("bad --scope: {e}"))?;
+    let store = open(&t.db, false)?;
+    let records = store
+        .records(scope.as_ref(), limit)
+        .map_err(|e| chain(&e))?;
+    close(store)?;
+    if t.json {
+        return ok(Value::Array(records.iter().map(record_json).collect()).to_string());
+    }
+    let rows = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.scope.clone(),
+                r.key.clone(),
+                state(r).to_owned(),
+                r.response
+                    .as_ref()
+                    .map_or("-".to_owned(), |x| x.status().to_string()),
+                r.token.to_string(),
+                time(r.created_at),
+                time(r.expires_at),
+            ]
+        })
+        .collect();
+    ok(table(
+        &[
+            "SCOPE", "KEY", "STATE", "STATUS", "TOKEN", "CREATED", "EXPIRES",
+        ],
+        rows,
+    ))
+}
+
+fn scope_key(scope: &str, key: &str) -> Result<(Scope, Key), String> {
+    let s = Scope::new(scope).map_err(|e| format!("bad --scope: {e}"))?;
+    // Keys longer than the default limit are legal in stores configured for them.
+    let k = Key::with_max_len(key, 4096).map_err(|e| format!("bad --key: {e}"))?;
+    Ok((s, k))
+}
+
+pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String> {
+    let (s, k) = scope_key(scope, key)?;
+    let store = open(&t.db, false)?;
+    let record = store.get(&s, &k).map_err(|e| chain(&e))?;
+    close(store)?;
+    let Some(r) = record else {
+        return Ok(Outcome {
+            text: if t.json {
+                "null".to_owned()
+            } else {
+                format!("no record for scope {scope:?}, key {key:?}")
+            },
+            success: false,
+        });
+    };
+    if t.json {
+        return ok(record_json(&r).to_string());
+    }
+    let mut rows = vec![
+        vec!["scope".to_owned(), r.scope.clone()],
+        vec!["key".to_owned(), r.key.clone()],
+        vec!["state".to_owned(), state(&r).to_owned()],
+        vec!["fingerprint".to_owned(), r.fingerprint.to_string()],
+        vec!["token".to_owned(), r.token.to_string()],
+        vec!["created".to_owned(), time(r.created_at)],
+        vec!["expires".to_owned(), time(r.expires_at)],
+    ];
+    if let Some(d) = r.lease_deadline {
+        rows.push(vec!["lease_deadline".to_owned(), time(d)]);
+    }
+    if let Some(resp) = &r.response {
+        rows.push(vec!["status".to_owned(), resp.status().to_string()]);
+        for (n, v) in resp.headers() {
+            rows.push(vec![
+                format!("header {n}"),
+                String::from_utf8_lossy(v).into_owned(),
+            ]);
+        }
+        rows.push(vec![
+            "body".to_owned(),
+            String::from_utf8_lossy(resp.body()).replace(['\n', '\r'], " "),
+        ]);
+    }
+    ok(table(&["FIELD", "VALUE"], rows))
+}
+
+pub(crate) fn purge(t: &Target, scope: &str, key: &str) -> Result<Outcome, String> {
+    let (s, k) = scope_key(scope, key)?;
+    let store = open(&t.db, false)?;
+    let removed = store.purge(&s, &k).map_err(|e| chain(&e))?;
+    close(store)?;
+    let text = if t.json {
+        json!({"purged": removed}).to_string()
+    } else if removed {
+        format!("purged scope {scope:?}, key {key:?}")
+    } else {
+        format!("no record for scope {scope:?}, key {key:?}")
+    };
+    Ok(Outcome {
+        text,
+        success: removed,
+    })
+}
+
+pub(crate) fn compact(t: &Target) -> Result<Outcome, String> {
+    let store = open(&t.db, false)?;
+    let removed = store.compact_now().map_err(|e| chain(&e))?;
+    close(store)?;
+    if t.json {
+        return ok(json!({"removed": removed}).to_string());
+    }
+    ok(format!("removed {removed} expired records"))
+}
+
+pub(crate) fn check(t: &Target) -> Result<Outcome, String> {
+    let store = open(&t.db, true)?;
+    let report = store.check().map_err(|e| chain(&e))?;
+    close(store)?;
+    let sound = report.is_sound();
+    if t.json {
+        return Ok(Outcome {
+            text: json!({
+                "sound": sound,
+                "records": report.records,
+                "in_flight": report.in_flight,
+                "completed": report.completed,
+                "expired": report.expired,
+                "responses": report.responses,
+                "expiry_entries": report.expiry_entries,
+                "problems": report.problems,
+            })
+            .to_string(),
+            success: sound,
+        });
+    }
+    let mut text = table(
+        &["CHECK", "VALUE"],
+        vec![
+            vec!["page checksums".to_owned(), "ok".to_owned()],
+            vec!["records".to_owned(), report.records.to_string()],
+            vec!["responses".to_owned(), report.responses.to_string()],
+            vec![
+                "expiry entries".to_owned(),
+                report.expiry_entries.to_string(),
+            ],
+            vec!["problems".to_owned(), report.problems.len().to_string()],
+        ],
+    );
+    for p in &report.problems {
+        text.push_str("\nproblem: ");
+        text.push_str(p);
+    }
+    Ok(Outcome {
+        text,
+        success: sound,
+    })
+}
+
+fn state(r: &RecordInfo) -> &'static str {
+    match r.state {
+        State::InFlight => "in_flight",
+        State::Completed => "completed",
+    }
+}
+
+fn record_json(r: &RecordInfo) -> Value {
+    json!({
+        "scope": r.scope,
+        "key": r.key,
+        "state": state(r),
+        "fingerprint": r.fingerprint.to_string(),
+        "token": r.token,
+        "created_at": time(r.created_at),
+        "expires_at": time(r.expires_at),
+        "lease_deadline": r.lease_deadline.map(time),
+        "response": r.response.as_ref().map(|x| json!({
+            "status": x.status(),
+            "headers": x.headers().iter().map(|(n, v)| json!([n, String::from_utf8_lossy(v)])).collect::<Vec<_>>(),
+            "body": String::from_utf8_lossy(x.body()),
+        })),
+    })
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 UTC (`2026-05-20T15:00:00.000Z`).
+pub(crate) fn time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Left-aligned columns, two spaces apart.
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        s
+    };
+    let mut out = line(header.to_vec());
+    for row in &rows {
+        out.push('\n');
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_is_rfc3339() {
+        assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(1_767_225_600_000), "2026-01-01T00:00:00.000Z");
+        assert_eq!(time(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn table_aligns() {
+        let t = table(&["A", "BB"], vec![vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y");
+    }
+}

@@ -1,0 +1,541 @@
+//! `idemstore serve`: the bookings API of the README, guarded by the idempotency layer.
+//!
+//! Why: it shows the layer in a real service (authentication outside it, the scope taken from
+//! the authenticated account, `ETag`/`If-Match` beside `Idempotency-Key`) and it is what the
+//! end-to-end tests and the benchmark run. Invariants: nothing blocks the runtime (bookings are
+//! read and written on the blocking pool, the store is used through its async calls); every
+//! error body is the contract's JSON shape; on SIGINT or SIGTERM the server stops taking
+//! connections, finishes the requests in hand, and closes the store (making it durable).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use idemstore::http::{Contract, IdempotencyLayer};
+use idemstore::{Config, Durability, Scope, Store};
+use serde_json::{Value, json};
+
+use crate::bookings::{Booking, BookingError, Bookings, NewBooking};
+
+/// How `serve` keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DurabilityArg {
+    /// Acknowledge after fsync (the store's default).
+    Immediate,
+    /// Acknowledge before fsync; fsync within 10 ms.
+    Buffered,
+    /// Keep everything in memory (for benchmarks): nothing survives the process.
+    Memory,
+}
+
+/// The settings of `idemstore serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The store file; the bookings go to a sibling file named `<stem>-bookings.redb`.
+    #[arg(long, default_value = "idemstore.redb")]
+    pub(crate) db: PathBuf,
+    /// The address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) addr: SocketAddr,
+    /// Hold each guarded handler this long, so in-progress answers can be seen.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) handler_delay_ms: u64,
+    /// When writes are acknowledged.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Immediate)]
+    pub(crate) durability: DurabilityArg,
+    /// Serve without the idempotency layer (to measure what it costs).
+    #[arg(long)]
+    pub(crate) without_idempotency: bool,
+}
+
+/// The authenticated account, put in the request's extensions by [`authenticate`].
+#[derive(Debug, Clone)]
+struct Account(Scope);
+
+#[derive(Clone)]
+struct AppState {
+    bookings: Bookings,
+    delay: Duration,
+}
+
+/// The bookings file beside the store file.
+pub(crate) fn bookings_path(db: &Path) -> PathBuf {
+    let stem = db
+        .file_stem()
+        .map_or_else(|| "idemstore".into(), |s| s.to_string_lossy().into_owned());
+    db.with_file_name(format!("{stem}-bookings.redb"))
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub(crate) fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (store, bookings) = match args.durability {
+        DurabilityArg::Memory => (
+            Store::in_memory(Config::default())?,
+            Bookings::in_memory().map_err(|e| format!("bookings: {e:?}"))?,
+        ),
+        d => {
+            let durability = match d {
+                DurabilityArg::Buffered => Durability::Buffered {
+                    max_delay: Duration::from_millis(10),
+                },
+                _ => Durability::Immediate,
+            };
+            // One process owns the file: a reservation left by a crash has no holder.
+            let config = Config::builder()
+                .durability(durability)
+                .release_in_flight_on_open(true)
+                .build()?;
+            let store = Store::open(&args.db, config)
+                .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
+            let path = bookings_path(&args.db);
+            let bookings = Bookings::open(&path)
+                .map_err(|e| format!("cannot open {}: {e:?}", path.display()))?;
+            (store, bookings)
+        }
+    };
+    let app = app(
+        store.clone(),
+        bookings,
+        Duration::from_millis(args.handler_delay_ms),
+        !args.without_idempotency,
+    )?;
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let addr = listener.local_addr()?;
+    println!("idemstore serve: listening on http://{addr}");
+    tracing::info!(
+        %addr,
+        db = %args.db.display(),
+        durability = ?args.durability,
+        idempotency = !args.without_idempotency,
+        "serving the bookings API"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down: closing the store");
+    store.close()?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// The bookings API: authentication, then (optionally) the idempotency layer, then the
+/// routes.
+fn app(
+    store: Store,
+    bookings: Bookings,
+    delay: Duration,
+    idempotency: bool,
+) -> Result<Router, Box<dyn std::error::Error>> {
+    let state = AppState { bookings, delay };
+    let routes = Router::new()
+        .route("/v1/bookings", post(create).get(list))
+        .route("/v1/bookings/{uid}", get(show).patch(patch))
+        .route("/v1/bookings/{uid}/cancel", post(cancel))
+        .route("/v1/bookings/{uid}/reschedule", post(reschedule));
+    let routes = if idempotency {
+        let contract = Contract::default()
+            .scope(|parts| parts.extensions.get::<Account>().map(|a| a.0.clone()));
+        routes.layer(IdempotencyLayer::new(store, contract)?)
+    } else {
+        routes
+    };
+    Ok(routes
+        .fallback(not_found)
+        .layer(middleware::from_fn(authenticate))
+        .with_state(state))
+}
+
+/// An error answer in the contract's shape (rule H8).
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+}
+
+/// Every request needs `Authorization: Bearer <token>`; the account is named after the token.
+async fn authenticate(mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send Authorization: Bearer <token>",
+        )
+        .into_response();
+    };
+    let digest = blake3::hash(token.as_bytes());
+    let hex: String = digest.as_bytes()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    match Scope::new(format!("acct_{hex}")) {
+        Ok(scope) => {
+            req.extensions_mut().insert(Account(scope));
+            next.run(req).await
+        }
+        Err(e) => error(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()).into_response(),
+    }
+}
+
+fn request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let digest = blake3::hash(format!("{}/{nanos}/{n}", std::process::id()).as_bytes());
+    let hex: String = digest.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("req_{hex}")
+}
+
+fn booking_response(status: StatusCode, booking: &Booking, location: bool) -> Response {
+    let body = json!({"data": booking, "meta": {"request_id": request_id()}});
+    let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&booking.etag()) {
+        headers.insert(header::ETAG, v);
+    }
+    if location && let Ok(v) = HeaderValue::from_str(&format!("/v1/bookings/{}", booking.uid)) {
+        headers.insert(header::LOCATION, v);
+    }
+    response
+}
+
+fn booking_error(e: BookingError) -> ApiError {
+    match e {
+        BookingError::NotFound => error(StatusCode::NOT_FOUND, "not_found", "no such booking"),
+        BookingError::Stale { current } => error(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            format!("If-Match does not name the current version {current}; read it again"),
+        ),
+        BookingError::InvalidState(why) => error(StatusCode::CONFLICT, "invalid_state", why),
+        BookingError::Storage(why) => {
+            tracing::error!(%why, "bookings storage failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the bookings storage failed",
+            )
+        }
+    }
+}
+
+/// Runs a bookings call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BookingError> + Send + 'static,
+) -> Result<T, BookingError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(BookingError::Storage(format!("bookings task failed: {e}"))))
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))
+}
+
+fn string_field(v: &Value, name: &str) -> Result<String, ApiError> {
+    match v.get(name) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        _ => Err(invalid(format!("`{name}` must be a non-empty string"))),
+    }
+}
+
+/// `start` must be an RFC 3339 UTC timestamp, `YYYY-MM-DDTHH:MM:SSZ`.
+fn start_field(v: &Value) -> Result<String, ApiError> {
+    let s = string_field(v, "start")?;
+    let b = s.as_bytes();
+    let shape = b.len() == 20
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b'T',
+            13 | 16 => c == b':',
+            19 => c == b'Z',
+            _ => c.is_ascii_digit(),
+        });
+    if shape {
+        Ok(s)
+    } else {
+        Err(invalid("`start` must look like 2026-05-20T15:00:00Z"))
+    }
+}
+
+fn email_field(v: &Value) -> Result<String, ApiError> {
+    let email = v
+        .get("attendee")
+        .and_then(|a| a.get("email"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match email.split_once('@') {
+        Some((user, host)) if !user.is_empty() && host.contains('.') => Ok(email.to_owned()),
+        _ => Err(invalid("`attendee.email` must be an email address")),
+    }
+}
+
+fn account(headers_ext: &axum::http::Extensions) -> Result<String, ApiError> {
+    headers_ext
+        .get::<Account>()
+        .map(|a| a.0.as_str().to_owned())
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unauthenticated", "no account"))
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn create(State(st): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => return invalid(format!("the body could not be read: {e}")).into_response(),
+    };
+    let result = async {
+        let account = account(&parts.extensions)?;
+        let v = parse_json(&body)?;
+        let new = NewBooking {
+            event_type_id: string_field(&v, "event_type_id")?,
+            start: start_field(&v)?,
+            email: email_field(&v)?,
+        };
+        let key = header_str(
+            &parts.headers,
+            header::HeaderName::from_static("idempotency-key"),
+        );
+        hold(st.delay).await;
+        let bookings = st.bookings.clone();
+        blocking(move || bookings.create(&account, key.as_deref(), new))
+            .await
+            .map_err(booking_error)
+    }
+    .await;
+    match result {
+        Ok(b) => booking_response(StatusCode::CREATED, &b, true),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn hold(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn list(State(st): State<AppState>, req: Request) -> Response {
+    let account = match account(req.extensions()) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let bookings = st.bookings.clone();
+    match blocking(move || bookings.list(&account)).await {
+        Ok(list) => {
+            let body = json!({"data": list, "meta": {"request_id": request_id()}});
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Err(e) => booking_error(e).into_response(),
+    }
+}
+
+async fn show(State(st): State<AppState>, UrlPath(uid): UrlPath<String>, req: Request) -> Response {
+    let account = match account(req.extensions()) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let bookings = st.bookings.clone();
+    match blocking(move || bookings.get(&account, &uid)).await {
+        Ok(b) => booking_response(StatusCode::OK, &b, false),
+        Err(e) => booking_error(e).into_response(),
+    }
+}
+
+/// A change to apply to a booking inside its write transaction.
+type Edit = Box<dyn FnOnce(&mut Booking) -> Result<(), BookingError> + Send>;
+
+/// A change to one booking: parse, wait the configured delay, apply under `If-Match`.
+async fn change(
+    st: AppState,
+    uid: String,
+    req: Request,
+    apply: impl FnOnce(&Value) -> Result<Edit, ApiError>,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => return invalid(format!("the body could not be read: {e}")).into_response(),
+    };
+    let result = async {
+        let account = account(&parts.extensions)?;
+        let v = if body.is_empty() {
+            Value::Object(Default::default())
+        } else {
+            parse_json(&body)?
+        };
+        let f = apply(&v)?;
+        let if_match = header_str(&parts.headers, header::IF_MATCH);
+        hold(st.delay).await;
+        let bookings = st.bookings.clone();
+        blocking(move || bookings.update(&account, &uid, if_match.as_deref(), f))
+            .await
+            .map_err(booking_error)
+    }
+    .await;
+    match result {
+        Ok(b) => booking_response(StatusCode::OK, &b, false),
+        Err(r) => r.into_response(),
+    }
+}
+
+fn must_be_active(b: &Booking) -> Result<(), BookingError> {
+    if b.status == "cancelled" {
+        Err(BookingError::InvalidState(format!(
+            "booking {} is cancelled",
+            b.uid
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+async fn cancel(
+    State(st): State<AppState>,
+    UrlPath(uid): UrlPath<String>,
+    req: Request,
+) -> Response {
+    change(st, uid, req, |_| {
+        Ok(Box::new(|b: &mut Booking| {
+            must_be_active(b)?;
+            b.status = "cancelled".to_owned();
+            Ok(())
+        }))
+    })
+    .await
+}
+
+async fn reschedule(
+    State(st): State<AppState>,
+    UrlPath(uid): UrlPath<String>,
+    req: Request,
+) -> Response {
+    change(st, uid, req, |v| {
+        let start = start_field(v)?;
+        Ok(Box::new(move |b: &mut Booking| {
+            must_be_active(b)?;
+            b.start = start;
+            Ok(())
+        }))
+    })
+    .await
+}
+
+async fn patch(
+    State(st): State<AppState>,
+    UrlPath(uid): UrlPath<String>,
+    req: Request,
+) -> Response {
+    change(st, uid, req, |v| {
+        let email = if v.get("attendee").is_some() {
+            Some(email_field(v)?)
+        } else {
+            None
+        };
+        let start = if v.get("start").is_some() {
+            Some(start_field(v)?)
+        } else {
+            None
+        };
+        if email.is_none() && start.is_none() {
+            return Err(invalid("send `start` or `attendee.email` to change"));
+        }
+        Ok(Box::new(move |b: &mut Booking| {
+            must_be_active(b)?;
+            if let Some(e) = email {
+                b.attendee.email = e;
+            }
+            if let Some(s) = start {
+                b.start = s;
+            }
+            Ok(())
+        }))
+    })
+    .await
+}

@@ -1,0 +1,225 @@
+//! Reading the whole file for operators: listing records and checking the file's integrity.
+//!
+//! Why: the operator tool (`idemstore list`, `stats`, `check`) needs to see every record, which
+//! the request path never does. Invariant: these are read-only passes in one read transaction
+//! (a consistent snapshot); they never panic on a damaged record, they report it.
+
+use std::collections::HashSet;
+
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
+
+use crate::backend::RecordInfo;
+use crate::error::{Unavailable, cause};
+use crate::key::Scope;
+use crate::machine;
+use crate::record::{EXPIRY, ExpiryKey, RECORDS, RESPONSES, Record, State};
+use crate::response;
+use crate::store::Store;
+
+/// What [`Store::check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckReport {
+    /// Records in the file, expired ones included.
+    pub records: u64,
+    /// Of them, in flight.
+    pub in_flight: u64,
+    /// Of them, completed.
+    pub completed: u64,
+    /// Of them, expired and not removed yet.
+    pub expired: u64,
+    /// Stored response blobs.
+    pub responses: u64,
+    /// Bytes of the stored response blobs.
+    pub response_bytes: u64,
+    /// Entries in the expiry index.
+    pub expiry_entries: u64,
+    /// Every inconsistency found, one line each; empty for a sound file.
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    /// True when no problem was found.
+    pub fn is_sound(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// The most problems a report lists; more are counted in the last line.
+const MAX_PROBLEMS: usize = 100;
+
+impl Store {
+    /// The live (not expired) records, in the file's order (by key hash), those of `scope`
+    /// only if given, at most `limit`. A record that does not decode is an error.
+    pub fn records(
+        &self,
+        scope: Option<&Scope>,
+        limit: usize,
+    ) -> Result<Vec<RecordInfo>, Unavailable> {
+        let now = self.now();
+        self.read(|txn| {
+            let records = txn.open_table(RECORDS).map_err(io)?;
+            let responses = txn.open_table(RESPONSES).map_err(io)?;
+            let mut out = Vec::new();
+            for entry in records.iter().map_err(io)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (hash, bytes) = entry.map_err(io)?;
+                let rec = Record::decode(bytes.value()).map_err(corrupted)?;
+                if scope.is_some_and(|s| s.as_str() != rec.scope) || machine::expired(&rec.hot, now)
+                {
+                    continue;
+                }
+                let response = if rec.hot.state == State::Completed {
+                    let blob = responses.get(hash.value()).map_err(io)?.ok_or_else(|| {
+                        Unavailable::Corrupted {
+                            detail: format!(
+                                "completed record {}/{} has no response",
+                                rec.scope, rec.key
+                            ),
+                        }
+                    })?;
+                    Some(response::decode(blob.value()).map_err(corrupted)?)
+                } else {
+                    None
+                };
+                let h = rec.hot;
+                out.push(RecordInfo {
+                    scope: rec.scope,
+                    key: rec.key,
+                    state: h.state,
+                    fingerprint: h.fingerprint,
+                    created_at: h.created_at,
+                    lease_deadline: (h.state == State::InFlight).then_some(h.lease_deadline),
+                    expires_at: h.expires_at,
+                    token: h.token,
+                    response,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Reads every record, response and expiry entry and checks that they agree: each record
+    /// decodes, each completed record has a response that decodes with the record's status,
+    /// each record has its expiry entry, and no response or expiry entry is left without its
+    /// record. Open the store with `verify_on_open(true)` to check every page's checksum too.
+    pub fn check(&self) -> Result<CheckReport, Unavailable> {
+        let now = self.now();
+        self.read(|txn| check_in(txn, now))
+    }
+}
+
+fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable> {
+    let records = txn.open_table(RECORDS).map_err(io)?;
+    let responses = txn.open_table(RESPONSES).map_err(io)?;
+    let expiry = txn.open_table(EXPIRY).map_err(io)?;
+    let mut report = CheckReport::default();
+    let mut problems = 0usize;
+    let mut problem = |report: &mut CheckReport, text: String| {
+        problems += 1;
+        if report.problems.len() < MAX_PROBLEMS {
+            report.problems.push(text);
+        }
+    };
+    let mut with_expiry = HashSet::new();
+    for entry in records.iter().map_err(io)? {
+        let (hash, bytes) = entry.map_err(io)?;
+        let hash = *hash.value();
+        report.records += 1;
+        let rec = match Record::decode(bytes.value()) {
+            Ok(r) => r,
+            Err(e) => {
+                problem(&mut report, format!("record {}: {e}", hex(&hash)));
+                continue;
+            }
+        };
+        let name = format!("record {}/{}", rec.scope, rec.key);
+        if crate::key::KeyHash::of_raw(rec.scope.as_bytes(), rec.key.as_bytes()).0 != hash {
+            problem(
+                &mut report,
+                format!("{name}: stored under the wrong key hash"),
+            );
+        }
+        if machine::expired(&rec.hot, now) {
+            report.expired += 1;
+        }
+        let ek = ExpiryKey::new(rec.hot.expires_at, &crate::key::KeyHash(hash));
+        if expiry.get(&ek).map_err(io)?.is_none() {
+            problem(&mut report, format!("{name}: no expiry index entry"));
+        }
+        with_expiry.insert(ek.0);
+        match rec.hot.state {
+            State::InFlight => report.in_flight += 1,
+            State::Completed => {
+                report.completed += 1;
+                match responses.get(&hash).map_err(io)? {
+                    None => problem(&mut report, format!("{name}: completed without a response")),
+                    Some(blob) => match response::decode(blob.value()) {
+                        Ok(r) if r.status() != rec.hot.status => problem(
+                            &mut report,
+                            format!(
+                                "{name}: response status {} but the record says {}",
+                                r.status(),
+                                rec.hot.status
+                            ),
+                        ),
+                        Ok(_) => {}
+                        Err(e) => problem(&mut report, format!("{name}: response: {e}")),
+                    },
+                }
+            }
+        }
+    }
+    for entry in responses.iter().map_err(io)? {
+        let (hash, blob) = entry.map_err(io)?;
+        report.responses += 1;
+        report.response_bytes += blob.value().len() as u64;
+        if records.get(hash.value()).map_err(io)?.is_none() {
+            problem(
+                &mut report,
+                format!("response {} has no record", hex(hash.value())),
+            );
+        }
+    }
+    report.expiry_entries = expiry.len().map_err(io)?;
+    for entry in expiry.iter().map_err(io)? {
+        let (ek, ()) = entry.map_err(io).map(|(k, _)| (k, ()))?;
+        if !with_expiry.contains(&ek.value().0) {
+            problem(
+                &mut report,
+                format!(
+                    "expiry entry for {} has no record",
+                    hex(&ek.value().hash().0)
+                ),
+            );
+        }
+    }
+    if problems > report.problems.len() {
+        let more = problems - report.problems.len();
+        report
+            .problems
+            .push(format!("... and {more} more problems"));
+    }
+    Ok(report)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn io(e: impl Into<redb::Error>) -> Unavailable {
+    match e.into() {
+        redb::Error::Corrupted(detail) => Unavailable::Corrupted { detail },
+        other => Unavailable::Io {
+            cause: cause(other),
+        },
+    }
+}
+
+fn corrupted(e: impl std::fmt::Display) -> Unavailable {
+    Unavailable::Corrupted {
+        detail: e.to_string(),
+    }
+}

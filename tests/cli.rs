@@ -1,0 +1,226 @@
+//! The operator subcommands against a file with known records, and against damaged and
+//! missing files (a one-line error and a non-zero exit, never a panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use idemstore::{Config, Fingerprint, Key, ManualClock, Response, Scope, Store};
+
+use crate::support::T0;
+
+fn idemstore(args: &[&str], db: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn one_line_error(o: &Output) -> String {
+    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(1), "not a panic: {o:?}");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("idemstore: "), "{err:?}");
+    err
+}
+
+/// A store file holding, with a 366-day TTL from 2026-01-01: acct_a/k1 (completed, 201),
+/// acct_a/k2 (in flight), acct_b/k1 (completed, 200); and, with a 1 s TTL, acct_a/old
+/// (completed, expired long ago).
+fn known_file(dir: &Path) -> PathBuf {
+    let path = dir.join("known.redb");
+    let clock = ManualClock::new(T0);
+    let fp = |b: &str| {
+        Fingerprint::of_request(
+            "POST",
+            "/v1/bookings",
+            Some("application/json"),
+            b.as_bytes(),
+        )
+    };
+    let long = Config::builder()
+        .clock(clock.clone())
+        .ttl(Duration::from_secs(366 * 86_400))
+        .build()
+        .unwrap();
+    let store = Store::open(&path, long).unwrap();
+    let (a, b) = (Scope::new("acct_a").unwrap(), Scope::new("acct_b").unwrap());
+    let k = |s: &str| Key::new(s).unwrap();
+    let ok = |status, body: &str| {
+        Response::new(
+            status,
+            [("content-type", "application/json")],
+            body.to_owned(),
+        )
+    };
+    crate::support::execute(store.begin(&a, &k("k1"), &fp("1")).unwrap())
+        .complete(ok(201, r#"{"uid":"bk_1"}"#))
+        .unwrap();
+    let held = crate::support::execute(store.begin(&a, &k("k2"), &fp("2")).unwrap());
+    crate::support::execute(store.begin(&b, &k("k1"), &fp("3")).unwrap())
+        .complete(ok(200, r#"{"uid":"bk_2"}"#))
+        .unwrap();
+    std::mem::forget(held); // stays in flight in the file
+    store.close().unwrap();
+    let short = Config::builder()
+        .clock(clock)
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let store = Store::open(&path, short).unwrap();
+    crate::support::execute(store.begin(&a, &k("old"), &fp("4")).unwrap())
+        .complete(ok(201, "{}"))
+        .unwrap();
+    store.close().unwrap();
+    path
+}
+
+#[test]
+fn cli_list_get_stats_check_compact_purge_on_known_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = known_file(dir.path());
+
+    let list = idemstore(&["list"], &db);
+    assert!(list.status.success(), "{list:?}");
+    let text = stdout(&list);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "header and three live records: {text}");
+    assert!(lines[0].starts_with("SCOPE"));
+    // Aligned: every row has its KEY column where the header has it.
+    let key_col = lines[0].find("KEY").unwrap();
+    for l in &lines[1..] {
+        assert_eq!(&l[key_col - 2..key_col], "  ", "{l}");
+    }
+    assert!(text.contains("in_flight") && text.contains("completed"));
+    assert!(!text.contains("old"), "expired records are not listed");
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&idemstore(&["list", "--json", "--scope", "acct_a"], &db).stdout)
+            .unwrap();
+    let keys: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.contains(&"k1") && keys.contains(&"k2"));
+    let limited: serde_json::Value =
+        serde_json::from_slice(&idemstore(&["list", "--json", "--limit", "1"], &db).stdout)
+            .unwrap();
+    assert_eq!(limited.as_array().unwrap().len(), 1);
+
+    let get = idemstore(&["get", "--json", "--scope", "acct_a", "--key", "k1"], &db);
+    assert!(get.status.success());
+    let rec: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(rec["state"], "completed");
+    assert_eq!(rec["response"]["status"], 201);
+    assert_eq!(rec["response"]["body"], r#"{"uid":"bk_1"}"#);
+    assert_eq!(rec["created_at"], "2026-01-01T00:00:00.000Z");
+    let human = stdout(&idemstore(
+        &["get", "--scope", "acct_a", "--key", "k2"],
+        &db,
+    ));
+    assert!(
+        human.contains("in_flight") && human.contains("lease_deadline"),
+        "{human}"
+    );
+    let missing = idemstore(&["get", "--scope", "acct_a", "--key", "nope"], &db);
+    assert_eq!(missing.status.code(), Some(1));
+
+    let stats: serde_json::Value =
+        serde_json::from_slice(&idemstore(&["stats", "--json"], &db).stdout).unwrap();
+    assert_eq!(stats["records"], 4);
+    assert_eq!(stats["live"], 3);
+    assert_eq!(stats["in_flight"], 1);
+    assert_eq!(stats["completed"], 3);
+    assert_eq!(stats["expired_not_removed"], 1);
+    assert!(stdout(&idemstore(&["stats"], &db)).starts_with("STAT"));
+
+    let check = idemstore(&["check", "--json"], &db);
+    assert!(check.status.success(), "{check:?}");
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(report["sound"], true);
+    assert_eq!(report["records"], 4);
+    assert_eq!(report["problems"].as_array().unwrap().len(), 0);
+
+    let compact: serde_json::Value =
+        serde_json::from_slice(&idemstore(&["compact", "--json"], &db).stdout).unwrap();
+    assert_eq!(compact["removed"], 1);
+
+    let purge = idemstore(&["purge", "--scope", "acct_b", "--key", "k1"], &db);
+    assert!(purge.status.success(), "{purge:?}");
+    let again = idemstore(&["purge", "--scope", "acct_b", "--key", "k1"], &db);
+    assert_eq!(again.status.code(), Some(1), "nothing left to purge");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&idemstore(&["stats", "--json"], &db).stdout).unwrap();
+    assert_eq!(stats["records"], 2);
+}
+
+#[test]
+fn cli_missing_file_is_a_one_line_error_and_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("absent.redb");
+    for cmd in [
+        &["stats"][..],
+        &["list"],
+        &["check"],
+        &["compact"],
+        &["get", "--scope", "s", "--key", "k"],
+        &["purge", "--scope", "s", "--key", "k"],
+    ] {
+        let out = idemstore(cmd, &db);
+        let err = one_line_error(&out);
+        assert!(err.contains("no store file"), "{err}");
+        assert!(!db.exists());
+    }
+}
+
+#[test]
+fn cli_damaged_and_foreign_files_are_one_line_errors_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = known_file(dir.path());
+    let mut bytes = std::fs::read(&good).unwrap();
+    let (from, to) = (bytes.len() / 4, bytes.len() * 3 / 4);
+    for b in &mut bytes[from..to] {
+        *b ^= 0x5a;
+    }
+    let damaged = dir.path().join("damaged.redb");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let foreign = dir.path().join("notes.txt");
+    std::fs::write(&foreign, "not a database\n".repeat(1000)).unwrap();
+
+    // `check` verifies every page: it must refuse the damaged file.
+    one_line_error(&idemstore(
+        &["check"],
+        &std::fs::canonicalize(&damaged).unwrap(),
+    ));
+    let err = one_line_error(&idemstore(&["list"], &foreign));
+    assert!(err.contains("cannot open"), "{err}");
+    // Every subcommand on both files: success or a one-line error, never a panic.
+    for db in [&damaged, &foreign] {
+        for cmd in [
+            &["stats"][..],
+            &["list"],
+            &["check", "--json"],
+            &["compact"],
+            &["get", "--scope", "acct_a", "--key", "k1"],
+            &["purge", "--scope", "acct_a", "--key", "k1"],
+        ] {
+            let out = idemstore(cmd, db);
+            assert_ne!(out.status.code(), Some(101), "panic on {cmd:?}: {out:?}");
+            if !(out.status.success() || cmd[0] == "get" || cmd[0] == "purge")
+                || !out.stderr.is_empty()
+            {
+                one_line_error(&out);
+            }
+        }
+    }
+}
