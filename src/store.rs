@@ -230,7 +230,7 @@ impl Store {
     }
 
     /// Opens the store on two caller-supplied devices: `database` for the records and `log`
-    /// for the write-ahead log (see [`ConfigBuilder::write_ahead_log`]). A device that has
+    /// for the write-ahead log (see [`ConfigBuilder::write_ahead_log`](crate::ConfigBuilder::write_ahead_log)). A device that has
     /// never held a log is initialised as one. `Durability::Memory` in `config` is treated as
     /// `Immediate`; `write_ahead_log(false)` in `config` leaves `log` unused.
     pub fn open_with_backends(
