@@ -308,6 +308,53 @@ pub fn markdown(rows: &[Row]) -> String {
         }
         md.push('\n');
     }
+    let c1 = concs.first().copied().unwrap_or(1);
+    if workloads.iter().any(|w| w == "replay90") {
+        let base = sums
+            .get(&("replay90".to_owned(), c1, "idemstore-immediate".to_owned()))
+            .map(|x| x.replay.0)
+            .unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "### Replay latency at {c1} client (`replay90`, the replaying `begin` alone)\n\n| system | p50 µs | p99 µs | p50 / idemstore-immediate's p50 |\n|---|---:|---:|---:|"
+        );
+        for s in &systems {
+            if let Some(x) = sums.get(&("replay90".to_owned(), c1, s.clone())) {
+                let _ = writeln!(
+                    md,
+                    "| {s} | {} | {} | {} |",
+                    fmt_us(x.replay.0),
+                    fmt_us(x.replay.1),
+                    fmt_ratio(x.replay.0 / base)
+                );
+            }
+        }
+        md.push('\n');
+    }
+    for w in &workloads {
+        let _ = writeln!(md, "### `{w}`: requests/s, median over rounds\n");
+        let _ = write!(md, "| system |");
+        for c in &concs {
+            let _ = write!(md, " {c} |");
+        }
+        let _ = write!(md, "\n|---|");
+        for _ in &concs {
+            let _ = write!(md, "---:|");
+        }
+        md.push('\n');
+        for s in &systems {
+            let _ = write!(md, "| {s} |");
+            for &c in &concs {
+                let cell = sums
+                    .get(&(w.clone(), c, s.clone()))
+                    .map(|x| fmt_num(x.throughput))
+                    .unwrap_or_else(|| "–".into());
+                let _ = write!(md, " {cell} |");
+            }
+            md.push('\n');
+        }
+        md.push('\n');
+    }
     for w in &workloads {
         let _ = writeln!(
             md,
@@ -389,7 +436,20 @@ pub fn run(args: &Args) -> Result<(), String> {
             }
             let title = format!("{w}: requests per second against clients (median of rounds)");
             let path = PathBuf::from(dir).join(format!("peers-{w}.svg"));
-            std::fs::write(&path, svg::plot(&title, &series))
+            let (lo, hi) = rows
+                .iter()
+                .map(|r| r.load1)
+                .fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
+            let rounds = rows.iter().map(|r| r.round).max().unwrap_or(0);
+            let subtitle = format!(
+                "{rounds} rounds; load average {lo:.1}–{hi:.1}{}",
+                if hi > 1.0 {
+                    " (shared machine: preliminary)"
+                } else {
+                    ""
+                }
+            );
+            std::fs::write(&path, svg::plot(&title, &subtitle, &series))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             eprintln!("wrote {}", path.display());
         }

@@ -37,9 +37,9 @@ fn esc(s: &str) -> String {
 }
 
 /// Renders the plot.
-pub fn plot(title: &str, series: &[Series]) -> String {
+pub fn plot(title: &str, subtitle: &str, series: &[Series]) -> String {
     let (w, h) = (760.0, 460.0);
-    let (left, right, top, bottom) = (80.0, 200.0, 40.0, 50.0);
+    let (left, right, top, bottom) = (80.0, 200.0, 48.0, 50.0);
     let pw = w - left - right;
     let ph = h - top - bottom;
     let xs: Vec<f64> = series
@@ -69,6 +69,12 @@ pub fn plot(title: &str, series: &[Series]) -> String {
         r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{}</text>"#,
         left + pw / 2.0,
         esc(title)
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="36" text-anchor="middle" font-size="11" fill="#555555">{}</text>"##,
+        left + pw / 2.0,
+        esc(subtitle)
     );
     // Horizontal grid: every decade, and 2 and 5 within it.
     let mut decade = ylo;

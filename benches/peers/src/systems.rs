@@ -289,10 +289,15 @@ pub struct RedisClient {
 }
 
 impl RedisClient {
-    /// Connects a client to `url`.
+    /// Opens this client's own connection through `client`.
     pub async fn connect(client: &redis::Client) -> Result<RedisClient, String> {
+        // No response timeout: under load a reply can take longer than the crate's default
+        // 500 ms, and a request that times out would drop out of the latency tail.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(30)));
         let conn = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| e.to_string())?;
         Ok(RedisClient { conn })
