@@ -180,10 +180,7 @@ where
                 style,
                 contract.conflict.status(),
                 code::CONFLICT,
-                &format!(
-                    "this {} was already used for a different request",
-                    contract.header
-                ),
+                "this idempotency key was already used for a different request",
             ));
         }
         Err(BeginError::InvalidKey(e)) => {
@@ -240,12 +237,13 @@ where
     let (parts, mut body) = response.into_parts();
     let contract = &shared.contract;
     let status = parts.status;
-    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
-    for name in &contract.replayed_headers {
-        for value in parts.headers.get_all(name) {
-            kept.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
-        }
-    }
+    // In the order the service sent them.
+    let kept: Vec<(String, Vec<u8>)> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| contract.replayed_headers.contains(name))
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect();
     let base = crate::Response::new(status.as_u16(), kept.iter().cloned(), Vec::new());
     let budget = shared.max_stored.saturating_sub(base.encoded_len());
     let mut buf = BytesMut::new();
