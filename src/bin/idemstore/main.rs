@@ -13,6 +13,7 @@ mod demo;
 mod ops;
 mod serve;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -138,7 +139,8 @@ fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(out) => {
-            println!("{}", out.text);
+            // A closed stdout (`idemstore list | head`) is not an error worth a message.
+            let _ = writeln!(std::io::stdout(), "{}", out.text);
             if out.success {
                 ExitCode::SUCCESS
             } else {
