@@ -95,7 +95,10 @@ fn load(dir: &Path, keys: u64, out: Option<&Path>) -> Result<(), String> {
     let path = dir.join("scale.redb");
     let _ = std::fs::remove_file(&path);
     let clock = ManualClock::new(CLOCK_START_MS);
-    let mut m = Measured { rows: Vec::new() };
+    let mut m = Measured {
+        keys,
+        out: out.map(Path::to_path_buf),
+    };
     m.put("load_load1_at_start", format!("{:.2}", load1()));
     let rss_before = rss_bytes();
     let store = Store::open(
@@ -200,7 +203,6 @@ fn load(dir: &Path, keys: u64, out: Option<&Path>) -> Result<(), String> {
         ),
     );
     m.put("load_load1_at_end", format!("{:.2}", load1()));
-    m.write(keys, out)?;
     if errors > 0 {
         return Err(format!("{errors} records failed to load"));
     }
@@ -257,29 +259,27 @@ fn touch_all(store: &Store, scope: &Scope, keys: u64) -> Result<Duration, String
     Ok(started.elapsed())
 }
 
+/// Figures printed and appended to the CSV as they are measured, so that an interrupted run
+/// keeps what it had.
 struct Measured {
-    rows: Vec<(String, String)>,
+    keys: u64,
+    out: Option<PathBuf>,
 }
 
 impl Measured {
-    fn write(&self, keys: u64, out: Option<&Path>) -> Result<(), String> {
-        if let Some(out) = out {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(out)
-                .map_err(|e| e.to_string())?;
-            for (k, v) in &self.rows {
-                writeln!(f, "{keys},{k},{v}").map_err(|e| e.to_string())?;
-            }
-        }
-        Ok(())
-    }
-
     fn put(&mut self, name: &str, value: impl std::fmt::Display) {
         let v = value.to_string();
         println!("{name:<44} {v}");
-        self.rows.push((name.to_owned(), v));
+        if let Some(out) = &self.out {
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(out)
+                .and_then(|mut f| writeln!(f, "{},{name},{v}", self.keys));
+            if let Err(e) = written {
+                eprintln!("{}: {e}", out.display());
+            }
+        }
     }
 }
 
@@ -333,7 +333,10 @@ fn open(
     let file = std::fs::metadata(&path)
         .map_err(|e| format!("{}: {e} (run --phase load first)", path.display()))?
         .len();
-    let mut m = Measured { rows: Vec::new() };
+    let mut m = Measured {
+        keys,
+        out: out.map(Path::to_path_buf),
+    };
     m.put("keys", keys);
     m.put("load1_at_start", format!("{:.2}", load1()));
     m.put(
@@ -377,8 +380,6 @@ fn open(
     let first_execute = t1.elapsed();
     let after = rss_bytes();
     let stats = store.stats();
-    let touched = touch_all(&store, &scope, keys)?;
-    let warm = rss_bytes();
     m.put("index_entries", stats.index_entries);
     m.put("open_ms", format!("{:.1}", opened.as_secs_f64() * 1e3));
     m.put(
@@ -402,6 +403,8 @@ fn open(
         format!("{:.1}", after.saturating_sub(before) as f64 / keys as f64),
     );
     m.put("page_cache_bytes_configured", PAGE_CACHE);
+    let touched = touch_all(&store, &scope, keys)?;
+    let warm = rss_bytes();
     m.put("warm_secs", format!("{:.1}", touched.as_secs_f64()));
     m.put("warm_index_entries", store.stats().index_entries);
     m.put("rss_warm_mib", format!("{:.1}", warm as f64 / 1048576.0));
@@ -482,6 +485,5 @@ fn open(
             format!("{:.2}", us(&during.request, 0.99) / us(&base.request, 0.99)),
         );
     }
-    store.close().map_err(|e| e.to_string())?;
-    m.write(keys, out)
+    store.close().map_err(|e| e.to_string())
 }
