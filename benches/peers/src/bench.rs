@@ -355,7 +355,10 @@ fn run_cell(
     label: &str,
 ) -> Result<(Tally, String), String> {
     match system {
-        System::IdemImmediate | System::IdemBuffered | System::IdemMemory => {
+        System::IdemImmediate
+        | System::IdemImmediateNoLog
+        | System::IdemBuffered
+        | System::IdemMemory => {
             let dir = systems::cell_dir(&p.data_dir, "cell")?;
             let store = systems::open_idemstore(system, &dir, p.idem)?;
             let clients = (0..c)

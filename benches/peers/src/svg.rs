@@ -18,6 +18,7 @@ fn color(name: &str) -> (&'static str, &'static str) {
     // (stroke colour, dash pattern): idemstore solid, peers dashed.
     match name {
         "idemstore-immediate" => ("#d62728", ""),
+        "idemstore-immediate-nolog" => ("#e377c2", "6,2"),
         "idemstore-buffered" => ("#ff7f0e", ""),
         "idemstore-memory" => ("#8c564b", ""),
         "redb-naive" => ("#7f7f7f", "2,3"),

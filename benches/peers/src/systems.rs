@@ -27,6 +27,9 @@ const MARKER: &[u8] = b"R|fp=5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b97
 pub enum System {
     /// idemstore, `Durability::Immediate` (the default).
     IdemImmediate,
+    /// idemstore, `Durability::Immediate` without its write-ahead log (a durable database
+    /// commit per batch). Not in a default run; name it to compare the log's effect.
+    IdemImmediateNoLog,
     /// idemstore, `Durability::Buffered`.
     IdemBuffered,
     /// idemstore, `Durability::Memory` (no file).
@@ -63,6 +66,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::IdemImmediate => "idemstore-immediate",
+            System::IdemImmediateNoLog => "idemstore-immediate-nolog",
             System::IdemBuffered => "idemstore-buffered",
             System::IdemMemory => "idemstore-memory",
             System::RedbNaive => "redb-naive",
@@ -76,7 +80,10 @@ impl System {
 
     /// Parses a name.
     pub fn parse(s: &str) -> Option<System> {
-        System::ALL.into_iter().find(|x| x.name() == s)
+        System::ALL
+            .into_iter()
+            .chain([System::IdemImmediateNoLog])
+            .find(|x| x.name() == s)
     }
 }
 
@@ -93,7 +100,7 @@ pub struct IdemSettings {
 /// Opens a fresh idemstore for one cell (a new file in `dir` unless in memory).
 pub fn open_idemstore(system: System, dir: &Path, settings: IdemSettings) -> Result<Store, String> {
     let durability = match system {
-        System::IdemImmediate => Durability::Immediate,
+        System::IdemImmediate | System::IdemImmediateNoLog => Durability::Immediate,
         System::IdemBuffered => Durability::Buffered {
             max_delay: settings.buffered_delay,
         },
@@ -102,6 +109,7 @@ pub fn open_idemstore(system: System, dir: &Path, settings: IdemSettings) -> Res
     let config = Config::builder()
         .durability(durability)
         .ttl(TTL)
+        .write_ahead_log(system != System::IdemImmediateNoLog)
         .build()
         .map_err(|e| e.to_string())?;
     if system == System::IdemMemory {
