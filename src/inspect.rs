@@ -9,12 +9,12 @@ use std::collections::HashSet;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use crate::backend::RecordInfo;
-use crate::error::{Unavailable, cause};
+use crate::error::Unavailable;
 use crate::key::Scope;
 use crate::machine;
 use crate::record::{EXPIRY, ExpiryKey, RECORDS, RESPONSES, Record, State};
 use crate::response;
-use crate::store::Store;
+use crate::store::{Store, corrupted, io_error};
 
 /// What [`Store::check`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,28 +58,29 @@ impl Store {
     ) -> Result<Vec<RecordInfo>, Unavailable> {
         let now = self.now();
         self.read(|txn| {
-            let records = txn.open_table(RECORDS).map_err(io)?;
-            let responses = txn.open_table(RESPONSES).map_err(io)?;
+            let records = txn.open_table(RECORDS).map_err(io_error)?;
+            let responses = txn.open_table(RESPONSES).map_err(io_error)?;
             let mut out = Vec::new();
-            for entry in records.iter().map_err(io)? {
+            for entry in records.iter().map_err(io_error)? {
                 if out.len() >= limit {
                     break;
                 }
-                let (hash, bytes) = entry.map_err(io)?;
+                let (hash, bytes) = entry.map_err(io_error)?;
                 let rec = Record::decode(bytes.value()).map_err(corrupted)?;
                 if scope.is_some_and(|s| s.as_str() != rec.scope) || machine::expired(&rec.hot, now)
                 {
                     continue;
                 }
                 let response = if rec.hot.state == State::Completed {
-                    let blob = responses.get(hash.value()).map_err(io)?.ok_or_else(|| {
-                        Unavailable::Corrupted {
+                    let blob = responses
+                        .get(hash.value())
+                        .map_err(io_error)?
+                        .ok_or_else(|| Unavailable::Corrupted {
                             detail: format!(
                                 "completed record {}/{} has no response",
                                 rec.scope, rec.key
                             ),
-                        }
-                    })?;
+                        })?;
                     Some(response::decode(blob.value()).map_err(corrupted)?)
                 } else {
                     None
@@ -112,9 +113,9 @@ impl Store {
 }
 
 fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable> {
-    let records = txn.open_table(RECORDS).map_err(io)?;
-    let responses = txn.open_table(RESPONSES).map_err(io)?;
-    let expiry = txn.open_table(EXPIRY).map_err(io)?;
+    let records = txn.open_table(RECORDS).map_err(io_error)?;
+    let responses = txn.open_table(RESPONSES).map_err(io_error)?;
+    let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
     let mut report = CheckReport::default();
     let mut problems = 0usize;
     let mut problem = |report: &mut CheckReport, text: String| {
@@ -124,8 +125,8 @@ fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable>
         }
     };
     let mut with_expiry = HashSet::new();
-    for entry in records.iter().map_err(io)? {
-        let (hash, bytes) = entry.map_err(io)?;
+    for entry in records.iter().map_err(io_error)? {
+        let (hash, bytes) = entry.map_err(io_error)?;
         let hash = *hash.value();
         report.records += 1;
         let rec = match Record::decode(bytes.value()) {
@@ -146,7 +147,7 @@ fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable>
             report.expired += 1;
         }
         let ek = ExpiryKey::new(rec.hot.expires_at, &crate::key::KeyHash(hash));
-        if expiry.get(&ek).map_err(io)?.is_none() {
+        if expiry.get(&ek).map_err(io_error)?.is_none() {
             problem(&mut report, format!("{name}: no expiry index entry"));
         }
         with_expiry.insert(ek.0);
@@ -154,7 +155,7 @@ fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable>
             State::InFlight => report.in_flight += 1,
             State::Completed => {
                 report.completed += 1;
-                match responses.get(&hash).map_err(io)? {
+                match responses.get(&hash).map_err(io_error)? {
                     None => problem(&mut report, format!("{name}: completed without a response")),
                     Some(blob) => match response::decode(blob.value()) {
                         Ok(r) if r.status() != rec.hot.status => problem(
@@ -172,20 +173,20 @@ fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable>
             }
         }
     }
-    for entry in responses.iter().map_err(io)? {
-        let (hash, blob) = entry.map_err(io)?;
+    for entry in responses.iter().map_err(io_error)? {
+        let (hash, blob) = entry.map_err(io_error)?;
         report.responses += 1;
         report.response_bytes += blob.value().len() as u64;
-        if records.get(hash.value()).map_err(io)?.is_none() {
+        if records.get(hash.value()).map_err(io_error)?.is_none() {
             problem(
                 &mut report,
                 format!("response {} has no record", hex(hash.value())),
             );
         }
     }
-    report.expiry_entries = expiry.len().map_err(io)?;
-    for entry in expiry.iter().map_err(io)? {
-        let (ek, ()) = entry.map_err(io).map(|(k, _)| (k, ()))?;
+    report.expiry_entries = expiry.len().map_err(io_error)?;
+    for entry in expiry.iter().map_err(io_error)? {
+        let (ek, ()) = entry.map_err(io_error).map(|(k, _)| (k, ()))?;
         if !with_expiry.contains(&ek.value().0) {
             problem(
                 &mut report,
@@ -207,19 +208,4 @@ fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable>
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn io(e: impl Into<redb::Error>) -> Unavailable {
-    match e.into() {
-        redb::Error::Corrupted(detail) => Unavailable::Corrupted { detail },
-        other => Unavailable::Io {
-            cause: cause(other),
-        },
-    }
-}
-
-fn corrupted(e: impl std::fmt::Display) -> Unavailable {
-    Unavailable::Corrupted {
-        detail: e.to_string(),
-    }
 }

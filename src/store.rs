@@ -924,7 +924,8 @@ impl Backend for Store {
     }
 }
 
-fn io_error(e: impl Into<redb::Error>) -> Unavailable {
+/// A storage-engine error met while reading, as callers see it.
+pub(crate) fn io_error(e: impl Into<redb::Error>) -> Unavailable {
     match e.into() {
         redb::Error::Corrupted(detail) => Unavailable::Corrupted { detail },
         other => Unavailable::Io {
@@ -933,7 +934,8 @@ fn io_error(e: impl Into<redb::Error>) -> Unavailable {
     }
 }
 
-fn corrupted(e: impl std::fmt::Display) -> Unavailable {
+/// Bytes that do not decode, as callers see them.
+pub(crate) fn corrupted(e: impl std::fmt::Display) -> Unavailable {
     Unavailable::Corrupted {
         detail: e.to_string(),
     }
