@@ -63,6 +63,24 @@ pub struct RecordInfo {
     pub response: Option<Response>,
 }
 
+impl RecordInfo {
+    /// The view of a decoded record and its stored response.
+    pub(crate) fn of(rec: crate::record::Record, response: Option<Response>) -> RecordInfo {
+        let h = rec.hot;
+        RecordInfo {
+            scope: rec.scope,
+            key: rec.key,
+            state: h.state,
+            fingerprint: h.fingerprint,
+            created_at: h.created_at,
+            lease_deadline: (h.state == State::InFlight).then_some(h.lease_deadline),
+            expires_at: h.expires_at,
+            token: h.token,
+            response,
+        }
+    }
+}
+
 /// The idempotency contract at the level of fencing tokens, implemented by [`Store`] and by
 /// any other backend.
 ///

@@ -85,18 +85,7 @@ impl Store {
                 } else {
                     None
                 };
-                let h = rec.hot;
-                out.push(RecordInfo {
-                    scope: rec.scope,
-                    key: rec.key,
-                    state: h.state,
-                    fingerprint: h.fingerprint,
-                    created_at: h.created_at,
-                    lease_deadline: (h.state == State::InFlight).then_some(h.lease_deadline),
-                    expires_at: h.expires_at,
-                    token: h.token,
-                    response,
-                });
+                out.push(RecordInfo::of(rec, response));
             }
             Ok(out)
         })

@@ -581,18 +581,7 @@ impl Store {
             } else {
                 None
             };
-            let h = rec.hot;
-            Ok(Some(RecordInfo {
-                scope: rec.scope,
-                key: rec.key,
-                state: h.state,
-                fingerprint: h.fingerprint,
-                created_at: h.created_at,
-                lease_deadline: (h.state == State::InFlight).then_some(h.lease_deadline),
-                expires_at: h.expires_at,
-                token: h.token,
-                response,
-            }))
+            Ok(Some(RecordInfo::of(rec, response)))
         })
     }
 
