@@ -7,9 +7,10 @@
 //! Invariants (the full argument is in `docs/design.md`, "How the index may lag redb"):
 //! - only the writer thread mutates the index, and only after the commit that made a change
 //!   has returned, before the callers of that batch are answered;
-//! - an entry is a copy of a committed record; the index may lack records (not touched since
-//!   open, or their response dropped for the memory budget), never hold one redb lacks except
-//!   during the moment between a commit and the writer's update;
+//! - an entry is a copy of a committed record (in the file, or logged and in the overlay); the
+//!   index may lack records (not touched since open, or their response dropped for the memory
+//!   budget), never hold one the store lacks except during the moment between a commit and the
+//!   writer's update;
 //! - readers copy entries out and hold no guard after the lookup returns.
 
 use std::hash::{BuildHasher, Hasher};

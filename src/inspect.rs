@@ -2,7 +2,8 @@
 //!
 //! Why: the operator tool (`idemstore list`, `stats`, `check`) needs to see every record, which
 //! the request path never does. Invariant: these are read-only passes in one read transaction
-//! (a consistent snapshot); they never panic on a damaged record, they report it.
+//! (a consistent snapshot) taken after a checkpoint, so the file holds every change made
+//! before the call; they never panic on a damaged record, they report it.
 
 use std::collections::HashSet;
 
@@ -50,12 +51,15 @@ const MAX_PROBLEMS: usize = 100;
 
 impl Store {
     /// The live (not expired) records, in the file's order (by key hash), those of `scope`
-    /// only if given, at most `limit`. A record that does not decode is an error.
+    /// only if given, at most `limit`. A record that does not decode is an error. With the
+    /// write-ahead log this first checkpoints, so the file holds every operation queued
+    /// before the call.
     pub fn records(
         &self,
         scope: Option<&Scope>,
         limit: usize,
     ) -> Result<Vec<RecordInfo>, Unavailable> {
+        self.settle_into_file()?;
         let now = self.now();
         self.read(|txn| {
             let records = txn.open_table(RECORDS).map_err(io_error)?;
@@ -95,7 +99,9 @@ impl Store {
     /// decodes, each completed record has a response that decodes with the record's status,
     /// each record has its expiry entry, and no response or expiry entry is left without its
     /// record. Open the store with `verify_on_open(true)` to check every page's checksum too.
+    /// With the write-ahead log this first checkpoints, so the whole store is checked.
     pub fn check(&self) -> Result<CheckReport, Unavailable> {
+        self.settle_into_file()?;
         let now = self.now();
         self.read(|txn| check_in(txn, now))
     }

@@ -11,17 +11,18 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use redb::{Database, ReadableTable, Table};
 
+use crate::checkpoint::{ApplyError, apply_change};
 use crate::config::Config;
 use crate::error::{OpenError, cause};
 use crate::key::KeyHash;
 use crate::record::{
-    Blob, EXPIRY, ExpiryKey, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT, META_LOG_ID,
-    META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RESPONSES, RecordBytes,
-    State, TOKEN_SKIP_AFTER_CRASH,
+    EXPIRY, ExpiryKey, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT, META_LOG_ID,
+    META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RESPONSES, State,
+    TOKEN_SKIP_AFTER_CRASH,
 };
 use crate::shared::panic_text;
 use crate::storage::StorageBackend;
-use crate::wal::{self, Change, Log, LogError, Mark};
+use crate::wal::{self, Log, LogError, Mark};
 
 /// Runs an opening step, turning a storage-engine panic on a damaged file into an error.
 pub(crate) fn guard_open<T>(f: impl FnOnce() -> Result<T, OpenError>) -> Result<T, OpenError> {
@@ -181,9 +182,12 @@ pub(crate) fn init_tables(
                             replayed += 1;
                             for change in entry.changes {
                                 if let Err(e) =
-                                    replay(&mut records, &mut responses, &mut expiry, change)
+                                    apply_change(&mut records, &mut responses, &mut expiry, change)
                                 {
-                                    failure = Some(e);
+                                    failure = Some(match e {
+                                        ApplyError::Storage(e) => open_error(e),
+                                        ApplyError::BadRecord(detail) => OpenError::Log { detail },
+                                    });
                                     return Err(LogError::BadEntry {
                                         seq,
                                         detail: "replay failed".into(),
@@ -274,62 +278,6 @@ fn log_error(e: LogError) -> OpenError {
             detail: other.to_string(),
         },
     }
-}
-
-/// Applies one logged change to the tables. Each change states a whole record, so applying
-/// it over a file that already holds it changes nothing.
-fn replay(
-    records: &mut Table<&'static [u8; 32], RecordBytes>,
-    responses: &mut Table<&'static [u8; 32], Blob>,
-    expiry: &mut Table<ExpiryKey, ()>,
-    change: Change<'_>,
-) -> Result<(), OpenError> {
-    let hash = match &change {
-        Change::Put { hash, .. } | Change::Delete { hash } => *hash,
-    };
-    let old = records
-        .get(&hash)
-        .map_err(open_error)?
-        .and_then(|g| Hot::decode(g.value()).ok());
-    let key_hash = KeyHash(hash);
-    match change {
-        Change::Put {
-            record, response, ..
-        } => {
-            let new = Hot::decode(record).map_err(|e| OpenError::Log {
-                detail: format!("a logged record does not decode: {e}"),
-            })?;
-            if let Some(old) = old
-                && old.expires_at != new.expires_at
-            {
-                expiry
-                    .remove(ExpiryKey::new(old.expires_at, &key_hash))
-                    .map_err(open_error)?;
-            }
-            expiry
-                .insert(ExpiryKey::new(new.expires_at, &key_hash), ())
-                .map_err(open_error)?;
-            records.insert(&hash, record).map_err(open_error)?;
-            match response {
-                Some(r) => {
-                    responses.insert(&hash, r).map_err(open_error)?;
-                }
-                None => {
-                    responses.remove(&hash).map_err(open_error)?;
-                }
-            }
-        }
-        Change::Delete { .. } => {
-            records.remove(&hash).map_err(open_error)?;
-            responses.remove(&hash).map_err(open_error)?;
-            if let Some(old) = old {
-                expiry
-                    .remove(ExpiryKey::new(old.expires_at, &key_hash))
-                    .map_err(open_error)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// An identity for a new log, so a log from another store (or an older log of this one) is

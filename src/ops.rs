@@ -80,6 +80,11 @@ pub(crate) enum Op {
     Barrier {
         reply: Sender<Result<(), Unavailable>>,
     },
+    /// Answered once every operation queued before it is in the database file (with a log,
+    /// after a checkpoint; without one, a barrier): for whole-file reads.
+    Checkpoint {
+        reply: Sender<Result<(), Unavailable>>,
+    },
     Shutdown,
 }
 
@@ -175,7 +180,9 @@ impl Op {
             Op::Release { reply: None, .. } | Op::Cache { .. } | Op::Shutdown => {}
             Op::Purge { reply, .. } => drop(reply.send(Err(e))),
             Op::Expire { reply, .. } => drop(reply.send(Err(e))),
-            Op::Flush { reply } | Op::Barrier { reply } => drop(reply.send(Err(e))),
+            Op::Flush { reply } | Op::Barrier { reply } | Op::Checkpoint { reply } => {
+                drop(reply.send(Err(e)))
+            }
         }
     }
 }

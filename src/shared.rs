@@ -16,6 +16,7 @@ use redb::Database;
 use crate::config::Config;
 use crate::error::{Cause, Message, Unavailable};
 use crate::index::HotIndex;
+use crate::overlay::Overlay;
 use crate::reply::Closed;
 use crate::stats::Counters;
 
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
     pub(crate) index: HotIndex,
+    /// Logged changes not in the database file yet (empty without a log).
+    pub(crate) overlay: Overlay,
     /// The database, for readers; taken out at close so the file is released.
     db: RwLock<Option<Arc<Database>>>,
     poisoned: AtomicBool,
@@ -41,6 +44,7 @@ impl Shared {
             config,
             counters: Counters::default(),
             index,
+            overlay: Overlay::default(),
             db: RwLock::new(Some(db)),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),

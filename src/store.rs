@@ -31,6 +31,7 @@ use crate::key::{Key, KeyHash, Scope};
 use crate::machine::{self, BeginDecision};
 use crate::open::{guard_open, init_tables, open_db};
 use crate::ops::{BeginReply, Completion, Op};
+use crate::overlay::Slot;
 use crate::record::{RECORDS, RESPONSES, Record, State};
 use crate::reply::{self, Closed, Receiver};
 use crate::response::{self, Response};
@@ -38,6 +39,28 @@ use crate::shared::{Shared, panic_text};
 use crate::stats::{Stats, bump};
 use crate::storage::StorageBackend;
 use crate::writer;
+
+/// A record's read-only view from its stored bytes; `None` once expired (C9).
+fn record_info(
+    hash: &KeyHash,
+    record: &[u8],
+    response: Option<&[u8]>,
+    now: u64,
+) -> Result<Option<RecordInfo>, Unavailable> {
+    let rec = Record::decode(record).map_err(corrupted)?;
+    if machine::expired(&rec.hot, now) {
+        return Ok(None);
+    }
+    let response = if rec.hot.state == State::Completed {
+        let blob = response.ok_or_else(|| Unavailable::Corrupted {
+            detail: format!("completed record {hash:?} has no stored response"),
+        })?;
+        Some(response::decode(blob).map_err(corrupted)?)
+    } else {
+        None
+    };
+    Ok(Some(RecordInfo::of(rec, response)))
+}
 
 /// An idempotency store: a redb file, its hot index, its writer and its compactor.
 ///
@@ -524,26 +547,58 @@ impl Store {
         })
     }
 
-    /// The stored response of the completed reservation `token`, if the file still holds it.
+    /// The newest logged state of `hash` that the file may not hold yet; `None` when the
+    /// file has it.
+    fn overlaid(&self, hash: &KeyHash) -> Option<Slot> {
+        self.inner.shared.overlay.with(hash, |slot| slot.cloned())
+    }
+
+    /// The stored response of the completed reservation `token`, if the store still holds it.
     fn read_response(&self, hash: &KeyHash, token: u64) -> Result<Option<Response>, Unavailable> {
         let now = self.inner.shared.now();
+        let wanted = |hot: &crate::record::Hot| {
+            hot.state == State::Completed && hot.token == token && !machine::expired(hot, now)
+        };
+        let missing = || Unavailable::Corrupted {
+            detail: format!("completed record {hash:?} has no stored response"),
+        };
+        match self.overlaid(hash) {
+            Some(Slot::Deleted) => return Ok(None),
+            Some(Slot::Put { record, response }) => {
+                let hot = crate::record::Hot::decode(&record).map_err(corrupted)?;
+                if !wanted(&hot) {
+                    return Ok(None);
+                }
+                let blob = response.ok_or_else(missing)?;
+                return response::decode(&blob).map(Some).map_err(corrupted);
+            }
+            None => {}
+        }
         self.read(|txn| {
             let records = txn.open_table(RECORDS).map_err(io_error)?;
             let Some(g) = records.get(&hash.0).map_err(io_error)? else {
                 return Ok(None);
             };
             let hot = crate::record::Hot::decode(g.value()).map_err(corrupted)?;
-            if hot.state != State::Completed || hot.token != token || machine::expired(&hot, now) {
+            if !wanted(&hot) {
                 return Ok(None);
             }
             let responses = txn.open_table(RESPONSES).map_err(io_error)?;
-            let Some(blob) = responses.get(&hash.0).map_err(io_error)? else {
-                return Err(Unavailable::Corrupted {
-                    detail: format!("completed record {hash:?} has no stored response"),
-                });
-            };
+            let blob = responses
+                .get(&hash.0)
+                .map_err(io_error)?
+                .ok_or_else(missing)?;
             response::decode(blob.value()).map(Some).map_err(corrupted)
         })
+    }
+
+    /// Waits until the database file holds every operation queued so far (with a write-ahead
+    /// log, a checkpoint), for reads of the whole file.
+    pub(crate) fn settle_into_file(&self) -> Result<(), Unavailable> {
+        self.inner.shared.check()?;
+        let (tx, rx) = reply::channel();
+        self.submit(Op::Checkpoint { reply: tx })?;
+        rx.wait().map_err(|c| self.inner.shared.lost_reply(c))?
     }
 
     /// The record for (scope, key), or `None` if there is none or it has expired (C9).
@@ -558,31 +613,21 @@ impl Store {
         }
         let hash = KeyHash::of(scope, key);
         let now = self.inner.shared.now();
-        self.read(|txn| {
-            let records = txn.open_table(RECORDS).map_err(io_error)?;
-            let Some(g) = records.get(&hash.0).map_err(io_error)? else {
-                return Ok(None);
-            };
-            let rec = Record::decode(g.value()).map_err(corrupted)?;
-            if machine::expired(&rec.hot, now) {
-                return Ok(None);
+        match self.overlaid(&hash) {
+            Some(Slot::Deleted) => Ok(None),
+            Some(Slot::Put { record, response }) => {
+                record_info(&hash, &record, response.as_deref(), now)
             }
-            let response = if rec.hot.state == State::Completed {
+            None => self.read(|txn| {
+                let records = txn.open_table(RECORDS).map_err(io_error)?;
+                let Some(g) = records.get(&hash.0).map_err(io_error)? else {
+                    return Ok(None);
+                };
                 let responses = txn.open_table(RESPONSES).map_err(io_error)?;
                 let blob = responses.get(&hash.0).map_err(io_error)?;
-                match blob {
-                    Some(b) => Some(response::decode(b.value()).map_err(corrupted)?),
-                    None => {
-                        return Err(Unavailable::Corrupted {
-                            detail: format!("completed record {hash:?} has no stored response"),
-                        });
-                    }
-                }
-            } else {
-                None
-            };
-            Ok(Some(RecordInfo::of(rec, response)))
-        })
+                record_info(&hash, g.value(), blob.as_ref().map(|b| b.value()), now)
+            }),
+        }
     }
 
     /// Removes the record for (scope, key), whatever its state; true if there was one. A

@@ -2,11 +2,11 @@
 //!
 //! Why: a durable database commit costs several page writes and an fsync on a file whose layout
 //! changes (about 0.7 ms here), while overwriting a few kilobytes of a file whose blocks already
-//! exist and calling `fdatasync` costs about 0.12 ms. So the writer applies each batch to the
-//! database with a non-durable commit (readers see it at once), appends the batch's resulting
-//! record states here as one checksummed entry, syncs the log, and only then answers. A
-//! checkpoint, a durable database commit, records the sequence number and log position up to
-//! which the database holds everything; the log space before that position is reused.
+//! exist and calling `fdatasync` costs about 0.12 ms. So the writer appends each batch's
+//! resulting record states here as one checksummed entry (and keeps them in the overlay, where
+//! readers see them at once), syncs the log, and only then answers. A checkpoint, a durable
+//! database commit, records the sequence number and log position up to which the database
+//! holds everything; the log space before that position is reused.
 //!
 //! Invariants:
 //! - entries carry consecutive sequence numbers and lie end to end from the checkpoint

@@ -100,6 +100,54 @@ fn c10_the_log_wraps_and_checkpoints_without_losing_an_acknowledgement() {
 }
 
 #[test]
+fn c3_c9_reads_see_every_change_while_checkpoints_fold_it_into_the_file() {
+    let clock = ManualClock::new(T0);
+    let m = Machine::new();
+    let store = m.open(cfg(&clock)).unwrap();
+    let body = "b".repeat(2000);
+    let s = scope("acct");
+    for i in 0..150 {
+        let k = key(&format!("r{i}"));
+        execute(store.begin(&s, &k, &fp("1")).unwrap())
+            .complete(resp(201, &format!("r{i}:{body}")))
+            .unwrap();
+        // Every earlier record reads back, whether it is in the overlay, in a generation being
+        // checkpointed, or in the file.
+        for j in [0, i / 2, i] {
+            let info = store.get(&s, &key(&format!("r{j}"))).unwrap();
+            let purged = j % 10 == 4 && j + 5 < i;
+            match info {
+                None => assert!(purged, "r{j} missing after r{i}"),
+                Some(info) => {
+                    assert!(!purged, "r{j} purged but read after r{i}");
+                    let response = info.response.expect("completed");
+                    assert_eq!(response.body(), format!("r{j}:{body}").as_bytes());
+                }
+            }
+        }
+        if i % 10 == 9 {
+            // A deletion on top of a record that may already be in the file.
+            assert!(store.purge(&s, &key(&format!("r{}", i - 5))).unwrap());
+            assert!(
+                store
+                    .get(&s, &key(&format!("r{}", i - 5)))
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
+    let stats = store.stats();
+    assert!(stats.checkpoints >= 4, "{stats:?}");
+    // A whole-file read checkpoints first, so it sees everything.
+    let listed = store.records(None, usize::MAX).unwrap();
+    assert_eq!(listed.len(), 150 - 15);
+    let report = store.check().unwrap();
+    assert!(report.is_sound(), "{report:?}");
+    assert_eq!(report.records, 150 - 15);
+    store.close().unwrap();
+}
+
+#[test]
 fn c8_fencing_tokens_stay_above_those_handed_out_before_a_power_loss() {
     let clock = ManualClock::new(T0);
     let m = Machine::new();

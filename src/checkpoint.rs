@@ -1,0 +1,256 @@
+//! Checkpoints: writing a generation of logged changes into the database file, durably, on a
+//! thread of its own.
+//!
+//! Why: with a write-ahead log the database file is only the place the log is folded into, so
+//! that the log's space can be reused. Doing that fold on the writer thread would stop every
+//! acknowledgement for as long as a durable commit of a second's worth of changes takes (tens
+//! of milliseconds); on the `idemstore-checkpoint` thread it runs beside the writer, which
+//! keeps logging and answering into the next generation of the overlay.
+//!
+//! Invariants:
+//! - a checkpoint commits, in one durable transaction, a frozen generation together with the
+//!   log mark that covers exactly its changes (and every earlier one), and the next fencing
+//!   token as of the freeze; so after any crash the file plus the log after its mark hold
+//!   every synced entry;
+//! - one checkpoint runs at a time, and its result (success with its mark, or the failure that
+//!   poisons the store) reaches the writer, which alone frees log space and drops the frozen
+//!   generation, after the commit;
+//! - applying a change writes the key's whole state, so applying it over a file that already
+//!   holds it changes nothing (recovery replays the same way).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
+use redb::{Database, ReadableTable, Table};
+
+use crate::error::{Cause, Message, cause};
+use crate::key::KeyHash;
+use crate::overlay::{Changes, Slot};
+use crate::record::{
+    Blob, EXPIRY, ExpiryKey, Hot, META, META_CLEAN, META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED,
+    META_NEXT_TOKEN, RECORDS, RESPONSES, RecordBytes,
+};
+use crate::shared::panic_text;
+use crate::wal::{Change, Mark};
+
+/// Why a change could not be applied.
+#[derive(Debug)]
+pub(crate) enum ApplyError {
+    Storage(redb::Error),
+    /// A logged record that does not decode (a checksum-valid entry written by a faulty build).
+    BadRecord(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for ApplyError {
+    fn from(e: E) -> Self {
+        ApplyError::Storage(e.into())
+    }
+}
+
+/// Sets the key of `change` to the state it carries: the record, its response (or none) and
+/// its expiry entry, replacing whatever the tables held for it.
+pub(crate) fn apply_change(
+    records: &mut Table<&'static [u8; 32], RecordBytes>,
+    responses: &mut Table<&'static [u8; 32], Blob>,
+    expiry: &mut Table<ExpiryKey, ()>,
+    change: Change<'_>,
+) -> Result<(), ApplyError> {
+    let hash = match &change {
+        Change::Put { hash, .. } | Change::Delete { hash } => *hash,
+    };
+    let old = records
+        .get(&hash)?
+        .and_then(|g| Hot::decode(g.value()).ok());
+    let key_hash = KeyHash(hash);
+    match change {
+        Change::Put {
+            record, response, ..
+        } => {
+            let new = Hot::decode(record).map_err(|e| {
+                ApplyError::BadRecord(format!("a logged record does not decode: {e}"))
+            })?;
+            if let Some(old) = old
+                && old.expires_at != new.expires_at
+            {
+                expiry.remove(ExpiryKey::new(old.expires_at, &key_hash))?;
+            }
+            expiry.insert(ExpiryKey::new(new.expires_at, &key_hash), ())?;
+            records.insert(&hash, record)?;
+            match response {
+                Some(r) => {
+                    responses.insert(&hash, r)?;
+                }
+                None => {
+                    responses.remove(&hash)?;
+                }
+            }
+        }
+        Change::Delete { .. } => {
+            records.remove(&hash)?;
+            responses.remove(&hash)?;
+            if let Some(old) = old {
+                expiry.remove(ExpiryKey::new(old.expires_at, &key_hash))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records a checkpoint's log position in the meta table.
+pub(crate) fn write_mark(
+    meta: &mut Table<'_, &'static str, u64>,
+    mark: Mark,
+) -> Result<(), redb::StorageError> {
+    meta.insert(META_LOG_SEQ, mark.seq)?;
+    meta.insert(META_LOG_POS, mark.pos)?;
+    meta.insert(META_LOG_ZEROED, mark.zeroed)?;
+    Ok(())
+}
+
+/// What a checkpoint writes.
+pub(crate) struct Job {
+    pub(crate) changes: Arc<Changes>,
+    /// The log position covering exactly `changes` and everything before them.
+    pub(crate) mark: Mark,
+    /// The next fencing token as of the freeze.
+    pub(crate) next_token: u64,
+    /// Also mark the file closed cleanly (the last checkpoint of a store).
+    pub(crate) clean: bool,
+}
+
+/// Writes `job` into the file in one durable commit.
+pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
+    let failed = |e: ApplyError| -> Cause {
+        match e {
+            ApplyError::Storage(e) => cause(e),
+            ApplyError::BadRecord(detail) => Arc::new(Message(detail)),
+        }
+    };
+    let run = || -> Result<(), ApplyError> {
+        let mut txn = db.begin_write()?;
+        {
+            let mut records = txn.open_table(RECORDS)?;
+            let mut responses = txn.open_table(RESPONSES)?;
+            let mut expiry = txn.open_table(EXPIRY)?;
+            for (hash, slot) in job.changes.iter() {
+                let change = match slot {
+                    Slot::Put { record, response } => Change::Put {
+                        hash: hash.0,
+                        record,
+                        response: response.as_deref(),
+                    },
+                    Slot::Deleted => Change::Delete { hash: hash.0 },
+                };
+                apply_change(&mut records, &mut responses, &mut expiry, change)?;
+            }
+            let mut meta = txn.open_table(META)?;
+            write_mark(&mut meta, job.mark)?;
+            meta.insert(META_NEXT_TOKEN, job.next_token)?;
+            if job.clean {
+                meta.insert(META_CLEAN, 1)?;
+            }
+        }
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    };
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(r) => r.map_err(failed),
+        Err(payload) => Err(Arc::new(Message(format!(
+            "the storage engine panicked during a checkpoint: {}",
+            panic_text(&*payload)
+        )))),
+    }
+}
+
+/// The writer's handle on the checkpoint thread.
+pub(crate) struct Checkpointer {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<(Mark, Result<(), Cause>)>,
+    thread: Option<JoinHandle<()>>,
+    /// A checkpoint was started and its result not collected yet.
+    running: bool,
+}
+
+impl Checkpointer {
+    /// Starts the `idemstore-checkpoint` thread.
+    pub(crate) fn spawn(db: Arc<Database>) -> std::io::Result<Checkpointer> {
+        let (jobs, rx) = bounded::<Job>(1);
+        let (tx, done) = bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("idemstore-checkpoint".into())
+            .spawn(move || {
+                for job in rx {
+                    let result = commit(&db, &job);
+                    // Dropping the generation here, not on the writer, keeps its deallocation
+                    // off the acknowledgement path.
+                    let mark = job.mark;
+                    drop(job);
+                    if tx.send((mark, result)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Checkpointer {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            running: false,
+        })
+    }
+
+    /// Whether a checkpoint is running.
+    pub(crate) fn running(&self) -> bool {
+        self.running
+    }
+
+    /// Hands `job` to the thread; the caller checked that none is running.
+    pub(crate) fn start(&mut self, job: Job) -> Result<(), Cause> {
+        let sent = self.jobs.as_ref().map(|j| j.send(job));
+        match sent {
+            Some(Ok(())) => {
+                self.running = true;
+                Ok(())
+            }
+            _ => Err(Arc::new(Message(
+                "the checkpoint thread has stopped".to_owned(),
+            ))),
+        }
+    }
+
+    /// The result of the running checkpoint if it has finished; with `block`, waits for it.
+    pub(crate) fn finished(&mut self, block: bool) -> Option<Result<Mark, Cause>> {
+        if !self.running {
+            return None;
+        }
+        let got = if block {
+            self.done.recv().map_err(|_| TryRecvError::Disconnected)
+        } else {
+            self.done.try_recv()
+        };
+        match got {
+            Ok((mark, result)) => {
+                self.running = false;
+                Some(result.map(|()| mark))
+            }
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.running = false;
+                Some(Err(Arc::new(Message(
+                    "the checkpoint thread stopped during a checkpoint".to_owned(),
+                ))))
+            }
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
