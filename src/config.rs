@@ -404,7 +404,9 @@ impl ConfigBuilder {
     /// Size of a new write-ahead log file, in bytes; fixed when the file is created (an
     /// existing log keeps its size). Default 64 MiB; range 64 KiB to 64 GiB. A checkpoint starts
     /// when half of it holds entries the database has not made durable, and a batch whose
-    /// entry is larger than a quarter of it is committed durably to the database instead.
+    /// entry is larger than a quarter of it is committed durably to the database instead. A
+    /// new log is written with zeros in full (about 0.2 s for 64 MiB on a disk that writes
+    /// 300 MB/s), so that no acknowledgement's sync ever has to allocate blocks.
     pub fn log_capacity(mut self, bytes: u64) -> Self {
         let ok = (crate::wal::MIN_CAPACITY..=64 << 30).contains(&bytes);
         check!(self, "log_capacity", bytes, ok, "64 KiB to 64 GiB");

@@ -24,6 +24,9 @@ pub fn config(clock: &ManualClock) -> ConfigBuilder {
         .clock(clock.clone())
         // Keep the background compactor out of the way: tests call compact_now.
         .compactor_interval(Duration::from_secs(3600))
+        // A new log is written in full when it is created: keep the many stores the tests
+        // create small (the log tests choose their own sizes).
+        .log_capacity(1 << 20)
 }
 
 pub fn open_with(f: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> TestStore {
