@@ -107,6 +107,7 @@ pub struct Config {
     pub(crate) log_capacity: u64,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) writer_spin: Duration,
+    pub(crate) caller_spin: Duration,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -134,6 +135,7 @@ impl Default for Config {
             log_capacity: 64 << 20,
             checkpoint_interval: Duration::from_secs(1),
             writer_spin: Duration::from_micros(50),
+            caller_spin: Duration::from_micros(300),
             clock: Arc::new(SystemClock),
         }
     }
@@ -437,6 +439,19 @@ impl ConfigBuilder {
         self
     }
 
+    /// How long a blocking `begin` or `complete` that waits alone (no other caller of the
+    /// process waiting at that moment) watches for its answer before its thread parks.
+    /// Default 300 µs; range 0 (park at once) to 10 ms. A lone caller's answer comes after
+    /// about one log sync, and a parked thread takes tens of microseconds to wake; the cost
+    /// is up to this much CPU time per call, only while callers are few. Async calls never
+    /// spin.
+    pub fn caller_spin(mut self, spin: Duration) -> Self {
+        let ok = spin <= Duration::from_millis(10);
+        check!(self, "caller_spin", spin, ok, "0 to 10 ms");
+        self.config.caller_spin = spin;
+        self
+    }
+
     /// The clock used for leases and expiry. Default [`SystemClock`]; tests pass a
     /// [`ManualClock`](crate::ManualClock).
     pub fn clock(mut self, clock: impl Clock) -> Self {
@@ -476,6 +491,12 @@ mod tests {
                 .writer_spin(Duration::ZERO)
                 .build()
                 .is_ok()
+        );
+        assert!(
+            Config::builder()
+                .caller_spin(Duration::from_millis(11))
+                .build()
+                .is_err()
         );
         assert!(Config::builder().build().is_ok());
     }

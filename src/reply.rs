@@ -14,11 +14,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
 use parking_lot::{Condvar, Mutex};
+
+/// Blocking callers waiting for a reply right now, in the whole process. Only a caller that
+/// waits alone spins: with more, the CPUs are better left to the writer and the others.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
 
 struct Slot<T> {
     state: Mutex<SlotState<T>>,
     ready: Condvar,
+    /// Set once `closed` is: lets a spinning receiver watch without taking the lock.
+    done: AtomicBool,
+    /// How long a blocking receiver waiting alone watches `done` before it parks.
+    spin: Duration,
 }
 
 struct SlotState<T> {
@@ -45,6 +56,12 @@ pub(crate) struct Closed {
 }
 
 pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
+    spinning_channel(Duration::ZERO)
+}
+
+/// A channel whose blocking receiver, when no other caller is waiting, watches for the reply
+/// for up to `spin` before it parks.
+pub(crate) fn spinning_channel<T>(spin: Duration) -> (Sender<T>, Receiver<T>) {
     let slot = Arc::new(Slot {
         state: Mutex::new(SlotState {
             value: None,
@@ -54,6 +71,8 @@ pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
             waker: None,
         }),
         ready: Condvar::new(),
+        done: AtomicBool::new(false),
+        spin,
     });
     (Sender(Some(slot.clone())), Receiver(slot))
 }
@@ -87,6 +106,7 @@ fn finish<T>(slot: &Slot<T>, value: Option<T>) -> Result<(), T> {
         }
         st.value = value;
         st.closed = true;
+        slot.done.store(true, Ordering::Release);
         st.waker.take()
     };
     slot.ready.notify_all();
@@ -106,8 +126,20 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> Receiver<T> {
-    /// Blocks the calling thread until the reply arrives.
+    /// Blocks the calling thread until the reply arrives. When no other caller is waiting,
+    /// it first watches the slot for up to its spin time before parking: a lone caller's reply
+    /// comes after about one log sync, and waking a parked thread would add tens of
+    /// microseconds.
     pub(crate) fn wait(self) -> Result<T, Closed> {
+        let spin = self.0.spin;
+        let alone = WAITING.fetch_add(1, Ordering::Relaxed) == 0;
+        if alone && !spin.is_zero() {
+            let start = Instant::now();
+            while !self.0.done.load(Ordering::Acquire) && start.elapsed() < spin {
+                std::hint::spin_loop();
+            }
+        }
+        WAITING.fetch_sub(1, Ordering::Relaxed);
         let mut st = self.0.state.lock();
         while !st.closed {
             self.0.ready.wait(&mut st);
@@ -169,5 +201,23 @@ mod tests {
         let (tx, rx) = channel::<u32>();
         drop(tx);
         assert_eq!(rx.wait(), Err(Closed { panicked: false }));
+    }
+
+    #[test]
+    fn a_spinning_receiver_gets_its_value_or_closed() {
+        for spin in [
+            Duration::ZERO,
+            Duration::from_micros(200),
+            Duration::from_secs(5),
+        ] {
+            let (tx, rx) = spinning_channel(spin);
+            let sender = std::thread::spawn(move || tx.send(9u32));
+            assert_eq!(rx.wait(), Ok(9));
+            assert_eq!(sender.join().ok(), Some(Ok(())));
+            // A sender dropped without a value ends the spin too.
+            let (tx, rx) = spinning_channel::<u32>(spin);
+            std::thread::spawn(move || drop(tx));
+            assert_eq!(rx.wait(), Err(Closed { panicked: false }));
+        }
     }
 }

@@ -424,7 +424,7 @@ impl Store {
             bump(&shared.counters.answered_from_index);
             return Ok((hash, Prepared::Ready(claim)));
         }
-        let (tx, rx) = reply::channel();
+        let (tx, rx) = reply::spinning_channel(shared.config.caller_spin);
         self.submit(Op::Begin {
             hash,
             scope: scope.clone(),
@@ -701,7 +701,7 @@ impl Store {
                 return Err(e);
             }
         };
-        let (tx, rx) = reply::channel();
+        let (tx, rx) = reply::spinning_channel(self.inner.shared.config.caller_spin);
         self.submit(Op::Complete {
             hash,
             token,

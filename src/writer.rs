@@ -489,11 +489,7 @@ impl Writer {
             return self.batch_logged(ops, force_durable);
         }
         let shared = Arc::clone(&self.shared);
-        let mut b = Batch {
-            pending: Vec::with_capacity(ops.len()),
-            durable: force_durable && self.unsynced,
-            ..Batch::default()
-        };
+        let mut b = self.new_batch(ops.len(), force_durable);
         // A panic below drops `b`'s reply slots while unwinding; they are marked so, and their
         // callers hear `Poisoned` (see `Shared::lost_reply`); `guarded` then poisons the store.
         let ops_count = ops.len() as u64;
@@ -536,11 +532,7 @@ impl Writer {
     /// synced when the batch needs durability. The file is written by checkpoints.
     fn batch_logged(&mut self, ops: Vec<Op>, force_durable: bool) {
         let shared = Arc::clone(&self.shared);
-        let mut b = Batch {
-            pending: Vec::with_capacity(ops.len()),
-            durable: force_durable && self.unsynced,
-            ..Batch::default()
-        };
+        let mut b = self.new_batch(ops.len(), force_durable);
         let ops_count = ops.len() as u64;
         // A finished checkpoint first: its generation leaves the overlay only now, before the
         // snapshot below is taken, so the snapshot holds it.
@@ -578,6 +570,16 @@ impl Writer {
         match self.log_batch(&mut b) {
             Ok(durable) => self.committed(b, ops_count, started, durable),
             Err(c) => fail_batch(&shared, b, c),
+        }
+    }
+
+    /// An empty batch for `n` operations; `force_durable` makes it durable if anything
+    /// acknowledged is not yet.
+    fn new_batch(&self, n: usize, force_durable: bool) -> Batch {
+        Batch {
+            pending: Vec::with_capacity(n),
+            durable: force_durable && self.unsynced,
+            ..Batch::default()
         }
     }
 
