@@ -136,7 +136,9 @@ impl<T> Receiver<T> {
         if alone && !spin.is_zero() {
             let start = Instant::now();
             while !self.0.done.load(Ordering::Acquire) && start.elapsed() < spin {
-                std::hint::spin_loop();
+                // Yield rather than spin: on a busy machine the thread this one waits for may
+                // need this CPU.
+                std::thread::yield_now();
             }
         }
         WAITING.fetch_sub(1, Ordering::Relaxed);

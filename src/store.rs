@@ -297,7 +297,9 @@ impl Store {
         let db = open_db(&config, |b| {
             b.create_with_backend(redb::backends::InMemoryBackend::new())
         })?;
-        Store::start(db, config, None)
+        // The writer's logged path, with a log that keeps nothing: see `wal::Discard`.
+        let log: Box<dyn StorageBackend> = Box::new(crate::wal::Discard::default());
+        Store::start(db, config, Some(log))
     }
 
     fn start(

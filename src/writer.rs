@@ -401,7 +401,9 @@ impl Writer {
                 if start.elapsed() >= spin {
                     break;
                 }
-                std::hint::spin_loop();
+                // Yield rather than spin: on a busy machine the thread this one waits for may
+                // need this CPU.
+                std::thread::yield_now();
             }
         }
         self.rx.recv()
@@ -656,7 +658,9 @@ impl Writer {
         if !b.entry.is_empty() {
             log.append(&mut b.entry, self.next_token)
                 .map_err(log_failure)?;
-            add(&counters.log_bytes, len as u64);
+            if shared.config.durability != Durability::Memory {
+                add(&counters.log_bytes, len as u64);
+            }
         }
         if b.durable && log.unsynced() {
             log.sync().map_err(log_failure)?;
