@@ -165,9 +165,14 @@ pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
     }
 }
 
+enum ToThread {
+    Run(Job),
+    Drop(Arc<Changes>),
+}
+
 /// The writer's handle on the checkpoint thread.
 pub(crate) struct Checkpointer {
-    jobs: Option<Sender<Job>>,
+    jobs: Option<Sender<ToThread>>,
     done: Receiver<(Mark, Result<(), Cause>)>,
     thread: Option<JoinHandle<()>>,
     /// A checkpoint was started and its result not collected yet.
@@ -177,18 +182,22 @@ pub(crate) struct Checkpointer {
 impl Checkpointer {
     /// Starts the `idemstore-checkpoint` thread.
     pub(crate) fn spawn(db: Arc<Database>) -> std::io::Result<Checkpointer> {
-        let (jobs, rx) = bounded::<Job>(1);
+        // Room for a job and a generation to drop.
+        let (jobs, rx) = bounded::<ToThread>(2);
         let (tx, done) = bounded(1);
         let thread = std::thread::Builder::new()
             .name("idemstore-checkpoint".into())
             .spawn(move || {
-                for job in rx {
+                for message in rx {
+                    let job = match message {
+                        ToThread::Run(job) => job,
+                        ToThread::Drop(changes) => {
+                            drop(changes);
+                            continue;
+                        }
+                    };
                     let result = commit(&db, &job);
-                    // Dropping the generation here, not on the writer, keeps its deallocation
-                    // off the acknowledgement path.
-                    let mark = job.mark;
-                    drop(job);
-                    if tx.send((mark, result)).is_err() {
+                    if tx.send((job.mark, result)).is_err() {
                         return;
                     }
                 }
@@ -208,7 +217,7 @@ impl Checkpointer {
 
     /// Hands `job` to the thread; the caller checked that none is running.
     pub(crate) fn start(&mut self, job: Job) -> Result<(), Cause> {
-        let sent = self.jobs.as_ref().map(|j| j.send(job));
+        let sent = self.jobs.as_ref().map(|j| j.send(ToThread::Run(job)));
         match sent {
             Some(Ok(())) => {
                 self.running = true;
@@ -217,6 +226,14 @@ impl Checkpointer {
             _ => Err(Arc::new(Message(
                 "the checkpoint thread has stopped".to_owned(),
             ))),
+        }
+    }
+
+    /// Drops a generation on the checkpoint thread: freeing tens of thousands of changes takes
+    /// milliseconds that no caller should wait for. Dropped here if the thread cannot take it.
+    pub(crate) fn dispose(&self, changes: Arc<Changes>) {
+        if let Some(j) = self.jobs.as_ref() {
+            let _ = j.try_send(ToThread::Drop(changes));
         }
     }
 

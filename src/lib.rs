@@ -50,6 +50,7 @@ mod index;
 mod inspect;
 mod key;
 mod machine;
+mod memory_device;
 mod open;
 mod ops;
 mod overlay;

@@ -106,9 +106,10 @@ impl Overlay {
         Some(changes)
     }
 
-    /// The frozen generation is in the file now: readers find its changes there.
-    pub(crate) fn thaw(&self) {
-        self.gens.write().frozen = None;
+    /// The frozen generation is in the file now: readers find its changes there. Returns
+    /// it, for the caller to drop where its deallocation costs nobody a wait.
+    pub(crate) fn thaw(&self) -> Option<Arc<Changes>> {
+        self.gens.write().frozen.take()
     }
 }
 

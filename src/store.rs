@@ -295,7 +295,9 @@ impl Store {
             ..config
         };
         let db = open_db(&config, |b| {
-            b.create_with_backend(redb::backends::InMemoryBackend::new())
+            b.create_with_backend(crate::storage::Adapter(
+                crate::memory_device::MemoryDevice::default(),
+            ))
         })?;
         // The writer's logged path, with a log that keeps nothing: see `wal::Discard`.
         let log: Box<dyn StorageBackend> = Box::new(crate::wal::Discard::default());

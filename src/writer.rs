@@ -718,7 +718,11 @@ impl Writer {
                 if let Some(log) = self.log.as_mut() {
                     log.checkpointed(mark);
                 }
-                self.shared.overlay.thaw();
+                if let (Some(changes), Some(cp)) =
+                    (self.shared.overlay.thaw(), self.checkpointer.as_ref())
+                {
+                    cp.dispose(changes);
+                }
                 let counters = &self.shared.counters;
                 bump(&counters.checkpoints);
                 bump(&counters.durable_commits);
