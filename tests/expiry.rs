@@ -120,11 +120,14 @@ fn file_size_bounded(wal: bool) {
         assert_eq!(t.store.compact_now().unwrap(), 2000);
         sizes.push(std::fs::metadata(&t.path).unwrap().len());
     }
-    // Freed pages are reused: after the first rounds, the file stops growing.
+    // Freed pages are reused: after the first rounds, the file stops growing with the data.
+    // The storage engine grows a file in steps (one round was seen to take one step of 1.5x
+    // when batches came out smaller under load), so the bound allows one doubling; a file that
+    // did not reuse its pages would grow by a round's worth of records every round.
     let settled = sizes[1];
     for (round, size) in sizes.iter().enumerate().skip(2) {
         assert!(
-            *size <= settled + settled / 2,
+            *size <= settled * 2,
             "round {round}: file grew to {size} bytes from {settled} ({sizes:?})"
         );
     }
