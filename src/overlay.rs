@@ -39,10 +39,24 @@ pub(crate) enum Slot {
 /// One generation of changes.
 pub(crate) type Changes = HashMap<KeyHash, Slot, PassThrough>;
 
-#[derive(Default)]
 struct Generations {
     current: Changes,
     frozen: Option<Arc<Changes>>,
+    /// No record put into the current generation expires before this (a bound: a later
+    /// change may have replaced the record that set it).
+    current_min_expiry: u64,
+    frozen_min_expiry: u64,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Generations {
+            current: Changes::default(),
+            frozen: None,
+            current_min_expiry: u64::MAX,
+            frozen_min_expiry: u64::MAX,
+        }
+    }
 }
 
 /// The two generations of changes not in the database file yet.
@@ -68,9 +82,21 @@ impl Overlay {
         self.with(hash, |s| s.is_some())
     }
 
-    /// Records `slot` as the newest state of `hash`.
-    pub(crate) fn set(&self, hash: KeyHash, slot: Slot) {
-        self.gens.write().current.insert(hash, slot);
+    /// Records `slot` as the newest state of `hash`; `expires_at` is the expiry time of the
+    /// record it puts (none for a deletion).
+    pub(crate) fn set(&self, hash: KeyHash, slot: Slot, expires_at: Option<u64>) {
+        let mut gens = self.gens.write();
+        if let Some(t) = expires_at {
+            gens.current_min_expiry = gens.current_min_expiry.min(t);
+        }
+        gens.current.insert(hash, slot);
+    }
+
+    /// Whether a record put into the overlay may have expired by `now`: when not, an expiry
+    /// pass need not look at the overlay's records at all.
+    pub(crate) fn may_expire_by(&self, now: u64) -> bool {
+        let gens = self.gens.read();
+        gens.current_min_expiry.min(gens.frozen_min_expiry) <= now
     }
 
     /// Calls `f` with every key's newest change (current generation first, then the frozen
@@ -103,13 +129,16 @@ impl Overlay {
         }
         let changes = Arc::new(std::mem::take(&mut gens.current));
         gens.frozen = Some(Arc::clone(&changes));
+        gens.frozen_min_expiry = std::mem::replace(&mut gens.current_min_expiry, u64::MAX);
         Some(changes)
     }
 
     /// The frozen generation is in the file now: readers find its changes there. Returns
     /// it, for the caller to drop where its deallocation costs nobody a wait.
     pub(crate) fn thaw(&self) -> Option<Arc<Changes>> {
-        self.gens.write().frozen.take()
+        let mut gens = self.gens.write();
+        gens.frozen_min_expiry = u64::MAX;
+        gens.frozen.take()
     }
 }
 
@@ -128,12 +157,15 @@ mod tests {
     fn current_shadows_frozen_until_thawed() {
         let o = Overlay::default();
         let (a, b) = (KeyHash([1; 32]), KeyHash([2; 32]));
-        o.set(a, put(1));
-        o.set(b, put(2));
+        o.set(a, put(1), Some(50));
+        o.set(b, put(2), Some(70));
+        assert!(!o.may_expire_by(49));
+        assert!(o.may_expire_by(50));
         let frozen = o.freeze().unwrap();
+        assert!(o.may_expire_by(50), "the frozen generation still counts");
         assert_eq!(frozen.len(), 2);
         assert!(o.freeze().is_none(), "one checkpoint at a time");
-        o.set(a, Slot::Deleted);
+        o.set(a, Slot::Deleted, None);
         assert_eq!(o.with(&a, |s| s.cloned()), Some(Slot::Deleted));
         assert_eq!(o.with(&b, |s| s.cloned()), Some(put(2)));
         let mut seen = Vec::new();
@@ -143,6 +175,7 @@ mod tests {
         o.thaw();
         assert!(!o.contains(&b));
         assert!(o.contains(&a));
+        assert!(!o.may_expire_by(1000), "a deletion expires nothing");
         assert!(o.freeze().is_some());
     }
 }

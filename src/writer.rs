@@ -26,6 +26,7 @@
 //! inside that transaction (exactly-once with the caller's own tables) is one more variant
 //! holding a boxed closure over the `WriteTransaction`.
 
+use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -168,6 +169,7 @@ impl Tables<'_> {
                     record: bytes.into(),
                     response: response.map(Into::into),
                 },
+                Some(hot.expires_at),
             ),
         }
         Ok(())
@@ -201,7 +203,7 @@ impl Tables<'_> {
                     responses.remove(&hash.0)?;
                 }
             }
-            Tables::Logged { overlay, .. } => overlay.set(*hash, Slot::Deleted),
+            Tables::Logged { overlay, .. } => overlay.set(*hash, Slot::Deleted, None),
         }
         Ok(())
     }
@@ -209,8 +211,16 @@ impl Tables<'_> {
     /// Up to `limit` expiry entries due by `now`, oldest first. Without a log they come from
     /// the expiry index as it stands (leftovers included, which the caller removes); with one,
     /// from the overlay's records and from the file's index entries of keys the overlay does
-    /// not hold, each matching its record's current expiry.
-    fn due(&self, now: u64, limit: usize) -> Result<Vec<ExpiryKey>, redb::Error> {
+    /// not hold, each matching its record's current expiry. With a log, the file's index
+    /// still lists the keys removed since the last checkpoint, so the scan of the file resumes
+    /// after `cursor`, the last entry an earlier pass looked at (reset by each checkpoint):
+    /// otherwise every pass would walk again over the entries the passes before it removed.
+    fn due(
+        &self,
+        now: u64,
+        limit: usize,
+        cursor: &mut Option<ExpiryKey>,
+    ) -> Result<Vec<ExpiryKey>, redb::Error> {
         let mut due = Vec::new();
         match self {
             Tables::File { expiry, .. } => {
@@ -224,24 +234,35 @@ impl Tables<'_> {
                 expiry,
                 ..
             } => {
-                overlay.each(|hash, slot| {
-                    if let Slot::Put { record, .. } = slot
-                        && let Ok(hot) = Hot::decode(record)
-                        && hot.expires_at <= now
-                    {
-                        due.push(ExpiryKey::new(hot.expires_at, hash));
-                    }
-                });
-                due.sort_by_key(|k| k.0);
-                due.truncate(limit);
+                if overlay.may_expire_by(now) {
+                    overlay.each(|hash, slot| {
+                        if let Slot::Put { record, .. } = slot
+                            && let Ok(hot) = Hot::decode(record)
+                            && hot.expires_at <= now
+                        {
+                            due.push(ExpiryKey::new(hot.expires_at, hash));
+                        }
+                    });
+                    due.sort_by_key(|k| k.0);
+                    due.truncate(limit);
+                }
+                let upper = ExpiryKey::upper(now);
+                if cursor.is_some_and(|c| c.0 >= upper.0) {
+                    return Ok(due);
+                }
+                let from = match *cursor {
+                    Some(c) => Bound::Excluded(c),
+                    None => Bound::Unbounded,
+                };
                 // Entries whose record moved on are skipped, within a bounded scan, so a run
                 // of leftovers cannot make a pass unbounded.
                 let budget = limit.saturating_mul(4);
-                for entry in expiry.range(..=ExpiryKey::upper(now))?.take(budget) {
+                for entry in expiry.range((from, Bound::Included(upper)))?.take(budget) {
                     if due.len() >= limit {
                         break;
                     }
                     let ek = entry?.0.value();
+                    *cursor = Some(ek);
                     let hash = ek.hash();
                     if overlay.contains(&hash) {
                         continue;
@@ -304,6 +325,9 @@ pub(crate) struct Writer {
     last_checkpoint: Instant,
     /// With a log: the thread that writes the overlay's frozen generations into the file.
     checkpointer: Option<Checkpointer>,
+    /// With a log: the last expiry index entry of the file an expiry pass looked at since
+    /// the last checkpoint (see `Tables::due`).
+    expire_cursor: Option<ExpiryKey>,
 }
 
 /// Starts the writer thread.
@@ -331,6 +355,7 @@ pub(crate) fn spawn(
         log,
         last_checkpoint: Instant::now(),
         checkpointer,
+        expire_cursor: None,
     };
     std::thread::Builder::new()
         .name("idemstore-writer".into())
@@ -718,6 +743,7 @@ impl Writer {
                 if let Some(log) = self.log.as_mut() {
                     log.checkpointed(mark);
                 }
+                self.expire_cursor = None;
                 if let (Some(changes), Some(cp)) =
                     (self.shared.overlay.thaw(), self.checkpointer.as_ref())
                 {
@@ -759,6 +785,7 @@ impl Writer {
         log.checkpointed(mark);
         // The durable commit holds every entry logged so far: none needs a sync any more.
         log.forget_unsynced();
+        self.expire_cursor = None;
         self.shared.overlay.thaw();
         self.last_checkpoint = Instant::now();
         let counters = &self.shared.counters;
@@ -1212,7 +1239,7 @@ impl Writer {
             }
             Op::Expire { limit, reply } => {
                 let report = self.expire(t, now, limit, b)?;
-                add(&counters.expired_removed, report.removed);
+                add(&self.shared.counters.expired_removed, report.removed);
                 b.pending.push(Pending::Expire(reply, report));
             }
             Op::Flush { reply } => {
@@ -1239,13 +1266,15 @@ impl Writer {
 
     /// Removes up to `limit` records whose expiry time has passed (C9).
     fn expire(
-        &self,
+        &mut self,
         t: &mut Tables<'_>,
         now: u64,
         limit: usize,
         b: &mut Batch,
     ) -> Result<ExpireReport, Fail> {
-        let due = self.io(t.due(now, limit))?;
+        let mut cursor = self.expire_cursor;
+        let due = self.io(t.due(now, limit, &mut cursor))?;
+        self.expire_cursor = cursor;
         let mut report = ExpireReport {
             scanned: due.len(),
             removed: 0,

@@ -81,6 +81,36 @@ fn c9_abandoned_in_flight_records_expire_too() {
 }
 
 #[test]
+fn c9_one_compaction_removes_every_expired_record_between_two_checkpoints() {
+    // With the log, removals reach the file only at the next checkpoint; until then the file's
+    // expiry index still lists them, and each pass must not walk over them again (a pass looks
+    // at four batches' worth of index entries at most).
+    for wal in [true, false] {
+        let t = open_with(|c| {
+            c.ttl(TTL)
+                .write_ahead_log(wal)
+                .compactor_batch(50)
+                .log_capacity(16 << 20)
+                .checkpoint_interval(Duration::from_secs(3600))
+        });
+        let s = scope("acct");
+        for i in 0..1500 {
+            let k = key(&format!("e{i}"));
+            execute(t.store.begin(&s, &k, &fp("1")).unwrap())
+                .complete(resp(200, "x"))
+                .unwrap();
+        }
+        // A whole-file read checkpoints, so the records are in the file's expiry index.
+        assert_eq!(t.store.records(None, usize::MAX).unwrap().len(), 1500);
+        t.clock.advance(TTL);
+        assert_eq!(t.store.compact_now().unwrap(), 1500, "wal {wal}");
+        assert_eq!(t.store.stats().expired_removed, 1500);
+        assert!(t.store.get(&s, &key("e7")).unwrap().is_none());
+        assert_eq!(t.store.check().unwrap().records, 0);
+    }
+}
+
+#[test]
 fn c9_file_size_stays_bounded_over_expiry_cycles() {
     file_size_bounded(false);
 }
