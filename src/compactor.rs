@@ -10,21 +10,22 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::ops::{ExpireReport, Op};
 use crate::reply;
+use crate::route::Route;
 use crate::shared::{PoisonDart, Shared};
 
-/// Runs one expiry pass through the writer and waits for it.
+/// Runs one expiry pass through the writer (or the memory engine) and waits for it.
 pub(crate) fn expire_once(
     shared: &Shared,
-    ops: &Sender<Op>,
+    ops: &Route,
     limit: usize,
 ) -> Result<ExpireReport, crate::Unavailable> {
     shared.check()?;
     let (tx, rx) = reply::channel();
-    ops.send(Op::Expire { limit, reply: tx })
+    ops.send(shared, Op::Expire { limit, reply: tx })
         .map_err(|_| shared.lost_reply(reply::Closed::default()))?;
     rx.wait().map_err(|c| shared.lost_reply(c))?
 }
@@ -32,7 +33,7 @@ pub(crate) fn expire_once(
 /// Starts the compactor thread. It stops when `stop` is dropped or sent to.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
-    ops: Sender<Op>,
+    ops: Route,
     stop: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()

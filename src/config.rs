@@ -40,7 +40,10 @@ pub enum Durability {
     ///
     /// - Process crash or power loss: everything is lost.
     ///
-    /// For tests and for deployments that use idemstore as a deduplicating cache.
+    /// There is no writer thread either: each call is decided on the caller's own thread
+    /// under the lock of one of 64 shards, with the same rules as the other modes, and every
+    /// response is kept (`response_cache_bytes` does not apply). For tests and for
+    /// deployments that use idemstore as a deduplicating cache.
     Memory,
 }
 
@@ -332,8 +335,9 @@ impl ConfigBuilder {
         self
     }
 
-    /// Number of records the in-memory hot index is sized for at open, so it does not resize
-    /// while it warms up. Default 65 536; range 0 to 2^30.
+    /// Number of records the in-memory hot index (with [`Durability::Memory`], the memory
+    /// engine's maps) is sized for at open, so it does not resize while it warms up.
+    /// Default 65 536; range 0 to 2^30.
     pub fn index_capacity(mut self, records: usize) -> Self {
         check!(
             self,
@@ -347,8 +351,8 @@ impl ConfigBuilder {
     }
 
     /// Bytes of completed responses kept in memory for replays without a disk read; the
-    /// oldest are dropped first beyond it (they are then read from the file).
-    /// Default 64 MiB; range 0 to 2^40.
+    /// oldest are dropped first beyond it (they are then read from the file). Not used by
+    /// [`Durability::Memory`], where memory is the only copy. Default 64 MiB; range 0 to 2^40.
     pub fn response_cache_bytes(mut self, bytes: usize) -> Self {
         check!(
             self,

@@ -14,6 +14,7 @@
 //!   taker gets a fresh, higher fencing token (handed out by the caller of [`decide_begin`]);
 //! - a lease holder's mutation is accepted only while the record is in flight with its token.
 
+use crate::error::LeaseError;
 use crate::fingerprint::Fingerprint;
 use crate::record::{Hot, State};
 
@@ -71,6 +72,14 @@ pub(crate) fn check_holder(current: Option<&Hot>, token: u64) -> Result<(), Hold
         // Tokens grow store-wide, so a record with a higher token was reserved after ours.
         Some(hot) if hot.token > token => Err(HolderRefusal::Fenced { current: hot.token }),
         _ => Err(HolderRefusal::NotReserved),
+    }
+}
+
+/// The error a refused lease holder gets.
+pub(crate) fn lease_refusal(r: HolderRefusal, token: u64) -> LeaseError {
+    match r {
+        HolderRefusal::Fenced { current } => LeaseError::Fenced { token, current },
+        HolderRefusal::NotReserved => LeaseError::NotReserved { token },
     }
 }
 

@@ -125,6 +125,22 @@ impl fmt::Display for DecodeError {
     }
 }
 
+/// Whether [`encode`] would accept the response, without encoding it.
+pub(crate) fn encodable(r: &Response) -> Result<(), DecodeError> {
+    let inner = &*r.0;
+    let fits = u16::try_from(inner.headers.len()).is_ok()
+        && inner
+            .headers
+            .iter()
+            .all(|(n, v)| u16::try_from(n.len()).is_ok() && u32::try_from(v.len()).is_ok())
+        && u32::try_from(inner.body.len()).is_ok();
+    if fits {
+        Ok(())
+    } else {
+        Err(DecodeError::TooLarge)
+    }
+}
+
 /// Encodes a response (layout in `docs/format.md`). Fails when a field exceeds its length
 /// field: more than 65 535 headers or a header name over 65 535 bytes (possible within
 /// `max_response_bytes`), or a value or body over 4 GiB (ruled out by it).
@@ -218,6 +234,22 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Response, DecodeError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The memory engine checks with `encodable` what the writer learns from `encode`.
+    #[test]
+    fn encodable_agrees_with_encode() {
+        let many: Vec<(String, &[u8])> = (0..70_000).map(|i| (format!("h{i}"), &b""[..])).collect();
+        let long_name = [("n".repeat(70_000), &b"v"[..])];
+        let fine = Response::new(200, [("a", "b")], "ok");
+        for r in [
+            Response::new(200, many, ""),
+            Response::new(200, long_name, ""),
+            fine,
+        ] {
+            assert_eq!(encodable(&r).is_ok(), encode(&r).is_ok());
+        }
+        assert!(encodable(&Response::new(200, [("a", "b")], "ok")).is_ok());
+    }
 
     #[test]
     fn roundtrip_and_length() {

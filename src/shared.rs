@@ -38,14 +38,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, db: Arc<Database>) -> Shared {
+    /// `db` is `None` for the memory engine, which has no database.
+    pub(crate) fn new(config: Config, db: Option<Arc<Database>>) -> Shared {
         let index = HotIndex::with_capacity(config.index_capacity);
         Shared {
             config,
             counters: Counters::default(),
             index,
             overlay: Overlay::default(),
-            db: RwLock::new(Some(db)),
+            db: RwLock::new(db),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             closed: AtomicBool::new(false),

@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 
@@ -29,12 +28,14 @@ use crate::file_device::FileDevice;
 use crate::fingerprint::Fingerprint;
 use crate::key::{Key, KeyHash, Scope};
 use crate::machine::{self, BeginDecision};
+use crate::memory::MemoryEngine;
 use crate::open::{guard_open, init_tables, open_db};
 use crate::ops::{BeginReply, Completion, Op};
 use crate::overlay::Slot;
 use crate::record::{RECORDS, RESPONSES, Record, State};
 use crate::reply::{self, Closed, Receiver};
 use crate::response::{self, Response};
+use crate::route::Route;
 use crate::shared::{Shared, panic_text};
 use crate::stats::{Stats, bump};
 use crate::storage::StorageBackend;
@@ -100,14 +101,14 @@ pub struct Store {
 
 struct Inner {
     shared: Arc<Shared>,
-    ops: Sender<Op>,
+    ops: Route,
     threads: Mutex<Threads>,
 }
 
 struct Threads {
     writer: Option<JoinHandle<()>>,
     compactor: Option<JoinHandle<()>>,
-    stop_compactor: Option<Sender<()>>,
+    stop_compactor: Option<crossbeam_channel::Sender<()>>,
 }
 
 /// What `begin` tells the caller to do: exactly the four outcomes of rules C2-C5, so a `match`
@@ -150,6 +151,12 @@ enum Prepared {
 /// A `begin` queued at the writer. If it is dropped before the answer is taken (an async
 /// caller cancelled), a reservation made for it is released, so no key is left in flight
 /// without a holder (C6).
+/// A completion carried out already (memory engine), or queued for the writer.
+enum Submitted {
+    Done(Result<Completion, CompleteError>),
+    Wait(Receiver<Result<Completion, CompleteError>>),
+}
+
 struct WaitBegin {
     rx: Option<Receiver<Result<BeginReply, Unavailable>>>,
     store: Store,
@@ -288,20 +295,17 @@ impl Store {
     }
 
     /// Opens a store that keeps everything in memory ([`Durability::Memory`], whatever the
-    /// config says).
+    /// config says): no file, no writer thread; each call is carried out on the caller's
+    /// thread by the memory engine. The compactor thread still removes expired records.
     pub fn in_memory(config: Config) -> Result<Store, OpenError> {
         let config = Config {
             durability: Durability::Memory,
             ..config
         };
-        let db = open_db(&config, |b| {
-            b.create_with_backend(crate::storage::Adapter(
-                crate::memory_device::MemoryDevice::default(),
-            ))
-        })?;
-        // The writer's logged path, with a log that keeps nothing: see `wal::Discard`.
-        let log: Box<dyn StorageBackend> = Box::new(crate::wal::Discard::default());
-        Store::start(db, config, Some(log))
+        let engine = Arc::new(MemoryEngine::new(config.index_capacity));
+        let shared = Arc::new(Shared::new(config, None));
+        let route = Route::Memory(engine);
+        Store::with_threads(shared, route, None)
     }
 
     fn start(
@@ -317,25 +321,34 @@ impl Store {
             }
         };
         let db = Arc::new(db);
-        let shared = Arc::new(Shared::new(config, Arc::clone(&db)));
+        let shared = Arc::new(Shared::new(config, Some(Arc::clone(&db))));
         crate::stats::add(&shared.counters.releases, opened.released);
         crate::stats::add(&shared.counters.log_entries_replayed, opened.replayed);
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = writer::spawn(Arc::clone(&shared), db, rx, opened.next_token, opened.log)
             .map_err(OpenError::Spawn)?;
+        Store::with_threads(shared, Route::Writer(tx), Some(writer))
+    }
+
+    /// Starts the compactor beside `writer` (if any) and wraps it all in a store.
+    fn with_threads(
+        shared: Arc<Shared>,
+        route: Route,
+        writer: Option<JoinHandle<()>>,
+    ) -> Result<Store, OpenError> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let inner = Inner {
             shared: Arc::clone(&shared),
-            ops: tx.clone(),
+            ops: route.clone(),
             threads: Mutex::new(Threads {
-                writer: Some(writer),
+                writer,
                 compactor: None,
                 stop_compactor: Some(stop_tx),
             }),
         };
         // From here on, dropping `inner` shuts the writer down cleanly.
         let compactor =
-            compactor::spawn(Arc::clone(&shared), tx, stop_rx).map_err(OpenError::Spawn)?;
+            compactor::spawn(Arc::clone(&shared), route, stop_rx).map_err(OpenError::Spawn)?;
         inner.threads.lock().compactor = Some(compactor);
         Ok(Store {
             inner: Arc::new(inner),
@@ -345,6 +358,11 @@ impl Store {
     /// The configuration the store was opened with.
     pub fn config(&self) -> &Config {
         &self.inner.shared.config
+    }
+
+    /// The memory engine, for a `Durability::Memory` store.
+    pub(crate) fn memory(&self) -> Option<&MemoryEngine> {
+        self.inner.ops.memory()
     }
 
     /// The store clock's reading, in milliseconds since the Unix epoch.
@@ -424,6 +442,10 @@ impl Store {
             }));
         }
         let hash = KeyHash::of(scope, key);
+        if let Some(engine) = self.inner.ops.memory() {
+            let reply = engine.begin(shared, hash, scope, key, fp)?;
+            return Ok((hash, Prepared::Ready(self.claim_of(reply))));
+        }
         if let Some(claim) = self.fast_begin(&hash, fp)? {
             bump(&shared.counters.answered_from_index);
             return Ok((hash, Prepared::Ready(claim)));
@@ -481,11 +503,14 @@ impl Store {
                         {
                             // Retries tend to come in runs: offer the response back to the
                             // index (the writer, its only mutator, decides), fire and forget.
-                            let _ = self.inner.ops.send(Op::Cache {
-                                hash: *hash,
-                                token: entry.hot.token,
-                                response: r.clone(),
-                            });
+                            let _ = self.inner.ops.send(
+                                shared,
+                                Op::Cache {
+                                    hash: *hash,
+                                    token: entry.hot.token,
+                                    response: r.clone(),
+                                },
+                            );
                         }
                         read
                     }
@@ -504,7 +529,11 @@ impl Store {
     ) -> Result<Claim, BeginError> {
         let shared = &self.inner.shared;
         let reply = reply.map_err(|c| shared.lost_reply(c))??;
-        Ok(match reply {
+        Ok(self.claim_of(reply))
+    }
+
+    fn claim_of(&self, reply: BeginReply) -> Claim {
+        match reply {
             BeginReply::Execute {
                 token,
                 lease_deadline,
@@ -514,16 +543,16 @@ impl Store {
             },
             BeginReply::Replay(r) => Claim::Replay(r),
             BeginReply::InProgress => Claim::InProgress {
-                retry_after: shared.config.retry_after,
+                retry_after: self.inner.shared.config.retry_after,
             },
             BeginReply::Conflict => Claim::Conflict,
-        })
+        }
     }
 
     fn submit(&self, op: Op) -> Result<(), Unavailable> {
         self.inner
             .ops
-            .send(op)
+            .send(&self.inner.shared, op)
             .map_err(|_| self.inner.shared.lost_reply(Closed::default()))
     }
 
@@ -617,6 +646,9 @@ impl Store {
         }
         let hash = KeyHash::of(scope, key);
         let now = self.inner.shared.now();
+        if let Some(engine) = self.inner.ops.memory() {
+            return Ok(engine.get(&hash, now));
+        }
         match self.overlaid(&hash) {
             Some(Slot::Deleted) => Ok(None),
             Some(Slot::Put { record, response }) => {
@@ -649,7 +681,11 @@ impl Store {
     /// Counters since open.
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;
-        shared.counters.snapshot(shared.index.len())
+        let entries = match self.inner.ops.memory() {
+            Some(engine) => engine.len(),
+            None => shared.index.len(),
+        };
+        shared.counters.snapshot(entries)
     }
 
     /// Removes every record expired by now, in compactor-sized batches, and returns how many
@@ -686,11 +722,28 @@ impl Store {
         hash: KeyHash,
         token: u64,
         response: Response,
-    ) -> Result<Receiver<Result<Completion, CompleteError>>, CompleteError> {
+    ) -> Result<Submitted, CompleteError> {
         let shared = &self.inner.shared;
         shared.check()?;
         let max = shared.config.max_response_bytes;
         let len = response.encoded_len();
+        if let Some(engine) = self.inner.ops.memory() {
+            // Nothing is encoded in memory; only the limits that encoding would enforce.
+            let refused = match response::encodable(&response) {
+                Ok(()) if len <= max => Ok(()),
+                Ok(()) => Err(CompleteError::ResponseTooLarge { len, max }),
+                Err(e) => Err(CompleteError::InvalidResponse {
+                    reason: e.to_string(),
+                }),
+            };
+            if let Err(e) = refused {
+                self.send_release(hash, token);
+                return Err(e);
+            }
+            return Ok(Submitted::Done(
+                engine.complete(shared, hash, token, response),
+            ));
+        }
         let refused = match response::encode(&response) {
             Ok(blob) if len <= max => Ok(blob),
             Ok(_) => Err(CompleteError::ResponseTooLarge { len, max }),
@@ -713,7 +766,7 @@ impl Store {
             blob,
             reply: tx,
         })?;
-        Ok(rx)
+        Ok(Submitted::Wait(rx))
     }
 
     fn send_release(&self, hash: KeyHash, token: u64) {
@@ -721,12 +774,15 @@ impl Store {
         // in-flight record until the writer has applied it.
         let pending = &self.inner.shared.detached_releases;
         pending.fetch_add(1, Ordering::SeqCst);
-        let sent = self.inner.ops.send(Op::Release {
-            hash,
-            token,
-            reply: None,
-            detached: true,
-        });
+        let sent = self.inner.ops.send(
+            &self.inner.shared,
+            Op::Release {
+                hash,
+                token,
+                reply: None,
+                detached: true,
+            },
+        );
         if sent.is_err() {
             pending.fetch_sub(1, Ordering::SeqCst);
         }
@@ -791,7 +847,7 @@ impl Inner {
             // It makes everything durable and closes the file as it ends.
             threads.compactor.take();
             threads.writer.take();
-            let _ = self.ops.send(Op::Shutdown);
+            let _ = self.ops.send(&self.shared, Op::Shutdown);
             self.shared.mark_closed();
             return Ok(());
         }
@@ -799,19 +855,21 @@ impl Inner {
             let _ = c.join();
         }
         let Some(writer) = threads.writer.take() else {
+            // The memory engine: nothing to drain or make durable.
+            self.shared.mark_closed();
             return self.shared.check_poison();
         };
         let flushed = match self.shared.check_poison() {
             Err(e) => Err(e),
             Ok(()) => {
                 let (tx, rx) = reply::channel();
-                match self.ops.send(Op::Flush { reply: tx }) {
+                match self.ops.send(&self.shared, Op::Flush { reply: tx }) {
                     Ok(()) => rx.wait().unwrap_or_else(|c| Err(self.shared.lost_reply(c))),
                     Err(_) => Err(self.shared.lost_reply(Closed::default())),
                 }
             }
         };
-        let _ = self.ops.send(Op::Shutdown);
+        let _ = self.ops.send(&self.shared, Op::Shutdown);
         let joined = writer.join();
         self.shared.mark_closed();
         if joined.is_err() {
@@ -846,9 +904,12 @@ impl Reservation {
     /// A stale holder (C8) gets [`CompleteError::Fenced`] and nothing is stored.
     pub fn complete(mut self, response: Response) -> Result<Completion, CompleteError> {
         self.armed = false;
-        let rx = self.store.complete_token(self.hash, self.token, response)?;
-        rx.wait()
-            .map_err(|c| self.store.inner.shared.lost_reply(c))?
+        match self.store.complete_token(self.hash, self.token, response)? {
+            Submitted::Done(done) => done,
+            Submitted::Wait(rx) => rx
+                .wait()
+                .map_err(|c| self.store.inner.shared.lost_reply(c))?,
+        }
     }
 
     /// [`complete`](Reservation::complete) as a runtime-agnostic future.
@@ -860,8 +921,10 @@ impl Reservation {
         let store = self.store.clone();
         let submitted = self.store.complete_token(self.hash, self.token, response);
         async move {
-            let rx = submitted?;
-            rx.await.map_err(|c| store.inner.shared.lost_reply(c))?
+            match submitted? {
+                Submitted::Done(done) => done,
+                Submitted::Wait(rx) => rx.await.map_err(|c| store.inner.shared.lost_reply(c))?,
+            }
         }
     }
 
@@ -939,8 +1002,10 @@ impl Backend for Store {
         token: u64,
         response: Response,
     ) -> Result<Completion, CompleteError> {
-        let rx = self.complete_token(KeyHash::of(scope, key), token, response)?;
-        rx.wait().map_err(|c| self.inner.shared.lost_reply(c))?
+        match self.complete_token(KeyHash::of(scope, key), token, response)? {
+            Submitted::Done(done) => done,
+            Submitted::Wait(rx) => rx.wait().map_err(|c| self.inner.shared.lost_reply(c))?,
+        }
     }
 
     fn renew(&self, scope: &Scope, key: &Key, token: u64) -> Result<u64, LeaseError> {

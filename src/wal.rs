@@ -337,40 +337,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The log device of a store in memory: it keeps nothing.
-///
-/// A store in memory runs the writer's logged path too (decisions against the overlay, the
-/// file written by checkpoints), because that path keeps the storage engine's work off the
-/// thread every caller waits for; its entries are built and accounted for, then dropped here.
-#[derive(Debug, Default)]
-pub(crate) struct Discard {
-    len: std::sync::atomic::AtomicU64,
-}
-
-impl StorageBackend for Discard {
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.len.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    fn read(&self, _offset: u64, out: &mut [u8]) -> io::Result<()> {
-        out.fill(0);
-        Ok(())
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.len.store(len, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn sync_data(&self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn write(&self, _offset: u64, _data: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The log as the writer thread owns it.
 pub(crate) struct Log {
     dev: Box<dyn StorageBackend>,

@@ -41,7 +41,7 @@ use crate::config::Durability;
 use crate::error::{Cause, CompleteError, LeaseError, Message, Unavailable, cause};
 use crate::index::Entry;
 use crate::key::KeyHash;
-use crate::machine::{self, BeginDecision, HolderRefusal};
+use crate::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
 use crate::ops::{Abandoned, BeginReply, Completion, ExpireReport, Op, Pending};
 use crate::overlay::{Overlay, Slot};
 use crate::record::{
@@ -1319,11 +1319,4 @@ fn log_failure(e: std::io::Error) -> Cause {
         "the write-ahead log could not be written or synced, so nothing since its last sync can \
          be trusted to be durable: {e}"
     )))
-}
-
-fn lease_refusal(r: HolderRefusal, token: u64) -> LeaseError {
-    match r {
-        HolderRefusal::Fenced { current } => LeaseError::Fenced { token, current },
-        HolderRefusal::NotReserved => LeaseError::NotReserved { token },
-    }
 }

@@ -844,11 +844,11 @@ fn model_c11_release_in_flight_on_open() {
 fn model_c3_replay_from_storage_without_response_cache() {
     run_model(
         Variant {
-            durability: Durability::Memory,
+            durability: Durability::Immediate,
             release_in_flight_on_open: false,
             response_cache_bytes: Some(0),
         },
-        512,
+        192,
     );
 }
 

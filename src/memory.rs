@@ -1,0 +1,589 @@
+//! The memory engine: `Durability::Memory` without a database, a writer thread or a log.
+//!
+//! Why: a store that keeps nothing on disk has nothing to batch, order or recover, so handing
+//! every operation to a writer thread only adds two thread hand-offs per request (most of the
+//! cost of a begin-then-complete pair). Here each operation is decided on the caller's own
+//! thread, under the lock of the one shard that holds its key, with the same state machine
+//! (`machine`) as the writer, so both engines answer every sequence of calls alike.
+//!
+//! Invariants:
+//! - a key's record is read, decided and changed under its shard's lock only, so two calls on
+//!   one key are ordered, and calls on keys of different shards never wait for each other;
+//! - a completed record always holds its response (there is no file to read it back from);
+//! - fencing tokens come from one counter and grow store-wide (C8);
+//! - every change of a record's expiry pushes `(expires_at, hash)` on its shard's expiry heap,
+//!   so a pass that pops the due entries finds every expired record; an entry whose record has
+//!   since moved on (another expiry, or gone) is skipped, and the heap is rebuilt from the
+//!   records when such leftovers outnumber them;
+//! - no lock is held while a caller's reply is delivered or a response is dropped elsewhere.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::backend::RecordInfo;
+use crate::error::{CompleteError, LeaseError, Unavailable};
+use crate::fingerprint::Fingerprint;
+use crate::index::PassThrough;
+use crate::inspect::CheckReport;
+use crate::key::{Key, KeyHash, Scope};
+use crate::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
+use crate::ops::{BeginReply, Completion, ExpireReport, Op};
+use crate::record::{Hot, Record, State};
+use crate::response::Response;
+use crate::shared::Shared;
+use crate::stats::{add, bump};
+
+/// Shards of the key space: enough that 2-64 threads rarely meet on one lock.
+const SHARDS: usize = 64;
+
+/// A record as the memory engine keeps it.
+struct Held {
+    hot: Hot,
+    scope: Scope,
+    key: Key,
+    /// Set exactly when `hot.state` is `Completed`.
+    response: Option<Response>,
+}
+
+#[derive(Default)]
+struct Shard {
+    records: HashMap<KeyHash, Held, PassThrough>,
+    /// `(expires_at, hash)` of every expiry a record of this shard has had; see the module
+    /// invariants.
+    due: BinaryHeap<Reverse<(u64, KeyHash)>>,
+}
+
+impl Shard {
+    /// Inserts or replaces the record of `hash`; returns the one replaced.
+    fn put(&mut self, hash: KeyHash, held: Held) -> Option<Held> {
+        let expires_at = held.hot.expires_at;
+        let old = self.records.insert(hash, held);
+        if old.as_ref().is_none_or(|o| o.hot.expires_at != expires_at) {
+            self.expiry_moved(hash, expires_at);
+        }
+        old
+    }
+
+    /// Changes the record of `hash` in place, if there is one.
+    fn update<T>(&mut self, hash: KeyHash, f: impl FnOnce(&mut Held) -> T) -> Option<T> {
+        let held = self.records.get_mut(&hash)?;
+        let before = held.hot.expires_at;
+        let out = f(held);
+        let after = held.hot.expires_at;
+        if after != before {
+            self.expiry_moved(hash, after);
+        }
+        Some(out)
+    }
+
+    fn expiry_moved(&mut self, hash: KeyHash, expires_at: u64) {
+        self.due.push(Reverse((expires_at, hash)));
+        // Leftover entries of records that moved on or left are popped when due; bound them
+        // so a long TTL with many releases cannot grow the heap without limit.
+        if self.due.len() > 4 * self.records.len() + 1024 {
+            self.due = self
+                .records
+                .iter()
+                .map(|(h, r)| Reverse((r.hot.expires_at, *h)))
+                .collect();
+        }
+    }
+}
+
+/// The memory engine.
+pub(crate) struct MemoryEngine {
+    shards: Box<[Mutex<Shard>]>,
+    next_token: AtomicU64,
+    /// Where the next expiry pass starts, so passes share out the shards.
+    expire_from: AtomicUsize,
+}
+
+impl MemoryEngine {
+    pub(crate) fn new(capacity: usize) -> MemoryEngine {
+        let per_shard = capacity / SHARDS;
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    records: HashMap::with_capacity_and_hasher(per_shard, PassThrough),
+                    due: BinaryHeap::new(),
+                })
+            })
+            .collect();
+        MemoryEngine {
+            shards,
+            next_token: AtomicU64::new(1),
+            expire_from: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, hash: &KeyHash) -> &Mutex<Shard> {
+        // Bytes 8.. of the hash: the map's buckets already use the first eight.
+        let i = usize::from(hash.0[8]) % SHARDS;
+        &self.shards[i]
+    }
+
+    /// Records held now, expired ones not removed yet included.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().records.len()).sum()
+    }
+
+    /// Decides a `begin` (C1-C5, C8, C9) and reserves the key when the caller must execute.
+    pub(crate) fn begin(
+        &self,
+        shared: &Shared,
+        hash: KeyHash,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+    ) -> Result<BeginReply, Unavailable> {
+        let config = &shared.config;
+        let counters = &shared.counters;
+        let now = shared.now();
+        let mut shard = self.shard(&hash).lock();
+        let current = shard.records.get(&hash);
+        match machine::decide_begin(current.map(|r| &r.hot), fp, now) {
+            BeginDecision::Execute { takeover } => {
+                let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+                let lease_deadline = now.saturating_add(crate::clock::millis(config.lease));
+                let hot = Hot {
+                    state: State::InFlight,
+                    fingerprint: *fp,
+                    status: 0,
+                    response_len: 0,
+                    created_at: now,
+                    lease_deadline,
+                    expires_at: machine::in_flight_expiry(
+                        now,
+                        lease_deadline,
+                        crate::clock::millis(config.ttl),
+                    ),
+                    token,
+                };
+                let held = Held {
+                    hot,
+                    scope: scope.clone(),
+                    key: key.clone(),
+                    response: None,
+                };
+                let old = shard.put(hash, held);
+                drop(shard);
+                drop(old);
+                bump(&counters.executes);
+                if takeover {
+                    bump(&counters.lease_takeovers);
+                }
+                Ok(BeginReply::Execute {
+                    token,
+                    lease_deadline,
+                })
+            }
+            BeginDecision::Replay => match current.and_then(|r| r.response.clone()) {
+                Some(response) => {
+                    drop(shard);
+                    bump(&counters.replays);
+                    Ok(BeginReply::Replay(response))
+                }
+                // Not reachable while the invariant holds; executing again would break C1.
+                None => Err(Unavailable::Corrupted {
+                    detail: format!("completed record {hash:?} holds no response"),
+                }),
+            },
+            BeginDecision::InProgress => {
+                drop(shard);
+                bump(&counters.in_progress);
+                Ok(BeginReply::InProgress)
+            }
+            BeginDecision::Conflict => {
+                drop(shard);
+                bump(&counters.conflicts);
+                Ok(BeginReply::Conflict)
+            }
+        }
+    }
+
+    /// Stores the response of reservation `token` (C3, C7, C8), or releases the key when the
+    /// cache policy does not keep its status.
+    pub(crate) fn complete(
+        &self,
+        shared: &Shared,
+        hash: KeyHash,
+        token: u64,
+        response: Response,
+    ) -> Result<Completion, CompleteError> {
+        let config = &shared.config;
+        let counters = &shared.counters;
+        let now = shared.now();
+        let mut shard = self.shard(&hash).lock();
+        let current = shard.records.get(&hash).map(|r| r.hot);
+        if let Err(refusal) = machine::check_holder(current.as_ref(), token) {
+            drop(shard);
+            return Err(match refusal {
+                HolderRefusal::Fenced { current } => {
+                    bump(&counters.fenced);
+                    CompleteError::Fenced { token, current }
+                }
+                HolderRefusal::NotReserved => CompleteError::NotReserved { token },
+            });
+        }
+        if !config.cache_policy.keeps(response.status()) {
+            let old = shard.records.remove(&hash);
+            drop(shard);
+            drop(old);
+            bump(&counters.releases);
+            return Ok(Completion::Released);
+        }
+        let response_len = u32::try_from(response.encoded_len()).unwrap_or(u32::MAX);
+        let expires_at = now.saturating_add(crate::clock::millis(config.ttl));
+        let stored = shard.update(hash, |held| {
+            held.hot = Hot {
+                state: State::Completed,
+                status: response.status(),
+                response_len,
+                lease_deadline: 0,
+                expires_at,
+                ..held.hot
+            };
+            held.response = Some(response);
+        });
+        drop(shard);
+        if stored.is_none() {
+            return Err(CompleteError::NotReserved { token });
+        }
+        bump(&counters.completions);
+        Ok(Completion::Stored)
+    }
+
+    /// Releases reservation `token` (C6).
+    pub(crate) fn release(
+        &self,
+        shared: &Shared,
+        hash: KeyHash,
+        token: u64,
+    ) -> Result<(), LeaseError> {
+        let mut shard = self.shard(&hash).lock();
+        let current = shard.records.get(&hash).map(|r| r.hot);
+        machine::check_holder(current.as_ref(), token).map_err(|r| lease_refusal(r, token))?;
+        let old = shard.records.remove(&hash);
+        drop(shard);
+        drop(old);
+        bump(&shared.counters.releases);
+        Ok(())
+    }
+
+    /// Extends the lease of reservation `token`; returns the new deadline (C8).
+    pub(crate) fn renew(
+        &self,
+        shared: &Shared,
+        hash: KeyHash,
+        token: u64,
+    ) -> Result<u64, LeaseError> {
+        let now = shared.now();
+        let lease_deadline = now.saturating_add(crate::clock::millis(shared.config.lease));
+        let mut shard = self.shard(&hash).lock();
+        let current = shard.records.get(&hash).map(|r| r.hot);
+        if let Err(r) = machine::check_holder(current.as_ref(), token) {
+            drop(shard);
+            if let HolderRefusal::Fenced { .. } = r {
+                bump(&shared.counters.fenced);
+            }
+            return Err(lease_refusal(r, token));
+        }
+        shard.update(hash, |held| {
+            held.hot.lease_deadline = lease_deadline;
+            held.hot.expires_at = held.hot.expires_at.max(lease_deadline);
+        });
+        Ok(lease_deadline)
+    }
+
+    /// Removes the record, whatever its state; true if there was one.
+    pub(crate) fn purge(&self, hash: &KeyHash) -> bool {
+        let old = self.shard(hash).lock().records.remove(hash);
+        old.is_some()
+    }
+
+    /// The record, unless absent or expired (C9).
+    pub(crate) fn get(&self, hash: &KeyHash, now: u64) -> Option<RecordInfo> {
+        let shard = self.shard(hash).lock();
+        let held = shard.records.get(hash)?;
+        (!machine::expired(&held.hot, now)).then(|| info(held))
+    }
+
+    /// Removes up to about `limit` expired records, looking at no more than `limit` heap
+    /// entries (C9).
+    pub(crate) fn expire(&self, shared: &Shared, limit: usize) -> ExpireReport {
+        let now = shared.now();
+        let mut report = ExpireReport::default();
+        let start = self.expire_from.fetch_add(1, Ordering::Relaxed);
+        for i in 0..SHARDS {
+            if report.scanned >= limit {
+                break;
+            }
+            let mut gone = Vec::new();
+            let mut shard = self.shards[(start + i) % SHARDS].lock();
+            while report.scanned < limit {
+                match shard.due.peek() {
+                    Some(Reverse((at, _))) if *at <= now => {}
+                    _ => break,
+                }
+                let Some(Reverse((at, hash))) = shard.due.pop() else {
+                    break;
+                };
+                report.scanned += 1;
+                if shard
+                    .records
+                    .get(&hash)
+                    .is_some_and(|r| r.hot.expires_at == at && machine::expired(&r.hot, now))
+                {
+                    gone.extend(shard.records.remove(&hash));
+                    report.removed += 1;
+                }
+            }
+            drop(shard);
+            drop(gone);
+        }
+        add(&shared.counters.expired_removed, report.removed);
+        report
+    }
+
+    /// The live records, by key hash, those of `scope` only if given, at most `limit`.
+    pub(crate) fn records(&self, scope: Option<&Scope>, limit: usize, now: u64) -> Vec<RecordInfo> {
+        let mut all: Vec<(KeyHash, RecordInfo)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            all.extend(
+                shard
+                    .records
+                    .iter()
+                    .filter(|(_, r)| {
+                        !machine::expired(&r.hot, now) && scope.is_none_or(|s| *s == r.scope)
+                    })
+                    .map(|(h, r)| (*h, info(r))),
+            );
+        }
+        all.sort_unstable_by_key(|(hash, _)| *hash);
+        all.into_iter().take(limit).map(|(_, r)| r).collect()
+    }
+
+    /// Counts the records and checks that each completed record holds its response and each
+    /// in-flight record none.
+    pub(crate) fn check(&self, now: u64) -> CheckReport {
+        let mut report = CheckReport::default();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            report.expiry_entries += shard.due.len() as u64;
+            for (hash, r) in &shard.records {
+                report.records += 1;
+                if machine::expired(&r.hot, now) {
+                    report.expired += 1;
+                }
+                match (r.hot.state, &r.response) {
+                    (State::InFlight, None) => report.in_flight += 1,
+                    (State::Completed, Some(resp)) => {
+                        report.completed += 1;
+                        report.responses += 1;
+                        report.response_bytes += resp.encoded_len() as u64;
+                    }
+                    (state, _) => report.problems.push(format!(
+                        "record {hash:?} is {state:?} with a response: {}",
+                        r.response.is_some()
+                    )),
+                }
+            }
+        }
+        report
+    }
+
+    /// Carries out a queued operation at once, on the calling thread, and answers it.
+    pub(crate) fn apply(&self, shared: &Shared, op: Op) {
+        if shared.check().is_err() {
+            // Closed: dropping the reply slots tells the callers so. A detached release still
+            // settles its count.
+            if let Op::Release { detached: true, .. } = op {
+                shared.detached_releases.fetch_sub(1, Ordering::SeqCst);
+            }
+            return;
+        }
+        match op {
+            Op::Begin {
+                hash,
+                scope,
+                key,
+                fp,
+                reply,
+            } => {
+                let answer = self.begin(shared, hash, &scope, &key, &fp);
+                if let Err(Ok(BeginReply::Execute { token, .. })) = reply.send(answer) {
+                    // The caller gave up first: nobody will complete this reservation.
+                    let _ = self.release(shared, hash, token);
+                }
+            }
+            Op::Complete {
+                hash,
+                token,
+                response,
+                reply,
+                ..
+            } => {
+                let _ = reply.send(self.complete(shared, hash, token, response));
+            }
+            Op::Release {
+                hash,
+                token,
+                reply,
+                detached,
+            } => {
+                let result = self.release(shared, hash, token);
+                if detached {
+                    shared.detached_releases.fetch_sub(1, Ordering::SeqCst);
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Op::Renew { hash, token, reply } => {
+                let _ = reply.send(self.renew(shared, hash, token));
+            }
+            Op::Purge { hash, reply } => {
+                let _ = reply.send(Ok(self.purge(&hash)));
+            }
+            Op::Expire { limit, reply } => {
+                let _ = reply.send(Ok(self.expire(shared, limit)));
+            }
+            Op::Flush { reply } | Op::Barrier { reply } | Op::Checkpoint { reply } => {
+                let _ = reply.send(Ok(()));
+            }
+            Op::Cache { .. } | Op::Shutdown => {}
+        }
+    }
+}
+
+fn info(r: &Held) -> RecordInfo {
+    RecordInfo::of(
+        Record {
+            hot: r.hot,
+            scope: r.scope.as_str().to_owned(),
+            key: r.key.as_str().to_owned(),
+        },
+        r.response.clone(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+
+    fn shared(clock: &ManualClock) -> Shared {
+        let config = Config::builder()
+            .clock(clock.clone())
+            .ttl(Duration::from_secs(10))
+            .lease(Duration::from_secs(5))
+            .build();
+        match config {
+            Ok(c) => Shared::new(c, None),
+            Err(e) => unreachable!("test config: {e}"),
+        }
+    }
+
+    fn name(i: usize) -> (KeyHash, Scope, Key) {
+        let (Ok(s), Ok(k)) = (Scope::new("s"), Key::new(format!("k{i}"))) else {
+            unreachable!("valid names")
+        };
+        (KeyHash::of(&s, &k), s, k)
+    }
+
+    fn execute(e: &MemoryEngine, sh: &Shared, i: usize) -> u64 {
+        let (h, s, k) = name(i);
+        match e.begin(sh, h, &s, &k, &Fingerprint::of_bytes(b"x")) {
+            Ok(BeginReply::Execute { token, .. }) => token,
+            other => unreachable!("expected Execute, got {other:?}"),
+        }
+    }
+
+    /// C9: a pass removes only what is due, looks at no more heap entries than its limit,
+    /// and skips the entries of records that moved on.
+    #[test]
+    fn c9_expiry_passes_are_bounded_and_skip_moved_records() {
+        let clock = ManualClock::new(1_000_000);
+        let sh = shared(&clock);
+        let e = MemoryEngine::new(0);
+        let tokens: Vec<u64> = (0..100).map(|i| execute(&e, &sh, i)).collect();
+        clock.advance(Duration::from_secs(1));
+        for (i, &token) in tokens.iter().enumerate() {
+            if i % 2 == 0 {
+                let done = e.complete(
+                    &sh,
+                    name(i).0,
+                    token,
+                    Response::new(200, [("a", "b")], "ok"),
+                );
+                assert!(matches!(done, Ok(Completion::Stored)));
+            }
+        }
+        // The completed half expires 1 s later than the in-flight half.
+        assert_eq!(e.expire(&sh, usize::MAX).scanned, 0, "nothing due yet");
+        clock.advance(Duration::from_secs(9));
+        // Due: the 50 in-flight records and the 50 leftover entries of the completed ones.
+        let first = e.expire(&sh, 30);
+        assert_eq!(first.scanned, 30);
+        let rest = e.expire(&sh, usize::MAX);
+        assert_eq!(first.scanned + rest.scanned, 100);
+        assert_eq!(first.removed + rest.removed, 50);
+        assert_eq!(e.len(), 50, "the completed records are not due yet");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(e.expire(&sh, usize::MAX).removed, 50);
+        assert_eq!(e.len(), 0);
+        assert_eq!(e.check(clock_now(&sh)).expiry_entries, 0);
+    }
+
+    fn clock_now(sh: &Shared) -> u64 {
+        sh.now()
+    }
+
+    /// Releases leave heap entries behind; the heap is rebuilt before they outnumber the
+    /// records by more than the bound.
+    #[test]
+    fn leftover_expiry_entries_stay_bounded() {
+        let clock = ManualClock::new(1_000_000);
+        let sh = shared(&clock);
+        let e = MemoryEngine::new(0);
+        for i in 0..200_000 {
+            let token = execute(&e, &sh, i);
+            assert!(e.release(&sh, name(i).0, token).is_ok());
+        }
+        let entries = e.check(sh.now()).expiry_entries;
+        assert!(
+            entries <= (SHARDS * 1025) as u64,
+            "{entries} heap entries for no records"
+        );
+    }
+
+    /// C8: tokens grow, a fenced holder is refused, and the taker's completion counts.
+    #[test]
+    fn c8_takeover_fences_the_first_holder() {
+        let clock = ManualClock::new(1_000_000);
+        let sh = shared(&clock);
+        let e = MemoryEngine::new(0);
+        let first = execute(&e, &sh, 7);
+        clock.advance(Duration::from_secs(6));
+        let second = execute(&e, &sh, 7);
+        assert!(second > first);
+        let (h, ..) = name(7);
+        assert!(matches!(
+            e.complete(&sh, h, first, Response::new(200, [("a", "b")], "x")),
+            Err(CompleteError::Fenced { token, current }) if token == first && current == second
+        ));
+        assert!(matches!(
+            e.renew(&sh, h, first),
+            Err(LeaseError::Fenced { token, current }) if token == first && current == second
+        ));
+        assert!(e.renew(&sh, h, second).is_ok());
+        assert_eq!(sh.counters.lease_takeovers.load(Ordering::Relaxed), 1);
+    }
+}
