@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench memory -- [KEYS]` (default 1 000 000) loads KEYS completed records with
 //! ~300-byte responses through 8 threads, then reports the growth of the process's resident
-//! memory per key (the hot index holds every key touched; responses are kept out of memory with
+//! memory per key (the hot index holds every key touched, up to `index_max_completed`, default
+//! 1,048,576; responses are kept out of memory with
 //! `response_cache_bytes(0)` and the page cache is held at 8 MiB, so the growth is the index plus
 //! allocator overhead) and the file size per key.
 

@@ -1,11 +1,18 @@
-//! The byte budget of responses kept in the hot index.
+//! The budgets of the hot index: bytes of cached responses, and the number of completed
+//! records.
 //!
-//! Why: replaying from memory avoids a read of the file, but responses can be large and
-//! numerous, so the index keeps them only up to `response_cache_bytes`, dropping the oldest
-//! first. Invariants: `bytes` is exactly the sum of the sizes in `held`, and `held` names the
-//! responses the index holds now (one per key, for the reservation that stored it); the queue
-//! of insertion order may hold stale entries, but never more than about twice the live ones,
-//! so memory stays proportional to what is cached. Only the writer thread uses it.
+//! Why: answering from memory avoids a read of the file, but responses can be large and
+//! records numerous, so the index keeps responses only up to `response_cache_bytes` and
+//! completed records only up to `index_max_completed`, dropping the oldest first; what is
+//! dropped is still in the file. Only the writer thread uses them.
+//!
+//! Invariants: for [`ResponseBudget`], `bytes` is exactly the sum of the sizes in `held`, and
+//! `held` names the responses the index holds now (one per key, for the reservation that
+//! stored it); its queue of insertion order may hold stale entries, but never more than about
+//! twice the live ones. For [`CompletedBudget`], every completed record the index holds has an
+//! entry in its queue, and the queue never holds more than the limit: stale entries (records
+//! that moved on) count against it, so the index may hold fewer completed records than the
+//! limit, never more.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -80,6 +87,40 @@ impl ResponseBudget {
     }
 }
 
+/// The count of completed records in the index, oldest stored first.
+pub(crate) struct CompletedBudget {
+    limit: usize,
+    order: VecDeque<(KeyHash, u64)>,
+}
+
+impl CompletedBudget {
+    pub(crate) fn new(limit: usize) -> CompletedBudget {
+        CompletedBudget {
+            limit,
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Notes that the index now holds the completed record of `hash` stored by reservation
+    /// `token`, and calls `evict` for each queued record to drop to stay within the limit
+    /// (possibly this one). `evict` must drop the record only if the index still holds it
+    /// completed with that token.
+    pub(crate) fn add(&mut self, hash: KeyHash, token: u64, mut evict: impl FnMut(KeyHash, u64)) {
+        self.order.push_back((hash, token));
+        while self.order.len() > self.limit {
+            match self.order.pop_front() {
+                Some((h, t)) => evict(h, t),
+                None => break,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.order.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +158,23 @@ mod tests {
         }
         assert_eq!(b.bytes(), 0);
         assert!(b.order.len() <= 64 + 1);
+    }
+
+    #[test]
+    fn completed_records_beyond_the_limit_go_oldest_first() {
+        let mut b = CompletedBudget::new(2);
+        let mut evicted = Vec::new();
+        for n in 1..=4u8 {
+            b.add(h(n), u64::from(n), |h, t| evicted.push((h, t)));
+        }
+        assert_eq!(evicted, vec![(h(1), 1), (h(2), 2)]);
+        assert_eq!(b.queued(), 2);
+        let mut none = CompletedBudget::new(0);
+        none.add(h(9), 9, |h, t| evicted.push((h, t)));
+        assert_eq!(
+            evicted.last(),
+            Some(&(h(9), 9)),
+            "a zero limit keeps nothing"
+        );
     }
 }

@@ -102,6 +102,7 @@ pub struct Config {
     pub(crate) compactor_pause: Duration,
     pub(crate) compactor_interval: Duration,
     pub(crate) index_capacity: usize,
+    pub(crate) index_max_completed: usize,
     pub(crate) response_cache_bytes: usize,
     pub(crate) batch_limit: usize,
     pub(crate) page_cache_bytes: usize,
@@ -130,6 +131,7 @@ impl Default for Config {
             compactor_pause: Duration::from_millis(10),
             compactor_interval: Duration::from_secs(1),
             index_capacity: 1 << 16,
+            index_max_completed: 1 << 20,
             response_cache_bytes: 64 << 20,
             batch_limit: 1024,
             page_cache_bytes: 256 << 20,
@@ -347,6 +349,24 @@ impl ConfigBuilder {
             "0 to 2^30"
         );
         self.config.index_capacity = records;
+        self
+    }
+
+    /// Most completed records the hot index holds. Beyond it the oldest stored are dropped
+    /// from memory (never from the file): a later retry of such a key is answered by the
+    /// writer from the file, as after a restart. In-flight records are always held. This
+    /// bounds the index's memory (about 190 bytes a record, so about 200 MiB at the default)
+    /// whatever the number of live keys. Not used by [`Durability::Memory`], where memory is
+    /// the only copy. Default 1,048,576; range 0 to 2^30.
+    pub fn index_max_completed(mut self, records: usize) -> Self {
+        check!(
+            self,
+            "index_max_completed",
+            records,
+            records <= 1 << 30,
+            "0 to 2^30"
+        );
+        self.config.index_max_completed = records;
         self
     }
 

@@ -18,7 +18,7 @@ use std::hash::{BuildHasher, Hasher};
 use papaya::{HashMap, ResizeMode};
 
 use crate::key::KeyHash;
-use crate::record::Hot;
+use crate::record::{Hot, State};
 use crate::response::Response;
 
 /// What the index holds for a key.
@@ -111,6 +111,19 @@ impl HotIndex {
                 },
             );
         }
+    }
+
+    /// Drops the entry of `hash` if it is still the completed record of reservation `token`;
+    /// true if it did. Writer thread only.
+    pub(crate) fn remove_completed(&self, hash: &KeyHash, token: u64) -> bool {
+        let map = self.map.pin();
+        let current = map
+            .get(hash)
+            .is_some_and(|e| e.hot.token == token && e.hot.state == State::Completed);
+        if current {
+            map.remove(hash);
+        }
+        current
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -35,7 +35,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
-use crate::budget::ResponseBudget;
+use crate::budget::{CompletedBudget, ResponseBudget};
 use crate::checkpoint::{self, Checkpointer, Job};
 use crate::config::Durability;
 use crate::error::{Cause, CompleteError, LeaseError, Message, Unavailable, cause};
@@ -317,6 +317,8 @@ pub(crate) struct Writer {
     flush_at: Option<Instant>,
     /// The byte budget of the responses the index holds.
     cached: ResponseBudget,
+    /// The count of the completed records the index holds.
+    completed: CompletedBudget,
     /// Reservations made for callers that gave up waiting, to release in the next batch.
     orphans: Vec<(KeyHash, u64)>,
     /// The write-ahead log, when batches are acknowledged through one.
@@ -339,6 +341,7 @@ pub(crate) fn spawn(
     log: Option<Log>,
 ) -> std::io::Result<JoinHandle<()>> {
     let cached = ResponseBudget::new(shared.config.response_cache_bytes);
+    let completed = CompletedBudget::new(shared.config.index_max_completed);
     let checkpointer = match log {
         Some(_) => Some(Checkpointer::spawn(Arc::clone(&db))?),
         None => None,
@@ -351,6 +354,7 @@ pub(crate) fn spawn(
         unsynced: false,
         flush_at: None,
         cached,
+        completed,
         orphans: Vec::new(),
         log,
         last_checkpoint: Instant::now(),
@@ -803,6 +807,7 @@ impl Writer {
                         .response
                         .as_ref()
                         .map(|r| (entry.hot.token, r.encoded_len()));
+                    let hot = entry.hot;
                     let index = &self.shared.index;
                     index.insert(hash, entry);
                     match cached {
@@ -811,6 +816,7 @@ impl Writer {
                             .add(hash, token, size, |h, t| index.drop_response(&h, t)),
                         None => self.cached.remove(&hash),
                     }
+                    self.count_completed(hash, &hot);
                 }
                 Effect::Warm(hash, hot) => {
                     let index = &self.shared.index;
@@ -823,6 +829,7 @@ impl Writer {
                             },
                         );
                         self.cached.remove(&hash);
+                        self.count_completed(hash, &hot);
                     }
                 }
                 Effect::Remove(hash) => {
@@ -864,6 +871,21 @@ impl Writer {
                 .detached_releases
                 .fetch_sub(settled, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    /// Counts a record just put in the index against `index_max_completed`, dropping the
+    /// oldest completed records beyond it.
+    fn count_completed(&mut self, hash: KeyHash, hot: &Hot) {
+        if hot.state != State::Completed {
+            return;
+        }
+        let index = &self.shared.index;
+        let cached = &mut self.cached;
+        self.completed.add(hash, hot.token, |h, t| {
+            if index.remove_completed(&h, t) {
+                cached.remove(&h);
+            }
+        });
     }
 
     /// Poisons the store on a storage error.

@@ -23,6 +23,7 @@ mod fixtures;
 mod kill;
 mod lease;
 mod limits;
+mod memory_bound;
 mod model;
 mod poison;
 mod policy;

@@ -478,6 +478,8 @@ struct Variant {
     release_in_flight_on_open: bool,
     /// `Some(0)`: no response is cached in memory, every replay reads the file.
     response_cache_bytes: Option<usize>,
+    /// `Some(1)`: the index drops all but the newest completed record.
+    index_max_completed: Option<usize>,
 }
 
 impl Variant {
@@ -488,6 +490,10 @@ impl Variant {
             .max_response_bytes(MAX_RESPONSE_BYTES)
             .durability(self.durability)
             .release_in_flight_on_open(self.release_in_flight_on_open);
+        let c = match self.index_max_completed {
+            Some(records) => c.index_max_completed(records),
+            None => c,
+        };
         match self.response_cache_bytes {
             Some(bytes) => c.response_cache_bytes(bytes),
             None => c,
@@ -795,6 +801,7 @@ const IMMEDIATE: Variant = Variant {
     durability: Durability::Immediate,
     release_in_flight_on_open: false,
     response_cache_bytes: None,
+    index_max_completed: None,
 };
 
 #[test]
@@ -811,6 +818,7 @@ fn model_c1_c12_buffered() {
             },
             release_in_flight_on_open: false,
             response_cache_bytes: None,
+            index_max_completed: None,
         },
         192,
     );
@@ -823,6 +831,7 @@ fn model_c1_c12_memory() {
             durability: Durability::Memory,
             release_in_flight_on_open: false,
             response_cache_bytes: None,
+            index_max_completed: None,
         },
         1024,
     );
@@ -835,6 +844,7 @@ fn model_c11_release_in_flight_on_open() {
             durability: Durability::Immediate,
             release_in_flight_on_open: true,
             response_cache_bytes: None,
+            index_max_completed: None,
         },
         128,
     );
@@ -847,6 +857,20 @@ fn model_c3_replay_from_storage_without_response_cache() {
             durability: Durability::Immediate,
             release_in_flight_on_open: false,
             response_cache_bytes: Some(0),
+            index_max_completed: None,
+        },
+        192,
+    );
+}
+
+#[test]
+fn model_c3_c4_c5_answered_by_the_writer_once_the_index_drops_completed_records() {
+    run_model(
+        Variant {
+            durability: Durability::Immediate,
+            release_in_flight_on_open: false,
+            response_cache_bytes: None,
+            index_max_completed: Some(1),
         },
         192,
     );
@@ -938,11 +962,13 @@ fn model_walkthrough_c2_c12() {
             durability: Durability::Memory,
             release_in_flight_on_open: false,
             response_cache_bytes: None,
+            index_max_completed: None,
         },
         Variant {
             durability: Durability::Immediate,
             release_in_flight_on_open: true,
             response_cache_bytes: None,
+            index_max_completed: None,
         },
     ] {
         replay_ops(v, &ops);
@@ -983,6 +1009,7 @@ fn concurrent_case(
         durability,
         release_in_flight_on_open: false,
         response_cache_bytes: None,
+        index_max_completed: None,
     };
     let t = open_with(|c| v.configure(c));
     let s = scope("acct");
