@@ -19,7 +19,9 @@ pub struct Stats {
     pub conflicts: u64,
     /// `begin` calls answered `InProgress` (C5).
     pub in_progress: u64,
-    /// Of the `begin` calls, those answered from the hot index without the writer.
+    /// Of the `begin` calls, those answered from the hot index without the writer. Always 0
+    /// with [`Durability::Memory`](crate::Durability::Memory), which has neither: its engine
+    /// answers every call on the caller's thread.
     pub answered_from_index: u64,
     /// Completions stored.
     pub completions: u64,
@@ -32,7 +34,8 @@ pub struct Stats {
     pub fenced: u64,
     /// Expired records removed by the compactor (C9).
     pub expired_removed: u64,
-    /// Write transactions committed by the writer.
+    /// Write transactions committed by the writer (0 with `Durability::Memory`, which has no
+    /// writer, like the other commit and log counters).
     pub commits: u64,
     /// Of the commits, those made durable with an fsync before their callers were answered:
     /// durable database commits, or batches acknowledged by a write-ahead log sync.
@@ -45,7 +48,7 @@ pub struct Stats {
     pub commit_micros_total: u64,
     /// The longest commit, in microseconds.
     pub commit_micros_max: u64,
-    /// Entries in the hot index now.
+    /// Entries in the hot index now; with `Durability::Memory`, records held by its engine.
     pub index_entries: u64,
     /// Write-ahead log syncs (each acknowledges every batch appended since the one before).
     pub log_syncs: u64,
