@@ -75,6 +75,36 @@ pub(crate) fn check_holder(current: Option<&Hot>, token: u64) -> Result<(), Hold
     }
 }
 
+/// The record of reservation `token`, made at `now` for a request with fingerprint `fp`
+/// (C2, C8): in flight, holding a lease of `lease_ms`, expiring `ttl_ms` after creation but
+/// never before its lease runs out.
+pub(crate) fn reserved(fp: Fingerprint, token: u64, now: u64, lease_ms: u64, ttl_ms: u64) -> Hot {
+    let lease_deadline = now.saturating_add(lease_ms);
+    Hot {
+        state: State::InFlight,
+        fingerprint: fp,
+        status: 0,
+        response_len: 0,
+        created_at: now,
+        lease_deadline,
+        expires_at: in_flight_expiry(now, lease_deadline, ttl_ms),
+        token,
+    }
+}
+
+/// The record `held` completed at `now` with a stored response of `status` and `len` encoded
+/// bytes (C3): no lease, expiring `ttl_ms` from now.
+pub(crate) fn completed(held: Hot, status: u16, len: usize, now: u64, ttl_ms: u64) -> Hot {
+    Hot {
+        state: State::Completed,
+        status,
+        response_len: u32::try_from(len).unwrap_or(u32::MAX),
+        lease_deadline: 0,
+        expires_at: now.saturating_add(ttl_ms),
+        ..held
+    }
+}
+
 /// The error a refused lease holder gets.
 pub(crate) fn lease_refusal(r: HolderRefusal, token: u64) -> LeaseError {
     match r {

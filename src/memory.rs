@@ -147,21 +147,14 @@ impl MemoryEngine {
         match machine::decide_begin(current.map(|r| &r.hot), fp, now) {
             BeginDecision::Execute { takeover } => {
                 let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-                let lease_deadline = now.saturating_add(crate::clock::millis(config.lease));
-                let hot = Hot {
-                    state: State::InFlight,
-                    fingerprint: *fp,
-                    status: 0,
-                    response_len: 0,
-                    created_at: now,
-                    lease_deadline,
-                    expires_at: machine::in_flight_expiry(
-                        now,
-                        lease_deadline,
-                        crate::clock::millis(config.ttl),
-                    ),
+                let hot = machine::reserved(
+                    *fp,
                     token,
-                };
+                    now,
+                    crate::clock::millis(config.lease),
+                    crate::clock::millis(config.ttl),
+                );
+                let lease_deadline = hot.lease_deadline;
                 let held = Held {
                     hot,
                     scope: scope.clone(),
@@ -235,17 +228,9 @@ impl MemoryEngine {
             bump(&counters.releases);
             return Ok(Completion::Released);
         }
-        let response_len = u32::try_from(response.encoded_len()).unwrap_or(u32::MAX);
-        let expires_at = now.saturating_add(crate::clock::millis(config.ttl));
+        let (len, ttl) = (response.encoded_len(), crate::clock::millis(config.ttl));
         let stored = shard.update(hash, |held| {
-            held.hot = Hot {
-                state: State::Completed,
-                status: response.status(),
-                response_len,
-                lease_deadline: 0,
-                expires_at,
-                ..held.hot
-            };
+            held.hot = machine::completed(held.hot, response.status(), len, now, ttl);
             held.response = Some(response);
         });
         drop(shard);

@@ -1007,21 +1007,14 @@ impl Writer {
                     BeginDecision::Execute { takeover } => {
                         let token = self.next_token;
                         self.next_token = self.next_token.saturating_add(1);
-                        let lease_deadline = now.saturating_add(crate::clock::millis(config.lease));
-                        let new = Hot {
-                            state: State::InFlight,
-                            fingerprint: fp,
-                            status: 0,
-                            response_len: 0,
-                            created_at: now,
-                            lease_deadline,
-                            expires_at: machine::in_flight_expiry(
-                                now,
-                                lease_deadline,
-                                crate::clock::millis(config.ttl),
-                            ),
+                        let new = machine::reserved(
+                            fp,
                             token,
-                        };
+                            now,
+                            crate::clock::millis(config.lease),
+                            crate::clock::millis(config.ttl),
+                        );
+                        let lease_deadline = new.lease_deadline;
                         if let Some(old) = &hot
                             && old.state == State::Completed
                         {
@@ -1136,14 +1129,13 @@ impl Writer {
                 let old = record.hot;
                 b.mutated = true;
                 if config.cache_policy.keeps(response.status()) {
-                    record.hot = Hot {
-                        state: State::Completed,
-                        status: response.status(),
-                        response_len: u32::try_from(blob.len()).unwrap_or(u32::MAX),
-                        lease_deadline: 0,
-                        expires_at: now.saturating_add(crate::clock::millis(config.ttl)),
-                        ..old
-                    };
+                    record.hot = machine::completed(
+                        old,
+                        response.status(),
+                        blob.len(),
+                        now,
+                        crate::clock::millis(config.ttl),
+                    );
                     self.put(
                         t,
                         b,
