@@ -728,6 +728,7 @@ fn pairs_run(
     counter: &AtomicU64,
     salt: u64,
     lat: &mut Vec<u64>,
+    acks: &mut Vec<u64>,
 ) -> Duration {
     let barrier = Barrier::new(threads + 1);
     let mut start = Instant::now();
@@ -741,6 +742,7 @@ fn pairs_run(
                 let barrier = &barrier;
                 s.spawn(move || {
                     let mut lat = Vec::with_capacity(keys.len());
+                    let mut acks = Vec::with_capacity(2 * keys.len());
                     barrier.wait();
                     for (i, k) in keys.iter().enumerate() {
                         let t = Instant::now();
@@ -748,10 +750,14 @@ fn pairs_run(
                         else {
                             panic!("a new key was not executed");
                         };
+                        let begun = t.elapsed();
                         r.complete(body.clone()).unwrap();
-                        lat.push(t.elapsed().as_nanos() as u64);
+                        let pair = t.elapsed();
+                        lat.push(pair.as_nanos() as u64);
+                        acks.push(begun.as_nanos() as u64);
+                        acks.push((pair - begun).as_nanos() as u64);
                     }
-                    lat
+                    (lat, acks)
                 })
             })
             .collect();
@@ -762,8 +768,9 @@ fn pairs_run(
         }
     });
     let elapsed = start.elapsed();
-    for l in per_thread {
+    for (l, a) in per_thread {
         lat.extend(l);
+        acks.extend(a);
     }
     elapsed
 }
@@ -833,12 +840,13 @@ fn begin_complete_threads(c: &mut Criterion, plan: &Plan) {
             let salt = 0xc0 + m as u64 * 1000 + threads as u64;
             let before = store.stats();
             let io_before = io();
-            let mut lat = Vec::new();
+            let (mut lat, mut acks) = (Vec::new(), Vec::new());
             let mut measured = (0u64, Duration::ZERO);
             group.bench_function(BenchmarkId::new(name, threads), |b| {
                 b.iter_custom(|pairs| {
                     let took = pairs_run(
                         &store, &scopes, &fp, &body, threads, pairs, &counter, salt, &mut lat,
+                        &mut acks,
                     );
                     measured.0 += pairs;
                     measured.1 += took;
@@ -858,6 +866,12 @@ fn begin_complete_threads(c: &mut Criterion, plan: &Plan) {
                 latency_line(lat),
                 measured.0 as f64 / measured.1.as_secs_f64(),
                 measured.0
+            );
+            // One acknowledgement: a `begin` that reserves, or a `complete`, each answered
+            // after its own log sync in the durable modes.
+            println!(
+                "LAT {label} (per acknowledgement, begin or complete): {}",
+                latency_line(acks)
             );
             if name == "immediate" && threads == 64 {
                 let rate = measured.0 as f64 / measured.1.as_secs_f64();
@@ -932,11 +946,11 @@ fn open_full_log(plan: &Plan) {
         (32 << 20) - (4 << 20)
     };
     let counter = AtomicU64::new(0);
-    let mut lat = Vec::new();
+    let (mut lat, mut acks) = (Vec::new(), Vec::new());
     let mut pairs = 0u64;
     while store.stats().log_bytes < target {
         pairs_run(
-            &store, &scopes, &fp, &body, 64, 1024, &counter, 0xf1, &mut lat,
+            &store, &scopes, &fp, &body, 64, 1024, &counter, 0xf1, &mut lat, &mut acks,
         );
         pairs += 1024;
     }
