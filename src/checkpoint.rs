@@ -134,7 +134,12 @@ pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
             let mut records = txn.open_table(RECORDS)?;
             let mut responses = txn.open_table(RESPONSES)?;
             let mut expiry = txn.open_table(EXPIRY)?;
-            for (hash, slot) in job.changes.iter() {
+            // In key order: each table's leaves are then visited once, left to right, instead
+            // of at random, which keeps the storage engine's page cache and the CPU's caches
+            // warm across neighbouring keys.
+            let mut sorted: Vec<_> = job.changes.iter().collect();
+            sorted.sort_unstable_by_key(|(hash, _)| **hash);
+            for (hash, slot) in sorted {
                 let change = match slot {
                     Slot::Put { record, response } => Change::Put {
                         hash: hash.0,
