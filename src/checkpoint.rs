@@ -134,9 +134,10 @@ pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
             let mut records = txn.open_table(RECORDS)?;
             let mut responses = txn.open_table(RESPONSES)?;
             let mut expiry = txn.open_table(EXPIRY)?;
-            // In key order: each table's leaves are then visited once, left to right, instead
-            // of at random, which keeps the storage engine's page cache and the CPU's caches
-            // warm across neighbouring keys.
+            // In key order: the records' and responses' leaves are then visited once, left to
+            // right, instead of at random, which keeps the storage engine's page cache and the
+            // CPU's caches warm across neighbouring keys (the expiry table is keyed by time
+            // first, so its writes stay scattered). Changes to different keys commute.
             let mut sorted: Vec<_> = job.changes.iter().collect();
             sorted.sort_unstable_by_key(|(hash, _)| **hash);
             for (hash, slot) in sorted {

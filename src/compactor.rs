@@ -5,7 +5,9 @@
 //! `Expire` operations through the writer like any caller, so there is one writer and foreground
 //! operations queued meanwhile share or follow its commit instead of waiting behind a second
 //! write transaction; each pass removes at most `compactor_batch` records and is followed by a
-//! `compactor_pause` while more are due, so it never holds the writer for long.
+//! `compactor_pause` while more are due, so it never holds the writer for long. With
+//! `Durability::Memory` there is no writer: the same passes run in the memory engine, on this
+//! thread, one shard lock at a time.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

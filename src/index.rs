@@ -113,6 +113,11 @@ impl HotIndex {
         }
     }
 
+    /// Whether the entry of `hash` holds exactly `hot`.
+    pub(crate) fn holds(&self, hash: &KeyHash, hot: &Hot) -> bool {
+        self.map.pin().get(hash).is_some_and(|e| e.hot == *hot)
+    }
+
     /// Drops the entry of `hash` if it is still the completed record of reservation `token`;
     /// true if it did. Writer thread only.
     pub(crate) fn remove_completed(&self, hash: &KeyHash, token: u64) -> bool {

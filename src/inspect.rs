@@ -33,7 +33,9 @@ pub struct CheckReport {
     pub responses: u64,
     /// Bytes of the stored response blobs.
     pub response_bytes: u64,
-    /// Entries in the expiry index.
+    /// Entries in the expiry index. With `Durability::Memory`, entries in the engine's expiry
+    /// heaps, which may hold leftovers of records that moved on or left (about four entries a
+    /// record at most, plus 1,024 a shard).
     pub expiry_entries: u64,
     /// Every inconsistency found, one line each; empty for a sound file.
     pub problems: Vec<String>,
@@ -47,7 +49,7 @@ impl CheckReport {
 }
 
 /// The most problems a report lists; more are counted in the last line.
-const MAX_PROBLEMS: usize = 100;
+pub(crate) const MAX_PROBLEMS: usize = 100;
 
 impl Store {
     /// The live (not expired) records, in the file's order (by key hash), those of `scope`

@@ -14,7 +14,10 @@
 //! - every change of a record's expiry pushes `(expires_at, hash)` on its shard's expiry heap,
 //!   so a pass that pops the due entries finds every expired record; an entry whose record has
 //!   since moved on (another expiry, or gone) is skipped, and the heap is rebuilt from the
-//!   records when such leftovers outnumber them;
+//!   records when it holds more than four entries a record (plus 1,024);
+//! - every call that changes a record checks, under its shard's lock, that the store is not
+//!   closed, and `close` passes through every shard's lock after marking the store closed: a
+//!   call either finished before `close` returned, or is refused;
 //! - no lock is held while a caller's reply is delivered or a response is dropped elsewhere.
 
 use std::cmp::Reverse;
@@ -143,6 +146,7 @@ impl MemoryEngine {
         let counters = &shared.counters;
         let now = shared.now();
         let mut shard = self.shard(&hash).lock();
+        shared.check()?;
         let current = shard.records.get(&hash);
         match machine::decide_begin(current.map(|r| &r.hot), fp, now) {
             BeginDecision::Execute { takeover } => {
@@ -210,6 +214,7 @@ impl MemoryEngine {
         let counters = &shared.counters;
         let now = shared.now();
         let mut shard = self.shard(&hash).lock();
+        shared.check()?;
         let current = shard.records.get(&hash).map(|r| r.hot);
         if let Err(refusal) = machine::check_holder(current.as_ref(), token) {
             drop(shard);
@@ -249,6 +254,7 @@ impl MemoryEngine {
         token: u64,
     ) -> Result<(), LeaseError> {
         let mut shard = self.shard(&hash).lock();
+        shared.check()?;
         let current = shard.records.get(&hash).map(|r| r.hot);
         machine::check_holder(current.as_ref(), token).map_err(|r| lease_refusal(r, token))?;
         let old = shard.records.remove(&hash);
@@ -268,6 +274,7 @@ impl MemoryEngine {
         let now = shared.now();
         let lease_deadline = now.saturating_add(crate::clock::millis(shared.config.lease));
         let mut shard = self.shard(&hash).lock();
+        shared.check()?;
         let current = shard.records.get(&hash).map(|r| r.hot);
         if let Err(r) = machine::check_holder(current.as_ref(), token) {
             drop(shard);
@@ -284,9 +291,20 @@ impl MemoryEngine {
     }
 
     /// Removes the record, whatever its state; true if there was one.
-    pub(crate) fn purge(&self, hash: &KeyHash) -> bool {
-        let old = self.shard(hash).lock().records.remove(hash);
-        old.is_some()
+    pub(crate) fn purge(&self, shared: &Shared, hash: &KeyHash) -> Result<bool, Unavailable> {
+        let mut shard = self.shard(hash).lock();
+        shared.check()?;
+        let old = shard.records.remove(hash);
+        drop(shard);
+        Ok(old.is_some())
+    }
+
+    /// Waits for every call that took a shard's lock before now; called once the store is
+    /// marked closed, so every later call is refused.
+    pub(crate) fn close(&self) {
+        for shard in self.shards.iter() {
+            drop(shard.lock());
+        }
     }
 
     /// The record, unless absent or expired (C9).
@@ -301,7 +319,7 @@ impl MemoryEngine {
     pub(crate) fn expire(&self, shared: &Shared, limit: usize) -> ExpireReport {
         let now = shared.now();
         let mut report = ExpireReport::default();
-        let start = self.expire_from.fetch_add(1, Ordering::Relaxed);
+        let start = self.expire_from.fetch_add(1, Ordering::Relaxed) % SHARDS;
         for i in 0..SHARDS {
             if report.scanned >= limit {
                 break;
@@ -333,23 +351,29 @@ impl MemoryEngine {
         report
     }
 
-    /// The live records, by key hash, those of `scope` only if given, at most `limit`.
+    /// The live records, by key hash, those of `scope` only if given, at most `limit`. Keeps
+    /// only the `limit` lowest hashes while it walks the shards.
     pub(crate) fn records(&self, scope: Option<&Scope>, limit: usize, now: u64) -> Vec<RecordInfo> {
-        let mut all: Vec<(KeyHash, RecordInfo)> = Vec::new();
+        let mut lowest: BinaryHeap<(KeyHash, ByHash)> = BinaryHeap::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            all.extend(
-                shard
-                    .records
-                    .iter()
-                    .filter(|(_, r)| {
-                        !machine::expired(&r.hot, now) && scope.is_none_or(|s| *s == r.scope)
-                    })
-                    .map(|(h, r)| (*h, info(r))),
-            );
+            for (hash, r) in &shard.records {
+                if machine::expired(&r.hot, now) || scope.is_some_and(|s| *s != r.scope) {
+                    continue;
+                }
+                if lowest.len() < limit {
+                    lowest.push((*hash, ByHash(info(r))));
+                } else if lowest.peek().is_some_and(|(top, _)| hash < top) {
+                    lowest.pop();
+                    lowest.push((*hash, ByHash(info(r))));
+                }
+            }
         }
-        all.sort_unstable_by_key(|(hash, _)| *hash);
-        all.into_iter().take(limit).map(|(_, r)| r).collect()
+        lowest
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(_, r)| r.0)
+            .collect()
     }
 
     /// Counts the records and checks that each completed record holds its response and each
@@ -371,10 +395,14 @@ impl MemoryEngine {
                         report.responses += 1;
                         report.response_bytes += resp.encoded_len() as u64;
                     }
-                    (state, _) => report.problems.push(format!(
-                        "record {hash:?} is {state:?} with a response: {}",
-                        r.response.is_some()
-                    )),
+                    (state, response) => {
+                        if report.problems.len() < crate::inspect::MAX_PROBLEMS {
+                            let holds = if response.is_some() { "holds" } else { "lacks" };
+                            report.problems.push(format!(
+                                "record {hash:?} is {state:?} and {holds} a response"
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -399,10 +427,19 @@ impl MemoryEngine {
                 fp,
                 reply,
             } => {
+                // As in the writer: a caller that gave up first counted itself in
+                // `detached_releases`; reserve nothing for it (or release what was reserved)
+                // and settle the count.
+                if reply.is_abandoned() {
+                    shared.detached_releases.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
                 let answer = self.begin(shared, hash, &scope, &key, &fp);
-                if let Err(Ok(BeginReply::Execute { token, .. })) = reply.send(answer) {
-                    // The caller gave up first: nobody will complete this reservation.
-                    let _ = self.release(shared, hash, token);
+                if let Err(answer) = reply.send(answer) {
+                    if let Ok(BeginReply::Execute { token, .. }) = answer {
+                        let _ = self.release(shared, hash, token);
+                    }
+                    shared.detached_releases.fetch_sub(1, Ordering::SeqCst);
                 }
             }
             Op::Complete {
@@ -432,7 +469,7 @@ impl MemoryEngine {
                 let _ = reply.send(self.renew(shared, hash, token));
             }
             Op::Purge { hash, reply } => {
-                let _ = reply.send(Ok(self.purge(&hash)));
+                let _ = reply.send(self.purge(shared, &hash));
             }
             Op::Expire { limit, reply } => {
                 let _ = reply.send(Ok(self.expire(shared, limit)));
@@ -442,6 +479,30 @@ impl MemoryEngine {
             }
             Op::Cache { .. } | Op::Shutdown => {}
         }
+    }
+}
+
+/// A record view that compares equal to any other: the heap in `records` orders by the hash
+/// beside it.
+struct ByHash(RecordInfo);
+
+impl PartialEq for ByHash {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ByHash {}
+
+impl PartialOrd for ByHash {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByHash {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
     }
 }
 
@@ -570,5 +631,61 @@ mod tests {
         ));
         assert!(e.renew(&sh, h, second).is_ok());
         assert_eq!(sh.counters.lease_takeovers.load(Ordering::Relaxed), 1);
+    }
+
+    /// `records` keeps the lowest hashes in order, whatever the limit, and filters by scope.
+    #[test]
+    fn records_are_listed_by_hash_within_the_limit() {
+        let clock = ManualClock::new(1_000_000);
+        let sh = shared(&clock);
+        let e = MemoryEngine::new(0);
+        for i in 0..300 {
+            execute(&e, &sh, i);
+        }
+        let other = Scope::new("other").ok();
+        let all = e.records(None, usize::MAX, sh.now());
+        assert_eq!(all.len(), 300);
+        let hashes: Vec<KeyHash> = all
+            .iter()
+            .filter_map(|r| {
+                Some(KeyHash::of(
+                    &Scope::new(&r.scope).ok()?,
+                    &Key::new(&r.key).ok()?,
+                ))
+            })
+            .collect();
+        assert!(hashes.windows(2).all(|w| w[0] < w[1]), "in hash order");
+        let first: Vec<String> = e
+            .records(None, 25, sh.now())
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        let expected: Vec<String> = all.iter().take(25).map(|r| r.key.clone()).collect();
+        assert_eq!(first, expected);
+        assert!(e.records(other.as_ref(), usize::MAX, sh.now()).is_empty());
+        assert!(e.records(None, 0, sh.now()).is_empty());
+    }
+
+    /// Once the store is closed and `close` has passed every shard, calls are refused.
+    #[test]
+    fn calls_after_close_are_refused() {
+        let clock = ManualClock::new(1_000_000);
+        let sh = shared(&clock);
+        let e = MemoryEngine::new(0);
+        let token = execute(&e, &sh, 1);
+        sh.mark_closed();
+        e.close();
+        let (h, s, k) = name(2);
+        assert!(matches!(
+            e.begin(&sh, h, &s, &k, &Fingerprint::of_bytes(b"x")),
+            Err(Unavailable::Closed)
+        ));
+        let (h1, ..) = name(1);
+        assert!(matches!(
+            e.complete(&sh, h1, token, Response::new(200, [("a", "b")], "x")),
+            Err(CompleteError::Unavailable(Unavailable::Closed))
+        ));
+        assert!(matches!(e.purge(&sh, &h1), Err(Unavailable::Closed)));
+        assert!(e.release(&sh, h1, token).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! The messages between callers and the writer thread: queued operations and the answers
-//! waiting for their batch's commit.
+//! waiting for their batch's commit. (The memory engine takes the same messages and answers
+//! them at once, see `route.rs`.)
 //!
 //! Why: the writer's queue is the store's only write path, so what can be asked of it and how
 //! each kind of answer reaches its caller is a concept of its own. Invariants: every operation

@@ -40,7 +40,13 @@ pub(crate) struct Shared {
 impl Shared {
     /// `db` is `None` for the memory engine, which has no database.
     pub(crate) fn new(config: Config, db: Option<Arc<Database>>) -> Shared {
-        let index = HotIndex::with_capacity(config.index_capacity);
+        // The memory engine keeps its own maps: the index stays empty there.
+        let capacity = if db.is_some() {
+            config.index_capacity
+        } else {
+            0
+        };
+        let index = HotIndex::with_capacity(capacity);
         Shared {
             config,
             counters: Counters::default(),

@@ -2,10 +2,12 @@
 //!
 //! Why: this is the one type a service holds. It validates input, answers what the hot index
 //! can answer, and hands everything else to the writer thread, waiting on a reply slot
-//! (blocking) or awaiting it (async). Invariants: no call here writes to the database itself;
-//! every mutation goes through the writer's queue, so there is exactly one writer; every path a
-//! caller or a damaged file can reach returns an error instead of panicking (reads of the file
-//! run under `catch_unwind`, since the storage engine may panic on a damaged page).
+//! (blocking) or awaiting it (async); with `Durability::Memory`, to the memory engine, which
+//! answers on the caller's thread. Invariants: no call here writes to the database itself;
+//! every mutation goes through the writer's queue (or the memory engine's shard locks), so
+//! changes to one key are applied one at a time; every path a caller or a damaged file can
+//! reach returns an error instead of panicking (reads of the file run under `catch_unwind`,
+//! since the storage engine may panic on a damaged page).
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -63,7 +65,8 @@ fn record_info(
     Ok(Some(RecordInfo::of(rec, response)))
 }
 
-/// An idempotency store: a redb file, its hot index, its writer and its compactor.
+/// An idempotency store: a redb file, its hot index, its writer and its compactor (with
+/// [`Durability::Memory`], the memory engine and its compactor).
 ///
 /// `Store` is cheap to clone and `Send + Sync`; clones share one store. Dropping the last
 /// handle (reservations hold one too) or calling [`close`](Store::close) drains the writer,
@@ -148,15 +151,15 @@ enum Prepared {
     Wait(WaitBegin),
 }
 
-/// A `begin` queued at the writer. If it is dropped before the answer is taken (an async
-/// caller cancelled), a reservation made for it is released, so no key is left in flight
-/// without a holder (C6).
 /// A completion carried out already (memory engine), or queued for the writer.
 enum Submitted {
     Done(Result<Completion, CompleteError>),
     Wait(Receiver<Result<Completion, CompleteError>>),
 }
 
+/// A `begin` queued at the writer. If it is dropped before the answer is taken (an async
+/// caller cancelled), a reservation made for it is released, so no key is left in flight
+/// without a holder (C6).
 struct WaitBegin {
     rx: Option<Receiver<Result<BeginReply, Unavailable>>>,
     store: Store,
@@ -387,8 +390,9 @@ impl Store {
         Ok(self.wrap(hash, claim))
     }
 
-    /// [`begin`](Store::begin) as a future, woken by the writer thread: no thread waits on
-    /// its behalf, and it works on any async runtime.
+    /// [`begin`](Store::begin) as a future, woken by the writer thread (with
+    /// [`Durability::Memory`], ready at once): no thread waits on its behalf, and it works on
+    /// any async runtime. Dropping the future before it is done leaves no key in flight (C6).
     pub fn begin_async(
         &self,
         scope: &Scope,
@@ -396,14 +400,22 @@ impl Store {
         fp: &Fingerprint,
     ) -> impl Future<Output = Result<Begin, BeginError>> + Send + 'static {
         let store = self.clone();
-        let prepared = self.prepare_begin(scope, key, fp);
+        // An answer decided already is wrapped now, so that a reservation in it is armed (its
+        // drop releases the key) even if the future is dropped without being polled.
+        let prepared = self
+            .prepare_begin(scope, key, fp)
+            .map(|(hash, prepared)| match prepared {
+                Prepared::Ready(claim) => Ok(self.wrap(hash, claim)),
+                Prepared::Wait(rx) => Err((hash, rx)),
+            });
         async move {
-            let (hash, prepared) = prepared?;
-            let claim = match prepared {
-                Prepared::Ready(claim) => claim,
-                Prepared::Wait(rx) => store.claim_from_reply(rx.await)?,
-            };
-            Ok(store.wrap(hash, claim))
+            match prepared? {
+                Ok(begin) => Ok(begin),
+                Err((hash, rx)) => {
+                    let claim = store.claim_from_reply(rx.await)?;
+                    Ok(store.wrap(hash, claim))
+                }
+            }
         }
     }
 
@@ -855,8 +867,12 @@ impl Inner {
             let _ = c.join();
         }
         let Some(writer) = threads.writer.take() else {
-            // The memory engine: nothing to drain or make durable.
+            // The memory engine: nothing to drain or make durable; once closed, wait for the
+            // calls already inside it, so none succeeds after `close` returns.
             self.shared.mark_closed();
+            if let Some(engine) = self.ops.memory() {
+                engine.close();
+            }
             return self.shared.check_poison();
         };
         let flushed = match self.shared.check_poison() {

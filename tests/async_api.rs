@@ -93,7 +93,19 @@ fn c6_a_cancelled_future_holding_a_reservation_releases_the_key() {
 
 #[test]
 fn c6_a_begin_future_dropped_before_its_answer_leaves_no_key_in_flight() {
-    let t = open();
+    begin_futures_dropped_leave_no_key_in_flight(open());
+}
+
+/// The memory engine decides at the call, before any poll: the reservation it made must be
+/// released all the same.
+#[test]
+fn c6_a_begin_future_dropped_unpolled_on_the_memory_engine_leaves_no_key_in_flight() {
+    begin_futures_dropped_leave_no_key_in_flight(open_with(|c| {
+        c.durability(idemstore::Durability::Memory)
+    }));
+}
+
+fn begin_futures_dropped_leave_no_key_in_flight(t: TestStore) {
     let s = scope("acct");
     for i in 0..200 {
         let k = key(&format!("k{i}"));
