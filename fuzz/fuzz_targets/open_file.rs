@@ -32,6 +32,10 @@ fn config(verify: bool) -> Config {
         .index_capacity(64)
         .verify_on_open(verify)
         .page_cache_bytes(1 << 20)
+        // No polling before parking: the fuzzer's one thread gains nothing from a spinning
+        // caller, and the yields took a fifth of each run (about 25% more runs a second).
+        .caller_spin(Duration::ZERO)
+        .writer_spin(Duration::ZERO)
         .build()
         .unwrap()
 }
