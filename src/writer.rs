@@ -807,9 +807,10 @@ impl Writer {
                         .map(|r| (entry.hot.token, r.encoded_len()));
                     let hot = entry.hot;
                     let index = &self.shared.index;
-                    // A record the index holds already (a replay answered by the writer, say)
-                    // is counted once, when it came in.
-                    let counted = index.holds(&hash, &hot);
+                    // A completed record the index holds already (a replay answered by the
+                    // writer, say) is counted once, when it came in; in-flight ones are not
+                    // counted at all, so they need no lookup.
+                    let counted = hot.state == State::Completed && index.holds(&hash, &hot);
                     index.insert(hash, entry);
                     match cached {
                         Some((token, size)) => self
