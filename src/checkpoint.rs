@@ -21,16 +21,17 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
-use redb::{Database, ReadableTable, Table};
+use redb::{Database, Table};
 
 use crate::error::{Cause, Message, cause};
 use crate::key::KeyHash;
 use crate::overlay::{Changes, Slot};
 use crate::record::{
-    Blob, EXPIRY, ExpiryKey, Hot, META, META_CLEAN, META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED,
-    META_NEXT_TOKEN, RECORDS, RESPONSES, RecordBytes,
+    EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_LOG_POS, META_LOG_SEQ,
+    META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RecordBytes,
 };
 use crate::shared::panic_text;
 use crate::wal::{Change, Mark};
@@ -49,49 +50,43 @@ impl<E: Into<redb::Error>> From<E> for ApplyError {
     }
 }
 
-/// Sets the key of `change` to the state it carries: the record, its response (or none) and
-/// its expiry entry, replacing whatever the tables held for it.
+/// Sets the key of `change` to the state it carries: the record, and its expiry entry holding
+/// its response (or none), replacing whatever the tables held for it.
 pub(crate) fn apply_change(
     records: &mut Table<&'static [u8; 32], RecordBytes>,
-    responses: &mut Table<&'static [u8; 32], Blob>,
-    expiry: &mut Table<ExpiryKey, ()>,
+    expiry: &mut Table<ExpiryKey, ExpiryValue>,
     change: Change<'_>,
 ) -> Result<(), ApplyError> {
-    let hash = match &change {
-        Change::Put { hash, .. } | Change::Delete { hash } => *hash,
-    };
-    let old = records
-        .get(&hash)?
-        .and_then(|g| Hot::decode(g.value()).ok());
-    let key_hash = KeyHash(hash);
     match change {
         Change::Put {
-            record, response, ..
+            hash,
+            record,
+            response,
         } => {
+            let key_hash = KeyHash(hash);
             let new = Hot::decode(record).map_err(|e| {
                 ApplyError::BadRecord(format!("a logged record does not decode: {e}"))
             })?;
+            // The insert hands back the record it replaced: no separate lookup.
+            let old = records
+                .insert(&hash, record)?
+                .and_then(|g| Hot::decode(g.value()).ok());
             if let Some(old) = old
                 && old.expires_at != new.expires_at
             {
                 expiry.remove(ExpiryKey::new(old.expires_at, &key_hash))?;
             }
-            expiry.insert(ExpiryKey::new(new.expires_at, &key_hash), ())?;
-            records.insert(&hash, record)?;
-            match response {
-                Some(r) => {
-                    responses.insert(&hash, r)?;
-                }
-                None => {
-                    responses.remove(&hash)?;
-                }
-            }
+            expiry.insert(
+                ExpiryKey::new(new.expires_at, &key_hash),
+                response.unwrap_or(&[]),
+            )?;
         }
-        Change::Delete { .. } => {
-            records.remove(&hash)?;
-            responses.remove(&hash)?;
+        Change::Delete { hash } => {
+            let old = records
+                .remove(&hash)?
+                .and_then(|g| Hot::decode(g.value()).ok());
             if let Some(old) = old {
-                expiry.remove(ExpiryKey::new(old.expires_at, &key_hash))?;
+                expiry.remove(ExpiryKey::new(old.expires_at, &KeyHash(hash)))?;
             }
         }
     }
@@ -132,12 +127,12 @@ pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
         let mut txn = db.begin_write()?;
         {
             let mut records = txn.open_table(RECORDS)?;
-            let mut responses = txn.open_table(RESPONSES)?;
             let mut expiry = txn.open_table(EXPIRY)?;
-            // In key order: the records' and responses' leaves are then visited once, left to
-            // right, instead of at random, which keeps the storage engine's page cache and the
-            // CPU's caches warm across neighbouring keys (the expiry table is keyed by time
-            // first, so its writes stay scattered). Changes to different keys commute.
+            // In key order: the records' leaves are then visited once, left to right, instead
+            // of at random, which keeps the storage engine's page cache and the CPU's caches
+            // warm across neighbouring keys (the expiry table is keyed by time first; its new
+            // entries gather at its right edge whatever the order). Changes to different keys
+            // commute.
             let mut sorted: Vec<_> = job.changes.iter().collect();
             sorted.sort_unstable_by_key(|(hash, _)| **hash);
             for (hash, slot) in sorted {
@@ -149,7 +144,7 @@ pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
                     },
                     Slot::Deleted => Change::Delete { hash: hash.0 },
                 };
-                apply_change(&mut records, &mut responses, &mut expiry, change)?;
+                apply_change(&mut records, &mut expiry, change)?;
             }
             let mut meta = txn.open_table(META)?;
             write_mark(&mut meta, job.mark)?;
@@ -179,7 +174,7 @@ enum ToThread {
 /// The writer's handle on the checkpoint thread.
 pub(crate) struct Checkpointer {
     jobs: Option<Sender<ToThread>>,
-    done: Receiver<(Mark, Result<(), Cause>)>,
+    done: Receiver<(Mark, Result<(), Cause>, Duration)>,
     thread: Option<JoinHandle<()>>,
     /// A checkpoint was started and its result not collected yet.
     running: bool,
@@ -202,8 +197,9 @@ impl Checkpointer {
                             continue;
                         }
                     };
+                    let started = Instant::now();
                     let result = commit(&db, &job);
-                    if tx.send((job.mark, result)).is_err() {
+                    if tx.send((job.mark, result, started.elapsed())).is_err() {
                         return;
                     }
                 }
@@ -243,8 +239,9 @@ impl Checkpointer {
         }
     }
 
-    /// The result of the running checkpoint if it has finished; with `block`, waits for it.
-    pub(crate) fn finished(&mut self, block: bool) -> Option<Result<Mark, Cause>> {
+    /// The result of the running checkpoint if it has finished, with the time it took; with
+    /// `block`, waits for it.
+    pub(crate) fn finished(&mut self, block: bool) -> Option<Result<(Mark, Duration), Cause>> {
         if !self.running {
             return None;
         }
@@ -254,9 +251,9 @@ impl Checkpointer {
             self.done.try_recv()
         };
         match got {
-            Ok((mark, result)) => {
+            Ok((mark, result, took)) => {
                 self.running = false;
-                Some(result.map(|()| mark))
+                Some(result.map(|()| (mark, took)))
             }
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => {

@@ -17,8 +17,8 @@ use crate::fingerprint::Fingerprint;
 use crate::key::{Key, KeyHash, Scope};
 use crate::ops::Completion;
 use crate::record::{
-    Blob, EXPIRY, ExpiryKey, FIXED_LEN, FORMAT_VERSION, META, META_FORMAT, META_NEXT_TOKEN,
-    RECORD_VERSION, RECORDS, RESPONSES, Record, RecordBytes, State,
+    Blob, EXPIRY, ExpiryKey, ExpiryValue, FIXED_LEN, FORMAT_VERSION, META, META_FORMAT,
+    META_NEXT_TOKEN, RECORD_VERSION, RECORDS, Record, RecordBytes, State, V1_EXPIRY, V1_RESPONSES,
 };
 use crate::response::{self, RESPONSE_VERSION, Response};
 use crate::store::Store;
@@ -161,7 +161,7 @@ fn record_completed() -> Record {
 
 #[test]
 fn golden_constants() {
-    assert_eq!(FORMAT_VERSION, 1);
+    assert_eq!(FORMAT_VERSION, 2);
     assert_eq!(RECORD_VERSION, 1);
     assert_eq!(RESPONSE_VERSION, 1);
     assert_eq!(Fingerprint::CURRENT_VERSION, 1);
@@ -175,11 +175,15 @@ fn golden_constants() {
 #[test]
 fn golden_table_definitions() {
     assert_eq!(RECORDS.name(), "idem_records");
-    assert_eq!(RESPONSES.name(), "idem_responses");
-    assert_eq!(EXPIRY.name(), "idem_expiry");
+    assert_eq!(EXPIRY.name(), "idem_expiry_responses");
     assert_eq!(META.name(), "idem_meta");
     assert_eq!(RecordBytes::type_name().name(), "idemstore::Record");
     assert_eq!(RecordBytes::fixed_width(), None);
+    assert_eq!(ExpiryValue::type_name().name(), "idemstore::ResponseOrNone");
+    assert_eq!(ExpiryValue::fixed_width(), None);
+    // Format 1's tables, which the migration reads.
+    assert_eq!(V1_RESPONSES.name(), "idem_responses");
+    assert_eq!(V1_EXPIRY.name(), "idem_expiry");
     assert_eq!(Blob::type_name().name(), "idemstore::ResponseBlob");
     assert_eq!(Blob::fixed_width(), None);
     assert_eq!(ExpiryKey::type_name().name(), "idemstore::ExpiryKey");
@@ -366,8 +370,8 @@ fn golden_expiry_key() {
 /// What the file holds, read with redb directly.
 struct FileView {
     record: Vec<u8>,
-    response: Option<Vec<u8>>,
-    expiry: Vec<String>,
+    /// Each expiry entry: its key and its value, in hex.
+    expiry: Vec<(String, String)>,
     format_version: Option<u64>,
     next_token: Option<u64>,
 }
@@ -377,16 +381,17 @@ fn read_file(path: &std::path::Path) -> FileView {
     let txn = db.begin_read().unwrap();
     let hash = hash_bytes();
     let records = txn.open_table(RECORDS).unwrap();
-    let responses = txn.open_table(RESPONSES).unwrap();
     let expiry = txn.open_table(EXPIRY).unwrap();
     let meta = txn.open_table(META).unwrap();
     let view = FileView {
         record: records.get(&hash).unwrap().unwrap().value().to_vec(),
-        response: responses.get(&hash).unwrap().map(|g| g.value().to_vec()),
         expiry: expiry
             .iter()
             .unwrap()
-            .map(|e| hex(&e.unwrap().0.value().0))
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (hex(&k.value().0), hex(v.value()))
+            })
             .collect(),
         format_version: meta.get(META_FORMAT).unwrap().map(|g| g.value()),
         next_token: meta.get(META_NEXT_TOKEN).unwrap().map(|g| g.value()),
@@ -422,9 +427,12 @@ fn golden_file_written_by_the_store() {
 
     let file = read_file(&path);
     assert_eq!(hex(&file.record), RECORD_IN_FLIGHT);
-    assert_eq!(file.response, None);
-    assert_eq!(file.expiry, [EXPIRY_KEY_IN_FLIGHT]);
-    assert_eq!(file.format_version, Some(1));
+    // In flight: the expiry entry holds no response.
+    assert_eq!(
+        file.expiry,
+        [(EXPIRY_KEY_IN_FLIGHT.to_owned(), String::new())]
+    );
+    assert_eq!(file.format_version, Some(2));
     assert_eq!(file.next_token, Some(2));
 
     let store = Store::open(&path, config()).unwrap();
@@ -436,10 +444,9 @@ fn golden_file_written_by_the_store() {
     let file = read_file(&path);
     assert_eq!(hex(&file.record), RECORD_COMPLETED);
     assert_eq!(
-        file.response.as_deref().map(hex).as_deref(),
-        Some(RESPONSE_BLOB)
+        file.expiry,
+        [(EXPIRY_KEY_COMPLETED.to_owned(), RESPONSE_BLOB.to_owned())]
     );
-    assert_eq!(file.expiry, [EXPIRY_KEY_COMPLETED]);
-    assert_eq!(file.format_version, Some(1));
+    assert_eq!(file.format_version, Some(2));
     assert_eq!(file.next_token, Some(2));
 }

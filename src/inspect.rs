@@ -13,7 +13,7 @@ use crate::backend::RecordInfo;
 use crate::error::Unavailable;
 use crate::key::Scope;
 use crate::machine;
-use crate::record::{EXPIRY, ExpiryKey, RECORDS, RESPONSES, Record, State};
+use crate::record::{EXPIRY, ExpiryKey, RECORDS, Record, State, stored_response};
 use crate::response;
 use crate::store::{Store, corrupted, io_error};
 
@@ -68,7 +68,7 @@ impl Store {
         }
         self.read(|txn| {
             let records = txn.open_table(RECORDS).map_err(io_error)?;
-            let responses = txn.open_table(RESPONSES).map_err(io_error)?;
+            let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
             let mut out = Vec::new();
             for entry in records.iter().map_err(io_error)? {
                 if out.len() >= limit {
@@ -81,16 +81,19 @@ impl Store {
                     continue;
                 }
                 let response = if rec.hot.state == State::Completed {
-                    let blob = responses
-                        .get(hash.value())
-                        .map_err(io_error)?
+                    let ek =
+                        ExpiryKey::new(rec.hot.expires_at, &crate::key::KeyHash(*hash.value()));
+                    let entry = expiry.get(ek).map_err(io_error)?;
+                    let blob = entry
+                        .as_ref()
+                        .and_then(|g| stored_response(g.value()))
                         .ok_or_else(|| Unavailable::Corrupted {
                             detail: format!(
                                 "completed record {}/{} has no response",
                                 rec.scope, rec.key
                             ),
                         })?;
-                    Some(response::decode(blob.value()).map_err(corrupted)?)
+                    Some(response::decode(blob).map_err(corrupted)?)
                 } else {
                     None
                 };
@@ -100,10 +103,10 @@ impl Store {
         })
     }
 
-    /// Reads every record, response and expiry entry and checks that they agree: each record
-    /// decodes, each completed record has a response that decodes with the record's status,
-    /// each record has its expiry entry, and no response or expiry entry is left without its
-    /// record. Open the store with `verify_on_open(true)` to check every page's checksum too.
+    /// Reads every record and expiry entry and checks that they agree: each record decodes,
+    /// each record has its expiry entry, each completed record's entry holds a response that
+    /// decodes with the record's status (an in-flight record's holds none), and no expiry entry
+    /// is left without its record. Open the store with `verify_on_open(true)` to check every page's checksum too.
     /// With the write-ahead log this first checkpoints, so the whole store is checked.
     pub fn check(&self) -> Result<CheckReport, Unavailable> {
         self.settle_into_file()?;
@@ -117,7 +120,6 @@ impl Store {
 
 fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable> {
     let records = txn.open_table(RECORDS).map_err(io_error)?;
-    let responses = txn.open_table(RESPONSES).map_err(io_error)?;
     let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
     let mut report = CheckReport::default();
     let mut problems = 0usize;
@@ -128,6 +130,7 @@ fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable>
         }
     };
     let mut with_expiry = HashSet::new();
+    let mut undecodable = HashSet::new();
     for entry in records.iter().map_err(io_error)? {
         let (hash, bytes) = entry.map_err(io_error)?;
         let hash = *hash.value();
@@ -136,6 +139,7 @@ fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable>
             Ok(r) => r,
             Err(e) => {
                 problem(&mut report, format!("record {}: {e}", hex(&hash)));
+                undecodable.insert(hash);
                 continue;
             }
         };
@@ -150,53 +154,59 @@ fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable>
             report.expired += 1;
         }
         let ek = ExpiryKey::new(rec.hot.expires_at, &crate::key::KeyHash(hash));
-        if expiry.get(&ek).map_err(io_error)?.is_none() {
+        let Some(value) = expiry.get(&ek).map_err(io_error)? else {
             problem(&mut report, format!("{name}: no expiry index entry"));
-        }
+            if rec.hot.state == State::Completed {
+                report.completed += 1;
+                problem(&mut report, format!("{name}: completed without a response"));
+            } else {
+                report.in_flight += 1;
+            }
+            continue;
+        };
         with_expiry.insert(ek.0);
+        let stored = stored_response(value.value());
         match rec.hot.state {
-            State::InFlight => report.in_flight += 1,
+            State::InFlight => {
+                report.in_flight += 1;
+                if stored.is_some() {
+                    problem(
+                        &mut report,
+                        format!("{name}: in flight with a stored response"),
+                    );
+                }
+            }
             State::Completed => {
                 report.completed += 1;
-                match responses.get(&hash).map_err(io_error)? {
+                match stored.map(response::decode) {
                     None => problem(&mut report, format!("{name}: completed without a response")),
-                    Some(blob) => match response::decode(blob.value()) {
-                        Ok(r) if r.status() != rec.hot.status => problem(
-                            &mut report,
-                            format!(
-                                "{name}: response status {} but the record says {}",
-                                r.status(),
-                                rec.hot.status
-                            ),
+                    Some(Ok(r)) if r.status() != rec.hot.status => problem(
+                        &mut report,
+                        format!(
+                            "{name}: response status {} but the record says {}",
+                            r.status(),
+                            rec.hot.status
                         ),
-                        Ok(_) => {}
-                        Err(e) => problem(&mut report, format!("{name}: response: {e}")),
-                    },
+                    ),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => problem(&mut report, format!("{name}: response: {e}")),
                 }
             }
         }
     }
-    for entry in responses.iter().map_err(io_error)? {
-        let (hash, blob) = entry.map_err(io_error)?;
-        report.responses += 1;
-        report.response_bytes += blob.value().len() as u64;
-        if records.get(hash.value()).map_err(io_error)?.is_none() {
-            problem(
-                &mut report,
-                format!("response {} has no record", hex(hash.value())),
-            );
-        }
-    }
     report.expiry_entries = expiry.len().map_err(io_error)?;
     for entry in expiry.iter().map_err(io_error)? {
-        let (ek, ()) = entry.map_err(io_error).map(|(k, _)| (k, ()))?;
-        if !with_expiry.contains(&ek.value().0) {
+        let (ek, value) = entry.map_err(io_error)?;
+        let ek = ek.value();
+        if let Some(blob) = stored_response(value.value()) {
+            report.responses += 1;
+            report.response_bytes += blob.len() as u64;
+        }
+        // A record that does not decode is reported above; its entries are not leftovers.
+        if !with_expiry.contains(&ek.0) && !undecodable.contains(&ek.hash().0) {
             problem(
                 &mut report,
-                format!(
-                    "expiry entry for {} has no record",
-                    hex(&ek.value().hash().0)
-                ),
+                format!("expiry entry for {} has no record", hex(&ek.hash().0)),
             );
         }
     }

@@ -51,6 +51,7 @@ mod inspect;
 mod key;
 mod machine;
 mod memory;
+mod migrate;
 mod open;
 mod ops;
 mod overlay;

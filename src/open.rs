@@ -15,9 +15,10 @@ use crate::checkpoint::{ApplyError, apply_change};
 use crate::config::Config;
 use crate::error::{OpenError, cause};
 use crate::key::KeyHash;
+use crate::migrate;
 use crate::record::{
     EXPIRY, ExpiryKey, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT, META_LOG_ID,
-    META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RESPONSES, State,
+    META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, OLDEST_MIGRATED, RECORDS, State,
     TOKEN_SKIP_AFTER_CRASH,
 };
 use crate::shared::panic_text;
@@ -109,15 +110,13 @@ pub(crate) fn init_tables(
     let log;
     let mut replayed = 0;
     {
-        let mut records = txn.open_table(RECORDS).map_err(open_error)?;
-        let mut responses = txn.open_table(RESPONSES).map_err(open_error)?;
-        let mut expiry = txn.open_table(EXPIRY).map_err(open_error)?;
         let mut meta = txn.open_table(META).map_err(open_error)?;
         let format = meta
             .get(META_FORMAT)
             .map_err(open_error)?
             .map(|g| g.value());
         match format {
+            Some(FORMAT_VERSION) => {}
             None => {
                 meta.insert(META_FORMAT, FORMAT_VERSION)
                     .map_err(open_error)?;
@@ -133,8 +132,22 @@ pub(crate) fn init_tables(
                     supported: FORMAT_VERSION,
                 });
             }
-            Some(_) => {}
+            Some(found) if found >= OLDEST_MIGRATED => {
+                // Before anything reads the tables: the log's changes and every later read
+                // are in the new layout.
+                migrate::v1_to_v2(&txn).map_err(open_error)?;
+                meta.insert(META_FORMAT, FORMAT_VERSION)
+                    .map_err(open_error)?;
+            }
+            Some(found) => {
+                return Err(OpenError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
         }
+        let mut records = txn.open_table(RECORDS).map_err(open_error)?;
+        let mut expiry = txn.open_table(EXPIRY).map_err(open_error)?;
         let clean = meta
             .remove(META_CLEAN)
             .map_err(open_error)?
@@ -181,9 +194,7 @@ pub(crate) fn init_tables(
                             stored = stored.max(entry.next_token);
                             replayed += 1;
                             for change in entry.changes {
-                                if let Err(e) =
-                                    apply_change(&mut records, &mut responses, &mut expiry, change)
-                                {
+                                if let Err(e) = apply_change(&mut records, &mut expiry, change) {
                                     failure = Some(match e {
                                         ApplyError::Storage(e) => open_error(e),
                                         ApplyError::BadRecord(detail) => OpenError::Log { detail },

@@ -1,4 +1,4 @@
-//! The on-disk layout: tables, the record (format version 1), and the expiry index key.
+//! The on-disk layout: tables (format version 2), the record, and the expiry index key.
 //!
 //! Why: the file must outlive any version of this crate, so its bytes are defined here and in
 //! `docs/format.md`, not by a serialisation library, and golden-bytes tests pin them.
@@ -17,11 +17,16 @@ use crate::key::KeyHash;
 /// Main table: key hash → record.
 pub(crate) const RECORDS: TableDefinition<&[u8; 32], RecordBytes> =
     TableDefinition::new("idem_records");
-/// Stored responses of completed records: key hash → response blob.
-pub(crate) const RESPONSES: TableDefinition<&[u8; 32], Blob> =
+/// Expiry index with the stored responses: (expires_at big-endian, key hash) → the record's
+/// response blob, or no bytes while it has none. Keyed by time, so the entries a checkpoint
+/// writes land at the right edge of the tree instead of on random leaves.
+pub(crate) const EXPIRY: TableDefinition<ExpiryKey, ExpiryValue> =
+    TableDefinition::new("idem_expiry_responses");
+/// Format 1's responses table: key hash → response blob. Read only by the migration.
+pub(crate) const V1_RESPONSES: TableDefinition<&[u8; 32], Blob> =
     TableDefinition::new("idem_responses");
-/// Expiry index: (expires_at big-endian, key hash) → ().
-pub(crate) const EXPIRY: TableDefinition<ExpiryKey, ()> = TableDefinition::new("idem_expiry");
+/// Format 1's expiry index: (expires_at big-endian, key hash) → (). Read only by the migration.
+pub(crate) const V1_EXPIRY: TableDefinition<ExpiryKey, ()> = TableDefinition::new("idem_expiry");
 /// Store-wide counters: name → u64.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("idem_meta");
 
@@ -45,7 +50,9 @@ pub(crate) const META_LOG_ZEROED: &str = "log_zeroed";
 /// and must never be handed out again: no session issues 2^32 tokens between durable commits.
 pub(crate) const TOKEN_SKIP_AFTER_CRASH: u64 = 1 << 32;
 /// The format version this build writes and the newest it reads.
-pub(crate) const FORMAT_VERSION: u64 = 1;
+pub(crate) const FORMAT_VERSION: u64 = 2;
+/// The oldest format version this build migrates at open.
+pub(crate) const OLDEST_MIGRATED: u64 = 1;
 
 /// Record layout version written in byte 0.
 pub(crate) const RECORD_VERSION: u8 = 1;
@@ -259,78 +266,69 @@ impl Record {
     }
 }
 
-/// redb value type of the records table: raw record bytes, decoded by [`Record::decode`].
-#[derive(Debug)]
-pub(crate) struct RecordBytes;
+/// Declares a redb value type that stores raw bytes under an idemstore type name (redb keeps
+/// the name in the file and refuses a table opened under another one).
+macro_rules! byte_value {
+    ($(#[$doc:meta])* $name:ident, $type_name:literal) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub(crate) struct $name;
 
-impl Value for RecordBytes {
-    type SelfType<'a>
-        = &'a [u8]
-    where
-        Self: 'a;
-    type AsBytes<'a>
-        = &'a [u8]
-    where
-        Self: 'a;
+        impl Value for $name {
+            type SelfType<'a>
+                = &'a [u8]
+            where
+                Self: 'a;
+            type AsBytes<'a>
+                = &'a [u8]
+            where
+                Self: 'a;
 
-    fn fixed_width() -> Option<usize> {
-        None
-    }
+            fn fixed_width() -> Option<usize> {
+                None
+            }
 
-    fn from_bytes<'a>(data: &'a [u8]) -> &'a [u8]
-    where
-        Self: 'a,
-    {
-        data
-    }
+            fn from_bytes<'a>(data: &'a [u8]) -> &'a [u8]
+            where
+                Self: 'a,
+            {
+                data
+            }
 
-    fn as_bytes<'a, 'b: 'a>(value: &'a &'b [u8]) -> &'a [u8]
-    where
-        Self: 'b,
-    {
-        value
-    }
+            fn as_bytes<'a, 'b: 'a>(value: &'a &'b [u8]) -> &'a [u8]
+            where
+                Self: 'b,
+            {
+                value
+            }
 
-    fn type_name() -> TypeName {
-        TypeName::new("idemstore::Record")
-    }
+            fn type_name() -> TypeName {
+                TypeName::new($type_name)
+            }
+        }
+    };
 }
 
-/// redb value type of the responses table: a response blob.
-#[derive(Debug)]
-pub(crate) struct Blob;
+byte_value!(
+    /// redb value type of the records table: raw record bytes, decoded by [`Record::decode`].
+    RecordBytes,
+    "idemstore::Record"
+);
+byte_value!(
+    /// redb value type of format 1's responses table: a response blob.
+    Blob,
+    "idemstore::ResponseBlob"
+);
+byte_value!(
+    /// redb value type of the expiry index: a response blob, or no bytes for a record without a
+    /// stored response (a blob is never empty: it starts with its version byte).
+    ExpiryValue,
+    "idemstore::ResponseOrNone"
+);
 
-impl Value for Blob {
-    type SelfType<'a>
-        = &'a [u8]
-    where
-        Self: 'a;
-    type AsBytes<'a>
-        = &'a [u8]
-    where
-        Self: 'a;
-
-    fn fixed_width() -> Option<usize> {
-        None
-    }
-
-    fn from_bytes<'a>(data: &'a [u8]) -> &'a [u8]
-    where
-        Self: 'a,
-    {
-        data
-    }
-
-    fn as_bytes<'a, 'b: 'a>(value: &'a &'b [u8]) -> &'a [u8]
-    where
-        Self: 'b,
-    {
-        value
-    }
-
-    fn type_name() -> TypeName {
-        TypeName::new("idemstore::ResponseBlob")
-    }
+/// The stored response in an expiry index value, if it holds one.
+pub(crate) fn stored_response(value: &[u8]) -> Option<&[u8]> {
+    (!value.is_empty()).then_some(value)
 }
 
 /// Expiry index key: `expires_at` big-endian then the key hash, so byte order is time order.

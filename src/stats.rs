@@ -58,6 +58,16 @@ pub struct Stats {
     pub checkpoints: u64,
     /// Log entries replayed into the database when the store opened.
     pub log_entries_replayed: u64,
+    /// Total time spent in checkpoints, in microseconds (on the checkpoint thread, beside the
+    /// writer, unless the writer had to run one itself).
+    pub checkpoint_micros_total: u64,
+    /// The longest checkpoint, in microseconds.
+    pub checkpoint_micros_max: u64,
+    /// Batches whose log entry did not fit in the log's free space, so the writer waited for
+    /// a checkpoint (the running one, or one of its own) before acknowledging them: each is a
+    /// stall of every caller queued behind it. 0 while the log has room for what arrives
+    /// during a checkpoint; see `log_capacity`.
+    pub log_full_waits: u64,
 }
 
 impl Stats {
@@ -77,6 +87,11 @@ impl Stats {
                 .checked_div(self.commits)
                 .unwrap_or(0),
         )
+    }
+
+    /// Longest checkpoint.
+    pub fn max_checkpoint_duration(&self) -> Duration {
+        Duration::from_micros(self.checkpoint_micros_max)
     }
 
     /// Longest commit latency.
@@ -108,6 +123,9 @@ pub(crate) struct Counters {
     pub(crate) log_bytes: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) log_entries_replayed: AtomicU64,
+    pub(crate) checkpoint_micros_total: AtomicU64,
+    pub(crate) checkpoint_micros_max: AtomicU64,
+    pub(crate) log_full_waits: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -147,6 +165,9 @@ impl Counters {
             log_bytes: l(&self.log_bytes),
             checkpoints: l(&self.checkpoints),
             log_entries_replayed: l(&self.log_entries_replayed),
+            checkpoint_micros_total: l(&self.checkpoint_micros_total),
+            checkpoint_micros_max: l(&self.checkpoint_micros_max),
+            log_full_waits: l(&self.log_full_waits),
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::memory::MemoryEngine;
 use crate::open::{guard_open, init_tables, open_db};
 use crate::ops::{BeginReply, Completion, Op};
 use crate::overlay::Slot;
-use crate::record::{RECORDS, RESPONSES, Record, State};
+use crate::record::{EXPIRY, ExpiryKey, RECORDS, Record, State, stored_response};
 use crate::reply::{self, Closed, Receiver};
 use crate::response::{self, Response};
 use crate::route::Route;
@@ -628,12 +628,15 @@ impl Store {
             if !wanted(&hot) {
                 return Ok(None);
             }
-            let responses = txn.open_table(RESPONSES).map_err(io_error)?;
-            let blob = responses
-                .get(&hash.0)
-                .map_err(io_error)?
+            let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
+            let entry = expiry
+                .get(ExpiryKey::new(hot.expires_at, hash))
+                .map_err(io_error)?;
+            let blob = entry
+                .as_ref()
+                .and_then(|g| stored_response(g.value()))
                 .ok_or_else(missing)?;
-            response::decode(blob.value()).map(Some).map_err(corrupted)
+            response::decode(blob).map(Some).map_err(corrupted)
         })
     }
 
@@ -671,9 +674,17 @@ impl Store {
                 let Some(g) = records.get(&hash.0).map_err(io_error)? else {
                     return Ok(None);
                 };
-                let responses = txn.open_table(RESPONSES).map_err(io_error)?;
-                let blob = responses.get(&hash.0).map_err(io_error)?;
-                record_info(&hash, g.value(), blob.as_ref().map(|b| b.value()), now)
+                let entry = match crate::record::Hot::decode(g.value()) {
+                    Ok(hot) => txn
+                        .open_table(EXPIRY)
+                        .map_err(io_error)?
+                        .get(ExpiryKey::new(hot.expires_at, &hash))
+                        .map_err(io_error)?,
+                    // record_info reports the damage.
+                    Err(_) => None,
+                };
+                let blob = entry.as_ref().and_then(|e| stored_response(e.value()));
+                record_info(&hash, g.value(), blob, now)
             }),
         }
     }

@@ -30,7 +30,7 @@ use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, WriteTransaction};
@@ -45,8 +45,8 @@ use crate::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
 use crate::ops::{Abandoned, BeginReply, Completion, ExpireReport, Op, Pending};
 use crate::overlay::{Overlay, Slot};
 use crate::record::{
-    Blob, EXPIRY, ExpiryKey, Hot, META, META_CLEAN, META_NEXT_TOKEN, RECORDS, RESPONSES, Record,
-    RecordBytes, State,
+    EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_NEXT_TOKEN, RECORDS, Record,
+    RecordBytes, State, stored_response,
 };
 use crate::response::{self, Response};
 use crate::shared::{Shared, panic_text};
@@ -73,16 +73,14 @@ enum Tables<'t> {
     /// Without a log: the tables of the batch's write transaction.
     File {
         records: Table<'t, &'static [u8; 32], RecordBytes>,
-        responses: Table<'t, &'static [u8; 32], Blob>,
-        expiry: Table<'t, ExpiryKey, ()>,
+        expiry: Table<'t, ExpiryKey, ExpiryValue>,
     },
     /// With a log: the overlay over a snapshot of the file; writes go to the overlay (and the
     /// batch's log entry), and reach the file at a checkpoint.
     Logged {
         overlay: &'t Overlay,
         records: ReadOnlyTable<&'static [u8; 32], RecordBytes>,
-        responses: ReadOnlyTable<&'static [u8; 32], Blob>,
-        expiry: ReadOnlyTable<ExpiryKey, ()>,
+        expiry: ReadOnlyTable<ExpiryKey, ExpiryValue>,
     },
 }
 
@@ -108,18 +106,21 @@ impl Tables<'_> {
         }
     }
 
-    /// The stored response under `hash`, through `decode`.
+    /// The stored response of the record under `hash` whose expiry is `expires_at`, through
+    /// `decode`.
     fn response<T>(
         &self,
         hash: &KeyHash,
+        expires_at: u64,
         decode: fn(&[u8]) -> T,
     ) -> Result<Option<T>, redb::Error> {
+        let ek = ExpiryKey::new(expires_at, hash);
         match self {
-            Tables::File { responses, .. } => {
-                Ok(responses.get(&hash.0)?.map(|g| decode(g.value())))
-            }
+            Tables::File { expiry, .. } => Ok(expiry
+                .get(ek)?
+                .and_then(|g| stored_response(g.value()).map(decode))),
             Tables::Logged {
-                overlay, responses, ..
+                overlay, expiry, ..
             } => {
                 let hit = overlay.with(hash, |slot| {
                     slot.map(|s| match s {
@@ -129,7 +130,9 @@ impl Tables<'_> {
                 });
                 match hit {
                     Some(found) => Ok(found),
-                    None => Ok(responses.get(&hash.0)?.map(|g| decode(g.value()))),
+                    None => Ok(expiry
+                        .get(ek)?
+                        .and_then(|g| stored_response(g.value()).map(decode))),
                 }
             }
         }
@@ -146,21 +149,15 @@ impl Tables<'_> {
         response: Option<&[u8]>,
     ) -> Result<(), redb::Error> {
         match self {
-            Tables::File {
-                records,
-                responses,
-                expiry,
-            } => {
+            Tables::File { records, expiry } => {
                 let new_expiry = hot.expires_at;
-                if old_expiry != Some(new_expiry) {
-                    if let Some(old) = old_expiry {
-                        expiry.remove(ExpiryKey::new(old, hash))?;
-                    }
-                    expiry.insert(ExpiryKey::new(new_expiry, hash), ())?;
+                if let Some(old) = old_expiry
+                    && old != new_expiry
+                {
+                    expiry.remove(ExpiryKey::new(old, hash))?;
                 }
-                if let Some(r) = response {
-                    responses.insert(&hash.0, r)?;
-                }
+                // Written even when the expiry stays: the entry carries the response (or none).
+                expiry.insert(ExpiryKey::new(new_expiry, hash), response.unwrap_or(&[]))?;
                 records.insert(&hash.0, bytes)?;
             }
             Tables::Logged { overlay, .. } => overlay.set(
@@ -175,32 +172,14 @@ impl Tables<'_> {
         Ok(())
     }
 
-    /// Removes the stored response of a completed record about to be put back in flight.
-    fn remove_response(&mut self, hash: &KeyHash) -> Result<(), redb::Error> {
-        if let Tables::File { responses, .. } = self {
-            responses.remove(&hash.0)?;
-        }
-        // With a log the put that follows states the whole record, without a response.
-        Ok(())
-    }
-
-    /// Removes a record, its response and its expiry entry (`hot`: the record, when it could
-    /// be read).
+    /// Removes a record and its expiry entry, which holds its response (`hot`: the record,
+    /// when it could be read; without it the entry stays, a leftover the compactor removes).
     fn delete(&mut self, hash: &KeyHash, hot: Option<&Hot>) -> Result<(), redb::Error> {
         match self {
-            Tables::File {
-                records,
-                responses,
-                expiry,
-            } => {
+            Tables::File { records, expiry } => {
                 records.remove(&hash.0)?;
                 if let Some(hot) = hot {
                     expiry.remove(ExpiryKey::new(hot.expires_at, hash))?;
-                    if hot.state == State::Completed {
-                        responses.remove(&hash.0)?;
-                    }
-                } else {
-                    responses.remove(&hash.0)?;
                 }
             }
             Tables::Logged { overlay, .. } => overlay.set(*hash, Slot::Deleted, None),
@@ -581,7 +560,6 @@ impl Writer {
                 Ok::<_, redb::TableError>(Tables::Logged {
                     overlay: &shared.overlay,
                     records: snapshot.open_table(RECORDS)?,
-                    responses: snapshot.open_table(RESPONSES)?,
                     expiry: snapshot.open_table(EXPIRY)?,
                 })
             })();
@@ -617,7 +595,6 @@ impl Writer {
     fn file_tables<'t>(&self, txn: &'t WriteTransaction) -> Result<Tables<'t>, Fail> {
         Ok(Tables::File {
             records: self.io(txn.open_table(RECORDS))?,
-            responses: self.io(txn.open_table(RESPONSES))?,
             expiry: self.io(txn.open_table(EXPIRY))?,
         })
     }
@@ -674,7 +651,9 @@ impl Writer {
         let counters = &shared.counters;
         let len = b.entry.len();
         let fits = |w: &Writer| w.log.as_ref().is_some_and(|l| l.fits(len));
-        if !b.entry.is_empty() && !b.checkpoint && !fits(self) {
+        let full = !b.entry.is_empty() && !b.checkpoint && !fits(self);
+        if full {
+            bump(&counters.log_full_waits);
             self.settle_checkpoint(true)?;
         }
         if b.checkpoint || (!b.entry.is_empty() && !fits(self)) {
@@ -741,10 +720,11 @@ impl Writer {
         };
         match cp.finished(block) {
             None => Ok(()),
-            Some(Ok(mark)) => {
+            Some(Ok((mark, took))) => {
                 if let Some(log) = self.log.as_mut() {
                     log.checkpointed(mark);
                 }
+                self.count_checkpoint(took);
                 self.expire_cursor = None;
                 if let (Some(changes), Some(cp)) =
                     (self.shared.overlay.thaw(), self.checkpointer.as_ref())
@@ -778,8 +758,10 @@ impl Writer {
             next_token: self.next_token,
             clean,
         };
+        let started = Instant::now();
         let result = checkpoint::commit(&self.db, &job);
         drop(job);
+        let took = started.elapsed();
         if let Err(c) = result {
             self.shared.poison(c.clone());
             return Err(c);
@@ -790,10 +772,18 @@ impl Writer {
         self.expire_cursor = None;
         self.shared.overlay.thaw();
         self.last_checkpoint = Instant::now();
+        self.count_checkpoint(took);
         let counters = &self.shared.counters;
         bump(&counters.checkpoints);
         bump(&counters.durable_commits);
         Ok(())
+    }
+
+    fn count_checkpoint(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let counters = &self.shared.counters;
+        add(&counters.checkpoint_micros_total, micros);
+        raise(&counters.checkpoint_micros_max, micros);
     }
 
     /// Applies the index effects, then answers every caller.
@@ -1018,11 +1008,6 @@ impl Writer {
                             crate::clock::millis(config.ttl),
                         );
                         let lease_deadline = new.lease_deadline;
-                        if let Some(old) = &hot
-                            && old.state == State::Completed
-                        {
-                            self.io(t.remove_response(&hash))?;
-                        }
                         let record = Record {
                             hot: new,
                             scope: scope.as_str().to_owned(),
@@ -1053,7 +1038,7 @@ impl Writer {
                     }
                     BeginDecision::Replay => {
                         let Some(hot) = hot else { return Ok(()) };
-                        let blob = self.io(t.response(&hash, response::decode))?;
+                        let blob = self.io(t.response(&hash, hot.expires_at, response::decode))?;
                         let decoded = match blob {
                             Some(r) => r.map_err(|e| e.to_string()),
                             None => Err("completed record has no stored response".to_owned()),

@@ -152,7 +152,7 @@ fn c11_a_newer_format_version_is_refused() {
     match Store::open(&path, Config::default()) {
         Err(OpenError::UnsupportedFormat {
             found: 99,
-            supported: 1,
+            supported: 2,
         }) => {}
         other => panic!("{other:?}"),
     }

@@ -1,11 +1,13 @@
 //! Committed database files in `tests/fixtures/` (C10, C11, C12).
 //!
-//! `v1-clean.redb` was written by format version 1 with the records [`known`] lists; every
-//! later build must open it and replay those records byte for byte, which pins format
-//! compatibility. `v1-logged.redb` with `v1-logged.redb.wal` is what a power loss leaves of a
-//! store that acknowledged the same records through its write-ahead log: the database as of
-//! its opening commit and the log holding every record, which pins the log's format too. When the format changes, the generator writes the new version's files beside
-//! the old ones, which stay. The other files are damaged copies or a crash image: each must give
+//! `v1-clean.redb` was written by format version 1 with the records [`known`] lists, and
+//! `v2-clean.redb` by format version 2 with the same records; every later build must open both
+//! and replay those records byte for byte, which pins format compatibility (a format 1 file is
+//! migrated at open). `vN-logged.redb` with `vN-logged.redb.wal` is what a power loss leaves of
+//! a store that acknowledged the same records through its write-ahead log: the database as of
+//! its opening commit and the log holding every record, which pins the log's format too. When
+//! the format changes, the generator writes the new version's files beside the old ones, which
+//! stay. The other files are damaged copies or a crash image: each must give
 //! `OpenError::Corrupted` or a store that answers every key with a value (a replay of the right
 //! response, an error, or an execution), never a panic and never a wrong response.
 //!
@@ -93,6 +95,14 @@ fn known() -> Vec<Known> {
     ]
 }
 
+/// The format versions with committed fixtures, oldest first; the generator writes the last.
+const VERSIONS: [&str; 2] = ["v1", "v2"];
+
+/// The name of a fixture of format `version`: `v2-clean.redb` for (`v2`, `clean.redb`).
+fn named(version: &str, name: &str) -> String {
+    format!("{version}-{name}")
+}
+
 /// The key written and then purged (token 6): absent from the clean file.
 const PURGED: &str = "fixture-purged";
 
@@ -146,14 +156,15 @@ fn write_fixtures() {
     }
     let out = dir();
     std::fs::create_dir_all(&out).unwrap();
+    let version = VERSIONS[VERSIONS.len() - 1];
     // Existing files are kept: they pin what the build that wrote them wrote.
     let write = |name: &str, data: &[u8]| {
-        let path = out.join(name);
+        let path = out.join(named(version, name));
         if !path.exists() {
             std::fs::write(path, data).unwrap();
         }
     };
-    let clean = out.join("v1-clean.redb");
+    let clean = out.join(named(version, "clean.redb"));
     if !clean.exists() {
         let clock = ManualClock::new(T0);
         let store = Store::open(
@@ -174,22 +185,22 @@ fn write_fixtures() {
         // Close with the reservation still held: the file keeps it in flight.
         store.close().unwrap();
         drop(in_flight);
-        write("v1-crashed.redb", &crashed);
+        write("crashed.redb", &crashed);
     }
     write_damaged(&std::fs::read(&clean).unwrap(), &write);
-    if !out.join("v1-logged.redb").exists() {
+    if !out.join(named(version, "logged.redb")).exists() {
         write_logged(&write);
     }
     // The logged pair with one byte of the log flipped, in the middle of its entries.
-    let db = std::fs::read(out.join("v1-logged.redb")).unwrap();
-    let mut log = std::fs::read(out.join("v1-logged.redb.wal")).unwrap();
+    let db = std::fs::read(out.join(named(version, "logged.redb"))).unwrap();
+    let mut log = std::fs::read(out.join(named(version, "logged.redb.wal"))).unwrap();
     let at = log
         .windows(9)
         .position(|w| w == b"fixture-2")
         .expect("the log holds fixture-2");
     log[at] ^= 0x20;
-    write("v1-logged-flipped-log.redb", &db);
-    write("v1-logged-flipped-log.redb.wal", &log);
+    write("logged-flipped-log.redb", &db);
+    write("logged-flipped-log.redb.wal", &log);
 }
 
 /// Writes the known records through a write-ahead log, then what a power loss that keeps no
@@ -217,8 +228,8 @@ fn write_logged(write: &dyn Fn(&str, &[u8])) {
         0,
         "the records must live in the log only"
     );
-    write("v1-logged.redb", &db.synced_image());
-    write("v1-logged.redb.wal", &log.synced_image());
+    write("logged.redb", &db.synced_image());
+    write("logged.redb.wal", &log.synced_image());
     drop(held);
     drop(store);
 }
@@ -259,11 +270,11 @@ fn write_known(store: &Store, clock: &ManualClock) -> Option<idemstore::Reservat
 
 /// Writes the damaged copies of the clean file's `bytes`.
 fn write_damaged(bytes: &[u8], write: &dyn Fn(&str, &[u8])) {
-    write("v1-truncated-half.redb", &bytes[..bytes.len() / 2]);
-    write("v1-truncated-100.redb", &bytes[..100]);
+    write("truncated-half.redb", &bytes[..bytes.len() / 2]);
+    write("truncated-100.redb", &bytes[..100]);
     let mut zeroed = bytes.to_vec();
     zeroed[..512].fill(0);
-    write("v1-zeroed-header.redb", &zeroed);
+    write("zeroed-header.redb", &zeroed);
     // Every copy of fixture-3's record (pages are copied on write): its version byte flipped.
     let mut flipped = bytes.to_vec();
     let needle = b"acctfixture-3";
@@ -279,21 +290,27 @@ fn write_damaged(bytes: &[u8], write: &dyn Fn(&str, &[u8])) {
         at = start + needle.len();
     }
     assert!(hits > 0);
-    write("v1-flipped-record.redb", &flipped);
+    write("flipped-record.redb", &flipped);
     // One byte of fixture-2's response body changed, in every copy.
     let mut body = bytes.to_vec();
     let n = replace_all(&mut body, b"spanning pages. large", |w| w[0] = b'S');
     assert!(n > 0);
-    write("v1-flipped-response.redb", &body);
-    // The 4 KiB page holding fixture-0's record zeroed.
+    write("flipped-response.redb", &body);
+    // Every 4 KiB page holding a copy of fixture-0's record zeroed (pages are copied on
+    // write, and which copy is live depends on the layout; format 1's file had the live one
+    // last, and only that page was zeroed in `v1-zeroed-page.redb`).
     let mut page = bytes.to_vec();
-    let pos = page
+    let starts: Vec<usize> = bytes
         .windows(13)
-        .rposition(|w| w == b"acctfixture-0")
-        .unwrap();
-    let start = pos / 4096 * 4096;
-    page[start..start + 4096].fill(0);
-    write("v1-zeroed-page.redb", &page);
+        .enumerate()
+        .filter(|(_, w)| *w == b"acctfixture-0")
+        .map(|(pos, _)| pos / 4096 * 4096)
+        .collect();
+    assert!(!starts.is_empty());
+    for start in starts {
+        page[start..start + 4096].fill(0);
+    }
+    write("zeroed-page.redb", &page);
 }
 
 /// Checks a store opened from a fixture: every known record either replays exactly or the
@@ -347,11 +364,12 @@ fn check_answers(store: &Store, name: &str, damaged: bool, may_serve_damage: boo
 }
 
 #[test]
-fn c10_c12_the_clean_v1_file_replays_its_known_records() {
-    for verify in [false, true] {
-        let (_tmp, opened) = open_copy("v1-clean.redb", verify);
+fn c10_c12_the_clean_files_of_every_format_replay_their_known_records() {
+    for (version, verify) in VERSIONS.into_iter().flat_map(|v| [(v, false), (v, true)]) {
+        let name = named(version, "clean.redb");
+        let (_tmp, opened) = open_copy(&name, verify);
         let store = opened.unwrap();
-        let replayed = check_answers(&store, "v1-clean", false, false);
+        let replayed = check_answers(&store, &name, false, false);
         assert_eq!(replayed, known().len() - 1);
         // A clean close: no token jump, the next token follows the last one written.
         let r = execute(
@@ -366,13 +384,14 @@ fn c10_c12_the_clean_v1_file_replays_its_known_records() {
 }
 
 #[test]
-fn c10_c12_the_logged_v1_files_replay_every_record_from_the_log() {
-    for verify in [false, true] {
-        let (_tmp, opened) = open_copy("v1-logged.redb", verify);
+fn c10_c12_the_logged_files_of_every_format_replay_every_record_from_the_log() {
+    for (version, verify) in VERSIONS.into_iter().flat_map(|v| [(v, false), (v, true)]) {
+        let name = named(version, "logged.redb");
+        let (_tmp, opened) = open_copy(&name, verify);
         let store = opened.unwrap();
         assert!(store.stats().log_entries_replayed > 0);
         assert_eq!(
-            check_answers(&store, "v1-logged", false, false),
+            check_answers(&store, &name, false, false),
             known().len() - 1
         );
         store.close().unwrap();
@@ -380,12 +399,13 @@ fn c10_c12_the_logged_v1_files_replay_every_record_from_the_log() {
 }
 
 #[test]
-fn c11_the_crash_image_fixture_is_repaired_and_keeps_every_record() {
-    for verify in [false, true] {
-        let (_tmp, opened) = open_copy("v1-crashed.redb", verify);
+fn c11_the_crash_image_fixtures_are_repaired_and_keep_every_record() {
+    for (version, verify) in VERSIONS.into_iter().flat_map(|v| [(v, false), (v, true)]) {
+        let name = named(version, "crashed.redb");
+        let (_tmp, opened) = open_copy(&name, verify);
         let store = opened.unwrap();
         assert_eq!(
-            check_answers(&store, "v1-crashed", false, false),
+            check_answers(&store, &name, false, false),
             known().len() - 1
         );
         // C8: after a crash the token counter jumps.
@@ -406,16 +426,20 @@ fn c11_damaged_fixtures_give_corrupted_or_a_store_that_never_lies() {
     // changed byte in a stored body is served by a plain open: `verify_on_open` is the defence
     // (docs/reliability.md, "Not guaranteed").
     let cases = [
-        ("v1-truncated-half.redb", true, true, false),
-        ("v1-truncated-100.redb", true, true, false),
-        ("v1-zeroed-header.redb", true, true, false),
-        ("v1-flipped-record.redb", false, true, false),
-        ("v1-flipped-response.redb", false, true, true),
-        ("v1-zeroed-page.redb", true, true, false),
+        ("truncated-half.redb", true, true, false),
+        ("truncated-100.redb", true, true, false),
+        ("zeroed-header.redb", true, true, false),
+        ("flipped-record.redb", false, true, false),
+        ("flipped-response.redb", false, true, true),
+        ("zeroed-page.redb", true, true, false),
         // The log's entries are checksummed: replay stops at the damaged one.
-        ("v1-logged-flipped-log.redb", false, false, false),
+        ("logged-flipped-log.redb", false, false, false),
     ];
+    let cases = VERSIONS.into_iter().flat_map(|v| {
+        cases.map(|(name, plain, verify, serves)| (named(v, name), plain, verify, serves))
+    });
     for (name, plain_refused, verify_refused, plain_serves_damage) in cases {
+        let name = name.as_str();
         for (verify, expect_refused) in [(false, plain_refused), (true, verify_refused)] {
             let may_serve_damage = !verify && plain_serves_damage;
             let outcome = std::panic::catch_unwind(|| {
@@ -455,5 +479,86 @@ fn c12_a_damaged_freed_page_list_is_refused_by_verify_on_open() {
     match opened {
         Err(OpenError::Corrupted { detail }) => assert!(!detail.is_empty()),
         other => panic!("expected Corrupted, got {:?}", other.map(|_| "a store")),
+    }
+}
+
+/// Opening the format 1 file migrates it: the store's own check finds the new tables sound,
+/// and once closed the file says format 2 and no longer holds format 1's tables.
+#[test]
+fn c10_c12_a_format_1_file_is_migrated_to_format_2_at_open() {
+    let (tmp, opened) = open_copy("v1-clean.redb", false);
+    let store = opened.unwrap();
+    let report = store.check().unwrap();
+    assert!(report.is_sound(), "{:?}", report.problems);
+    assert_eq!(report.records, known().len() as u64);
+    assert_eq!(report.responses, known().len() as u64 - 1);
+    assert_eq!(report.expiry_entries, known().len() as u64);
+    store.close().unwrap();
+
+    use redb::{ReadableDatabase, TableHandle};
+    let db = redb::Database::open(tmp.path().join("v1-clean.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("idem_meta");
+    let version = txn.open_table(meta).unwrap().get("format_version").unwrap();
+    assert_eq!(version.map(|g| g.value()), Some(2));
+    let names: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert!(
+        names.contains(&"idem_expiry_responses".to_owned()),
+        "{names:?}"
+    );
+    for old in ["idem_responses", "idem_expiry"] {
+        assert!(
+            !names.contains(&old.to_owned()),
+            "{old} is left in {names:?}"
+        );
+    }
+}
+
+/// A power loss at any write or sync of the migrating open leaves a file that the next open
+/// migrates (again, or for the first time) with every record intact: the migration commits with
+/// the open's first transaction or not at all.
+#[test]
+fn c10_c11_power_lost_during_the_migration_loses_nothing() {
+    use crate::sim_disk::Rng;
+    let image = std::fs::read(dir().join("v1-clean.redb")).unwrap();
+    let open = |disk: &SimDisk| {
+        let config = Config::builder()
+            .clock(ManualClock::new(T0 + 60_000))
+            .compactor_interval(Duration::from_secs(3600))
+            .write_ahead_log(false)
+            .build()
+            .unwrap();
+        Store::open_with_backend(disk.clone(), config)
+    };
+    // How many mutating calls a whole migrating open and close makes.
+    let total = {
+        let disk = SimDisk::from_image(image.clone());
+        open(&disk).unwrap().close().unwrap();
+        disk.mutations()
+    };
+    assert!(total > 2, "{total}");
+    let mut rng = Rng::new(0x319_4a7e);
+    for n in 1..=total {
+        for mode in [Mode::Subset, Mode::Torn] {
+            let disk = SimDisk::from_image(image.clone());
+            disk.arm(n);
+            if let Ok(store) = open(&disk) {
+                let _ = store.close();
+            }
+            let after = SimDisk::from_image(disk.crash_image(&mut rng, mode));
+            let store = open(&after).unwrap_or_else(|e| panic!("call {n}, {mode:?}: {e}"));
+            let name = format!("v1-clean, power lost at call {n} ({mode:?})");
+            assert_eq!(
+                check_answers(&store, &name, false, false),
+                known().len() - 1,
+                "{name}"
+            );
+            let report = store.check().unwrap();
+            assert!(report.is_sound(), "{name}: {:?}", report.problems);
+        }
     }
 }

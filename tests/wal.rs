@@ -316,3 +316,27 @@ fn config_log_settings_are_checked() {
     );
     assert!(Config::builder().build().unwrap().write_ahead_log());
 }
+
+/// The stall counter: a batch too large for the log's free space waits for a checkpoint, and
+/// `Stats` says so (with the checkpoint's time); small batches into a roomy log never wait.
+#[test]
+fn c10_stats_count_the_batches_that_waited_for_a_checkpoint() {
+    let clock = ManualClock::new(T0);
+    let roomy = Machine::new().open(config(&clock)).unwrap();
+    complete_n(&roomy, "s", 50, 100);
+    let stats = roomy.stats();
+    assert_eq!(stats.log_full_waits, 0, "{stats:?}");
+    roomy.close().unwrap();
+
+    let tight = Machine::new().open(cfg(&clock)).unwrap();
+    assert_eq!(tight.stats().checkpoint_micros_max, 0);
+    // An entry larger than a quarter of the 64 KiB log never fits: its batch becomes a
+    // checkpoint of its own, which the writer runs before acknowledging it.
+    complete_n(&tight, "big", 1, 20 << 10);
+    let stats = tight.stats();
+    assert!(stats.log_full_waits >= 1, "{stats:?}");
+    assert!(stats.checkpoints >= 1, "{stats:?}");
+    assert!(stats.checkpoint_micros_total >= stats.checkpoint_micros_max);
+    assert!(stats.checkpoint_micros_max > 0, "{stats:?}");
+    assert_replays(&tight, "big", 1, 20 << 10);
+}

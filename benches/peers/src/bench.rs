@@ -370,11 +370,15 @@ fn run_cell(
             drop(progress);
             let st = store.stats();
             let note = format!(
-                "commits={} durable={} mean_batch={:.1} mean_commit_us={} file_mib={:.1}",
+                "commits={} durable={} mean_batch={:.1} mean_commit_us={} checkpoints={} \
+                 checkpoint_max_ms={} log_full_waits={} file_mib={:.1}",
                 st.commits,
                 st.durable_commits,
                 st.mean_batch(),
                 st.mean_commit_latency().as_micros(),
+                st.checkpoints,
+                st.max_checkpoint_duration().as_millis(),
+                st.log_full_waits,
                 file_mib(&dir.join("idem.redb"))
             );
             store.close().map_err(|e| e.to_string())?;

@@ -1,0 +1,66 @@
+//! Migrating a format 1 file to format 2, at open.
+//!
+//! Why: format 2 keeps each completed record's response in its expiry index entry instead of a
+//! table keyed by key hash (`docs/format.md`), so files written by earlier builds are rewritten
+//! once, when this build first opens them. Invariants: the migration runs inside the open's
+//! write transaction, so a crash leaves the file at format 1 and the next open migrates again;
+//! it drops no bytes a format 1 reader could serve: every record stays as it was, each gets its
+//! expiry entry with its response, and a record that does not decode keeps its old entries
+//! (with its response, if it had one) so that reading it still reports the damage; only
+//! leftover expiry entries of records that moved on or left are not carried over.
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use crate::key::KeyHash;
+use crate::record::{EXPIRY, ExpiryKey, ExpiryValue, Hot, RECORDS, State, V1_EXPIRY, V1_RESPONSES};
+
+/// Rewrites the format 1 tables of `txn`'s file as format 2 and deletes the old ones. The
+/// caller writes the new format version in the same transaction.
+pub(crate) fn v1_to_v2(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    {
+        let records = txn.open_table(RECORDS)?;
+        let old_expiry = txn.open_table(V1_EXPIRY)?;
+        let responses = txn.open_table(V1_RESPONSES)?;
+        let mut expiry = txn.open_table(EXPIRY)?;
+        for entry in records.iter()? {
+            let (hash, bytes) = entry?;
+            let hash = *hash.value();
+            let response = responses.get(&hash)?;
+            let response = response.as_ref().map(|g| g.value());
+            match Hot::decode(bytes.value()) {
+                Ok(hot) => {
+                    let kept = if hot.state == State::Completed {
+                        response
+                    } else {
+                        None
+                    };
+                    let ek = ExpiryKey::new(hot.expires_at, &KeyHash(hash));
+                    expiry.insert(ek, kept.unwrap_or(&[]))?;
+                }
+                Err(_) => carry_damaged(&old_expiry, &mut expiry, hash, response)?,
+            }
+        }
+    }
+    txn.delete_table(V1_EXPIRY)?;
+    txn.delete_table(V1_RESPONSES)?;
+    Ok(())
+}
+
+/// Carries the old expiry entries of a record that does not decode (its expiry time is
+/// unknown otherwise), the first of them with the record's response.
+fn carry_damaged(
+    old_expiry: &Table<ExpiryKey, ()>,
+    expiry: &mut Table<ExpiryKey, ExpiryValue>,
+    hash: [u8; 32],
+    mut response: Option<&[u8]>,
+) -> Result<(), redb::Error> {
+    // The old index is ordered by time, not by key: finding a key's entries means a scan,
+    // which only damaged records (rare, reported on every read) pay for.
+    for entry in old_expiry.iter()? {
+        let ek = entry?.0.value();
+        if ek.hash().0 == hash {
+            expiry.insert(ek, response.take().unwrap_or(&[]))?;
+        }
+    }
+    Ok(())
+}
