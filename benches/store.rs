@@ -287,7 +287,8 @@ fn stats_line(label: &str, before: &Stats, after: &Stats) -> String {
         "STATS {label}: commits={commits} durable_commits={} ops={ops} mean_batch={:.1} \
          mean_commit={:.0}us max_batch(since open)={} max_commit(since open)={:.1}ms \
          executes={} completions={} replays={} answered_from_index={} index_entries={} \
-         log_syncs={} log_bytes={} checkpoints={}",
+         log_syncs={} log_bytes={} checkpoints={} max_checkpoint(since open)={:.0}ms \
+         log_full_waits={}",
         after.durable_commits - before.durable_commits,
         if commits == 0 {
             0.0
@@ -309,6 +310,8 @@ fn stats_line(label: &str, before: &Stats, after: &Stats) -> String {
         after.log_syncs - before.log_syncs,
         after.log_bytes - before.log_bytes,
         after.checkpoints - before.checkpoints,
+        after.checkpoint_micros_max as f64 / 1e3,
+        after.log_full_waits - before.log_full_waits,
     )
 }
 

@@ -4,10 +4,11 @@
 //! table keyed by key hash (`docs/format.md`), so files written by earlier builds are rewritten
 //! once, when this build first opens them. Invariants: the migration runs inside the open's
 //! write transaction, so a crash leaves the file at format 1 and the next open migrates again;
-//! it drops no bytes a format 1 reader could serve: every record stays as it was, each gets its
-//! expiry entry with its response, and a record that does not decode keeps its old entries
-//! (with its response, if it had one) so that reading it still reports the damage; only
-//! leftover expiry entries of records that moved on or left are not carried over.
+//! it drops no bytes a format 1 reader could serve: every record stays as it was, and each gets
+//! its expiry entry with its response. A record that does not decode (whose response no reader
+//! serves) keeps its old entries, empty, so that reading it still reports the damage; leftover
+//! expiry entries of records that moved on or left, and responses without a readable record,
+//! are not carried over.
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
@@ -37,7 +38,7 @@ pub(crate) fn v1_to_v2(txn: &WriteTransaction) -> Result<(), redb::Error> {
                     let ek = ExpiryKey::new(hot.expires_at, &KeyHash(hash));
                     expiry.insert(ek, kept.unwrap_or(&[]))?;
                 }
-                Err(_) => carry_damaged(&old_expiry, &mut expiry, hash, response)?,
+                Err(_) => carry_damaged(&old_expiry, &mut expiry, hash)?,
             }
         }
     }
@@ -47,19 +48,19 @@ pub(crate) fn v1_to_v2(txn: &WriteTransaction) -> Result<(), redb::Error> {
 }
 
 /// Carries the old expiry entries of a record that does not decode (its expiry time is
-/// unknown otherwise), the first of them with the record's response.
+/// unknown otherwise), without its response: reading such a record reports the damage and
+/// never serves a response, so the bytes would only take space.
 fn carry_damaged(
     old_expiry: &Table<ExpiryKey, ()>,
     expiry: &mut Table<ExpiryKey, ExpiryValue>,
     hash: [u8; 32],
-    mut response: Option<&[u8]>,
 ) -> Result<(), redb::Error> {
     // The old index is ordered by time, not by key: finding a key's entries means a scan,
     // which only damaged records (rare, reported on every read) pay for.
     for entry in old_expiry.iter()? {
         let ek = entry?.0.value();
         if ek.hash().0 == hash {
-            expiry.insert(ek, response.take().unwrap_or(&[]))?;
+            expiry.insert(ek, &[][..])?;
         }
     }
     Ok(())

@@ -368,22 +368,19 @@ fn run_cell(
             let progress = Progress::start(label.to_owned(), &cell);
             let tally = run_threads(clients, &cell);
             drop(progress);
-            let st = store.stats();
-            let note = format!(
-                "commits={} durable={} mean_batch={:.1} mean_commit_us={} checkpoints={} \
-                 checkpoint_max_ms={} log_full_waits={} file_mib={:.1}",
-                st.commits,
-                st.durable_commits,
-                st.mean_batch(),
-                st.mean_commit_latency().as_micros(),
-                st.checkpoints,
-                st.max_checkpoint_duration().as_millis(),
-                st.log_full_waits,
-                file_mib(&dir.join("idem.redb"))
-            );
-            store.close().map_err(|e| e.to_string())?;
-            let _ = std::fs::remove_dir_all(&dir);
-            Ok((tally, note))
+            Ok((tally, close_idemstore(store, &dir)?))
+        }
+        System::IdemImmediateAsync => {
+            let dir = systems::cell_dir(&p.data_dir, "cell")?;
+            let store = systems::open_idemstore(system, &dir, p.idem)?;
+            let clients = (0..c)
+                .map(|_| systems::IdemAsyncClient::new(store.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let cell = new_cell(p, w, tag);
+            let progress = Progress::start(label.to_owned(), &cell);
+            let tally = run_tasks(rt, clients, &cell);
+            drop(progress);
+            Ok((tally, close_idemstore(store, &dir)?))
         }
         System::RedbNaive => {
             let dir = systems::cell_dir(&p.data_dir, "cell")?;
@@ -458,6 +455,27 @@ fn run_cell(
             Ok((tally, String::new()))
         }
     }
+}
+
+/// The store's counters as a note for the results, after which the store is closed and its
+/// directory removed.
+fn close_idemstore(store: idemstore::Store, dir: &Path) -> Result<String, String> {
+    let st = store.stats();
+    let note = format!(
+        "commits={} durable={} mean_batch={:.1} mean_commit_us={} checkpoints={} \
+         checkpoint_max_ms={} log_full_waits={} file_mib={:.1}",
+        st.commits,
+        st.durable_commits,
+        st.mean_batch(),
+        st.mean_commit_latency().as_micros(),
+        st.checkpoints,
+        st.max_checkpoint_duration().as_millis(),
+        st.log_full_waits,
+        file_mib(&dir.join("idem.redb"))
+    );
+    store.close().map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(note)
 }
 
 fn file_mib(path: &Path) -> f64 {

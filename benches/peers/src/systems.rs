@@ -25,8 +25,13 @@ const MARKER: &[u8] = b"R|fp=5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b97
 /// A system of the comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum System {
-    /// idemstore, `Durability::Immediate` (the default).
+    /// idemstore, `Durability::Immediate` (the default), each client a thread calling the
+    /// blocking API.
     IdemImmediate,
+    /// idemstore, `Durability::Immediate`, each client a task on the same two-thread tokio
+    /// runtime as the Redis and PostgreSQL clients, calling the async API (as a handler behind
+    /// the tower layer does). Not in a default run; name it to compare the two APIs.
+    IdemImmediateAsync,
     /// idemstore, `Durability::Immediate` without its write-ahead log (a durable database
     /// commit per batch). Not in a default run; name it to compare the log's effect.
     IdemImmediateNoLog,
@@ -66,6 +71,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::IdemImmediate => "idemstore-immediate",
+            System::IdemImmediateAsync => "idemstore-immediate-async",
             System::IdemImmediateNoLog => "idemstore-immediate-nolog",
             System::IdemBuffered => "idemstore-buffered",
             System::IdemMemory => "idemstore-memory",
@@ -82,7 +88,7 @@ impl System {
     pub fn parse(s: &str) -> Option<System> {
         System::ALL
             .into_iter()
-            .chain([System::IdemImmediateNoLog])
+            .chain([System::IdemImmediateNoLog, System::IdemImmediateAsync])
             .find(|x| x.name() == s)
     }
 }
@@ -100,7 +106,9 @@ pub struct IdemSettings {
 /// Opens a fresh idemstore for one cell (a new file in `dir` unless in memory).
 pub fn open_idemstore(system: System, dir: &Path, settings: IdemSettings) -> Result<Store, String> {
     let durability = match system {
-        System::IdemImmediate | System::IdemImmediateNoLog => Durability::Immediate,
+        System::IdemImmediate | System::IdemImmediateAsync | System::IdemImmediateNoLog => {
+            Durability::Immediate
+        }
         System::IdemBuffered => Durability::Buffered {
             max_delay: settings.buffered_delay,
         },
@@ -168,6 +176,59 @@ impl BlockingClient for IdemClient {
                     [("content-type", "application/json")],
                     response.to_vec(),
                 ))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            _ => Err(format!("complete without a reservation for {key}")),
+        }
+    }
+}
+
+/// One caller of an idemstore as a task on an async runtime.
+pub struct IdemAsyncClient {
+    store: Store,
+    scope: Scope,
+    pending: Option<(String, Reservation)>,
+}
+
+impl IdemAsyncClient {
+    /// A client of `store`.
+    pub fn new(store: Store) -> Result<IdemAsyncClient, String> {
+        Ok(IdemAsyncClient {
+            store,
+            scope: Scope::new(SCOPE).map_err(|e| e.to_string())?,
+            pending: None,
+        })
+    }
+}
+
+impl AsyncClient for IdemAsyncClient {
+    async fn begin(&mut self, key: &str) -> ClientResult<Outcome> {
+        let k = Key::new(key).map_err(|e| e.to_string())?;
+        let begun = self
+            .store
+            .begin_async(&self.scope, &k, &fingerprint(key))
+            .await
+            .map_err(|e| e.to_string())?;
+        match begun {
+            Begin::Execute(r) => {
+                self.pending = Some((key.to_owned(), r));
+                Ok(Outcome::Execute)
+            }
+            Begin::Replay(_) => Ok(Outcome::Replay),
+            Begin::InProgress { .. } => Ok(Outcome::InProgress),
+            Begin::Conflict => Err(format!("conflict on {key}")),
+        }
+    }
+
+    async fn complete(&mut self, key: &str, response: &[u8]) -> ClientResult<()> {
+        match self.pending.take() {
+            Some((k, r)) if k == key => r
+                .complete_async(Response::new(
+                    201,
+                    [("content-type", "application/json")],
+                    response.to_vec(),
+                ))
+                .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             _ => Err(format!("complete without a reservation for {key}")),
