@@ -561,4 +561,9 @@ fn c10_c11_power_lost_during_the_migration_loses_nothing() {
             assert!(report.is_sound(), "{name}: {:?}", report.problems);
         }
     }
+    eprintln!(
+        "migration: {total} mutating calls in a migrating open and close; power lost at each, \
+         in both image modes: {} reopened images, every record intact",
+        2 * total
+    );
 }
