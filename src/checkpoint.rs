@@ -31,7 +31,7 @@ use crate::key::KeyHash;
 use crate::overlay::{Changes, Slot};
 use crate::record::{
     EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_LOG_POS, META_LOG_SEQ,
-    META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RecordBytes,
+    META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RecordBytes, open_each_alone,
 };
 use crate::shared::panic_text;
 use crate::wal::{Change, Mark};
@@ -125,6 +125,7 @@ pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
     };
     let run = || -> Result<(), ApplyError> {
         let mut txn = db.begin_write()?;
+        open_each_alone(&txn)?;
         {
             let mut records = txn.open_table(RECORDS)?;
             let mut expiry = txn.open_table(EXPIRY)?;

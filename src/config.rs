@@ -409,10 +409,10 @@ impl ConfigBuilder {
 
     /// Check every page's checksum at open (reads the whole file). Default false; a damaged
     /// file is still reported as an error without it, but only this finds damage in pages
-    /// that are never read, and some damage to the storage engine's own free-page lists can
-    /// make it abort the process at the first commit instead of reporting an error
-    /// (`docs/reliability.md`, "Not guaranteed"). Use it for files that may have been damaged
-    /// at rest.
+    /// that are never read, and damage to the storage engine's own structures could make it
+    /// panic again while unwinding a panic, which aborts the process instead of reporting an
+    /// error (`docs/reliability.md`, "Not guaranteed"; the two cases found so far are fixed).
+    /// Use it for files that may have been damaged at rest.
     pub fn verify_on_open(mut self, verify: bool) -> Self {
         self.config.verify_on_open = verify;
         self

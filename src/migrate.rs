@@ -13,11 +13,17 @@
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::key::KeyHash;
-use crate::record::{EXPIRY, ExpiryKey, ExpiryValue, Hot, RECORDS, State, V1_EXPIRY, V1_RESPONSES};
+use crate::record::{
+    EXPIRY, ExpiryKey, ExpiryValue, Hot, RECORDS, State, V1_EXPIRY, V1_RESPONSES, open_each_alone,
+};
 
 /// Rewrites the format 1 tables of `txn`'s file as format 2 and deletes the old ones. The
 /// caller writes the new format version in the same transaction.
 pub(crate) fn v1_to_v2(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    // Each table alone first: see `open_each_alone`.
+    open_each_alone(txn)?;
+    drop(txn.open_table(V1_EXPIRY)?);
+    drop(txn.open_table(V1_RESPONSES)?);
     {
         let records = txn.open_table(RECORDS)?;
         let old_expiry = txn.open_table(V1_EXPIRY)?;

@@ -19,7 +19,7 @@ use crate::migrate;
 use crate::record::{
     EXPIRY, ExpiryKey, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT, META_LOG_ID,
     META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, OLDEST_MIGRATED, RECORDS, State,
-    TOKEN_SKIP_AFTER_CRASH,
+    TOKEN_SKIP_AFTER_CRASH, open_each_alone,
 };
 use crate::shared::panic_text;
 use crate::storage::StorageBackend;
@@ -110,17 +110,16 @@ pub(crate) fn init_tables(
     let log;
     let mut replayed = 0;
     {
-        let mut meta = txn.open_table(META).map_err(open_error)?;
-        let format = meta
+        // No other table is open while a table is opened or deleted: see `open_each_alone`.
+        let format = txn
+            .open_table(META)
+            .map_err(open_error)?
             .get(META_FORMAT)
             .map_err(open_error)?
             .map(|g| g.value());
-        match format {
-            Some(FORMAT_VERSION) => {}
-            None => {
-                meta.insert(META_FORMAT, FORMAT_VERSION)
-                    .map_err(open_error)?;
-            }
+        let write_format = match format {
+            Some(FORMAT_VERSION) => false,
+            None => true,
             Some(0) => {
                 return Err(OpenError::Corrupted {
                     detail: "format version 0 was never written by any release".into(),
@@ -136,8 +135,7 @@ pub(crate) fn init_tables(
                 // Before anything reads the tables: the log's changes and every later read
                 // are in the new layout.
                 migrate::v1_to_v2(&txn).map_err(open_error)?;
-                meta.insert(META_FORMAT, FORMAT_VERSION)
-                    .map_err(open_error)?;
+                true
             }
             Some(found) => {
                 return Err(OpenError::UnsupportedFormat {
@@ -145,9 +143,15 @@ pub(crate) fn init_tables(
                     supported: FORMAT_VERSION,
                 });
             }
-        }
+        };
+        open_each_alone(&txn).map_err(open_error)?;
+        let mut meta = txn.open_table(META).map_err(open_error)?;
         let mut records = txn.open_table(RECORDS).map_err(open_error)?;
         let mut expiry = txn.open_table(EXPIRY).map_err(open_error)?;
+        if write_format {
+            meta.insert(META_FORMAT, FORMAT_VERSION)
+                .map_err(open_error)?;
+        }
         let clean = meta
             .remove(META_CLEAN)
             .map_err(open_error)?

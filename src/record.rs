@@ -9,7 +9,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use redb::{Key as RedbKey, TableDefinition, TypeName, Value};
+use redb::{Key as RedbKey, TableDefinition, TypeName, Value, WriteTransaction};
 
 use crate::fingerprint::Fingerprint;
 use crate::key::KeyHash;
@@ -27,6 +27,21 @@ pub(crate) const V1_RESPONSES: TableDefinition<&[u8; 32], Blob> =
     TableDefinition::new("idem_responses");
 /// Format 1's expiry index: (expires_at big-endian, key hash) → (). Read only by the migration.
 pub(crate) const V1_EXPIRY: TableDefinition<ExpiryKey, ()> = TableDefinition::new("idem_expiry");
+/// Opens each of the format's tables on its own and closes it again (creating those that do not
+/// exist), so that opening them together afterwards only repeats lookups that have succeeded.
+///
+/// Why: on some damaged files redb panics inside `open_table` while holding its lock on the
+/// transaction's tables. If another table of the transaction is open then, dropping it during
+/// the unwind finds that lock poisoned and panics again, and a panic during a panic aborts the
+/// process. Opened alone, a table's panic unwinds to the store's `catch_unwind` and becomes an
+/// error. Call this before opening two tables of one write transaction together.
+pub(crate) fn open_each_alone(txn: &WriteTransaction) -> Result<(), redb::TableError> {
+    drop(txn.open_table(META)?);
+    drop(txn.open_table(RECORDS)?);
+    drop(txn.open_table(EXPIRY)?);
+    Ok(())
+}
+
 /// Store-wide counters: name → u64.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("idem_meta");
 

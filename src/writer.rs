@@ -46,7 +46,7 @@ use crate::ops::{Abandoned, BeginReply, Completion, ExpireReport, Op, Pending};
 use crate::overlay::{Overlay, Slot};
 use crate::record::{
     EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_NEXT_TOKEN, RECORDS, Record,
-    RecordBytes, State, stored_response,
+    RecordBytes, State, open_each_alone, stored_response,
 };
 use crate::response::{self, Response};
 use crate::shared::{Shared, panic_text};
@@ -593,6 +593,7 @@ impl Writer {
     }
 
     fn file_tables<'t>(&self, txn: &'t WriteTransaction) -> Result<Tables<'t>, Fail> {
+        self.io(open_each_alone(txn))?;
         Ok(Tables::File {
             records: self.io(txn.open_table(RECORDS))?,
             expiry: self.io(txn.open_table(EXPIRY))?,
