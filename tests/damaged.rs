@@ -6,10 +6,12 @@ use crate::support::*;
 
 fn make_store_file(dir: &std::path::Path, wal: bool) -> std::path::PathBuf {
     let path = dir.join(format!("good-{wal}.redb"));
-    // No checkpoint by time: the file's layout then does not depend on the machine's speed.
+    // No checkpoint and no compactor pass by time: the file's layout then does not depend on
+    // the machine's speed.
     let cfg = Config::builder()
         .write_ahead_log(wal)
         .checkpoint_interval(std::time::Duration::from_secs(3600))
+        .compactor_interval(std::time::Duration::from_secs(3600))
         .build()
         .unwrap();
     let store = Store::open(&path, cfg).unwrap();
@@ -103,10 +105,13 @@ fn damaged_files(wal: bool) {
             assert!(outcome.is_ok(), "{name}, {case}: panicked");
         }
     }
-    // With verification, a flipped byte in a live page is found at open. Between checkpoints
-    // the engine cannot reuse pages the last durable commit refers to, so a file written
-    // through the log has more free pages, where a flipped byte harms nothing.
-    let live_share = if wal { 3 } else { 2 };
+    // With verification, a flipped byte in a live page is found at open. The file also holds
+    // pages that no commit refers to any more (copy-on-write leaves the old ones free until
+    // they are reused), where a flipped byte harms nothing; how many varies between runs
+    // (42 to 72 pages here, 43% to 76% of them live), so the bound is a third: a check that
+    // found nothing would refuse none.
+    let live_share = 3;
+    eprintln!("verify_on_open refused {refused} of {} files", cases.len());
     assert!(
         refused * live_share > cases.len(),
         "verify_on_open refused only {refused} of {} files",
