@@ -32,17 +32,16 @@ pub(crate) fn v1_to_v2(txn: &WriteTransaction) -> Result<(), redb::Error> {
         for entry in records.iter()? {
             let (hash, bytes) = entry?;
             let hash = *hash.value();
-            let response = responses.get(&hash)?;
-            let response = response.as_ref().map(|g| g.value());
             match Hot::decode(bytes.value()) {
                 Ok(hot) => {
-                    let kept = if hot.state == State::Completed {
-                        response
-                    } else {
-                        None
+                    // Only a completed record keeps a response.
+                    let response = match hot.state {
+                        State::Completed => responses.get(&hash)?,
+                        State::InFlight => None,
                     };
+                    let kept = response.as_ref().map_or(&[][..], |g| g.value());
                     let ek = ExpiryKey::new(hot.expires_at, &KeyHash(hash));
-                    expiry.insert(ek, kept.unwrap_or(&[]))?;
+                    expiry.insert(ek, kept)?;
                 }
                 Err(_) => carry_damaged(&old_expiry, &mut expiry, hash)?,
             }

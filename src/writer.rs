@@ -84,6 +84,17 @@ enum Tables<'t> {
     },
 }
 
+/// The response stored in the expiry entry `ek` of `expiry`, through `decode`.
+fn response_in<T>(
+    expiry: &impl ReadableTable<ExpiryKey, ExpiryValue>,
+    ek: ExpiryKey,
+    decode: fn(&[u8]) -> T,
+) -> Result<Option<T>, redb::Error> {
+    Ok(expiry
+        .get(ek)?
+        .and_then(|g| stored_response(g.value()).map(decode)))
+}
+
 impl Tables<'_> {
     /// The record under `hash`, through `decode`.
     fn record<T>(&self, hash: &KeyHash, decode: fn(&[u8]) -> T) -> Result<Option<T>, redb::Error> {
@@ -116,9 +127,7 @@ impl Tables<'_> {
     ) -> Result<Option<T>, redb::Error> {
         let ek = ExpiryKey::new(expires_at, hash);
         match self {
-            Tables::File { expiry, .. } => Ok(expiry
-                .get(ek)?
-                .and_then(|g| stored_response(g.value()).map(decode))),
+            Tables::File { expiry, .. } => response_in(expiry, ek, decode),
             Tables::Logged {
                 overlay, expiry, ..
             } => {
@@ -130,9 +139,7 @@ impl Tables<'_> {
                 });
                 match hit {
                     Some(found) => Ok(found),
-                    None => Ok(expiry
-                        .get(ek)?
-                        .and_then(|g| stored_response(g.value()).map(decode))),
+                    None => response_in(expiry, ek, decode),
                 }
             }
         }

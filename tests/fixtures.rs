@@ -18,7 +18,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use idemstore::{Begin, Config, Durability, ManualClock, OpenError, Response, State, Store};
+use idemstore::{
+    Begin, Config, ConfigBuilder, Durability, ManualClock, OpenError, Response, State, Store,
+};
 
 use crate::sim_disk::{Mode, SimDisk};
 use crate::support::{T0, execute, fp, key, scope};
@@ -110,13 +112,15 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn config(clock: &ManualClock, verify: bool) -> Config {
+fn builder(clock: &ManualClock, verify: bool) -> ConfigBuilder {
     Config::builder()
         .clock(clock.clone())
         .compactor_interval(Duration::from_secs(3600))
         .verify_on_open(verify)
-        .build()
-        .unwrap()
+}
+
+fn config(clock: &ManualClock, verify: bool) -> Config {
+    builder(clock, verify).build().unwrap()
 }
 
 /// Copies a fixture (and its log, if it has one) into a temporary directory (opening writes to
@@ -485,9 +489,7 @@ fn c12_a_damaged_freed_page_list_is_refused_by_verify_on_open_and_never_aborts()
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("freed-pages.redb");
         std::fs::copy(dir().join("v1-fuzz-freed-pages.redb"), &path).unwrap();
-        let config = Config::builder()
-            .clock(ManualClock::new(T0 + 60_000))
-            .compactor_interval(Duration::from_secs(3600))
+        let config = builder(&ManualClock::new(T0 + 60_000), false)
             .write_ahead_log(log)
             .build()
             .unwrap();
@@ -545,9 +547,7 @@ fn c10_c11_power_lost_during_the_migration_loses_nothing() {
     use crate::sim_disk::Rng;
     let image = std::fs::read(dir().join("v1-clean.redb")).unwrap();
     let open = |disk: &SimDisk| {
-        let config = Config::builder()
-            .clock(ManualClock::new(T0 + 60_000))
-            .compactor_interval(Duration::from_secs(3600))
+        let config = builder(&ManualClock::new(T0 + 60_000), false)
             .write_ahead_log(false)
             .build()
             .unwrap();

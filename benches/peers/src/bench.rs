@@ -356,6 +356,7 @@ fn run_cell(
 ) -> Result<(Tally, String), String> {
     match system {
         System::IdemImmediate
+        | System::IdemImmediateAsync
         | System::IdemImmediateNoLog
         | System::IdemBuffered
         | System::IdemMemory => {
@@ -366,19 +367,11 @@ fn run_cell(
                 .collect::<Result<Vec<_>, _>>()?;
             let cell = new_cell(p, w, tag);
             let progress = Progress::start(label.to_owned(), &cell);
-            let tally = run_threads(clients, &cell);
-            drop(progress);
-            Ok((tally, close_idemstore(store, &dir)?))
-        }
-        System::IdemImmediateAsync => {
-            let dir = systems::cell_dir(&p.data_dir, "cell")?;
-            let store = systems::open_idemstore(system, &dir, p.idem)?;
-            let clients = (0..c)
-                .map(|_| systems::IdemAsyncClient::new(store.clone()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let cell = new_cell(p, w, tag);
-            let progress = Progress::start(label.to_owned(), &cell);
-            let tally = run_tasks(rt, clients, &cell);
+            let tally = if system == System::IdemImmediateAsync {
+                run_tasks(rt, clients, &cell)
+            } else {
+                run_threads(clients, &cell)
+            };
             drop(progress);
             Ok((tally, close_idemstore(store, &dir)?))
         }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use idemstore::{Begin, Config, Durability, Fingerprint, Key, Reservation, Response, Scope, Store};
+use idemstore::{
+    Begin, BeginError, Config, Durability, Fingerprint, Key, Reservation, Response, Scope, Store,
+};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::workload::{AsyncClient, BlockingClient, ClientResult, Outcome};
@@ -127,7 +129,8 @@ pub fn open_idemstore(system: System, dir: &Path, settings: IdemSettings) -> Res
     }
 }
 
-/// One caller of an idemstore, as a request handler in a service would be.
+/// One caller of an idemstore, as a request handler in a service would be: a thread calling the
+/// blocking API, or a task calling the async one.
 pub struct IdemClient {
     store: Store,
     scope: Scope,
@@ -143,6 +146,34 @@ impl IdemClient {
             pending: None,
         })
     }
+
+    /// The outcome of a `begin` on `key`, keeping the reservation of an `Execute`.
+    fn began(&mut self, key: &str, begun: Result<Begin, BeginError>) -> ClientResult<Outcome> {
+        match begun.map_err(|e| e.to_string())? {
+            Begin::Execute(r) => {
+                self.pending = Some((key.to_owned(), r));
+                Ok(Outcome::Execute)
+            }
+            Begin::Replay(_) => Ok(Outcome::Replay),
+            Begin::InProgress { .. } => Ok(Outcome::InProgress),
+            Begin::Conflict => Err(format!("conflict on {key}")),
+        }
+    }
+
+    /// The reservation of `key`, with the response to complete it with.
+    fn to_complete(&mut self, key: &str, response: &[u8]) -> ClientResult<(Reservation, Response)> {
+        match self.pending.take() {
+            Some((k, r)) if k == key => Ok((
+                r,
+                Response::new(
+                    201,
+                    [("content-type", "application/json")],
+                    response.to_vec(),
+                ),
+            )),
+            _ => Err(format!("complete without a reservation for {key}")),
+        }
+    }
 }
 
 fn fingerprint(key: &str) -> Fingerprint {
@@ -153,86 +184,32 @@ fn fingerprint(key: &str) -> Fingerprint {
 impl BlockingClient for IdemClient {
     fn begin(&mut self, key: &str) -> ClientResult<Outcome> {
         let k = Key::new(key).map_err(|e| e.to_string())?;
-        match self
-            .store
-            .begin(&self.scope, &k, &fingerprint(key))
-            .map_err(|e| e.to_string())?
-        {
-            Begin::Execute(r) => {
-                self.pending = Some((key.to_owned(), r));
-                Ok(Outcome::Execute)
-            }
-            Begin::Replay(_) => Ok(Outcome::Replay),
-            Begin::InProgress { .. } => Ok(Outcome::InProgress),
-            Begin::Conflict => Err(format!("conflict on {key}")),
-        }
+        let begun = self.store.begin(&self.scope, &k, &fingerprint(key));
+        self.began(key, begun)
     }
 
     fn complete(&mut self, key: &str, response: &[u8]) -> ClientResult<()> {
-        match self.pending.take() {
-            Some((k, r)) if k == key => r
-                .complete(Response::new(
-                    201,
-                    [("content-type", "application/json")],
-                    response.to_vec(),
-                ))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            _ => Err(format!("complete without a reservation for {key}")),
-        }
+        let (r, response) = self.to_complete(key, response)?;
+        r.complete(response).map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
-/// One caller of an idemstore as a task on an async runtime.
-pub struct IdemAsyncClient {
-    store: Store,
-    scope: Scope,
-    pending: Option<(String, Reservation)>,
-}
-
-impl IdemAsyncClient {
-    /// A client of `store`.
-    pub fn new(store: Store) -> Result<IdemAsyncClient, String> {
-        Ok(IdemAsyncClient {
-            store,
-            scope: Scope::new(SCOPE).map_err(|e| e.to_string())?,
-            pending: None,
-        })
-    }
-}
-
-impl AsyncClient for IdemAsyncClient {
+impl AsyncClient for IdemClient {
     async fn begin(&mut self, key: &str) -> ClientResult<Outcome> {
         let k = Key::new(key).map_err(|e| e.to_string())?;
         let begun = self
             .store
             .begin_async(&self.scope, &k, &fingerprint(key))
-            .await
-            .map_err(|e| e.to_string())?;
-        match begun {
-            Begin::Execute(r) => {
-                self.pending = Some((key.to_owned(), r));
-                Ok(Outcome::Execute)
-            }
-            Begin::Replay(_) => Ok(Outcome::Replay),
-            Begin::InProgress { .. } => Ok(Outcome::InProgress),
-            Begin::Conflict => Err(format!("conflict on {key}")),
-        }
+            .await;
+        self.began(key, begun)
     }
 
     async fn complete(&mut self, key: &str, response: &[u8]) -> ClientResult<()> {
-        match self.pending.take() {
-            Some((k, r)) if k == key => r
-                .complete_async(Response::new(
-                    201,
-                    [("content-type", "application/json")],
-                    response.to_vec(),
-                ))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            _ => Err(format!("complete without a reservation for {key}")),
-        }
+        let (r, response) = self.to_complete(key, response)?;
+        r.complete_async(response)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
