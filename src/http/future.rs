@@ -28,6 +28,7 @@ use tower_service::Service;
 
 use super::answer::{self, code};
 use super::body::{BoxError, RequestBody, ResponseBody};
+use super::context::IdempotencyContext;
 use super::contract::OnStoreError;
 use super::layer::Shared;
 use super::request::fingerprint;
@@ -203,6 +204,16 @@ where
             }
         },
     };
+    let mut parts = parts;
+    if let Some(r) = &reservation {
+        parts.extensions.insert(IdempotencyContext {
+            scope,
+            key,
+            fingerprint: fp,
+            token: r.token(),
+            lease_deadline: r.lease_deadline(),
+        });
+    }
     let request = Request::from_parts(parts, RequestBody::buffered(bytes));
     let (reservation, result) = Executing {
         reservation,

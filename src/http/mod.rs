@@ -136,6 +136,7 @@
 
 mod answer;
 mod body;
+mod context;
 mod contract;
 mod future;
 mod layer;
@@ -143,6 +144,7 @@ mod request;
 mod service;
 
 pub use body::{BoxError, RequestBody, ResponseBody};
+pub use context::IdempotencyContext;
 pub use contract::{
     ConflictStatus, Contract, DEFAULT_MAX_REQUEST_BODY, ErrorStyle, OnStoreError, ScopeFn,
     scope_from_authorization,
