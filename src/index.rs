@@ -11,15 +11,16 @@
 //!   index may lack records (not touched since open, or their response dropped for the memory
 //!   budget), never hold one the store lacks except during the moment between a commit and the
 //!   writer's update;
-//! - readers copy entries out and hold no guard after the lookup returns.
-
-use std::hash::{BuildHasher, Hasher};
+//! - readers copy entries out and hold no guard after the lookup returns;
+//! - buckets are chosen by a secret per-process seed (`seeded.rs`), never by the digest's own
+//!   bits, which a client can grind.
 
 use papaya::{HashMap, ResizeMode};
 
 use crate::key::KeyHash;
 use crate::record::{Hot, State};
 use crate::response::Response;
+use crate::seeded::Seeded;
 
 /// What the index holds for a key.
 #[derive(Debug, Clone)]
@@ -29,43 +30,9 @@ pub(crate) struct Entry {
     pub(crate) response: Option<Response>,
 }
 
-/// Keys are blake3 output already: the bucket hash is their first 8 bytes.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PassThrough;
-
-/// The hasher behind [`PassThrough`].
-#[derive(Debug, Default)]
-pub(crate) struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached if a key hashes through something other than `write_u64`; fold the
-        // bytes in so the map still works.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-impl BuildHasher for PassThrough {
-    type Hasher = PassThroughHasher;
-
-    fn build_hasher(&self) -> PassThroughHasher {
-        PassThroughHasher(0)
-    }
-}
-
 /// The index.
 pub(crate) struct HotIndex {
-    map: HashMap<KeyHash, Entry, PassThrough>,
+    map: HashMap<KeyHash, Entry, Seeded>,
 }
 
 impl HotIndex {
@@ -73,7 +40,7 @@ impl HotIndex {
         HotIndex {
             map: HashMap::builder()
                 .capacity(capacity)
-                .hasher(PassThrough)
+                .hasher(Seeded::new())
                 .resize_mode(ResizeMode::Blocking)
                 .build(),
         }

@@ -159,7 +159,8 @@ impl KeyHash {
         KeyHash(*h.finalize().as_bytes())
     }
 
-    /// The first 8 bytes, the hot index's bucket hash (the key is already uniform).
+    /// The first 8 bytes: what a map's seeded hasher is fed (`seeded.rs`). Never a bucket
+    /// hash on its own: a client can grind keys whose digests agree in any bits it likes.
     pub(crate) fn low64(&self) -> u64 {
         let [a, b, c, d, e, f, g, h, ..] = self.0;
         u64::from_le_bytes([a, b, c, d, e, f, g, h])

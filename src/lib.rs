@@ -59,6 +59,7 @@ mod record;
 mod reply;
 mod response;
 mod route;
+mod seeded;
 mod shared;
 mod stats;
 mod storage;

@@ -22,6 +22,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
@@ -29,13 +30,13 @@ use parking_lot::Mutex;
 use crate::backend::RecordInfo;
 use crate::error::{CompleteError, LeaseError, Unavailable};
 use crate::fingerprint::Fingerprint;
-use crate::index::PassThrough;
 use crate::inspect::CheckReport;
 use crate::key::{Key, KeyHash, Scope};
 use crate::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
 use crate::ops::{BeginReply, Completion, ExpireReport, Op};
 use crate::record::{Hot, Record, State};
 use crate::response::Response;
+use crate::seeded::Seeded;
 use crate::shared::Shared;
 use crate::stats::{add, bump};
 
@@ -53,7 +54,7 @@ struct Held {
 
 #[derive(Default)]
 struct Shard {
-    records: HashMap<KeyHash, Held, PassThrough>,
+    records: HashMap<KeyHash, Held, Seeded>,
     /// `(expires_at, hash)` of every expiry a record of this shard has had; see the module
     /// invariants.
     due: BinaryHeap<Reverse<(u64, KeyHash)>>,
@@ -99,6 +100,8 @@ impl Shard {
 /// The memory engine.
 pub(crate) struct MemoryEngine {
     shards: Box<[Mutex<Shard>]>,
+    /// Every shard's map and the choice of shard hash with this one seed (`seeded.rs`).
+    seed: Seeded,
     next_token: AtomicU64,
     /// Where the next expiry pass starts, so passes share out the shards.
     expire_from: AtomicUsize,
@@ -107,24 +110,28 @@ pub(crate) struct MemoryEngine {
 impl MemoryEngine {
     pub(crate) fn new(capacity: usize) -> MemoryEngine {
         let per_shard = capacity / SHARDS;
+        let seed = Seeded::new();
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    records: HashMap::with_capacity_and_hasher(per_shard, PassThrough),
+                    records: HashMap::with_capacity_and_hasher(per_shard, seed.clone()),
                     due: BinaryHeap::new(),
                 })
             })
             .collect();
         MemoryEngine {
             shards,
+            seed,
             next_token: AtomicU64::new(1),
             expire_from: AtomicUsize::new(0),
         }
     }
 
     fn shard(&self, hash: &KeyHash) -> &Mutex<Shard> {
-        // Bytes 8.. of the hash: the map's buckets already use the first eight.
-        let i = usize::from(hash.0[8]) % SHARDS;
+        // Bits 32-37 of the seeded hash: a shard's map buckets on the low bits and tags on the
+        // top seven, so these add no correlation within a shard, and a client cannot aim its
+        // keys at one shard's lock.
+        let i = (self.seed.hash_one(hash) >> 32) as usize % SHARDS;
         &self.shards[i]
     }
 

@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::index::PassThrough;
 use crate::key::KeyHash;
+use crate::seeded::Seeded;
 
 /// A key's state after a logged change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub(crate) enum Slot {
 }
 
 /// One generation of changes.
-pub(crate) type Changes = HashMap<KeyHash, Slot, PassThrough>;
+pub(crate) type Changes = HashMap<KeyHash, Slot, Seeded>;
 
 struct Generations {
     current: Changes,

@@ -12,6 +12,7 @@
 mod sim_disk;
 mod support;
 
+mod adversarial;
 mod async_api;
 mod basics;
 mod conformance;
