@@ -982,6 +982,29 @@ impl Reservation {
         }
     }
 
+    /// Gives the reservation up without releasing the key: the key stays in flight until its
+    /// lease ends, and a retry meanwhile is answered `InProgress` (C5); after the lease, a
+    /// `begin` takes it over (C8).
+    ///
+    /// For an operation that may have had its effect but whose response cannot be stored (its
+    /// caller was cancelled halfway): releasing would let a retry run it a second time at once,
+    /// while abandoning holds retries off for the lease, long enough for an effect still under
+    /// way to land or for an operator to look.
+    ///
+    /// ```
+    /// use idemstore::{Begin, Config, Fingerprint, Scope, Store};
+    /// let store = Store::in_memory(Config::default())?;
+    /// let (scope, key) = (Scope::new("acct_1")?, store.key("k-1")?);
+    /// let fp = Fingerprint::of_bytes(b"charge 10");
+    /// let Begin::Execute(reservation) = store.begin(&scope, &key, &fp)? else { unreachable!() };
+    /// reservation.abandon();
+    /// assert!(matches!(store.begin(&scope, &key, &fp)?, Begin::InProgress { .. }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn abandon(mut self) {
+        self.armed = false;
+    }
+
     /// Releases the key now, so the next attempt executes (C6).
     pub fn release(mut self) -> Result<(), LeaseError> {
         self.armed = false;

@@ -5,10 +5,12 @@
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
-use idemstore::http::{Contract, ErrorStyle, OnStoreError};
+use idemstore::http::{Contract, ErrorStyle, IdempotencyLayer, OnStoreError};
 use idemstore::{CachePolicy, Config, Store};
 
-use crate::http_support::{App, memory_store, post, request, send, send_and_hang_up, start};
+use crate::http_support::{
+    App, memory_store, post, request, send, send_and_hang_up, start, start_layer,
+};
 
 const BOOKING: &str =
     r#"{"event_type_id":"evt_1","start":"2026-05-20T15:00:00Z","attendee":{"email":"a@b.com"}}"#;
@@ -359,10 +361,9 @@ async fn c6_a_5xx_releases_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c6_a_panicking_handler_releases_the_key() {
     let app = default_app().await;
-    assert!(
-        send(app.addr, post("/panic", "k1", "{}")).await.is_err(),
-        "the connection dies"
-    );
+    let r = send(app.addr, post("/panic", "k1", "{}")).await.unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.code(), "idempotency_handler_failed");
     let r = send(app.addr, post("/panic", "k1", "{}")).await.unwrap();
     assert_eq!(r.status, StatusCode::CREATED);
     assert!(!r.replayed());
@@ -370,12 +371,26 @@ async fn c6_a_panicking_handler_releases_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c6_a_cancelled_request_releases_its_key() {
-    let mut app = default_app().await;
-    let addr = app.addr;
+async fn c6_a_panicking_handler_run_inline_releases_the_key() {
+    let store = memory_store();
+    let layer = IdempotencyLayer::new(store.clone(), Contract::default())
+        .unwrap()
+        .run_inline();
+    let app = start_layer(store, layer).await;
+    assert!(
+        send(app.addr, post("/panic", "k1", "{}")).await.is_err(),
+        "the connection dies with the handler"
+    );
+    let r = send(app.addr, post("/panic", "k1", "{}")).await.unwrap();
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(app.calls(), 2);
+}
+
+/// Hangs up on `/slow` once its handler has entered, then lets the handler go on.
+async fn hang_up_mid_handler(app: &mut App) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let hang_up = tokio::spawn(send_and_hang_up(
-        addr,
+        app.addr,
         post("/slow", "k1", BOOKING),
         async {
             rx.await.unwrap();
@@ -384,13 +399,37 @@ async fn c6_a_cancelled_request_releases_its_key() {
     app.entered().await;
     tx.send(()).unwrap();
     hang_up.await.unwrap();
-    // The server notices the client is gone and drops the handler; the key is already free.
-    app.dropped().await;
     app.open_gate(1);
-    let r = send(addr, post("/slow", "k1", BOOKING)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h11_a_client_that_hangs_up_mid_handler_gets_the_stored_response_on_retry() {
+    let mut app = default_app().await;
+    hang_up_mid_handler(&mut app).await;
+    // The handler runs on in its own task and its response is stored.
+    app.layer.idle().await;
+    let r = send(app.addr, post("/slow", "k1", BOOKING)).await.unwrap();
     assert_eq!(r.status, StatusCode::CREATED);
-    assert!(!r.replayed());
-    assert_eq!(app.calls(), 2);
+    assert!(r.replayed(), "the retry replays the first execution");
+    assert_eq!(app.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h11_run_inline_a_client_that_hangs_up_leaves_the_key_in_flight() {
+    let store = memory_store();
+    let layer = IdempotencyLayer::new(store.clone(), Contract::default())
+        .unwrap()
+        .run_inline();
+    let mut app = start_layer(store, layer).await;
+    hang_up_mid_handler(&mut app).await;
+    // The server drops the handler with the connection; its effect may have happened, so the
+    // key is not released: the retry waits for the lease.
+    app.dropped().await;
+    app.layer.idle().await;
+    let r = send(app.addr, post("/slow", "k1", BOOKING)).await.unwrap();
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.code(), "idempotency_in_progress");
+    assert_eq!(app.calls(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,7 @@ impl Drop for DropSignal {
 pub struct App {
     pub addr: SocketAddr,
     pub store: Store,
+    pub layer: IdempotencyLayer,
     calls: Arc<AtomicUsize>,
     gate: Arc<Semaphore>,
     entered: mpsc::UnboundedReceiver<()>,
@@ -148,6 +149,11 @@ pub fn memory_store() -> Store {
 /// Serves the test app behind a layer with `contract` on `store`, on 127.0.0.1 and a free port.
 pub async fn start(store: Store, contract: Contract) -> App {
     let layer = IdempotencyLayer::new(store.clone(), contract).unwrap();
+    start_layer(store, layer).await
+}
+
+/// Serves the test app behind `layer` (made on `store`).
+pub async fn start_layer(store: Store, layer: IdempotencyLayer) -> App {
     let (entered_tx, entered) = mpsc::unbounded_channel();
     let (dropped_tx, dropped) = mpsc::unbounded_channel();
     let state = AppState {
@@ -163,7 +169,7 @@ pub async fn start(store: Store, contract: Contract) -> App {
         .route("/panic", route_post(panics_once))
         .route("/big", route_post(big))
         .route("/open", route_post(create).get(list))
-        .layer(layer)
+        .layer(layer.clone())
         .with_state(state.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -173,6 +179,7 @@ pub async fn start(store: Store, contract: Contract) -> App {
     App {
         addr,
         store,
+        layer,
         calls: state.calls,
         gate: state.gate,
         entered,

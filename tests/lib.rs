@@ -12,6 +12,7 @@
 mod sim_disk;
 mod support;
 
+#[cfg(feature = "http")]
 mod adversarial;
 mod async_api;
 mod basics;

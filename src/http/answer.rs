@@ -23,6 +23,7 @@ pub(crate) mod code {
     pub(crate) const UNREADABLE: &str = "request_body_unreadable";
     pub(crate) const UNAUTHENTICATED: &str = "unauthenticated";
     pub(crate) const RESPONSE_NOT_KEPT: &str = "idempotent_response_too_large";
+    pub(crate) const HANDLER_FAILED: &str = "idempotency_handler_failed";
 }
 
 /// Escapes `s` as the inside of a JSON string.

@@ -5,12 +5,13 @@
 //! store, the inner service, the response body and the store again, is one boxed future.
 //!
 //! Invariants of the guarded path, in order: the request body is read whole, up to the limit,
-//! before the store is asked (rule H9); the inner service runs only after `Execute`; the
-//! reservation is released whenever no response is stored: the service failed, panicked, or was
-//! cancelled (its future dropped: the client went away), its status is not kept (C6, C7), or its
-//! body failed; a stored response is durable before the client sees it (C10); a response too
-//! large to keep is stored as its status and headers with a note for a body, so a retry never
-//! runs the operation again.
+//! before the store is asked (rule H9); the inner service runs only after `Execute`; once it
+//! has been called, the call runs to completion even if the client goes away, or leaves its key
+//! in flight until the lease ends (`run.rs`, rule H11); the reservation is released when no
+//! response is stored because the service failed or panicked, its status is not kept (C6,
+//! C7), or its body failed; a stored response is durable before the client sees it (C10); a
+//! response too large to keep is stored as its status and headers with a note for a body, so
+//! a retry never runs the operation again.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,8 +33,10 @@ use super::context::IdempotencyContext;
 use super::contract::OnStoreError;
 use super::layer::Shared;
 use super::request::fingerprint;
+use super::run::{Started, Task};
 use super::service::too_large;
-use crate::{Begin, BeginError, Key, Reservation, Scope};
+use crate::reply;
+use crate::{Begin, BeginError, Key, Scope};
 
 type Guarded<ResBody, E> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<ResBody>>, E>> + Send>>;
@@ -115,24 +118,21 @@ impl<F, ResBody, E> std::fmt::Debug for ResponseFuture<F, ResBody, E> {
 }
 
 pin_project! {
-    /// The inner service's future with the reservation it runs under. The reservation is the
-    /// first field, so dropping this (a cancelled request) releases the key before the inner
-    /// future is dropped: whatever the handler observes of its own cancellation, the key is
-    /// already free.
+    /// The inner service's future with the reservation it runs under.
     struct Executing<F> {
-        reservation: Option<Reservation>,
+        started: Option<Started>,
         #[pin]
         future: F,
     }
 }
 
 impl<F: Future> Future for Executing<F> {
-    type Output = (Option<Reservation>, F::Output);
+    type Output = (Option<Started>, F::Output);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = std::task::ready!(this.future.poll(cx));
-        Poll::Ready((this.reservation.take(), out))
+        Poll::Ready((this.started.take(), out))
     }
 }
 
@@ -147,9 +147,11 @@ pub(crate) async fn guarded<S, B, ResBody>(
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let contract = &shared.contract;
@@ -204,6 +206,8 @@ where
             }
         },
     };
+    // Counted from here, so that `IdempotencyLayer::idle` waits for this call.
+    let running = shared.running.enter();
     let mut parts = parts;
     if let Some(r) = &reservation {
         parts.extensions.insert(IdempotencyContext {
@@ -215,30 +219,77 @@ where
         });
     }
     let request = Request::from_parts(parts, RequestBody::buffered(bytes));
-    let (reservation, result) = Executing {
-        reservation,
-        future: inner.call(request),
+    let call = execute(
+        Arc::clone(&shared),
+        Started::new(reservation),
+        inner.call(request),
+    );
+    let (tx, rx) = reply::channel();
+    let task: Task = Box::pin(async move {
+        let _running = running;
+        let _ = tx.send(call.await);
+    });
+    if let Err(task) = shared.executor.spawn(task) {
+        // Nowhere to spawn: the call runs in this future, and a cancelled call abandons its
+        // key (`Started`).
+        task.await;
     }
-    .await;
-    // An error drops the reservation: the key is released (C6).
-    let response = result?;
-    let Some(reservation) = reservation else {
-        // Failed open: nothing to store.
-        return Ok(response.map(ResponseBody::inner));
-    };
-    let status = response.status();
-    if !shared.policy.keeps(status.as_u16()) {
-        drop(reservation);
-        return Ok(response.map(ResponseBody::inner));
+    match rx.await {
+        Ok(out) => out,
+        // The task ended without an answer: the handler panicked (its key is released), or
+        // the executor dropped the task (its key stays in flight until the lease ends).
+        Err(_) => Ok(answer::error(
+            style,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::HANDLER_FAILED,
+            "the request's handler stopped without an answer",
+        )),
     }
-    store_and_answer(&shared, reservation, response).await
 }
 
+/// Runs the inner service's future under its reservation, then stores and answers.
+async fn execute<F, ResBody, E>(
+    shared: Arc<Shared>,
+    started: Started,
+    future: F,
+) -> Result<Response<ResponseBody<ResBody>>, E>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    let (started, result) = Executing {
+        started: Some(started),
+        future,
+    }
+    .await;
+    // `Executing` hands the reservation back with the output.
+    let Some(started) = started else {
+        return result.map(|r| r.map(ResponseBody::inner));
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            // The service failed: the key is released (C6).
+            started.release();
+            return Err(e);
+        }
+    };
+    if !started.holds() {
+        // Failed open: nothing to store.
+        return Ok(response.map(ResponseBody::inner));
+    }
+    if !shared.policy.keeps(response.status().as_u16()) {
+        started.release();
+        return Ok(response.map(ResponseBody::inner));
+    }
+    store_and_answer(&shared, started, response).await
+}
 /// Reads the response body (up to what can be stored), completes the reservation, and
 /// returns the response.
 async fn store_and_answer<ResBody, E>(
     shared: &Shared,
-    reservation: Reservation,
+    started: Started,
     response: Response<ResBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, E>
 where
@@ -274,7 +325,7 @@ where
             Err(e) => {
                 // The response cannot be told whole: the key is released (C6), and the client
                 // sees the body fail as it would have without the layer.
-                drop(reservation);
+                started.release();
                 return Ok(Response::from_parts(parts, ResponseBody::failed(e.into())));
             }
         }
@@ -294,14 +345,15 @@ where
     } else {
         crate::Response::new(status.as_u16(), kept, read.to_vec())
     };
-    if stored.encoded_len() <= shared.max_stored {
+    if stored.encoded_len() > shared.max_stored {
+        // Even the note does not fit (the headers alone are too large): release, C6.
+        started.release();
+    } else if let Some(reservation) = started.take() {
         // The operation ran: whatever the store answers, the client gets its response. A
         // failed completion leaves the key to its lease (or releases it), never stores a
-        // wrong answer.
+        // wrong answer. The completion is queued before this awaits, so a dropped future
+        // cannot lose it.
         let _ = reservation.complete_async(stored).await;
-    } else {
-        // Even the note does not fit (the headers alone are too large): release, C6.
-        drop(reservation);
     }
     let body = if oversized {
         ResponseBody::inner_after(read, body)

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::contract::Contract;
+use super::run::{Executor, Idle, Running, Task};
 use super::service::Idempotency;
 use crate::{CachePolicy, Store};
 
@@ -21,6 +22,10 @@ pub(crate) struct Shared {
     pub(crate) max_stored: usize,
     /// The cache policy in force: the contract's, or the store's.
     pub(crate) policy: CachePolicy,
+    /// Where guarded calls run once started.
+    pub(crate) executor: Executor,
+    /// Guarded calls running now.
+    pub(crate) running: Arc<Running>,
 }
 
 /// A [`Contract`] that the store cannot keep.
@@ -105,6 +110,8 @@ impl IdempotencyLayer {
                 contract,
                 max_stored,
                 policy,
+                executor: Executor::default(),
+                running: Arc::default(),
             }),
         })
     }
@@ -112,6 +119,66 @@ impl IdempotencyLayer {
     /// The contract this layer keeps.
     pub fn contract(&self) -> &Contract {
         &self.shared.contract
+    }
+
+    /// Runs guarded calls on `spawn` once their inner service has been called (rule H11).
+    ///
+    /// A server drops a request's future when its client disconnects, but an effect the
+    /// handler started (a commit, an outbound call) still lands. So the layer never lets the
+    /// request's future cancel a started call: it hands the rest of the call (the handler's
+    /// future, then storing its response) to an executor, and the client's retry replays the
+    /// stored response. By default, with the `tokio` feature, that executor is the current
+    /// tokio runtime; this sets another one. The cost is one task per guarded request.
+    ///
+    /// ```
+    /// use idemstore::http::{Contract, IdempotencyLayer};
+    /// use idemstore::{Config, Store};
+    /// let store = Store::in_memory(Config::default())?;
+    /// // Any executor: here, a tokio runtime's handle kept from start-up.
+    /// let runtime = tokio::runtime::Runtime::new()?;
+    /// let handle = runtime.handle().clone();
+    /// let layer = IdempotencyLayer::new(store, Contract::default())?
+    ///     .spawn_with(move |task| std::mem::drop(handle.spawn(task)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn_with(self, spawn: impl Fn(Task) + Send + Sync + 'static) -> Self {
+        self.with_executor(Executor::Custom(Arc::new(spawn)))
+    }
+
+    /// Runs every guarded call inside its request's own future, spawning nothing. A call
+    /// whose future is dropped after its handler started (the client went away) then leaves
+    /// its key in flight until the store's lease ends: retries meanwhile get `409
+    /// idempotency_in_progress`, and after it the operation may run again (rule H11). This
+    /// is what the layer does without the `tokio` feature or outside a tokio runtime.
+    pub fn run_inline(self) -> Self {
+        self.with_executor(Executor::Inline)
+    }
+
+    fn with_executor(self, executor: Executor) -> Self {
+        let shared = &self.shared;
+        IdempotencyLayer {
+            shared: Arc::new(Shared {
+                store: shared.store.clone(),
+                contract: shared.contract.clone(),
+                max_stored: shared.max_stored,
+                policy: shared.policy,
+                executor,
+                running: Arc::clone(&shared.running),
+            }),
+        }
+    }
+
+    /// Guarded calls running now, from the store's `Execute` to their stored response,
+    /// those whose client went away included.
+    pub fn running(&self) -> usize {
+        self.shared.running.count()
+    }
+
+    /// A future that resolves once no guarded call is running: await it (with a deadline)
+    /// after a server's graceful shutdown and before [`Store::close`], so handlers whose
+    /// clients went away finish and store their responses.
+    pub fn idle(&self) -> Idle {
+        self.shared.running.idle()
     }
 }
 

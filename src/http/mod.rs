@@ -111,8 +111,19 @@
 //! * **One execution per key** (C1): of concurrent identical requests, one runs; the others get
 //!   `409 idempotency_in_progress` until it is done, then the replay.
 //! * **Release on failure** (C6): if the service returns an error, panics, produces a status
-//!   the cache policy does not keep, or its future is dropped because the client went away,
-//!   the key is released and the next attempt runs.
+//!   the cache policy does not keep, or its response body fails, the key is released and the
+//!   next attempt runs.
+//! * **A started call is never orphaned** (H11): a server drops a request's future when its
+//!   client disconnects, but an effect the handler started still lands. Once the inner
+//!   service has been called, the rest of the call (the handler, then storing its response)
+//!   runs on a spawned task: the current tokio runtime with the `tokio` feature, or the
+//!   executor given to [`IdempotencyLayer::spawn_with`]. The client's retry then replays the
+//!   stored response. With nowhere to spawn ([`IdempotencyLayer::run_inline`], or no runtime),
+//!   a call dropped halfway leaves its key in flight until the store's lease ends, so a retry
+//!   gets `409 idempotency_in_progress` rather than a second execution. A handler that panics
+//!   on a spawned task is answered `500 idempotency_handler_failed`, and its key released.
+//!   Before [`Store::close`](crate::Store::close), await [`IdempotencyLayer::idle`] so such
+//!   calls can finish.
 //! * **Durable before sent**: in the store's default durability mode the response is on disk
 //!   before the client sees it, so a crash after a response never lets a retry run again.
 //! * **Responses too large to keep**: a response whose encoded size (status, replayed headers,
@@ -141,6 +152,7 @@ mod contract;
 mod future;
 mod layer;
 mod request;
+mod run;
 mod service;
 
 pub use body::{BoxError, RequestBody, ResponseBody};
@@ -151,4 +163,5 @@ pub use contract::{
 };
 pub use future::ResponseFuture;
 pub use layer::{ContractError, IdempotencyLayer};
+pub use run::{Idle, SpawnFn, Task};
 pub use service::Idempotency;

@@ -1,0 +1,198 @@
+//! Where a guarded call runs once its inner service has been called, and who can wait for it.
+//!
+//! Why: hyper drops a response future when its connection closes. A handler's effect does
+//! not stop with it: a commit already sent, a `spawn_blocking` already running, an outbound
+//! call already made all land anyway. If the key were released then, the client's retry
+//! would run the operation a second time. So once the inner service has been called, the call
+//! is never cancelled by the layer's own future: it is spawned (tokio when the `tokio` feature
+//! is on and a runtime is current, or an executor the caller supplies) and runs to completion,
+//! storing its response for the retry to replay; and when there is nowhere to spawn it, a
+//! cancelled call leaves its key in flight until its lease ends instead of releasing it.
+//!
+//! Invariants: a [`Started`] reservation is released only on an outcome the contract says
+//! releases (the service failed, panicked, or answered a status that is not kept, or its body
+//! failed) and is otherwise completed or, if dropped without either, abandoned; the layer's
+//! running count includes every call from the store's `Execute` to the end of its completion,
+//! spawned or not.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+use crate::Reservation;
+
+/// A task the layer hands to an executor: a guarded call, from the inner service's future
+/// to the stored response.
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A function that runs a [`Task`] to completion in the background (for example
+/// `|task| { tokio::spawn(task); }`).
+pub type SpawnFn = Arc<dyn Fn(Task) + Send + Sync>;
+
+/// Where guarded calls run.
+#[derive(Clone, Default)]
+pub(crate) enum Executor {
+    /// tokio's current runtime if there is one (feature `tokio`), else in the request's
+    /// own future.
+    #[default]
+    Auto,
+    /// The caller's executor.
+    Custom(SpawnFn),
+    /// Always in the request's own future.
+    Inline,
+}
+
+impl Executor {
+    /// Runs `task` in the background, or hands it back if there is nowhere to run it.
+    pub(crate) fn spawn(&self, task: Task) -> Result<(), Task> {
+        match self {
+            Executor::Custom(spawn) => {
+                spawn(task);
+                Ok(())
+            }
+            Executor::Inline => Err(task),
+            Executor::Auto => spawn_on_tokio(task),
+        }
+    }
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Executor::Auto => "Auto",
+            Executor::Custom(_) => "Custom",
+            Executor::Inline => "Inline",
+        })
+    }
+}
+
+#[cfg(feature = "tokio")]
+fn spawn_on_tokio(task: Task) -> Result<(), Task> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(task);
+            Ok(())
+        }
+        Err(_) => Err(task),
+    }
+}
+
+#[cfg(not(feature = "tokio"))]
+fn spawn_on_tokio(task: Task) -> Result<(), Task> {
+    Err(task)
+}
+
+/// A reservation whose operation has started. Dropped without being completed or released,
+/// which happens when the future running the call is dropped (the client went away and
+/// nothing else runs the rest), it leaves the key in flight until its lease ends: the
+/// operation may have had its effect. Dropped while its thread unwinds from a panic (the
+/// handler panicked), it releases the key, as any failure does (C6).
+pub(crate) struct Started(Option<Reservation>);
+
+impl Started {
+    pub(crate) fn new(reservation: Option<Reservation>) -> Started {
+        Started(reservation)
+    }
+
+    /// Whether a reservation is held: false when the request runs unguarded (failed open).
+    pub(crate) fn holds(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The reservation, to complete; `None` when the request runs unguarded (failed open).
+    pub(crate) fn take(mut self) -> Option<Reservation> {
+        self.0.take()
+    }
+
+    /// Releases the key: the call ended in an outcome that is not kept (C6, C7).
+    pub(crate) fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.0.take() {
+            if std::thread::panicking() {
+                drop(reservation);
+            } else {
+                reservation.abandon();
+            }
+        }
+    }
+}
+
+/// Guarded calls running now, and the tasks waiting for there to be none.
+#[derive(Default)]
+pub(crate) struct Running {
+    count: AtomicUsize,
+    idle: Mutex<Vec<Waker>>,
+}
+
+impl Running {
+    /// Counts one call until the returned guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> RunningGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        RunningGuard(Arc::clone(self))
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// A future that resolves once no guarded call is running.
+    pub(crate) fn idle(self: &Arc<Self>) -> Idle {
+        Idle(Arc::clone(self))
+    }
+}
+
+/// One running call, counted in [`Running`] while it lives.
+pub(crate) struct RunningGuard(Arc<Running>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Taken under the lock that `Idle::poll` registers under, so a waiter that saw a
+            // non-zero count has its waker here.
+            let wakers = std::mem::take(&mut *self.0.idle.lock());
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The future of [`IdempotencyLayer::idle`](super::IdempotencyLayer::idle).
+#[must_use = "a future does nothing unless polled"]
+pub struct Idle(Arc<Running>);
+
+impl Future for Idle {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.count() == 0 {
+            return Poll::Ready(());
+        }
+        let mut wakers = self.0.idle.lock();
+        // Checked again under the lock: the last guard takes the wakers under it.
+        if self.0.count() == 0 {
+            return Poll::Ready(());
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle")
+            .field("running", &self.0.count())
+            .finish()
+    }
+}
