@@ -49,26 +49,48 @@ pub enum Durability {
 
 /// Which completed responses are stored for replay (rule C7). A response that is not stored
 /// releases the key instead, so the next attempt executes again (rule C6).
+///
+/// No policy but [`AllIncludingTransient`](CachePolicy::AllIncludingTransient) stores the
+/// [transient statuses](CachePolicy::TRANSIENT) `408 Request Timeout`, `429 Too Many
+/// Requests` and `503 Service Unavailable`: they say the operation did not run *yet*, and a
+/// stored one would answer every retry with "try again later" until the record expires.
+///
+/// ```
+/// use idemstore::CachePolicy;
+/// assert!(CachePolicy::All.keeps(500));
+/// assert!(!CachePolicy::All.keeps(429));
+/// assert!(CachePolicy::AllIncludingTransient.keeps(429));
+/// assert!(!CachePolicy::SuccessAndClientErrors.keeps(408));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum CachePolicy {
     /// Store only 2xx responses (the default): any failure can be retried.
     #[default]
     SuccessOnly,
-    /// Store 2xx and 4xx, release on 5xx: a client error replays as it was, a server error
-    /// can be retried.
+    /// Store 2xx and 4xx but `408` and `429`, release on 5xx: a client error replays as it
+    /// was, a server error can be retried.
     SuccessAndClientErrors,
-    /// Store every response.
+    /// Store every response but the transient `408`, `429` and `503`.
     All,
+    /// Store every response, the transient statuses included: a throttled or timed-out
+    /// request then replays its `429`, `408` or `503` until the record expires.
+    AllIncludingTransient,
 }
 
 impl CachePolicy {
+    /// The statuses that say "not now" rather than "done": only
+    /// [`AllIncludingTransient`](CachePolicy::AllIncludingTransient) stores them.
+    pub const TRANSIENT: [u16; 3] = [408, 429, 503];
+
     /// Whether a response with this status code is stored.
     pub fn keeps(self, status: u16) -> bool {
+        let transient = Self::TRANSIENT.contains(&status);
         match self {
             CachePolicy::SuccessOnly => (200..300).contains(&status),
-            CachePolicy::SuccessAndClientErrors => (200..500).contains(&status),
-            CachePolicy::All => true,
+            CachePolicy::SuccessAndClientErrors => (200..500).contains(&status) && !transient,
+            CachePolicy::All => !transient,
+            CachePolicy::AllIncludingTransient => true,
         }
     }
 }

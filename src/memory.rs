@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use crate::backend::RecordInfo;
+use crate::config::CachePolicy;
 use crate::error::{CompleteError, LeaseError, Unavailable};
 use crate::fingerprint::Fingerprint;
 use crate::inspect::CheckReport;
@@ -216,6 +217,7 @@ impl MemoryEngine {
         hash: KeyHash,
         token: u64,
         response: Response,
+        policy: CachePolicy,
     ) -> Result<Completion, CompleteError> {
         let config = &shared.config;
         let counters = &shared.counters;
@@ -233,7 +235,7 @@ impl MemoryEngine {
                 HolderRefusal::NotReserved => CompleteError::NotReserved { token },
             });
         }
-        if !config.cache_policy.keeps(response.status()) {
+        if !policy.keeps(response.status()) {
             let old = shard.records.remove(&hash);
             drop(shard);
             drop(old);
@@ -453,10 +455,11 @@ impl MemoryEngine {
                 hash,
                 token,
                 response,
+                policy,
                 reply,
                 ..
             } => {
-                let _ = reply.send(self.complete(shared, hash, token, response));
+                let _ = reply.send(self.complete(shared, hash, token, response, policy));
             }
             Op::Release {
                 hash,
@@ -539,7 +542,7 @@ mod tests {
             .lease(Duration::from_secs(5))
             .build();
         match config {
-            Ok(c) => Shared::new(c, None),
+            Ok(c) => Shared::new(c, None, [0; 32]),
             Err(e) => unreachable!("test config: {e}"),
         }
     }
@@ -575,6 +578,7 @@ mod tests {
                     name(i).0,
                     token,
                     Response::new(200, [("a", "b")], "ok"),
+                    CachePolicy::SuccessOnly,
                 );
                 assert!(matches!(done, Ok(Completion::Stored)));
             }
@@ -629,7 +633,13 @@ mod tests {
         assert!(second > first);
         let (h, ..) = name(7);
         assert!(matches!(
-            e.complete(&sh, h, first, Response::new(200, [("a", "b")], "x")),
+            e.complete(
+                &sh,
+                h,
+                first,
+                Response::new(200, [("a", "b")], "x"),
+                CachePolicy::SuccessOnly
+            ),
             Err(CompleteError::Fenced { token, current }) if token == first && current == second
         ));
         assert!(matches!(
@@ -689,7 +699,13 @@ mod tests {
         ));
         let (h1, ..) = name(1);
         assert!(matches!(
-            e.complete(&sh, h1, token, Response::new(200, [("a", "b")], "x")),
+            e.complete(
+                &sh,
+                h1,
+                token,
+                Response::new(200, [("a", "b")], "x"),
+                CachePolicy::SuccessOnly
+            ),
             Err(CompleteError::Unavailable(Unavailable::Closed))
         ));
         assert!(matches!(e.purge(&sh, &h1), Err(Unavailable::Closed)));

@@ -18,8 +18,8 @@ use crate::key::KeyHash;
 use crate::migrate;
 use crate::record::{
     EXPIRY, ExpiryKey, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT, META_LOG_ID,
-    META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, OLDEST_MIGRATED, RECORDS, State,
-    TOKEN_SKIP_AFTER_CRASH, open_each_alone,
+    META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, META_SCOPE_SECRET,
+    OLDEST_MIGRATED, RECORDS, State, TOKEN_SKIP_AFTER_CRASH, open_each_alone,
 };
 use crate::shared::panic_text;
 use crate::storage::StorageBackend;
@@ -94,6 +94,46 @@ pub(crate) struct Opened {
     pub(crate) log: Option<Log>,
     /// Log entries replayed into the file.
     pub(crate) replayed: u64,
+    /// The store's secret (`META_SCOPE_SECRET`).
+    pub(crate) secret: [u8; 32],
+}
+
+/// 32 bytes from the operating system's random source.
+pub(crate) fn random_secret() -> Result<[u8; 32], OpenError> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)
+        .map_err(|e| OpenError::Io(std::io::Error::other(format!("no random source: {e}"))))?;
+    Ok(secret)
+}
+
+/// The secret kept in `meta`, made and inserted if the file has none yet.
+fn load_or_make_secret(meta: &mut Table<&str, u64>) -> Result<[u8; 32], OpenError> {
+    let mut words = [0u64; 4];
+    let mut found = 0;
+    for (word, name) in words.iter_mut().zip(META_SCOPE_SECRET) {
+        if let Some(v) = meta.get(name).map_err(open_error)? {
+            *word = v.value();
+            found += 1;
+        }
+    }
+    if found < META_SCOPE_SECRET.len() {
+        let fresh = random_secret()?;
+        for ((word, name), chunk) in words
+            .iter_mut()
+            .zip(META_SCOPE_SECRET)
+            .zip(fresh.chunks_exact(8))
+        {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *word = u64::from_le_bytes(b);
+            meta.insert(name, *word).map_err(open_error)?;
+        }
+    }
+    let mut secret = [0u8; 32];
+    for (chunk, word) in secret.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    Ok(secret)
 }
 
 /// Creates the tables of a new file, checks the format version of an existing one, replays
@@ -109,6 +149,7 @@ pub(crate) fn init_tables(
     let mut released = 0;
     let log;
     let mut replayed = 0;
+    let secret;
     {
         // No other table is open while a table is opened or deleted: see `open_each_alone`.
         let format = txn
@@ -152,6 +193,7 @@ pub(crate) fn init_tables(
             meta.insert(META_FORMAT, FORMAT_VERSION)
                 .map_err(open_error)?;
         }
+        secret = load_or_make_secret(&mut meta)?;
         let clean = meta
             .remove(META_CLEAN)
             .map_err(open_error)?
@@ -283,6 +325,7 @@ pub(crate) fn init_tables(
         released,
         log,
         replayed,
+        secret,
     })
 }
 

@@ -8,6 +8,7 @@
 //! in `Shared::detached_releases` instead); an answer is delivered exactly once, or handed back
 //! when its caller gave up, and a handed-back reservation is reported so it can be released.
 
+use crate::config::CachePolicy;
 use crate::error::{CompleteError, LeaseError, Unavailable};
 use crate::fingerprint::Fingerprint;
 use crate::key::{Key, KeyHash, Scope};
@@ -45,6 +46,8 @@ pub(crate) enum Op {
         hash: KeyHash,
         token: u64,
         response: Response,
+        /// Which statuses are stored; any other releases the key (C7).
+        policy: CachePolicy,
         blob: Vec<u8>,
         reply: Sender<Result<Completion, CompleteError>>,
     },

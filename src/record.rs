@@ -60,6 +60,14 @@ pub(crate) const META_LOG_SEQ: &str = "log_checkpoint_seq";
 pub(crate) const META_LOG_POS: &str = "log_checkpoint_pos";
 /// Meta key holding how far the log's blocks are known to be written (a performance hint).
 pub(crate) const META_LOG_ZEROED: &str = "log_zeroed";
+/// The store's secret, 32 random bytes as four little-endian `u64`s, made when a file is
+/// first opened by a release that knows it: it keys the HTTP layer's digest of credentials.
+pub(crate) const META_SCOPE_SECRET: [&str; 4] = [
+    "scope_secret_0",
+    "scope_secret_1",
+    "scope_secret_2",
+    "scope_secret_3",
+];
 /// How far the token counter jumps when a file is opened after a crash. Tokens handed out
 /// after the last durable commit were lost with it (buffered mode, non-durable reservations),
 /// and must never be handed out again: no session issues 2^32 tokens between durable commits.

@@ -35,11 +35,14 @@ pub(crate) struct Shared {
     /// not zero, the index's copy of an in-flight record may be about to disappear, so
     /// `begin` sends such keys to the writer (which applies the queued releases first).
     pub(crate) detached_releases: AtomicU64,
+    /// The store's secret: kept in the file (`META_SCOPE_SECRET`), or drawn for this process
+    /// by the memory engine, whose records do not outlive it either.
+    pub(crate) secret: [u8; 32],
 }
 
 impl Shared {
     /// `db` is `None` for the memory engine, which has no database.
-    pub(crate) fn new(config: Config, db: Option<Arc<Database>>) -> Shared {
+    pub(crate) fn new(config: Config, db: Option<Arc<Database>>, secret: [u8; 32]) -> Shared {
         // The memory engine keeps its own maps: the index stays empty there.
         let capacity = if db.is_some() {
             config.index_capacity
@@ -57,6 +60,7 @@ impl Shared {
             poison_cause: Mutex::new(None),
             closed: AtomicBool::new(false),
             detached_releases: AtomicU64::new(0),
+            secret,
         }
     }
 

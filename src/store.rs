@@ -22,7 +22,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase};
 
 use crate::backend::{Backend, Claim, RecordInfo};
 use crate::compactor;
-use crate::config::{Config, Durability};
+use crate::config::{CachePolicy, Config, Durability};
 use crate::error::{
     BeginError, CompleteError, KeyError, LeaseError, OpenError, Unavailable, cause,
 };
@@ -306,7 +306,7 @@ impl Store {
             ..config
         };
         let engine = Arc::new(MemoryEngine::new(config.index_capacity));
-        let shared = Arc::new(Shared::new(config, None));
+        let shared = Arc::new(Shared::new(config, None, crate::open::random_secret()?));
         let route = Route::Memory(engine);
         Store::with_threads(shared, route, None)
     }
@@ -324,7 +324,7 @@ impl Store {
             }
         };
         let db = Arc::new(db);
-        let shared = Arc::new(Shared::new(config, Some(Arc::clone(&db))));
+        let shared = Arc::new(Shared::new(config, Some(Arc::clone(&db)), opened.secret));
         crate::stats::add(&shared.counters.releases, opened.released);
         crate::stats::add(&shared.counters.log_entries_replayed, opened.replayed);
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -356,6 +356,13 @@ impl Store {
         Ok(Store {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The store's secret: 32 random bytes kept in the file (drawn for the process with the
+    /// memory engine). The HTTP layer keys its digest of credentials with it.
+    #[cfg(feature = "http")]
+    pub(crate) fn secret(&self) -> &[u8; 32] {
+        &self.inner.shared.secret
     }
 
     /// The configuration the store was opened with.
@@ -745,6 +752,7 @@ impl Store {
         hash: KeyHash,
         token: u64,
         response: Response,
+        policy: CachePolicy,
     ) -> Result<Submitted, CompleteError> {
         let shared = &self.inner.shared;
         shared.check()?;
@@ -764,7 +772,7 @@ impl Store {
                 return Err(e);
             }
             return Ok(Submitted::Done(
-                engine.complete(shared, hash, token, response),
+                engine.complete(shared, hash, token, response, policy),
             ));
         }
         let refused = match response::encode(&response) {
@@ -786,6 +794,7 @@ impl Store {
             hash,
             token,
             response,
+            policy,
             blob,
             reply: tx,
         })?;
@@ -931,7 +940,11 @@ impl Reservation {
     /// A stale holder (C8) gets [`CompleteError::Fenced`] and nothing is stored.
     pub fn complete(mut self, response: Response) -> Result<Completion, CompleteError> {
         self.armed = false;
-        match self.store.complete_token(self.hash, self.token, response)? {
+        let policy = self.store.inner.shared.config.cache_policy;
+        match self
+            .store
+            .complete_token(self.hash, self.token, response, policy)?
+        {
             Submitted::Done(done) => done,
             Submitted::Wait(rx) => rx
                 .wait()
@@ -941,12 +954,26 @@ impl Reservation {
 
     /// [`complete`](Reservation::complete) as a runtime-agnostic future.
     pub fn complete_async(
+        self,
+        response: Response,
+    ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
+        let policy = self.store.inner.shared.config.cache_policy;
+        self.complete_async_keeping(response, policy)
+    }
+
+    /// [`complete_async`](Reservation::complete_async) under `policy` instead of the store's:
+    /// the HTTP layer's contract decides what it stores.
+    #[cfg(feature = "http")]
+    pub(crate) fn complete_async_keeping(
         mut self,
         response: Response,
+        policy: CachePolicy,
     ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
         self.armed = false;
         let store = self.store.clone();
-        let submitted = self.store.complete_token(self.hash, self.token, response);
+        let submitted = self
+            .store
+            .complete_token(self.hash, self.token, response, policy);
         async move {
             match submitted? {
                 Submitted::Done(done) => done,
@@ -1052,7 +1079,8 @@ impl Backend for Store {
         token: u64,
         response: Response,
     ) -> Result<Completion, CompleteError> {
-        match self.complete_token(KeyHash::of(scope, key), token, response)? {
+        let policy = self.inner.shared.config.cache_policy;
+        match self.complete_token(KeyHash::of(scope, key), token, response, policy)? {
             Submitted::Done(done) => done,
             Submitted::Wait(rx) => rx.wait().map_err(|c| self.inner.shared.lost_reply(c))?,
         }

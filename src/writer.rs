@@ -1095,6 +1095,7 @@ impl Writer {
                 hash,
                 token,
                 response,
+                policy,
                 blob,
                 reply,
             } => {
@@ -1124,7 +1125,7 @@ impl Writer {
                 };
                 let old = record.hot;
                 b.mutated = true;
-                if config.cache_policy.keeps(response.status()) {
+                if policy.keeps(response.status()) {
                     record.hot = machine::completed(
                         old,
                         response.status(),

@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
+use axum::response::IntoResponse;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use idemstore::http::{Contract, IdempotencyLayer, RequestBody};
@@ -297,5 +299,373 @@ async fn h11_a_disconnect_at_any_instant_never_runs_an_operation_twice() {
             after_effect > SWEEP / 4,
             "{after_effect} drops after the effect"
         );
+    }
+}
+
+/// Sends `request` through `app` and returns (status, headers, body).
+async fn through(
+    app: &axum::Router,
+    request: http::Request<axum::body::Body>,
+) -> (http::StatusCode, http::HeaderMap, Bytes) {
+    use tower::ServiceExt;
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+fn keyed(
+    method: &str,
+    uri: &str,
+    key: Option<&str>,
+    content_type: &str,
+    body: &'static str,
+) -> http::Request<axum::body::Body> {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", "Bearer t")
+        .header("content-type", content_type);
+    if let Some(key) = key {
+        b = b.header("idempotency-key", key);
+    }
+    b.body(axum::body::Body::from(body)).unwrap()
+}
+
+fn code_of(body: &Bytes) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    v["error"]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A handler that counts its calls under `name` and answers with them.
+fn counted(
+    name: &'static str,
+    calls: &Arc<Mutex<HashMap<String, u32>>>,
+) -> axum::routing::MethodRouter {
+    let calls = calls.clone();
+    axum::routing::post(move || async move {
+        let n = {
+            let mut calls = calls.lock().unwrap();
+            let n = calls.entry(name.to_owned()).or_default();
+            *n += 1;
+            *n
+        };
+        (http::StatusCode::CREATED, format!("{name} {n}"))
+    })
+}
+
+/// H12: under `Router::nest` the layer matches routes and fingerprints on the original path,
+/// so one layer inside two sub-routers neither replays one endpoint's answer for the other
+/// nor stops guarding a route named by its full path. Before, `POST /v2/orders` with the key
+/// of `POST /v1/orders` got the v1 answer, and `Contract::routes(["/v1/orders"])` guarded
+/// nothing under the nest.
+#[tokio::test]
+async fn h12_nested_routers_neither_merge_nor_unguard_endpoints() {
+    let store = Store::in_memory(Config::default()).unwrap();
+    let calls = Arc::default();
+    let layer = IdempotencyLayer::new(store.clone(), Contract::default()).unwrap();
+    let app = axum::Router::new()
+        .nest(
+            "/v1",
+            axum::Router::new()
+                .route("/orders", counted("v1", &calls))
+                .layer(layer.clone()),
+        )
+        .nest(
+            "/v2",
+            axum::Router::new()
+                .route("/orders", counted("v2", &calls))
+                .layer(layer),
+        );
+    let json = "application/json";
+    let (status, _, body) = through(&app, keyed("POST", "/v1/orders", Some("k"), json, "{}")).await;
+    assert_eq!((status.as_u16(), &body[..]), (201, &b"v1 1"[..]));
+    let (status, headers, body) =
+        through(&app, keyed("POST", "/v2/orders", Some("k"), json, "{}")).await;
+    assert!(
+        headers.get("idempotent-replay").is_none(),
+        "v1's answer replayed for v2: {body:?}"
+    );
+    assert_eq!(status, http::StatusCode::CONFLICT);
+    assert_eq!(code_of(&body), "idempotency_key_conflict");
+
+    // Routes named by their full paths stay guarded under the nest.
+    let layer = IdempotencyLayer::new(store, Contract::default().routes(["/v1/orders"])).unwrap();
+    let app = axum::Router::new().nest(
+        "/v1",
+        axum::Router::new()
+            .route("/orders", counted("v1", &calls))
+            .layer(layer),
+    );
+    let (status, _, body) = through(&app, keyed("POST", "/v1/orders", None, json, "{}")).await;
+    assert_eq!(status, http::StatusCode::BAD_REQUEST);
+    assert_eq!(code_of(&body), "missing_idempotency_key");
+    assert_eq!(calls.lock().unwrap().values().sum::<u32>(), 1);
+}
+
+fn one_route(contract: Contract, handler: axum::routing::MethodRouter) -> axum::Router {
+    let store = Store::in_memory(Config::default()).unwrap();
+    axum::Router::new()
+        .route("/transfer", handler)
+        .layer(IdempotencyLayer::new(store, contract).unwrap())
+}
+
+/// H13: by default the query string and the media type are part of the fingerprint, and the
+/// method guard ignores case. Before, `?to=mallory` replayed `?to=alice`'s answer, and the
+/// same bytes as `text/csv` and `text/plain` were one request.
+#[tokio::test]
+async fn h13_query_media_type_and_method_case_make_requests_distinct() {
+    let calls = Arc::default();
+    let app = one_route(Contract::default(), counted("transfer", &calls));
+    let (status, _, _) = through(
+        &app,
+        keyed(
+            "POST",
+            "/transfer?to=alice",
+            Some("q"),
+            "application/json",
+            "{}",
+        ),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::CREATED);
+    let (status, headers, body) = through(
+        &app,
+        keyed(
+            "POST",
+            "/transfer?to=mallory",
+            Some("q"),
+            "application/json",
+            "{}",
+        ),
+    )
+    .await;
+    assert!(headers.get("idempotent-replay").is_none());
+    assert_eq!(
+        (status, code_of(&body).as_str()),
+        (http::StatusCode::CONFLICT, "idempotency_key_conflict")
+    );
+    // The same query again is the retry.
+    let (_, headers, _) = through(
+        &app,
+        keyed(
+            "POST",
+            "/transfer?to=alice",
+            Some("q"),
+            "application/json",
+            "{}",
+        ),
+    )
+    .await;
+    assert_eq!(headers["idempotent-replay"], "true");
+
+    through(
+        &app,
+        keyed("POST", "/transfer", Some("m"), "text/csv", "a,b"),
+    )
+    .await;
+    let (status, headers, _) = through(
+        &app,
+        keyed("POST", "/transfer", Some("m"), "text/plain", "a,b"),
+    )
+    .await;
+    assert!(headers.get("idempotent-replay").is_none());
+    assert_eq!(status, http::StatusCode::CONFLICT);
+    // Parameters and case of the media type do not matter.
+    let (_, headers, _) = through(
+        &app,
+        keyed(
+            "POST",
+            "/transfer",
+            Some("m"),
+            "Text/CSV; charset=utf-8",
+            "a,b",
+        ),
+    )
+    .await;
+    assert_eq!(headers["idempotent-replay"], "true");
+    assert_eq!(calls.lock().unwrap()["transfer"], 2);
+
+    // `post` is guarded as `POST` is: a missing key is refused before the handler.
+    let guard = Contract::default();
+    assert!(guard.guards(&http::Method::from_bytes(b"post").unwrap(), "/transfer"));
+    assert!(guard.guards(&http::Method::from_bytes(b"Patch").unwrap(), "/transfer"));
+}
+
+/// H13: a response compressed inside the layer is replayed with its `Content-Encoding`, and a
+/// retry whose `Accept-Encoding` refuses that coding is told so instead of getting bytes it
+/// cannot read. Before, replays were gzip bytes labelled as plain JSON.
+#[tokio::test]
+async fn h13_a_compressed_response_replays_with_its_coding() {
+    let gz: &[u8] = b"\x1f\x8b\x08\x00fake";
+    let app = one_route(
+        Contract::default(),
+        axum::routing::post(move || async move {
+            (
+                http::StatusCode::CREATED,
+                [
+                    ("content-type", "application/json"),
+                    ("content-encoding", "gzip"),
+                    ("vary", "accept-encoding"),
+                ],
+                gz,
+            )
+        }),
+    );
+    let ask = |accept: &'static str| {
+        let mut r = keyed("POST", "/transfer", Some("z"), "application/json", "{}");
+        r.headers_mut()
+            .insert("accept-encoding", http::HeaderValue::from_static(accept));
+        r
+    };
+    let (_, first_headers, first) = through(&app, ask("gzip")).await;
+    let (status, headers, body) = through(&app, ask("gzip, deflate")).await;
+    assert_eq!(status, http::StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replay"], "true");
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(headers["vary"], first_headers["vary"]);
+    assert_eq!(body, first);
+    let (status, _, body) = through(&app, ask("identity")).await;
+    assert_eq!(status, http::StatusCode::NOT_ACCEPTABLE);
+    assert_eq!(code_of(&body), "idempotency_replay_not_acceptable");
+}
+
+/// C7: a throttled answer is not stored by the presets that store errors, so the retry runs.
+/// Before, `Contract::stripe_like()` replayed a `429` for a day, and refused to start on a
+/// store with the default policy.
+#[tokio::test]
+async fn c7_transient_statuses_are_not_replayed_by_the_presets() {
+    let calls = Arc::new(Mutex::new(0u32));
+    let counter = calls.clone();
+    let app = one_route(
+        Contract::stripe_like(),
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                let mut n = counter.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    http::StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    http::StatusCode::CREATED
+                }
+            }
+        }),
+    );
+    let (status, _, _) = through(
+        &app,
+        keyed("POST", "/transfer", Some("t"), "application/json", "{}"),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::TOO_MANY_REQUESTS);
+    let (status, headers, _) = through(
+        &app,
+        keyed("POST", "/transfer", Some("t"), "application/json", "{}"),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::CREATED);
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(*calls.lock().unwrap(), 2);
+}
+
+/// H14: with the scope taken from the authenticated principal, a retry sent after a token
+/// refresh is the same caller, and the scheme of an `Authorization` fallback is
+/// case-insensitive. Before, the scope was a digest of the raw header: `bearer t` and a
+/// refreshed token were new scopes, and the retry ran the operation again.
+#[tokio::test]
+async fn h14_a_principal_scope_survives_a_token_refresh() {
+    use idemstore::Scope;
+    use idemstore::http::Principal;
+    let calls = Arc::default();
+    let store = Store::in_memory(Config::default()).unwrap();
+    let layer =
+        IdempotencyLayer::new(store.clone(), Contract::default().scope_from_principal()).unwrap();
+    // Two tokens of one user (before and after a refresh), one of another.
+    let authenticate = |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
+        let user = match req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("Bearer old-token" | "Bearer refreshed-token") => "user_1",
+            Some("Bearer other-user") => "user_2",
+            _ => return http::StatusCode::UNAUTHORIZED.into_response(),
+        };
+        req.extensions_mut()
+            .insert(Principal(Scope::new(user).unwrap()));
+        next.run(req).await
+    };
+    let app = axum::Router::new()
+        .route("/transfer", counted("transfer", &calls))
+        .layer(layer)
+        .layer(axum::middleware::from_fn(authenticate));
+    let with_token = |token: &str| {
+        let mut r = keyed("POST", "/transfer", Some("k"), "application/json", "{}");
+        r.headers_mut()
+            .insert("authorization", http::HeaderValue::from_str(token).unwrap());
+        r
+    };
+    let (status, _, first) = through(&app, with_token("Bearer old-token")).await;
+    assert_eq!(status, http::StatusCode::CREATED);
+    let (_, headers, body) = through(&app, with_token("Bearer refreshed-token")).await;
+    assert_eq!(
+        headers["idempotent-replay"], "true",
+        "the refreshed token is the same caller"
+    );
+    assert_eq!(body, first);
+    let (status, headers, _) = through(&app, with_token("Bearer other-user")).await;
+    assert_eq!(
+        status,
+        http::StatusCode::CREATED,
+        "another user's key is another record"
+    );
+    assert!(headers.get("idempotent-replay").is_none());
+    assert_eq!(calls.lock().unwrap()["transfer"], 2);
+
+    // Without a principal the layer refuses rather than guess.
+    let bare = axum::Router::new()
+        .route("/transfer", counted("bare", &calls))
+        .layer(
+            IdempotencyLayer::new(store.clone(), Contract::default().scope_from_principal())
+                .unwrap(),
+        );
+    let (status, _, body) = through(&bare, with_token("Bearer old-token")).await;
+    assert_eq!(
+        (status, code_of(&body).as_str()),
+        (http::StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+
+    // The `Authorization` fallback: one credential however its scheme is spelled.
+    let fallback = one_route(Contract::default(), counted("fallback", &calls));
+    through(&fallback, with_token("Bearer t")).await;
+    for spelling in ["bearer t", "BEARER \t t", "  Bearer t "] {
+        let (_, headers, _) = through(&fallback, with_token(spelling)).await;
+        assert_eq!(headers["idempotent-replay"], "true", "{spelling:?}");
+    }
+    let (_, headers, _) = through(&fallback, with_token("Bearer T")).await;
+    assert!(
+        headers.get("idempotent-replay").is_none(),
+        "credentials are case-sensitive"
+    );
+}
+
+/// H14: the `Authorization` digest is keyed by a secret (the store's, or the deployment's), so
+/// a scope an operator tool prints does not let anyone test guesses of the credential offline.
+#[test]
+fn h14_the_authorization_scope_is_keyed_by_a_secret() {
+    let (parts, _) = http::Request::post("/")
+        .header("authorization", "Bearer password1")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let unkeyed = blake3::hash(b"Bearer password1");
+    let a = idemstore::http::scope_from_authorization(&parts, &[1; 32]).unwrap();
+    let b = idemstore::http::scope_from_authorization(&parts, &[2; 32]).unwrap();
+    assert_ne!(a, b);
+    for scope in [&a, &b] {
+        assert!(!scope.as_str().contains(&unkeyed.to_hex()[..32]), "{scope}");
     }
 }

@@ -31,9 +31,18 @@ fn c7_each_policy_keeps_exactly_its_statuses() {
         (
             CachePolicy::SuccessAndClientErrors,
             &[200, 201, 400, 404, 409, 422, 499],
-            &[500, 502, 503],
+            &[408, 429, 500, 502, 503],
         ),
-        (CachePolicy::All, &[100, 200, 302, 404, 500, 599], &[]),
+        (
+            CachePolicy::All,
+            &[100, 200, 302, 404, 500, 502, 599],
+            &[408, 429, 503],
+        ),
+        (
+            CachePolicy::AllIncludingTransient,
+            &[100, 200, 408, 429, 500, 503, 599],
+            &[],
+        ),
     ];
     for (policy, kept, released) in table {
         for &status in *kept {

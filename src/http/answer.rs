@@ -6,8 +6,8 @@
 //! configured style, with a stable machine-readable `code`.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use http::{HeaderName, Response, StatusCode};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, Response, StatusCode};
 
 use super::body::ResponseBody;
 use super::contract::ErrorStyle;
@@ -24,6 +24,7 @@ pub(crate) mod code {
     pub(crate) const UNAUTHENTICATED: &str = "unauthenticated";
     pub(crate) const RESPONSE_NOT_KEPT: &str = "idempotent_response_too_large";
     pub(crate) const HANDLER_FAILED: &str = "idempotency_handler_failed";
+    pub(crate) const REPLAY_NOT_ACCEPTABLE: &str = "idempotency_replay_not_acceptable";
 }
 
 /// Escapes `s` as the inside of a JSON string.
@@ -124,6 +125,45 @@ pub(crate) fn replay<B>(
     response
 }
 
+/// The content coding of `stored` if the request's `Accept-Encoding` refuses it (RFC 9110
+/// 12.5.3): a coding is acceptable when the request has no `Accept-Encoding`, or names it or
+/// `*` with a non-zero weight, and does not name it with weight zero. A stored response
+/// without a coding (or `identity`) is always replayed.
+pub(crate) fn unaccepted_coding(stored: &crate::Response, request: &HeaderMap) -> Option<String> {
+    let coding = stored
+        .headers()
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(CONTENT_ENCODING.as_str()))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .map(|c| String::from_utf8_lossy(c.trim_ascii()).to_ascii_lowercase())
+        .find(|c| !c.is_empty() && c != "identity")?;
+    let mut fields = request.get_all(ACCEPT_ENCODING).iter().peekable();
+    fields.peek()?;
+    let mut named = None;
+    let mut star = None;
+    for item in fields.flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
+        let mut params = item.split(|&b| b == b';');
+        let name = params.next().unwrap_or_default().trim_ascii();
+        let weight = params
+            .filter_map(|p| {
+                p.trim_ascii()
+                    .strip_prefix(b"q=")
+                    .or_else(|| p.trim_ascii().strip_prefix(b"Q="))
+            })
+            .find_map(|q| std::str::from_utf8(q).ok()?.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case(coding.as_bytes()) {
+            named = Some(weight);
+        } else if name == b"*" {
+            star = Some(weight);
+        }
+    }
+    match named.or(star) {
+        Some(w) if w > 0.0 => None,
+        _ => Some(coding),
+    }
+}
+
 /// The body stored in place of a response too large to keep.
 pub(crate) fn not_kept_body(
     style: ErrorStyle,
@@ -164,5 +204,38 @@ mod tests {
             r#"{"type":"about:blank","title":"Conflict","status":409,"detail":"m","code":"c"}"#
         );
         assert_eq!(json_escape("\u{1}"), "\\u0001");
+    }
+
+    #[test]
+    fn h13_a_replay_keeps_to_the_accepted_codings() {
+        let gzip = crate::Response::new(
+            201,
+            [("content-encoding", b"gzip".to_vec())],
+            b"\x1f\x8b".to_vec(),
+        );
+        let plain = crate::Response::new(201, [("content-type", b"text/plain".to_vec())], "x");
+        let accept = |v: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = v {
+                h.insert(ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        assert_eq!(
+            unaccepted_coding(&gzip, &accept(None)),
+            None,
+            "no header: any coding"
+        );
+        assert_eq!(unaccepted_coding(&gzip, &accept(Some("gzip, br"))), None);
+        assert_eq!(unaccepted_coding(&gzip, &accept(Some("GZIP;q=0.5"))), None);
+        assert_eq!(unaccepted_coding(&gzip, &accept(Some("*"))), None);
+        for refused in ["identity", "br", "gzip;q=0", "*;q=0", "*, gzip;q=0", ""] {
+            assert_eq!(
+                unaccepted_coding(&gzip, &accept(Some(refused))).as_deref(),
+                Some("gzip"),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(unaccepted_coding(&plain, &accept(Some("identity"))), None);
     }
 }

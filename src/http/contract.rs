@@ -18,6 +18,43 @@ use crate::{CachePolicy, Scope};
 /// with `401`.
 pub type ScopeFn = Arc<dyn Fn(&Parts) -> Option<Scope> + Send + Sync>;
 
+/// Who sent a request, as an authentication layer outside the idempotency layer established
+/// it: insert it into the request's extensions and take the scope from it with
+/// [`Contract::scope_from_principal`] (rule H14).
+///
+/// ```
+/// use idemstore::Scope;
+/// use idemstore::http::Principal;
+/// // In an authentication middleware, once the token is verified:
+/// let mut request = http::Request::post("/v1/orders").body(())?;
+/// request.extensions_mut().insert(Principal(Scope::new("user_42")?));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal(pub Scope);
+
+/// Where a contract takes its scope from.
+#[derive(Clone)]
+pub(crate) enum ScopeSource {
+    /// The `Authorization` header, digested under this secret, or the store's when `None`.
+    Authorization(Option<[u8; 32]>),
+    /// The caller's function.
+    Custom(ScopeFn),
+}
+
+impl ScopeSource {
+    /// The function this source names, with `store_secret` for a digest that has none.
+    pub(crate) fn resolve(&self, store_secret: &[u8; 32]) -> ScopeFn {
+        match self {
+            ScopeSource::Authorization(secret) => {
+                let secret = secret.unwrap_or(*store_secret);
+                Arc::new(move |parts: &Parts| scope_from_authorization(parts, &secret))
+            }
+            ScopeSource::Custom(f) => Arc::clone(f),
+        }
+    }
+}
+
 /// The body style of the layer's own answers (rule H8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -137,7 +174,7 @@ pub struct Contract {
     pub(crate) methods: Vec<Method>,
     routes: Vec<Route>,
     pub(crate) key_required: bool,
-    pub(crate) scope: ScopeFn,
+    pub(crate) scope: ScopeSource,
     pub(crate) fingerprint_query: bool,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
     pub(crate) max_request_body: usize,
@@ -149,6 +186,23 @@ pub struct Contract {
     pub(crate) replayed_headers: Vec<HeaderName>,
     pub(crate) on_store_error: OnStoreError,
 }
+
+/// The response headers stored and replayed by default: those that say what the body is
+/// (`Content-Type`, `Content-Encoding`, `Content-Language`, `Content-Disposition`,
+/// `Content-Location`), where the result lives (`Location`), its validators (`ETag`,
+/// `Last-Modified`) and what it varies by (`Vary`). A replay without `Content-Encoding` would
+/// hand out compressed bytes as if they were plain.
+pub const REPRESENTATION_HEADERS: [HeaderName; 9] = [
+    http::header::CONTENT_TYPE,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_LANGUAGE,
+    http::header::CONTENT_DISPOSITION,
+    http::header::CONTENT_LOCATION,
+    http::header::LOCATION,
+    http::header::ETAG,
+    http::header::LAST_MODIFIED,
+    http::header::VARY,
+];
 
 /// The default request body limit: 1 MiB.
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
@@ -163,8 +217,8 @@ impl Default for Contract {
             methods: vec![Method::POST, Method::PATCH],
             routes: Vec::new(),
             key_required: true,
-            scope: Arc::new(scope_from_authorization),
-            fingerprint_query: false,
+            scope: ScopeSource::Authorization(None),
+            fingerprint_query: true,
             fingerprint_headers: Vec::new(),
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             max_stored_response: None,
@@ -172,33 +226,51 @@ impl Default for Contract {
             conflict: ConflictStatus::Conflict,
             error_style: ErrorStyle::Json,
             replay_header: HeaderName::from_static("idempotent-replay"),
-            replayed_headers: vec![
-                http::header::CONTENT_TYPE,
-                http::header::LOCATION,
-                http::header::ETAG,
-            ],
+            replayed_headers: REPRESENTATION_HEADERS.to_vec(),
             on_store_error: OnStoreError::FailClosed,
         }
     }
 }
 
-/// The default scope (rule H7): a digest of the `Authorization` header's value, so the same
-/// key sent with two credentials names two records, and no credential is stored in clear.
-/// `None` (no header) refuses the request.
+/// The fallback scope (rules H7, H14): a digest of the `Authorization` credentials keyed by
+/// `secret`, so the same key sent with two credentials names two records, no credential is
+/// stored in clear, and one cannot be guessed from a scope an operator tool prints without the
+/// secret. The scheme is case-insensitive and the space after it may be any run of spaces and
+/// tabs (RFC 9110), so `Bearer t` and `bearer  t` are one scope. `None` (no header, or an empty
+/// one) refuses the request.
+///
+/// A credential is not a principal: a refreshed OAuth token is another scope, so a retry sent
+/// after a refresh runs the operation again, and behind a gateway with one service credential
+/// every user shares a scope. Take the scope from the authenticated principal
+/// ([`Contract::scope_from_principal`]) wherever there is one.
 ///
 /// ```
-/// let req = http::Request::post("/").header("authorization", "Bearer t1").body(()).unwrap();
+/// let req = http::Request::post("/").header("authorization", "Bearer t1").body(())?;
 /// let (parts, _) = req.into_parts();
-/// let scope = idemstore::http::scope_from_authorization(&parts).unwrap();
+/// let secret = [7u8; 32];
+/// let scope = idemstore::http::scope_from_authorization(&parts, &secret).unwrap();
 /// assert!(scope.as_str().starts_with("auth:"));
+/// let req = http::Request::post("/").header("authorization", "BEARER\tt1").body(())?;
+/// let (parts, _) = req.into_parts();
+/// assert_eq!(idemstore::http::scope_from_authorization(&parts, &secret), Some(scope));
+/// # Ok::<(), http::Error>(())
 /// ```
-pub fn scope_from_authorization(parts: &Parts) -> Option<Scope> {
-    let value = parts.headers.get(http::header::AUTHORIZATION)?;
+pub fn scope_from_authorization(parts: &Parts, secret: &[u8; 32]) -> Option<Scope> {
+    let value = parts.headers.get(http::header::AUTHORIZATION)?.as_bytes();
+    let value = value.trim_ascii();
     if value.is_empty() {
         return None;
     }
-    let digest = blake3::hash(value.as_bytes());
-    let hex: String = digest.as_bytes()[..16]
+    let split = value
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(value.len());
+    let (scheme, credentials) = value.split_at(split);
+    let mut hasher = blake3::Hasher::new_keyed(secret);
+    hasher.update(&scheme.to_ascii_lowercase());
+    hasher.update(b" ");
+    hasher.update(credentials.trim_ascii_start());
+    let hex: String = hasher.finalize().as_bytes()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
@@ -216,8 +288,9 @@ impl Contract {
     }
 
     /// Stripe's behaviour: the key is optional (a request without one runs unguarded), every
-    /// result is stored and replayed, 5xx included (open the store with
-    /// [`CachePolicy::All`]), and replays carry `Idempotent-Replayed: true`.
+    /// result is stored and replayed, 5xx included ([`CachePolicy::All`]: the transient `408`,
+    /// `429` and `503` are not stored), and replays carry `Idempotent-Replayed: true`. It works
+    /// on a store opened with any cache policy: the layer stores under the contract's.
     pub fn stripe_like() -> Contract {
         Contract::default()
             .key_required(false)
@@ -260,9 +333,9 @@ impl Contract {
         self
     }
 
-    /// How the scope is taken from the request (rule H7; default
-    /// [`scope_from_authorization`]). Returning `None` refuses the request with
-    /// `401 unauthenticated`; a service without authentication returns a constant scope.
+    /// How the scope is taken from the request (rule H7; default: the `Authorization`
+    /// credentials, [`scope_from_authorization`] keyed by the store's secret). Returning `None`
+    /// refuses the request with `401 unauthenticated`.
     ///
     /// ```
     /// use idemstore::{Scope, http::Contract};
@@ -273,12 +346,38 @@ impl Contract {
     ///     .scope(|parts| parts.extensions.get::<Account>().map(|a| a.0.clone()));
     /// ```
     pub fn scope(mut self, f: impl Fn(&Parts) -> Option<Scope> + Send + Sync + 'static) -> Self {
-        self.scope = Arc::new(f);
+        self.scope = ScopeSource::Custom(Arc::new(f));
         self
     }
 
-    /// Whether the query string is part of the fingerprint (default `false`: method, path
-    /// and body only).
+    /// Takes the scope from the [`Principal`] an authentication layer put in the request's
+    /// extensions (rule H14); a request without one is refused with `401`. The layer must sit
+    /// inside the authentication layer (added before it in axum's `Router::layer` order).
+    /// This is the scope to choose wherever requests are authenticated: it survives a token
+    /// refresh, and it tells apart users behind one gateway credential.
+    pub fn scope_from_principal(self) -> Self {
+        self.scope(|parts| parts.extensions.get::<Principal>().map(|p| p.0.clone()))
+    }
+
+    /// Gives every request the same scope: for a service without authentication, where keys
+    /// are global (rule H14). Keys from different clients then share one namespace, so they
+    /// must be unguessable (UUID v4).
+    pub fn constant_scope(self, scope: Scope) -> Self {
+        self.scope(move |_| Some(scope.clone()))
+    }
+
+    /// Keys the `Authorization` digest with a secret of the deployment instead of the store's
+    /// own (rule H14): for stores that several services share, so that they agree on scopes.
+    /// The secret is hashed into the key, so any length works; keep it out of source control.
+    pub fn authorization_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        let key = blake3::derive_key("idemstore 2026 authorization scope", secret.as_ref());
+        self.scope = ScopeSource::Authorization(Some(key));
+        self
+    }
+
+    /// Whether the query string is part of the fingerprint (default `true`). Turn it off only
+    /// if no handler reads the query on a guarded route: otherwise `POST /transfer?to=mallory`
+    /// with the key of `POST /transfer?to=alice` would replay alice's answer.
     pub fn fingerprint_query(mut self, on: bool) -> Self {
         self.fingerprint_query = on;
         self
@@ -310,8 +409,8 @@ impl Contract {
     }
 
     /// Which statuses are stored (rule C7; default: the store's own policy). A status not
-    /// kept releases the key, so the next attempt runs again. It may not keep more than the
-    /// store's policy; [`IdempotencyLayer::new`](super::IdempotencyLayer::new) checks.
+    /// kept releases the key, so the next attempt runs again. It applies to this layer's
+    /// completions whatever the store's own policy.
     pub fn cache_policy(mut self, policy: CachePolicy) -> Self {
         self.cache_policy = Some(policy);
         self
@@ -335,8 +434,8 @@ impl Contract {
         self
     }
 
-    /// Adds a response header to those stored and replayed (default: `Content-Type`,
-    /// `Location`, `ETag`).
+    /// Adds a response header to those stored and replayed (default:
+    /// [`REPRESENTATION_HEADERS`]).
     pub fn replay_response_header(mut self, name: HeaderName) -> Self {
         if !self.replayed_headers.contains(&name) {
             self.replayed_headers.push(name);
@@ -350,9 +449,12 @@ impl Contract {
         self
     }
 
-    /// Whether a request with this method and path is guarded (rule H1).
+    /// Whether a request with this method and path is guarded (rule H1). Methods compare
+    /// ASCII case-insensitively: a `post` that a server routes as `POST` is guarded as one.
     pub fn guards(&self, method: &Method, path: &str) -> bool {
-        self.methods.contains(method)
+        self.methods
+            .iter()
+            .any(|m| m.as_str().eq_ignore_ascii_case(method.as_str()))
             && (self.routes.is_empty() || self.routes.iter().any(|r| r.matches(path)))
     }
 }

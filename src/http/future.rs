@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
@@ -174,7 +174,19 @@ where
     let fp = fingerprint(&parts, &bytes, contract);
     let reservation = match shared.store.begin_async(&scope, &key, &fp).await {
         Ok(Begin::Execute(reservation)) => Some(reservation),
-        Ok(Begin::Replay(stored)) => return Ok(answer::replay(&stored, &contract.replay_header)),
+        Ok(Begin::Replay(stored)) => {
+            if let Some(coding) = answer::unaccepted_coding(&stored, &parts.headers) {
+                return Ok(answer::error(
+                    style,
+                    StatusCode::NOT_ACCEPTABLE,
+                    code::REPLAY_NOT_ACCEPTABLE,
+                    &format!(
+                        "the operation ran once; its stored response is encoded with {coding}, which this request's Accept-Encoding refuses"
+                    ),
+                ));
+            }
+            return Ok(answer::replay(&stored, &contract.replay_header));
+        }
         Ok(Begin::InProgress { retry_after }) => {
             return Ok(answer::in_progress(style, retry_after));
         }
@@ -335,7 +347,11 @@ where
         let (content_type, note) = answer::not_kept_body(contract.error_style, status, read.len());
         let headers = kept
             .iter()
-            .filter(|(n, _)| !n.eq_ignore_ascii_case(CONTENT_TYPE.as_str()))
+            // The note is a new body: the original's type and coding do not describe it.
+            .filter(|(n, _)| {
+                !n.eq_ignore_ascii_case(CONTENT_TYPE.as_str())
+                    && !n.eq_ignore_ascii_case(CONTENT_ENCODING.as_str())
+            })
             .cloned()
             .chain([(
                 CONTENT_TYPE.as_str().to_owned(),
@@ -353,7 +369,9 @@ where
         // failed completion leaves the key to its lease (or releases it), never stores a
         // wrong answer. The completion is queued before this awaits, so a dropped future
         // cannot lose it.
-        let _ = reservation.complete_async(stored).await;
+        let _ = reservation
+            .complete_async_keeping(stored, shared.policy)
+            .await;
     }
     let body = if oversized {
         ResponseBody::inner_after(read, body)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::contract::Contract;
+use super::contract::{Contract, ScopeFn};
 use super::run::{Executor, Idle, Running, Task};
 use super::service::Idempotency;
 use crate::{CachePolicy, Store};
@@ -26,20 +26,14 @@ pub(crate) struct Shared {
     pub(crate) executor: Executor,
     /// Guarded calls running now.
     pub(crate) running: Arc<Running>,
+    /// The contract's scope, resolved against the store's secret.
+    pub(crate) scope: ScopeFn,
 }
 
 /// A [`Contract`] that the store cannot keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ContractError {
-    /// The contract's cache policy stores a status that the store's policy releases: such a
-    /// response would be released, and a retry would run the operation again.
-    CachePolicyWiderThanStore {
-        /// The contract's policy.
-        contract: CachePolicy,
-        /// The store's policy.
-        store: CachePolicy,
-    },
     /// The contract's stored-response limit is above the store's `max_response_bytes`.
     StoredResponseLimitAboveStore {
         /// The contract's limit.
@@ -52,10 +46,6 @@ pub enum ContractError {
 impl fmt::Display for ContractError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ContractError::CachePolicyWiderThanStore { contract, store } => write!(
-                f,
-                "the contract's cache policy {contract:?} keeps statuses the store's policy {store:?} releases; open the store with a policy at least as wide"
-            ),
             ContractError::StoredResponseLimitAboveStore { contract, store } => write!(
                 f,
                 "the contract's stored-response limit ({contract} bytes) is above the store's max_response_bytes ({store} bytes)"
@@ -84,18 +74,12 @@ pub struct IdempotencyLayer {
 }
 
 impl IdempotencyLayer {
-    /// A layer keeping `contract` on `store`. Fails if the contract asks for more than the
-    /// store keeps (a wider cache policy, a larger stored response).
+    /// A layer keeping `contract` on `store`. Fails if the contract stores larger responses
+    /// than the store accepts. The contract's cache policy, when it sets one, is the one the
+    /// layer stores under, whatever the store's own.
     pub fn new(store: Store, contract: Contract) -> Result<IdempotencyLayer, ContractError> {
         let config = store.config();
-        let store_policy = config.cache_policy();
-        let policy = contract.cache_policy.unwrap_or(store_policy);
-        if (100..=999).any(|s| policy.keeps(s) && !store_policy.keeps(s)) {
-            return Err(ContractError::CachePolicyWiderThanStore {
-                contract: policy,
-                store: store_policy,
-            });
-        }
+        let policy = contract.cache_policy.unwrap_or(config.cache_policy());
         let store_max = config.max_response_bytes();
         let max_stored = contract.max_stored_response.unwrap_or(store_max);
         if max_stored > store_max {
@@ -104,6 +88,7 @@ impl IdempotencyLayer {
                 store: store_max,
             });
         }
+        let scope = contract.scope.resolve(store.secret());
         Ok(IdempotencyLayer {
             shared: Arc::new(Shared {
                 store,
@@ -112,6 +97,7 @@ impl IdempotencyLayer {
                 policy,
                 executor: Executor::default(),
                 running: Arc::default(),
+                scope,
             }),
         })
     }
@@ -164,6 +150,7 @@ impl IdempotencyLayer {
                 policy: shared.policy,
                 executor,
                 running: Arc::clone(&shared.running),
+                scope: Arc::clone(&shared.scope),
             }),
         }
     }

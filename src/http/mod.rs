@@ -100,8 +100,8 @@
 //! the `Authorization` credentials, 2xx stored, `409` on conflict, JSON errors.
 //! [`Contract::ietf()`] answers a conflict with `422` and every error with
 //! `application/problem+json`, as the IETF draft does. [`Contract::stripe_like()`] makes the
-//! key optional and stores every result (open the store with
-//! [`CachePolicy::All`](crate::CachePolicy::All)), marking replays `Idempotent-Replayed: true`.
+//! key optional and stores every result but the transient `408`, `429` and `503`
+//! ([`CachePolicy::All`](crate::CachePolicy::All)), marking replays `Idempotent-Replayed: true`.
 //! Every setting is a method on [`Contract`]: the header, methods and routes, the scope, what the
 //! fingerprint covers, the limits, the cache policy, the conflict status, the error style, and
 //! what happens when the store is down ([`OnStoreError`]).
@@ -158,8 +158,8 @@ mod service;
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use context::IdempotencyContext;
 pub use contract::{
-    ConflictStatus, Contract, DEFAULT_MAX_REQUEST_BODY, ErrorStyle, OnStoreError, ScopeFn,
-    scope_from_authorization,
+    ConflictStatus, Contract, DEFAULT_MAX_REQUEST_BODY, ErrorStyle, OnStoreError, Principal,
+    REPRESENTATION_HEADERS, ScopeFn, scope_from_authorization,
 };
 pub use future::ResponseFuture;
 pub use layer::{ContractError, IdempotencyLayer};

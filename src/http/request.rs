@@ -5,8 +5,8 @@
 //! Invariant: `"abc"` and `abc` give the same key; anything that is not one visible-ASCII key
 //! within the store's limit is refused, never truncated or guessed.
 
-use http::HeaderMap;
 use http::request::Parts;
+use http::{Extensions, HeaderMap, Uri};
 
 use super::contract::Contract;
 use crate::{Fingerprint, Key, Store};
@@ -68,19 +68,37 @@ fn unquote(raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The request's fingerprint: method, path, optionally query and chosen headers, and the
+/// The request's URI as the client sent it: routers that strip a prefix (axum's `nest`) leave
+/// the original in the extensions, and two endpoints must never share a path here (rule H12).
+pub(crate) fn original_uri<'a>(uri: &'a Uri, extensions: &'a Extensions) -> &'a Uri {
+    #[cfg(feature = "axum")]
+    if let Some(original) = extensions.get::<axum::extract::OriginalUri>() {
+        return &original.0;
+    }
+    let _ = extensions;
+    uri
+}
+
+/// The request's fingerprint (rule H13): the method (upper case), the original path, the query
+/// (unless the contract leaves it out), the media type of the body, chosen headers, and the
 /// body (canonical JSON under a JSON content type).
 pub(crate) fn fingerprint(parts: &Parts, body: &[u8], contract: &Contract) -> Fingerprint {
-    let content_type = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
+    let uri = original_uri(&parts.uri, &parts.extensions);
+    let method = parts.method.as_str().to_ascii_uppercase();
+    let content_type_header = parts.headers.get(http::header::CONTENT_TYPE);
+    let content_type = content_type_header.and_then(|v| v.to_str().ok());
     let mut builder = Fingerprint::builder()
-        .method(parts.method.as_str())
-        .path(parts.uri.path())
+        .method(&method)
+        .path(uri.path())
         .body(content_type, body);
     if contract.fingerprint_query {
-        builder = builder.query(parts.uri.query().unwrap_or(""));
+        builder = builder.query(uri.query().unwrap_or(""));
+    }
+    // The same bytes under two media types are two requests (a merge patch and a JSON patch,
+    // CSV and plain text). Parameters are left out: JSON's canonical form does not depend on
+    // them, and a charset spelled two ways is one request.
+    if let Some(value) = content_type_header {
+        builder = builder.header("content-type", &media_type(value.as_bytes()));
     }
     for name in &contract.fingerprint_headers {
         for value in parts.headers.get_all(name) {
@@ -88,6 +106,16 @@ pub(crate) fn fingerprint(parts: &Parts, body: &[u8], contract: &Contract) -> Fi
         }
     }
     builder.finish()
+}
+
+/// A content type's media type: the bytes before any `;`, trimmed, in ASCII lower case.
+fn media_type(content_type: &[u8]) -> Vec<u8> {
+    let essence = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    essence.to_ascii_lowercase()
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use super::answer::{self, code};
 use super::body::{BoxError, RequestBody, ResponseBody};
 use super::future::{ResponseFuture, guarded};
 use super::layer::Shared;
-use super::request::{KeyProblem, read_key};
+use super::request::{KeyProblem, original_uri, read_key};
 
 /// A service wrapped by [`IdempotencyLayer`](super::IdempotencyLayer): guarded requests run
 /// once per (scope, key), and retries get the first response back.
@@ -87,7 +87,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let contract = &self.shared.contract;
-        if !contract.guards(req.method(), req.uri().path()) {
+        let path = original_uri(req.uri(), req.extensions()).path();
+        if !contract.guards(req.method(), path) {
             return ResponseFuture::unguarded(self.inner.call(req.map(RequestBody::streaming)));
         }
         let style = contract.error_style;
@@ -107,7 +108,7 @@ where
             }
         };
         let (parts, body) = req.into_parts();
-        let Some(scope) = (contract.scope)(&parts) else {
+        let Some(scope) = (self.shared.scope)(&parts) else {
             return ResponseFuture::early(answer::error(
                 style,
                 StatusCode::UNAUTHORIZED,
