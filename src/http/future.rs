@@ -171,7 +171,17 @@ where
             ));
         }
     };
-    let fp = fingerprint(&parts, &bytes, contract);
+    let (parts, fp) = match fingerprint_off_runtime(&shared, parts, &bytes).await {
+        Some(done) => done,
+        None => {
+            return Ok(answer::error(
+                style,
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::UNAVAILABLE,
+                "the request's fingerprint could not be computed",
+            ));
+        }
+    };
     let reservation = match shared.store.begin_async(&scope, &key, &fp).await {
         Ok(Begin::Execute(reservation)) => Some(reservation),
         Ok(Begin::Replay(stored)) => {
@@ -257,6 +267,36 @@ where
             "the request's handler stopped without an answer",
         )),
     }
+}
+
+/// Bodies above this are fingerprinted on the runtime's blocking pool (feature `tokio`): the
+/// canonical form of a crafted 1 MiB JSON body takes milliseconds of CPU, which must not be
+/// taken from the async workers that serve every other request.
+const FINGERPRINT_INLINE_MAX: usize = 64 * 1024;
+
+/// The request's fingerprint, computed off the async workers when the body is large and a
+/// tokio runtime is at hand. `None` if the blocking task was lost (the runtime shut down).
+async fn fingerprint_off_runtime(
+    shared: &Arc<Shared>,
+    parts: Parts,
+    bytes: &Bytes,
+) -> Option<(Parts, crate::Fingerprint)> {
+    #[cfg(feature = "tokio")]
+    if bytes.len() > FINGERPRINT_INLINE_MAX
+        && let Ok(handle) = tokio::runtime::Handle::try_current()
+    {
+        let (shared, bytes) = (Arc::clone(shared), bytes.clone());
+        return handle
+            .spawn_blocking(move || {
+                let fp = fingerprint(&parts, &bytes, &shared.contract);
+                (parts, fp)
+            })
+            .await
+            .ok();
+    }
+    let _ = FINGERPRINT_INLINE_MAX;
+    let fp = fingerprint(&parts, bytes, &shared.contract);
+    Some((parts, fp))
 }
 
 /// Runs the inner service's future under its reservation, then stores and answers.
