@@ -41,8 +41,12 @@
 //!   scientific notation is written (`1e+21`, `1.5e-7`). Negative numbers get
 //!   a leading `-`. For values that a double represents exactly (and whose
 //!   shortest round-trip text is the exact decimal) the output equals RFC
-//!   8785's. Exponents whose written magnitude exceeds 10^15 make the input
-//!   invalid.
+//!   8785's. A number whose written exponent, or the decimal exponent of
+//!   whose leading digit, exceeds 10^15 in magnitude makes the input invalid:
+//!   the second bound keeps every canonical form valid input, so the
+//!   canonical form of a canonical form is itself (`10e1000000000000000`
+//!   would otherwise become `1e+1000000000000001`, which the first bound
+//!   refuses).
 //! * `true`, `false` and `null` are written as is.
 //!
 //! # Limits
@@ -394,6 +398,9 @@ fn write_number(
         + i128::try_from(trailing_zeros).ok()?;
     // Decimal exponent of the leading digit.
     let x = n - 1 + e;
+    if x.unsigned_abs() > MAX_EXPONENT.unsigned_abs().into() {
+        return None;
+    }
 
     if negative {
         out.push(b'-');
@@ -494,6 +501,17 @@ mod tests {
         assert_eq!(canon(r#"{"a":1,"b":2}"#), canon(r#"{"b":2,"a":1}"#));
         // Array order is significant.
         assert_ne!(canon("[1,2]"), canon("[2,1]"));
+    }
+
+    #[test]
+    fn the_exponent_bound_applies_to_the_canonical_form_too() {
+        // The leading digit's exponent is 10^15 + 1: refused, rather than written as a form
+        // that is not valid input.
+        assert_invalid("10e1000000000000000");
+        assert_invalid("0.01e-999999999999999");
+        assert_canon("1e1000000000000000", "1e+1000000000000000");
+        assert_canon("0.1e1000000000000000", "1e+999999999999999");
+        assert_canon("1e-1000000000000000", "1e-1000000000000000");
     }
 
     #[test]
