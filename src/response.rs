@@ -31,6 +31,9 @@ struct Inner {
 
 impl Response {
     /// A response with a status code, headers (name, value) in the order given, and a body.
+    ///
+    /// With no headers at all, `[]` leaves their types unknown to the compiler (E0283): write
+    /// [`Response::without_headers`] instead.
     pub fn new<N, V>(
         status: u16,
         headers: impl IntoIterator<Item = (N, V)>,
@@ -48,6 +51,16 @@ impl Response {
                 .collect(),
             body: body.into(),
         }))
+    }
+
+    /// A response with a status code and a body, and no headers.
+    ///
+    /// ```
+    /// let r = idemstore::Response::without_headers(204, "");
+    /// assert_eq!((r.status(), r.headers().len(), r.body().len()), (204, 0, 0));
+    /// ```
+    pub fn without_headers(status: u16, body: impl Into<Vec<u8>>) -> Response {
+        Response::new(status, std::iter::empty::<(String, Vec<u8>)>(), body)
     }
 
     /// The status code.
