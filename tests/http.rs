@@ -385,7 +385,7 @@ async fn c6_a_panicking_handler_run_inline_releases_the_key() {
     assert_eq!(app.calls(), 2);
 }
 
-/// Hangs up on `/slow` once its handler has entered, then lets the handler go on.
+/// Hangs up on `/slow` once its handler has entered, the handler still held at its gate.
 async fn hang_up_mid_handler(app: &mut App) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let hang_up = tokio::spawn(send_and_hang_up(
@@ -398,7 +398,6 @@ async fn hang_up_mid_handler(app: &mut App) {
     app.entered().await;
     tx.send(()).unwrap();
     hang_up.await.unwrap();
-    app.open_gate(1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,6 +405,7 @@ async fn h11_a_client_that_hangs_up_mid_handler_gets_the_stored_response_on_retr
     let mut app = default_app().await;
     hang_up_mid_handler(&mut app).await;
     // The handler runs on in its own task and its response is stored.
+    app.open_gate(1);
     app.layer.idle().await;
     let r = send(app.addr, post("/slow", "k1", BOOKING)).await.unwrap();
     assert_eq!(r.status, StatusCode::CREATED);
