@@ -147,7 +147,7 @@ impl Default for Config {
             cache_policy: CachePolicy::SuccessOnly,
             max_key_len: 255,
             max_response_bytes: 1 << 20,
-            release_in_flight_on_open: false,
+            release_in_flight_on_open: true,
             reservations_durable: true,
             compactor_batch: 1000,
             compactor_pause: Duration::from_millis(10),
@@ -311,9 +311,16 @@ impl ConfigBuilder {
         self
     }
 
-    /// Release every in-flight record when the store opens (rule C11). Only safe when one
-    /// process uses the file, which then knows no reservation survives its restart.
-    /// Default false: in-flight records keep their lease deadline.
+    /// Release every in-flight record when the store opens (rule C11). Default true.
+    ///
+    /// A store file is opened by one process at a time (the open takes a lock on it, and a
+    /// second open gets `OpenError::AlreadyOpen`), so a reservation found at open has no
+    /// holder left: its operation died with the process. Keeping it until its lease ends
+    /// would answer every retry `409 in progress` for up to a lease (60 s by default) and then
+    /// run the operation anyway; releasing it lets the retry run at once. Either way an
+    /// operation that had its effect before the crash but not its completion runs again:
+    /// make such effects idempotent downstream or commit them with the response. Set false
+    /// to keep the lease deadlines (for tools that open a file to look at its reservations).
     pub fn release_in_flight_on_open(mut self, release: bool) -> Self {
         self.config.release_in_flight_on_open = release;
         self

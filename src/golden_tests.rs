@@ -411,6 +411,7 @@ fn golden_file_written_by_the_store() {
         Config::builder()
             .clock(clock.clone())
             .compactor_interval(Duration::from_secs(3600))
+            .release_in_flight_on_open(false)
             .build()
             .unwrap()
     };

@@ -67,10 +67,11 @@ fn known_file(dir: &Path) -> PathBuf {
     crate::support::execute(store.begin(&b, &k("k1"), &fp("3")).unwrap())
         .complete(ok(200, r#"{"uid":"bk_2"}"#))
         .unwrap();
-    std::mem::forget(held); // stays in flight in the file
+    held.abandon(); // stays in flight in the file
     store.close().unwrap();
     let short = Config::builder()
         .clock(clock)
+        .release_in_flight_on_open(false)
         .ttl(Duration::from_secs(1))
         .build()
         .unwrap();

@@ -89,7 +89,11 @@ fn process_crash(buffered: bool) {
     let status = child.wait().unwrap();
     assert!(!status.success(), "the child must have crashed");
     assert_eq!(acked.len(), ACKED);
-    let store = Store::open(&path, Config::default()).unwrap();
+    let config = Config::builder()
+        .release_in_flight_on_open(false)
+        .build()
+        .unwrap();
+    let store = Store::open(&path, config).unwrap();
     if buffered {
         assert!(store.stats().log_entries_replayed > 0);
     }

@@ -116,6 +116,8 @@ fn builder(clock: &ManualClock, verify: bool) -> ConfigBuilder {
     Config::builder()
         .clock(clock.clone())
         .compactor_interval(Duration::from_secs(3600))
+        // The fixtures' in-flight records must be found as they were written.
+        .release_in_flight_on_open(false)
         .verify_on_open(verify)
 }
 
@@ -176,6 +178,7 @@ fn write_fixtures() {
             Config::builder()
                 .clock(clock.clone())
                 .compactor_interval(Duration::from_secs(3600))
+                .release_in_flight_on_open(false)
                 .durability(Durability::Immediate)
                 .write_ahead_log(false)
                 .build()
@@ -219,6 +222,7 @@ fn write_logged(write: &dyn Fn(&str, &[u8])) {
         Config::builder()
             .clock(clock.clone())
             .compactor_interval(Duration::from_secs(3600))
+            .release_in_flight_on_open(false)
             .write_ahead_log(true)
             .log_capacity(64 << 10)
             .checkpoint_interval(Duration::from_secs(3600))

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use idemstore::{Begin, State, Store};
+use idemstore::{Begin, Config, State, Store};
 
 use crate::support::*;
 
@@ -89,4 +89,23 @@ fn closed_handles_say_so() {
         Err(idemstore::BeginError::Unavailable(idemstore::Unavailable::Closed)) => {}
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn c11_by_default_a_restart_releases_the_keys_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idem.redb");
+    let config = || Config::builder().log_capacity(1 << 20).build().unwrap();
+    let (s, k) = (scope("acct"), key("k"));
+    let store = Store::open(&path, config()).unwrap();
+    // Left in flight, as by a process that died mid-operation.
+    execute(store.begin(&s, &k, &fp("1")).unwrap()).abandon();
+    assert!(matches!(
+        store.begin(&s, &k, &fp("1")).unwrap(),
+        Begin::InProgress { .. }
+    ));
+    store.close().unwrap();
+    let store = Store::open(&path, config()).unwrap();
+    assert_eq!(store.stats().releases, 1);
+    drop(execute(store.begin(&s, &k, &fp("1")).unwrap()));
 }

@@ -22,6 +22,9 @@ pub struct TestStore {
 pub fn config(clock: &ManualClock) -> ConfigBuilder {
     Config::builder()
         .clock(clock.clone())
+        // In-flight records keep their leases at open: these tests look at them after
+        // restarts (the default releases them; `recovery.rs` tests both).
+        .release_in_flight_on_open(false)
         // Keep the background compactor out of the way: tests call compact_now.
         .compactor_interval(Duration::from_secs(3600))
         // A new log is written in full when it is created: keep the many stores the tests

@@ -106,6 +106,33 @@
 //! fingerprint covers, the limits, the cache policy, the conflict status, the error style, and
 //! what happens when the store is down ([`OnStoreError`]).
 //!
+//! # Where the layer goes
+//!
+//! In axum, a layer added later wraps the ones added before it: `.layer(a).layer(b)` runs `b`
+//! first. Place the idempotency layer like this:
+//!
+//! * **Inside authentication**, so the principal is known: add it before the authentication
+//!   layer, and take the scope with [`Contract::scope_from_principal`] from the [`Principal`]
+//!   that layer inserts. A scope from the raw `Authorization` header changes when an OAuth
+//!   token is refreshed, so a retry sent after a refresh runs the operation again, and behind
+//!   a gateway with one service credential every user shares one scope: the header is a
+//!   fallback for services without a principal. [`Contract::constant_scope`] serves services
+//!   without authentication (keys must then be unguessable).
+//! * **Outside compression**, so the stored body is the plain one and each replay is
+//!   compressed for the client asking. Inside a compression layer it still works: the
+//!   response is stored with its `Content-Encoding` and `Vary`, and a retry that does not
+//!   accept that coding gets `406 idempotency_replay_not_acceptable` rather than bytes it
+//!   cannot read.
+//! * **Inside rate limiting**, so a throttled request never reaches the store; a `429`, `408`
+//!   or `503` from inside is not stored by any preset (C7), so its retry runs.
+//! * **Timeouts**: a timeout outside the layer drops the request's future, which does not stop
+//!   a started handler (H11): it finishes on its task and its response waits for the retry. A
+//!   timeout inside the layer turns into the handler's error and releases the key, while an
+//!   effect the handler already started may still land: prefer bounding the work itself.
+//! * **Routers**: over the whole app or inside `Router::nest` alike, with the `axum` feature,
+//!   which matches routes and fingerprints on the original path (H12). Without it, a layer
+//!   inside `nest` sees `/orders` for `/v1/orders`: put it outside the nest.
+//!
 //! # What it guarantees, and what it does not
 //!
 //! * **One execution per key** (C1): of concurrent identical requests, one runs; the others get

@@ -41,8 +41,9 @@ fn open(path: &Path, verify: bool) -> Result<Store, String> {
         return Err(format!("no store file at {}", path.display()));
     }
     let config = Config::builder()
-        // No background compaction while an operator looks.
+        // No background compaction while an operator looks, and reservations stay as found.
         .compactor_interval(Duration::from_secs(3600))
+        .release_in_flight_on_open(false)
         .verify_on_open(verify)
         .build()
         .map_err(|e| e.to_string())?;

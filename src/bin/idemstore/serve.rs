@@ -106,11 +106,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 },
                 _ => Durability::Immediate,
             };
-            // One process owns the file: a reservation left by a crash has no holder.
-            let config = Config::builder()
-                .durability(durability)
-                .release_in_flight_on_open(true)
-                .build()?;
+            let config = Config::builder().durability(durability).build()?;
             let store = Store::open(&args.db, config)
                 .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
             let path = bookings_path(&args.db);
