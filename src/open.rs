@@ -17,13 +17,13 @@ use crate::error::{OpenError, cause};
 use crate::key::KeyHash;
 use crate::migrate;
 use crate::record::{
-    EXPIRY, ExpiryKey, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT, META_LOG_ID,
-    META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, META_SCOPE_SECRET,
-    OLDEST_MIGRATED, RECORDS, State, TOKEN_SKIP_AFTER_CRASH, open_each_alone,
+    EXPIRY, ExpiryKey, ExpiryValue, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT,
+    META_LOG_ID, META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, META_SCOPE_SECRET,
+    OLDEST_MIGRATED, RECORDS, RecordBytes, State, TOKEN_SKIP_AFTER_CRASH, open_each_alone,
 };
 use crate::shared::panic_text;
 use crate::storage::StorageBackend;
-use crate::wal::{self, Log, LogError, Mark};
+use crate::wal::{self, Header, Log, LogError, Mark};
 
 /// Runs an opening step, turning a storage-engine panic on a damaged file into an error.
 pub(crate) fn guard_open<T>(f: impl FnOnce() -> Result<T, OpenError>) -> Result<T, OpenError> {
@@ -228,48 +228,17 @@ pub(crate) fn init_tables(
             }
             Some(dev) => {
                 let header = wal::read_header(&*dev);
-                let recovered = match (bound, header) {
-                    (Some(id), Ok(Some(h))) if h.id == id => {
-                        let from = Mark {
-                            seq: get(&meta, META_LOG_SEQ)?.unwrap_or(0),
-                            pos: get(&meta, META_LOG_POS)?.unwrap_or(wal::DATA_START),
-                            zeroed: get(&meta, META_LOG_ZEROED)?.unwrap_or(wal::DATA_START),
-                        };
-                        let mut failure = None;
-                        let result = Log::recover(dev, h, from, |seq, entry| {
-                            stored = stored.max(entry.next_token);
-                            replayed += 1;
-                            for change in entry.changes {
-                                if let Err(e) = apply_change(&mut records, &mut expiry, change) {
-                                    failure = Some(match e {
-                                        ApplyError::Storage(e) => open_error(e),
-                                        ApplyError::BadRecord(detail) => OpenError::Log { detail },
-                                    });
-                                    return Err(LogError::BadEntry {
-                                        seq,
-                                        detail: "replay failed".into(),
-                                    });
-                                }
-                            }
-                            Ok(())
-                        });
-                        match (result, failure) {
-                            (_, Some(e)) => return Err(e),
-                            (r, None) => r.map_err(log_error)?,
-                        }
+                let recovered = match plan_log(bound, header, clean || format.is_none())? {
+                    LogPlan::Replay(h) => {
+                        let from = checkpoint_mark(&meta)?;
+                        let done = replay_log(&mut records, &mut expiry, dev, h, from)?;
+                        stored = stored.max(done.next_token);
+                        replayed = done.entries;
+                        done.log
                     }
-                    (Some(_), found) if !clean && format.is_some() => {
-                        let detail = match found {
-                            Ok(None) => "the log file is missing or empty".to_owned(),
-                            Ok(Some(_)) => "the log file belongs to another store".to_owned(),
-                            Err(e) => e.to_string(),
-                        };
-                        return Err(OpenError::Log { detail });
-                    }
-                    (_, Err(LogError::Io(e))) => return Err(OpenError::Io(e)),
                     // No log yet, or one whose entries the file holds durably (closed
                     // cleanly): start a new one.
-                    _ => {
+                    LogPlan::Fresh => {
                         Log::create(dev, fresh_log_id(), config.log_capacity).map_err(log_error)?
                     }
                 };
@@ -326,6 +295,104 @@ pub(crate) fn init_tables(
         log,
         replayed,
         secret,
+    })
+}
+
+/// What to do with the write-ahead log at open.
+pub(crate) enum LogPlan {
+    /// The log belongs to this file: replay its entries after the file's checkpoint mark.
+    Replay(Header),
+    /// No log is bound, or the bound one holds nothing the file lacks: a new log may start.
+    Fresh,
+}
+
+/// Decides from the file's bound log identity (`bound`), the log's header as read, and whether
+/// the file may do without its log (`may_start_fresh`: it was closed cleanly, or is new), what
+/// recovery does with the log. A file not closed cleanly whose log is missing, unreadable or
+/// another store's is refused: completions acknowledged since its last checkpoint may live
+/// only in that log.
+pub(crate) fn plan_log(
+    bound: Option<u64>,
+    header: Result<Option<Header>, LogError>,
+    may_start_fresh: bool,
+) -> Result<LogPlan, OpenError> {
+    match (bound, header) {
+        (Some(id), Ok(Some(h))) if h.id == id => Ok(LogPlan::Replay(h)),
+        (Some(_), found) if !may_start_fresh => {
+            let detail = match found {
+                Ok(None) => "the log file is missing or empty".to_owned(),
+                Ok(Some(_)) => "the log file belongs to another store".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            Err(OpenError::Log { detail })
+        }
+        (_, Err(LogError::Io(e))) => Err(OpenError::Io(e)),
+        _ => Ok(LogPlan::Fresh),
+    }
+}
+
+/// The checkpoint mark the file's meta table records: where recovery starts reading the log.
+pub(crate) fn checkpoint_mark(
+    meta: &impl ReadableTable<&'static str, u64>,
+) -> Result<Mark, OpenError> {
+    let get = |k: &str| -> Result<Option<u64>, OpenError> {
+        Ok(meta.get(k).map_err(open_error)?.map(|g| g.value()))
+    };
+    Ok(Mark {
+        seq: get(META_LOG_SEQ)?.unwrap_or(0),
+        pos: get(META_LOG_POS)?.unwrap_or(wal::DATA_START),
+        zeroed: get(META_LOG_ZEROED)?.unwrap_or(wal::DATA_START),
+    })
+}
+
+/// What replaying the log did.
+pub(crate) struct Replayed {
+    /// The log, positioned after its last intact entry.
+    pub(crate) log: Log,
+    /// Entries applied.
+    pub(crate) entries: u64,
+    /// The highest `next_token` the entries carried (0 for none).
+    pub(crate) next_token: u64,
+}
+
+/// Applies every intact log entry after `from` to the tables, each change a whole record state
+/// (`apply_change`, as a checkpoint writes it), stopping at the first entry that is not intact.
+/// Recovery at open runs it inside the opening transaction.
+pub(crate) fn replay_log(
+    records: &mut Table<&'static [u8; 32], RecordBytes>,
+    expiry: &mut Table<ExpiryKey, ExpiryValue>,
+    dev: Box<dyn StorageBackend>,
+    header: Header,
+    from: Mark,
+) -> Result<Replayed, OpenError> {
+    let mut entries = 0;
+    let mut next_token = 0;
+    let mut failure = None;
+    let result = Log::recover(dev, header, from, |seq, entry| {
+        next_token = next_token.max(entry.next_token);
+        entries += 1;
+        for change in entry.changes {
+            if let Err(e) = apply_change(records, expiry, change) {
+                failure = Some(match e {
+                    ApplyError::Storage(e) => open_error(e),
+                    ApplyError::BadRecord(detail) => OpenError::Log { detail },
+                });
+                return Err(LogError::BadEntry {
+                    seq,
+                    detail: "replay failed".into(),
+                });
+            }
+        }
+        Ok(())
+    });
+    let log = match (result, failure) {
+        (_, Some(e)) => return Err(e),
+        (r, None) => r.map_err(log_error)?,
+    };
+    Ok(Replayed {
+        log,
+        entries,
+        next_token,
     })
 }
 
