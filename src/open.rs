@@ -2,14 +2,19 @@
 //! and what a restart must do before any operation runs.
 //!
 //! Why: opening is where a damaged, foreign or newer file must be told apart from a good one,
-//! and where recovery decisions are made (repair, token skip after a crash, releasing in-flight
-//! records on request). Invariants: every engine call here runs under `guard_open`, so a panic
-//! of the engine on a damaged file becomes `OpenError::Corrupted`; the commit that opens a file
-//! removes its clean-shutdown mark, so a crash in this session is seen by the next open.
+//! and where recovery decisions are made (repair, log replay, token skip after a crash,
+//! releasing in-flight records on request). Invariants: every engine call here runs under
+//! `guard_open`, so a panic of the engine on a damaged file becomes `OpenError::Corrupted`; the
+//! commit that opens a file removes its clean-shutdown mark, so a crash in this session is seen
+//! by the next open; a file that is not a store (not a redb database, or another program's
+//! redb database) is refused as `NotAnIdemstoreFile` before a table is added to it, and only a
+//! missing, empty or table-less file becomes a new store.
 
+use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 
-use redb::{Database, ReadableTable, Table};
+use redb::{Database, MultimapTableHandle, ReadableTable, Table, TableHandle};
 
 use crate::checkpoint::{ApplyError, apply_change};
 use crate::config::Config;
@@ -151,6 +156,9 @@ pub(crate) fn init_tables(
     let mut replayed = 0;
     let secret;
     {
+        // Before META is opened (which creates it): a file without idemstore's format marker
+        // is new only if it holds no table at all.
+        let tables = txn.names().map_err(open_error)?;
         // No other table is open while a table is opened or deleted: see `open_each_alone`.
         let format = txn
             .open_table(META)
@@ -160,6 +168,7 @@ pub(crate) fn init_tables(
             .map(|g| g.value());
         let write_format = match format {
             Some(FORMAT_VERSION) => false,
+            None if !tables.is_empty() => return Err(not_a_store(&tables)),
             None => true,
             Some(0) => {
                 return Err(OpenError::Corrupted {
@@ -396,6 +405,102 @@ pub(crate) fn replay_log(
     })
 }
 
+/// Lists tables on both kinds of transaction.
+pub(crate) trait ListTables {
+    /// The names of every table, multimap tables included.
+    fn names(&self) -> Result<Vec<String>, redb::StorageError>;
+}
+
+impl ListTables for redb::WriteTransaction {
+    fn names(&self) -> Result<Vec<String>, redb::StorageError> {
+        let mut names: Vec<String> = self.list_tables()?.map(|t| t.name().to_owned()).collect();
+        names.extend(self.list_multimap_tables()?.map(|t| t.name().to_owned()));
+        Ok(names)
+    }
+}
+
+impl ListTables for redb::ReadTransaction {
+    fn names(&self) -> Result<Vec<String>, redb::StorageError> {
+        let mut names: Vec<String> = self.list_tables()?.map(|t| t.name().to_owned()).collect();
+        names.extend(self.list_multimap_tables()?.map(|t| t.name().to_owned()));
+        Ok(names)
+    }
+}
+
+/// The refusal of a redb database that holds tables but no idemstore format marker: another
+/// program's database (the demo's bookings file, say), which idemstore must neither read as an
+/// empty store nor add its tables to.
+pub(crate) fn not_a_store(tables: &[String]) -> OpenError {
+    const SHOWN: usize = 5;
+    let mut list = tables
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if tables.len() > SHOWN {
+        list.push_str(&format!(" and {} more", tables.len() - SHOWN));
+    }
+    OpenError::NotAnIdemstoreFile {
+        detail: if tables.is_empty() {
+            "a redb database with no idemstore tables".to_owned()
+        } else {
+            format!("a redb database without idemstore's format marker (its tables: {list})")
+        },
+    }
+}
+
+/// redb's magic number: the first bytes of every redb database file.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+/// How many leading bytes [`foreign_prefix`] looks at.
+pub(crate) const PREFIX_LEN: usize = 512;
+
+/// Tells a file that is clearly not a redb database from its first bytes (`prefix`, up to
+/// [`PREFIX_LEN`] of them, of a file that is not empty): `Some(NotAnIdemstoreFile)` when they
+/// neither start with redb's magic number (or, for a shorter file, a prefix of it) nor are all
+/// zero. A zeroed start is what damage looks like (a lost or zeroed sector of a redb file), so
+/// such a file, like one with the magic number and bad content, is left to the storage engine,
+/// which reports it as `Corrupted`.
+pub(crate) fn foreign_prefix(prefix: &[u8]) -> Option<OpenError> {
+    let n = prefix.len().min(REDB_MAGIC.len());
+    if prefix.is_empty() || prefix[..n] == REDB_MAGIC[..n] || prefix.iter().all(|&b| b == 0) {
+        return None;
+    }
+    Some(OpenError::NotAnIdemstoreFile {
+        detail: "not a redb database (the file does not start with redb's magic number)".into(),
+    })
+}
+
+/// Refuses, before the storage engine sees it, a non-empty device whose first bytes say it is
+/// not a redb database (see [`foreign_prefix`]). A device that cannot be read is left to the
+/// engine, which reports the error in its own terms.
+pub(crate) fn refuse_foreign(dev: &dyn StorageBackend) -> Result<(), OpenError> {
+    let Ok(len) = dev.len() else { return Ok(()) };
+    let mut prefix = vec![0u8; usize::try_from(len).unwrap_or(PREFIX_LEN).min(PREFIX_LEN)];
+    if prefix.is_empty() || dev.read(0, &mut prefix).is_err() {
+        return Ok(());
+    }
+    foreign_prefix(&prefix).map_or(Ok(()), Err)
+}
+
+/// [`refuse_foreign`] for a file by path; a file that does not exist or cannot be read is left
+/// to the storage engine (which creates the one, and reports the other).
+pub(crate) fn refuse_foreign_file(path: &Path) -> Result<(), OpenError> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let mut prefix = Vec::with_capacity(PREFIX_LEN);
+    if file
+        .take(PREFIX_LEN as u64)
+        .read_to_end(&mut prefix)
+        .is_err()
+    {
+        return Ok(());
+    }
+    foreign_prefix(&prefix).map_or(Ok(()), Err)
+}
+
 fn log_error(e: LogError) -> OpenError {
     match e {
         LogError::Io(e) => OpenError::Io(e),
@@ -420,4 +525,30 @@ fn fresh_log_id() -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&h.finalize().as_bytes()[..8]);
     u64::from_le_bytes(b).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_files_clearly_not_redb_are_foreign_by_their_first_bytes() {
+        let foreign = |p: &[u8]| foreign_prefix(p).is_some();
+        // redb's magic number, whole or cut short (a truncated file is damaged, not foreign).
+        assert!(!foreign(&REDB_MAGIC));
+        assert!(!foreign(b"redb\x1a\x0a\xa9\x0d\x0a and whatever follows"));
+        assert!(!foreign(b"re"));
+        // A zeroed start: damage, left to the storage engine.
+        assert!(!foreign(&[0; 512]));
+        assert!(!foreign(b""));
+        // Anything else.
+        assert!(foreign(b"not a database\n"));
+        assert!(foreign(b"x"));
+        assert!(foreign(b"redb but not the magic"));
+        assert!(foreign(&[0, 0, 0, 1]));
+        assert!(matches!(
+            foreign_prefix(b"{}"),
+            Some(OpenError::NotAnIdemstoreFile { .. })
+        ));
+    }
 }

@@ -227,17 +227,24 @@ impl Store {
     /// writer and compactor threads. With [`Durability::Memory`] no file is touched.
     ///
     /// An unclean previous shutdown is repaired here; in-flight records keep their lease
-    /// (C11) unless `release_in_flight_on_open` is set.
+    /// (C11) unless `release_in_flight_on_open` is set. A missing or empty file (or a redb
+    /// database without any table) becomes a new store; a file that is not a redb database, or
+    /// a redb database of another program (tables, but no idemstore format marker), is refused
+    /// with [`OpenError::NotAnIdemstoreFile`], and gets no table and no log.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Store, OpenError> {
         if config.durability == Durability::Memory {
             return Store::in_memory(config);
         }
         let path = path.as_ref().to_path_buf();
+        // A file that is clearly not a redb database is refused as foreign, not as damaged.
+        crate::open::refuse_foreign_file(&path)?;
         let db = open_db(&config, |b| b.create(&path))?;
+        let mut log_path = path.clone().into_os_string();
+        log_path.push(".wal");
+        let log_path = std::path::PathBuf::from(log_path);
+        let log_existed = log_path.exists();
         let log: Option<Box<dyn StorageBackend>> = if config.write_ahead_log {
-            let mut name = path.clone().into_os_string();
-            name.push(".wal");
-            match FileDevice::open(Path::new(&name)) {
+            match FileDevice::open(&log_path) {
                 Ok(dev) => Some(Box::new(dev)),
                 Err(e) => {
                     close_db(db);
@@ -247,7 +254,16 @@ impl Store {
         } else {
             None
         };
-        Store::start(db, config, log)
+        let started = Store::start(db, config, log);
+        if let Err(e) = &started
+            && !matches!(e, OpenError::Spawn(_))
+            && !log_existed
+        {
+            // The open was refused (a foreign file, a newer format...) before the file was
+            // bound to the log just created: leave nothing behind.
+            let _ = std::fs::remove_file(&log_path);
+        }
+        started
     }
 
     /// Opens the store on a caller-supplied device instead of a file: a fault-injecting one for
@@ -291,6 +307,7 @@ impl Store {
             },
             _ => config,
         };
+        crate::open::refuse_foreign(&database)?;
         let db = open_db(&config, |b| {
             b.create_with_backend(crate::storage::Adapter(database))
         })?;

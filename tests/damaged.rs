@@ -138,6 +138,80 @@ fn c11_a_foreign_redb_file_is_refused() {
     }
 }
 
+/// The names of a directory's files.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn c11_o3_a_file_that_is_not_redb_is_not_an_idemstore_file_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("notes.txt", "not a database\n".repeat(1000).into_bytes()),
+        ("garbage.redb", vec![0x5a; 10_000]),
+        ("one-byte.redb", b"x".to_vec()),
+    ];
+    for (name, bytes) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let before = listing(dir.path());
+        match Store::open(&path, Config::default()) {
+            Err(OpenError::NotAnIdemstoreFile { detail }) => {
+                assert!(detail.contains("not a redb database"), "{name}: {detail}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name}");
+        assert_eq!(listing(dir.path()), before, "{name}: no log is created");
+    }
+    // A redb file whose header was zeroed is damaged, not foreign.
+    let good = make_store_file(dir.path(), false);
+    let mut bytes = std::fs::read(&good).unwrap();
+    bytes[..512].fill(0);
+    std::fs::write(&good, &bytes).unwrap();
+    match Store::open(&good, Config::default()) {
+        Err(OpenError::Corrupted { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn c11_o3_another_programs_redb_file_is_refused_and_gets_no_table_and_no_log() {
+    use redb::{ReadableDatabase, TableHandle};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bookings.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("bookings");
+            txn.open_table(def).unwrap().insert("bk_1", "{}").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    match Store::open(&path, Config::default()) {
+        Err(OpenError::NotAnIdemstoreFile { detail }) => {
+            assert!(detail.contains("bookings"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(listing(dir.path()), ["bookings.redb"], "no log is left");
+    let db = redb::Database::open(&path).unwrap();
+    let names: Vec<String> = db
+        .begin_read()
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert_eq!(names, ["bookings"]);
+}
+
 #[test]
 fn c11_a_newer_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
