@@ -186,7 +186,8 @@ impl StdError for Unavailable {
     }
 }
 
-/// [`Store::open`](crate::Store::open) failed.
+/// Opening a store ([`Store::open`](crate::Store::open)) or inspecting one
+/// ([`Inspector::open`](crate::Inspector::open)) failed.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -206,7 +207,18 @@ pub enum OpenError {
         /// The newest format version this build reads.
         supported: u64,
     },
-    /// The file is a redb database that does not hold idemstore tables of the expected types.
+    /// The file has an older format version, which this build reads only after migrating it.
+    /// [`Inspector::open`](crate::Inspector::open) refuses it, since the migration writes the
+    /// file; opening it once with [`Store::open`](crate::Store::open) migrates it in place.
+    NeedsMigration {
+        /// The format version found in the file.
+        found: u64,
+        /// The format version this build reads.
+        current: u64,
+    },
+    /// The file is not an idemstore store: empty (to the inspector; [`Store::open`](crate::Store::open)
+    /// makes a new store of an empty or missing file), not a redb database, a redb database
+    /// without idemstore's format marker, or one whose idemstore tables have other types.
     NotAnIdemstoreFile {
         /// What did not match.
         detail: String,
@@ -243,6 +255,12 @@ impl fmt::Display for OpenError {
             OpenError::UnsupportedFormat { found, supported } => write!(
                 f,
                 "the store file has format version {found}; this build reads up to version {supported}"
+            ),
+            OpenError::NeedsMigration { found, current } => write!(
+                f,
+                "the store file has format version {found}; this build reads version {current} \
+                 and migrates older files by writing them, which a read-only inspection does not: \
+                 open it once with the service (Store::open migrates it), then inspect it"
             ),
             OpenError::NotAnIdemstoreFile { detail } => {
                 write!(f, "the file is not an idemstore database: {detail}")

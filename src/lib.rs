@@ -10,6 +10,7 @@
 //! operations into one durable transaction, and a background compactor removes expired
 //! records. The rules the store keeps are stated in `docs/contract.md` (C1-C12); the design, with
 //! its crash analysis, in `docs/design.md`; the file format, byte by byte, in `docs/format.md`.
+//! [`Inspector`] reads a store file without writing anything (rules O1-O4), for operators.
 //!
 //! ```
 //! use idemstore::{Begin, Config, Fingerprint, Key, Response, Scope, Store};
@@ -55,6 +56,7 @@ mod migrate;
 mod open;
 mod ops;
 mod overlay;
+mod read_only;
 mod record;
 mod reply;
 mod response;
@@ -76,7 +78,7 @@ pub use error::{
     Unavailable,
 };
 pub use fingerprint::{Fingerprint, FingerprintBuilder, is_json_content_type};
-pub use inspect::CheckReport;
+pub use inspect::{CheckReport, Inspector};
 pub use key::{Key, Scope};
 pub use ops::Completion;
 pub use record::State;

@@ -8,7 +8,10 @@
 //! commit that opens a file removes its clean-shutdown mark, so a crash in this session is seen
 //! by the next open; a file that is not a store (not a redb database, or another program's
 //! redb database) is refused as `NotAnIdemstoreFile` before a table is added to it, and only a
-//! missing, empty or table-less file becomes a new store.
+//! missing, empty or table-less file becomes a new store. The read-only inspector
+//! (`inspect.rs`) makes the same decisions with the same functions (`foreign_prefix`,
+//! `not_a_store`, `plan_log`, `replay_log`), so it refuses what the store refuses and shows
+//! what the store would recover.
 
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -55,7 +58,7 @@ pub(crate) fn open_db(
 }
 
 /// Maps a storage-engine error met while opening.
-fn open_error(e: impl Into<redb::Error>) -> OpenError {
+pub(crate) fn open_error(e: impl Into<redb::Error>) -> OpenError {
     match e.into() {
         redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
             OpenError::AlreadyOpen
@@ -366,7 +369,8 @@ pub(crate) struct Replayed {
 
 /// Applies every intact log entry after `from` to the tables, each change a whole record state
 /// (`apply_change`, as a checkpoint writes it), stopping at the first entry that is not intact.
-/// Recovery at open runs it inside the opening transaction.
+/// Recovery at open runs it inside the opening transaction; the read-only inspector runs it on
+/// an in-memory copy of the pages it changes (`inspect.rs`).
 pub(crate) fn replay_log(
     records: &mut Table<&'static [u8; 32], RecordBytes>,
     expiry: &mut Table<ExpiryKey, ExpiryValue>,

@@ -65,6 +65,30 @@ fn record_info(
     Ok(Some(RecordInfo::of(rec, response)))
 }
 
+/// The record under `hash` in one snapshot of the file; `None` if there is none or it has
+/// expired. Shared by [`Store::get`] and the read-only inspector.
+pub(crate) fn read_record(
+    txn: &ReadTransaction,
+    hash: &KeyHash,
+    now: u64,
+) -> Result<Option<RecordInfo>, Unavailable> {
+    let records = txn.open_table(RECORDS).map_err(io_error)?;
+    let Some(g) = records.get(&hash.0).map_err(io_error)? else {
+        return Ok(None);
+    };
+    let entry = match crate::record::Hot::decode(g.value()) {
+        Ok(hot) => txn
+            .open_table(EXPIRY)
+            .map_err(io_error)?
+            .get(ExpiryKey::new(hot.expires_at, hash))
+            .map_err(io_error)?,
+        // record_info reports the damage.
+        Err(_) => None,
+    };
+    let blob = entry.as_ref().and_then(|e| stored_response(e.value()));
+    record_info(hash, g.value(), blob, now)
+}
+
 /// An idempotency store: a redb file, its hot index, its writer and its compactor (with
 /// [`Durability::Memory`], the memory engine and its compactor).
 ///
@@ -230,7 +254,8 @@ impl Store {
     /// (C11) unless `release_in_flight_on_open` is set. A missing or empty file (or a redb
     /// database without any table) becomes a new store; a file that is not a redb database, or
     /// a redb database of another program (tables, but no idemstore format marker), is refused
-    /// with [`OpenError::NotAnIdemstoreFile`], and gets no table and no log.
+    /// with [`OpenError::NotAnIdemstoreFile`], and gets no table and no log. To look at a store
+    /// without writing it, use [`Inspector`](crate::Inspector).
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Store, OpenError> {
         if config.durability == Durability::Memory {
             return Store::in_memory(config);
@@ -693,23 +718,7 @@ impl Store {
             Some(Slot::Put { record, response }) => {
                 record_info(&hash, &record, response.as_deref(), now)
             }
-            None => self.read(|txn| {
-                let records = txn.open_table(RECORDS).map_err(io_error)?;
-                let Some(g) = records.get(&hash.0).map_err(io_error)? else {
-                    return Ok(None);
-                };
-                let entry = match crate::record::Hot::decode(g.value()) {
-                    Ok(hot) => txn
-                        .open_table(EXPIRY)
-                        .map_err(io_error)?
-                        .get(ExpiryKey::new(hot.expires_at, &hash))
-                        .map_err(io_error)?,
-                    // record_info reports the damage.
-                    Err(_) => None,
-                };
-                let blob = entry.as_ref().and_then(|e| stored_response(e.value()));
-                record_info(&hash, g.value(), blob, now)
-            }),
+            None => self.read(|txn| read_record(txn, &hash, now)),
         }
     }
 

@@ -1,5 +1,5 @@
 //! The integration tests, built as one binary. Each module is a scenario; test names carry the
-//! contract rule they check (C1-C12, see docs/contract.md).
+//! contract rule they check (C1-C12, H1-H9, O1-O4, see docs/contract.md).
 
 // Tests state their expectations with unwrap and panic; a failure is the test's verdict.
 #![allow(
@@ -22,6 +22,7 @@ mod damaged;
 mod durability;
 mod expiry;
 mod fixtures;
+mod inspect;
 mod kill;
 mod lease;
 mod limits;
