@@ -225,3 +225,152 @@ fn cli_damaged_and_foreign_files_are_one_line_errors_never_panics() {
         }
     }
 }
+
+/// The read-only subcommands, each in both output forms; `get` asks for `scope`/`key`.
+fn read_only_commands(scope: &str, key: &str) -> Vec<Vec<String>> {
+    let own = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let mut out = Vec::new();
+    for json in [false, true] {
+        for cmd in [
+            own(&["stats"]),
+            own(&["list"]),
+            own(&["get", "--scope", scope, "--key", key]),
+            own(&["check"]),
+        ] {
+            let mut cmd = cmd;
+            if json {
+                cmd.push("--json".to_owned());
+            }
+            out.push(cmd);
+        }
+    }
+    out
+}
+
+fn run(cmd: &[String], db: &Path) -> Output {
+    let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    idemstore(&args, db)
+}
+
+/// Runs every read-only subcommand on `db` and checks that the directory holding it (every
+/// file's bytes and mode, and the list of files) is exactly as before.
+fn run_read_only(db: &Path, scope: &str, key: &str) -> Vec<(Vec<String>, Output)> {
+    let dir = db.parent().unwrap();
+    let before = crate::inspect::snapshot(dir);
+    read_only_commands(scope, key)
+        .into_iter()
+        .map(|cmd| {
+            let out = run(&cmd, db);
+            assert_ne!(out.status.code(), Some(101), "panic on {cmd:?}: {out:?}");
+            assert_eq!(
+                crate::inspect::snapshot(dir),
+                before,
+                "{cmd:?} changed the files"
+            );
+            (cmd, out)
+        })
+        .collect()
+}
+
+/// Checks what the read-only subcommands show of a crash image made by
+/// `inspect::logged_crash_image(dir, _, 2, 3)`: the records in the file and the logged ones.
+fn shows_the_logged_records(outputs: &[(Vec<String>, Output)]) {
+    for (cmd, out) in outputs {
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        let text = stdout(out);
+        let json = cmd.iter().any(|a| a == "--json");
+        match (cmd[0].as_str(), json) {
+            ("list", false) => {
+                for k in ["file-0", "file-1", "log-0", "log-1", "log-2", "held"] {
+                    assert!(text.contains(k), "{k} is not listed: {text}");
+                }
+                assert_eq!(text.lines().count(), 7, "{text}");
+            }
+            ("list", true) => {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v.as_array().unwrap().len(), 6, "{text}");
+            }
+            ("get", false) => assert!(text.contains(r#"{"n":1}"#), "{text}"),
+            ("get", true) => {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["response"]["body"], r#"{"n":1}"#, "{text}");
+            }
+            ("stats", false) => assert!(text.contains("log_entries_not_checkpointed"), "{text}"),
+            ("stats", true) => {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["records"], 6, "{text}");
+                assert_eq!(v["in_flight"], 1, "{text}");
+                assert!(v["log_entries_not_checkpointed"].as_u64().unwrap() >= 4);
+            }
+            ("check", false) => assert!(text.contains("problems"), "{text}"),
+            ("check", true) => {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["sound"], true, "{text}");
+                assert_eq!(v["records"], 6, "{text}");
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn o1_o2_cli_read_only_commands_show_a_crash_images_logged_records_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::inspect::logged_crash_image(dir.path(), "live.redb", 2, 3);
+    shows_the_logged_records(&run_read_only(&db, "acct_a", "log-1"));
+}
+
+#[test]
+fn o1_o2_cli_read_only_commands_work_on_files_without_write_permission() {
+    use crate::inspect::chmod;
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::inspect::logged_crash_image(dir.path(), "ro.redb", 2, 3);
+    chmod(&db, 0o444);
+    chmod(&dir.path().join("ro.redb.wal"), 0o444);
+    chmod(dir.path(), 0o555);
+    let outputs =
+        std::panic::catch_unwind(|| run_read_only(&db, "acct_a", "log-1")).map_err(|_| ());
+    chmod(dir.path(), 0o755);
+    shows_the_logged_records(&outputs.unwrap());
+}
+
+/// Each read-only subcommand refuses `db` with a one-line error naming it not an idemstore
+/// file, and leaves it (and its directory) as it was.
+fn refused_as_foreign(db: &Path) {
+    for (cmd, out) in run_read_only(db, "acct_a", "k1") {
+        let err = one_line_error(&out);
+        assert!(err.contains("not an idemstore"), "{cmd:?}: {err}");
+        assert!(!err.contains("damaged"), "{cmd:?}: {err}");
+        assert!(out.stdout.is_empty(), "{cmd:?}: {out:?}");
+    }
+}
+
+#[test]
+fn o1_o3_cli_read_only_commands_refuse_an_empty_file_and_never_make_it_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("empty.redb");
+    std::fs::write(&db, b"").unwrap();
+    refused_as_foreign(&db);
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+}
+
+#[test]
+fn o1_o3_cli_read_only_commands_refuse_another_programs_redb_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bookings.redb");
+    crate::inspect::foreign_redb(&db);
+    refused_as_foreign(&db);
+}
+
+#[test]
+fn o1_o3_cli_read_only_commands_refuse_a_file_that_is_not_redb_as_foreign_not_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a database\n".repeat(1000)).unwrap();
+    refused_as_foreign(&text);
+    let random = dir.path().join("random.bin");
+    let mut rng = crate::sim_disk::Rng::new(11);
+    let bytes: Vec<u8> = (0..20_000).map(|_| rng.next_u64() as u8).collect();
+    std::fs::write(&random, bytes).unwrap();
+    refused_as_foreign(&random);
+}

@@ -1,14 +1,17 @@
 //! The operator subcommands: `stats`, `list`, `get`, `purge`, `compact`, `check`.
 //!
-//! Why: an operator needs to see and fix a store file without writing code. Invariants: a
-//! missing file is never created (it is an error), a damaged one gives a one-line error and a
-//! non-zero exit, never a panic; `--json` prints one JSON document on stdout; the human form is
-//! an aligned table.
+//! Why: an operator needs to see and fix a store file without writing code. Invariants: the
+//! commands that only look (`stats`, `list`, `get`, `check`) go through the library's
+//! read-only [`Inspector`], so they never create, migrate or write the file or its log, and
+//! work on a file they may not write; only `purge` and `compact`, which change the store, open
+//! it as a [`Store`]. A missing file is never created (it is an error); a damaged or foreign
+//! one gives a one-line error and a non-zero exit, never a panic. `--json` prints one JSON
+//! document on stdout; the human form is an aligned table.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use idemstore::{Config, Key, RecordInfo, Scope, State, Store};
+use idemstore::{Config, Inspector, Key, RecordInfo, Scope, State, Store};
 use serde_json::{Value, json};
 
 /// Where the store is and how to print.
@@ -35,19 +38,38 @@ fn ok(text: String) -> Result<Outcome, String> {
     })
 }
 
-/// Opens an existing store for inspection (never creates one).
-fn open(path: &Path, verify: bool) -> Result<Store, String> {
-    if !path.exists() {
-        return Err(format!("no store file at {}", path.display()));
+/// The file, or the error a missing one gives (nothing is ever created).
+fn existing(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(format!("no store file at {}", path.display()))
     }
+}
+
+/// Opens an existing store to change it (`purge`, `compact`).
+fn open(path: &Path) -> Result<Store, String> {
+    existing(path)?;
     let config = Config::builder()
-        // No background compaction while an operator looks, and reservations stay as found.
+        // No background compaction while an operator works, and reservations other than
+        // the one purged stay as found: the tool changes only what it is asked to.
         .compactor_interval(Duration::from_secs(3600))
         .release_in_flight_on_open(false)
-        .verify_on_open(verify)
         .build()
         .map_err(|e| e.to_string())?;
     Store::open(path, config).map_err(|e| format!("cannot open {}: {}", path.display(), chain(&e)))
+}
+
+/// Opens an existing store to look at it, without writing anything; `verify` checks every
+/// page's checksum first.
+fn inspect(path: &Path, verify: bool) -> Result<Inspector, String> {
+    existing(path)?;
+    let config = Config::builder()
+        .verify_on_open(verify)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Inspector::open(path, config)
+        .map_err(|e| format!("cannot open {}: {}", path.display(), chain(&e)))
 }
 
 /// An error and its causes on one line.
@@ -70,10 +92,11 @@ fn close(store: Store) -> Result<(), String> {
 }
 
 pub(crate) fn stats(t: &Target) -> Result<Outcome, String> {
-    let store = open(&t.db, false)?;
-    let report = store.check().map_err(|e| chain(&e))?;
+    let inspector = inspect(&t.db, false)?;
+    let report = inspector.check().map_err(|e| chain(&e))?;
+    let pending = inspector.log_entries();
+    drop(inspector);
     let file_bytes = std::fs::metadata(&t.db).map(|m| m.len()).unwrap_or(0);
-    close(store)?;
     let live = report.records - report.expired;
     let rows = [
         ("file", t.db.display().to_string()),
@@ -84,6 +107,7 @@ pub(crate) fn stats(t: &Target) -> Result<Outcome, String> {
         ("completed", report.completed.to_string()),
         ("expired_not_removed", report.expired.to_string()),
         ("response_bytes", report.response_bytes.to_string()),
+        ("log_entries_not_checkpointed", pending.to_string()),
     ];
     if t.json {
         let mut m = serde_json::Map::new();
@@ -108,11 +132,9 @@ pub(crate) fn list(t: &Target, scope: Option<&str>, limit: usize) -> Result<Outc
         .map(Scope::new)
         .transpose()
         .map_err(|e| format!("bad --scope: {e}"))?;
-    let store = open(&t.db, false)?;
-    let records = store
+    let records = inspect(&t.db, false)?
         .records(scope.as_ref(), limit)
         .map_err(|e| chain(&e))?;
-    close(store)?;
     if t.json {
         return ok(Value::Array(records.iter().map(record_json).collect()).to_string());
     }
@@ -149,9 +171,7 @@ fn scope_key(scope: &str, key: &str) -> Result<(Scope, Key), String> {
 
 pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String> {
     let (s, k) = scope_key(scope, key)?;
-    let store = open(&t.db, false)?;
-    let record = store.get(&s, &k).map_err(|e| chain(&e))?;
-    close(store)?;
+    let record = inspect(&t.db, false)?.get(&s, &k).map_err(|e| chain(&e))?;
     let Some(r) = record else {
         return Ok(Outcome {
             text: if t.json {
@@ -195,7 +215,7 @@ pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String>
 
 pub(crate) fn purge(t: &Target, scope: &str, key: &str) -> Result<Outcome, String> {
     let (s, k) = scope_key(scope, key)?;
-    let store = open(&t.db, false)?;
+    let store = open(&t.db)?;
     let removed = store.purge(&s, &k).map_err(|e| chain(&e))?;
     close(store)?;
     let text = if t.json {
@@ -212,7 +232,7 @@ pub(crate) fn purge(t: &Target, scope: &str, key: &str) -> Result<Outcome, Strin
 }
 
 pub(crate) fn compact(t: &Target) -> Result<Outcome, String> {
-    let store = open(&t.db, false)?;
+    let store = open(&t.db)?;
     let removed = store.compact_now().map_err(|e| chain(&e))?;
     close(store)?;
     if t.json {
@@ -222,9 +242,7 @@ pub(crate) fn compact(t: &Target) -> Result<Outcome, String> {
 }
 
 pub(crate) fn check(t: &Target) -> Result<Outcome, String> {
-    let store = open(&t.db, true)?;
-    let report = store.check().map_err(|e| chain(&e))?;
-    close(store)?;
+    let report = inspect(&t.db, true)?.check().map_err(|e| chain(&e))?;
     let sound = report.is_sound();
     if t.json {
         return Ok(Outcome {
