@@ -374,3 +374,280 @@ fn o1_o3_cli_read_only_commands_refuse_a_file_that_is_not_redb_as_foreign_not_da
     std::fs::write(&random, bytes).unwrap();
     refused_as_foreign(&random);
 }
+
+/// redb value types with idemstore's type names, to write records the store's API would refuse
+/// (a scope or key holding control characters), as a damaged or hostile file may hold them.
+mod raw {
+    use redb::{TypeName, Value};
+
+    #[derive(Debug)]
+    pub struct Bytes<const EXPIRY: bool>;
+
+    impl<const EXPIRY: bool> Value for Bytes<EXPIRY> {
+        type SelfType<'a>
+            = &'a [u8]
+        where
+            Self: 'a;
+        type AsBytes<'a>
+            = &'a [u8]
+        where
+            Self: 'a;
+
+        fn fixed_width() -> Option<usize> {
+            None
+        }
+
+        fn from_bytes<'a>(data: &'a [u8]) -> &'a [u8]
+        where
+            Self: 'a,
+        {
+            data
+        }
+
+        fn as_bytes<'a, 'b: 'a>(value: &'a &'b [u8]) -> &'a [u8]
+        where
+            Self: 'b,
+        {
+            value
+        }
+
+        fn type_name() -> TypeName {
+            TypeName::new(if EXPIRY {
+                "idemstore::ResponseOrNone"
+            } else {
+                "idemstore::Record"
+            })
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct ExpiryKey;
+
+    impl Value for ExpiryKey {
+        type SelfType<'a>
+            = [u8; 40]
+        where
+            Self: 'a;
+        type AsBytes<'a>
+            = [u8; 40]
+        where
+            Self: 'a;
+
+        fn fixed_width() -> Option<usize> {
+            Some(40)
+        }
+
+        fn from_bytes<'a>(data: &'a [u8]) -> [u8; 40]
+        where
+            Self: 'a,
+        {
+            data.try_into().unwrap()
+        }
+
+        fn as_bytes<'a, 'b: 'a>(value: &'a [u8; 40]) -> [u8; 40]
+        where
+            Self: 'b,
+        {
+            *value
+        }
+
+        fn type_name() -> TypeName {
+            TypeName::new("idemstore::ExpiryKey")
+        }
+    }
+
+    impl redb::Key for ExpiryKey {
+        fn compare(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+            a.cmp(b)
+        }
+    }
+
+    /// Writes an in-flight record of `scope` and `key` (any UTF-8) under key hash `hash`, with
+    /// its expiry entry, into the closed store file at `path` (format 2, docs/format.md).
+    pub fn in_flight(path: &std::path::Path, scope: &str, key: &str, hash: [u8; 32], now: u64) {
+        let expires_at = now + 366 * 86_400_000;
+        let mut record = vec![1u8, 1, 1, 0, 0, 0];
+        record.extend_from_slice(&(scope.len() as u16).to_le_bytes());
+        record.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        record.extend_from_slice(&[0; 6]);
+        record.extend_from_slice(&[0x42; 32]);
+        for v in [now, now + 86_400_000, expires_at, 99] {
+            record.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(record.len(), 80);
+        record.extend_from_slice(scope.as_bytes());
+        record.extend_from_slice(key.as_bytes());
+        let mut ek = [0u8; 40];
+        ek[..8].copy_from_slice(&expires_at.to_be_bytes());
+        ek[8..].copy_from_slice(&hash);
+        let records: redb::TableDefinition<&[u8; 32], Bytes<false>> =
+            redb::TableDefinition::new("idem_records");
+        let expiry: redb::TableDefinition<ExpiryKey, Bytes<true>> =
+            redb::TableDefinition::new("idem_expiry_responses");
+        let db = redb::Database::open(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(records)
+            .unwrap()
+            .insert(&hash, record.as_slice())
+            .unwrap();
+        txn.open_table(expiry).unwrap().insert(ek, &[][..]).unwrap();
+        txn.commit().unwrap();
+    }
+}
+
+/// Whether `c` would act on a terminal or not show: a control character (a line break aside,
+/// which the output's own lines use), a bidi control or another invisible format character,
+/// a line or paragraph separator.
+fn acts_on_a_terminal(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || matches!(
+            c,
+            '\u{00ad}'
+                | '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{e0000}'..='\u{e007f}'
+        )
+}
+
+fn assert_printable(what: &str, out: &[u8]) {
+    let text = std::str::from_utf8(out).unwrap_or_else(|e| panic!("{what}: not UTF-8: {e}"));
+    if let Some(c) = text.chars().find(|&c| acts_on_a_terminal(c)) {
+        panic!("{what}: prints U+{:04X} raw: {text:?}", u32::from(c));
+    }
+}
+
+#[test]
+fn o4_cli_output_escapes_terminal_controls_bidi_and_invisible_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hostile.redb");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // Through the API: a scope may hold a bidi override (it holds no control character), and
+    // a response's headers and body may hold any bytes.
+    let bidi_scope = "acct_\u{202e}exe.txt\u{2066}";
+    let body: &[u8] =
+        b"\x1b[2J\x1b[31mred\x1b[0m \x1b]8;;http://evil.example\x1b\\link\x1b]8;;\x1b\\ \xe2\x80\xae \xc2\x9b31m \x7f \xff\xfe";
+    let header_value: &[u8] = b"v\x1b]0;title\x07\xe2\x81\xa6x";
+    {
+        let config = Config::builder()
+            .ttl(Duration::from_secs(366 * 86_400))
+            .build()
+            .unwrap();
+        let store = Store::open(&db, config).unwrap();
+        let r = crate::support::execute(
+            store
+                .begin(
+                    &Scope::new(bidi_scope).unwrap(),
+                    &Key::new("k1").unwrap(),
+                    &crate::support::fp("x"),
+                )
+                .unwrap(),
+        );
+        r.complete(Response::new(
+            200,
+            [
+                ("x-\u{1b}[1mheader\u{200b}", header_value.to_vec()),
+                ("content-type", b"text/plain".to_vec()),
+            ],
+            body.to_vec(),
+        ))
+        .unwrap();
+        store.close().unwrap();
+    }
+    // Written around the API: escape sequences in a scope and a key, stored under a wrong key
+    // hash, so that `check` quotes them in a problem.
+    let esc_scope = "acct_\u{1b}[2J\u{1b}[H\u{202d}";
+    let esc_key = "k\u{1b}]8;;http://evil.example\u{7}\u{9b}\u{7f}";
+    raw::in_flight(&db, esc_scope, esc_key, [7; 32], now);
+
+    let mut outputs = Vec::new();
+    for (cmd, out) in run_read_only(&db, bidi_scope, "k1") {
+        let what = format!("{cmd:?}");
+        assert_printable(&what, &out.stdout);
+        assert_printable(&what, &out.stderr);
+        outputs.push((cmd, out));
+    }
+    let find = |name: &str, json: bool| {
+        outputs
+            .iter()
+            .find(|(c, _)| c[0] == name && c.iter().any(|a| a == "--json") == json)
+            .map(|(_, o)| o)
+            .unwrap()
+    };
+
+    // The human forms show the characters as visible escapes.
+    let list = stdout(find("list", false));
+    assert!(find("list", false).status.success());
+    assert!(list.contains(r"acct_\u{1b}[2J\u{1b}[H\u{202d}"), "{list}");
+    assert!(
+        list.contains(r"k\u{1b}]8;;http://evil.example\u{7}\u{9b}\u{7f}"),
+        "{list}"
+    );
+    assert!(list.contains(r"acct_\u{202e}exe.txt\u{2066}"), "{list}");
+    let get = find("get", false);
+    assert!(get.status.success(), "{get:?}");
+    let get = stdout(get);
+    assert!(get.contains(r"\u{1b}[2J\u{1b}[31mred"), "{get}");
+    assert!(get.contains(r"\u{202e} \u{9b}31m \u{7f} \xff\xfe"), "{get}");
+    assert!(get.contains("not UTF-8"), "{get}");
+    assert!(get.contains(r"header x-\u{1b}[1mheader\u{200b}"), "{get}");
+    assert!(get.contains(r"v\u{1b}]0;title\u{7}\u{2066}x"), "{get}");
+    let check = find("check", false);
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "the wrong key hash is a problem"
+    );
+    let check = stdout(check);
+    assert!(
+        check.contains(r"record acct_\u{1b}[2J\u{1b}[H\u{202d}/k\u{1b}]8;;"),
+        "{check}"
+    );
+
+    // The JSON forms decode to the stored text exactly.
+    let list: serde_json::Value = serde_json::from_slice(&find("list", true).stdout).unwrap();
+    let scopes: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["scope"].as_str().unwrap())
+        .collect();
+    assert!(
+        scopes.contains(&esc_scope) && scopes.contains(&bidi_scope),
+        "{scopes:?}"
+    );
+    let keys: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&esc_key), "{keys:?}");
+    let get: serde_json::Value = serde_json::from_slice(&find("get", true).stdout).unwrap();
+    assert_eq!(get["scope"], bidi_scope);
+    assert_eq!(
+        get["response"]["headers"][0][0],
+        "x-\u{1b}[1mheader\u{200b}"
+    );
+    assert_eq!(
+        get["response"]["body"],
+        String::from_utf8_lossy(body).into_owned()
+    );
+    let check: serde_json::Value = serde_json::from_slice(&find("check", true).stdout).unwrap();
+    let problem = check["problems"][0].as_str().unwrap();
+    assert!(
+        problem.contains(esc_scope) && problem.contains(esc_key),
+        "{problem}"
+    );
+
+    // An error quoting the operator's own input is escaped too.
+    let missing = idemstore(&["get", "--scope", "acct_\u{202e}x", "--key", "none"], &db);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_printable("get of a missing key", &missing.stdout);
+    assert!(stdout(&missing).contains(r"acct_\u{202e}x"));
+}

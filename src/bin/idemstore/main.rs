@@ -10,6 +10,7 @@
 
 mod bookings;
 mod demo;
+mod escape;
 mod ops;
 mod serve;
 
@@ -152,6 +153,11 @@ fn run(cli: Cli) -> ExitCode {
 }
 
 fn fail(msg: &str) -> ExitCode {
-    eprintln!("idemstore: {}", msg.replace(['\n', '\r'], " "));
+    // An error may quote the file's contents (a damaged record's scope, a foreign table's
+    // name): it is escaped like everything else printed from the file.
+    eprintln!(
+        "idemstore: {}",
+        escape::text(&msg.replace(['\n', '\r'], " "))
+    );
     ExitCode::FAILURE
 }

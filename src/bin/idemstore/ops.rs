@@ -5,14 +5,18 @@
 //! read-only [`Inspector`], so they never create, migrate or write the file or its log, and
 //! work on a file they may not write; only `purge` and `compact`, which change the store, open
 //! it as a [`Store`]. A missing file is never created (it is an error); a damaged or foreign
-//! one gives a one-line error and a non-zero exit, never a panic. `--json` prints one JSON
-//! document on stdout; the human form is an aligned table.
+//! one gives a one-line error and a non-zero exit, never a panic. Everything printed that came
+//! from the file (scopes, keys, headers, bodies, problems) goes through `escape`, so no byte
+//! of it can drive the terminal. `--json` prints one JSON document on stdout; the human form is
+//! an aligned table.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use idemstore::{Config, Inspector, Key, RecordInfo, Scope, State, Store};
 use serde_json::{Value, json};
+
+use crate::escape;
 
 /// Where the store is and how to print.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,7 +42,8 @@ fn ok(text: String) -> Result<Outcome, String> {
     })
 }
 
-/// The file, or the error a missing one gives (nothing is ever created).
+/// The file, or the error a missing one gives (nothing is ever created). Errors are escaped
+/// where they are printed (`main::fail`).
 fn existing(path: &Path) -> Result<(), String> {
     if path.exists() {
         Ok(())
@@ -117,12 +122,12 @@ pub(crate) fn stats(t: &Target) -> Result<Outcome, String> {
                 .map_or(Value::String(v.clone()), Value::from);
             m.insert((*k).to_owned(), v);
         }
-        return ok(Value::Object(m).to_string());
+        return ok(escape::json(&Value::Object(m)));
     }
     ok(table(
         &["STAT", "VALUE"],
         rows.iter()
-            .map(|(k, v)| vec![(*k).to_owned(), v.clone()])
+            .map(|(k, v)| vec![(*k).to_owned(), escape::text(v)])
             .collect(),
     ))
 }
@@ -136,14 +141,16 @@ pub(crate) fn list(t: &Target, scope: Option<&str>, limit: usize) -> Result<Outc
         .records(scope.as_ref(), limit)
         .map_err(|e| chain(&e))?;
     if t.json {
-        return ok(Value::Array(records.iter().map(record_json).collect()).to_string());
+        return ok(escape::json(&Value::Array(
+            records.iter().map(record_json).collect(),
+        )));
     }
     let rows = records
         .iter()
         .map(|r| {
             vec![
-                r.scope.clone(),
-                r.key.clone(),
+                escape::text(&r.scope),
+                escape::text(&r.key),
                 state(r).to_owned(),
                 r.response
                     .as_ref()
@@ -169,6 +176,15 @@ fn scope_key(scope: &str, key: &str) -> Result<(Scope, Key), String> {
     Ok((s, k))
 }
 
+/// The message for a (scope, key) without a record.
+fn no_record(scope: &str, key: &str) -> String {
+    format!(
+        "no record for scope \"{}\", key \"{}\"",
+        escape::text(scope),
+        escape::text(key)
+    )
+}
+
 pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String> {
     let (s, k) = scope_key(scope, key)?;
     let record = inspect(&t.db, false)?.get(&s, &k).map_err(|e| chain(&e))?;
@@ -177,17 +193,17 @@ pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String>
             text: if t.json {
                 "null".to_owned()
             } else {
-                format!("no record for scope {scope:?}, key {key:?}")
+                no_record(scope, key)
             },
             success: false,
         });
     };
     if t.json {
-        return ok(record_json(&r).to_string());
+        return ok(escape::json(&record_json(&r)));
     }
     let mut rows = vec![
-        vec!["scope".to_owned(), r.scope.clone()],
-        vec!["key".to_owned(), r.key.clone()],
+        vec!["scope".to_owned(), escape::text(&r.scope)],
+        vec!["key".to_owned(), escape::text(&r.key)],
         vec!["state".to_owned(), state(&r).to_owned()],
         vec!["fingerprint".to_owned(), r.fingerprint.to_string()],
         vec!["token".to_owned(), r.token.to_string()],
@@ -201,14 +217,17 @@ pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String>
         rows.push(vec!["status".to_owned(), resp.status().to_string()]);
         for (n, v) in resp.headers() {
             rows.push(vec![
-                format!("header {n}"),
-                String::from_utf8_lossy(v).into_owned(),
+                format!("header {}", escape::text(n)),
+                escape::bytes(v),
             ]);
         }
-        rows.push(vec![
-            "body".to_owned(),
-            String::from_utf8_lossy(resp.body()).replace(['\n', '\r'], " "),
-        ]);
+        // Bytes that are not UTF-8 are shown as \xNN; say so, since the body is then not text.
+        let label = if std::str::from_utf8(resp.body()).is_ok() {
+            "body"
+        } else {
+            "body (not UTF-8: bytes as \\xNN)"
+        };
+        rows.push(vec![label.to_owned(), escape::bytes(resp.body())]);
     }
     ok(table(&["FIELD", "VALUE"], rows))
 }
@@ -221,9 +240,13 @@ pub(crate) fn purge(t: &Target, scope: &str, key: &str) -> Result<Outcome, Strin
     let text = if t.json {
         json!({"purged": removed}).to_string()
     } else if removed {
-        format!("purged scope {scope:?}, key {key:?}")
+        format!(
+            "purged scope \"{}\", key \"{}\"",
+            escape::text(scope),
+            escape::text(key)
+        )
     } else {
-        format!("no record for scope {scope:?}, key {key:?}")
+        no_record(scope, key)
     };
     Ok(Outcome {
         text,
@@ -246,7 +269,7 @@ pub(crate) fn check(t: &Target) -> Result<Outcome, String> {
     let sound = report.is_sound();
     if t.json {
         return Ok(Outcome {
-            text: json!({
+            text: escape::json(&json!({
                 "sound": sound,
                 "records": report.records,
                 "in_flight": report.in_flight,
@@ -255,8 +278,7 @@ pub(crate) fn check(t: &Target) -> Result<Outcome, String> {
                 "responses": report.responses,
                 "expiry_entries": report.expiry_entries,
                 "problems": report.problems,
-            })
-            .to_string(),
+            })),
             success: sound,
         });
     }
@@ -275,7 +297,7 @@ pub(crate) fn check(t: &Target) -> Result<Outcome, String> {
     );
     for p in &report.problems {
         text.push_str("\nproblem: ");
-        text.push_str(p);
+        text.push_str(&escape::text(p));
     }
     Ok(Outcome {
         text,
