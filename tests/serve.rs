@@ -1,10 +1,13 @@
 //! The `idemstore serve` binary itself: seed 000's story over HTTP, a SIGKILL after a completed
 //! request, a restart on the same file, and the byte-identical replay; then a clean shutdown.
+//! A key freed by `idemstore purge` or by expiry and reused: the bookings handler ties a create
+//! to the parsed key and the request, never to the raw header alone.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -56,6 +59,52 @@ fn serve(db: &Path, extra: &[&str]) -> Server {
         .parse()
         .unwrap_or_else(|e| panic!("no address in {line:?}: {e}"));
     Server { child, addr }
+}
+
+/// Sends SIGTERM and waits (at most `within`) for the process to exit.
+fn terminate(server: &mut Server, within: Duration) -> ExitStatus {
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            return exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running {within:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Stops the server cleanly (SIGTERM), so that its files can be opened by the operator tool.
+fn stop(mut server: Server) {
+    let exit = terminate(&mut server, Duration::from_secs(30));
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// Runs an operator subcommand on the store file; returns its stdout.
+fn operator(db: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The scopes of the records in the store file (`idemstore list --json`).
+fn scopes(db: &Path) -> Vec<String> {
+    let list: serde_json::Value = serde_json::from_str(&operator(db, &["list", "--json"])).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["scope"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn booking(method: &str, path: &str, key: Option<&str>, body: &str) -> Request<Full<Bytes>> {
@@ -220,4 +269,142 @@ fn serve_shuts_down_cleanly_on_sigterm() {
     assert!(status.success());
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// The account's bookings' uids.
+async fn uids(addr: SocketAddr) -> Vec<String> {
+    let list = send(addr, booking("GET", "/v1/bookings", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text());
+    list.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["uid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_purged_key_reused_for_another_booking_makes_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idem.redb");
+    let server = serve(&db, &[]);
+    let first = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some(KEY), BODY),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let first_uid = first.json()["data"]["uid"].as_str().unwrap().to_owned();
+    stop(server);
+
+    // The operator frees the key; the next request with it runs the handler again.
+    let scope = scopes(&db).pop().unwrap();
+    operator(&db, &["purge", "--scope", &scope, "--key", KEY]);
+
+    let server = serve(&db, &[]);
+    let other = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some(KEY), OTHER),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.text());
+    assert!(!other.replayed());
+    let data = &other.json()["data"];
+    assert_ne!(
+        data["uid"],
+        first_uid.as_str(),
+        "not the purged key's old booking"
+    );
+    assert_eq!(
+        data["start"], "2026-05-21T09:00:00Z",
+        "the new request's booking"
+    );
+    assert_eq!(uids(server.addr).await.len(), 2);
+    // The key now belongs to the new booking: its retry is a replay of it.
+    let retry = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some(KEY), OTHER),
+    )
+    .await
+    .unwrap();
+    assert!(retry.replayed());
+    same_reply(&retry, &other);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_quoted_spelling_of_a_freed_key_is_the_same_booking() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idem.redb");
+    let server = serve(&db, &[]);
+    let first = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some("abc"), BODY),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let first_uid = first.json()["data"]["uid"].as_str().unwrap().to_owned();
+    // While the record lives, the quoted spelling is a replay.
+    let quoted = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some("\"abc\""), BODY),
+    )
+    .await
+    .unwrap();
+    assert!(quoted.replayed());
+    same_reply(&quoted, &first);
+    stop(server);
+
+    // With the record gone (as after a crash between the two files' commits), the same
+    // request under the quoted spelling reaches the handler, which finds the same booking.
+    let scope = scopes(&db).pop().unwrap();
+    operator(&db, &["purge", "--scope", &scope, "--key", "abc"]);
+    let server = serve(&db, &[]);
+    let again = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some("\"abc\""), BODY_RESPACED),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+    assert_eq!(again.json()["data"]["uid"], first_uid.as_str());
+    assert_eq!(
+        uids(server.addr).await,
+        vec![first_uid],
+        "no second booking"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_expired_key_reused_for_another_booking_makes_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("idem.redb"), &["--ttl-secs", "1"]);
+    let addr = server.addr;
+    let first = send(addr, booking("POST", "/v1/bookings", Some(KEY), BODY))
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    // Another booking under the key is a conflict until the record expires (1 s), then it
+    // runs as new.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let other = loop {
+        let r = send(addr, booking("POST", "/v1/bookings", Some(KEY), OTHER))
+            .await
+            .unwrap();
+        if r.status != StatusCode::CONFLICT {
+            break r;
+        }
+        assert_eq!(r.code(), "idempotency_key_conflict");
+        assert!(Instant::now() < deadline, "the record never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.text());
+    assert!(!other.replayed());
+    assert_ne!(other.json()["data"]["uid"], first.json()["data"]["uid"]);
+    assert_eq!(other.json()["data"]["start"], "2026-05-21T09:00:00Z");
+    assert_eq!(uids(addr).await.len(), 2);
 }

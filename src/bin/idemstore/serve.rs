@@ -19,11 +19,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use idemstore::http::{Contract, IdempotencyLayer};
+use idemstore::http::{Contract, IdempotencyContext, IdempotencyLayer};
 use idemstore::{Config, Durability, Scope, Store};
 use serde_json::{Value, json};
 
-use crate::bookings::{Booking, BookingError, Bookings, NewBooking};
+use crate::bookings::{Booking, BookingError, Bookings, KeyedRequest, NewBooking};
 
 /// How `serve` keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +54,10 @@ pub(crate) struct ServeArgs {
     /// Serve without the idempotency layer (to measure what it costs).
     #[arg(long)]
     pub(crate) without_idempotency: bool,
+    /// How long a completed idempotency key (and the booking it made) is remembered, in
+    /// seconds (1 to 31,622,400).
+    #[arg(long, default_value_t = 86_400, value_name = "N")]
+    pub(crate) ttl_secs: u64,
 }
 
 /// The authenticated account, put in the request's extensions by [`authenticate`].
@@ -64,6 +68,8 @@ struct Account(Scope);
 struct AppState {
     bookings: Bookings,
     delay: Duration,
+    /// The store's time to live: how long a create stays tied to its idempotency key.
+    ttl: Duration,
 }
 
 /// The bookings file beside the store file.
@@ -94,19 +100,25 @@ fn init_tracing() {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let durability = match args.durability {
+        DurabilityArg::Immediate => Durability::Immediate,
+        DurabilityArg::Buffered => Durability::Buffered {
+            max_delay: Duration::from_millis(10),
+        },
+        DurabilityArg::Memory => Durability::Memory,
+    };
+    // In-flight records are released at open (the default): one process owns the file.
+    let config = Config::builder()
+        .durability(durability)
+        .ttl(Duration::from_secs(args.ttl_secs))
+        .build()
+        .map_err(|e| format!("bad setting: {e}"))?;
     let (store, bookings) = match args.durability {
         DurabilityArg::Memory => (
-            Store::in_memory(Config::default())?,
+            Store::in_memory(config)?,
             Bookings::in_memory().map_err(|e| format!("bookings: {e:?}"))?,
         ),
-        d => {
-            let durability = match d {
-                DurabilityArg::Buffered => Durability::Buffered {
-                    max_delay: Duration::from_millis(10),
-                },
-                _ => Durability::Immediate,
-            };
-            let config = Config::builder().durability(durability).build()?;
+        _ => {
             let store = Store::open(&args.db, config)
                 .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
             let path = bookings_path(&args.db);
@@ -115,10 +127,12 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             (store, bookings)
         }
     };
+    let ttl = store.config().ttl();
     let app = app(
         store.clone(),
         bookings,
         Duration::from_millis(args.handler_delay_ms),
+        ttl,
         !args.without_idempotency,
     )?;
     let shutdown = shutdown_signal()?;
@@ -168,9 +182,14 @@ fn app(
     store: Store,
     bookings: Bookings,
     delay: Duration,
+    ttl: Duration,
     idempotency: bool,
 ) -> Result<Router, Box<dyn std::error::Error>> {
-    let state = AppState { bookings, delay };
+    let state = AppState {
+        bookings,
+        delay,
+        ttl,
+    };
     let routes = Router::new()
         .route("/v1/bookings", post(create).get(list))
         .route("/v1/bookings/{uid}", get(show).patch(patch))
@@ -244,6 +263,13 @@ async fn authenticate(mut req: Request, next: Next) -> Response {
         }
         Err(e) => error(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()).into_response(),
     }
+}
+
+/// Milliseconds since the Unix epoch, the store's time base.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn request_id() -> String {
@@ -376,13 +402,20 @@ async fn create(State(st): State<AppState>, req: Request) -> Response {
             start: start_field(&v)?,
             email: email_field(&v)?,
         };
-        let key = header_str(
-            &parts.headers,
-            header::HeaderName::from_static("idempotency-key"),
-        );
+        // Tie the booking to the key the layer reserved, as it parsed it, and to this
+        // request's fingerprint; unguarded (`--without-idempotency`), there is no key to tie to.
+        let keyed = parts
+            .extensions
+            .get::<IdempotencyContext>()
+            .map(|ctx| KeyedRequest {
+                scope: ctx.scope().as_str().to_owned(),
+                key: ctx.key().as_str().to_owned(),
+                fingerprint: (ctx.fingerprint().version(), *ctx.fingerprint().digest()),
+                ttl_ms: u64::try_from(st.ttl.as_millis()).unwrap_or(u64::MAX),
+            });
         hold(st.delay).await;
         let bookings = st.bookings.clone();
-        blocking(move || bookings.create(&account, key.as_deref(), new))
+        blocking(move || bookings.create(&account, keyed.as_ref(), now_ms(), new))
             .await
             .map_err(booking_error)
     }
