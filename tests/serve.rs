@@ -408,3 +408,26 @@ async fn serve_expired_key_reused_for_another_booking_makes_a_new_one() {
     assert_eq!(other.json()["data"]["start"], "2026-05-21T09:00:00Z");
     assert_eq!(uids(addr).await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_account_ids_are_128_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idem.redb");
+    let server = serve(&db, &[]);
+    for (token, key) in [("Bearer tok_demo", "k1"), ("Bearer tok_other", "k2")] {
+        let mut req = booking("POST", "/v1/bookings", Some(key), BODY);
+        req.headers_mut()
+            .insert("authorization", token.parse().unwrap());
+        let r = send(server.addr, req).await.unwrap();
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    stop(server);
+    let scopes = scopes(&db);
+    assert_eq!(scopes.len(), 2);
+    assert_ne!(scopes[0], scopes[1]);
+    for scope in &scopes {
+        let hex = scope.strip_prefix("acct_").unwrap();
+        assert!(hex.len() >= 32, "{scope}: fewer than 128 bits");
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{scope}");
+    }
+}
