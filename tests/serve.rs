@@ -431,3 +431,44 @@ async fn serve_account_ids_are_128_bits() {
         assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{scope}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_bearer_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("idem.redb"), &[]);
+    let addr = server.addr;
+    let created = send(addr, booking("POST", "/v1/bookings", Some("c1"), BODY))
+        .await
+        .unwrap();
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let uid = created.json()["data"]["uid"].as_str().unwrap().to_owned();
+    let as_token = |auth: &'static str| {
+        let mut req = booking("GET", "/v1/bookings", None, "");
+        req.headers_mut()
+            .insert("authorization", http::HeaderValue::from_static(auth));
+        req
+    };
+    // Other spellings of the scheme and the separator: the same account, its booking.
+    for auth in ["bearer tok_demo", "BEARER tok_demo", "Bearer \t  tok_demo"] {
+        let r = send(addr, as_token(auth)).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{auth:?}: {}", r.text());
+        let data = r.json()["data"].as_array().unwrap().clone();
+        assert_eq!(data.len(), 1, "{auth:?}");
+        assert_eq!(data[0]["uid"], uid.as_str(), "{auth:?}");
+    }
+    // A retry of the create with another spelling is a replay under the same scope.
+    let mut retry = booking("POST", "/v1/bookings", Some("c1"), BODY);
+    retry.headers_mut().insert(
+        "authorization",
+        http::HeaderValue::from_static("bearer tok_demo"),
+    );
+    let retry = send(addr, retry).await.unwrap();
+    assert!(retry.replayed(), "{}", retry.text());
+    same_reply(&retry, &created);
+    // No token, or another scheme: 401.
+    for auth in ["Bearer ", "bearer \t", "Basic tok_demo"] {
+        let r = send(addr, as_token(auth)).await.unwrap();
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(r.code(), "unauthenticated");
+    }
+}

@@ -240,9 +240,7 @@ async fn authenticate(mut req: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
+        .and_then(bearer_token);
     let Some(token) = token else {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -266,6 +264,17 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110, 11.1), and any run of spaces and tabs may separate it from the token; the
+/// token is one non-empty word (RFC 6750's `b64token` holds no whitespace).
+fn bearer_token(value: &str) -> Option<&str> {
+    const WS: [char; 2] = [' ', '\t'];
+    let (scheme, rest) = value.split_once(WS)?;
+    let token = rest.trim_matches(WS);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(WS))
+        .then_some(token)
 }
 
 /// The account id of a token: 128 bits of a BLAKE3 key derivation from it, in hex.
@@ -576,4 +585,36 @@ async fn patch(
         }))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_the_token_one_word() {
+        for ok in [
+            "Bearer t",
+            "bearer t",
+            "BEARER t",
+            "bEaReR t",
+            "Bearer   t",
+            "Bearer\tt",
+            "Bearer \t t ",
+        ] {
+            assert_eq!(bearer_token(ok), Some("t"), "{ok:?}");
+        }
+        for refused in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearer \t ",
+            "Basic t",
+            "Bearert",
+            "Bearer a b",
+            " t",
+        ] {
+            assert_eq!(bearer_token(refused), None, "{refused:?}");
+        }
+    }
 }
