@@ -286,3 +286,100 @@ where
     let _ = pending.await;
     let _ = conn.await;
 }
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    /// The status line and the headers, as sent.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    /// The `error.code` of an H8 error body.
+    pub fn code(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
+        v["error"]["code"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Reads one response (head, then a `Content-Length` body) from a raw connection, waiting at
+/// most `within`. `None` if the connection closed first; panics if `within` passed.
+pub async fn read_raw_reply(stream: &TcpStream, within: std::time::Duration) -> Option<RawReply> {
+    tokio::time::timeout(within, async {
+        let mut buf = Vec::new();
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match raw_read(stream, &mut chunk).await {
+                0 => return None,
+                n => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = buf[head_end..].to_vec();
+        while body.len() < len {
+            let mut chunk = [0u8; 4096];
+            match raw_read(stream, &mut chunk).await {
+                0 => return None,
+                n => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+        body.truncate(len);
+        Some(RawReply { status, head, body })
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no response within {within:?}"))
+}
+
+/// Waits at most `within` for the peer to close the connection (end of stream or reset),
+/// discarding whatever it sends first. True if it closed in time.
+pub async fn closed_within(stream: &TcpStream, within: std::time::Duration) -> bool {
+    tokio::time::timeout(within, async {
+        let mut chunk = [0u8; 4096];
+        while raw_read(stream, &mut chunk).await > 0 {}
+    })
+    .await
+    .is_ok()
+}
+
+/// Reads what has arrived (waiting for something); 0 at the end of the stream or on an error.
+pub async fn raw_read(stream: &TcpStream, buf: &mut [u8]) -> usize {
+    loop {
+        if stream.readable().await.is_err() {
+            return 0;
+        }
+        match stream.try_read(buf) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return 0,
+        }
+    }
+}
+
+/// Writes all of `bytes`; false if the connection failed first.
+pub async fn raw_write(stream: &TcpStream, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        if stream.writable().await.is_err() {
+            return false;
+        }
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return false,
+        }
+    }
+    true
+}

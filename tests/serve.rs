@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-use crate::http_support::{Reply, send};
+use tokio::net::TcpStream;
+
+use crate::http_support::{Reply, raw_write, read_raw_reply, send};
 
 const BODY: &str =
     r#"{"event_type_id":"evt_1","start":"2026-05-20T15:00:00Z","attendee":{"email":"a@b.com"}}"#;
@@ -471,4 +473,47 @@ async fn serve_bearer_scheme_is_case_insensitive() {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth:?}");
         assert_eq!(r.code(), "unauthenticated");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_idempotency_refuses_bodies_over_1_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("idem.redb"), &["--without-idempotency"]);
+    let addr = server.addr;
+    let within = Duration::from_secs(30);
+    let limit = idemstore::http::DEFAULT_MAX_REQUEST_BODY;
+    let head = |framing: String| {
+        format!(
+            "POST /v1/bookings HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer tok_demo\r\n\
+             content-type: application/json\r\n{framing}\r\n\r\n"
+        )
+    };
+
+    // A declared length over the limit: refused before the body is sent.
+    let s = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        raw_write(
+            &s,
+            head(format!("content-length: {}", limit + 1)).as_bytes()
+        )
+        .await
+    );
+    let r = read_raw_reply(&s, within).await.expect("a response");
+    assert_eq!(r.status, 413, "{}", r.head);
+    assert_eq!(r.code(), "request_too_large");
+
+    // A chunked body: read up to the limit, then refused.
+    let s = TcpStream::connect(addr).await.unwrap();
+    assert!(raw_write(&s, head("transfer-encoding: chunked".to_owned()).as_bytes()).await);
+    assert!(raw_write(&s, format!("{:x}\r\n", limit + 1).as_bytes()).await);
+    assert!(raw_write(&s, &vec![b' '; limit + 1]).await);
+    let r = read_raw_reply(&s, within).await.expect("a response");
+    assert_eq!(r.status, 413, "{}", r.head);
+    assert_eq!(r.code(), "request_too_large");
+
+    // Within the limit, a create (no key needed without the layer) still works.
+    let ok = send(addr, booking("POST", "/v1/bookings", None, BODY))
+        .await
+        .unwrap();
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text());
 }

@@ -19,7 +19,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use idemstore::http::{Contract, IdempotencyContext, IdempotencyLayer};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use idemstore::http::{Contract, DEFAULT_MAX_REQUEST_BODY, IdempotencyContext, IdempotencyLayer};
 use idemstore::{Config, Durability, Scope, Store};
 use serde_json::{Value, json};
 
@@ -348,6 +349,28 @@ fn invalid(message: impl Into<String>) -> ApiError {
     error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
 }
 
+/// Reads a request body of at most [`DEFAULT_MAX_REQUEST_BODY`] bytes: the layer's limit
+/// (rule H9), kept here too so that `--without-idempotency` does not read bodies without one.
+/// A declared length over it is refused without reading; `413 request_too_large` either way.
+async fn read_body(body: axum::body::Body) -> Result<Bytes, ApiError> {
+    let limit = DEFAULT_MAX_REQUEST_BODY;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(invalid(format!("the body could not be read: {e}"))),
+    }
+}
+
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))
 }
@@ -406,9 +429,9 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
 
 async fn create(State(st): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, usize::MAX).await {
+    let body = match read_body(body).await {
         Ok(b) => b,
-        Err(e) => return invalid(format!("the body could not be read: {e}")).into_response(),
+        Err(e) => return e.into_response(),
     };
     let result = async {
         let account = account(&parts.extensions)?;
@@ -486,9 +509,9 @@ async fn change(
     apply: impl FnOnce(&Value) -> Result<Edit, ApiError>,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, usize::MAX).await {
+    let body = match read_body(body).await {
         Ok(b) => b,
-        Err(e) => return invalid(format!("the body could not be read: {e}")).into_response(),
+        Err(e) => return e.into_response(),
     };
     let result = async {
         let account = account(&parts.extensions)?;
