@@ -15,7 +15,7 @@ use http_body_util::Full;
 
 use tokio::net::TcpStream;
 
-use crate::http_support::{Reply, raw_write, read_raw_reply, send};
+use crate::http_support::{Reply, closed_within, raw_write, read_raw_reply, send};
 
 const BODY: &str =
     r#"{"event_type_id":"evt_1","start":"2026-05-20T15:00:00Z","attendee":{"email":"a@b.com"}}"#;
@@ -516,4 +516,41 @@ async fn serve_without_idempotency_refuses_bodies_over_1_mib() {
         .await
         .unwrap();
     assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text());
+}
+
+const LIST: &str =
+    "GET /v1/bookings HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer tok_demo\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_closes_a_connection_whose_header_does_not_arrive_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        &dir.path().join("idem.redb"),
+        &["--header-timeout-ms", "300"],
+    );
+    let addr = server.addr;
+    // Half a request header, then nothing: the server hangs up (the bound is generous; the
+    // timeout is 300 ms).
+    let slow = TcpStream::connect(addr).await.unwrap();
+    assert!(raw_write(&slow, b"POST /v1/bookings HTTP/1.1\r\nhost: localhost\r\n").await);
+    assert!(
+        closed_within(&slow, Duration::from_secs(30)).await,
+        "a half-sent header held its connection"
+    );
+    // A connection that says nothing at all, and an idle keep-alive connection after its
+    // response, are closed the same way.
+    let silent = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&silent, Duration::from_secs(30)).await);
+    let idle = TcpStream::connect(addr).await.unwrap();
+    assert!(raw_write(&idle, LIST.as_bytes()).await);
+    let r = read_raw_reply(&idle, Duration::from_secs(30))
+        .await
+        .expect("a response");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(closed_within(&idle, Duration::from_secs(30)).await);
+    // The server still serves.
+    let ok = send(addr, booking("GET", "/v1/bookings", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
 }

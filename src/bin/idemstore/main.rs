@@ -13,6 +13,7 @@ mod demo;
 mod escape;
 mod ops;
 mod serve;
+mod server;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -5,7 +5,8 @@
 //! end-to-end tests and the benchmark run. Invariants: nothing blocks the runtime (bookings are
 //! read and written on the blocking pool, the store is used through its async calls); every
 //! error body is the contract's JSON shape; on SIGINT or SIGTERM the server stops taking
-//! connections, finishes the requests in hand, and closes the store (making it durable).
+//! connections, finishes the requests in hand, and closes the store (making it durable). The
+//! connections themselves (accept loop, timeouts) are `server`'s.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use idemstore::{Config, Durability, Scope, Store};
 use serde_json::{Value, json};
 
 use crate::bookings::{Booking, BookingError, Bookings, KeyedRequest, NewBooking};
+use crate::server;
 
 /// How `serve` keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,6 +61,10 @@ pub(crate) struct ServeArgs {
     /// seconds (1 to 31,622,400).
     #[arg(long, default_value_t = 86_400, value_name = "N")]
     pub(crate) ttl_secs: u64,
+    /// How long a request header may take to arrive, in ms (also how long an idle keep-alive
+    /// connection stays open).
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) header_timeout_ms: u64,
 }
 
 /// The authenticated account, put in the request's extensions by [`authenticate`].
@@ -147,9 +153,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         idempotency = !args.without_idempotency,
         "serving the bookings API"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = server::Limits {
+        header_timeout: Duration::from_millis(args.header_timeout_ms),
+    };
+    server::run(listener, app, limits, shutdown).await;
     tracing::info!("shutting down: closing the store");
     store.close()?;
     Ok(())
