@@ -554,3 +554,30 @@ async fn serve_closes_a_connection_whose_header_does_not_arrive_in_time() {
         .unwrap();
     assert_eq!(ok.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_holds_connections_beyond_the_limit_until_one_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        &dir.path().join("idem.redb"),
+        &["--max-connections", "1", "--header-timeout-ms", "600000"],
+    );
+    let addr = server.addr;
+    let within = Duration::from_secs(30);
+    // The first connection is served and stays open (keep-alive).
+    let first = TcpStream::connect(addr).await.unwrap();
+    assert!(raw_write(&first, LIST.as_bytes()).await);
+    let r = read_raw_reply(&first, within).await.expect("a response");
+    assert_eq!(r.status, 200, "{}", r.head);
+    // The second one is not served while the first is open. (Proving that something does not
+    // happen takes a wait; this one only bounds how long the check looks.)
+    let second = TcpStream::connect(addr).await.unwrap();
+    assert!(raw_write(&second, LIST.as_bytes()).await);
+    let early =
+        tokio::time::timeout(Duration::from_millis(500), read_raw_reply(&second, within)).await;
+    assert!(early.is_err(), "served beyond the limit: {early:?}");
+    // Once the first closes, the second is served.
+    drop(first);
+    let r = read_raw_reply(&second, within).await.expect("a response");
+    assert_eq!(r.status, 200, "{}", r.head);
+}

@@ -65,6 +65,9 @@ pub(crate) struct ServeArgs {
     /// connection stays open).
     #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) header_timeout_ms: u64,
+    /// How many connections may be open at once; more wait, unaccepted, until one closes.
+    #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) max_connections: u32,
 }
 
 /// The authenticated account, put in the request's extensions by [`authenticate`].
@@ -155,6 +158,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     let limits = server::Limits {
         header_timeout: Duration::from_millis(args.header_timeout_ms),
+        max_connections: args.max_connections as usize,
     };
     server::run(listener, app, limits, shutdown).await;
     tracing::info!("shutting down: closing the store");

@@ -1,15 +1,18 @@
 //! The HTTP/1.1 server under `idemstore serve`: the accept loop, the limits a client cannot
 //! get around, and the shutdown.
 //!
-//! Why: `axum::serve` sets no header read timeout, so a client that sends half a request
-//! header (or opens a connection and says nothing, or keeps an idle connection open) holds a
-//! socket and its buffers for as long as it likes. This loop serves each connection with
-//! hyper's HTTP/1.1 server and a timer, so that the limits are hyper's own.
+//! Why: `axum::serve` sets no header read timeout and takes every connection it is offered, so
+//! a client that sends half a request header (or opens a connection and says nothing, or
+//! keeps an idle connection open) holds a socket and its buffers for as long as it likes, and
+//! enough of them hold as much memory as they like. This loop serves each connection with
+//! hyper's HTTP/1.1 server and a timer, so that the limits are hyper's own, and counts them.
 //!
-//! Invariants: a connection's request header (the first one, and each one after an idle
-//! keep-alive) must arrive whole within the header timeout, or the connection is closed; on
-//! shutdown the listener is closed first, idle connections are closed at once, and a
-//! connection with a request in hand is closed after its response.
+//! Invariants: at most `max_connections` connections are open at once (a connection beyond
+//! them waits in the listen backlog, unaccepted, until one closes); a connection's request
+//! header (the first one, and each one after an idle keep-alive) must arrive whole within the
+//! header timeout, or the connection is closed; on shutdown the listener is closed first, idle
+//! connections are closed at once, and a connection with a request in hand is closed after its
+//! response.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 /// What a client may take of the server.
@@ -29,7 +32,12 @@ pub(crate) struct Limits {
     /// How long a request header may take to arrive, counted from the connection's accept or
     /// from the end of its previous response.
     pub(crate) header_timeout: Duration,
+    /// How many connections may be open at once.
+    pub(crate) max_connections: usize,
 }
+
+/// How often, at most, the loop says it is at the connection limit.
+const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for
 /// the connections in hand to finish their requests.
@@ -47,9 +55,33 @@ pub(crate) async fn run(
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
         // Reap the connections that ended, so the set holds only live ones.
         while connections.try_join_next().is_some() {}
+        // A permit per open connection: at the limit, accept nothing until one closes (the
+        // kernel's listen backlog holds the newcomers, then refuses them).
+        let permit = match Arc::clone(&open).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if warned.is_none_or(|at| at.elapsed() >= LIMIT_WARNING_EVERY) {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "at the connection limit: new connections wait until one closes"
+                    );
+                    warned = Some(tokio::time::Instant::now());
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    permit = Arc::clone(&open).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        // Never closed; if it were, there would be nothing left to count with.
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -70,6 +102,7 @@ pub(crate) async fn run(
             app.clone(),
             Arc::clone(&http),
             stopping.clone(),
+            permit,
         ));
     }
     drop(listener);
@@ -82,12 +115,14 @@ pub(crate) async fn run(
 }
 
 /// Serves one connection until it ends; once `stopping` turns true, lets its request in hand
-/// finish and closes it.
+/// finish and closes it. The connection counts against the limit until `_permit` is dropped,
+/// with it.
 async fn connection(
     stream: TcpStream,
     app: Router,
     http: Arc<http1::Builder>,
     mut stopping: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
 ) {
     let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
     let mut conn = std::pin::pin!(conn);
