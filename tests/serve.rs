@@ -581,3 +581,43 @@ async fn serve_holds_connections_beyond_the_limit_until_one_closes() {
     let r = read_raw_reply(&second, within).await.expect("a response");
     assert_eq!(r.status, 200, "{}", r.head);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_sigterm_with_a_half_sent_request_exits_within_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    // Header (and body) reads may take ten minutes: only the grace period can end this.
+    let mut server = serve(
+        &dir.path().join("idem.redb"),
+        &[
+            "--header-timeout-ms",
+            "600000",
+            "--shutdown-grace-ms",
+            "300",
+        ],
+    );
+    let addr = server.addr;
+    // A create whose body stops halfway, with the handler already reading it: the server
+    // answers `100 Continue` when the body is first read, so the request is in hand.
+    let half = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/bookings HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer tok_demo\r\n\
+         idempotency-key: k-half\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        BODY.len()
+    );
+    assert!(raw_write(&half, head.as_bytes()).await);
+    let r = read_raw_reply(&half, Duration::from_secs(30))
+        .await
+        .expect("100 Continue");
+    assert_eq!(r.status, 100, "{}", r.head);
+    assert!(raw_write(&half, &BODY.as_bytes()[..BODY.len() / 2]).await);
+    // And a connection with half a header, as the slow clients send.
+    let slow = TcpStream::connect(addr).await.unwrap();
+    assert!(raw_write(&slow, b"POST /v1/bookings HTTP/1.1\r\nhost: loc").await);
+
+    // The bound is generous against the 300 ms grace period, and far below the read timeouts.
+    let exit = terminate(&mut server, Duration::from_secs(30));
+    assert!(exit.success(), "{exit:?}");
+    assert!(closed_within(&half, Duration::from_secs(30)).await);
+    assert!(closed_within(&slow, Duration::from_secs(30)).await);
+}

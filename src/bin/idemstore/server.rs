@@ -11,8 +11,10 @@
 //! them waits in the listen backlog, unaccepted, until one closes); a connection's request
 //! header (the first one, and each one after an idle keep-alive) must arrive whole within the
 //! header timeout, or the connection is closed; on shutdown the listener is closed first, idle
-//! connections are closed at once, and a connection with a request in hand is closed after its
-//! response.
+//! connections are closed at once, a connection with a request in hand is closed after its
+//! response, and whatever is still open when the grace period ends is dropped (a guarded
+//! handler dropped so releases its key), so a shutdown ends within the grace period whatever
+//! the clients do.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,19 +36,23 @@ pub(crate) struct Limits {
     pub(crate) header_timeout: Duration,
     /// How many connections may be open at once.
     pub(crate) max_connections: usize,
+    /// How long the requests in hand may take to finish once shutdown begins.
+    pub(crate) shutdown_grace: Duration,
 }
 
 /// How often, at most, the loop says it is at the connection limit.
 const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for
-/// the connections in hand to finish their requests.
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and lets the
+/// connections in hand finish their requests for at most the grace period, and drops those
+/// still open. Returns when the grace period ends (the instant is returned) or earlier, when
+/// every connection is closed.
 pub(crate) async fn run(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
-) {
+) -> tokio::time::Instant {
     let mut http = http1::Builder::new();
     // The timer is what makes the header timeout work (hyper refuses the timeout without one).
     http.timer(TokioTimer::new())
@@ -106,12 +112,27 @@ pub(crate) async fn run(
         ));
     }
     drop(listener);
+    let grace_ends = tokio::time::Instant::now() + limits.shutdown_grace;
     tracing::info!(
         connections = connections.len(),
+        grace_ms = limits.shutdown_grace.as_millis(),
         "shutting down: no new connections; finishing the requests in hand"
     );
     let _ = stop.send(true);
-    while connections.join_next().await.is_some() {}
+    let finished = tokio::time::timeout_at(grace_ends, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "grace period over: dropping the connections still open"
+        );
+        connections.abort_all();
+        // Each aborted task is dropped at its next poll; wait for the drops.
+        while connections.join_next().await.is_some() {}
+    }
+    grace_ends
 }
 
 /// Serves one connection until it ends; once `stopping` turns true, lets its request in hand
