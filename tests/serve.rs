@@ -1,7 +1,12 @@
 //! The `idemstore serve` binary itself: seed 000's story over HTTP, a SIGKILL after a completed
 //! request, a restart on the same file, and the byte-identical replay; then a clean shutdown.
 //! A key freed by `idemstore purge` or by expiry and reused: the bookings handler ties a create
-//! to the parsed key and the request, never to the raw header alone.
+//! to the parsed key and the request, never to the raw header alone. Accounts (128-bit ids, the
+//! `Bearer` scheme in any case) and what a client can hold of the server: header and body read
+//! timeouts, the body limit without the layer, the connection limit, and a shutdown bounded by
+//! its grace period. Waits are upper bounds on polls, not sleeps that let something happen;
+//! the one check that something does not happen (a connection beyond the limit is not served)
+//! looks for a short, bounded time.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -591,6 +596,8 @@ async fn serve_sigterm_with_a_half_sent_request_exits_within_the_grace_period() 
         &[
             "--header-timeout-ms",
             "600000",
+            "--body-timeout-ms",
+            "600000",
             "--shutdown-grace-ms",
             "300",
         ],
@@ -620,4 +627,34 @@ async fn serve_sigterm_with_a_half_sent_request_exits_within_the_grace_period() 
     assert!(exit.success(), "{exit:?}");
     assert!(closed_within(&half, Duration::from_secs(30)).await);
     assert!(closed_within(&slow, Duration::from_secs(30)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_408_to_a_body_that_does_not_arrive_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("idem.redb"), &["--body-timeout-ms", "300"]);
+    let addr = server.addr;
+    // Half a create's body, then nothing.
+    let slow = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/bookings HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer tok_demo\r\n\
+         idempotency-key: k-slow\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        BODY.len()
+    );
+    assert!(raw_write(&slow, head.as_bytes()).await);
+    assert!(raw_write(&slow, &BODY.as_bytes()[..BODY.len() / 2]).await);
+    let r = read_raw_reply(&slow, Duration::from_secs(30))
+        .await
+        .expect("a response");
+    assert_eq!(r.status, 408, "{}", r.head);
+    assert_eq!(r.code(), "request_timeout");
+    assert!(closed_within(&slow, Duration::from_secs(30)).await);
+    // Nothing was reserved or booked: the key runs the whole request at once.
+    let whole = send(addr, booking("POST", "/v1/bookings", Some("k-slow"), BODY))
+        .await
+        .unwrap();
+    assert_eq!(whole.status, StatusCode::CREATED, "{}", whole.text());
+    assert!(!whole.replayed());
+    assert_eq!(uids(addr).await.len(), 1);
 }

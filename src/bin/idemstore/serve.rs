@@ -66,6 +66,10 @@ pub(crate) struct ServeArgs {
     /// connection stays open).
     #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) header_timeout_ms: u64,
+    /// How long a request body may take to arrive, in ms, counted from the end of its header
+    /// (`408 request_timeout` after that).
+    #[arg(long, default_value_t = 30_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) body_timeout_ms: u64,
     /// How many connections may be open at once; more wait, unaccepted, until one closes.
     #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) max_connections: u32,
@@ -163,6 +167,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     let limits = server::Limits {
         header_timeout: Duration::from_millis(args.header_timeout_ms),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
         max_connections: args.max_connections as usize,
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
     };

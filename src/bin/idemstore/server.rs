@@ -1,26 +1,41 @@
 //! The HTTP/1.1 server under `idemstore serve`: the accept loop, the limits a client cannot
 //! get around, and the shutdown.
 //!
-//! Why: `axum::serve` sets no header read timeout and takes every connection it is offered, so
-//! a client that sends half a request header (or opens a connection and says nothing, or
+//! Why: `axum::serve` sets no header or body read timeout and takes every connection it is
+//! offered, so a client that sends half a request (or opens a connection and says nothing, or
 //! keeps an idle connection open) holds a socket and its buffers for as long as it likes, and
 //! enough of them hold as much memory as they like. This loop serves each connection with
-//! hyper's HTTP/1.1 server and a timer, so that the limits are hyper's own, and counts them.
+//! hyper's HTTP/1.1 server and a timer, so that the header limits are hyper's own, counts the
+//! connections, and puts a deadline on every request body.
 //!
-//! Invariants: at most `max_connections` connections are open at once (a connection beyond
-//! them waits in the listen backlog, unaccepted, until one closes); a connection's request
-//! header (the first one, and each one after an idle keep-alive) must arrive whole within the
-//! header timeout, or the connection is closed; on shutdown the listener is closed first, idle
-//! connections are closed at once, a connection with a request in hand is closed after its
-//! response, and whatever is still open when the grace period ends is dropped (a guarded
-//! handler dropped so releases its key), so a shutdown ends within the grace period whatever
-//! the clients do.
+//! Invariants:
+//!
+//! * at most `max_connections` connections are open at once; a connection beyond them waits
+//!   in the listen backlog, unaccepted, until one closes;
+//! * a connection's request header (the first one, and each one after an idle keep-alive)
+//!   must arrive whole within the header timeout, or the connection is closed;
+//! * a request body must arrive whole within the body timeout, counted from the end of its
+//!   header, or the request gets `408 request_timeout` and its connection is closed; nothing
+//!   is reserved, as the idempotency layer reads the whole body before it asks the store;
+//! * on shutdown the listener is closed first, idle connections are closed at once, a
+//!   connection with a request in hand is closed after its response, and whatever is still
+//!   open when the grace period ends is dropped (a guarded handler dropped so releases its
+//!   key): a shutdown ends within the grace period whatever the clients do.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use http_body::Frame;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -34,6 +49,8 @@ pub(crate) struct Limits {
     /// How long a request header may take to arrive, counted from the connection's accept or
     /// from the end of its previous response.
     pub(crate) header_timeout: Duration,
+    /// How long a request body may take to arrive, counted from the end of its header.
+    pub(crate) body_timeout: Duration,
     /// How many connections may be open at once.
     pub(crate) max_connections: usize,
     /// How long the requests in hand may take to finish once shutdown begins.
@@ -53,6 +70,10 @@ pub(crate) async fn run(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> tokio::time::Instant {
+    let app = app.layer(middleware::from_fn_with_state(
+        limits.body_timeout,
+        body_deadline,
+    ));
     let mut http = http1::Builder::new();
     // The timer is what makes the header timeout work (hyper refuses the timeout without one).
     http.timer(TokioTimer::new())
@@ -161,5 +182,88 @@ async fn connection(
     if let Err(e) = result {
         // A header that did not arrive in time, a malformed request, a client gone.
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Puts a deadline on the request's body (see [`DeadlineBody`]); answers `408
+/// request_timeout` and closes the connection if the body missed it.
+async fn body_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let missed = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| {
+        Body::new(DeadlineBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            missed: Arc::clone(&missed),
+        })
+    });
+    let response = next.run(req).await;
+    if !missed.load(Ordering::Acquire) {
+        return response;
+    }
+    // Whatever the handler (or the layer) made of the failed read, the answer is the timeout.
+    let body = serde_json::json!({"error": {
+        "code": "request_timeout",
+        "message": format!(
+            "the request body did not arrive within {} ms",
+            timeout.as_millis()
+        ),
+    }});
+    let mut response = (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails once its deadline has passed, and says so in `missed`.
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    missed: Arc<AtomicBool>,
+}
+
+/// The error of a body that missed its deadline.
+#[derive(Debug)]
+struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.inner.is_end_stream() {
+            // Read whole: the deadline no longer applies.
+            return Poll::Ready(None);
+        }
+        // The deadline first: a body that keeps trickling in still misses it.
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.missed.store(true, Ordering::Release);
+            return Poll::Ready(Some(Err(BodyTimedOut.into())));
+        }
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(axum::BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
