@@ -40,6 +40,10 @@ pub(crate) enum DurabilityArg {
     Memory,
 }
 
+/// The longest timeout or grace period the flags take, in ms (a day): deadlines are instants
+/// computed by adding the setting to the time now, which must not overflow.
+const DAY_MS: u64 = 86_400_000;
+
 /// The settings of `idemstore serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ServeArgs {
@@ -63,19 +67,23 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 86_400, value_name = "N")]
     pub(crate) ttl_secs: u64,
     /// How long a request header may take to arrive, in ms (also how long an idle keep-alive
-    /// connection stays open).
-    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    /// connection stays open); 1 to 86,400,000.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(value_parser = clap::value_parser!(u64).range(1..=DAY_MS))]
     pub(crate) header_timeout_ms: u64,
     /// How long a request body may take to arrive, in ms, counted from the end of its header
-    /// (`408 request_timeout` after that).
-    #[arg(long, default_value_t = 30_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    /// (`408 request_timeout` after that); 1 to 86,400,000.
+    #[arg(long, default_value_t = 30_000, value_name = "N")]
+    #[arg(value_parser = clap::value_parser!(u64).range(1..=DAY_MS))]
     pub(crate) body_timeout_ms: u64,
     /// How many connections may be open at once; more wait, unaccepted, until one closes.
-    #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) max_connections: u32,
     /// On SIGINT or SIGTERM, how long the requests in hand may take to finish, in ms; the
-    /// connections still open then are dropped.
+    /// connections still open then are dropped; 0 to 86,400,000.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(value_parser = clap::value_parser!(u64).range(0..=DAY_MS))]
     pub(crate) shutdown_grace_ms: u64,
 }
 

@@ -133,7 +133,8 @@ pub(crate) async fn run(
         ));
     }
     drop(listener);
-    let grace_ends = tokio::time::Instant::now() + limits.shutdown_grace;
+    let now = tokio::time::Instant::now();
+    let grace_ends = now.checked_add(limits.shutdown_grace).unwrap_or(now);
     tracing::info!(
         connections = connections.len(),
         grace_ms = limits.shutdown_grace.as_millis(),
