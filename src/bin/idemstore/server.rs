@@ -133,6 +133,7 @@ pub(crate) async fn run(
         ));
     }
     drop(listener);
+    while connections.try_join_next().is_some() {}
     let now = tokio::time::Instant::now();
     let grace_ends = now.checked_add(limits.shutdown_grace).unwrap_or(now);
     tracing::info!(
