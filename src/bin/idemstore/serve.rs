@@ -22,7 +22,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use idemstore::http::{Contract, DEFAULT_MAX_REQUEST_BODY, IdempotencyContext, IdempotencyLayer};
+use idemstore::http::{
+    Contract, DEFAULT_MAX_REQUEST_BODY, IdempotencyContext, IdempotencyLayer, Principal,
+};
 use idemstore::{Config, Durability, Scope, Store};
 use serde_json::{Value, json};
 
@@ -86,10 +88,6 @@ pub(crate) struct ServeArgs {
     #[arg(value_parser = clap::value_parser!(u64).range(0..=DAY_MS))]
     pub(crate) shutdown_grace_ms: u64,
 }
-
-/// The authenticated account, put in the request's extensions by [`authenticate`].
-#[derive(Debug, Clone)]
-struct Account(Scope);
 
 #[derive(Clone)]
 struct AppState {
@@ -155,7 +153,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let ttl = store.config().ttl();
-    let app = app(
+    let (app, layer) = app(
         store.clone(),
         bookings,
         Duration::from_millis(args.handler_delay_ms),
@@ -180,21 +178,33 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
     };
     let grace_ends = server::run(listener, app, limits, shutdown).await;
-    wait_for_detached_calls(grace_ends).await;
+    if let Some(layer) = layer {
+        wait_for_detached_calls(&layer, grace_ends).await;
+    }
     tracing::info!("shutting down: closing the store");
     store.close()?;
     Ok(())
 }
 
 /// Waits, until `grace_ends` at the latest, for the idempotency layer's guarded calls that
-/// outlived their connections, so that the store is not closed under them.
-///
-/// Nothing to wait for yet: today a guarded handler whose client went away is dropped with its
-/// connection, and its key released. The layer is to run such a handler to completion on a
-/// task of its own instead; those tasks are awaited here, before `store.close()`.
-async fn wait_for_detached_calls(grace_ends: tokio::time::Instant) {
-    // wait for the layer's detached guarded calls here (until `grace_ends`)
-    let _ = grace_ends;
+/// outlived their connections (rule H11: a started handler runs to completion on its own
+/// task), so that their responses are stored before the store closes. A call still running at
+/// the deadline keeps its key in flight, and the next open releases it.
+async fn wait_for_detached_calls(layer: &IdempotencyLayer, grace_ends: tokio::time::Instant) {
+    let running = layer.running();
+    if running == 0 {
+        return;
+    }
+    tracing::info!(running, "waiting for guarded handlers to finish");
+    if tokio::time::timeout_at(grace_ends, layer.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            running = layer.running(),
+            "guarded handlers still running at the end of the grace period"
+        );
+    }
 }
 
 /// Installs the SIGINT and SIGTERM handlers now, so that a signal sent as soon as the address
@@ -220,14 +230,14 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 }
 
 /// The bookings API: authentication, then (optionally) the idempotency layer, then the
-/// routes.
+/// routes; and the layer, whose running calls shutdown waits for.
 fn app(
     store: Store,
     bookings: Bookings,
     delay: Duration,
     ttl: Duration,
     idempotency: bool,
-) -> Result<Router, Box<dyn std::error::Error>> {
+) -> Result<(Router, Option<IdempotencyLayer>), Box<dyn std::error::Error>> {
     let state = AppState {
         bookings,
         delay,
@@ -238,17 +248,18 @@ fn app(
         .route("/v1/bookings/{uid}", get(show).patch(patch))
         .route("/v1/bookings/{uid}/cancel", post(cancel))
         .route("/v1/bookings/{uid}/reschedule", post(reschedule));
-    let routes = if idempotency {
-        let contract = Contract::default()
-            .scope(|parts| parts.extensions.get::<Account>().map(|a| a.0.clone()));
-        routes.layer(IdempotencyLayer::new(store, contract)?)
+    let (routes, layer) = if idempotency {
+        // The scope is the account `authenticate` put in the extensions (rule H14).
+        let layer = IdempotencyLayer::new(store, Contract::default().scope_from_principal())?;
+        (routes.layer(layer.clone()), Some(layer))
     } else {
-        routes
+        (routes, None)
     };
-    Ok(routes
+    let app = routes
         .fallback(not_found)
         .layer(middleware::from_fn(authenticate))
-        .with_state(state))
+        .with_state(state);
+    Ok((app, layer))
 }
 
 /// An error answer in the contract's shape (rule H8).
@@ -295,7 +306,7 @@ async fn authenticate(mut req: Request, next: Next) -> Response {
     let hex = account_id(token);
     match Scope::new(format!("acct_{hex}")) {
         Ok(scope) => {
-            req.extensions_mut().insert(Account(scope));
+            req.extensions_mut().insert(Principal(scope));
             next.run(req).await
         }
         Err(e) => error(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()).into_response(),
@@ -457,7 +468,7 @@ fn email_field(v: &Value) -> Result<String, ApiError> {
 
 fn account(headers_ext: &axum::http::Extensions) -> Result<String, ApiError> {
     headers_ext
-        .get::<Account>()
+        .get::<Principal>()
         .map(|a| a.0.as_str().to_owned())
         .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unauthenticated", "no account"))
 }
