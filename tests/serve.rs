@@ -658,3 +658,65 @@ async fn serve_answers_408_to_a_body_that_does_not_arrive_in_time() {
     assert!(!whole.replayed());
     assert_eq!(uids(addr).await.len(), 1);
 }
+
+/// H11 on the demo: a client that sends a `PATCH` (with its `If-Match`) and hangs up while the
+/// handler runs never gets the edit applied twice, and its retry gets the edit's answer, never
+/// `412` for the version its own first attempt moved on. Before, the layer released the key
+/// when the connection dropped, the handler's commit landed anyway, and the retry either
+/// applied the edit again or was refused with `412`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h11_serve_a_client_that_hangs_up_mid_patch_never_applies_it_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("idem.redb"), &["--handler-delay-ms", "50"]);
+    let addr = server.addr;
+    let created = send(addr, booking("POST", "/v1/bookings", Some("c1"), BODY))
+        .await
+        .unwrap();
+    let uid = created.json()["data"]["uid"].as_str().unwrap().to_owned();
+    let path = format!("/v1/bookings/{uid}");
+    let patch = |key: &str, version: u64, start: &str| {
+        let mut r = booking(
+            "PATCH",
+            &path,
+            Some(key),
+            &format!(r#"{{"start":"{start}"}}"#),
+        );
+        r.headers_mut()
+            .insert("if-match", format!("\"v{version}\"").parse().unwrap());
+        r
+    };
+    for n in 1..=20u64 {
+        let (key, start) = (format!("p{n}"), format!("2026-07-{n:02}T10:00:00Z"));
+        let body = format!(r#"{{"start":"{start}"}}"#);
+        let raw = format!(
+            "PATCH {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok_demo\r\n\
+             idempotency-key: {key}\r\nif-match: \"v{n}\"\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let conn = TcpStream::connect(addr).await.unwrap();
+        assert!(raw_write(&conn, raw.as_bytes()).await);
+        drop(conn); // gone while the handler is held
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let retry = loop {
+            let r = send(addr, patch(&key, n, &start)).await.unwrap();
+            if r.status != StatusCode::CONFLICT {
+                break r;
+            }
+            assert_eq!(r.code(), "idempotency_in_progress", "{}", r.text());
+            assert!(Instant::now() < deadline, "still in progress after 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(retry.status, StatusCode::OK, "try {n}: {}", retry.text());
+        assert_eq!(
+            retry.header("etag"),
+            Some(format!("\"v{}\"", n + 1).as_str())
+        );
+        let shown = send(addr, booking("GET", &path, None, "")).await.unwrap();
+        assert_eq!(
+            shown.header("etag"),
+            Some(format!("\"v{}\"", n + 1).as_str()),
+            "try {n}: the edit was applied once"
+        );
+    }
+}
