@@ -36,7 +36,8 @@ pub(crate) struct Shared {
     /// `begin` sends such keys to the writer (which applies the queued releases first).
     pub(crate) detached_releases: AtomicU64,
     /// The store's secret: kept in the file (`META_SCOPE_SECRET`), or drawn for this process
-    /// by the memory engine, whose records do not outlive it either.
+    /// by the memory engine, whose records do not outlive it either. Read by the HTTP layer.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) secret: [u8; 32],
 }
 

@@ -989,7 +989,6 @@ impl Reservation {
 
     /// [`complete_async`](Reservation::complete_async) under `policy` instead of the store's:
     /// the HTTP layer's contract decides what it stores.
-    #[cfg(feature = "http")]
     pub(crate) fn complete_async_keeping(
         mut self,
         response: Response,
