@@ -213,7 +213,13 @@ fuzz_target!(|data: &[u8]| {
             method: method.to_ascii_uppercase(),
             path: path.to_owned(),
             query: query.unwrap_or("").to_owned(),
-            media: content_type.map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase()),
+            media: content_type.map(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            }),
             // Two spellings of one JSON value are one body.
             body: if json { b"ab".to_vec() } else { body.clone() },
         };
