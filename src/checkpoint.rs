@@ -31,8 +31,9 @@ use crate::key::KeyHash;
 use crate::overlay::{Changes, Slot};
 use crate::record::{
     EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_LOG_POS, META_LOG_SEQ,
-    META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RecordBytes, open_each_alone,
+    META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RecordBytes, SCOPE_COUNTS, open_each_alone,
 };
+use crate::scope_count::Deltas;
 use crate::shared::panic_text;
 use crate::wal::{Change, Mark};
 
@@ -51,10 +52,12 @@ impl<E: Into<redb::Error>> From<E> for ApplyError {
 }
 
 /// Sets the key of `change` to the state it carries: the record, and its expiry entry holding
-/// its response (or none), replacing whatever the tables held for it.
+/// its response (or none), replacing whatever the tables held for it; what it adds or removes
+/// goes into `deltas`, which the caller flushes into the counts before its commit.
 pub(crate) fn apply_change(
     records: &mut Table<&'static [u8; 32], RecordBytes>,
     expiry: &mut Table<ExpiryKey, ExpiryValue>,
+    deltas: &mut Deltas,
     change: Change<'_>,
 ) -> Result<(), ApplyError> {
     match change {
@@ -68,9 +71,9 @@ pub(crate) fn apply_change(
                 ApplyError::BadRecord(format!("a logged record does not decode: {e}"))
             })?;
             // The insert hands back the record it replaced: no separate lookup.
-            let old = records
-                .insert(&hash, record)?
-                .and_then(|g| Hot::decode(g.value()).ok());
+            let replaced = records.insert(&hash, record)?;
+            deltas.replaced(replaced.as_ref().map(|g| g.value()), record);
+            let old = replaced.and_then(|g| Hot::decode(g.value()).ok());
             if let Some(old) = old
                 && old.expires_at != new.expires_at
             {
@@ -82,9 +85,11 @@ pub(crate) fn apply_change(
             )?;
         }
         Change::Delete { hash } => {
-            let old = records
-                .remove(&hash)?
-                .and_then(|g| Hot::decode(g.value()).ok());
+            let removed = records.remove(&hash)?;
+            if let Some(g) = &removed {
+                deltas.removed(g.value());
+            }
+            let old = removed.and_then(|g| Hot::decode(g.value()).ok());
             if let Some(old) = old {
                 expiry.remove(ExpiryKey::new(old.expires_at, &KeyHash(hash)))?;
             }
@@ -136,6 +141,7 @@ pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
             // commute.
             let mut sorted: Vec<_> = job.changes.iter().collect();
             sorted.sort_unstable_by_key(|(hash, _)| **hash);
+            let mut deltas = Deltas::default();
             for (hash, slot) in sorted {
                 let change = match slot {
                     Slot::Put { record, response } => Change::Put {
@@ -145,9 +151,10 @@ pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
                     },
                     Slot::Deleted => Change::Delete { hash: hash.0 },
                 };
-                apply_change(&mut records, &mut expiry, change)?;
+                apply_change(&mut records, &mut expiry, &mut deltas, change)?;
             }
             let mut meta = txn.open_table(META)?;
+            deltas.flush(&mut txn.open_table(SCOPE_COUNTS)?, &mut meta)?;
             write_mark(&mut meta, job.mark)?;
             meta.insert(META_NEXT_TOKEN, job.next_token)?;
             if job.clean {

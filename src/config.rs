@@ -121,6 +121,7 @@ pub struct Config {
     pub(crate) release_in_flight_on_open: bool,
     pub(crate) reservations_durable: bool,
     pub(crate) compactor_batch: usize,
+    pub(crate) max_records_per_scope: u64,
     pub(crate) compactor_pause: Duration,
     pub(crate) compactor_interval: Duration,
     pub(crate) index_capacity: usize,
@@ -150,6 +151,7 @@ impl Default for Config {
             release_in_flight_on_open: true,
             reservations_durable: true,
             compactor_batch: 1000,
+            max_records_per_scope: 1_000_000,
             compactor_pause: Duration::from_millis(10),
             compactor_interval: Duration::from_secs(1),
             index_capacity: 1 << 16,
@@ -331,6 +333,27 @@ impl ConfigBuilder {
     /// commit): faster, but after a crash an operation that was executing may be executed again.
     pub fn reservations_durable(mut self, durable: bool) -> Self {
         self.config.reservations_durable = durable;
+        self
+    }
+
+    /// The most live records one scope may hold (rule C13). Default 1,000,000; range 1 to
+    /// 2^40. A first attempt that would add one more gets `BeginError::ScopeFull` (over
+    /// HTTP, `429 idempotency_scope_full`); replays, retries and completions of the records it
+    /// holds are not affected. A record counts from its reservation until it is removed:
+    /// released, purged, or, once expired, by the compactor.
+    ///
+    /// It bounds what one tenant can make the store keep (a record takes about 1 to 2 KB of
+    /// file with a small response): the default lets a scope make 11 new keys a second,
+    /// sustained, under the default TTL of a day. Raise it for tenants that make more.
+    pub fn max_records_per_scope(mut self, records: u64) -> Self {
+        check!(
+            self,
+            "max_records_per_scope",
+            records,
+            (1..=1 << 40).contains(&records),
+            "1 to 2^40"
+        );
+        self.config.max_records_per_scope = records;
         self
     }
 

@@ -288,6 +288,13 @@ impl StdError for OpenError {
 pub enum BeginError {
     /// The key is longer than this store's configured `max_key_len` (rule C12).
     InvalidKey(KeyError),
+    /// The key is new and its scope already holds `limit` live records, the most the store
+    /// keeps for one scope (`ConfigBuilder::max_records_per_scope`, rule C13). Nothing was
+    /// reserved; a retry succeeds once some of the scope's records expire or are purged.
+    ScopeFull {
+        /// The store's cap on live records per scope.
+        limit: u64,
+    },
     /// The store cannot serve.
     Unavailable(Unavailable),
 }
@@ -296,6 +303,10 @@ impl fmt::Display for BeginError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BeginError::InvalidKey(e) => write!(f, "begin refused: {e}"),
+            BeginError::ScopeFull { limit } => write!(
+                f,
+                "begin refused: the scope already holds {limit} live records, the most this store keeps for one scope"
+            ),
             BeginError::Unavailable(e) => write!(f, "begin failed: {e}"),
         }
     }
@@ -305,6 +316,7 @@ impl StdError for BeginError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             BeginError::InvalidKey(e) => Some(e),
+            BeginError::ScopeFull { .. } => None,
             BeginError::Unavailable(e) => Some(e),
         }
     }

@@ -161,7 +161,8 @@ fn record_completed() -> Record {
 
 #[test]
 fn golden_constants() {
-    assert_eq!(FORMAT_VERSION, 2);
+    assert_eq!(FORMAT_VERSION, 3);
+    assert_eq!(crate::record::META_IN_FLIGHT, "in_flight_records");
     assert_eq!(RECORD_VERSION, 1);
     assert_eq!(RESPONSE_VERSION, 1);
     assert_eq!(Fingerprint::CURRENT_VERSION, 1);
@@ -177,6 +178,7 @@ fn golden_table_definitions() {
     assert_eq!(RECORDS.name(), "idem_records");
     assert_eq!(EXPIRY.name(), "idem_expiry_responses");
     assert_eq!(META.name(), "idem_meta");
+    assert_eq!(crate::record::SCOPE_COUNTS.name(), "idem_scope_counts");
     assert_eq!(RecordBytes::type_name().name(), "idemstore::Record");
     assert_eq!(RecordBytes::fixed_width(), None);
     assert_eq!(ExpiryValue::type_name().name(), "idemstore::ResponseOrNone");
@@ -374,6 +376,9 @@ struct FileView {
     expiry: Vec<(String, String)>,
     format_version: Option<u64>,
     next_token: Option<u64>,
+    /// Each scope's live records, and the records in flight.
+    scope_counts: Vec<(String, u64)>,
+    in_flight: Option<u64>,
 }
 
 fn read_file(path: &std::path::Path) -> FileView {
@@ -395,6 +400,20 @@ fn read_file(path: &std::path::Path) -> FileView {
             .collect(),
         format_version: meta.get(META_FORMAT).unwrap().map(|g| g.value()),
         next_token: meta.get(META_NEXT_TOKEN).unwrap().map(|g| g.value()),
+        scope_counts: txn
+            .open_table(crate::record::SCOPE_COUNTS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().to_owned(), v.value())
+            })
+            .collect(),
+        in_flight: meta
+            .get(crate::record::META_IN_FLIGHT)
+            .unwrap()
+            .map(|g| g.value()),
     };
     assert_eq!(records.len().unwrap(), 1);
     view
@@ -433,8 +452,10 @@ fn golden_file_written_by_the_store() {
         file.expiry,
         [(EXPIRY_KEY_IN_FLIGHT.to_owned(), String::new())]
     );
-    assert_eq!(file.format_version, Some(2));
+    assert_eq!(file.format_version, Some(3));
     assert_eq!(file.next_token, Some(2));
+    assert_eq!(file.scope_counts, [(SCOPE.to_owned(), 1)]);
+    assert_eq!(file.in_flight, Some(1));
 
     let store = Store::open(&path, config()).unwrap();
     clock.advance(Duration::from_millis(COMPLETED_AT - T0));
@@ -448,6 +469,8 @@ fn golden_file_written_by_the_store() {
         file.expiry,
         [(EXPIRY_KEY_COMPLETED.to_owned(), RESPONSE_BLOB.to_owned())]
     );
-    assert_eq!(file.format_version, Some(2));
+    assert_eq!(file.format_version, Some(3));
     assert_eq!(file.next_token, Some(2));
+    assert_eq!(file.scope_counts, [(SCOPE.to_owned(), 1)]);
+    assert_eq!(file.in_flight, Some(0));
 }

@@ -11,7 +11,7 @@
 //! with the same reader and the same change application as recovery, so it shows what
 //! [`Store::open`] would show, without the writes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -34,10 +34,11 @@ use crate::open::{
 };
 use crate::read_only::{self, BaseFile, CopyOnWrite, ReadOnlyLog, SharedLocks};
 use crate::record::{
-    EXPIRY, ExpiryKey, FORMAT_VERSION, META, META_CLEAN, META_FORMAT, META_LOG_ID, RECORDS, Record,
-    State, open_each_alone, stored_response,
+    EXPIRY, ExpiryKey, FORMAT_VERSION, META, META_CLEAN, META_FORMAT, META_IN_FLIGHT, META_LOG_ID,
+    RECORDS, Record, SCOPE_COUNTS, State, open_each_alone, stored_response,
 };
 use crate::response;
+use crate::scope_count::{self, Deltas};
 use crate::shared::panic_text;
 use crate::storage::StorageBackend;
 use crate::store::{Store, corrupted, io_error, read_record};
@@ -106,7 +107,7 @@ impl Store {
         if let Some(engine) = self.memory() {
             return Ok(engine.check(now));
         }
-        self.read(|txn| check_in(txn, now))
+        self.read(|txn| check_in(txn, now, true))
     }
 }
 
@@ -207,6 +208,8 @@ pub struct Inspector {
     _file: BaseFile,
     clock: Arc<dyn Clock>,
     log_entries: u64,
+    /// The file's format version: 2 keeps no counts, so `check` does not look for them.
+    format: u64,
 }
 
 impl std::fmt::Debug for Inspector {
@@ -240,11 +243,12 @@ impl Inspector {
             b.create_with_backend(CopyOnWrite::new(Arc::clone(&base), len))
         })?;
         match guard_open(|| prepare(&db, path)) {
-            Ok(log_entries) => Ok(Inspector {
+            Ok((log_entries, format)) => Ok(Inspector {
                 db,
                 _file: base,
                 clock: Arc::clone(&config.clock),
                 log_entries,
+                format,
             }),
             Err(e) => {
                 // After a panic inside the engine its locks are poisoned and dropping the
@@ -285,7 +289,8 @@ impl Inspector {
     /// page's checksum too.
     pub fn check(&self) -> Result<CheckReport, Unavailable> {
         let now = self.clock.now_millis();
-        self.read(|txn| check_in(txn, now))
+        let counted = self.format >= COUNTS_FROM;
+        self.read(|txn| check_in(txn, now, counted))
     }
 
     /// Runs a read transaction, turning a storage-engine panic on a damaged page into an error.
@@ -339,10 +344,13 @@ fn take_reader_locks(base: &BaseFile) -> Result<(), OpenError> {
     }
 }
 
-/// Checks that the opened database is an idemstore store of the current format, and applies
-/// its write-ahead log (if it needs it) in one transaction on the in-memory copy. Returns the
-/// number of log entries applied.
-fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
+/// The first format that keeps the live records of each scope.
+const COUNTS_FROM: u64 = 3;
+
+/// Checks that the opened database is an idemstore store of a format this build reads as it
+/// is (2 or 3), and applies its write-ahead log (if it needs it) in one transaction on the
+/// in-memory copy, counts included. Returns the number of log entries applied and the format.
+fn prepare(db: &Database, path: &Path) -> Result<(u64, u64), OpenError> {
     let read = db.begin_read().map_err(open_error)?;
     let tables = read.names().map_err(open_error)?;
     if !tables.iter().any(|t| t == META.name()) {
@@ -352,8 +360,9 @@ fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
     let get = |k: &str| -> Result<Option<u64>, OpenError> {
         Ok(meta.get(k).map_err(open_error)?.map(|g| g.value()))
     };
-    match get(META_FORMAT)? {
-        Some(FORMAT_VERSION) => {}
+    let format = match get(META_FORMAT)? {
+        // Format 2 differs from 3 only by the counts, which inspecting does not need.
+        Some(found @ 2..=FORMAT_VERSION) => found,
         None => return Err(not_a_store(&tables)),
         Some(0) => {
             return Err(OpenError::Corrupted {
@@ -372,7 +381,7 @@ fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
                 current: FORMAT_VERSION,
             });
         }
-    }
+    };
     for name in [RECORDS.name(), EXPIRY.name()] {
         if !tables.iter().any(|t| t == name) {
             return Err(OpenError::NotAnIdemstoreFile {
@@ -385,7 +394,7 @@ fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
     drop(read.open_table(EXPIRY).map_err(open_error)?);
     let Some(bound) = get(META_LOG_ID)? else {
         // No log: the file holds every acknowledged change.
-        return Ok(0);
+        return Ok((0, format));
     };
     let clean = get(META_CLEAN)? == Some(1);
     let mut name = path.as_os_str().to_owned();
@@ -401,7 +410,7 @@ fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
         };
     let (LogPlan::Replay(header), Some(dev)) = (plan_log(Some(bound), header, clean)?, dev) else {
         // Closed cleanly: the log holds nothing the file lacks.
-        return Ok(0);
+        return Ok((0, format));
     };
     let from = checkpoint_mark(&meta)?;
     drop(meta);
@@ -411,14 +420,25 @@ fn prepare(db: &Database, path: &Path) -> Result<u64, OpenError> {
         open_each_alone(&txn).map_err(open_error)?;
         let mut records = txn.open_table(RECORDS).map_err(open_error)?;
         let mut expiry = txn.open_table(EXPIRY).map_err(open_error)?;
-        replay_log(&mut records, &mut expiry, dev, header, from)?.entries
+        let mut deltas = Deltas::default();
+        let entries =
+            replay_log(&mut records, &mut expiry, &mut deltas, dev, header, from)?.entries;
+        // The counts move with the records, as recovery moves them (format 2 keeps none).
+        if format >= COUNTS_FROM {
+            let mut counts = txn.open_table(SCOPE_COUNTS).map_err(open_error)?;
+            let mut meta = txn.open_table(META).map_err(open_error)?;
+            deltas.flush(&mut counts, &mut meta).map_err(open_error)?;
+        }
+        entries
     };
     // Into the in-memory copy: the file never sees this commit.
     txn.commit().map_err(open_error)?;
-    Ok(entries)
+    Ok((entries, format))
 }
 
-fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable> {
+/// Checks the file in `txn`; `counted`: it keeps the live records of each scope (format 3),
+/// and they must match the records.
+fn check_in(txn: &ReadTransaction, now: u64, counted: bool) -> Result<CheckReport, Unavailable> {
     let records = txn.open_table(RECORDS).map_err(io_error)?;
     let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
     let mut report = CheckReport::default();
@@ -431,10 +451,17 @@ fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable>
     };
     let mut with_expiry = HashSet::new();
     let mut undecodable = HashSet::new();
+    // Counted as the store counts them (C13): by the scope in each record's header.
+    let mut live: HashMap<String, u64> = HashMap::new();
+    let mut in_flight_records = 0u64;
     for entry in records.iter().map_err(io_error)? {
         let (hash, bytes) = entry.map_err(io_error)?;
         let hash = *hash.value();
         report.records += 1;
+        if let Some(scope) = Record::scope_of(bytes.value()) {
+            *live.entry(scope.to_owned()).or_default() += 1;
+        }
+        in_flight_records += u64::from(scope_count::in_flight(bytes.value()));
         let rec = match Record::decode(bytes.value()) {
             Ok(r) => r,
             Err(e) => {
@@ -509,6 +536,41 @@ fn check_in(txn: &ReadTransaction, now: u64) -> Result<CheckReport, Unavailable>
                 format!("expiry entry for {} has no record", hex(&ek.hash().0)),
             );
         }
+    }
+    match txn.open_table(SCOPE_COUNTS) {
+        Ok(counts) if counted => {
+            for entry in counts.iter().map_err(io_error)? {
+                let (scope, n) = entry.map_err(io_error)?;
+                let (scope, n) = (scope.value(), n.value());
+                let holds = live.remove(scope).unwrap_or(0);
+                if n != holds {
+                    problem(
+                        &mut report,
+                        format!("scope {scope}: counted {n} live records, holds {holds}"),
+                    );
+                }
+            }
+            for (scope, holds) in live {
+                problem(
+                    &mut report,
+                    format!("scope {scope}: holds {holds} live records, counted none"),
+                );
+            }
+            let meta = txn.open_table(META).map_err(io_error)?;
+            let counted = meta
+                .get(META_IN_FLIGHT)
+                .map_err(io_error)?
+                .map_or(0, |g| g.value());
+            if counted != in_flight_records {
+                problem(
+                    &mut report,
+                    format!("counted {counted} records in flight, holds {in_flight_records}"),
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(redb::TableError::TableDoesNotExist(_)) if !counted => {}
+        Err(e) => return Err(io_error(e)),
     }
     if problems > report.problems.len() {
         let more = problems - report.problems.len();

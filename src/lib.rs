@@ -61,6 +61,7 @@ mod record;
 mod reply;
 mod response;
 mod route;
+mod scope_count;
 mod seeded;
 mod shared;
 mod stats;

@@ -37,6 +37,7 @@ use crate::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
 use crate::ops::{BeginReply, Completion, ExpireReport, Op};
 use crate::record::{Hot, Record, State};
 use crate::response::Response;
+use crate::scope_count::Concurrent;
 use crate::seeded::Seeded;
 use crate::shared::Shared;
 use crate::stats::{add, bump};
@@ -103,6 +104,8 @@ pub(crate) struct MemoryEngine {
     shards: Box<[Mutex<Shard>]>,
     /// Every shard's map and the choice of shard hash with this one seed (`seeded.rs`).
     seed: Seeded,
+    /// The live records of each scope (C13).
+    scopes: Concurrent,
     next_token: AtomicU64,
     /// Where the next expiry pass starts, so passes share out the shards.
     expire_from: AtomicUsize,
@@ -123,6 +126,7 @@ impl MemoryEngine {
         MemoryEngine {
             shards,
             seed,
+            scopes: Concurrent::new(),
             next_token: AtomicU64::new(1),
             expire_from: AtomicUsize::new(0),
         }
@@ -157,6 +161,17 @@ impl MemoryEngine {
         shared.check()?;
         let current = shard.records.get(&hash);
         match machine::decide_begin(current.map(|r| &r.hot), fp, now) {
+            // A new record is counted in by the guard, or refused when its scope is full.
+            BeginDecision::Execute { .. }
+                if current.is_none()
+                    && !self.scopes.try_add(scope, config.max_records_per_scope) =>
+            {
+                drop(shard);
+                bump(&counters.scope_full);
+                Ok(BeginReply::ScopeFull {
+                    limit: config.max_records_per_scope,
+                })
+            }
             BeginDecision::Execute { takeover } => {
                 let token = self.next_token.fetch_add(1, Ordering::Relaxed);
                 let hot = machine::reserved(
@@ -238,7 +253,7 @@ impl MemoryEngine {
         if !policy.keeps(response.status()) {
             let old = shard.records.remove(&hash);
             drop(shard);
-            drop(old);
+            self.counted_out(old);
             bump(&counters.releases);
             return Ok(Completion::Released);
         }
@@ -268,7 +283,7 @@ impl MemoryEngine {
         machine::check_holder(current.as_ref(), token).map_err(|r| lease_refusal(r, token))?;
         let old = shard.records.remove(&hash);
         drop(shard);
-        drop(old);
+        self.counted_out(old);
         bump(&shared.counters.releases);
         Ok(())
     }
@@ -305,7 +320,16 @@ impl MemoryEngine {
         shared.check()?;
         let old = shard.records.remove(hash);
         drop(shard);
-        Ok(old.is_some())
+        let existed = old.is_some();
+        self.counted_out(old);
+        Ok(existed)
+    }
+
+    /// Counts a removed record out of its scope (C13), then drops it.
+    fn counted_out(&self, old: Option<Held>) {
+        if let Some(old) = old {
+            self.scopes.remove(&old.scope);
+        }
     }
 
     /// Waits for every call that took a shard's lock before now; called once the store is
@@ -354,7 +378,9 @@ impl MemoryEngine {
                 }
             }
             drop(shard);
-            drop(gone);
+            for old in gone {
+                self.counted_out(Some(old));
+            }
         }
         add(&shared.counters.expired_removed, report.removed);
         report

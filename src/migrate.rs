@@ -1,4 +1,4 @@
-//! Migrating a format 1 file to format 2, at open.
+//! Migrating a format 1 or 2 file to format 3, at open.
 //!
 //! Why: format 2 keeps each completed record's response in its expiry index entry instead of a
 //! table keyed by key hash (`docs/format.md`), so files written by earlier builds are rewritten
@@ -14,8 +14,10 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::key::KeyHash;
 use crate::record::{
-    EXPIRY, ExpiryKey, ExpiryValue, Hot, RECORDS, State, V1_EXPIRY, V1_RESPONSES, open_each_alone,
+    EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_IN_FLIGHT, RECORDS, SCOPE_COUNTS, State,
+    V1_EXPIRY, V1_RESPONSES, open_each_alone,
 };
+use crate::scope_count::Deltas;
 
 /// Rewrites the format 1 tables of `txn`'s file as format 2 and deletes the old ones. The
 /// caller writes the new format version in the same transaction.
@@ -49,6 +51,25 @@ pub(crate) fn v1_to_v2(txn: &WriteTransaction) -> Result<(), redb::Error> {
     }
     txn.delete_table(V1_EXPIRY)?;
     txn.delete_table(V1_RESPONSES)?;
+    Ok(())
+}
+
+/// Builds format 3's counts from the records (`scope_count.rs`): each scope's live records, and
+/// how many records are in flight. The caller writes the new format version in the same
+/// transaction; a crash leaves the file at its old version, and the next open counts again.
+pub(crate) fn v2_to_v3(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    open_each_alone(txn)?;
+    let records = txn.open_table(RECORDS)?;
+    let mut counts = txn.open_table(SCOPE_COUNTS)?;
+    let mut meta = txn.open_table(META)?;
+    let mut deltas = Deltas::default();
+    for entry in records.iter()? {
+        deltas.replaced(None, entry?.1.value());
+    }
+    // Counted from nothing: whatever the tables held is replaced.
+    counts.retain(|_, _| false)?;
+    meta.remove(META_IN_FLIGHT)?;
+    deltas.flush(&mut counts, &mut meta)?;
     Ok(())
 }
 

@@ -26,9 +26,11 @@ use crate::key::KeyHash;
 use crate::migrate;
 use crate::record::{
     EXPIRY, ExpiryKey, ExpiryValue, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT,
-    META_LOG_ID, META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN, META_SCOPE_SECRET,
-    OLDEST_MIGRATED, RECORDS, RecordBytes, State, TOKEN_SKIP_AFTER_CRASH, open_each_alone,
+    META_IN_FLIGHT, META_LOG_ID, META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN,
+    META_SCOPE_SECRET, OLDEST_MIGRATED, RECORDS, RecordBytes, SCOPE_COUNTS, State,
+    TOKEN_SKIP_AFTER_CRASH, open_each_alone,
 };
+use crate::scope_count::{Counts, Deltas};
 use crate::shared::panic_text;
 use crate::storage::StorageBackend;
 use crate::wal::{self, Header, Log, LogError, Mark};
@@ -104,6 +106,8 @@ pub(crate) struct Opened {
     pub(crate) replayed: u64,
     /// The store's secret (`META_SCOPE_SECRET`).
     pub(crate) secret: [u8; 32],
+    /// The live records of every scope, as the file holds them now.
+    pub(crate) scopes: Counts,
 }
 
 /// 32 bytes from the operating system's random source.
@@ -158,6 +162,7 @@ pub(crate) fn init_tables(
     let log;
     let mut replayed = 0;
     let secret;
+    let scopes;
     {
         // Before META is opened (which creates it): a file without idemstore's format marker
         // is new only if it holds no table at all.
@@ -187,7 +192,10 @@ pub(crate) fn init_tables(
             Some(found) if found >= OLDEST_MIGRATED => {
                 // Before anything reads the tables: the log's changes and every later read
                 // are in the new layout.
-                migrate::v1_to_v2(&txn).map_err(open_error)?;
+                if found < 2 {
+                    migrate::v1_to_v2(&txn).map_err(open_error)?;
+                }
+                migrate::v2_to_v3(&txn).map_err(open_error)?;
                 true
             }
             Some(found) => {
@@ -201,6 +209,8 @@ pub(crate) fn init_tables(
         let mut meta = txn.open_table(META).map_err(open_error)?;
         let mut records = txn.open_table(RECORDS).map_err(open_error)?;
         let mut expiry = txn.open_table(EXPIRY).map_err(open_error)?;
+        let mut counts = txn.open_table(SCOPE_COUNTS).map_err(open_error)?;
+        let mut deltas = Deltas::default();
         if write_format {
             meta.insert(META_FORMAT, FORMAT_VERSION)
                 .map_err(open_error)?;
@@ -243,7 +253,8 @@ pub(crate) fn init_tables(
                 let recovered = match plan_log(bound, header, clean || format.is_none())? {
                     LogPlan::Replay(h) => {
                         let from = checkpoint_mark(&meta)?;
-                        let done = replay_log(&mut records, &mut expiry, dev, h, from)?;
+                        let done =
+                            replay_log(&mut records, &mut expiry, &mut deltas, dev, h, from)?;
                         stored = stored.max(done.next_token);
                         replayed = done.entries;
                         done.log
@@ -277,7 +288,11 @@ pub(crate) fn init_tables(
             meta.insert(META_NEXT_TOKEN, next_token)
                 .map_err(open_error)?;
         }
-        if config.release_in_flight_on_open {
+        // The count says whether any record is in flight: most opens need no scan.
+        let in_flight_now = get(&meta, META_IN_FLIGHT)?
+            .unwrap_or(0)
+            .saturating_add_signed(deltas.in_flight());
+        if config.release_in_flight_on_open && in_flight_now > 0 {
             let mut in_flight = Vec::new();
             for entry in records.iter().map_err(open_error)? {
                 let (k, v) = entry.map_err(open_error)?;
@@ -288,12 +303,16 @@ pub(crate) fn init_tables(
                 }
             }
             for (hash, expires_at) in in_flight {
-                records.remove(&hash).map_err(open_error)?;
+                if let Some(old) = records.remove(&hash).map_err(open_error)? {
+                    deltas.removed(old.value());
+                }
                 let ek = ExpiryKey::new(expires_at, &KeyHash(hash));
                 expiry.remove(ek).map_err(open_error)?;
                 released += 1;
             }
         }
+        deltas.flush(&mut counts, &mut meta).map_err(open_error)?;
+        scopes = Counts::load(&counts).map_err(open_error)?;
     }
     txn.commit().map_err(open_error)?;
     let mut log = log;
@@ -307,6 +326,7 @@ pub(crate) fn init_tables(
         log,
         replayed,
         secret,
+        scopes,
     })
 }
 
@@ -374,6 +394,7 @@ pub(crate) struct Replayed {
 pub(crate) fn replay_log(
     records: &mut Table<&'static [u8; 32], RecordBytes>,
     expiry: &mut Table<ExpiryKey, ExpiryValue>,
+    deltas: &mut Deltas,
     dev: Box<dyn StorageBackend>,
     header: Header,
     from: Mark,
@@ -385,7 +406,7 @@ pub(crate) fn replay_log(
         next_token = next_token.max(entry.next_token);
         entries += 1;
         for change in entry.changes {
-            if let Err(e) = apply_change(records, expiry, change) {
+            if let Err(e) = apply_change(records, expiry, deltas, change) {
                 failure = Some(match e {
                     ApplyError::Storage(e) => open_error(e),
                     ApplyError::BadRecord(detail) => OpenError::Log { detail },

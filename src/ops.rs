@@ -27,10 +27,17 @@ pub enum Completion {
 /// The writer's answer to a `begin` that reached it.
 #[derive(Debug)]
 pub(crate) enum BeginReply {
-    Execute { token: u64, lease_deadline: u64 },
+    Execute {
+        token: u64,
+        lease_deadline: u64,
+    },
     Replay(Response),
     InProgress,
     Conflict,
+    /// A new record would pass the scope's cap of `limit` live records (C13).
+    ScopeFull {
+        limit: u64,
+    },
 }
 
 /// One queued operation.

@@ -1,4 +1,4 @@
-//! The on-disk layout: tables (format version 2), the record, and the expiry index key.
+//! The on-disk layout: tables (format version 3), the record, and the expiry index key.
 //!
 //! Why: the file must outlive any version of this crate, so its bytes are defined here and in
 //! `docs/format.md`, not by a serialisation library, and golden-bytes tests pin them.
@@ -22,6 +22,12 @@ pub(crate) const RECORDS: TableDefinition<&[u8; 32], RecordBytes> =
 /// writes land at the right edge of the tree instead of on random leaves.
 pub(crate) const EXPIRY: TableDefinition<ExpiryKey, ExpiryValue> =
     TableDefinition::new("idem_expiry_responses");
+/// Live records per scope: scope → how many records of that scope the file holds (expired
+/// ones not removed yet included); a scope with none has no entry. Kept in step with the
+/// records by every transaction that adds or removes one (`scope_count.rs`); built from the
+/// records by the migration from format 2.
+pub(crate) const SCOPE_COUNTS: TableDefinition<&str, u64> =
+    TableDefinition::new("idem_scope_counts");
 /// Format 1's responses table: key hash → response blob. Read only by the migration.
 pub(crate) const V1_RESPONSES: TableDefinition<&[u8; 32], Blob> =
     TableDefinition::new("idem_responses");
@@ -39,6 +45,7 @@ pub(crate) fn open_each_alone(txn: &WriteTransaction) -> Result<(), redb::TableE
     drop(txn.open_table(META)?);
     drop(txn.open_table(RECORDS)?);
     drop(txn.open_table(EXPIRY)?);
+    drop(txn.open_table(SCOPE_COUNTS)?);
     Ok(())
 }
 
@@ -68,12 +75,15 @@ pub(crate) const META_SCOPE_SECRET: [&str; 4] = [
     "scope_secret_2",
     "scope_secret_3",
 ];
+/// Meta key holding how many records are in flight, kept in step like [`SCOPE_COUNTS`]: an open
+/// that releases in-flight records scans the records only when it is not zero.
+pub(crate) const META_IN_FLIGHT: &str = "in_flight_records";
 /// How far the token counter jumps when a file is opened after a crash. Tokens handed out
 /// after the last durable commit were lost with it (buffered mode, non-durable reservations),
 /// and must never be handed out again: no session issues 2^32 tokens between durable commits.
 pub(crate) const TOKEN_SKIP_AFTER_CRASH: u64 = 1 << 32;
 /// The format version this build writes and the newest it reads.
-pub(crate) const FORMAT_VERSION: u64 = 2;
+pub(crate) const FORMAT_VERSION: u64 = 3;
 /// The oldest format version this build migrates at open.
 pub(crate) const OLDEST_MIGRATED: u64 = 1;
 
@@ -263,6 +273,15 @@ impl Record {
         out.extend_from_slice(scope);
         out.extend_from_slice(key);
         out
+    }
+
+    /// The scope of an encoded record, read from its header alone: present whenever the
+    /// header's scope length fits the bytes and they are UTF-8, so that a record whose other
+    /// parts are damaged is still counted against its scope.
+    pub(crate) fn scope_of(b: &[u8]) -> Option<&str> {
+        let scope_len = usize::from(le_u16(b, OFF_SCOPE_LEN));
+        let scope = b.get(FIXED_LEN..FIXED_LEN.checked_add(scope_len)?)?;
+        std::str::from_utf8(scope).ok()
     }
 
     /// Decodes a record.

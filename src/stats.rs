@@ -32,6 +32,9 @@ pub struct Stats {
     pub lease_takeovers: u64,
     /// Completions and renewals refused because the reservation was fenced (C8).
     pub fenced: u64,
+    /// First attempts refused because their scope held `max_records_per_scope` live records
+    /// (C13).
+    pub scope_full: u64,
     /// Expired records removed by the compactor (C9).
     pub expired_removed: u64,
     /// Write transactions committed by the writer (0 with `Durability::Memory`, which has no
@@ -112,6 +115,7 @@ pub(crate) struct Counters {
     pub(crate) releases: AtomicU64,
     pub(crate) lease_takeovers: AtomicU64,
     pub(crate) fenced: AtomicU64,
+    pub(crate) scope_full: AtomicU64,
     pub(crate) expired_removed: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) durable_commits: AtomicU64,
@@ -153,6 +157,7 @@ impl Counters {
             releases: l(&self.releases),
             lease_takeovers: l(&self.lease_takeovers),
             fenced: l(&self.fenced),
+            scope_full: l(&self.scope_full),
             expired_removed: l(&self.expired_removed),
             commits: l(&self.commits),
             durable_commits: l(&self.durable_commits),

@@ -370,8 +370,15 @@ impl Store {
         crate::stats::add(&shared.counters.releases, opened.released);
         crate::stats::add(&shared.counters.log_entries_replayed, opened.replayed);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let writer = writer::spawn(Arc::clone(&shared), db, rx, opened.next_token, opened.log)
-            .map_err(OpenError::Spawn)?;
+        let writer = writer::spawn(
+            Arc::clone(&shared),
+            db,
+            rx,
+            opened.next_token,
+            opened.log,
+            opened.scopes,
+        )
+        .map_err(OpenError::Spawn)?;
         Store::with_threads(shared, Route::Writer(tx), Some(writer))
     }
 
@@ -505,7 +512,7 @@ impl Store {
         let hash = KeyHash::of(scope, key);
         if let Some(engine) = self.inner.ops.memory() {
             let reply = engine.begin(shared, hash, scope, key, fp)?;
-            return Ok((hash, Prepared::Ready(self.claim_of(reply))));
+            return Ok((hash, Prepared::Ready(self.claim_of(reply)?)));
         }
         if let Some(claim) = self.fast_begin(&hash, fp)? {
             bump(&shared.counters.answered_from_index);
@@ -590,11 +597,11 @@ impl Store {
     ) -> Result<Claim, BeginError> {
         let shared = &self.inner.shared;
         let reply = reply.map_err(|c| shared.lost_reply(c))??;
-        Ok(self.claim_of(reply))
+        self.claim_of(reply)
     }
 
-    fn claim_of(&self, reply: BeginReply) -> Claim {
-        match reply {
+    fn claim_of(&self, reply: BeginReply) -> Result<Claim, BeginError> {
+        Ok(match reply {
             BeginReply::Execute {
                 token,
                 lease_deadline,
@@ -607,7 +614,8 @@ impl Store {
                 retry_after: self.inner.shared.config.retry_after,
             },
             BeginReply::Conflict => Claim::Conflict,
-        }
+            BeginReply::ScopeFull { limit } => return Err(BeginError::ScopeFull { limit }),
+        })
     }
 
     fn submit(&self, op: Op) -> Result<(), Unavailable> {

@@ -46,9 +46,10 @@ use crate::ops::{Abandoned, BeginReply, Completion, ExpireReport, Op, Pending};
 use crate::overlay::{Overlay, Slot};
 use crate::record::{
     EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_NEXT_TOKEN, RECORDS, Record,
-    RecordBytes, State, open_each_alone, stored_response,
+    RecordBytes, SCOPE_COUNTS, State, open_each_alone, stored_response,
 };
 use crate::response::{self, Response};
+use crate::scope_count::{self, Counts, Deltas};
 use crate::shared::{Shared, panic_text};
 use crate::stats::{add, bump, raise};
 use crate::wal::{EntryBuf, Log};
@@ -288,6 +289,8 @@ struct Batch {
     detached_releases: u64,
     /// The batch's resulting record states, for the write-ahead log.
     entry: EntryBuf,
+    /// What the batch adds to and takes from the live records of each scope.
+    deltas: Deltas,
     /// With a log, make this batch a checkpoint: a caller wants the file to hold everything.
     checkpoint: bool,
 }
@@ -316,6 +319,8 @@ pub(crate) struct Writer {
     /// With a log: the last expiry index entry of the file an expiry pass looked at since
     /// the last checkpoint (see `Tables::due`).
     expire_cursor: Option<ExpiryKey>,
+    /// The live records of each scope as of the last commit (rule C13).
+    scopes: Counts,
 }
 
 /// Starts the writer thread.
@@ -325,6 +330,7 @@ pub(crate) fn spawn(
     rx: Receiver<Op>,
     next_token: u64,
     log: Option<Log>,
+    scopes: Counts,
 ) -> std::io::Result<JoinHandle<()>> {
     let cached = ResponseBudget::new(shared.config.response_cache_bytes);
     let completed = CompletedBudget::new(shared.config.index_max_completed);
@@ -346,6 +352,7 @@ pub(crate) fn spawn(
         last_checkpoint: Instant::now(),
         checkpointer,
         expire_cursor: None,
+        scopes,
     };
     std::thread::Builder::new()
         .name("idemstore-writer".into())
@@ -522,13 +529,19 @@ impl Writer {
                 return;
             }
         }
-        if self.next_token != token_before {
+        {
             let meta = self.io(txn.open_table(META));
             let Ok(mut meta) = meta else { return };
-            if self
-                .io(meta.insert(META_NEXT_TOKEN, self.next_token))
-                .is_err()
+            if self.next_token != token_before
+                && self
+                    .io(meta.insert(META_NEXT_TOKEN, self.next_token))
+                    .is_err()
             {
+                return;
+            }
+            let counts = self.io(txn.open_table(SCOPE_COUNTS));
+            let Ok(mut counts) = counts else { return };
+            if self.io(b.deltas.flush(&mut counts, &mut meta)).is_err() {
                 return;
             }
         }
@@ -796,6 +809,7 @@ impl Writer {
 
     /// Applies the index effects, then answers every caller.
     fn finish(&mut self, b: Batch) {
+        self.scopes.apply(&b.deltas);
         for effect in b.effects {
             match effect {
                 Effect::Put(hash, entry) => {
@@ -946,18 +960,27 @@ impl Writer {
         }))
     }
 
-    /// Writes `record` under `hash`, moving its expiry index entry from `old_expiry`, and logs
-    /// the new state with `response`, the stored response it now has (the caller writes that
-    /// one; none for a record in flight).
+    /// Writes `record` under `hash` in place of `old` (none: the key held no record), moving
+    /// its expiry index entry from `old`'s, counts it (C13), and logs the new state with
+    /// `response`, the stored response it now has (the caller writes that one; none for a
+    /// record in flight).
     fn put(
         &self,
         t: &mut Tables<'_>,
         b: &mut Batch,
         (hash, record): (&KeyHash, &Record),
-        old_expiry: Option<u64>,
+        old: Option<&Hot>,
         response: Option<&[u8]>,
     ) -> Result<(), Fail> {
         let bytes = record.encode();
+        let in_flight = record.hot.state == State::InFlight;
+        match old {
+            None => b.deltas.added(&record.scope, in_flight),
+            Some(o) => b
+                .deltas
+                .state_changed(o.state == State::InFlight, in_flight),
+        }
+        let old_expiry = old.map(|o| o.expires_at);
         self.io(t.put(hash, (bytes.as_slice(), &record.hot), old_expiry, response))?;
         if self.log.is_some() {
             b.entry.put(&hash.0, &bytes, response);
@@ -965,7 +988,7 @@ impl Writer {
         Ok(())
     }
 
-    /// Removes a record, its response and its expiry entry.
+    /// Removes a record, its response and its expiry entry, and counts it out (C13).
     fn delete(
         &self,
         t: &mut Tables<'_>,
@@ -973,6 +996,14 @@ impl Writer {
         hash: &KeyHash,
         hot: Option<&Hot>,
     ) -> Result<(), Fail> {
+        // Read from the record's header, so a record damaged elsewhere is counted out too.
+        let gone = self.io(t.record(hash, |bytes| {
+            let scope = Record::scope_of(bytes).map(Box::<str>::from);
+            (scope, scope_count::in_flight(bytes))
+        }))?;
+        if let Some((scope, in_flight)) = gone {
+            b.deltas.gone(scope.as_deref(), in_flight);
+        }
         if self.log.is_some() {
             b.entry.delete(&hash.0);
         }
@@ -1005,6 +1036,20 @@ impl Writer {
                     None => None,
                 };
                 match machine::decide_begin(hot.as_ref(), &fp, now) {
+                    BeginDecision::Execute { .. }
+                        if hot.is_none()
+                            && self.scopes.live(scope.as_str(), &b.deltas)
+                                >= config.max_records_per_scope =>
+                    {
+                        // A new record would pass the scope's cap (C13).
+                        bump(&counters.scope_full);
+                        let limit = config.max_records_per_scope;
+                        b.pending.push(Pending::Begin(
+                            reply,
+                            Ok(BeginReply::ScopeFull { limit }),
+                            hash,
+                        ));
+                    }
                     BeginDecision::Execute { takeover } => {
                         let token = self.next_token;
                         self.next_token = self.next_token.saturating_add(1);
@@ -1021,7 +1066,7 @@ impl Writer {
                             scope: scope.as_str().to_owned(),
                             key: key.as_str().to_owned(),
                         };
-                        self.put(t, b, (&hash, &record), hot.map(|h| h.expires_at), None)?;
+                        self.put(t, b, (&hash, &record), hot.as_ref(), None)?;
                         b.mutated = true;
                         b.durable |= self.durable_if(config.reservations_durable);
                         b.effects.push(Effect::Put(
@@ -1133,13 +1178,7 @@ impl Writer {
                         now,
                         crate::clock::millis(config.ttl),
                     );
-                    self.put(
-                        t,
-                        b,
-                        (&hash, &record),
-                        Some(old.expires_at),
-                        Some(blob.as_slice()),
-                    )?;
+                    self.put(t, b, (&hash, &record), Some(&old), Some(blob.as_slice()))?;
                     b.durable |= self.durable_if(true);
                     b.effects.push(Effect::Put(
                         hash,
@@ -1208,7 +1247,7 @@ impl Writer {
                         let lease_deadline = now.saturating_add(crate::clock::millis(config.lease));
                         record.hot.lease_deadline = lease_deadline;
                         record.hot.expires_at = old.expires_at.max(lease_deadline);
-                        self.put(t, b, (&hash, &record), Some(old.expires_at), None)?;
+                        self.put(t, b, (&hash, &record), Some(&old), None)?;
                         b.mutated = true;
                         b.effects.push(Effect::Put(
                             hash,

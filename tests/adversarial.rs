@@ -669,3 +669,42 @@ fn h14_the_authorization_scope_is_keyed_by_a_secret() {
         assert!(!scope.as_str().contains(&unkeyed.to_hex()[..32]), "{scope}");
     }
 }
+
+/// C13 over HTTP: a tenant that makes new keys without end is refused `429
+/// idempotency_scope_full` at the store's cap, before its handler runs; other tenants and the
+/// tenant's own retries are served. Before, one client could make the store keep any number
+/// of records (10,000 in 6 s, about 1.8 KB of file each).
+#[tokio::test]
+async fn c13_a_tenant_past_its_cap_of_live_keys_gets_429() {
+    let calls = Arc::default();
+    let store =
+        Store::in_memory(Config::builder().max_records_per_scope(3).build().unwrap()).unwrap();
+    let app = axum::Router::new()
+        .route("/transfer", counted("transfer", &calls))
+        .layer(IdempotencyLayer::new(store, Contract::default()).unwrap());
+    let as_tenant = |token: &str, key: &str| {
+        let mut r = keyed("POST", "/transfer", Some(key), "application/json", "{}");
+        r.headers_mut()
+            .insert("authorization", http::HeaderValue::from_str(token).unwrap());
+        r
+    };
+    for k in ["k1", "k2", "k3"] {
+        let (status, _, _) = through(&app, as_tenant("Bearer flood", k)).await;
+        assert_eq!(status, http::StatusCode::CREATED);
+    }
+    let (status, _, body) = through(&app, as_tenant("Bearer flood", "k4")).await;
+    assert_eq!(status, http::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(code_of(&body), "idempotency_scope_full");
+    let (_, headers, _) = through(&app, as_tenant("Bearer flood", "k1")).await;
+    assert_eq!(
+        headers["idempotent-replay"], "true",
+        "its own retries are served"
+    );
+    let (status, _, _) = through(&app, as_tenant("Bearer quiet", "k4")).await;
+    assert_eq!(
+        status,
+        http::StatusCode::CREATED,
+        "another tenant is served"
+    );
+    assert_eq!(calls.lock().unwrap()["transfer"], 4);
+}

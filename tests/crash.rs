@@ -606,6 +606,14 @@ impl Case {
             }
             other => return Err(format!("begin of a new key after the crash: {other:?}")),
         }
+        // The recovered file agrees with itself, its counts of live records per scope and in
+        // flight included (C13): they moved in the same transactions as the records.
+        let report = store
+            .check()
+            .map_err(|e| format!("check after the crash: {e}"))?;
+        if !report.is_sound() {
+            return Err(format!("check after the crash: {:?}", report.problems));
+        }
         store
             .clone()
             .close()

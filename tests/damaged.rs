@@ -231,7 +231,7 @@ fn c11_a_newer_format_version_is_refused() {
     match Store::open(&path, Config::default()) {
         Err(OpenError::UnsupportedFormat {
             found: 99,
-            supported: 2,
+            supported: 3,
         }) => {}
         other => panic!("{other:?}"),
     }

@@ -98,7 +98,7 @@ fn known() -> Vec<Known> {
 }
 
 /// The format versions with committed fixtures, oldest first; the generator writes the last.
-const VERSIONS: [&str; 2] = ["v1", "v2"];
+const VERSIONS: [&str; 3] = ["v1", "v2", "v3"];
 
 /// The name of a fixture of format `version`: `v2-clean.redb` for (`v2`, `clean.redb`).
 fn named(version: &str, name: &str) -> String {
@@ -507,11 +507,18 @@ fn c12_a_damaged_freed_page_list_is_refused_by_verify_on_open_and_never_aborts()
     }
 }
 
-/// Opening the format 1 file migrates it: the store's own check finds the new tables sound,
-/// and once closed the file says format 2 and no longer holds format 1's tables.
+/// Opening a format 1 or 2 file migrates it: the store's own check finds the new tables sound
+/// (the live records of each scope counted, C13), and once closed the file says format 3 and
+/// no longer holds format 1's tables.
 #[test]
-fn c10_c12_a_format_1_file_is_migrated_to_format_2_at_open() {
-    let (tmp, opened) = open_copy("v1-clean.redb", false);
+fn c10_c12_c13_files_of_formats_1_and_2_are_migrated_to_format_3_at_open() {
+    for name in ["v1-clean.redb", "v2-clean.redb"] {
+        migrated(name);
+    }
+}
+
+fn migrated(name: &str) {
+    let (tmp, opened) = open_copy(name, false);
     let store = opened.unwrap();
     let report = store.check().unwrap();
     assert!(report.is_sound(), "{:?}", report.problems);
@@ -520,12 +527,21 @@ fn c10_c12_a_format_1_file_is_migrated_to_format_2_at_open() {
     assert_eq!(report.expiry_entries, known().len() as u64);
     store.close().unwrap();
 
-    use redb::{ReadableDatabase, TableHandle};
-    let db = redb::Database::open(tmp.path().join("v1-clean.redb")).unwrap();
+    use redb::{ReadableDatabase, ReadableTable, TableHandle};
+    let db = redb::Database::open(tmp.path().join(name)).unwrap();
     let txn = db.begin_read().unwrap();
     let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("idem_meta");
     let version = txn.open_table(meta).unwrap().get("format_version").unwrap();
-    assert_eq!(version.map(|g| g.value()), Some(2));
+    assert_eq!(version.map(|g| g.value()), Some(3));
+    let counts: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("idem_scope_counts");
+    let counted: u64 = txn
+        .open_table(counts)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|e| e.unwrap().1.value())
+        .sum();
+    assert_eq!(counted, known().len() as u64, "{name}");
     let names: Vec<String> = txn
         .list_tables()
         .unwrap()

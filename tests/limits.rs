@@ -94,3 +94,127 @@ fn c12_an_oversized_response_is_refused_and_the_key_released() {
     r.complete(fits.clone()).unwrap();
     assert_eq!(replay(t.store.begin(&s, &k, &fp("1")).unwrap()), fits);
 }
+
+fn scope_full(b: Result<idemstore::Begin, BeginError>) -> u64 {
+    match b {
+        Err(BeginError::ScopeFull { limit }) => limit,
+        other => panic!("expected ScopeFull, got {other:?}"),
+    }
+}
+
+/// C13: a scope holds at most `max_records_per_scope` live records. A first attempt past it is
+/// refused and reserves nothing; other scopes, and retries of the keys the scope holds, are
+/// not affected; a record that leaves (released, purged, expired and compacted) makes room;
+/// the count survives a restart. With and without the write-ahead log.
+#[test]
+fn c13_a_scope_holds_at_most_its_cap_of_live_records() {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(60);
+    for wal in [true, false] {
+        let t = open_with(|c| c.max_records_per_scope(3).write_ahead_log(wal).ttl(TTL));
+        let (a, b) = (scope("acct_a"), scope("acct_b"));
+        execute(t.store.begin(&a, &key("done"), &fp("1")).unwrap())
+            .complete(resp(201, "ok"))
+            .unwrap();
+        let held = execute(t.store.begin(&a, &key("held"), &fp("1")).unwrap());
+        let spare = execute(t.store.begin(&a, &key("spare"), &fp("1")).unwrap());
+        assert_eq!(scope_full(t.store.begin(&a, &key("new"), &fp("1"))), 3);
+        assert_eq!(t.store.stats().scope_full, 1);
+        assert!(
+            t.store.get(&a, &key("new")).unwrap().is_none(),
+            "nothing reserved"
+        );
+        // The scope's own keys answer as before; another scope has room.
+        assert_eq!(
+            replay(t.store.begin(&a, &key("done"), &fp("1")).unwrap()).body(),
+            b"ok"
+        );
+        assert!(matches!(
+            t.store.begin(&a, &key("held"), &fp("1")).unwrap(),
+            idemstore::Begin::InProgress { .. }
+        ));
+        drop(execute(t.store.begin(&b, &key("new"), &fp("1")).unwrap()));
+        // A release makes room for one.
+        spare.release().unwrap();
+        let taken = execute(t.store.begin(&a, &key("new"), &fp("1")).unwrap());
+        scope_full(t.store.begin(&a, &key("more"), &fp("1")));
+        // So does a purge.
+        assert!(t.store.purge(&a, &key("done")).unwrap());
+        let more = execute(t.store.begin(&a, &key("more"), &fp("1")).unwrap());
+        // The count survives a restart: still full with the three reservations kept; the
+        // default open, which releases them, makes room again.
+        for r in [held, taken, more] {
+            r.abandon();
+        }
+        let t = t.reopen_with(|c| c.max_records_per_scope(3).write_ahead_log(wal).ttl(TTL));
+        scope_full(t.store.begin(&a, &key("after"), &fp("1")));
+        let t = t.reopen_with(|c| {
+            c.max_records_per_scope(3)
+                .write_ahead_log(wal)
+                .ttl(TTL)
+                .release_in_flight_on_open(true)
+        });
+        execute(t.store.begin(&a, &key("after"), &fp("1")).unwrap())
+            .complete(resp(200, "x"))
+            .unwrap();
+        // Expired and compacted records make room too.
+        let full: Vec<_> = ["e1", "e2"]
+            .iter()
+            .map(|k| execute(t.store.begin(&a, &key(k), &fp("1")).unwrap()))
+            .collect();
+        scope_full(t.store.begin(&a, &key("late"), &fp("1")));
+        for r in full {
+            r.complete(resp(200, "x")).unwrap();
+        }
+        t.clock.advance(TTL);
+        assert_eq!(t.store.compact_now().unwrap(), 3, "wal {wal}");
+        drop(execute(t.store.begin(&a, &key("late"), &fp("1")).unwrap()));
+        let report = t.store.check().unwrap();
+        assert!(report.is_sound(), "wal {wal}: {:?}", report.problems);
+    }
+}
+
+/// C13 under a race: threads making new keys in one scope at once get exactly the cap of
+/// reservations between them, on the file store and on the memory engine.
+#[test]
+fn c13_racing_first_attempts_never_pass_the_cap() {
+    use std::sync::Arc;
+    const CAP: u64 = 20;
+    let file = open_with(|c| c.max_records_per_scope(CAP));
+    let memory = idemstore::Store::in_memory(
+        idemstore::Config::builder()
+            .max_records_per_scope(CAP)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    for store in [file.store.clone(), memory] {
+        let store = Arc::new(store);
+        let threads: Vec<_> = (0..8)
+            .map(|th| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    let mut full = 0;
+                    for i in 0..10 {
+                        let k = key(&format!("t{th}-{i}"));
+                        match store.begin(&scope("crowd"), &k, &fp("1")) {
+                            Ok(b) => held.push(execute(b)),
+                            Err(BeginError::ScopeFull { .. }) => full += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    // Held to the end, so no release makes room mid-race.
+                    (held.into_iter().map(|r| r.abandon()).count(), full)
+                })
+            })
+            .collect();
+        let (mut reserved, mut refused) = (0, 0);
+        for t in threads {
+            let (r, f) = t.join().unwrap();
+            reserved += r;
+            refused += f;
+        }
+        assert_eq!(reserved as u64, CAP);
+        assert_eq!(refused as u64, 80 - CAP);
+    }
+}

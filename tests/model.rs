@@ -310,6 +310,8 @@ struct Model {
     now: u64,
     memory: bool,
     release_in_flight_on_open: bool,
+    /// The most records a scope may hold (C13), expired ones not compacted yet included.
+    cap: u64,
 }
 
 impl Model {
@@ -320,6 +322,7 @@ impl Model {
             now: T0,
             memory: v.durability == Durability::Memory,
             release_in_flight_on_open: v.release_in_flight_on_open,
+            cap: v.max_records_per_scope.unwrap_or(u64::MAX),
         }
     }
 
@@ -340,6 +343,12 @@ impl Model {
                 // The lease ran out: take over with a new token (C8).
                 MState::InFlight { .. } => {}
             }
+        }
+        // C13: a key without a record adds one to its scope, which must have room.
+        let held = self.records.keys().filter(|k| k.0 == sk.0).count() as u64;
+        if !self.records.contains_key(&sk) && held >= self.cap {
+            let limit = self.cap;
+            return Out::BeginFailed(format!("{:?}", idemstore::BeginError::ScopeFull { limit }));
         }
         let token = self.next_token;
         self.next_token += 1;
@@ -480,6 +489,8 @@ struct Variant {
     response_cache_bytes: Option<usize>,
     /// `Some(1)`: the index drops all but the newest completed record.
     index_max_completed: Option<usize>,
+    /// The cap on live records per scope (C13); `None`: the default, never reached here.
+    max_records_per_scope: Option<u64>,
 }
 
 impl Variant {
@@ -492,6 +503,10 @@ impl Variant {
             .release_in_flight_on_open(self.release_in_flight_on_open);
         let c = match self.index_max_completed {
             Some(records) => c.index_max_completed(records),
+            None => c,
+        };
+        let c = match self.max_records_per_scope {
+            Some(records) => c.max_records_per_scope(records),
             None => c,
         };
         match self.response_cache_bytes {
@@ -760,6 +775,17 @@ fn run_case_collect(v: Variant, ops: &[Op]) -> Result<Vec<Out>, TestCaseError> {
             prop_assert_eq!(h.real_get(s, k), h.model_get(s, k), "final get {} {}", s, k);
         }
     }
+    // The file agrees with itself: every record has its expiry entry and response, and the
+    // live records of each scope are counted as they are (C13). `check` checkpoints first, so
+    // what the checkpoint folds into the file is checked too.
+    if v.durability != Durability::Memory && h.t.is_some() {
+        let report = h.store().check();
+        prop_assert!(
+            report.as_ref().is_ok_and(|r| r.is_sound()),
+            "check: {:?}",
+            report.map(|r| r.problems)
+        );
+    }
     // Orphans dropped last: nothing of theirs may reach the store that replaced theirs.
     let Harness {
         t, live, orphans, ..
@@ -802,6 +828,7 @@ const IMMEDIATE: Variant = Variant {
     release_in_flight_on_open: false,
     response_cache_bytes: None,
     index_max_completed: None,
+    max_records_per_scope: None,
 };
 
 #[test]
@@ -819,6 +846,7 @@ fn model_c1_c12_buffered() {
             release_in_flight_on_open: false,
             response_cache_bytes: None,
             index_max_completed: None,
+            max_records_per_scope: None,
         },
         192,
     );
@@ -832,6 +860,7 @@ fn model_c1_c12_memory() {
             release_in_flight_on_open: false,
             response_cache_bytes: None,
             index_max_completed: None,
+            max_records_per_scope: None,
         },
         1024,
     );
@@ -845,6 +874,7 @@ fn model_c11_release_in_flight_on_open() {
             release_in_flight_on_open: true,
             response_cache_bytes: None,
             index_max_completed: None,
+            max_records_per_scope: None,
         },
         128,
     );
@@ -858,6 +888,7 @@ fn model_c3_replay_from_storage_without_response_cache() {
             release_in_flight_on_open: false,
             response_cache_bytes: Some(0),
             index_max_completed: None,
+            max_records_per_scope: None,
         },
         192,
     );
@@ -871,9 +902,28 @@ fn model_c3_c4_c5_answered_by_the_writer_once_the_index_drops_completed_records(
             release_in_flight_on_open: false,
             response_cache_bytes: None,
             index_max_completed: Some(1),
+            max_records_per_scope: None,
         },
         192,
     );
+}
+
+/// C13 with a cap of two records per scope (of three keys): first attempts past it are
+/// refused until a record leaves, on the logged file store and on the memory engine.
+#[test]
+fn model_c13_scope_cap() {
+    for durability in [Durability::Immediate, Durability::Memory] {
+        run_model(
+            Variant {
+                durability,
+                release_in_flight_on_open: true,
+                response_cache_bytes: None,
+                index_max_completed: None,
+                max_records_per_scope: Some(2),
+            },
+            192,
+        );
+    }
 }
 
 /// A hand-written sequence through every kind of operation, so the model's paths are
@@ -963,12 +1013,14 @@ fn model_walkthrough_c2_c12() {
             release_in_flight_on_open: false,
             response_cache_bytes: None,
             index_max_completed: None,
+            max_records_per_scope: None,
         },
         Variant {
             durability: Durability::Immediate,
             release_in_flight_on_open: true,
             response_cache_bytes: None,
             index_max_completed: None,
+            max_records_per_scope: None,
         },
     ] {
         replay_ops(v, &ops);
@@ -1010,6 +1062,7 @@ fn concurrent_case(
         release_in_flight_on_open: false,
         response_cache_bytes: None,
         index_max_completed: None,
+        max_records_per_scope: None,
     };
     let t = open_with(|c| v.configure(c));
     let s = scope("acct");

@@ -25,6 +25,7 @@ pub(crate) mod code {
     pub(crate) const RESPONSE_NOT_KEPT: &str = "idempotent_response_too_large";
     pub(crate) const HANDLER_FAILED: &str = "idempotency_handler_failed";
     pub(crate) const REPLAY_NOT_ACCEPTABLE: &str = "idempotency_replay_not_acceptable";
+    pub(crate) const SCOPE_FULL: &str = "idempotency_scope_full";
 }
 
 /// Escapes `s` as the inside of a JSON string.

@@ -208,6 +208,16 @@ where
                 "this idempotency key was already used for a different request",
             ));
         }
+        Err(BeginError::ScopeFull { limit }) => {
+            return Ok(answer::error(
+                style,
+                StatusCode::TOO_MANY_REQUESTS,
+                code::SCOPE_FULL,
+                &format!(
+                    "this account holds {limit} live idempotency keys, the most kept for one; new keys are taken again as old ones expire"
+                ),
+            ));
+        }
         Err(BeginError::InvalidKey(e)) => {
             return Ok(answer::error(
                 style,
