@@ -719,4 +719,27 @@ async fn h11_serve_a_client_that_hangs_up_mid_patch_never_applies_it_twice() {
             "try {n}: the edit was applied once"
         );
     }
+    // The same for a cancel: its retry is the cancel's answer, never 412.
+    let raw = format!(
+        "POST {path}/cancel HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok_demo\r\n\
+         idempotency-key: x1\r\nif-match: \"v21\"\r\ncontent-length: 0\r\n\r\n"
+    );
+    let conn = TcpStream::connect(addr).await.unwrap();
+    assert!(raw_write(&conn, raw.as_bytes()).await);
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let retry = loop {
+        let mut cancel = booking("POST", &format!("{path}/cancel"), Some("x1"), "");
+        cancel
+            .headers_mut()
+            .insert("if-match", "\"v21\"".parse().unwrap());
+        let r = send(addr, cancel).await.unwrap();
+        if r.status != StatusCode::CONFLICT {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "still in progress after 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text());
+    assert_eq!(retry.header("etag"), Some("\"v22\""));
 }
