@@ -167,6 +167,12 @@
 //! * **Costs**: unguarded requests and early refusals are variants of [`ResponseFuture`] and
 //!   allocate nothing extra; a guarded request boxes one future and holds its request body and
 //!   (up to the stored limit) its response body in memory.
+//! * **After a crash**: the keys in flight when the process died are released when the store
+//!   opens again ([`release_in_flight_on_open`](crate::ConfigBuilder::release_in_flight_on_open),
+//!   on by default, since one process holds a store file), so a retry runs at once instead
+//!   of getting `409` for up to a lease. A handler whose effect landed before the crash but
+//!   whose response was not stored runs again on that retry: keep such effects idempotent
+//!   downstream (the `IdempotencyContext`'s key and fingerprint can tie them to the request).
 //! * **Not covered**: a handler that runs longer than the store's lease (60 s by default) can
 //!   be taken over by a retry (C8); raise the lease for such operations. Idempotency is not
 //!   concurrency control: use `ETag`/`If-Match` for concurrent edits (the `idemstore serve`
