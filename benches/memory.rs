@@ -33,6 +33,8 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("memory.redb");
     let config = Config::builder()
+        // Every record in one scope: no cap (C13) in the way of the load.
+        .max_records_per_scope(1 << 40)
         .durability(Durability::Buffered {
             max_delay: Duration::from_millis(10),
         })

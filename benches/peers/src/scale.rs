@@ -52,6 +52,8 @@ fn config(
     Config::builder()
         .durability(durability)
         .ttl(TTL)
+        // Every key in one scope: no cap (C13) in the way of 10M keys.
+        .max_records_per_scope(1 << 40)
         .clock(clock.clone())
         .response_cache_bytes(0)
         .page_cache_bytes(page_cache)

@@ -119,6 +119,8 @@ pub fn open_idemstore(system: System, dir: &Path, settings: IdemSettings) -> Res
     let config = Config::builder()
         .durability(durability)
         .ttl(TTL)
+        // The harness's clients share one scope: no cap (C13) in the way of a long run.
+        .max_records_per_scope(1 << 40)
         .write_ahead_log(system != System::IdemImmediateNoLog)
         .build()
         .map_err(|e| e.to_string())?;
