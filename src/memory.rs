@@ -38,7 +38,7 @@ use crate::ops::{BeginReply, Completion, ExpireReport, Op};
 use crate::record::{Hot, Record, State};
 use crate::response::Response;
 use crate::scope_count::Concurrent;
-use crate::seeded::Seeded;
+use crate::seeded::{Prehashed, Seeded};
 use crate::shared::Shared;
 use crate::stats::{add, bump};
 
@@ -54,33 +54,55 @@ struct Held {
     response: Option<Response>,
 }
 
+/// A record's key hash with its seeded hash, computed once a call: its bits 32 up pick the
+/// shard, its low bits the bucket in the shard's map, so the map need not hash again.
+#[derive(Debug, Clone, Copy)]
+struct Hashed {
+    seeded: u64,
+    hash: KeyHash,
+}
+
+impl PartialEq for Hashed {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+    }
+}
+
+impl Eq for Hashed {}
+
+impl std::hash::Hash for Hashed {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.seeded);
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    records: HashMap<KeyHash, Held, Seeded>,
+    records: HashMap<Hashed, Held, Prehashed>,
     /// `(expires_at, hash)` of every expiry a record of this shard has had; see the module
     /// invariants.
     due: BinaryHeap<Reverse<(u64, KeyHash)>>,
 }
 
 impl Shard {
-    /// Inserts or replaces the record of `hash`; returns the one replaced.
-    fn put(&mut self, hash: KeyHash, held: Held) -> Option<Held> {
+    /// Inserts or replaces the record of `at`; returns the one replaced.
+    fn put(&mut self, at: Hashed, held: Held) -> Option<Held> {
         let expires_at = held.hot.expires_at;
-        let old = self.records.insert(hash, held);
+        let old = self.records.insert(at, held);
         if old.as_ref().is_none_or(|o| o.hot.expires_at != expires_at) {
-            self.expiry_moved(hash, expires_at);
+            self.expiry_moved(at.hash, expires_at);
         }
         old
     }
 
-    /// Changes the record of `hash` in place, if there is one.
-    fn update<T>(&mut self, hash: KeyHash, f: impl FnOnce(&mut Held) -> T) -> Option<T> {
-        let held = self.records.get_mut(&hash)?;
+    /// Changes the record of `at` in place, if there is one.
+    fn update<T>(&mut self, at: Hashed, f: impl FnOnce(&mut Held) -> T) -> Option<T> {
+        let held = self.records.get_mut(&at)?;
         let before = held.hot.expires_at;
         let out = f(held);
         let after = held.hot.expires_at;
         if after != before {
-            self.expiry_moved(hash, after);
+            self.expiry_moved(at.hash, after);
         }
         Some(out)
     }
@@ -93,7 +115,7 @@ impl Shard {
             self.due = self
                 .records
                 .iter()
-                .map(|(h, r)| Reverse((r.hot.expires_at, *h)))
+                .map(|(h, r)| Reverse((r.hot.expires_at, h.hash)))
                 .collect();
         }
     }
@@ -118,7 +140,7 @@ impl MemoryEngine {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    records: HashMap::with_capacity_and_hasher(per_shard, seed.clone()),
+                    records: HashMap::with_capacity_and_hasher(per_shard, Prehashed),
                     due: BinaryHeap::new(),
                 })
             })
@@ -132,12 +154,14 @@ impl MemoryEngine {
         }
     }
 
-    fn shard(&self, hash: &KeyHash) -> &Mutex<Shard> {
+    /// The shard of `hash`, and its key in the shard's map.
+    fn shard(&self, hash: &KeyHash) -> (&Mutex<Shard>, Hashed) {
+        let seeded = self.seed.hash_one(hash);
         // Bits 32-37 of the seeded hash: a shard's map buckets on the low bits and tags on the
         // top seven, so these add no correlation within a shard, and a client cannot aim its
         // keys at one shard's lock.
-        let i = (self.seed.hash_one(hash) >> 32) as usize % SHARDS;
-        &self.shards[i]
+        let i = (seeded >> 32) as usize % SHARDS;
+        (&self.shards[i], Hashed { seeded, hash: *hash })
     }
 
     /// Records held now, expired ones not removed yet included.
@@ -157,9 +181,10 @@ impl MemoryEngine {
         let config = &shared.config;
         let counters = &shared.counters;
         let now = shared.now();
-        let mut shard = self.shard(&hash).lock();
+        let (shard, at) = self.shard(&hash);
+        let mut shard = shard.lock();
         shared.check()?;
-        let current = shard.records.get(&hash);
+        let current = shard.records.get(&at);
         match machine::decide_begin(current.map(|r| &r.hot), fp, now) {
             // A new record is counted in by the guard, or refused when its scope is full.
             BeginDecision::Execute { .. }
@@ -188,7 +213,7 @@ impl MemoryEngine {
                     key: key.clone(),
                     response: None,
                 };
-                let old = shard.put(hash, held);
+                let old = shard.put(at, held);
                 drop(shard);
                 drop(old);
                 bump(&counters.executes);
@@ -237,9 +262,10 @@ impl MemoryEngine {
         let config = &shared.config;
         let counters = &shared.counters;
         let now = shared.now();
-        let mut shard = self.shard(&hash).lock();
+        let (shard, at) = self.shard(&hash);
+        let mut shard = shard.lock();
         shared.check()?;
-        let current = shard.records.get(&hash).map(|r| r.hot);
+        let current = shard.records.get(&at).map(|r| r.hot);
         if let Err(refusal) = machine::check_holder(current.as_ref(), token) {
             drop(shard);
             return Err(match refusal {
@@ -251,14 +277,14 @@ impl MemoryEngine {
             });
         }
         if !policy.keeps(response.status()) {
-            let old = shard.records.remove(&hash);
+            let old = shard.records.remove(&at);
             drop(shard);
             self.counted_out(old);
             bump(&counters.releases);
             return Ok(Completion::Released);
         }
         let (len, ttl) = (response.encoded_len(), crate::clock::millis(config.ttl));
-        let stored = shard.update(hash, |held| {
+        let stored = shard.update(at, |held| {
             held.hot = machine::completed(held.hot, response.status(), len, now, ttl);
             held.response = Some(response);
         });
@@ -277,11 +303,12 @@ impl MemoryEngine {
         hash: KeyHash,
         token: u64,
     ) -> Result<(), LeaseError> {
-        let mut shard = self.shard(&hash).lock();
+        let (shard, at) = self.shard(&hash);
+        let mut shard = shard.lock();
         shared.check()?;
-        let current = shard.records.get(&hash).map(|r| r.hot);
+        let current = shard.records.get(&at).map(|r| r.hot);
         machine::check_holder(current.as_ref(), token).map_err(|r| lease_refusal(r, token))?;
-        let old = shard.records.remove(&hash);
+        let old = shard.records.remove(&at);
         drop(shard);
         self.counted_out(old);
         bump(&shared.counters.releases);
@@ -297,9 +324,10 @@ impl MemoryEngine {
     ) -> Result<u64, LeaseError> {
         let now = shared.now();
         let lease_deadline = now.saturating_add(crate::clock::millis(shared.config.lease));
-        let mut shard = self.shard(&hash).lock();
+        let (shard, at) = self.shard(&hash);
+        let mut shard = shard.lock();
         shared.check()?;
-        let current = shard.records.get(&hash).map(|r| r.hot);
+        let current = shard.records.get(&at).map(|r| r.hot);
         if let Err(r) = machine::check_holder(current.as_ref(), token) {
             drop(shard);
             if let HolderRefusal::Fenced { .. } = r {
@@ -307,7 +335,7 @@ impl MemoryEngine {
             }
             return Err(lease_refusal(r, token));
         }
-        shard.update(hash, |held| {
+        shard.update(at, |held| {
             held.hot.lease_deadline = lease_deadline;
             held.hot.expires_at = held.hot.expires_at.max(lease_deadline);
         });
@@ -316,9 +344,10 @@ impl MemoryEngine {
 
     /// Removes the record, whatever its state; true if there was one.
     pub(crate) fn purge(&self, shared: &Shared, hash: &KeyHash) -> Result<bool, Unavailable> {
-        let mut shard = self.shard(hash).lock();
+        let (shard, at) = self.shard(hash);
+        let mut shard = shard.lock();
         shared.check()?;
-        let old = shard.records.remove(hash);
+        let old = shard.records.remove(&at);
         drop(shard);
         let existed = old.is_some();
         self.counted_out(old);
@@ -342,8 +371,9 @@ impl MemoryEngine {
 
     /// The record, unless absent or expired (C9).
     pub(crate) fn get(&self, hash: &KeyHash, now: u64) -> Option<RecordInfo> {
-        let shard = self.shard(hash).lock();
-        let held = shard.records.get(hash)?;
+        let (shard, at) = self.shard(hash);
+        let shard = shard.lock();
+        let held = shard.records.get(&at)?;
         (!machine::expired(&held.hot, now)).then(|| info(held))
     }
 
@@ -364,16 +394,20 @@ impl MemoryEngine {
                     Some(Reverse((at, _))) if *at <= now => {}
                     _ => break,
                 }
-                let Some(Reverse((at, hash))) = shard.due.pop() else {
+                let Some(Reverse((due_at, hash))) = shard.due.pop() else {
                     break;
                 };
                 report.scanned += 1;
+                let at = Hashed {
+                    seeded: self.seed.hash_one(hash),
+                    hash,
+                };
                 if shard
                     .records
-                    .get(&hash)
-                    .is_some_and(|r| r.hot.expires_at == at && machine::expired(&r.hot, now))
+                    .get(&at)
+                    .is_some_and(|r| r.hot.expires_at == due_at && machine::expired(&r.hot, now))
                 {
-                    gone.extend(shard.records.remove(&hash));
+                    gone.extend(shard.records.remove(&at));
                     report.removed += 1;
                 }
             }
@@ -392,15 +426,15 @@ impl MemoryEngine {
         let mut lowest: BinaryHeap<(KeyHash, ByHash)> = BinaryHeap::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            for (hash, r) in &shard.records {
+            for (at, r) in &shard.records {
                 if machine::expired(&r.hot, now) || scope.is_some_and(|s| *s != r.scope) {
                     continue;
                 }
                 if lowest.len() < limit {
-                    lowest.push((*hash, ByHash(info(r))));
-                } else if lowest.peek().is_some_and(|(top, _)| hash < top) {
+                    lowest.push((at.hash, ByHash(info(r))));
+                } else if lowest.peek().is_some_and(|(top, _)| at.hash < *top) {
                     lowest.pop();
-                    lowest.push((*hash, ByHash(info(r))));
+                    lowest.push((at.hash, ByHash(info(r))));
                 }
             }
         }

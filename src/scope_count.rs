@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use redb::{ReadableTable, Table};
 
 use crate::record::{Hot, META_IN_FLIGHT, Record, State};
-use crate::seeded::Seeded;
+use crate::seeded::{Prehashed, Seeded};
 
 /// Changes to the counts, accumulated by one transaction (or one batch of the writer).
 #[derive(Debug, Default)]
@@ -156,39 +156,64 @@ impl Counts {
 /// Shards of [`Concurrent`]: enough that callers of many scopes rarely meet on one lock.
 const SCOPE_SHARDS: usize = 64;
 
+/// A scope with its seeded hash, computed once a call: it picks the shard and the bucket.
+#[derive(Debug, Clone)]
+struct HashedScope {
+    seeded: u64,
+    scope: crate::Scope,
+}
+
+impl PartialEq for HashedScope {
+    fn eq(&self, other: &Self) -> bool {
+        self.scope == other.scope
+    }
+}
+
+impl Eq for HashedScope {}
+
+impl std::hash::Hash for HashedScope {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.seeded);
+    }
+}
+
+type ScopeShard = parking_lot::Mutex<HashMap<HashedScope, u64, Prehashed>>;
+
 /// The live records of every scope for the memory engine, whose calls run on their callers'
 /// threads: a map per shard of scopes, each under its own lock, taken after the record's shard
 /// lock and never before it.
 pub(crate) struct Concurrent {
-    shards: Box<[parking_lot::Mutex<HashMap<crate::Scope, u64, Seeded>>]>,
+    shards: Box<[ScopeShard]>,
     seed: Seeded,
 }
 
 impl Concurrent {
     pub(crate) fn new() -> Concurrent {
-        let seed = Seeded::new();
         Concurrent {
             shards: (0..SCOPE_SHARDS)
-                .map(|_| parking_lot::Mutex::new(HashMap::with_hasher(seed.clone())))
+                .map(|_| parking_lot::Mutex::new(HashMap::with_hasher(Prehashed)))
                 .collect(),
-            seed,
+            seed: Seeded::new(),
         }
     }
 
-    fn shard(
-        &self,
-        scope: &crate::Scope,
-    ) -> &parking_lot::Mutex<HashMap<crate::Scope, u64, Seeded>> {
+    fn shard(&self, scope: &crate::Scope) -> (&ScopeShard, HashedScope) {
         use std::hash::BuildHasher;
-        // Bits 32 up, as in the memory engine's record shards: the maps bucket on the low ones.
-        let i = (self.seed.hash_one(scope) >> 32) as usize % SCOPE_SHARDS;
-        &self.shards[i]
+        let seeded = self.seed.hash_one(scope);
+        // Bits 32 up pick the shard: the maps bucket on the low ones.
+        let i = (seeded >> 32) as usize % SCOPE_SHARDS;
+        let key = HashedScope {
+            seeded,
+            scope: scope.clone(),
+        };
+        (&self.shards[i], key)
     }
 
     /// Counts one more record of `scope`, unless it holds `limit` already; true if counted.
     pub(crate) fn try_add(&self, scope: &crate::Scope, limit: u64) -> bool {
-        let mut shard = self.shard(scope).lock();
-        let n = shard.entry(scope.clone()).or_insert(0);
+        let (shard, key) = self.shard(scope);
+        let mut shard = shard.lock();
+        let n = shard.entry(key).or_insert(0);
         if *n >= limit {
             return false;
         }
@@ -198,11 +223,12 @@ impl Concurrent {
 
     /// Counts one record of `scope` out.
     pub(crate) fn remove(&self, scope: &crate::Scope) {
-        let mut shard = self.shard(scope).lock();
-        if let Some(n) = shard.get_mut(scope) {
+        let (shard, key) = self.shard(scope);
+        let mut shard = shard.lock();
+        if let Some(n) = shard.get_mut(&key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                shard.remove(scope);
+                shard.remove(&key);
             }
         }
     }

@@ -12,7 +12,8 @@
 //! probe, grow): the policy is never driven by a chain the client built.
 //!
 //! Invariant: every map, set and shard choice keyed by a [`KeyHash`](crate::key::KeyHash), a
-//! scope or another client-chosen value uses [`Seeded`]; none buckets on raw digest bits.
+//! scope or another client-chosen value uses [`Seeded`], directly or through a hash it made
+//! ([`Prehashed`]); none buckets on raw digest bits.
 //!
 //! The seed is `std`'s `RandomState`: SipHash-1-3 under a 128-bit key drawn from the operating
 //! system's random source, different in every process. A `KeyHash` feeds it its first 8 bytes,
@@ -21,6 +22,42 @@
 
 /// The seeded hasher builder of the crate's in-memory maps.
 pub(crate) type Seeded = std::hash::RandomState;
+
+/// The hasher of maps whose keys carry a hash [`Seeded`] made already (and write it with
+/// `write_u64`): a caller that hashes a key once to pick a shard passes the same hash on, so
+/// the shard's map does not hash the key a second time. Only keys with a seeded hash may use
+/// it: it keeps what it is given.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Prehashed;
+
+/// The hasher behind [`Prehashed`].
+#[derive(Debug, Default)]
+pub(crate) struct PrehashedHasher(u64);
+
+impl std::hash::Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Keys of these maps hash through `write_u64`; fold anything else in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl std::hash::BuildHasher for Prehashed {
+    type Hasher = PrehashedHasher;
+
+    fn build_hasher(&self) -> PrehashedHasher {
+        PrehashedHasher(0)
+    }
+}
 
 #[cfg(test)]
 mod tests {
