@@ -72,7 +72,7 @@ impl StorageBackend for FileDevice {
 }
 
 #[cfg(unix)]
-fn read_exact_at(f: &File, offset: u64, out: &mut [u8]) -> io::Result<()> {
+pub(crate) fn read_exact_at(f: &File, offset: u64, out: &mut [u8]) -> io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(f, out, offset)
 }
 
@@ -82,7 +82,7 @@ fn write_all_at(f: &File, offset: u64, data: &[u8]) -> io::Result<()> {
 }
 
 #[cfg(windows)]
-fn read_exact_at(f: &File, mut offset: u64, mut out: &mut [u8]) -> io::Result<()> {
+pub(crate) fn read_exact_at(f: &File, mut offset: u64, mut out: &mut [u8]) -> io::Result<()> {
     use std::os::windows::fs::FileExt;
     while !out.is_empty() {
         match f.seek_read(out, offset)? {

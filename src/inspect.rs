@@ -29,8 +29,8 @@ use crate::error::{OpenError, Unavailable};
 use crate::key::{Key, KeyHash, Scope};
 use crate::machine;
 use crate::open::{
-    ListTables, LogPlan, PREFIX_LEN, checkpoint_mark, foreign_prefix, guard_open, not_a_store,
-    open_db, open_error, plan_log, replay_log,
+    Format, ListTables, LogPlan, PREFIX_LEN, check_format, checkpoint_mark, foreign_prefix,
+    guard_open, not_a_store, open_db, open_error, plan_log, replay_log,
 };
 use crate::read_only::{self, BaseFile, CopyOnWrite, ReadOnlyLog, SharedLocks};
 use crate::record::{
@@ -39,9 +39,8 @@ use crate::record::{
 };
 use crate::response;
 use crate::scope_count::{self, Deltas};
-use crate::shared::panic_text;
 use crate::storage::StorageBackend;
-use crate::store::{Store, corrupted, io_error, read_record};
+use crate::store::{Store, corrupted, guard_read, io_error, read_record};
 use crate::wal::{self, LogError};
 
 /// What [`Store::check`] found.
@@ -298,17 +297,9 @@ impl Inspector {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<T, Unavailable>,
     ) -> Result<T, Unavailable> {
-        catch_unwind(AssertUnwindSafe(|| {
+        guard_read(|| {
             let txn = self.db.begin_read().map_err(io_error)?;
             f(&txn)
-        }))
-        .unwrap_or_else(|payload| {
-            Err(Unavailable::Corrupted {
-                detail: format!(
-                    "the storage engine panicked reading the file: {}",
-                    panic_text(&*payload)
-                ),
-            })
         })
     }
 }
@@ -360,27 +351,17 @@ fn prepare(db: &Database, path: &Path) -> Result<(u64, u64), OpenError> {
     let get = |k: &str| -> Result<Option<u64>, OpenError> {
         Ok(meta.get(k).map_err(open_error)?.map(|g| g.value()))
     };
-    let format = match get(META_FORMAT)? {
+    let format = match check_format(get(META_FORMAT)?)? {
+        Format::Current => FORMAT_VERSION,
         // Format 2 differs from 3 only by the counts, which inspecting does not need.
-        Some(found @ 2..=FORMAT_VERSION) => found,
-        None => return Err(not_a_store(&tables)),
-        Some(0) => {
-            return Err(OpenError::Corrupted {
-                detail: "format version 0 was never written by any release".into(),
-            });
-        }
-        Some(found) if found > FORMAT_VERSION => {
-            return Err(OpenError::UnsupportedFormat {
-                found,
-                supported: FORMAT_VERSION,
-            });
-        }
-        Some(found) => {
+        Format::Older(found) if found >= 2 => found,
+        Format::Older(found) => {
             return Err(OpenError::NeedsMigration {
                 found,
                 current: FORMAT_VERSION,
             });
         }
+        Format::None => return Err(not_a_store(&tables)),
     };
     for name in [RECORDS.name(), EXPIRY.name()] {
         if !tables.iter().any(|t| t == name) {

@@ -161,7 +161,13 @@ impl MemoryEngine {
         // top seven, so these add no correlation within a shard, and a client cannot aim its
         // keys at one shard's lock.
         let i = (seeded >> 32) as usize % SHARDS;
-        (&self.shards[i], Hashed { seeded, hash: *hash })
+        (
+            &self.shards[i],
+            Hashed {
+                seeded,
+                hash: *hash,
+            },
+        )
     }
 
     /// Records held now, expired ones not removed yet included.

@@ -174,22 +174,11 @@ pub(crate) fn init_tables(
             .get(META_FORMAT)
             .map_err(open_error)?
             .map(|g| g.value());
-        let write_format = match format {
-            Some(FORMAT_VERSION) => false,
-            None if !tables.is_empty() => return Err(not_a_store(&tables)),
-            None => true,
-            Some(0) => {
-                return Err(OpenError::Corrupted {
-                    detail: "format version 0 was never written by any release".into(),
-                });
-            }
-            Some(found) if found > FORMAT_VERSION => {
-                return Err(OpenError::UnsupportedFormat {
-                    found,
-                    supported: FORMAT_VERSION,
-                });
-            }
-            Some(found) if found >= OLDEST_MIGRATED => {
+        let write_format = match check_format(format)? {
+            Format::Current => false,
+            Format::None if !tables.is_empty() => return Err(not_a_store(&tables)),
+            Format::None => true,
+            Format::Older(found) => {
                 // Before anything reads the tables: the log's changes and every later read
                 // are in the new layout.
                 if found < 2 {
@@ -197,12 +186,6 @@ pub(crate) fn init_tables(
                 }
                 migrate::v2_to_v3(&txn).map_err(open_error)?;
                 true
-            }
-            Some(found) => {
-                return Err(OpenError::UnsupportedFormat {
-                    found,
-                    supported: FORMAT_VERSION,
-                });
             }
         };
         open_each_alone(&txn).map_err(open_error)?;
@@ -328,6 +311,34 @@ pub(crate) fn init_tables(
         secret,
         scopes,
     })
+}
+
+/// What a file's `format_version` is to this build.
+pub(crate) enum Format {
+    /// No format marker: a new store, or another program's file.
+    None,
+    /// [`FORMAT_VERSION`].
+    Current,
+    /// An older version this build migrates (`OLDEST_MIGRATED` up).
+    Older(u64),
+}
+
+/// Sorts the format version a file holds, refusing the ones no build wrote and the newer ones.
+pub(crate) fn check_format(found: Option<u64>) -> Result<Format, OpenError> {
+    match found {
+        None => Ok(Format::None),
+        Some(FORMAT_VERSION) => Ok(Format::Current),
+        Some(0) => Err(OpenError::Corrupted {
+            detail: "format version 0 was never written by any release".into(),
+        }),
+        Some(found) if (OLDEST_MIGRATED..FORMAT_VERSION).contains(&found) => {
+            Ok(Format::Older(found))
+        }
+        Some(found) => Err(OpenError::UnsupportedFormat {
+            found,
+            supported: FORMAT_VERSION,
+        }),
+    }
 }
 
 /// What to do with the write-ahead log at open.

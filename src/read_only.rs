@@ -34,6 +34,7 @@ use parking_lot::Mutex;
 use redb::BackendError;
 use redb::backends::FileBackend;
 
+use crate::file_device::read_exact_at;
 use crate::storage::StorageBackend;
 
 /// The unit of the in-memory copy: whole pages of the storage engine (4 KiB).
@@ -327,26 +328,6 @@ impl StorageBackend for ReadOnlyLog {
     fn write(&self, _offset: u64, _data: &[u8]) -> io::Result<()> {
         Err(refused())
     }
-}
-
-#[cfg(unix)]
-fn read_exact_at(f: &File, offset: u64, out: &mut [u8]) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(f, out, offset)
-}
-
-#[cfg(windows)]
-fn read_exact_at(f: &File, mut offset: u64, mut out: &mut [u8]) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !out.is_empty() {
-        match f.seek_read(out, offset)? {
-            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            n => {
-                out = &mut out[n..];
-                offset += n as u64;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

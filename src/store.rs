@@ -631,20 +631,12 @@ impl Store {
         f: impl FnOnce(&ReadTransaction) -> Result<T, Unavailable>,
     ) -> Result<T, Unavailable> {
         let shared = &self.inner.shared;
-        catch_unwind(AssertUnwindSafe(|| {
-            // Holding the database for the whole read keeps `close` from returning while a
-            // read still has the file open.
+        // Holding the database for the whole read keeps `close` from returning while a read
+        // still has the file open.
+        guard_read(|| {
             shared.with_db(|db| {
                 let txn = db.begin_read().map_err(io_error)?;
                 f(&txn)
-            })
-        }))
-        .unwrap_or_else(|payload| {
-            Err(Unavailable::Corrupted {
-                detail: format!(
-                    "the storage engine panicked reading the file: {}",
-                    panic_text(&*payload)
-                ),
             })
         })
     }
@@ -1136,6 +1128,18 @@ impl Backend for Store {
     fn purge(&self, scope: &Scope, key: &Key) -> Result<bool, Unavailable> {
         Store::purge(self, scope, key)
     }
+}
+
+/// Runs a read of the file, turning a storage-engine panic on a damaged page into an error.
+pub(crate) fn guard_read<T>(f: impl FnOnce() -> Result<T, Unavailable>) -> Result<T, Unavailable> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(Unavailable::Corrupted {
+            detail: format!(
+                "the storage engine panicked reading the file: {}",
+                panic_text(&*payload)
+            ),
+        })
+    })
 }
 
 /// A storage-engine error met while reading, as callers see it.
