@@ -8,8 +8,8 @@
 #
 # Knobs (environment): ROUNDS (3), DURATION seconds per cell (5), WARMUP (1), CONCURRENCY
 # (1,16,64,256), WORKLOADS (flow,storm,replay90), SYSTEMS (all nine), SCALE_KEYS
-# ("1000000 10000000"), RESULTS (benches/peers/results), SVG_DIR (docs/peers), KEEP=1 keeps the
-# temporary directory.
+# ("1000000 10000000"), RESULTS (benches/peers/results), SVG_DIR (the plots: RESULTS; set
+# SVG_DIR=docs/peers to refresh the ones the docs show), KEEP=1 keeps the temporary directory.
 #
 # Installs redis-server and PostgreSQL from Debian's packages if they are missing, starts them
 # on 127.0.0.1 in a temporary directory, and stops exactly the processes it started (by PID) on
@@ -20,7 +20,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 MODE=${1:-peers}
 RESULTS=${RESULTS:-$HERE/results}
-SVG_DIR=${SVG_DIR:-$REPO/docs/peers}
+SVG_DIR=${SVG_DIR:-$RESULTS}
 if [[ -n "${QUICK:-}" ]]; then
   ROUNDS=${ROUNDS:-1}; DURATION=${DURATION:-1}; WARMUP=${WARMUP:-0.3}; CONCURRENCY=${CONCURRENCY:-1,16}
   SCALE_KEYS=${SCALE_KEYS:-20000}; RESULTS=${RESULTS_QUICK:-/tmp/idemstore-peers-quick}; SVG_DIR=$RESULTS
