@@ -668,6 +668,17 @@ fn h14_the_authorization_scope_is_keyed_by_a_secret() {
     for scope in [&a, &b] {
         assert!(!scope.as_str().contains(&unkeyed.to_hex()[..32]), "{scope}");
     }
+    // A bare API key (no scheme) compares case and all: two keys, two scopes.
+    let bare = |value: &str| {
+        let (parts, _) = http::Request::post("/")
+            .header("authorization", value)
+            .body(())
+            .unwrap()
+            .into_parts();
+        idemstore::http::scope_from_authorization(&parts, &[1; 32]).unwrap()
+    };
+    assert_ne!(bare("sk_live_AbCdEf"), bare("sk_live_abcdef"));
+    assert_eq!(bare("sk_live_AbCdEf"), bare(" sk_live_AbCdEf "));
 }
 
 /// C13 over HTTP: a tenant that makes new keys without end is refused `429
@@ -707,4 +718,69 @@ async fn c13_a_tenant_past_its_cap_of_live_keys_gets_429() {
         "another tenant is served"
     );
     assert_eq!(calls.lock().unwrap()["transfer"], 4);
+}
+
+/// One data frame, then nothing, ever: a stream that never ends.
+struct Endless(bool);
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if std::mem::take(&mut self.0) {
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                b"event\n\n",
+            )))))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// H11's bound: a guarded call whose client is gone is given up once its lease has passed,
+/// whether its handler never answers or its response body never ends; its key stays in flight
+/// (abandoned, C8), never released for a second execution. Before, such a call held its task
+/// forever, and `IdempotencyLayer::idle` never resolved.
+#[tokio::test]
+async fn h11_a_call_whose_client_left_is_given_up_after_its_lease() {
+    use tower::{Layer, ServiceExt};
+    for handler_hangs in [true, false] {
+        let config = Config::builder()
+            .lease(std::time::Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let store = Store::in_memory(config).unwrap();
+        let scope = idemstore::Scope::new("tenant").unwrap();
+        let contract = Contract::default().constant_scope(scope.clone());
+        let layer = IdempotencyLayer::new(store.clone(), contract).unwrap();
+        let service = layer.layer(tower::service_fn(move |_req| async move {
+            if handler_hangs {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, Infallible>(http::Response::new(Endless(true)))
+        }));
+        // The client waits until its call is running, then goes.
+        let mut first = Box::pin(service.clone().oneshot(guarded_post("endless")));
+        while layer.running() == 0 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx).is_ready()));
+            assert!(!polled.await, "the call never answers");
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        // An upper bound on the wait, not a sleep: the call is given up after its lease.
+        let idle = tokio::time::timeout(std::time::Duration::from_secs(30), layer.idle()).await;
+        assert!(idle.is_ok(), "the call was not given up after its lease");
+        // Given up, not released: the record is still in flight (a retry may take it over now
+        // that its lease has passed, C8, but nothing freed it early).
+        let record = store.get(&scope, &store.key("endless").unwrap()).unwrap();
+        assert_eq!(
+            record.map(|r| r.state),
+            Some(idemstore::State::InFlight),
+            "handler hangs: {handler_hangs}"
+        );
+    }
 }

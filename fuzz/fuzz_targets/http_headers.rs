@@ -29,19 +29,21 @@ fn scope_of(value: &[u8]) -> Option<Option<Scope>> {
 
 const SECRET: [u8; 32] = [0x5c; 32];
 
-/// The credentials as rule H14 compares them: the scheme in lower case, one space, the rest
-/// without leading blanks, all without surrounding blanks.
+/// The credentials as rule H14 compares them, without surrounding blanks: with a scheme, the
+/// scheme in lower case, one space, the rest without leading blanks; without one (no blank
+/// inside), the value as it is, marked apart.
 fn normalized(value: &[u8]) -> Vec<u8> {
     let value = value.trim_ascii();
-    let split = value
-        .iter()
-        .position(|&b| b == b' ' || b == b'\t')
-        .unwrap_or(value.len());
-    let (scheme, rest) = value.split_at(split);
-    let mut out = scheme.to_ascii_lowercase();
-    out.push(b' ');
-    out.extend_from_slice(rest.trim_ascii_start());
-    out
+    match value.iter().position(|&b| b == b' ' || b == b'\t') {
+        Some(split) => {
+            let (scheme, rest) = value.split_at(split);
+            let mut out = scheme.to_ascii_lowercase();
+            out.push(b' ');
+            out.extend_from_slice(rest.trim_ascii_start());
+            out
+        }
+        None => [&b"bare:"[..], value].concat(),
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -126,43 +126,53 @@ pub(crate) fn replay<B>(
     response
 }
 
-/// The content coding of `stored` if the request's `Accept-Encoding` refuses it (RFC 9110
-/// 12.5.3): a coding is acceptable when the request has no `Accept-Encoding`, or names it or
-/// `*` with a non-zero weight, and does not name it with weight zero. A stored response
-/// without a coding (or `identity`) is always replayed.
+/// A content coding's name as compared: lower case, `x-gzip` and `x-compress` as `gzip` and
+/// `compress` (RFC 9110 8.4.1).
+fn coding_name(raw: &[u8]) -> String {
+    let name = String::from_utf8_lossy(raw.trim_ascii()).to_ascii_lowercase();
+    match name.strip_prefix("x-") {
+        Some(base @ ("gzip" | "compress")) => base.to_owned(),
+        _ => name,
+    }
+}
+
+/// A content coding of `stored` that the request's `Accept-Encoding` refuses, if any (RFC 9110
+/// 12.5.3): every coding applied to the stored body must be acceptable, and one is when the
+/// request has no `Accept-Encoding`, or names it or `*` with a non-zero weight and does not
+/// name it with weight zero. A stored response without a coding (or `identity`) is always
+/// replayed.
 pub(crate) fn unaccepted_coding(stored: &crate::Response, request: &HeaderMap) -> Option<String> {
-    let coding = stored
+    let mut fields = request.get_all(ACCEPT_ENCODING).iter().peekable();
+    fields.peek()?;
+    // (name, weight) of each coding the request lists.
+    let listed: Vec<(String, f32)> = fields
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|item| {
+            let mut params = item.split(|&b| b == b';');
+            let name = coding_name(params.next().unwrap_or_default());
+            let weight = params
+                .filter_map(|p| {
+                    let p = p.trim_ascii();
+                    p.strip_prefix(b"q=").or_else(|| p.strip_prefix(b"Q="))
+                })
+                .find_map(|q| std::str::from_utf8(q).ok()?.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (name, weight)
+        })
+        .collect();
+    let accepted = |coding: &str| {
+        let weight_of = |name: &str| listed.iter().find(|(n, _)| n == name).map(|(_, w)| *w);
+        weight_of(coding)
+            .or_else(|| weight_of("*"))
+            .is_some_and(|w| w > 0.0)
+    };
+    stored
         .headers()
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(CONTENT_ENCODING.as_str()))
         .flat_map(|(_, v)| v.split(|&b| b == b','))
-        .map(|c| String::from_utf8_lossy(c.trim_ascii()).to_ascii_lowercase())
-        .find(|c| !c.is_empty() && c != "identity")?;
-    let mut fields = request.get_all(ACCEPT_ENCODING).iter().peekable();
-    fields.peek()?;
-    let mut named = None;
-    let mut star = None;
-    for item in fields.flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
-        let mut params = item.split(|&b| b == b';');
-        let name = params.next().unwrap_or_default().trim_ascii();
-        let weight = params
-            .filter_map(|p| {
-                p.trim_ascii()
-                    .strip_prefix(b"q=")
-                    .or_else(|| p.trim_ascii().strip_prefix(b"Q="))
-            })
-            .find_map(|q| std::str::from_utf8(q).ok()?.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
-        if name.eq_ignore_ascii_case(coding.as_bytes()) {
-            named = Some(weight);
-        } else if name == b"*" {
-            star = Some(weight);
-        }
-    }
-    match named.or(star) {
-        Some(w) if w > 0.0 => None,
-        _ => Some(coding),
-    }
+        .map(coding_name)
+        .find(|c| !c.is_empty() && c != "identity" && !accepted(c))
 }
 
 /// The body stored in place of a response too large to keep.
@@ -176,7 +186,7 @@ pub(crate) fn not_kept_body(
         status,
         code::RESPONSE_NOT_KEPT,
         &format!(
-            "the operation ran once; its response body ({len} bytes or more) was too large to keep for replay"
+            "the operation ran once; its response was too large to keep for replay (a body of {len} bytes or more, or headers)"
         ),
     )
 }
@@ -238,5 +248,19 @@ mod tests {
             );
         }
         assert_eq!(unaccepted_coding(&plain, &accept(Some("identity"))), None);
+        // Every coding applied must be accepted; x-gzip is gzip.
+        let both = crate::Response::new(
+            201,
+            [("content-encoding", b"gzip, br".to_vec())],
+            b"..".to_vec(),
+        );
+        assert_eq!(
+            unaccepted_coding(&both, &accept(Some("gzip"))).as_deref(),
+            Some("br")
+        );
+        assert_eq!(unaccepted_coding(&both, &accept(Some("br, gzip"))), None);
+        let x = crate::Response::new(201, [("content-encoding", b"x-gzip".to_vec())], "..");
+        assert_eq!(unaccepted_coding(&x, &accept(Some("gzip"))), None);
+        assert_eq!(unaccepted_coding(&gzip, &accept(Some("x-gzip"))), None);
     }
 }

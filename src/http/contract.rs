@@ -236,8 +236,9 @@ impl Default for Contract {
 /// `secret`, so the same key sent with two credentials names two records, no credential is
 /// stored in clear, and one cannot be guessed from a scope an operator tool prints without the
 /// secret. The scheme is case-insensitive and the space after it may be any run of spaces and
-/// tabs (RFC 9110), so `Bearer t` and `bearer  t` are one scope. `None` (no header, or an empty
-/// one) refuses the request.
+/// tabs (RFC 9110), so `Bearer t` and `bearer  t` are one scope; the credentials, and a value
+/// sent without a scheme (a bare API key), compare byte for byte. `None` (no header, or a
+/// blank one) refuses the request.
 ///
 /// A credential is not a principal: a refreshed OAuth token is another scope, so a retry sent
 /// after a refresh runs the operation again, and behind a gateway with one service credential
@@ -261,15 +262,20 @@ pub fn scope_from_authorization(parts: &Parts, secret: &[u8; 32]) -> Option<Scop
     if value.is_empty() {
         return None;
     }
-    let split = value
-        .iter()
-        .position(|&b| b == b' ' || b == b'\t')
-        .unwrap_or(value.len());
-    let (scheme, credentials) = value.split_at(split);
     let mut hasher = blake3::Hasher::new_keyed(secret);
-    hasher.update(&scheme.to_ascii_lowercase());
-    hasher.update(b" ");
-    hasher.update(credentials.trim_ascii_start());
+    match value.iter().position(|&b| b == b' ' || b == b'\t') {
+        // `scheme credentials`: the scheme in any case, the credentials as sent.
+        Some(split) => {
+            let (scheme, credentials) = value.split_at(split);
+            hasher.update(&scheme.to_ascii_lowercase());
+            hasher.update(b" ");
+            hasher.update(credentials.trim_ascii_start());
+        }
+        // A bare value (an API key sent alone): compared as sent, case included.
+        None => {
+            hasher.update(value);
+        }
+    }
     let hex: String = hasher.finalize().as_bytes()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -361,7 +367,9 @@ impl Contract {
 
     /// Gives every request the same scope: for a service without authentication, where keys
     /// are global (rule H14). Keys from different clients then share one namespace, so they
-    /// must be unguessable (UUID v4).
+    /// must be unguessable (UUID v4), and the store's cap on one scope's live records
+    /// ([`max_records_per_scope`](crate::ConfigBuilder::max_records_per_scope), C13) caps the
+    /// whole service: set it from the service's write rate times the TTL.
     pub fn constant_scope(self, scope: Scope) -> Self {
         self.scope(move |_| Some(scope.clone()))
     }

@@ -14,12 +14,13 @@
 //! a retry never runs the operation again.
 
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use http::header::{CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
@@ -33,7 +34,7 @@ use super::context::IdempotencyContext;
 use super::contract::OnStoreError;
 use super::layer::Shared;
 use super::request::fingerprint;
-use super::run::{Started, Task};
+use super::run::{Detached, Started, Task};
 use super::service::too_large;
 use crate::reply;
 use crate::{Begin, BeginError, Key, Scope};
@@ -130,8 +131,19 @@ impl<F: Future> Future for Executing<F> {
     type Output = (Option<Started>, F::Output);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let out = std::task::ready!(this.future.poll(cx));
+        let mut this = self.project();
+        // The handler's own panic releases its key (C6); any other way this future is dropped
+        // leaves the key in flight (`Started`).
+        let polled = catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx)));
+        let out = match polled {
+            Ok(poll) => std::task::ready!(poll),
+            Err(payload) => {
+                if let Some(started) = this.started.take() {
+                    started.release();
+                }
+                resume_unwind(payload)
+            }
+        };
         Poll::Ready((this.started.take(), out))
     }
 }
@@ -261,7 +273,12 @@ where
         let _running = running;
         let _ = tx.send(call.await);
     });
-    if let Err(task) = shared.executor.spawn(task) {
+    // Set when this future is dropped: the client is gone, and a spawned call that outlives
+    // its lease may be given up (`run.rs`).
+    let gone = Detached::default();
+    let _mark = gone.mark_on_drop();
+    let lease = shared.store.config().lease();
+    if let Err(task) = shared.executor.spawn(task, lease, &gone) {
         // Nowhere to spawn: the call runs in this future, and a cancelled call abandons its
         // key (`Started`).
         task.await;
@@ -393,28 +410,53 @@ where
         }
     }
     let read = buf.freeze();
-    let stored = if oversized {
-        let (content_type, note) = answer::not_kept_body(contract.error_style, status, read.len());
-        let headers = kept
-            .iter()
-            // The note is a new body: the original's type and coding do not describe it.
-            .filter(|(n, _)| {
-                !n.eq_ignore_ascii_case(CONTENT_TYPE.as_str())
-                    && !n.eq_ignore_ascii_case(CONTENT_ENCODING.as_str())
-            })
-            .cloned()
-            .chain([(
+    let fits = |r: &crate::Response| r.encoded_len() <= shared.max_stored;
+    let whole =
+        (!oversized).then(|| crate::Response::new(status.as_u16(), kept.clone(), read.to_vec()));
+    let stored = match whole {
+        Some(r) if fits(&r) => Some(r),
+        // Too large (the body, or the headers kept with it): a note in its place, with the
+        // status and what says where and which version the result is (`Location`, `ETag`,
+        // `Last-Modified`); the headers that describe the original body do not describe the
+        // note. With no room even for those, the note alone.
+        _ => {
+            let (content_type, note) =
+                answer::not_kept_body(contract.error_style, status, read.len());
+            let content_type = (
                 CONTENT_TYPE.as_str().to_owned(),
                 content_type.as_bytes().to_vec(),
-            )]);
-        crate::Response::new(status.as_u16(), headers, note)
-    } else {
-        crate::Response::new(status.as_u16(), kept, read.to_vec())
+            );
+            let about_result = kept
+                .iter()
+                .filter(|(n, _)| {
+                    [LOCATION, ETAG, LAST_MODIFIED]
+                        .iter()
+                        .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+                })
+                .cloned();
+            let noted = crate::Response::new(
+                status.as_u16(),
+                about_result.chain([content_type.clone()]),
+                note.clone(),
+            );
+            let bare = || crate::Response::new(status.as_u16(), [content_type], note);
+            if fits(&noted) {
+                Some(noted)
+            } else {
+                Some(bare()).filter(fits)
+            }
+        }
     };
-    if stored.encoded_len() > shared.max_stored {
-        // Even the note does not fit (the headers alone are too large): release, C6.
+    let Some(stored) = stored else {
+        // Not even the note fits (a store whose limit is below a few hundred bytes): release,
+        // C6.
         started.release();
-    } else if let Some(reservation) = started.take() {
+        return Ok(Response::from_parts(
+            parts,
+            full_or_rest(oversized, read, body),
+        ));
+    };
+    if let Some(reservation) = started.take() {
         // The operation ran: whatever the store answers, the client gets its response. A
         // failed completion leaves the key to its lease (or releases it), never stores a
         // wrong answer. The completion is queued before this awaits, so a dropped future
@@ -423,12 +465,20 @@ where
             .complete_async_keeping(stored, shared.policy)
             .await;
     }
-    let body = if oversized {
-        ResponseBody::inner_after(read, body)
-    } else {
-        ResponseBody::full(read)
-    };
     // The bytes sent are the bytes the service made, so its headers (a Content-Length among
     // them) stay true.
-    Ok(Response::from_parts(parts, body))
+    Ok(Response::from_parts(
+        parts,
+        full_or_rest(oversized, read, body),
+    ))
+}
+
+/// The body the client gets: what was read, and, when reading stopped at the limit, the rest
+/// of the service's body after it.
+fn full_or_rest<B>(oversized: bool, read: Bytes, rest: B) -> ResponseBody<B> {
+    if oversized {
+        ResponseBody::inner_after(read, rest)
+    } else {
+        ResponseBody::full(read)
+    }
 }

@@ -114,7 +114,9 @@ impl IdempotencyLayer {
     /// request's future cancel a started call: it hands the rest of the call (the handler's
     /// future, then storing its response) to an executor, and the client's retry replays the
     /// stored response. By default, with the `tokio` feature, that executor is the current
-    /// tokio runtime; this sets another one. The cost is one task per guarded request.
+    /// tokio runtime; this sets another one. The cost is one task per guarded request. A task
+    /// whose client is gone ends by itself once the lease has passed (the layer's own timer
+    /// thread bounds it), so `spawn` need not.
     ///
     /// ```
     /// use idemstore::http::{Contract, IdempotencyLayer};

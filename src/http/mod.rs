@@ -147,10 +147,13 @@
 //!   executor given to [`IdempotencyLayer::spawn_with`]. The client's retry then replays the
 //!   stored response. With nowhere to spawn ([`IdempotencyLayer::run_inline`], or no runtime),
 //!   a call dropped halfway leaves its key in flight until the store's lease ends, so a retry
-//!   gets `409 idempotency_in_progress` rather than a second execution. A handler that panics
-//!   on a spawned task is answered `500 idempotency_handler_failed`, and its key released.
-//!   Before [`Store::close`](crate::Store::close), await [`IdempotencyLayer::idle`] so such
-//!   calls can finish.
+//!   gets `409 idempotency_in_progress` rather than a second execution. A call whose client is
+//!   gone is given until its lease ends (the store's `lease`, 60 s by default) and then
+//!   dropped, its key left in flight: a handler or a response body that never ends does not
+//!   hold a task forever. A handler that panics has its key released (C6), and on a spawned
+//!   task is answered `500 idempotency_handler_failed`. Before
+//!   [`Store::close`](crate::Store::close), await [`IdempotencyLayer::idle`] so such calls can
+//!   finish.
 //! * **Durable before sent**: in the store's default durability mode the response is on disk
 //!   before the client sees it, so a crash after a response never lets a retry run again.
 //! * **Responses too large to keep**: a response whose encoded size (status, replayed headers,
@@ -182,6 +185,7 @@ mod answer;
 mod body;
 mod context;
 mod contract;
+mod deadline;
 mod future;
 mod layer;
 mod request;

@@ -18,11 +18,13 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::deadline::Sleep;
 use crate::Reservation;
 
 /// A task the layer hands to an executor: a guarded call, from the inner service's future
@@ -47,15 +49,68 @@ pub(crate) enum Executor {
 }
 
 impl Executor {
-    /// Runs `task` in the background, or hands it back if there is nowhere to run it.
-    pub(crate) fn spawn(&self, task: Task) -> Result<(), Task> {
+    /// Runs `task` in the background, or hands it back if there is nowhere to run it. A task
+    /// still running a `lease` after it started, once `gone` says its client left, is dropped
+    /// (its key stays in flight until its lease ends, C8): a handler or a response body that
+    /// never ends does not hold a task forever.
+    pub(crate) fn spawn(&self, task: Task, lease: Duration, gone: &Detached) -> Result<(), Task> {
+        let bounded: Task = Box::pin(bounded(task, lease, gone.clone()));
         match self {
             Executor::Custom(spawn) => {
-                spawn(task);
+                spawn(bounded);
                 Ok(())
             }
-            Executor::Inline => Err(task),
-            Executor::Auto => spawn_on_tokio(task),
+            Executor::Inline => Err(bounded),
+            Executor::Auto => spawn_on_tokio(bounded),
+        }
+    }
+}
+
+/// Whether the request whose call a task runs is gone (its future dropped), and the task to
+/// wake when it goes.
+#[derive(Clone, Default)]
+pub(crate) struct Detached(Arc<DetachedState>);
+
+#[derive(Default)]
+struct DetachedState {
+    gone: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Detached {
+    /// A guard that marks the request gone when it is dropped.
+    pub(crate) fn mark_on_drop(&self) -> MarkGone {
+        MarkGone(self.clone())
+    }
+
+    /// Whether the request is gone; if not, `cx` is woken when it goes.
+    fn poll_gone(&self, cx: &Context<'_>) -> bool {
+        if self.0.gone.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut waker = self.0.waker.lock();
+        // Checked again under the lock the marking side wakes under: no wake-up is lost.
+        if self.0.gone.load(Ordering::Acquire) {
+            return true;
+        }
+        *waker = Some(cx.waker().clone());
+        false
+    }
+}
+
+/// Marks its request gone when dropped.
+pub(crate) struct MarkGone(Detached);
+
+impl Drop for MarkGone {
+    fn drop(&mut self) {
+        let state = &(self.0).0;
+        let waker = {
+            let mut waker = state.waker.lock();
+            state.gone.store(true, Ordering::Release);
+            waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 }
@@ -86,11 +141,33 @@ fn spawn_on_tokio(task: Task) -> Result<(), Task> {
     Err(task)
 }
 
-/// A reservation whose operation has started. Dropped without being completed or released,
-/// which happens when the future running the call is dropped (the client went away and
-/// nothing else runs the rest), it leaves the key in flight until its lease ends: the
-/// operation may have had its effect. Dropped while its thread unwinds from a panic (the
-/// handler panicked), it releases the key, as any failure does (C6).
+/// Runs `task` until it ends, or, once its request is gone, until a lease has passed since it
+/// started: returning drops `task`, and a call given up leaves its key in flight (`Started`).
+/// The timer starts only when the request goes, so a call whose client waits costs none.
+/// (Run inline, the task is the request's own future: dropping the request drops it.)
+async fn bounded(mut task: Task, lease: Duration, gone: Detached) {
+    let started = std::time::Instant::now();
+    let mut timer: Option<Sleep> = None;
+    std::future::poll_fn(|cx| {
+        if task.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if timer.is_none() && gone.poll_gone(cx) {
+            timer = Some(Sleep::new(lease.saturating_sub(started.elapsed())));
+        }
+        match timer.as_mut() {
+            Some(t) => Pin::new(t).poll(cx),
+            None => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// A reservation whose operation has started. Dropped without being completed or released
+/// (the future running the call was dropped: the client went away and nothing else runs the
+/// rest, or something beside the handler panicked), it leaves the key in flight until its
+/// lease ends: the operation may have had its effect. The handler's own panic is caught where
+/// it happens and releases the key, as any failure does (C6): see `future.rs`.
 pub(crate) struct Started(Option<Reservation>);
 
 impl Started {
@@ -117,11 +194,7 @@ impl Started {
 impl Drop for Started {
     fn drop(&mut self) {
         if let Some(reservation) = self.0.take() {
-            if std::thread::panicking() {
-                drop(reservation);
-            } else {
-                reservation.abandon();
-            }
+            reservation.abandon();
         }
     }
 }

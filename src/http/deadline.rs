@@ -1,0 +1,221 @@
+//! [`Sleep`]: a future that ends at an instant, on any executor.
+//!
+//! Why: the layer bounds the calls whose clients left (`run.rs`), and it runs on whatever
+//! executor serves the requests. tokio's timer panics on a runtime built without it, and other
+//! executors have none, so the layer keeps its own: one thread, started on first use, that
+//! wakes each sleeping future when its instant has passed.
+//!
+//! Invariants: a `Sleep` is ready once its instant has passed and never before; each pending
+//! `Sleep` is woken at most once by the thread, after its instant; the thread holds a small
+//! entry per `Sleep` until that entry's instant, and nothing of a `Sleep` dropped before it
+//! but the entry. If the thread cannot be started, a `Sleep` never ends, and a bound that
+//! waits for it never applies.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+/// A future that ends `after` its creation.
+pub(crate) struct Sleep {
+    at: Instant,
+    entry: Option<Arc<Entry>>,
+}
+
+impl Sleep {
+    pub(crate) fn new(after: Duration) -> Sleep {
+        let now = Instant::now();
+        Sleep {
+            at: now.checked_add(after).unwrap_or(now),
+            entry: None,
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.at {
+            return Poll::Ready(());
+        }
+        match &self.entry {
+            Some(entry) => {
+                let mut waker = entry.waker.lock();
+                if entry.fired.load(AtomicOrdering::Acquire) {
+                    return Poll::Ready(());
+                }
+                *waker = Some(cx.waker().clone());
+            }
+            None => {
+                let entry = Arc::new(Entry {
+                    fired: AtomicBool::new(false),
+                    waker: Mutex::new(Some(cx.waker().clone())),
+                });
+                if let Some(wheel) = wheel() {
+                    wheel.add(self.at, Arc::clone(&entry));
+                }
+                self.entry = Some(entry);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        // The thread keeps the entry until its instant; the waker need not live that long.
+        if let Some(entry) = &self.entry {
+            entry.waker.lock().take();
+        }
+    }
+}
+
+struct Entry {
+    fired: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+/// An entry in the thread's heap, earliest first.
+struct Due {
+    at: Instant,
+    seq: u64,
+    entry: Arc<Entry>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: `BinaryHeap` is a max-heap, and the earliest instant must come first.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct Wheel {
+    due: Mutex<BinaryHeap<Due>>,
+    changed: Condvar,
+    seq: AtomicU64,
+}
+
+impl Wheel {
+    fn add(&self, at: Instant, entry: Arc<Entry>) {
+        let seq = self.seq.fetch_add(1, AtomicOrdering::Relaxed);
+        let mut due = self.due.lock();
+        let earliest = due.peek().is_none_or(|d| at < d.at);
+        due.push(Due { at, seq, entry });
+        drop(due);
+        if earliest {
+            self.changed.notify_one();
+        }
+    }
+
+    fn run(&self) {
+        let mut due = self.due.lock();
+        loop {
+            let now = Instant::now();
+            let mut fire = Vec::new();
+            while due.peek().is_some_and(|d| d.at <= now) {
+                fire.extend(due.pop());
+            }
+            if !fire.is_empty() {
+                drop(due);
+                for d in fire {
+                    let waker = {
+                        let mut waker = d.entry.waker.lock();
+                        d.entry.fired.store(true, AtomicOrdering::Release);
+                        waker.take()
+                    };
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                }
+                due = self.due.lock();
+                continue;
+            }
+            match due.peek().map(|d| d.at) {
+                Some(at) => {
+                    let _ = self.changed.wait_until(&mut due, at);
+                }
+                None => self.changed.wait(&mut due),
+            }
+        }
+    }
+}
+
+/// The timer thread, started on first use; `None` if it could not be started.
+fn wheel() -> Option<&'static Arc<Wheel>> {
+    static WHEEL: OnceLock<Option<Arc<Wheel>>> = OnceLock::new();
+    WHEEL
+        .get_or_init(|| {
+            let wheel = Arc::new(Wheel {
+                due: Mutex::new(BinaryHeap::new()),
+                changed: Condvar::new(),
+                seq: AtomicU64::new(0),
+            });
+            let runs = Arc::clone(&wheel);
+            std::thread::Builder::new()
+                .name("idemstore-http-timer".into())
+                .spawn(move || runs.run())
+                .ok()
+                .map(|_| wheel)
+        })
+        .as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `f` on this thread until it is ready, parking between polls.
+    fn block_on<F: Future>(f: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+                return out;
+            }
+            std::thread::park();
+        }
+    }
+
+    #[test]
+    fn a_sleep_ends_after_its_instant_and_not_before() {
+        let start = Instant::now();
+        block_on(Sleep::new(Duration::from_millis(30)));
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        // Sleeps in any order end in the order of their instants.
+        let later = Sleep::new(Duration::from_millis(40));
+        let sooner = Sleep::new(Duration::from_millis(10));
+        block_on(sooner);
+        let before_later = Instant::now();
+        block_on(later);
+        assert!(before_later.elapsed() <= Duration::from_millis(40));
+        assert!(start.elapsed() >= Duration::from_millis(70));
+    }
+}
