@@ -151,7 +151,7 @@ impl Default for Config {
             release_in_flight_on_open: true,
             reservations_durable: true,
             compactor_batch: 1000,
-            max_records_per_scope: 1_000_000,
+            max_records_per_scope: 10_000_000,
             compactor_pause: Duration::from_millis(10),
             compactor_interval: Duration::from_secs(1),
             index_capacity: 1 << 16,
@@ -336,15 +336,18 @@ impl ConfigBuilder {
         self
     }
 
-    /// The most live records one scope may hold (rule C13). Default 1,000,000; range 1 to
+    /// The most live records one scope may hold (rule C13). Default 10,000,000; range 1 to
     /// 2^40. A first attempt that would add one more gets `BeginError::ScopeFull` (over
     /// HTTP, `429 idempotency_scope_full`); replays, retries and completions of the records it
     /// holds are not affected. A record counts from its reservation until it is removed:
     /// released, purged, or, once expired, by the compactor.
     ///
     /// It bounds what one tenant can make the store keep (a record takes about 1 to 2 KB of
-    /// file with a small response): the default lets a scope make 11 new keys a second,
-    /// sustained, under the default TTL of a day. Raise it for tenants that make more.
+    /// file with a small response, so the default is 10 to 20 GB): the default lets a scope
+    /// make 115 new keys a second, sustained, under the default TTL of a day. Set it from
+    /// the rate a tenant may sustain times the TTL: lower where tenants are many and
+    /// untrusted, higher where one scope is the whole service (a constant scope, or one
+    /// credential behind a gateway), where it bounds the store itself.
     pub fn max_records_per_scope(mut self, records: u64) -> Self {
         check!(
             self,

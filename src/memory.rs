@@ -284,8 +284,9 @@ impl MemoryEngine {
         }
         if !policy.keeps(response.status()) {
             let old = shard.records.remove(&at);
+            self.count_out(old.as_ref());
             drop(shard);
-            self.counted_out(old);
+            drop(old);
             bump(&counters.releases);
             return Ok(Completion::Released);
         }
@@ -315,8 +316,9 @@ impl MemoryEngine {
         let current = shard.records.get(&at).map(|r| r.hot);
         machine::check_holder(current.as_ref(), token).map_err(|r| lease_refusal(r, token))?;
         let old = shard.records.remove(&at);
+        self.count_out(old.as_ref());
         drop(shard);
-        self.counted_out(old);
+        drop(old);
         bump(&shared.counters.releases);
         Ok(())
     }
@@ -354,14 +356,14 @@ impl MemoryEngine {
         let mut shard = shard.lock();
         shared.check()?;
         let old = shard.records.remove(&at);
+        self.count_out(old.as_ref());
         drop(shard);
-        let existed = old.is_some();
-        self.counted_out(old);
-        Ok(existed)
+        Ok(old.is_some())
     }
 
-    /// Counts a removed record out of its scope (C13), then drops it.
-    fn counted_out(&self, old: Option<Held>) {
+    /// Counts a removed record out of its scope (C13). Called under the record's shard lock,
+    /// so that a first attempt in the scope never sees a record counted that is already gone.
+    fn count_out(&self, old: Option<&Held>) {
         if let Some(old) = old {
             self.scopes.remove(&old.scope);
         }
@@ -413,14 +415,14 @@ impl MemoryEngine {
                     .get(&at)
                     .is_some_and(|r| r.hot.expires_at == due_at && machine::expired(&r.hot, now))
                 {
-                    gone.extend(shard.records.remove(&at));
+                    let old = shard.records.remove(&at);
+                    self.count_out(old.as_ref());
+                    gone.extend(old);
                     report.removed += 1;
                 }
             }
             drop(shard);
-            for old in gone {
-                self.counted_out(Some(old));
-            }
+            drop(gone);
         }
         add(&shared.counters.expired_removed, report.removed);
         report
