@@ -280,12 +280,16 @@ impl Store {
             None
         };
         let started = Store::start(db, config, log);
-        if let Err(e) = &started
-            && !matches!(e, OpenError::Spawn(_))
+        if let Err(
+            OpenError::NotAnIdemstoreFile { .. }
+            | OpenError::UnsupportedFormat { .. }
+            | OpenError::NeedsMigration { .. },
+        ) = &started
             && !log_existed
         {
-            // The open was refused (a foreign file, a newer format...) before the file was
-            // bound to the log just created: leave nothing behind.
+            // Refused before the file was bound to the log just created (the file's tables or
+            // its format say no before anything is written): leave nothing behind. Other
+            // failures may follow a commit that bound them, and keep the log.
             let _ = std::fs::remove_file(&log_path);
         }
         started

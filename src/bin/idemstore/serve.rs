@@ -177,8 +177,12 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         max_connections: args.max_connections as usize,
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
     };
-    let grace_ends = server::run(listener, app, limits, shutdown).await;
+    let grace = limits.shutdown_grace;
+    server::run(listener, app, limits, shutdown).await;
     if let Some(layer) = layer {
+        // A grace of their own: connections dropped at the end of theirs leave their started
+        // handlers running (rule H11), which need the time to store their responses.
+        let grace_ends = tokio::time::Instant::now() + grace;
         wait_for_detached_calls(&layer, grace_ends).await;
     }
     tracing::info!("shutting down: closing the store");

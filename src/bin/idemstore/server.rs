@@ -19,8 +19,10 @@
 //!   is reserved, as the idempotency layer reads the whole body before it asks the store;
 //! * on shutdown the listener is closed first, idle connections are closed at once, a
 //!   connection with a request in hand is closed after its response, and whatever is still
-//!   open when the grace period ends is dropped (a guarded handler dropped so releases its
-//!   key): a shutdown ends within the grace period whatever the clients do.
+//!   open when the grace period ends is dropped: a shutdown ends within the grace period
+//!   whatever the clients do. (A guarded handler keeps running on its own task when its
+//!   connection is dropped; `serve` gives those handlers a grace period of their own before it
+//!   closes the store.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -62,14 +64,13 @@ const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and lets the
 /// connections in hand finish their requests for at most the grace period, and drops those
-/// still open. Returns when the grace period ends (the instant is returned) or earlier, when
-/// every connection is closed.
+/// still open. Returns when the grace period ends or earlier, when every connection is closed.
 pub(crate) async fn run(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
-) -> tokio::time::Instant {
+) {
     let app = app.layer(middleware::from_fn_with_state(
         limits.body_timeout,
         body_deadline,
@@ -155,7 +156,6 @@ pub(crate) async fn run(
         // Each aborted task is dropped at its next poll; wait for the drops.
         while connections.join_next().await.is_some() {}
     }
-    grace_ends
 }
 
 /// Serves one connection until it ends; once `stopping` turns true, lets its request in hand
