@@ -38,7 +38,7 @@ use crate::ops::{BeginReply, Completion, ExpireReport, Op};
 use crate::record::{Hot, Record, State};
 use crate::response::Response;
 use crate::scope_count::Concurrent;
-use crate::seeded::{Prehashed, Seeded};
+use crate::seeded::{Prehashed, Seeded, WithHash};
 use crate::shared::Shared;
 use crate::stats::{add, bump};
 
@@ -56,25 +56,7 @@ struct Held {
 
 /// A record's key hash with its seeded hash, computed once a call: its bits 32 up pick the
 /// shard, its low bits the bucket in the shard's map, so the map need not hash again.
-#[derive(Debug, Clone, Copy)]
-struct Hashed {
-    seeded: u64,
-    hash: KeyHash,
-}
-
-impl PartialEq for Hashed {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash
-    }
-}
-
-impl Eq for Hashed {}
-
-impl std::hash::Hash for Hashed {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.seeded);
-    }
-}
+type Hashed = WithHash<KeyHash>;
 
 #[derive(Default)]
 struct Shard {
@@ -90,7 +72,7 @@ impl Shard {
         let expires_at = held.hot.expires_at;
         let old = self.records.insert(at, held);
         if old.as_ref().is_none_or(|o| o.hot.expires_at != expires_at) {
-            self.expiry_moved(at.hash, expires_at);
+            self.expiry_moved(at.key, expires_at);
         }
         old
     }
@@ -102,7 +84,7 @@ impl Shard {
         let out = f(held);
         let after = held.hot.expires_at;
         if after != before {
-            self.expiry_moved(at.hash, after);
+            self.expiry_moved(at.key, after);
         }
         Some(out)
     }
@@ -115,7 +97,7 @@ impl Shard {
             self.due = self
                 .records
                 .iter()
-                .map(|(h, r)| Reverse((r.hot.expires_at, h.hash)))
+                .map(|(h, r)| Reverse((r.hot.expires_at, h.key)))
                 .collect();
         }
     }
@@ -161,13 +143,7 @@ impl MemoryEngine {
         // top seven, so these add no correlation within a shard, and a client cannot aim its
         // keys at one shard's lock.
         let i = (seeded >> 32) as usize % SHARDS;
-        (
-            &self.shards[i],
-            Hashed {
-                seeded,
-                hash: *hash,
-            },
-        )
+        (&self.shards[i], Hashed { seeded, key: *hash })
     }
 
     /// Records held now, expired ones not removed yet included.
@@ -408,7 +384,7 @@ impl MemoryEngine {
                 report.scanned += 1;
                 let at = Hashed {
                     seeded: self.seed.hash_one(hash),
-                    hash,
+                    key: hash,
                 };
                 if shard
                     .records
@@ -439,10 +415,10 @@ impl MemoryEngine {
                     continue;
                 }
                 if lowest.len() < limit {
-                    lowest.push((at.hash, ByHash(info(r))));
-                } else if lowest.peek().is_some_and(|(top, _)| at.hash < *top) {
+                    lowest.push((at.key, ByHash(info(r))));
+                } else if lowest.peek().is_some_and(|(top, _)| at.key < *top) {
                     lowest.pop();
-                    lowest.push((at.hash, ByHash(info(r))));
+                    lowest.push((at.key, ByHash(info(r))));
                 }
             }
         }

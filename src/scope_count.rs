@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use redb::{ReadableTable, Table};
 
 use crate::record::{Hot, META_IN_FLIGHT, Record, State};
-use crate::seeded::{Prehashed, Seeded};
+use crate::seeded::{Prehashed, Seeded, WithHash};
 
 /// Changes to the counts, accumulated by one transaction (or one batch of the writer).
 #[derive(Debug, Default)]
@@ -157,25 +157,7 @@ impl Counts {
 const SCOPE_SHARDS: usize = 64;
 
 /// A scope with its seeded hash, computed once a call: it picks the shard and the bucket.
-#[derive(Debug, Clone)]
-struct HashedScope {
-    seeded: u64,
-    scope: crate::Scope,
-}
-
-impl PartialEq for HashedScope {
-    fn eq(&self, other: &Self) -> bool {
-        self.scope == other.scope
-    }
-}
-
-impl Eq for HashedScope {}
-
-impl std::hash::Hash for HashedScope {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.seeded);
-    }
-}
+type HashedScope = WithHash<crate::Scope>;
 
 type ScopeShard = parking_lot::Mutex<HashMap<HashedScope, u64, Prehashed>>;
 
@@ -204,7 +186,7 @@ impl Concurrent {
         let i = (seeded >> 32) as usize % SCOPE_SHARDS;
         let key = HashedScope {
             seeded,
-            scope: scope.clone(),
+            key: scope.clone(),
         };
         (&self.shards[i], key)
     }

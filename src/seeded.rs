@@ -30,6 +30,28 @@ pub(crate) type Seeded = std::hash::RandomState;
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Prehashed;
 
+/// A map key with the hash [`Seeded`] made of it, for a map built with [`Prehashed`]: keys are
+/// equal when their `key`s are, and hash as their `seeded` hash.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WithHash<K> {
+    pub(crate) seeded: u64,
+    pub(crate) key: K,
+}
+
+impl<K: PartialEq> PartialEq for WithHash<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl<K: Eq> Eq for WithHash<K> {}
+
+impl<K> std::hash::Hash for WithHash<K> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.seeded);
+    }
+}
+
 /// The hasher behind [`Prehashed`].
 #[derive(Debug, Default)]
 pub(crate) struct PrehashedHasher(u64);
