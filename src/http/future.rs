@@ -34,7 +34,7 @@ use super::context::IdempotencyContext;
 use super::contract::OnStoreError;
 use super::layer::Shared;
 use super::request::fingerprint;
-use super::run::{Detached, Started, Task};
+use super::run::{Detached, Started, Task, bounded};
 use super::service::too_large;
 use crate::reply;
 use crate::{Begin, BeginError, Key, Scope};
@@ -269,16 +269,16 @@ where
         inner.call(request),
     );
     let (tx, rx) = reply::channel();
-    let task: Task = Box::pin(async move {
-        let _running = running;
-        let _ = tx.send(call.await);
-    });
     // Set when this future is dropped: the client is gone, and a spawned call that outlives
     // its lease may be given up (`run.rs`).
     let gone = Detached::default();
     let _mark = gone.mark_on_drop();
-    let lease = shared.store.config().lease();
-    if let Err(task) = shared.executor.spawn(task, lease, &gone) {
+    let run = async move {
+        let _running = running;
+        let _ = tx.send(call.await);
+    };
+    let task: Task = Box::pin(bounded(run, shared.store.config().lease(), gone.clone()));
+    if let Err(task) = shared.executor.spawn(task) {
         // Nowhere to spawn: the call runs in this future, and a cancelled call abandons its
         // key (`Started`).
         task.await;

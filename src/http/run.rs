@@ -49,19 +49,16 @@ pub(crate) enum Executor {
 }
 
 impl Executor {
-    /// Runs `task` in the background, or hands it back if there is nowhere to run it. A task
-    /// still running a `lease` after it started, once `gone` says its client left, is dropped
-    /// (its key stays in flight until its lease ends, C8): a handler or a response body that
-    /// never ends does not hold a task forever.
-    pub(crate) fn spawn(&self, task: Task, lease: Duration, gone: &Detached) -> Result<(), Task> {
-        let bounded: Task = Box::pin(bounded(task, lease, gone.clone()));
+    /// Runs `task` (made by [`bounded`]) in the background, or hands it back if there is
+    /// nowhere to run it.
+    pub(crate) fn spawn(&self, task: Task) -> Result<(), Task> {
         match self {
             Executor::Custom(spawn) => {
-                spawn(bounded);
+                spawn(task);
                 Ok(())
             }
-            Executor::Inline => Err(bounded),
-            Executor::Auto => spawn_on_tokio(bounded),
+            Executor::Inline => Err(task),
+            Executor::Auto => spawn_on_tokio(task),
         }
     }
 }
@@ -143,9 +140,11 @@ fn spawn_on_tokio(task: Task) -> Result<(), Task> {
 
 /// Runs `task` until it ends, or, once its request is gone, until a lease has passed since it
 /// started: returning drops `task`, and a call given up leaves its key in flight (`Started`).
-/// The timer starts only when the request goes, so a call whose client waits costs none.
-/// (Run inline, the task is the request's own future: dropping the request drops it.)
-async fn bounded(mut task: Task, lease: Duration, gone: Detached) {
+/// A handler or a response body that never ends so holds no task for ever. The timer starts
+/// only when the request goes, so a call whose client waits costs none. (Run inline, the task
+/// is the request's own future: dropping the request drops it.)
+pub(crate) async fn bounded<F: Future<Output = ()>>(task: F, lease: Duration, gone: Detached) {
+    let mut task = std::pin::pin!(task);
     let started = std::time::Instant::now();
     let mut timer: Option<Sleep> = None;
     std::future::poll_fn(|cx| {
