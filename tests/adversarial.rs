@@ -335,6 +335,17 @@ fn keyed(
     b.body(axum::body::Body::from(body)).unwrap()
 }
 
+/// A guarded `POST` with `key` through `app`.
+async fn post_to(
+    app: &axum::Router,
+    uri: &str,
+    key: &str,
+    content_type: &str,
+    body: &'static str,
+) -> (http::StatusCode, http::HeaderMap, Bytes) {
+    through(app, keyed("POST", uri, Some(key), content_type, body)).await
+}
+
 fn code_of(body: &Bytes) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
     v["error"]["code"].as_str().unwrap_or_default().to_owned()
@@ -420,72 +431,25 @@ fn one_route(contract: Contract, handler: axum::routing::MethodRouter) -> axum::
 async fn h13_query_media_type_and_method_case_make_requests_distinct() {
     let calls = Arc::default();
     let app = one_route(Contract::default(), counted("transfer", &calls));
-    let (status, _, _) = through(
-        &app,
-        keyed(
-            "POST",
-            "/transfer?to=alice",
-            Some("q"),
-            "application/json",
-            "{}",
-        ),
-    )
-    .await;
+    let (status, _, _) = post_to(&app, "/transfer?to=alice", "q", "application/json", "{}").await;
     assert_eq!(status, http::StatusCode::CREATED);
-    let (status, headers, body) = through(
-        &app,
-        keyed(
-            "POST",
-            "/transfer?to=mallory",
-            Some("q"),
-            "application/json",
-            "{}",
-        ),
-    )
-    .await;
+    let (status, headers, body) =
+        post_to(&app, "/transfer?to=mallory", "q", "application/json", "{}").await;
     assert!(headers.get("idempotent-replay").is_none());
     assert_eq!(
         (status, code_of(&body).as_str()),
         (http::StatusCode::CONFLICT, "idempotency_key_conflict")
     );
     // The same query again is the retry.
-    let (_, headers, _) = through(
-        &app,
-        keyed(
-            "POST",
-            "/transfer?to=alice",
-            Some("q"),
-            "application/json",
-            "{}",
-        ),
-    )
-    .await;
+    let (_, headers, _) = post_to(&app, "/transfer?to=alice", "q", "application/json", "{}").await;
     assert_eq!(headers["idempotent-replay"], "true");
 
-    through(
-        &app,
-        keyed("POST", "/transfer", Some("m"), "text/csv", "a,b"),
-    )
-    .await;
-    let (status, headers, _) = through(
-        &app,
-        keyed("POST", "/transfer", Some("m"), "text/plain", "a,b"),
-    )
-    .await;
+    post_to(&app, "/transfer", "m", "text/csv", "a,b").await;
+    let (status, headers, _) = post_to(&app, "/transfer", "m", "text/plain", "a,b").await;
     assert!(headers.get("idempotent-replay").is_none());
     assert_eq!(status, http::StatusCode::CONFLICT);
     // Parameters and case of the media type do not matter.
-    let (_, headers, _) = through(
-        &app,
-        keyed(
-            "POST",
-            "/transfer",
-            Some("m"),
-            "Text/CSV; charset=utf-8",
-            "a,b",
-        ),
-    )
-    .await;
+    let (_, headers, _) = post_to(&app, "/transfer", "m", "Text/CSV; charset=utf-8", "a,b").await;
     assert_eq!(headers["idempotent-replay"], "true");
     assert_eq!(calls.lock().unwrap()["transfer"], 2);
 
@@ -555,17 +519,9 @@ async fn c7_transient_statuses_are_not_replayed_by_the_presets() {
             }
         }),
     );
-    let (status, _, _) = through(
-        &app,
-        keyed("POST", "/transfer", Some("t"), "application/json", "{}"),
-    )
-    .await;
+    let (status, _, _) = post_to(&app, "/transfer", "t", "application/json", "{}").await;
     assert_eq!(status, http::StatusCode::TOO_MANY_REQUESTS);
-    let (status, headers, _) = through(
-        &app,
-        keyed("POST", "/transfer", Some("t"), "application/json", "{}"),
-    )
-    .await;
+    let (status, headers, _) = post_to(&app, "/transfer", "t", "application/json", "{}").await;
     assert_eq!(status, http::StatusCode::CREATED);
     assert!(headers.get("idempotent-replayed").is_none());
     assert_eq!(*calls.lock().unwrap(), 2);
