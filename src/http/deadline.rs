@@ -209,13 +209,14 @@ mod tests {
         let start = Instant::now();
         block_on(Sleep::new(Duration::from_millis(30)));
         assert!(start.elapsed() >= Duration::from_millis(30));
-        // Sleeps in any order end in the order of their instants.
+        // Sleeps made in any order each end, none before its own instant. (Only lower bounds:
+        // how late a sleep ends depends on the machine's load.)
+        let second = Instant::now();
         let later = Sleep::new(Duration::from_millis(40));
         let sooner = Sleep::new(Duration::from_millis(10));
         block_on(sooner);
-        let before_later = Instant::now();
+        assert!(second.elapsed() >= Duration::from_millis(10));
         block_on(later);
-        assert!(before_later.elapsed() <= Duration::from_millis(40));
-        assert!(start.elapsed() >= Duration::from_millis(70));
+        assert!(second.elapsed() >= Duration::from_millis(40));
     }
 }
