@@ -14,11 +14,22 @@ use std::time::Duration;
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::fingerprint::Fingerprint;
 use crate::key::{Key, Scope};
-use crate::ops::Completion;
-use crate::record::State;
 use crate::response::Response;
+use crate::view::RecordInfo;
 
-/// The answer to a token-level `claim`.
+/// What `complete` did with the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The response is stored and will be replayed (C3).
+    Stored,
+    /// The cache policy does not keep this status, so the key was released instead (C6, C7).
+    Released,
+}
+
+/// The answer to a `begin`, from the engine up: [`Store::begin`] wraps an `Execute` into a
+/// [`Reservation`](crate::Reservation), a token-level backend hands it out as it is.
+///
+/// [`Store::begin`]: crate::Store::begin
 #[derive(Debug, Clone)]
 pub enum Claim {
     /// The caller holds the key and executes (C2); it proves ownership with `token` (C8).
@@ -37,48 +48,6 @@ pub enum Claim {
     },
     /// The key was used for a different request (C4).
     Conflict,
-}
-
-/// A read-only view of a record.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct RecordInfo {
-    /// The scope, as given to `begin`.
-    pub scope: String,
-    /// The key, as given to `begin`.
-    pub key: String,
-    /// In flight or completed.
-    pub state: State,
-    /// The fingerprint of the request that reserved the key.
-    pub fingerprint: Fingerprint,
-    /// When the key was reserved (ms since the Unix epoch).
-    pub created_at: u64,
-    /// When the lease runs out, while in flight (ms since the Unix epoch).
-    pub lease_deadline: Option<u64>,
-    /// When the record expires (ms since the Unix epoch).
-    pub expires_at: u64,
-    /// The fencing token of the reservation that created or completed it.
-    pub token: u64,
-    /// The stored response, once completed.
-    pub response: Option<Response>,
-}
-
-impl RecordInfo {
-    /// The view of a decoded record and its stored response.
-    pub(crate) fn of(rec: crate::record::Record, response: Option<Response>) -> RecordInfo {
-        let h = rec.hot;
-        RecordInfo {
-            scope: rec.scope,
-            key: rec.key,
-            state: h.state,
-            fingerprint: h.fingerprint,
-            created_at: h.created_at,
-            lease_deadline: (h.state == State::InFlight).then_some(h.lease_deadline),
-            expires_at: h.expires_at,
-            token: h.token,
-            response,
-        }
-    }
 }
 
 /// The idempotency contract at the level of fencing tokens, implemented by [`Store`] and by

@@ -11,6 +11,9 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 
+/// The smallest write-ahead log: a few entries of the largest batch must fit.
+pub(crate) const MIN_LOG_CAPACITY: u64 = 64 << 10;
+
 /// When a completion is acknowledged, and so what a crash can lose (rule C10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -492,7 +495,7 @@ impl ConfigBuilder {
     /// new log is written with zeros in full (about 0.2 s for 64 MiB on a disk that writes
     /// 300 MB/s), so that no acknowledgement's sync ever has to allocate blocks.
     pub fn log_capacity(mut self, bytes: u64) -> Self {
-        let ok = (crate::wal::MIN_CAPACITY..=64 << 30).contains(&bytes);
+        let ok = (MIN_LOG_CAPACITY..=64 << 30).contains(&bytes);
         check!(self, "log_capacity", bytes, ok, "64 KiB to 64 GiB");
         self.config.log_capacity = bytes;
         self

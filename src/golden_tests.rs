@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle, Value};
 
+use crate::backend::Completion;
 use crate::backend::{Backend, Claim};
 use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::fingerprint::Fingerprint;
 use crate::key::{Key, KeyHash, Scope};
-use crate::ops::Completion;
 use crate::record::{
     Blob, EXPIRY, ExpiryKey, ExpiryValue, FIXED_LEN, FORMAT_VERSION, META, META_FORMAT,
     META_NEXT_TOKEN, RECORD_VERSION, RECORDS, Record, RecordBytes, State, V1_EXPIRY, V1_RESPONSES,

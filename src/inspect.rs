@@ -11,141 +11,32 @@
 //! with the same reader and the same change application as recovery, so it shows what
 //! [`Store::open`] would show, without the writes.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, TableHandle};
 
-use crate::backend::RecordInfo;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::error::{OpenError, Unavailable};
-use crate::key::{Key, KeyHash, Scope};
-use crate::machine;
-use crate::open::{
+use crate::engine::file::log::{self as wal, LogError};
+use crate::engine::file::open::{
     Format, ListTables, LogPlan, PREFIX_LEN, check_format, checkpoint_mark, foreign_prefix,
     guard_open, not_a_store, open_db, open_error, plan_log, replay_log,
 };
+use crate::engine::file::read::{check_in, guard_read, io_error, read_record, records_in};
+use crate::error::{OpenError, Unavailable};
+use crate::key::{Key, KeyHash, Scope};
+use crate::poison::drop_quietly;
 use crate::read_only::{self, BaseFile, CopyOnWrite, ReadOnlyLog, SharedLocks};
 use crate::record::{
-    EXPIRY, ExpiryKey, FORMAT_VERSION, META, META_CLEAN, META_FORMAT, META_IN_FLIGHT, META_LOG_ID,
-    RECORDS, Record, SCOPE_COUNTS, State, open_each_alone, stored_response,
+    EXPIRY, FORMAT_VERSION, META, META_CLEAN, META_FORMAT, META_LOG_ID, RECORDS, SCOPE_COUNTS,
+    open_each_alone,
 };
-use crate::response;
-use crate::scope_count::{self, Deltas};
+use crate::scope_count::Deltas;
 use crate::storage::StorageBackend;
-use crate::store::{Store, corrupted, guard_read, io_error, read_record};
-use crate::wal::{self, LogError};
-
-/// What [`Store::check`] found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CheckReport {
-    /// Records in the file, expired ones included.
-    pub records: u64,
-    /// Of them, in flight.
-    pub in_flight: u64,
-    /// Of them, completed.
-    pub completed: u64,
-    /// Of them, expired and not removed yet.
-    pub expired: u64,
-    /// Stored response blobs.
-    pub responses: u64,
-    /// Bytes of the stored response blobs.
-    pub response_bytes: u64,
-    /// Entries in the expiry index. With `Durability::Memory`, entries in the engine's expiry
-    /// heaps, which may hold leftovers of records that moved on or left (about four entries a
-    /// record at most, plus 1,024 a shard).
-    pub expiry_entries: u64,
-    /// Every inconsistency found, one line each; empty for a sound file.
-    pub problems: Vec<String>,
-}
-
-impl CheckReport {
-    /// True when no problem was found.
-    pub fn is_sound(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-/// The most problems a report lists; more are counted in the last line.
-pub(crate) const MAX_PROBLEMS: usize = 100;
-
-impl Store {
-    /// The live (not expired) records, in the file's order (by key hash), those of `scope`
-    /// only if given, at most `limit`. A record that does not decode is an error. With the
-    /// write-ahead log this first checkpoints, so the file holds every operation queued
-    /// before the call.
-    pub fn records(
-        &self,
-        scope: Option<&Scope>,
-        limit: usize,
-    ) -> Result<Vec<RecordInfo>, Unavailable> {
-        self.settle_into_file()?;
-        let now = self.now();
-        if let Some(engine) = self.memory() {
-            return Ok(engine.records(scope, limit, now));
-        }
-        self.read(|txn| records_in(txn, scope, limit, now))
-    }
-
-    /// Reads every record and expiry entry and checks that they agree: each record decodes,
-    /// each record has its expiry entry, each completed record's entry holds a response that
-    /// decodes with the record's status (an in-flight record's holds none), and no expiry entry
-    /// is left without its record. Open the store with `verify_on_open(true)` to check every page's checksum too.
-    /// With the write-ahead log this first checkpoints, so the whole store is checked.
-    pub fn check(&self) -> Result<CheckReport, Unavailable> {
-        self.settle_into_file()?;
-        let now = self.now();
-        if let Some(engine) = self.memory() {
-            return Ok(engine.check(now));
-        }
-        self.read(|txn| check_in(txn, now, true))
-    }
-}
-
-/// The live records of one snapshot: see [`Store::records`].
-fn records_in(
-    txn: &ReadTransaction,
-    scope: Option<&Scope>,
-    limit: usize,
-    now: u64,
-) -> Result<Vec<RecordInfo>, Unavailable> {
-    let records = txn.open_table(RECORDS).map_err(io_error)?;
-    let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
-    let mut out = Vec::new();
-    for entry in records.iter().map_err(io_error)? {
-        if out.len() >= limit {
-            break;
-        }
-        let (hash, bytes) = entry.map_err(io_error)?;
-        let rec = Record::decode(bytes.value()).map_err(corrupted)?;
-        if scope.is_some_and(|s| s.as_str() != rec.scope) || machine::expired(&rec.hot, now) {
-            continue;
-        }
-        let response = if rec.hot.state == State::Completed {
-            let ek = ExpiryKey::new(rec.hot.expires_at, &KeyHash(*hash.value()));
-            let entry = expiry.get(ek).map_err(io_error)?;
-            let blob = entry
-                .as_ref()
-                .and_then(|g| stored_response(g.value()))
-                .ok_or_else(|| Unavailable::Corrupted {
-                    detail: format!("completed record {}/{} has no response", rec.scope, rec.key),
-                })?;
-            Some(response::decode(blob).map_err(corrupted)?)
-        } else {
-            None
-        };
-        out.push(RecordInfo::of(rec, response));
-    }
-    Ok(out)
-}
+use crate::view::{CheckReport, RecordInfo};
 
 /// A store file opened for reading only: its records as they stand after every acknowledged
 /// change, without writing anything.
@@ -250,9 +141,7 @@ impl Inspector {
                 format,
             }),
             Err(e) => {
-                // After a panic inside the engine its locks are poisoned and dropping the
-                // database panics too.
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+                drop_quietly(db);
                 Err(e)
             }
         }
@@ -325,7 +214,7 @@ fn take_reader_locks(base: &BaseFile) -> Result<(), OpenError> {
     match opened {
         Ok(reader) => {
             // Its locks stay with the file: see `SharedLocks`.
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(reader)));
+            drop_quietly(reader);
             Ok(())
         }
         Err(OpenError::AlreadyOpen) => Err(OpenError::AlreadyOpen),
@@ -415,153 +304,4 @@ fn prepare(db: &Database, path: &Path) -> Result<(u64, u64), OpenError> {
     // Into the in-memory copy: the file never sees this commit.
     txn.commit().map_err(open_error)?;
     Ok((entries, format))
-}
-
-/// Checks the file in `txn`; `counted`: it keeps the live records of each scope (format 3),
-/// and they must match the records.
-fn check_in(txn: &ReadTransaction, now: u64, counted: bool) -> Result<CheckReport, Unavailable> {
-    let records = txn.open_table(RECORDS).map_err(io_error)?;
-    let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
-    let mut report = CheckReport::default();
-    let mut problems = 0usize;
-    let mut problem = |report: &mut CheckReport, text: String| {
-        problems += 1;
-        if report.problems.len() < MAX_PROBLEMS {
-            report.problems.push(text);
-        }
-    };
-    let mut with_expiry = HashSet::new();
-    let mut undecodable = HashSet::new();
-    // Counted as the store counts them (C13): by the scope in each record's header.
-    let mut live: HashMap<String, u64> = HashMap::new();
-    let mut in_flight_records = 0u64;
-    for entry in records.iter().map_err(io_error)? {
-        let (hash, bytes) = entry.map_err(io_error)?;
-        let hash = *hash.value();
-        report.records += 1;
-        if let Some(scope) = Record::scope_of(bytes.value()) {
-            *live.entry(scope.to_owned()).or_default() += 1;
-        }
-        in_flight_records += u64::from(scope_count::in_flight(bytes.value()));
-        let rec = match Record::decode(bytes.value()) {
-            Ok(r) => r,
-            Err(e) => {
-                problem(&mut report, format!("record {}: {e}", hex(&hash)));
-                undecodable.insert(hash);
-                continue;
-            }
-        };
-        let name = format!("record {}/{}", rec.scope, rec.key);
-        if KeyHash::of_raw(rec.scope.as_bytes(), rec.key.as_bytes()).0 != hash {
-            problem(
-                &mut report,
-                format!("{name}: stored under the wrong key hash"),
-            );
-        }
-        if machine::expired(&rec.hot, now) {
-            report.expired += 1;
-        }
-        let ek = ExpiryKey::new(rec.hot.expires_at, &KeyHash(hash));
-        let Some(value) = expiry.get(&ek).map_err(io_error)? else {
-            problem(&mut report, format!("{name}: no expiry index entry"));
-            if rec.hot.state == State::Completed {
-                report.completed += 1;
-                problem(&mut report, format!("{name}: completed without a response"));
-            } else {
-                report.in_flight += 1;
-            }
-            continue;
-        };
-        with_expiry.insert(ek.0);
-        let stored = stored_response(value.value());
-        match rec.hot.state {
-            State::InFlight => {
-                report.in_flight += 1;
-                if stored.is_some() {
-                    problem(
-                        &mut report,
-                        format!("{name}: in flight with a stored response"),
-                    );
-                }
-            }
-            State::Completed => {
-                report.completed += 1;
-                match stored.map(response::decode) {
-                    None => problem(&mut report, format!("{name}: completed without a response")),
-                    Some(Ok(r)) if r.status() != rec.hot.status => problem(
-                        &mut report,
-                        format!(
-                            "{name}: response status {} but the record says {}",
-                            r.status(),
-                            rec.hot.status
-                        ),
-                    ),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => problem(&mut report, format!("{name}: response: {e}")),
-                }
-            }
-        }
-    }
-    report.expiry_entries = expiry.len().map_err(io_error)?;
-    for entry in expiry.iter().map_err(io_error)? {
-        let (ek, value) = entry.map_err(io_error)?;
-        let ek = ek.value();
-        if let Some(blob) = stored_response(value.value()) {
-            report.responses += 1;
-            report.response_bytes += blob.len() as u64;
-        }
-        // A record that does not decode is reported above; its entries are not leftovers.
-        if !with_expiry.contains(&ek.0) && !undecodable.contains(&ek.hash().0) {
-            problem(
-                &mut report,
-                format!("expiry entry for {} has no record", hex(&ek.hash().0)),
-            );
-        }
-    }
-    match txn.open_table(SCOPE_COUNTS) {
-        Ok(counts) if counted => {
-            for entry in counts.iter().map_err(io_error)? {
-                let (scope, n) = entry.map_err(io_error)?;
-                let (scope, n) = (scope.value(), n.value());
-                let holds = live.remove(scope).unwrap_or(0);
-                if n != holds {
-                    problem(
-                        &mut report,
-                        format!("scope {scope}: counted {n} live records, holds {holds}"),
-                    );
-                }
-            }
-            for (scope, holds) in live {
-                problem(
-                    &mut report,
-                    format!("scope {scope}: holds {holds} live records, counted none"),
-                );
-            }
-            let meta = txn.open_table(META).map_err(io_error)?;
-            let counted = meta
-                .get(META_IN_FLIGHT)
-                .map_err(io_error)?
-                .map_or(0, |g| g.value());
-            if counted != in_flight_records {
-                problem(
-                    &mut report,
-                    format!("counted {counted} records in flight, holds {in_flight_records}"),
-                );
-            }
-        }
-        Ok(_) => {}
-        Err(redb::TableError::TableDoesNotExist(_)) if !counted => {}
-        Err(e) => return Err(io_error(e)),
-    }
-    if problems > report.problems.len() {
-        let more = problems - report.problems.len();
-        report
-            .problems
-            .push(format!("... and {more} more problems"));
-    }
-    Ok(report)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

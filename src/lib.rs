@@ -34,43 +34,32 @@
 #[path = "fuzz_support.rs"]
 pub mod __fuzz;
 mod backend;
-mod budget;
 mod canonical_json;
-mod checkpoint;
 mod clock;
-mod compactor;
 mod config;
+mod engine;
 mod error;
-mod file_device;
 mod fingerprint;
 #[cfg(test)]
 mod golden_tests;
 #[cfg(feature = "http")]
 pub mod http;
-mod index;
 mod inspect;
 mod key;
 mod machine;
-mod memory;
 mod migrate;
-mod open;
-mod ops;
-mod overlay;
+mod poison;
 mod read_only;
 mod record;
-mod reply;
 mod response;
-mod route;
 mod scope_count;
 mod seeded;
-mod shared;
 mod stats;
 mod storage;
 mod store;
-mod wal;
-mod writer;
+mod view;
 
-pub use backend::{Backend, Claim, RecordInfo};
+pub use backend::{Backend, Claim, Completion};
 pub use canonical_json::canonicalize;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{CachePolicy, Config, ConfigBuilder, Durability};
@@ -79,11 +68,11 @@ pub use error::{
     Unavailable,
 };
 pub use fingerprint::{Fingerprint, FingerprintBuilder, is_json_content_type};
-pub use inspect::{CheckReport, Inspector};
+pub use inspect::Inspector;
 pub use key::{Key, Scope};
-pub use ops::Completion;
 pub use record::State;
 pub use response::Response;
 pub use stats::Stats;
 pub use storage::StorageBackend;
 pub use store::{Begin, Reservation, Store};
+pub use view::{CheckReport, RecordInfo};

@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 use redb::BackendError;
 use redb::backends::FileBackend;
 
-use crate::file_device::read_exact_at;
+use crate::engine::file::device::read_exact_at;
 use crate::storage::StorageBackend;
 
 /// The unit of the in-memory copy: whole pages of the storage engine (4 KiB).

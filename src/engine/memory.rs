@@ -23,24 +23,24 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::backend::RecordInfo;
+use crate::backend::{Claim, Completion};
 use crate::config::CachePolicy;
-use crate::error::{CompleteError, LeaseError, Unavailable};
+use crate::engine::{Answer, Engine, ExpireReport, Release, Shared};
+use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::fingerprint::Fingerprint;
-use crate::inspect::CheckReport;
 use crate::key::{Key, KeyHash, Scope};
 use crate::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
-use crate::ops::{BeginReply, Completion, ExpireReport, Op};
 use crate::record::{Hot, Record, State};
 use crate::response::Response;
 use crate::scope_count::Concurrent;
 use crate::seeded::{Prehashed, Seeded, WithHash};
-use crate::shared::Shared;
-use crate::stats::{add, bump};
+use crate::stats::{Stats, add, bump};
+use crate::view::{CheckReport, MAX_PROBLEMS, RecordInfo};
 
 /// Shards of the key space: enough that 2-64 threads rarely meet on one lock.
 const SHARDS: usize = 64;
@@ -105,6 +105,9 @@ impl Shard {
 
 /// The memory engine.
 pub(crate) struct MemoryEngine {
+    /// What the store and the engine share; the inherent methods take it as a parameter, so
+    /// that tests can drive them on a `Shared` of their own.
+    shared: Arc<Shared>,
     shards: Box<[Mutex<Shard>]>,
     /// Every shard's map and the choice of shard hash with this one seed (`seeded.rs`).
     seed: Seeded,
@@ -116,8 +119,8 @@ pub(crate) struct MemoryEngine {
 }
 
 impl MemoryEngine {
-    pub(crate) fn new(capacity: usize) -> MemoryEngine {
-        let per_shard = capacity / SHARDS;
+    pub(crate) fn new(shared: Arc<Shared>) -> MemoryEngine {
+        let per_shard = shared.config.index_capacity / SHARDS;
         let seed = Seeded::new();
         let shards = (0..SHARDS)
             .map(|_| {
@@ -128,6 +131,7 @@ impl MemoryEngine {
             })
             .collect();
         MemoryEngine {
+            shared,
             shards,
             seed,
             scopes: Concurrent::new(),
@@ -159,7 +163,7 @@ impl MemoryEngine {
         scope: &Scope,
         key: &Key,
         fp: &Fingerprint,
-    ) -> Result<BeginReply, Unavailable> {
+    ) -> Result<Claim, BeginError> {
         let config = &shared.config;
         let counters = &shared.counters;
         let now = shared.now();
@@ -175,7 +179,7 @@ impl MemoryEngine {
             {
                 drop(shard);
                 bump(&counters.scope_full);
-                Ok(BeginReply::ScopeFull {
+                Err(BeginError::ScopeFull {
                     limit: config.max_records_per_scope,
                 })
             }
@@ -202,7 +206,7 @@ impl MemoryEngine {
                 if takeover {
                     bump(&counters.lease_takeovers);
                 }
-                Ok(BeginReply::Execute {
+                Ok(Claim::Execute {
                     token,
                     lease_deadline,
                 })
@@ -211,22 +215,24 @@ impl MemoryEngine {
                 Some(response) => {
                     drop(shard);
                     bump(&counters.replays);
-                    Ok(BeginReply::Replay(response))
+                    Ok(Claim::Replay(response))
                 }
                 // Not reachable while the invariant holds; executing again would break C1.
-                None => Err(Unavailable::Corrupted {
+                None => Err(BeginError::Unavailable(Unavailable::Corrupted {
                     detail: format!("completed record {hash:?} holds no response"),
-                }),
+                })),
             },
             BeginDecision::InProgress => {
                 drop(shard);
                 bump(&counters.in_progress);
-                Ok(BeginReply::InProgress)
+                Ok(Claim::InProgress {
+                    retry_after: config.retry_after,
+                })
             }
             BeginDecision::Conflict => {
                 drop(shard);
                 bump(&counters.conflicts);
-                Ok(BeginReply::Conflict)
+                Ok(Claim::Conflict)
             }
         }
     }
@@ -347,7 +353,7 @@ impl MemoryEngine {
 
     /// Waits for every call that took a shard's lock before now; called once the store is
     /// marked closed, so every later call is refused.
-    pub(crate) fn close(&self) {
+    pub(crate) fn drain_calls(&self) {
         for shard in self.shards.iter() {
             drop(shard.lock());
         }
@@ -449,7 +455,7 @@ impl MemoryEngine {
                         report.response_bytes += resp.encoded_len() as u64;
                     }
                     (state, response) => {
-                        if report.problems.len() < crate::inspect::MAX_PROBLEMS {
+                        if report.problems.len() < MAX_PROBLEMS {
                             let holds = if response.is_some() { "holds" } else { "lacks" };
                             report.problems.push(format!(
                                 "record {hash:?} is {state:?} and {holds} a response"
@@ -461,78 +467,87 @@ impl MemoryEngine {
         }
         report
     }
+}
 
-    /// Carries out a queued operation at once, on the calling thread, and answers it.
-    pub(crate) fn apply(&self, shared: &Shared, op: Op) {
-        if shared.check().is_err() {
-            // Closed: dropping the reply slots tells the callers so. A detached release still
-            // settles its count.
-            if let Op::Release { detached: true, .. } = op {
-                shared.detached_releases.fetch_sub(1, Ordering::SeqCst);
-            }
-            return;
-        }
-        match op {
-            Op::Begin {
-                hash,
-                scope,
-                key,
-                fp,
-                reply,
-            } => {
-                // As in the writer: a caller that gave up first counted itself in
-                // `detached_releases`; reserve nothing for it (or release what was reserved)
-                // and settle the count.
-                if reply.is_abandoned() {
-                    shared.detached_releases.fetch_sub(1, Ordering::SeqCst);
-                    return;
-                }
-                let answer = self.begin(shared, hash, &scope, &key, &fp);
-                if let Err(answer) = reply.send(answer) {
-                    if let Ok(BeginReply::Execute { token, .. }) = answer {
-                        let _ = self.release(shared, hash, token);
-                    }
-                    shared.detached_releases.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-            Op::Complete {
-                hash,
-                token,
-                response,
-                policy,
-                reply,
-                ..
-            } => {
-                let _ = reply.send(self.complete(shared, hash, token, response, policy));
-            }
-            Op::Release {
-                hash,
-                token,
-                reply,
-                detached,
-            } => {
-                let result = self.release(shared, hash, token);
-                if detached {
-                    shared.detached_releases.fetch_sub(1, Ordering::SeqCst);
-                }
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
-            }
-            Op::Renew { hash, token, reply } => {
-                let _ = reply.send(self.renew(shared, hash, token));
-            }
-            Op::Purge { hash, reply } => {
-                let _ = reply.send(self.purge(shared, &hash));
-            }
-            Op::Expire { limit, reply } => {
-                let _ = reply.send(Ok(self.expire(shared, limit)));
-            }
-            Op::Flush { reply } | Op::Barrier { reply } | Op::Checkpoint { reply } => {
-                let _ = reply.send(Ok(()));
-            }
-            Op::Cache { .. } | Op::Shutdown => {}
-        }
+impl Engine for MemoryEngine {
+    fn begin(
+        &self,
+        hash: KeyHash,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+    ) -> Answer<Claim, BeginError> {
+        Answer::Now(MemoryEngine::begin(
+            self,
+            &self.shared,
+            hash,
+            scope,
+            key,
+            fp,
+        ))
+    }
+
+    fn complete(
+        &self,
+        hash: KeyHash,
+        token: u64,
+        response: Response,
+        policy: CachePolicy,
+    ) -> Answer<Completion, CompleteError> {
+        Answer::Now(MemoryEngine::complete(
+            self,
+            &self.shared,
+            hash,
+            token,
+            response,
+            policy,
+        ))
+    }
+
+    fn release(&self, hash: KeyHash, token: u64, _: Release) -> Answer<(), LeaseError> {
+        // Done before this returns, however it is answered.
+        Answer::Now(MemoryEngine::release(self, &self.shared, hash, token))
+    }
+
+    fn renew(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError> {
+        Answer::Now(MemoryEngine::renew(self, &self.shared, hash, token))
+    }
+
+    fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable> {
+        Answer::Now(MemoryEngine::purge(self, &self.shared, &hash))
+    }
+
+    fn get(&self, hash: KeyHash) -> Result<Option<RecordInfo>, Unavailable> {
+        Ok(MemoryEngine::get(self, &hash, self.shared.now()))
+    }
+
+    fn expire(&self, limit: usize) -> Result<ExpireReport, Unavailable> {
+        Ok(MemoryEngine::expire(self, &self.shared, limit))
+    }
+
+    fn flush(&self) -> Result<(), Unavailable> {
+        // Nothing is kept anywhere that a flush would make durable.
+        Ok(())
+    }
+
+    fn list(&self, scope: Option<&Scope>, limit: usize) -> Result<Vec<RecordInfo>, Unavailable> {
+        Ok(self.records(scope, limit, self.shared.now()))
+    }
+
+    fn check(&self) -> Result<CheckReport, Unavailable> {
+        Ok(MemoryEngine::check(self, self.shared.now()))
+    }
+
+    fn stats(&self) -> Stats {
+        self.shared.counters.snapshot(self.len())
+    }
+
+    fn close(&self) -> Result<(), Unavailable> {
+        // Nothing to drain or make durable; once closed, wait for the calls already inside,
+        // so none succeeds after `close` returns.
+        self.shared.mark_closed();
+        self.drain_calls();
+        self.shared.check_poison()
     }
 }
 
@@ -579,14 +594,14 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::config::Config;
 
-    fn shared(clock: &ManualClock) -> Shared {
+    fn shared(clock: &ManualClock) -> Arc<Shared> {
         let config = Config::builder()
             .clock(clock.clone())
             .ttl(Duration::from_secs(10))
             .lease(Duration::from_secs(5))
             .build();
         match config {
-            Ok(c) => Shared::new(c, None, [0; 32]),
+            Ok(c) => Arc::new(Shared::new(c, [0; 32])),
             Err(e) => unreachable!("test config: {e}"),
         }
     }
@@ -601,7 +616,7 @@ mod tests {
     fn execute(e: &MemoryEngine, sh: &Shared, i: usize) -> u64 {
         let (h, s, k) = name(i);
         match e.begin(sh, h, &s, &k, &Fingerprint::of_bytes(b"x")) {
-            Ok(BeginReply::Execute { token, .. }) => token,
+            Ok(Claim::Execute { token, .. }) => token,
             other => unreachable!("expected Execute, got {other:?}"),
         }
     }
@@ -612,7 +627,7 @@ mod tests {
     fn c9_expiry_passes_are_bounded_and_skip_moved_records() {
         let clock = ManualClock::new(1_000_000);
         let sh = shared(&clock);
-        let e = MemoryEngine::new(0);
+        let e = MemoryEngine::new(Arc::clone(&sh));
         let tokens: Vec<u64> = (0..100).map(|i| execute(&e, &sh, i)).collect();
         clock.advance(Duration::from_secs(1));
         for (i, &token) in tokens.iter().enumerate() {
@@ -653,7 +668,7 @@ mod tests {
     fn leftover_expiry_entries_stay_bounded() {
         let clock = ManualClock::new(1_000_000);
         let sh = shared(&clock);
-        let e = MemoryEngine::new(0);
+        let e = MemoryEngine::new(Arc::clone(&sh));
         for i in 0..200_000 {
             let token = execute(&e, &sh, i);
             assert!(e.release(&sh, name(i).0, token).is_ok());
@@ -670,7 +685,7 @@ mod tests {
     fn c8_takeover_fences_the_first_holder() {
         let clock = ManualClock::new(1_000_000);
         let sh = shared(&clock);
-        let e = MemoryEngine::new(0);
+        let e = MemoryEngine::new(Arc::clone(&sh));
         let first = execute(&e, &sh, 7);
         clock.advance(Duration::from_secs(6));
         let second = execute(&e, &sh, 7);
@@ -699,7 +714,7 @@ mod tests {
     fn records_are_listed_by_hash_within_the_limit() {
         let clock = ManualClock::new(1_000_000);
         let sh = shared(&clock);
-        let e = MemoryEngine::new(0);
+        let e = MemoryEngine::new(Arc::clone(&sh));
         for i in 0..300 {
             execute(&e, &sh, i);
         }
@@ -732,14 +747,14 @@ mod tests {
     fn calls_after_close_are_refused() {
         let clock = ManualClock::new(1_000_000);
         let sh = shared(&clock);
-        let e = MemoryEngine::new(0);
+        let e = MemoryEngine::new(Arc::clone(&sh));
         let token = execute(&e, &sh, 1);
         sh.mark_closed();
-        e.close();
+        e.drain_calls();
         let (h, s, k) = name(2);
         assert!(matches!(
             e.begin(&sh, h, &s, &k, &Fingerprint::of_bytes(b"x")),
-            Err(Unavailable::Closed)
+            Err(BeginError::Unavailable(Unavailable::Closed))
         ));
         let (h1, ..) = name(1);
         assert!(matches!(

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderName, Response, StatusCode};
 
 use super::body::ResponseBody;
 use super::contract::ErrorStyle;
+use super::layer::LayerState;
 
 /// The machine-readable codes of the layer's answers.
 pub(crate) mod code {
@@ -187,6 +188,19 @@ pub(crate) fn not_kept_body(
         code::RESPONSE_NOT_KEPT,
         &format!(
             "the operation ran once; its response was too large to keep for replay (a body of {len} bytes or more, or headers)"
+        ),
+    )
+}
+
+/// `413 request_too_large` (rule H9).
+pub(crate) fn too_large<B>(shared: &LayerState) -> Response<ResponseBody<B>> {
+    error(
+        shared.contract.error_style,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        code::TOO_LARGE,
+        &format!(
+            "the request body is larger than {} bytes",
+            shared.contract.max_request_body
         ),
     )
 }

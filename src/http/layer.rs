@@ -15,7 +15,7 @@ use super::service::Idempotency;
 use crate::{CachePolicy, Store};
 
 /// What the layer needs from the store and the contract, shared by every service it makes.
-pub(crate) struct Shared {
+pub(crate) struct LayerState {
     pub(crate) store: Store,
     pub(crate) contract: Contract,
     /// The stored-response limit in force: the contract's, or the store's.
@@ -70,7 +70,7 @@ impl std::error::Error for ContractError {}
 /// ```
 #[derive(Clone)]
 pub struct IdempotencyLayer {
-    shared: Arc<Shared>,
+    shared: Arc<LayerState>,
 }
 
 impl IdempotencyLayer {
@@ -90,7 +90,7 @@ impl IdempotencyLayer {
         }
         let scope = contract.scope.resolve(store.secret());
         Ok(IdempotencyLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(LayerState {
                 store,
                 contract,
                 max_stored,
@@ -145,7 +145,7 @@ impl IdempotencyLayer {
     fn with_executor(self, executor: Executor) -> Self {
         let shared = &self.shared;
         IdempotencyLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(LayerState {
                 store: shared.store.clone(),
                 contract: shared.contract.clone(),
                 max_stored: shared.max_stored,

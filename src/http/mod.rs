@@ -187,6 +187,7 @@ mod context;
 mod contract;
 mod deadline;
 mod future;
+mod guarded;
 mod layer;
 mod request;
 mod run;

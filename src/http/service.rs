@@ -15,17 +15,18 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
-use super::answer::{self, code};
+use super::answer::{self, code, too_large};
 use super::body::{BoxError, RequestBody, ResponseBody};
-use super::future::{ResponseFuture, guarded};
-use super::layer::Shared;
+use super::future::ResponseFuture;
+use super::guarded::guarded;
+use super::layer::LayerState;
 use super::request::{KeyProblem, original_uri, read_key};
 
 /// A service wrapped by [`IdempotencyLayer`](super::IdempotencyLayer): guarded requests run
 /// once per (scope, key), and retries get the first response back.
 pub struct Idempotency<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<LayerState>,
 }
 
 impl<S: Clone> Clone for Idempotency<S> {
@@ -38,7 +39,7 @@ impl<S: Clone> Clone for Idempotency<S> {
 }
 
 impl<S> Idempotency<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: Arc<LayerState>) -> Self {
         Idempotency { inner, shared }
     }
 
@@ -140,17 +141,4 @@ where
             key,
         )))
     }
-}
-
-/// `413 request_too_large` (rule H9).
-pub(crate) fn too_large<B>(shared: &Shared) -> Response<ResponseBody<B>> {
-    answer::error(
-        shared.contract.error_style,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        code::TOO_LARGE,
-        &format!(
-            "the request body is larger than {} bytes",
-            shared.contract.max_request_body
-        ),
-    )
 }

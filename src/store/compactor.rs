@@ -1,60 +1,79 @@
-//! The background compactor: removes expired records in bounded, throttled batches (C9).
+//! The background compactor: removes expired records in bounded, throttled passes (C9).
 //!
 //! Why: records must not outlive their TTL on disk or in memory, or the file and the index grow
-//! with every request ever served. Invariants: the compactor never writes itself; it queues
-//! `Expire` operations through the writer like any caller, so there is one writer and foreground
-//! operations queued meanwhile share or follow its commit instead of waiting behind a second
-//! write transaction; each pass removes at most `compactor_batch` records and is followed by a
-//! `compactor_pause` while more are due, so it never holds the writer for long. With
-//! `Durability::Memory` there is no writer: the same passes run in the memory engine, on this
-//! thread, one shard lock at a time.
+//! with every request ever served. Invariants: the compactor never writes itself; it asks the
+//! engine for `expire` passes like any caller (the file engine queues them through its writer,
+//! so there is one writer and foreground operations share or follow its commit); each pass
+//! removes at most `compactor_batch` records and is followed by a `compactor_pause` while more
+//! are due, so it never holds the engine for long.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::ops::{ExpireReport, Op};
-use crate::reply;
-use crate::route::Route;
-use crate::shared::{PoisonDart, Shared};
+use crate::engine::{Engine, ExpireReport, Shared};
+use crate::error::Unavailable;
+use crate::poison::PoisonDart;
 
-/// Runs one expiry pass through the writer (or the memory engine) and waits for it.
-pub(crate) fn expire_once(
+/// Runs one expiry pass and waits for it.
+pub(super) fn expire_once(
     shared: &Shared,
-    ops: &Route,
+    engine: &dyn Engine,
     limit: usize,
-) -> Result<ExpireReport, crate::Unavailable> {
+) -> Result<ExpireReport, Unavailable> {
     shared.check()?;
-    let (tx, rx) = reply::channel();
-    ops.send(shared, Op::Expire { limit, reply: tx })
-        .map_err(|_| shared.lost_reply(reply::Closed::default()))?;
-    rx.wait().map_err(|c| shared.lost_reply(c))?
+    engine.expire(limit)
 }
 
-/// Starts the compactor thread. It stops when `stop` is dropped or sent to.
-pub(crate) fn spawn(
-    shared: Arc<Shared>,
-    ops: Route,
-    stop: Receiver<()>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("idemstore-compactor".into())
-        .spawn(move || {
-            let _dart = PoisonDart(&shared);
-            let config = &shared.config;
-            let mut wait = config.compactor_interval;
-            loop {
-                match stop.recv_timeout(wait) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-                }
-                wait = match expire_once(&shared, &ops, config.compactor_batch) {
-                    Ok(report) if report.scanned >= config.compactor_batch => {
-                        config.compactor_pause
-                    }
-                    _ => config.compactor_interval,
-                };
-            }
+/// The compactor thread's handle.
+#[derive(Default)]
+pub(super) struct Compactor {
+    thread: Option<JoinHandle<()>>,
+    /// Dropping it stops the thread.
+    stop: Option<Sender<()>>,
+}
+
+impl Compactor {
+    /// Starts the compactor thread.
+    pub(super) fn spawn(shared: Arc<Shared>, engine: Arc<dyn Engine>) -> std::io::Result<Self> {
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("idemstore-compactor".into())
+            .spawn(move || run(&shared, &*engine, &stopped))?;
+        Ok(Compactor {
+            thread: Some(thread),
+            stop: Some(stop),
         })
+    }
+
+    /// Stops the thread and waits for it.
+    pub(super) fn stop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Stops the thread without waiting for it.
+    pub(super) fn detach(&mut self) {
+        drop(self.stop.take());
+        self.thread.take();
+    }
+}
+
+fn run(shared: &Shared, engine: &dyn Engine, stop: &Receiver<()>) {
+    let _dart = PoisonDart(shared.poison_flag());
+    let config = &shared.config;
+    let mut wait = config.compactor_interval;
+    loop {
+        match stop.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        wait = match expire_once(shared, engine, config.compactor_batch) {
+            Ok(report) if report.scanned >= config.compactor_batch => config.compactor_pause,
+            _ => config.compactor_interval,
+        };
+    }
 }

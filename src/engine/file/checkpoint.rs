@@ -18,7 +18,6 @@
 //! - applying a change writes the key's whole state, so applying it over a file that already
 //!   holds it changes nothing (recovery replays the same way).
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,16 +25,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
 use redb::{Database, Table};
 
+use super::log::{Change, Mark};
+use super::overlay::{Changes, Slot};
 use crate::error::{Cause, Message, cause};
 use crate::key::KeyHash;
-use crate::overlay::{Changes, Slot};
+use crate::poison;
 use crate::record::{
     EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_LOG_POS, META_LOG_SEQ,
     META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RecordBytes, SCOPE_COUNTS, open_each_alone,
 };
 use crate::scope_count::Deltas;
-use crate::shared::panic_text;
-use crate::wal::{Change, Mark};
 
 /// Why a change could not be applied.
 #[derive(Debug)]
@@ -165,11 +164,10 @@ pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
         txn.commit()?;
         Ok(())
     };
-    match catch_unwind(AssertUnwindSafe(run)) {
+    match poison::catch(run) {
         Ok(r) => r.map_err(failed),
-        Err(payload) => Err(Arc::new(Message(format!(
-            "the storage engine panicked during a checkpoint: {}",
-            panic_text(&*payload)
+        Err(text) => Err(Arc::new(Message(format!(
+            "the storage engine panicked during a checkpoint: {text}"
         )))),
     }
 }

@@ -46,7 +46,7 @@ const WRAP_MAGIC: [u8; 4] = *b"IDLW";
 /// blocks were not all written at creation.
 const ZERO_CHUNK: u64 = 1 << 20;
 /// The smallest log accepted: the header page and room for a few batches.
-pub(crate) const MIN_CAPACITY: u64 = 64 << 10;
+pub(crate) const MIN_CAPACITY: u64 = crate::config::MIN_LOG_CAPACITY;
 
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;

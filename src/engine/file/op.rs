@@ -1,44 +1,20 @@
-//! The messages between callers and the writer thread: queued operations and the answers
-//! waiting for their batch's commit. (The memory engine takes the same messages and answers
-//! them at once, see `route.rs`.)
+//! The messages between the file engine's handle and its writer thread: queued operations and
+//! the answers waiting for their batch's commit.
 //!
 //! Why: the writer's queue is the store's only write path, so what can be asked of it and how
 //! each kind of answer reaches its caller is a concept of its own. Invariants: every operation
 //! carries the reply slot its caller waits on (a detached release carries none and is counted
-//! in `Shared::detached_releases` instead); an answer is delivered exactly once, or handed back
+//! in `FileState::detached_releases` instead); an answer is delivered exactly once, or handed back
 //! when its caller gave up, and a handed-back reservation is reported so it can be released.
 
+use crate::backend::{Claim, Completion};
 use crate::config::CachePolicy;
-use crate::error::{CompleteError, LeaseError, Unavailable};
+use crate::engine::ExpireReport;
+use crate::engine::reply::Sender;
+use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::fingerprint::Fingerprint;
 use crate::key::{Key, KeyHash, Scope};
-use crate::reply::Sender;
 use crate::response::Response;
-
-/// What `complete` did with the response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Completion {
-    /// The response is stored and will be replayed (C3).
-    Stored,
-    /// The cache policy does not keep this status, so the key was released instead (C6, C7).
-    Released,
-}
-
-/// The writer's answer to a `begin` that reached it.
-#[derive(Debug)]
-pub(crate) enum BeginReply {
-    Execute {
-        token: u64,
-        lease_deadline: u64,
-    },
-    Replay(Response),
-    InProgress,
-    Conflict,
-    /// A new record would pass the scope's cap of `limit` live records (C13).
-    ScopeFull {
-        limit: u64,
-    },
-}
 
 /// One queued operation.
 pub(crate) enum Op {
@@ -47,7 +23,7 @@ pub(crate) enum Op {
         scope: Scope,
         key: Key,
         fp: Fingerprint,
-        reply: Sender<Result<BeginReply, Unavailable>>,
+        reply: Sender<Result<Claim, BeginError>>,
     },
     Complete {
         hash: KeyHash,
@@ -62,7 +38,7 @@ pub(crate) enum Op {
         hash: KeyHash,
         token: u64,
         reply: Option<Sender<Result<(), LeaseError>>>,
-        /// Counted in `Shared::detached_releases` by its sender; settled once applied.
+        /// Counted in `FileState::detached_releases` by its sender; settled once applied.
         detached: bool,
     },
     Renew {
@@ -99,20 +75,11 @@ pub(crate) enum Op {
     Shutdown,
 }
 
-/// What one expiry pass did.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ExpireReport {
-    /// Expiry index entries looked at (the pass's budget was `limit`).
-    pub(crate) scanned: usize,
-    /// Records removed.
-    pub(crate) removed: u64,
-}
-
 /// An answer waiting for the batch's commit.
 pub(crate) enum Pending {
     Begin(
-        Sender<Result<BeginReply, Unavailable>>,
-        Result<BeginReply, Unavailable>,
+        Sender<Result<Claim, BeginError>>,
+        Result<Claim, BeginError>,
         KeyHash,
     ),
     Complete(
@@ -145,7 +112,7 @@ impl Pending {
             Pending::Begin(tx, r, hash) => {
                 return match tx.send(r) {
                     Ok(()) => None,
-                    Err(Ok(BeginReply::Execute { token, .. })) => {
+                    Err(Ok(Claim::Execute { token, .. })) => {
                         Some(Abandoned::Reservation(hash, token))
                     }
                     Err(_) => Some(Abandoned::Answer),
@@ -166,7 +133,7 @@ impl Pending {
     /// Answers the caller with an error: nothing was applied, so nothing needs undoing.
     pub(crate) fn fail(self, e: Unavailable) {
         match self {
-            Pending::Begin(tx, _, _) => drop(tx.send(Err(e))),
+            Pending::Begin(tx, _, _) => drop(tx.send(Err(e.into()))),
             Pending::Complete(tx, _) => drop(tx.send(Err(CompleteError::Unavailable(e)))),
             Pending::Lease(Some(tx), _) => drop(tx.send(Err(LeaseError::Unavailable(e)))),
             Pending::Renew(tx, _) => drop(tx.send(Err(LeaseError::Unavailable(e)))),
@@ -182,7 +149,7 @@ impl Op {
     /// Answers the operation with an error without doing it.
     pub(crate) fn fail(self, e: Unavailable) {
         match self {
-            Op::Begin { reply, .. } => drop(reply.send(Err(e))),
+            Op::Begin { reply, .. } => drop(reply.send(Err(e.into()))),
             Op::Complete { reply, .. } => drop(reply.send(Err(CompleteError::Unavailable(e)))),
             Op::Release {
                 reply: Some(reply), ..

@@ -14,16 +14,17 @@
 //! what the store would recover.
 
 use std::io::Read;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use redb::{Database, MultimapTableHandle, ReadableTable, Table, TableHandle};
 
-use crate::checkpoint::{ApplyError, apply_change};
+use super::checkpoint::{ApplyError, apply_change};
+use super::log::{self as wal, Header, Log, LogError, Mark};
 use crate::config::Config;
 use crate::error::{OpenError, cause};
 use crate::key::KeyHash;
 use crate::migrate;
+use crate::poison;
 use crate::record::{
     EXPIRY, ExpiryKey, ExpiryValue, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT,
     META_IN_FLIGHT, META_LOG_ID, META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN,
@@ -31,18 +32,13 @@ use crate::record::{
     TOKEN_SKIP_AFTER_CRASH, open_each_alone,
 };
 use crate::scope_count::{Counts, Deltas};
-use crate::shared::panic_text;
 use crate::storage::StorageBackend;
-use crate::wal::{self, Header, Log, LogError, Mark};
 
 /// Runs an opening step, turning a storage-engine panic on a damaged file into an error.
 pub(crate) fn guard_open<T>(f: impl FnOnce() -> Result<T, OpenError>) -> Result<T, OpenError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+    poison::catch(f).unwrap_or_else(|text| {
         Err(OpenError::Corrupted {
-            detail: format!(
-                "the storage engine panicked reading the file: {}",
-                panic_text(&*payload)
-            ),
+            detail: format!("the storage engine panicked reading the file: {text}"),
         })
     })
 }

@@ -27,7 +27,6 @@
 //! holding a boxed closure over the `WriteTransaction`.
 
 use std::ops::Bound;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,24 +34,27 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
-use crate::budget::{CompletedBudget, ResponseBudget};
-use crate::checkpoint::{self, Checkpointer, Job};
+use super::FileState;
+use super::budget::{CompletedBudget, ResponseBudget};
+use super::checkpoint::{self, Checkpointer, Job};
+use super::index::Entry;
+use super::log::{EntryBuf, Log};
+use super::op::{Abandoned, Op, Pending};
+use super::overlay::{Overlay, Slot};
+use crate::backend::{Claim, Completion};
 use crate::config::Durability;
-use crate::error::{Cause, CompleteError, LeaseError, Message, Unavailable, cause};
-use crate::index::Entry;
+use crate::engine::{ExpireReport, Shared};
+use crate::error::{BeginError, Cause, CompleteError, LeaseError, Message, Unavailable, cause};
 use crate::key::KeyHash;
 use crate::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
-use crate::ops::{Abandoned, BeginReply, Completion, ExpireReport, Op, Pending};
-use crate::overlay::{Overlay, Slot};
+use crate::poison;
 use crate::record::{
     EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_NEXT_TOKEN, RECORDS, Record,
     RecordBytes, SCOPE_COUNTS, State, open_each_alone, stored_response,
 };
 use crate::response::{self, Response};
 use crate::scope_count::{self, Counts, Deltas};
-use crate::shared::{Shared, panic_text};
 use crate::stats::{add, bump, raise};
-use crate::wal::{EntryBuf, Log};
 
 /// A change to the hot index, applied once the batch has committed.
 enum Effect {
@@ -297,6 +299,8 @@ struct Batch {
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
+    /// The hot index, the overlay and the count of queued detached releases.
+    state: Arc<FileState>,
     db: Arc<Database>,
     rx: Receiver<Op>,
     next_token: u64,
@@ -326,6 +330,7 @@ pub(crate) struct Writer {
 /// Starts the writer thread.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
+    state: Arc<FileState>,
     db: Arc<Database>,
     rx: Receiver<Op>,
     next_token: u64,
@@ -340,6 +345,7 @@ pub(crate) fn spawn(
     };
     let writer = Writer {
         shared,
+        state,
         db,
         rx,
         next_token,
@@ -499,11 +505,9 @@ impl Writer {
             }
             return;
         }
-        let result = catch_unwind(AssertUnwindSafe(|| self.batch(ops, force_durable)));
-        if let Err(payload) = result {
+        if let Err(text) = poison::catch(|| self.batch(ops, force_durable)) {
             self.shared.poison(Arc::new(Message(format!(
-                "the writer thread panicked: {}",
-                panic_text(&*payload)
+                "the writer thread panicked: {text}"
             ))));
         }
     }
@@ -562,6 +566,7 @@ impl Writer {
     /// synced when the batch needs durability. The file is written by checkpoints.
     fn batch_logged(&mut self, ops: Vec<Op>, force_durable: bool) {
         let shared = Arc::clone(&self.shared);
+        let state = Arc::clone(&self.state);
         let mut b = self.new_batch(ops.len(), force_durable);
         let ops_count = ops.len() as u64;
         // A finished checkpoint first: its generation leaves the overlay only now, before the
@@ -578,7 +583,7 @@ impl Writer {
         {
             let opened = (|| {
                 Ok::<_, redb::TableError>(Tables::Logged {
-                    overlay: &shared.overlay,
+                    overlay: &state.overlay,
                     records: snapshot.open_table(RECORDS)?,
                     expiry: snapshot.open_table(EXPIRY)?,
                 })
@@ -712,7 +717,7 @@ impl Writer {
     /// Freezes the overlay's current generation and hands it to the checkpoint thread, unless
     /// it is empty.
     fn start_checkpoint(&mut self) -> Result<(), Cause> {
-        let overlay = &self.shared.overlay;
+        let overlay = &self.state.overlay;
         let (Some(log), Some(cp)) = (self.log.as_ref(), self.checkpointer.as_mut()) else {
             return Ok(());
         };
@@ -748,7 +753,7 @@ impl Writer {
                 self.count_checkpoint(took);
                 self.expire_cursor = None;
                 if let (Some(changes), Some(cp)) =
-                    (self.shared.overlay.thaw(), self.checkpointer.as_ref())
+                    (self.state.overlay.thaw(), self.checkpointer.as_ref())
                 {
                     cp.dispose(changes);
                 }
@@ -772,7 +777,7 @@ impl Writer {
             return Ok(());
         };
         let mark = log.mark();
-        let changes = self.shared.overlay.freeze().unwrap_or_default();
+        let changes = self.state.overlay.freeze().unwrap_or_default();
         let job = Job {
             changes,
             mark,
@@ -791,7 +796,7 @@ impl Writer {
         // The durable commit holds every entry logged so far: none needs a sync any more.
         log.forget_unsynced();
         self.expire_cursor = None;
-        self.shared.overlay.thaw();
+        self.state.overlay.thaw();
         self.last_checkpoint = Instant::now();
         self.count_checkpoint(took);
         let counters = &self.shared.counters;
@@ -818,7 +823,7 @@ impl Writer {
                         .as_ref()
                         .map(|r| (entry.hot.token, r.encoded_len()));
                     let hot = entry.hot;
-                    let index = &self.shared.index;
+                    let index = &self.state.index;
                     // A completed record the index holds already (a replay answered by the
                     // writer, say) is counted once, when it came in; in-flight ones are not
                     // counted at all, so they need no lookup.
@@ -835,7 +840,7 @@ impl Writer {
                     }
                 }
                 Effect::Warm(hash, hot) => {
-                    let index = &self.shared.index;
+                    let index = &self.state.index;
                     if index.get(&hash).map(|e| e.hot) != Some(hot) {
                         index.insert(
                             hash,
@@ -849,11 +854,11 @@ impl Writer {
                     }
                 }
                 Effect::Remove(hash) => {
-                    self.shared.index.remove(&hash);
+                    self.state.index.remove(&hash);
                     self.cached.remove(&hash);
                 }
                 Effect::Cache(hash, token, response) => {
-                    let index = &self.shared.index;
+                    let index = &self.state.index;
                     if let Some(e) = index.get(&hash)
                         && e.hot.token == token
                         && e.hot.state == State::Completed
@@ -883,7 +888,7 @@ impl Writer {
             }
         }
         if settled > 0 {
-            self.shared
+            self.state
                 .detached_releases
                 .fetch_sub(settled, std::sync::atomic::Ordering::SeqCst);
         }
@@ -895,7 +900,7 @@ impl Writer {
         if hot.state != State::Completed {
             return;
         }
-        let index = &self.shared.index;
+        let index = &self.state.index;
         let cached = &mut self.cached;
         self.completed.add(hash, hot.token, |h, t| {
             if index.remove_completed(&h, t) {
@@ -1029,7 +1034,7 @@ impl Writer {
                 }
                 let hot = match self.load_hot(t, &hash)? {
                     Some(Err(e)) => {
-                        b.pending.push(Pending::Begin(reply, Err(e), hash));
+                        b.pending.push(Pending::Begin(reply, Err(e.into()), hash));
                         return Ok(());
                     }
                     Some(Ok(h)) => Some(h),
@@ -1046,7 +1051,7 @@ impl Writer {
                         let limit = config.max_records_per_scope;
                         b.pending.push(Pending::Begin(
                             reply,
-                            Ok(BeginReply::ScopeFull { limit }),
+                            Err(BeginError::ScopeFull { limit }),
                             hash,
                         ));
                     }
@@ -1082,7 +1087,7 @@ impl Writer {
                         }
                         b.pending.push(Pending::Begin(
                             reply,
-                            Ok(BeginReply::Execute {
+                            Ok(Claim::Execute {
                                 token,
                                 lease_deadline,
                             }),
@@ -1108,15 +1113,15 @@ impl Writer {
                                 ));
                                 b.pending.push(Pending::Begin(
                                     reply,
-                                    Ok(BeginReply::Replay(resp)),
+                                    Ok(Claim::Replay(resp)),
                                     hash,
                                 ));
                             }
                             Err(detail) => b.pending.push(Pending::Begin(
                                 reply,
-                                Err(Unavailable::Corrupted {
+                                Err(BeginError::Unavailable(Unavailable::Corrupted {
                                     detail: format!("response {hash:?}: {detail}"),
-                                }),
+                                })),
                                 hash,
                             )),
                         }
@@ -1124,10 +1129,12 @@ impl Writer {
                     decision @ (BeginDecision::InProgress | BeginDecision::Conflict) => {
                         let answer = if decision == BeginDecision::InProgress {
                             bump(&counters.in_progress);
-                            BeginReply::InProgress
+                            Claim::InProgress {
+                                retry_after: config.retry_after,
+                            }
                         } else {
                             bump(&counters.conflicts);
-                            BeginReply::Conflict
+                            Claim::Conflict
                         };
                         if let Some(hot) = hot {
                             b.effects.push(Effect::Warm(hash, hot));

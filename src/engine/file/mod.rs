@@ -1,0 +1,577 @@
+//! The file engine: records in a redb file, behind a write-ahead log, a group-commit writer
+//! thread, the log's overlay, a checkpoint thread and a lock-free hot index.
+//!
+//! Why: this is the embedded store's engine. A call that the hot index can answer (a replay, a
+//! conflict, a key in progress) is answered on the caller's thread without a disk read; every
+//! change goes to the writer's queue and is answered once its batch is durable. Data flows one
+//! way: [`FileEngine`] → `writer` → `log` → `overlay` → `checkpoint` → redb; `open` runs
+//! recovery before the writer starts.
+//!
+//! Invariants:
+//! - nothing here but the writer (and the checkpoint thread it drives) writes the database, so
+//!   changes to one key are applied one at a time;
+//! - every read of the file runs under [`read::guard_read`], since the storage engine may panic
+//!   on a damaged page;
+//! - while a release sent without waiting (`detached_releases`) is queued, the index's copy of
+//!   an in-flight record may be about to go: `begin` and `get` let the writer decide instead.
+
+mod budget;
+pub(crate) mod checkpoint;
+pub(crate) mod device;
+mod index;
+pub(crate) mod log;
+pub(crate) mod op;
+pub(crate) mod open;
+pub(crate) mod overlay;
+pub(crate) mod read;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, ReadTransaction, ReadableDatabase};
+
+use crate::backend::{Claim, Completion};
+use crate::config::{CachePolicy, Config};
+use crate::engine::reply::{self, Closed};
+use crate::engine::{Answer, Engine, ExpireReport, Release, Shared};
+use crate::error::{BeginError, CompleteError, LeaseError, OpenError, Unavailable};
+use crate::fingerprint::Fingerprint;
+use crate::key::{Key, KeyHash, Scope};
+use crate::machine::{self, BeginDecision};
+use crate::poison::drop_quietly;
+use crate::record::{EXPIRY, ExpiryKey, Hot, RECORDS, State, stored_response};
+use crate::response::{self, Response};
+use crate::stats::{Stats, bump};
+use crate::storage::StorageBackend;
+use crate::view::{CheckReport, RecordInfo};
+
+use device::FileDevice;
+use index::HotIndex;
+use op::Op;
+use open::{guard_open, init_tables, open_db};
+use overlay::{Overlay, Slot};
+use read::{corrupted, guard_read, io_error, read_record, record_info};
+
+/// What the writer, the readers and the engine's handle share.
+pub(crate) struct FileState {
+    pub(crate) index: HotIndex,
+    /// Logged changes not in the database file yet (empty without a log).
+    pub(crate) overlay: Overlay,
+    /// The database, for readers; taken out at close so the file is released.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Releases sent without waiting that the writer has not applied yet (see the module
+    /// invariants).
+    pub(crate) detached_releases: AtomicU64,
+}
+
+impl FileState {
+    /// Runs `f` on the database, unless the engine is closed; `close` waits for it.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, Unavailable>,
+    ) -> Result<T, Unavailable> {
+        let db = self.db.read();
+        f(db.as_ref().ok_or(Unavailable::Closed)?)
+    }
+
+    /// Counts a release sent without waiting; `settle` undoes it if it was never queued.
+    fn count_detached(&self) {
+        self.detached_releases.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn settle_detached(&self) {
+        self.detached_releases.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn releases_pending(&self) -> bool {
+        self.detached_releases.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// The file engine's handle. See the module documentation.
+pub(crate) struct FileEngine {
+    shared: Arc<Shared>,
+    state: Arc<FileState>,
+    tx: Sender<Op>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FileEngine {
+    /// Opens the store file at `path` (and its log, `<path>.wal`, with a write-ahead log),
+    /// creating them if missing.
+    pub(crate) fn open(path: &Path, config: Config) -> Result<FileEngine, OpenError> {
+        // A file that is clearly not a redb database is refused as foreign, not as damaged.
+        open::refuse_foreign_file(path)?;
+        let db = open_db(&config, |b| b.create(path))?;
+        let mut log_path = path.to_path_buf().into_os_string();
+        log_path.push(".wal");
+        let log_path = PathBuf::from(log_path);
+        let log_existed = log_path.exists();
+        let log: Option<Box<dyn StorageBackend>> = if config.write_ahead_log {
+            match FileDevice::open(&log_path) {
+                Ok(dev) => Some(Box::new(dev)),
+                Err(e) => {
+                    drop_quietly(db);
+                    return Err(OpenError::Io(e));
+                }
+            }
+        } else {
+            None
+        };
+        let started = FileEngine::start(db, config, log);
+        if let Err(
+            OpenError::NotAnIdemstoreFile { .. }
+            | OpenError::UnsupportedFormat { .. }
+            | OpenError::NeedsMigration { .. },
+        ) = &started
+            && !log_existed
+        {
+            // Refused before the file was bound to the log just created (the file's tables or
+            // its format say no before anything is written): leave nothing behind. Other
+            // failures may follow a commit that bound them, and keep the log.
+            let _ = std::fs::remove_file(&log_path);
+        }
+        started
+    }
+
+    /// Opens the store on caller-supplied devices; `log` is `None` without a write-ahead log.
+    pub(crate) fn open_devices(
+        database: impl StorageBackend,
+        log: Option<Box<dyn StorageBackend>>,
+        config: Config,
+    ) -> Result<FileEngine, OpenError> {
+        open::refuse_foreign(&database)?;
+        let db = open_db(&config, |b| {
+            b.create_with_backend(crate::storage::Adapter(database))
+        })?;
+        FileEngine::start(db, config, log)
+    }
+
+    /// Recovers the file and starts the writer.
+    fn start(
+        db: Database,
+        config: Config,
+        log: Option<Box<dyn StorageBackend>>,
+    ) -> Result<FileEngine, OpenError> {
+        let opened = match guard_open(|| init_tables(&db, &config, log)) {
+            Ok(v) => v,
+            Err(e) => {
+                drop_quietly(db);
+                return Err(e);
+            }
+        };
+        let db = Arc::new(db);
+        let state = Arc::new(FileState {
+            index: HotIndex::with_capacity(config.index_capacity),
+            overlay: Overlay::default(),
+            db: RwLock::new(Some(Arc::clone(&db))),
+            detached_releases: AtomicU64::new(0),
+        });
+        let shared = Arc::new(Shared::new(config, opened.secret));
+        crate::stats::add(&shared.counters.releases, opened.released);
+        crate::stats::add(&shared.counters.log_entries_replayed, opened.replayed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let writer = writer::spawn(
+            Arc::clone(&shared),
+            Arc::clone(&state),
+            db,
+            rx,
+            opened.next_token,
+            opened.log,
+            opened.scopes,
+        )
+        .map_err(OpenError::Spawn)?;
+        Ok(FileEngine {
+            shared,
+            state,
+            tx,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// What the store and this engine share.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Queues `op` for the writer; a stopped writer is the error the store's state explains.
+    fn submit(&self, op: Op) -> Result<(), Unavailable> {
+        self.tx
+            .send(op)
+            .map_err(|_| self.shared.lost_reply(Closed::default()))
+    }
+
+    /// Queues `op`, whose answer comes through `rx`.
+    fn queue<T, E: From<Unavailable>>(
+        &self,
+        op: Op,
+        rx: reply::Receiver<Result<T, E>>,
+    ) -> Answer<T, E> {
+        match self.submit(op) {
+            Ok(()) => Answer::later(rx, &self.shared),
+            Err(e) => Answer::Now(Err(E::from(e))),
+        }
+    }
+
+    /// Queues `op` and waits for its answer.
+    fn ask<T>(
+        &self,
+        op: impl FnOnce(reply::Sender<Result<T, Unavailable>>) -> Op,
+    ) -> Result<T, Unavailable> {
+        let (tx, rx) = reply::channel();
+        self.queue(op(tx), rx).wait()
+    }
+
+    /// Answers from the hot index when it can; `None` sends the request to the writer.
+    fn fast_begin(&self, hash: &KeyHash, fp: &Fingerprint) -> Result<Option<Claim>, Unavailable> {
+        let shared = &self.shared;
+        // Read before the index: if it is zero here, every release sent before this call has
+        // already reached the index.
+        let releases_pending = self.state.releases_pending();
+        let Some(entry) = self.state.index.get(hash) else {
+            return Ok(None);
+        };
+        if releases_pending && entry.hot.state == State::InFlight {
+            return Ok(None);
+        }
+        let counters = &shared.counters;
+        match machine::decide_begin(Some(&entry.hot), fp, shared.now()) {
+            BeginDecision::Execute { .. } => Ok(None),
+            BeginDecision::Conflict => {
+                bump(&counters.conflicts);
+                Ok(Some(Claim::Conflict))
+            }
+            BeginDecision::InProgress => {
+                bump(&counters.in_progress);
+                Ok(Some(Claim::InProgress {
+                    retry_after: shared.config.retry_after,
+                }))
+            }
+            BeginDecision::Replay => {
+                let response = match entry.response {
+                    Some(r) => Some(r),
+                    None => {
+                        let read = self.read_response(hash, entry.hot.token)?;
+                        if let Some(r) = &read
+                            && shared.config.response_cache_bytes > 0
+                        {
+                            // Retries tend to come in runs: offer the response back to the
+                            // index (the writer, its only mutator, decides), fire and forget.
+                            let _ = self.tx.send(Op::Cache {
+                                hash: *hash,
+                                token: entry.hot.token,
+                                response: r.clone(),
+                            });
+                        }
+                        read
+                    }
+                };
+                if response.is_some() {
+                    bump(&counters.replays);
+                }
+                Ok(response.map(Claim::Replay))
+            }
+        }
+    }
+
+    /// Runs a read transaction, turning a storage-engine panic into an error.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, Unavailable>,
+    ) -> Result<T, Unavailable> {
+        // Holding the database for the whole read keeps `close` from returning while a read
+        // still has the file open.
+        guard_read(|| {
+            self.state.with_db(|db| {
+                let txn = db.begin_read().map_err(io_error)?;
+                f(&txn)
+            })
+        })
+    }
+
+    /// The newest logged state of `hash` that the file may not hold yet; `None` when the
+    /// file has it.
+    fn overlaid(&self, hash: &KeyHash) -> Option<Slot> {
+        self.state.overlay.with(hash, |slot| slot.cloned())
+    }
+
+    /// The stored response of the completed reservation `token`, if the store still holds it.
+    fn read_response(&self, hash: &KeyHash, token: u64) -> Result<Option<Response>, Unavailable> {
+        let now = self.shared.now();
+        let wanted = |hot: &Hot| {
+            hot.state == State::Completed && hot.token == token && !machine::expired(hot, now)
+        };
+        let missing = || Unavailable::Corrupted {
+            detail: format!("completed record {hash:?} has no stored response"),
+        };
+        match self.overlaid(hash) {
+            Some(Slot::Deleted) => return Ok(None),
+            Some(Slot::Put { record, response }) => {
+                let hot = Hot::decode(&record).map_err(corrupted)?;
+                if !wanted(&hot) {
+                    return Ok(None);
+                }
+                let blob = response.ok_or_else(missing)?;
+                return response::decode(&blob).map(Some).map_err(corrupted);
+            }
+            None => {}
+        }
+        self.read(|txn| {
+            let records = txn.open_table(RECORDS).map_err(io_error)?;
+            let Some(g) = records.get(&hash.0).map_err(io_error)? else {
+                return Ok(None);
+            };
+            let hot = Hot::decode(g.value()).map_err(corrupted)?;
+            if !wanted(&hot) {
+                return Ok(None);
+            }
+            let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
+            let entry = expiry
+                .get(ExpiryKey::new(hot.expires_at, hash))
+                .map_err(io_error)?;
+            let blob = entry
+                .as_ref()
+                .and_then(|g| stored_response(g.value()))
+                .ok_or_else(missing)?;
+            response::decode(blob).map(Some).map_err(corrupted)
+        })
+    }
+
+    /// Waits until the database file holds every operation queued so far (with a write-ahead
+    /// log, a checkpoint), for reads of the whole file.
+    fn settle_into_file(&self) -> Result<(), Unavailable> {
+        self.shared.check()?;
+        self.ask(|reply| Op::Checkpoint { reply })
+    }
+
+    /// Queues a release of `token`, counted as detached (see the module invariants) unless
+    /// its caller waits for the answer.
+    fn send_release(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError> {
+        let detached = how != Release::Answered;
+        if detached {
+            self.state.count_detached();
+        }
+        let (reply, rx) = match how {
+            Release::Forget => (None, None),
+            Release::Answered | Release::Detached => {
+                let (tx, rx) = reply::channel();
+                (Some(tx), Some(rx))
+            }
+        };
+        let sent = self.submit(Op::Release {
+            hash,
+            token,
+            reply,
+            detached,
+        });
+        match (sent, rx) {
+            (Err(e), _) => {
+                if detached {
+                    self.state.settle_detached();
+                }
+                Answer::Now(Err(LeaseError::from(e)))
+            }
+            (Ok(()), Some(rx)) => Answer::later(rx, &self.shared),
+            (Ok(()), None) => Answer::Now(Ok(())),
+        }
+    }
+}
+
+impl Engine for FileEngine {
+    fn begin(
+        &self,
+        hash: KeyHash,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+    ) -> Answer<Claim, BeginError> {
+        match self.fast_begin(&hash, fp) {
+            Ok(Some(claim)) => {
+                bump(&self.shared.counters.answered_from_index);
+                return Answer::Now(Ok(claim));
+            }
+            Ok(None) => {}
+            Err(e) => return Answer::Now(Err(e.into())),
+        }
+        let (tx, rx) = reply::spinning_channel(self.shared.config.caller_spin);
+        let op = Op::Begin {
+            hash,
+            scope: scope.clone(),
+            key: key.clone(),
+            fp: *fp,
+            reply: tx,
+        };
+        if let Err(e) = self.submit(op) {
+            return Answer::Now(Err(e.into()));
+        }
+        // A caller that stops waiting (a dropped future) must not leave a key in flight
+        // without a holder (C6): the writer releases what it reserves for it, or, if the
+        // answer is in already, it is released here; and `begin` must not trust an in-flight
+        // copy in the index until it has.
+        let state = Arc::clone(&self.state);
+        let writer = self.tx.clone();
+        Answer::later_or(
+            rx,
+            &self.shared,
+            Box::new(move |rx| {
+                let answered = rx.abandon(|| state.count_detached());
+                if let Some(Ok(Claim::Execute { token, .. })) = answered {
+                    state.count_detached();
+                    let sent = writer.send(Op::Release {
+                        hash,
+                        token,
+                        reply: None,
+                        detached: true,
+                    });
+                    if sent.is_err() {
+                        state.settle_detached();
+                    }
+                }
+            }),
+        )
+    }
+
+    fn complete(
+        &self,
+        hash: KeyHash,
+        token: u64,
+        response: Response,
+        policy: CachePolicy,
+    ) -> Answer<Completion, CompleteError> {
+        let blob = match response::encode(&response) {
+            Ok(blob) => blob,
+            // The store checked the response first: not reached.
+            Err(e) => {
+                let _ = self.send_release(hash, token, Release::Forget);
+                return Answer::Now(Err(CompleteError::InvalidResponse {
+                    reason: e.to_string(),
+                }));
+            }
+        };
+        let (tx, rx) = reply::spinning_channel(self.shared.config.caller_spin);
+        let op = Op::Complete {
+            hash,
+            token,
+            response,
+            policy,
+            blob,
+            reply: tx,
+        };
+        self.queue(op, rx)
+    }
+
+    fn release(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError> {
+        self.send_release(hash, token, how)
+    }
+
+    fn renew(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError> {
+        let (tx, rx) = reply::channel();
+        self.queue(
+            Op::Renew {
+                hash,
+                token,
+                reply: tx,
+            },
+            rx,
+        )
+    }
+
+    fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable> {
+        let (tx, rx) = reply::channel();
+        self.queue(Op::Purge { hash, reply: tx }, rx)
+    }
+
+    fn get(&self, hash: KeyHash) -> Result<Option<RecordInfo>, Unavailable> {
+        if self.state.releases_pending() {
+            // A dropped reservation's release is queued: let the writer apply it first, so a
+            // read after the drop sees the key released (C6).
+            self.ask(|reply| Op::Barrier { reply })?;
+        }
+        let now = self.shared.now();
+        match self.overlaid(&hash) {
+            Some(Slot::Deleted) => Ok(None),
+            Some(Slot::Put { record, response }) => {
+                record_info(&hash, &record, response.as_deref(), now)
+            }
+            None => self.read(|txn| read_record(txn, &hash, now)),
+        }
+    }
+
+    fn expire(&self, limit: usize) -> Result<ExpireReport, Unavailable> {
+        self.shared.check()?;
+        self.ask(|reply| Op::Expire { limit, reply })
+    }
+
+    fn flush(&self) -> Result<(), Unavailable> {
+        self.shared.check()?;
+        self.ask(|reply| Op::Flush { reply })
+    }
+
+    fn list(&self, scope: Option<&Scope>, limit: usize) -> Result<Vec<RecordInfo>, Unavailable> {
+        self.settle_into_file()?;
+        let now = self.shared.now();
+        self.read(|txn| read::records_in(txn, scope, limit, now))
+    }
+
+    fn check(&self) -> Result<CheckReport, Unavailable> {
+        self.settle_into_file()?;
+        let now = self.shared.now();
+        self.read(|txn| read::check_in(txn, now, true))
+    }
+
+    fn stats(&self) -> Stats {
+        self.shared.counters.snapshot(self.state.index.len())
+    }
+
+    fn closing_on_own_thread(&self) -> bool {
+        let current = std::thread::current().id();
+        self.writer
+            .lock()
+            .as_ref()
+            .is_some_and(|w| w.thread().id() == current)
+    }
+
+    fn close(&self) -> Result<(), Unavailable> {
+        let writer = self.writer.lock().take();
+        let Some(writer) = writer else {
+            return self.shared.check_poison();
+        };
+        if writer.thread().id() == std::thread::current().id() {
+            // The last handle was dropped on the writer thread itself (an async task it woke
+            // and whose executor then dropped it). It cannot wait for itself: ask it to stop
+            // after the batch in hand. It makes everything durable and closes the file as it
+            // ends.
+            let _ = self.tx.send(Op::Shutdown);
+            self.mark_closed();
+            return Ok(());
+        }
+        let flushed = match self.shared.check_poison() {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let (tx, rx) = reply::channel();
+                self.queue(Op::Flush { reply: tx }, rx).wait()
+            }
+        };
+        let _ = self.tx.send(Op::Shutdown);
+        let joined = writer.join();
+        self.mark_closed();
+        if joined.is_err() {
+            return Err(self.shared.poisoned_error());
+        }
+        // The writer's last commit (the clean-shutdown mark) may have failed after the flush.
+        flushed.and_then(|()| self.shared.check_poison())
+    }
+}
+
+impl FileEngine {
+    /// Marks the store closed and lets go of the database (the writer has stopped by now).
+    fn mark_closed(&self) {
+        self.shared.mark_closed();
+        drop_quietly(self.state.db.write().take());
+    }
+}

@@ -1,0 +1,404 @@
+//! The guarded path: read the body, ask the store, run the inner service, store its response,
+//! answer.
+//!
+//! Why: this is the one place where a request, the store and the inner service meet, in the
+//! order the rules fix; [`ResponseFuture`](super::ResponseFuture) only drives it.
+//!
+//! Invariants, in order: the request body is read whole, up to the limit, before the store is
+//! asked (rule H9); the inner service runs only after `Execute`; once it has been called, the
+//! call runs to completion even if the client goes away, or leaves its key in flight until the
+//! lease ends (`run.rs`, rule H11); the reservation is released when no response is stored
+//! because the service failed or panicked, its status is not kept (C6, C7), or its body
+//! failed; a stored response is durable before the client sees it (C10); a response too large
+//! to keep is stored as its status and headers with a note for a body, so a retry never runs
+//! the operation again.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::answer::{self, code, too_large};
+use super::body::{BoxError, RequestBody, ResponseBody};
+use super::context::IdempotencyContext;
+use super::contract::OnStoreError;
+use super::layer::LayerState;
+use super::request::fingerprint;
+use super::run::{Detached, Started, Task, bounded};
+use crate::engine::reply;
+use crate::{Begin, BeginError, Key, Scope};
+
+pin_project! {
+    /// The inner service's future with the reservation it runs under.
+    struct Executing<F> {
+        started: Option<Started>,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Executing<F> {
+    type Output = (Option<Started>, F::Output);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // The handler's own panic releases its key (C6); any other way this future is dropped
+        // leaves the key in flight (`Started`).
+        let polled = catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx)));
+        let out = match polled {
+            Ok(poll) => std::task::ready!(poll),
+            Err(payload) => {
+                if let Some(started) = this.started.take() {
+                    started.release();
+                }
+                resume_unwind(payload)
+            }
+        };
+        Poll::Ready((this.started.take(), out))
+    }
+}
+
+/// The guarded path: read, ask the store, run, store, answer.
+pub(crate) async fn guarded<S, B, ResBody>(
+    shared: Arc<LayerState>,
+    mut inner: S,
+    parts: Parts,
+    body: B,
+    scope: Scope,
+    key: Key,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let contract = &shared.contract;
+    let style = contract.error_style;
+    let bytes = match Limited::new(body, contract.max_request_body)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Ok(too_large(&shared)),
+        Err(e) => {
+            return Ok(answer::error(
+                style,
+                StatusCode::BAD_REQUEST,
+                code::UNREADABLE,
+                &format!("the request body could not be read: {e}"),
+            ));
+        }
+    };
+    let (parts, fp) = match fingerprint_off_runtime(&shared, parts, &bytes).await {
+        Some(done) => done,
+        None => {
+            return Ok(answer::error(
+                style,
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::UNAVAILABLE,
+                "the request's fingerprint could not be computed",
+            ));
+        }
+    };
+    let reservation = match shared.store.begin_async(&scope, &key, &fp).await {
+        Ok(Begin::Execute(reservation)) => Some(reservation),
+        Ok(Begin::Replay(stored)) => {
+            if let Some(coding) = answer::unaccepted_coding(&stored, &parts.headers) {
+                return Ok(answer::error(
+                    style,
+                    StatusCode::NOT_ACCEPTABLE,
+                    code::REPLAY_NOT_ACCEPTABLE,
+                    &format!(
+                        "the operation ran once; its stored response is encoded with {coding}, which this request's Accept-Encoding refuses"
+                    ),
+                ));
+            }
+            return Ok(answer::replay(&stored, &contract.replay_header));
+        }
+        Ok(Begin::InProgress { retry_after }) => {
+            return Ok(answer::in_progress(style, retry_after));
+        }
+        Ok(Begin::Conflict) => {
+            return Ok(answer::error(
+                style,
+                contract.conflict.status(),
+                code::CONFLICT,
+                "this idempotency key was already used for a different request",
+            ));
+        }
+        Err(BeginError::ScopeFull { limit }) => {
+            return Ok(answer::error(
+                style,
+                StatusCode::TOO_MANY_REQUESTS,
+                code::SCOPE_FULL,
+                &format!(
+                    "this account holds {limit} live idempotency keys, the most kept for one; new keys are taken again as old ones expire"
+                ),
+            ));
+        }
+        Err(BeginError::InvalidKey(e)) => {
+            return Ok(answer::error(
+                style,
+                StatusCode::BAD_REQUEST,
+                code::INVALID_KEY,
+                &format!("invalid {} header: {e}", contract.header),
+            ));
+        }
+        Err(e) => match contract.on_store_error {
+            OnStoreError::FailOpen => None,
+            _ => {
+                return Ok(answer::error(
+                    style,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code::UNAVAILABLE,
+                    &format!("the idempotency store cannot answer: {e}"),
+                ));
+            }
+        },
+    };
+    // Counted from here, so that `IdempotencyLayer::idle` waits for this call.
+    let running = shared.running.enter();
+    let mut parts = parts;
+    if let Some(r) = &reservation {
+        parts.extensions.insert(IdempotencyContext {
+            scope,
+            key,
+            fingerprint: fp,
+            token: r.token(),
+            lease_deadline: r.lease_deadline(),
+        });
+    }
+    let request = Request::from_parts(parts, RequestBody::buffered(bytes));
+    let call = execute(
+        Arc::clone(&shared),
+        Started::new(reservation),
+        inner.call(request),
+    );
+    let (tx, rx) = reply::channel();
+    // Set when this future is dropped: the client is gone, and a spawned call that outlives
+    // its lease may be given up (`run.rs`).
+    let gone = Detached::default();
+    let _mark = gone.mark_on_drop();
+    let run = async move {
+        let _running = running;
+        let _ = tx.send(call.await);
+    };
+    let task: Task = Box::pin(bounded(run, shared.store.config().lease(), gone.clone()));
+    if let Err(task) = shared.executor.spawn(task) {
+        // Nowhere to spawn: the call runs in this future, and a cancelled call abandons its
+        // key (`Started`).
+        task.await;
+    }
+    match rx.await {
+        Ok(out) => out,
+        // The task ended without an answer: the handler panicked (its key is released), or
+        // the executor dropped the task (its key stays in flight until the lease ends).
+        Err(_) => Ok(answer::error(
+            style,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::HANDLER_FAILED,
+            "the request's handler stopped without an answer",
+        )),
+    }
+}
+
+/// Bodies above this are fingerprinted on the runtime's blocking pool (feature `tokio`): the
+/// canonical form of a crafted 1 MiB JSON body takes milliseconds of CPU, which must not be
+/// taken from the async workers that serve every other request.
+const FINGERPRINT_INLINE_MAX: usize = 64 * 1024;
+
+/// The request's fingerprint, computed off the async workers when the body is large and a
+/// tokio runtime is at hand. `None` if the blocking task was lost (the runtime shut down).
+async fn fingerprint_off_runtime(
+    shared: &Arc<LayerState>,
+    parts: Parts,
+    bytes: &Bytes,
+) -> Option<(Parts, crate::Fingerprint)> {
+    #[cfg(feature = "tokio")]
+    if bytes.len() > FINGERPRINT_INLINE_MAX
+        && let Ok(handle) = tokio::runtime::Handle::try_current()
+    {
+        let (shared, bytes) = (Arc::clone(shared), bytes.clone());
+        return handle
+            .spawn_blocking(move || {
+                let fp = fingerprint(&parts, &bytes, &shared.contract);
+                (parts, fp)
+            })
+            .await
+            .ok();
+    }
+    let _ = FINGERPRINT_INLINE_MAX;
+    let fp = fingerprint(&parts, bytes, &shared.contract);
+    Some((parts, fp))
+}
+
+/// Runs the inner service's future under its reservation, then stores and answers.
+async fn execute<F, ResBody, E>(
+    shared: Arc<LayerState>,
+    started: Started,
+    future: F,
+) -> Result<Response<ResponseBody<ResBody>>, E>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    let (started, result) = Executing {
+        started: Some(started),
+        future,
+    }
+    .await;
+    // `Executing` hands the reservation back with the output.
+    let Some(started) = started else {
+        return result.map(|r| r.map(ResponseBody::inner));
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            // The service failed: the key is released (C6).
+            started.release();
+            return Err(e);
+        }
+    };
+    if !started.holds() {
+        // Failed open: nothing to store.
+        return Ok(response.map(ResponseBody::inner));
+    }
+    if !shared.policy.keeps(response.status().as_u16()) {
+        started.release();
+        return Ok(response.map(ResponseBody::inner));
+    }
+    store_and_answer(&shared, started, response).await
+}
+/// Reads the response body (up to what can be stored), completes the reservation, and
+/// returns the response.
+async fn store_and_answer<ResBody, E>(
+    shared: &LayerState,
+    started: Started,
+    response: Response<ResBody>,
+) -> Result<Response<ResponseBody<ResBody>>, E>
+where
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, mut body) = response.into_parts();
+    let contract = &shared.contract;
+    let status = parts.status;
+    // In the order the service sent them.
+    let kept: Vec<(String, Vec<u8>)> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| contract.replayed_headers.contains(name))
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect();
+    let base = crate::Response::new(status.as_u16(), kept.iter().cloned(), Vec::new());
+    let budget = shared.max_stored.saturating_sub(base.encoded_len());
+    let mut buf = BytesMut::new();
+    let mut oversized = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                // Trailers are neither stored nor forwarded.
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > budget {
+                        oversized = true;
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                // The response cannot be told whole: the key is released (C6), and the client
+                // sees the body fail as it would have without the layer.
+                started.release();
+                return Ok(Response::from_parts(parts, ResponseBody::failed(e.into())));
+            }
+        }
+    }
+    let read = buf.freeze();
+    let fits = |r: &crate::Response| r.encoded_len() <= shared.max_stored;
+    let whole =
+        (!oversized).then(|| crate::Response::new(status.as_u16(), kept.clone(), read.to_vec()));
+    let stored = match whole {
+        Some(r) if fits(&r) => Some(r),
+        // Too large (the body, or the headers kept with it): a note in its place, with the
+        // status and what says where and which version the result is (`Location`, `ETag`,
+        // `Last-Modified`); the headers that describe the original body do not describe the
+        // note. With no room even for those, the note alone.
+        _ => {
+            let (content_type, note) =
+                answer::not_kept_body(contract.error_style, status, read.len());
+            let content_type = (
+                CONTENT_TYPE.as_str().to_owned(),
+                content_type.as_bytes().to_vec(),
+            );
+            let about_result = kept
+                .iter()
+                .filter(|(n, _)| {
+                    [LOCATION, ETAG, LAST_MODIFIED]
+                        .iter()
+                        .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+                })
+                .cloned();
+            let noted = crate::Response::new(
+                status.as_u16(),
+                about_result.chain([content_type.clone()]),
+                note.clone(),
+            );
+            let bare = || crate::Response::new(status.as_u16(), [content_type], note);
+            if fits(&noted) {
+                Some(noted)
+            } else {
+                Some(bare()).filter(fits)
+            }
+        }
+    };
+    let Some(stored) = stored else {
+        // Not even the note fits (a store whose limit is below a few hundred bytes): release,
+        // C6.
+        started.release();
+        return Ok(Response::from_parts(
+            parts,
+            full_or_rest(oversized, read, body),
+        ));
+    };
+    if let Some(reservation) = started.take() {
+        // The operation ran: whatever the store answers, the client gets its response. A
+        // failed completion leaves the key to its lease (or releases it), never stores a
+        // wrong answer. The completion is queued before this awaits, so a dropped future
+        // cannot lose it.
+        let _ = reservation
+            .complete_async_keeping(stored, shared.policy)
+            .await;
+    }
+    // The bytes sent are the bytes the service made, so its headers (a Content-Length among
+    // them) stay true.
+    Ok(Response::from_parts(
+        parts,
+        full_or_rest(oversized, read, body),
+    ))
+}
+
+/// The body the client gets: what was read, and, when reading stopped at the limit, the rest
+/// of the service's body after it.
+fn full_or_rest<B>(oversized: bool, read: Bytes, rest: B) -> ResponseBody<B> {
+    if oversized {
+        ResponseBody::inner_after(read, rest)
+    } else {
+        ResponseBody::full(read)
+    }
+}

@@ -1,0 +1,178 @@
+//! A reservation: the right to execute an operation for a key, and the duty to complete or
+//! release it; and [`Begin`], the answer that hands one out.
+//!
+//! Why: a caller that errs, panics or is cancelled must not leave its key stuck in flight, so
+//! the duty is tied to a value whose drop releases the key. Invariant: a reservation is
+//! completed, released, abandoned or dropped exactly once; only a drop of an armed one releases
+//! (C6), and an async call hands its operation to the engine before it returns its future, so
+//! dropping the future does not undo it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::backend::Completion;
+use crate::config::CachePolicy;
+use crate::engine::Release;
+use crate::error::{CompleteError, LeaseError};
+use crate::key::KeyHash;
+use crate::response::Response;
+
+use super::Store;
+
+/// What `begin` tells the caller to do: exactly the four outcomes of rules C2-C5, so a `match`
+/// needs no catch-all arm.
+#[derive(Debug)]
+pub enum Begin {
+    /// First attempt (C2): run the operation, then [`complete`](Reservation::complete) the
+    /// reservation. Dropping it without completing releases the key (C6).
+    Execute(Reservation),
+    /// Same key, same request, completed (C3): the stored response, byte for byte.
+    Replay(Response),
+    /// Same key, same request, still executing elsewhere (C5).
+    InProgress {
+        /// How long to wait before retrying.
+        retry_after: Duration,
+    },
+    /// Same key, different request (C4).
+    Conflict,
+}
+
+/// The right to execute an operation for a key, and the duty to complete or release it.
+///
+/// Dropping a reservation without [`complete`](Reservation::complete) releases the key (C6),
+/// so an error, a panic or a cancelled future never leaves a key stuck.
+#[derive(Debug)]
+#[must_use = "dropping a reservation releases the key at once"]
+pub struct Reservation {
+    store: Store,
+    hash: KeyHash,
+    token: u64,
+    lease_deadline: u64,
+    armed: bool,
+}
+
+impl Reservation {
+    pub(super) fn new(store: Store, hash: KeyHash, token: u64, lease_deadline: u64) -> Self {
+        Reservation {
+            store,
+            hash,
+            token,
+            lease_deadline,
+            armed: true,
+        }
+    }
+}
+
+impl Reservation {
+    /// The fencing token (C8): strictly greater than every token handed out before by this
+    /// store, so a resource guarded by it can refuse a stale holder.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// When the lease runs out, in milliseconds since the Unix epoch. After it, another
+    /// `begin` may take the key over; [`renew`](Reservation::renew) extends it.
+    pub fn lease_deadline(&self) -> u64 {
+        self.lease_deadline
+    }
+
+    /// Stores the operation's response and returns once it is durable (C10, in the default
+    /// mode). A status the cache policy does not keep releases the key instead (C6, C7).
+    /// A stale holder (C8) gets [`CompleteError::Fenced`] and nothing is stored.
+    pub fn complete(mut self, response: Response) -> Result<Completion, CompleteError> {
+        self.armed = false;
+        let policy = self.store.inner.shared.config.cache_policy;
+        self.store
+            .complete_token(self.hash, self.token, response, policy)
+            .wait()
+    }
+
+    /// [`complete`](Reservation::complete) as a runtime-agnostic future.
+    pub fn complete_async(
+        self,
+        response: Response,
+    ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
+        let policy = self.store.inner.shared.config.cache_policy;
+        self.complete_async_keeping(response, policy)
+    }
+
+    /// [`complete_async`](Reservation::complete_async) under `policy` instead of the store's:
+    /// the HTTP layer's contract decides what it stores.
+    pub(crate) fn complete_async_keeping(
+        mut self,
+        response: Response,
+        policy: CachePolicy,
+    ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
+        self.armed = false;
+        self.store
+            .complete_token(self.hash, self.token, response, policy)
+            .resolve()
+    }
+
+    /// Extends the lease to a full lease period from now (C8).
+    pub fn renew(&mut self) -> Result<(), LeaseError> {
+        self.lease_deadline = self.store.renew_token(self.hash, self.token).wait()?;
+        Ok(())
+    }
+
+    /// [`renew`](Reservation::renew) as a runtime-agnostic future.
+    pub fn renew_async(&mut self) -> impl Future<Output = Result<(), LeaseError>> + Send + '_ {
+        let answer = self.store.renew_token(self.hash, self.token);
+        async move {
+            self.lease_deadline = answer.resolve().await?;
+            Ok(())
+        }
+    }
+
+    /// Gives the reservation up without releasing the key: the key stays in flight until its
+    /// lease ends, and a retry meanwhile is answered `InProgress` (C5); after the lease, a
+    /// `begin` takes it over (C8).
+    ///
+    /// For an operation that may have had its effect but whose response cannot be stored (its
+    /// caller was cancelled halfway): releasing would let a retry run it a second time at once,
+    /// while abandoning holds retries off for the lease, long enough for an effect still under
+    /// way to land or for an operator to look.
+    ///
+    /// ```
+    /// use idemstore::{Begin, Config, Fingerprint, Scope, Store};
+    /// let store = Store::in_memory(Config::default())?;
+    /// let (scope, key) = (Scope::new("acct_1")?, store.key("k-1")?);
+    /// let fp = Fingerprint::of_bytes(b"charge 10");
+    /// let Begin::Execute(reservation) = store.begin(&scope, &key, &fp)? else { unreachable!() };
+    /// reservation.abandon();
+    /// assert!(matches!(store.begin(&scope, &key, &fp)?, Begin::InProgress { .. }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn abandon(mut self) {
+        self.armed = false;
+    }
+
+    /// Releases the key now, so the next attempt executes (C6).
+    pub fn release(mut self) -> Result<(), LeaseError> {
+        self.armed = false;
+        self.store
+            .release_token(self.hash, self.token, Release::Answered)
+            .wait()
+    }
+
+    /// [`release`](Reservation::release) as a runtime-agnostic future. The release is queued
+    /// when this is called, so dropping the future does not keep the key.
+    pub fn release_async(
+        mut self,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send + 'static {
+        self.armed = false;
+        // Detached: dropping this future must not keep the key, as dropping the reservation
+        // would not.
+        self.store
+            .release_token(self.hash, self.token, Release::Detached)
+            .resolve()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.forget(self.hash, self.token);
+        }
+    }
+}
