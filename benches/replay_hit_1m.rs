@@ -13,7 +13,8 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, Criterion, Throughput};
 use idemstore::{Begin, Durability, Fingerprint, Key, Response, Scope, Store};
 
 use common::process::rss_mib;
@@ -24,6 +25,18 @@ use common::{
 
 /// A response cache large enough for 1M responses of 300 bytes (286 MiB) with room to spare.
 const LARGE_CACHE: usize = 1 << 30;
+
+/// The `replay_hit_1m` criterion group with its settings: the floor, the hash and every
+/// store's rows are timed alike.
+fn replay_group(c: &mut Criterion) -> BenchmarkGroup<'_, WallTime> {
+    let mut group = c.benchmark_group("replay_hit_1m");
+    group
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(1));
+    group
+}
 
 /// Salt of the replay keys.
 const REPLAY_SALT: u64 = 0x5e7;
@@ -113,12 +126,7 @@ fn replay_floor(c: &mut Criterion, scopes: &[Scope], n: usize) {
         t.elapsed().as_secs_f64(),
         rss_mib()
     );
-    let mut group = c.benchmark_group("replay_hit_1m");
-    group
-        .sample_size(50)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .throughput(Throughput::Elements(1));
+    let mut group = replay_group(c);
     // The CPU cost of naming the record: blake3 over the framed scope and key, in cache.
     let (s0, k0, _) = replay_request(0);
     group.bench_function("parts/key_hash_blake3", |b| {
@@ -177,12 +185,7 @@ fn replay_measure(
         *rng = mix(*rng);
         keys.start + (*rng % span) as usize
     };
-    let mut group = c.benchmark_group("replay_hit_1m");
-    group
-        .sample_size(50)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .throughput(Throughput::Elements(1));
+    let mut group = replay_group(c);
     let mut rng = 7u64;
     group.bench_function(label, |b| {
         b.iter_batched(
