@@ -14,15 +14,13 @@ use std::time::{Duration, Instant};
 
 use idemstore::{Begin, Config, Durability, Fingerprint, Key, Response, Scope, Store};
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+// The store's bench targets read the same counters (`benches/common`); this one needs only the
+// resident memory.
+#[allow(dead_code)]
+#[path = "common/process.rs"]
+mod process;
+
+use process::rss_bytes;
 
 fn main() {
     let keys: usize = std::env::args()
