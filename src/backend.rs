@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
-use crate::fingerprint::Fingerprint;
-use crate::key::{Key, Scope};
-use crate::response::Response;
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::key::{Key, Scope};
+use crate::rules::response::Response;
 use crate::view::RecordInfo;
 
 /// What `complete` did with the response.

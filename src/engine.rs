@@ -18,7 +18,6 @@
 
 pub(crate) mod file;
 pub(crate) mod memory;
-pub(crate) mod reply;
 pub(crate) mod shared;
 
 use std::future::Future;
@@ -29,13 +28,13 @@ use std::task::{Context, Poll};
 use crate::backend::{Claim, Completion};
 use crate::config::CachePolicy;
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
-use crate::fingerprint::Fingerprint;
-use crate::key::{Key, KeyHash, Scope};
-use crate::response::Response;
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::response::Response;
 use crate::stats::Stats;
 use crate::view::{CheckReport, RecordInfo};
 
-pub(crate) use reply::Receiver;
+pub(crate) use crate::reply::Receiver;
 pub(crate) use shared::Shared;
 
 /// How a release is answered.

@@ -7,8 +7,9 @@
 //! very decoder and encoder the store uses, adding no checks of its own, so what the fuzzer
 //! finds here is what a damaged file would meet.
 
-use crate::record::{FIXED_LEN, Hot, Record};
-use crate::response::{self, Response};
+use crate::format::blob;
+use crate::format::record::{FIXED_LEN, Hot, Record};
+use crate::rules::response::Response;
 
 /// Length of a record's fixed part (format version 1); the scope and key bytes follow it.
 pub const RECORD_FIXED_LEN: usize = FIXED_LEN;
@@ -52,7 +53,7 @@ pub fn decode_record_fixed_part(bytes: &[u8]) -> Result<String, String> {
 /// Decodes `bytes` as a stored response blob; on success returns the response and its blob
 /// encoded again by the store's encoder.
 pub fn decode_response(bytes: &[u8]) -> Result<(Response, Vec<u8>), String> {
-    let decoded = response::decode(bytes).map_err(|e| e.to_string())?;
-    let again = response::encode(&decoded).map_err(|e| e.to_string())?;
+    let decoded = blob::decode(bytes).map_err(|e| e.to_string())?;
+    let again = blob::encode(&decoded).map_err(|e| e.to_string())?;
     Ok((decoded, again))
 }

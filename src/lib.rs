@@ -34,25 +34,17 @@
 #[path = "fuzz_support.rs"]
 pub mod __fuzz;
 mod backend;
-mod canonical_json;
 mod clock;
 mod config;
 mod engine;
 mod error;
-mod fingerprint;
-#[cfg(test)]
-mod golden_tests;
+mod format;
 #[cfg(feature = "http")]
 pub mod http;
 mod inspect;
-mod key;
-mod machine;
-mod migrate;
 mod poison;
-mod read_only;
-mod record;
-mod response;
-mod scope_count;
+mod reply;
+mod rules;
 mod seeded;
 mod stats;
 mod storage;
@@ -60,18 +52,18 @@ mod store;
 mod view;
 
 pub use backend::{Backend, Claim, Completion};
-pub use canonical_json::canonicalize;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{CachePolicy, Config, ConfigBuilder, Durability};
 pub use error::{
     BeginError, CompleteError, ConfigError, Error, KeyError, LeaseError, OpenError, ScopeError,
     Unavailable,
 };
-pub use fingerprint::{Fingerprint, FingerprintBuilder, is_json_content_type};
 pub use inspect::Inspector;
-pub use key::{Key, Scope};
-pub use record::State;
-pub use response::Response;
+pub use rules::canonical_json::canonicalize;
+pub use rules::fingerprint::{Fingerprint, FingerprintBuilder, is_json_content_type};
+pub use rules::key::{Key, Scope};
+pub use rules::response::Response;
+pub use rules::state::State;
 pub use stats::Stats;
 pub use storage::StorageBackend;
 pub use store::{Begin, Reservation, Store};

@@ -1,6 +1,6 @@
 //! The hasher of every in-memory map keyed by a value a client can influence.
 //!
-//! Why: a record is named by its [`KeyHash`](crate::key::KeyHash), an unkeyed BLAKE3 digest of
+//! Why: a record is named by its [`KeyHash`](crate::rules::key::KeyHash), an unkeyed BLAKE3 digest of
 //! (scope, key). A client knows its own scope and chooses its keys, so it can compute that
 //! digest and grind keys whose digests agree in the bits a map uses to pick a bucket. Fed to a
 //! map that buckets on those bits, about a hundred such keys form one long probe chain: papaya
@@ -11,7 +11,7 @@
 //! as random ones do. That is a defence whatever the map's own policy on long chains (resize,
 //! probe, grow): the policy is never driven by a chain the client built.
 //!
-//! Invariant: every map, set and shard choice keyed by a [`KeyHash`](crate::key::KeyHash), a
+//! Invariant: every map, set and shard choice keyed by a [`KeyHash`](crate::rules::key::KeyHash), a
 //! scope or another client-chosen value uses [`Seeded`], directly or through a hash it made
 //! ([`Prehashed`]); none buckets on raw digest bits.
 //!
@@ -87,7 +87,7 @@ mod tests {
     use std::hash::BuildHasher;
 
     use super::Seeded;
-    use crate::key::KeyHash;
+    use crate::rules::key::KeyHash;
 
     /// Keys whose unkeyed digests share their low `bits` bits, as a client can grind them.
     pub(crate) fn ground_keys(scope: &[u8], bits: u32, count: usize) -> Vec<KeyHash> {

@@ -4,9 +4,9 @@
 //! are values of their own that import no engine. Invariant: a view is a copy; changing it
 //! changes nothing stored.
 
-use crate::fingerprint::Fingerprint;
-use crate::record::State;
-use crate::response::Response;
+use crate::format::record::State;
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::response::Response;
 
 /// A read-only view of a record.
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ pub struct RecordInfo {
 
 impl RecordInfo {
     /// The view of a decoded record and its stored response.
-    pub(crate) fn of(rec: crate::record::Record, response: Option<Response>) -> RecordInfo {
+    pub(crate) fn of(rec: crate::format::record::Record, response: Option<Response>) -> RecordInfo {
         let h = rec.hot;
         RecordInfo {
             scope: rec.scope,
@@ -50,7 +50,7 @@ impl RecordInfo {
     }
 }
 
-/// What [`Store::check`] found.
+/// What [`Store::check`](crate::Store::check) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CheckReport {

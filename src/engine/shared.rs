@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::Config;
-use crate::engine::reply::Closed;
 use crate::error::{Cause, Message, Unavailable};
 use crate::poison::Poison;
+use crate::reply::Closed;
 use crate::stats::Counters;
 
 pub(crate) struct Shared {

@@ -35,7 +35,7 @@ use super::contract::OnStoreError;
 use super::layer::LayerState;
 use super::request::fingerprint;
 use super::run::{Detached, Started, Task, bounded};
-use crate::engine::reply;
+use crate::reply;
 use crate::{Begin, BeginError, Key, Scope};
 
 pin_project! {

@@ -23,9 +23,10 @@ use crate::engine::file::FileEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Answer, Engine, Release, Shared};
 use crate::error::{BeginError, CompleteError, KeyError, LeaseError, OpenError, Unavailable};
-use crate::fingerprint::Fingerprint;
-use crate::key::{Key, KeyHash, Scope};
-use crate::response::{self, Response};
+use crate::format::blob;
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::response::Response;
 use crate::stats::Stats;
 use crate::storage::StorageBackend;
 use crate::view::{CheckReport, RecordInfo};
@@ -348,7 +349,7 @@ impl Store {
         }
         let max = shared.config.max_response_bytes;
         let len = response.encoded_len();
-        let refused = match response::encodable(&response) {
+        let refused = match blob::encodable(&response) {
             Ok(()) if len <= max => None,
             Ok(()) => Some(CompleteError::ResponseTooLarge { len, max }),
             Err(e) => Some(CompleteError::InvalidResponse {

@@ -14,8 +14,8 @@ use crate::backend::Completion;
 use crate::config::CachePolicy;
 use crate::engine::Release;
 use crate::error::{CompleteError, LeaseError};
-use crate::key::KeyHash;
-use crate::response::Response;
+use crate::rules::key::KeyHash;
+use crate::rules::response::Response;
 
 use super::Store;
 

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::key::KeyHash;
+use crate::rules::key::KeyHash;
 
 pub(crate) struct ResponseBudget {
     limit: usize,

@@ -28,13 +28,13 @@ use redb::{Database, Table};
 use super::log::{Change, Mark};
 use super::overlay::{Changes, Slot};
 use crate::error::{Cause, Message, cause};
-use crate::key::KeyHash;
-use crate::poison;
-use crate::record::{
+use crate::format::record::{
     EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_LOG_POS, META_LOG_SEQ,
     META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RecordBytes, SCOPE_COUNTS, open_each_alone,
 };
-use crate::scope_count::Deltas;
+use crate::format::scope_count::Deltas;
+use crate::poison;
+use crate::rules::key::KeyHash;
 
 /// Why a change could not be applied.
 #[derive(Debug)]

@@ -17,9 +17,9 @@
 
 use papaya::{HashMap, ResizeMode};
 
-use crate::key::KeyHash;
-use crate::record::{Hot, State};
-use crate::response::Response;
+use crate::format::record::{Hot, State};
+use crate::rules::key::KeyHash;
+use crate::rules::response::Response;
 use crate::seeded::Seeded;
 
 /// What the index holds for a key.

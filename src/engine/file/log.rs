@@ -27,6 +27,7 @@
 
 use std::io;
 
+use crate::format::bytes::{Reader, Truncated, u32_at, u64_at};
 use crate::storage::StorageBackend;
 
 /// The file header's magic bytes.
@@ -106,18 +107,6 @@ fn checksum(parts: &[&[u8]]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&h.finalize().as_bytes()[..16]);
     out
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// The header bytes of a log with this identity and size.
@@ -272,23 +261,23 @@ pub(crate) struct Entry<'a> {
 
 /// Decodes an entry's payload (whose checksum has been verified).
 pub(crate) fn decode_payload(p: &[u8]) -> Result<Entry<'_>, String> {
-    let mut r = Reader { b: p, at: 0 };
-    let next_token = r.u64()?;
-    let count = r.u32()?;
+    let mut r = Reader::new(p);
+    let truncated = |t: Truncated| format!("truncated at byte {}", t.at);
+    let next_token = r.u64().map_err(truncated)?;
+    let count = r.u32().map_err(truncated)?;
     let mut changes = Vec::with_capacity(count.min(1 << 16) as usize);
     for _ in 0..count {
-        let tag = r.take(1)?[0];
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(r.take(32)?);
+        let tag = r.u8().map_err(truncated)?;
+        let hash: [u8; 32] = r.array().map_err(truncated)?;
         match tag {
             TAG_PUT => {
-                let n = r.u32()? as usize;
-                let record = r.take(n)?;
-                let response = match r.take(1)?[0] {
+                let n = r.len32().map_err(truncated)?;
+                let record = r.take(n).map_err(truncated)?;
+                let response = match r.u8().map_err(truncated)? {
                     0 => None,
                     1 => {
-                        let n = r.u32()? as usize;
-                        Some(r.take(n)?)
+                        let n = r.len32().map_err(truncated)?;
+                        Some(r.take(n).map_err(truncated)?)
                     }
                     other => return Err(format!("response flag {other}")),
                 };
@@ -302,39 +291,13 @@ pub(crate) fn decode_payload(p: &[u8]) -> Result<Entry<'_>, String> {
             other => return Err(format!("unknown change tag {other}")),
         }
     }
-    if r.at != p.len() {
-        return Err(format!("{} bytes after the last change", p.len() - r.at));
+    if !r.is_empty() {
+        return Err("bytes after the last change".to_owned());
     }
     Ok(Entry {
         next_token,
         changes,
     })
-}
-
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| format!("truncated at byte {}", self.at))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32_at(self.take(4)?, 0))
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64_at(self.take(8)?, 0))
-    }
 }
 
 /// The log as the writer thread owns it.

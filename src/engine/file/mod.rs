@@ -37,15 +37,16 @@ use redb::{Database, ReadTransaction, ReadableDatabase};
 
 use crate::backend::{Claim, Completion};
 use crate::config::{CachePolicy, Config};
-use crate::engine::reply::{self, Closed};
 use crate::engine::{Answer, Engine, ExpireReport, Release, Shared};
 use crate::error::{BeginError, CompleteError, LeaseError, OpenError, Unavailable};
-use crate::fingerprint::Fingerprint;
-use crate::key::{Key, KeyHash, Scope};
-use crate::machine::{self, BeginDecision};
+use crate::format::blob;
+use crate::format::record::{EXPIRY, ExpiryKey, Hot, RECORDS, State, stored_response};
 use crate::poison::drop_quietly;
-use crate::record::{EXPIRY, ExpiryKey, Hot, RECORDS, State, stored_response};
-use crate::response::{self, Response};
+use crate::reply::{self, Closed};
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::machine::{self, BeginDecision};
+use crate::rules::response::Response;
 use crate::stats::{Stats, bump};
 use crate::storage::StorageBackend;
 use crate::view::{CheckReport, RecordInfo};
@@ -317,7 +318,7 @@ impl FileEngine {
                     return Ok(None);
                 }
                 let blob = response.ok_or_else(missing)?;
-                return response::decode(&blob).map(Some).map_err(corrupted);
+                return blob::decode(&blob).map(Some).map_err(corrupted);
             }
             None => {}
         }
@@ -338,7 +339,7 @@ impl FileEngine {
                 .as_ref()
                 .and_then(|g| stored_response(g.value()))
                 .ok_or_else(missing)?;
-            response::decode(blob).map(Some).map_err(corrupted)
+            blob::decode(blob).map(Some).map_err(corrupted)
         })
     }
 
@@ -443,7 +444,7 @@ impl Engine for FileEngine {
         response: Response,
         policy: CachePolicy,
     ) -> Answer<Completion, CompleteError> {
-        let blob = match response::encode(&response) {
+        let blob = match blob::encode(&response) {
             Ok(blob) => blob,
             // The store checked the response first: not reached.
             Err(e) => {

@@ -10,11 +10,11 @@
 use crate::backend::{Claim, Completion};
 use crate::config::CachePolicy;
 use crate::engine::ExpireReport;
-use crate::engine::reply::Sender;
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
-use crate::fingerprint::Fingerprint;
-use crate::key::{Key, KeyHash, Scope};
-use crate::response::Response;
+use crate::reply::Sender;
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::response::Response;
 
 /// One queued operation.
 pub(crate) enum Op {

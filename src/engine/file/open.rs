@@ -22,16 +22,16 @@ use super::checkpoint::{ApplyError, apply_change};
 use super::log::{self as wal, Header, Log, LogError, Mark};
 use crate::config::Config;
 use crate::error::{OpenError, cause};
-use crate::key::KeyHash;
-use crate::migrate;
-use crate::poison;
-use crate::record::{
+use crate::format::migrate;
+use crate::format::record::{
     EXPIRY, ExpiryKey, ExpiryValue, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT,
     META_IN_FLIGHT, META_LOG_ID, META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN,
     META_SCOPE_SECRET, OLDEST_MIGRATED, RECORDS, RecordBytes, SCOPE_COUNTS, State,
     TOKEN_SKIP_AFTER_CRASH, open_each_alone,
 };
-use crate::scope_count::{Counts, Deltas};
+use crate::format::scope_count::{Counts, Deltas};
+use crate::poison;
+use crate::rules::key::KeyHash;
 use crate::storage::StorageBackend;
 
 /// Runs an opening step, turning a storage-engine panic on a damaged file into an error.

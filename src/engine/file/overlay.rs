@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::key::KeyHash;
+use crate::rules::key::KeyHash;
 use crate::seeded::Seeded;
 
 /// A key's state after a logged change.

@@ -11,14 +11,14 @@ use std::collections::{HashMap, HashSet};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use crate::error::{Unavailable, cause};
-use crate::key::{KeyHash, Scope};
-use crate::machine;
-use crate::poison;
-use crate::record::{
+use crate::format::blob;
+use crate::format::record::{
     EXPIRY, ExpiryKey, META, META_IN_FLIGHT, RECORDS, Record, SCOPE_COUNTS, State, stored_response,
 };
-use crate::response;
-use crate::scope_count;
+use crate::format::scope_count;
+use crate::poison;
+use crate::rules::key::{KeyHash, Scope};
+use crate::rules::machine;
 use crate::view::{CheckReport, MAX_PROBLEMS, RecordInfo};
 
 /// A record's read-only view from its stored bytes; `None` once expired (C9).
@@ -36,7 +36,7 @@ pub(crate) fn record_info(
         let blob = response.ok_or_else(|| Unavailable::Corrupted {
             detail: format!("completed record {hash:?} has no stored response"),
         })?;
-        Some(response::decode(blob).map_err(corrupted)?)
+        Some(blob::decode(blob).map_err(corrupted)?)
     } else {
         None
     };
@@ -54,7 +54,7 @@ pub(crate) fn read_record(
     let Some(g) = records.get(&hash.0).map_err(io_error)? else {
         return Ok(None);
     };
-    let entry = match crate::record::Hot::decode(g.value()) {
+    let entry = match crate::format::record::Hot::decode(g.value()) {
         Ok(hot) => txn
             .open_table(EXPIRY)
             .map_err(io_error)?
@@ -95,7 +95,7 @@ pub(crate) fn records_in(
                 .ok_or_else(|| Unavailable::Corrupted {
                     detail: format!("completed record {}/{} has no response", rec.scope, rec.key),
                 })?;
-            Some(response::decode(blob).map_err(corrupted)?)
+            Some(blob::decode(blob).map_err(corrupted)?)
         } else {
             None
         };
@@ -177,7 +177,7 @@ pub(crate) fn check_in(
             }
             State::Completed => {
                 report.completed += 1;
-                match stored.map(response::decode) {
+                match stored.map(blob::decode) {
                     None => problem(&mut report, format!("{name}: completed without a response")),
                     Some(Ok(r)) if r.status() != rec.hot.status => problem(
                         &mut report,

@@ -45,15 +45,16 @@ use crate::backend::{Claim, Completion};
 use crate::config::Durability;
 use crate::engine::{ExpireReport, Shared};
 use crate::error::{BeginError, Cause, CompleteError, LeaseError, Message, Unavailable, cause};
-use crate::key::KeyHash;
-use crate::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
-use crate::poison;
-use crate::record::{
+use crate::format::blob;
+use crate::format::record::{
     EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_NEXT_TOKEN, RECORDS, Record,
     RecordBytes, SCOPE_COUNTS, State, open_each_alone, stored_response,
 };
-use crate::response::{self, Response};
-use crate::scope_count::{self, Counts, Deltas};
+use crate::format::scope_count::{self, Counts, Deltas};
+use crate::poison;
+use crate::rules::key::KeyHash;
+use crate::rules::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
+use crate::rules::response::Response;
 use crate::stats::{add, bump, raise};
 
 /// A change to the hot index, applied once the batch has committed.
@@ -955,7 +956,7 @@ impl Writer {
         &self,
         t: &Tables<'_>,
         hash: &KeyHash,
-        decode: fn(&[u8]) -> Result<T, crate::record::RecordError>,
+        decode: fn(&[u8]) -> Result<T, crate::format::record::RecordError>,
     ) -> Result<Option<Result<T, Unavailable>>, Fail> {
         let found = self.io(t.record(hash, decode))?;
         Ok(found.map(|r| {
@@ -1096,7 +1097,7 @@ impl Writer {
                     }
                     BeginDecision::Replay => {
                         let Some(hot) = hot else { return Ok(()) };
-                        let blob = self.io(t.response(&hash, hot.expires_at, response::decode))?;
+                        let blob = self.io(t.response(&hash, hot.expires_at, blob::decode))?;
                         let decoded = match blob {
                             Some(r) => r.map_err(|e| e.to_string()),
                             None => Err("completed record has no stored response".to_owned()),

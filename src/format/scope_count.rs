@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use redb::{ReadableTable, Table};
 
-use crate::record::{Hot, META_IN_FLIGHT, Record, State};
+use crate::format::record::{Hot, META_IN_FLIGHT, Record, State};
 use crate::seeded::{Prehashed, Seeded, WithHash};
 
 /// Changes to the counts, accumulated by one transaction (or one batch of the writer).

@@ -52,7 +52,7 @@
 
 use std::fmt;
 
-use crate::canonical_json::canonicalize;
+use crate::rules::canonical_json::canonicalize;
 
 /// Domain separation tag at the start of every hashed stream.
 const DOMAIN_TAG: &[u8] = b"idemstore.fingerprint";

@@ -12,12 +12,12 @@
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use crate::key::KeyHash;
-use crate::record::{
+use crate::format::record::{
     EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_IN_FLIGHT, RECORDS, SCOPE_COUNTS, State,
     V1_EXPIRY, V1_RESPONSES, open_each_alone,
 };
-use crate::scope_count::Deltas;
+use crate::format::scope_count::Deltas;
+use crate::rules::key::KeyHash;
 
 /// Rewrites the format 1 tables of `txn`'s file as format 2 and deletes the old ones. The
 /// caller writes the new format version in the same transaction.

@@ -15,8 +15,8 @@
 //! - a lease holder's mutation is accepted only while the record is in flight with its token.
 
 use crate::error::LeaseError;
-use crate::fingerprint::Fingerprint;
-use crate::record::{Hot, State};
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::state::{Hot, State};
 
 /// What a `begin` must do, given the current record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

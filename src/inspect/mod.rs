@@ -11,6 +11,8 @@
 //! with the same reader and the same change application as recovery, so it shows what
 //! [`Store::open`] would show, without the writes.
 
+pub(crate) mod read_only;
+
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +20,8 @@ use std::sync::atomic::Ordering;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, TableHandle};
 
+#[cfg(doc)]
+use crate::Store;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::file::log::{self as wal, LogError};
@@ -27,16 +31,16 @@ use crate::engine::file::open::{
 };
 use crate::engine::file::read::{check_in, guard_read, io_error, read_record, records_in};
 use crate::error::{OpenError, Unavailable};
-use crate::key::{Key, KeyHash, Scope};
-use crate::poison::drop_quietly;
-use crate::read_only::{self, BaseFile, CopyOnWrite, ReadOnlyLog, SharedLocks};
-use crate::record::{
+use crate::format::record::{
     EXPIRY, FORMAT_VERSION, META, META_CLEAN, META_FORMAT, META_LOG_ID, RECORDS, SCOPE_COUNTS,
     open_each_alone,
 };
-use crate::scope_count::Deltas;
+use crate::format::scope_count::Deltas;
+use crate::poison::drop_quietly;
+use crate::rules::key::{Key, KeyHash, Scope};
 use crate::storage::StorageBackend;
 use crate::view::{CheckReport, RecordInfo};
+use read_only::{BaseFile, CopyOnWrite, ReadOnlyLog, SharedLocks};
 
 /// A store file opened for reading only: its records as they stand after every acknowledged
 /// change, without writing anything.

@@ -11,8 +11,10 @@ use std::fmt;
 
 use redb::{Key as RedbKey, TableDefinition, TypeName, Value, WriteTransaction};
 
-use crate::fingerprint::Fingerprint;
-use crate::key::KeyHash;
+use super::bytes::{u8_at, u16_at, u32_at, u64_at};
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::key::KeyHash;
+pub(crate) use crate::rules::state::{Hot, State};
 
 /// Main table: key hash → record.
 pub(crate) const RECORDS: TableDefinition<&[u8; 32], RecordBytes> =
@@ -112,45 +114,21 @@ const _: () = assert!(
     "docs/format.md documents an 80-byte fixed part"
 );
 
-/// The state of a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Reserved: an attempt is executing (or was, before a crash) and holds a lease.
-    InFlight,
-    /// Completed: the response is stored and replays until the record expires.
-    Completed,
-}
-
-impl State {
-    fn to_byte(self) -> u8 {
-        match self {
-            State::InFlight => 1,
-            State::Completed => 2,
-        }
-    }
-
-    fn from_byte(b: u8) -> Option<State> {
-        match b {
-            1 => Some(State::InFlight),
-            2 => Some(State::Completed),
-            _ => None,
-        }
+/// The byte a state is stored as.
+fn state_byte(state: State) -> u8 {
+    match state {
+        State::InFlight => 1,
+        State::Completed => 2,
     }
 }
 
-/// The fixed-size part of a record: everything a duplicate check needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Hot {
-    pub(crate) state: State,
-    pub(crate) fingerprint: Fingerprint,
-    pub(crate) status: u16,
-    pub(crate) response_len: u32,
-    pub(crate) created_at: u64,
-    /// When the lease runs out (in flight); 0 once completed.
-    pub(crate) lease_deadline: u64,
-    /// When the record expires and is removed.
-    pub(crate) expires_at: u64,
-    pub(crate) token: u64,
+/// The state stored as `b`, if any.
+fn state_of_byte(b: u8) -> Option<State> {
+    match b {
+        1 => Some(State::InFlight),
+        2 => Some(State::Completed),
+        _ => None,
+    }
 }
 
 /// A whole record: the hot part plus the raw scope and key, kept for inspection.
@@ -187,47 +165,19 @@ impl fmt::Display for RecordError {
     }
 }
 
-fn le_u16(b: &[u8], at: usize) -> u16 {
-    let mut a = [0u8; 2];
-    if let Some(s) = b.get(at..at + 2) {
-        a.copy_from_slice(s);
-    }
-    u16::from_le_bytes(a)
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_le_bytes(a)
-}
-
-fn byte(b: &[u8], at: usize) -> u8 {
-    b.get(at).copied().unwrap_or(0)
-}
-
 impl Hot {
     /// Decodes the fixed part from the first [`FIXED_LEN`] bytes of a record.
     pub(crate) fn decode(b: &[u8]) -> Result<Hot, RecordError> {
         if b.len() < FIXED_LEN {
             return Err(RecordError::Short(b.len()));
         }
-        let version = byte(b, OFF_VERSION);
+        let version = u8_at(b, OFF_VERSION);
         if version != RECORD_VERSION {
             return Err(RecordError::Version(version));
         }
         let state =
-            State::from_byte(byte(b, OFF_STATE)).ok_or(RecordError::State(byte(b, OFF_STATE)))?;
-        let flags = byte(b, OFF_FLAGS);
+            state_of_byte(u8_at(b, OFF_STATE)).ok_or(RecordError::State(u8_at(b, OFF_STATE)))?;
+        let flags = u8_at(b, OFF_FLAGS);
         if flags != 0 {
             return Err(RecordError::Flags(flags));
         }
@@ -237,13 +187,13 @@ impl Hot {
         }
         Ok(Hot {
             state,
-            fingerprint: Fingerprint::from_parts(byte(b, OFF_FP_VERSION), digest),
-            status: le_u16(b, OFF_STATUS),
-            response_len: le_u32(b, OFF_RESPONSE_LEN),
-            created_at: le_u64(b, OFF_CREATED),
-            lease_deadline: le_u64(b, OFF_LEASE),
-            expires_at: le_u64(b, OFF_EXPIRES),
-            token: le_u64(b, OFF_TOKEN),
+            fingerprint: Fingerprint::from_parts(u8_at(b, OFF_FP_VERSION), digest),
+            status: u16_at(b, OFF_STATUS),
+            response_len: u32_at(b, OFF_RESPONSE_LEN),
+            created_at: u64_at(b, OFF_CREATED),
+            lease_deadline: u64_at(b, OFF_LEASE),
+            expires_at: u64_at(b, OFF_EXPIRES),
+            token: u64_at(b, OFF_TOKEN),
         })
     }
 }
@@ -256,7 +206,7 @@ impl Record {
         let key = self.key.as_bytes();
         let mut out = Vec::with_capacity(FIXED_LEN + scope.len() + key.len());
         out.push(RECORD_VERSION);
-        out.push(h.state.to_byte());
+        out.push(state_byte(h.state));
         out.push(h.fingerprint.version());
         out.push(0); // flags
         out.extend_from_slice(&h.status.to_le_bytes());
@@ -279,7 +229,7 @@ impl Record {
     /// header's scope length fits the bytes and they are UTF-8, so that a record whose other
     /// parts are damaged is still counted against its scope.
     pub(crate) fn scope_of(b: &[u8]) -> Option<&str> {
-        let scope_len = usize::from(le_u16(b, OFF_SCOPE_LEN));
+        let scope_len = usize::from(u16_at(b, OFF_SCOPE_LEN));
         let scope = b.get(FIXED_LEN..FIXED_LEN.checked_add(scope_len)?)?;
         std::str::from_utf8(scope).ok()
     }
@@ -287,8 +237,8 @@ impl Record {
     /// Decodes a record.
     pub(crate) fn decode(b: &[u8]) -> Result<Record, RecordError> {
         let hot = Hot::decode(b)?;
-        let scope_len = usize::from(le_u16(b, OFF_SCOPE_LEN));
-        let key_len = usize::from(le_u16(b, OFF_KEY_LEN));
+        let scope_len = usize::from(u16_at(b, OFF_SCOPE_LEN));
+        let key_len = usize::from(u16_at(b, OFF_KEY_LEN));
         let expected = FIXED_LEN + scope_len + key_len;
         if b.len() != expected {
             return Err(RecordError::Length {

@@ -14,13 +14,14 @@ use crate::backend::Completion;
 use crate::backend::{Backend, Claim};
 use crate::clock::ManualClock;
 use crate::config::Config;
-use crate::fingerprint::Fingerprint;
-use crate::key::{Key, KeyHash, Scope};
-use crate::record::{
+use crate::format::blob::{self, RESPONSE_VERSION};
+use crate::format::record::{
     Blob, EXPIRY, ExpiryKey, ExpiryValue, FIXED_LEN, FORMAT_VERSION, META, META_FORMAT,
     META_NEXT_TOKEN, RECORD_VERSION, RECORDS, Record, RecordBytes, State, V1_EXPIRY, V1_RESPONSES,
 };
-use crate::response::{self, RESPONSE_VERSION, Response};
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::response::Response;
 use crate::store::Store;
 
 /// The example's scope.
@@ -134,14 +135,14 @@ fn response_example() -> Response {
 
 fn record_in_flight() -> Record {
     Record {
-        hot: crate::record::Hot {
+        hot: crate::format::record::Hot {
             state: State::InFlight,
             fingerprint: fingerprint(),
             status: 0,
             response_len: 0,
             created_at: T0,
             lease_deadline: T0 + LEASE_MS,
-            expires_at: crate::machine::in_flight_expiry(T0, T0 + LEASE_MS, TTL_MS),
+            expires_at: crate::rules::machine::in_flight_expiry(T0, T0 + LEASE_MS, TTL_MS),
             token: 1,
         },
         scope: SCOPE.to_owned(),
@@ -162,15 +163,15 @@ fn record_completed() -> Record {
 #[test]
 fn golden_constants() {
     assert_eq!(FORMAT_VERSION, 3);
-    assert_eq!(crate::record::META_IN_FLIGHT, "in_flight_records");
+    assert_eq!(crate::format::record::META_IN_FLIGHT, "in_flight_records");
     assert_eq!(RECORD_VERSION, 1);
     assert_eq!(RESPONSE_VERSION, 1);
     assert_eq!(Fingerprint::CURRENT_VERSION, 1);
     assert_eq!(FIXED_LEN, 80);
     assert_eq!(META_FORMAT, "format_version");
     assert_eq!(META_NEXT_TOKEN, "next_token");
-    assert_eq!(crate::record::META_CLEAN, "clean_shutdown");
-    assert_eq!(crate::record::TOKEN_SKIP_AFTER_CRASH, 1 << 32);
+    assert_eq!(crate::format::record::META_CLEAN, "clean_shutdown");
+    assert_eq!(crate::format::record::TOKEN_SKIP_AFTER_CRASH, 1 << 32);
 }
 
 #[test]
@@ -178,7 +179,10 @@ fn golden_table_definitions() {
     assert_eq!(RECORDS.name(), "idem_records");
     assert_eq!(EXPIRY.name(), "idem_expiry_responses");
     assert_eq!(META.name(), "idem_meta");
-    assert_eq!(crate::record::SCOPE_COUNTS.name(), "idem_scope_counts");
+    assert_eq!(
+        crate::format::record::SCOPE_COUNTS.name(),
+        "idem_scope_counts"
+    );
     assert_eq!(RecordBytes::type_name().name(), "idemstore::Record");
     assert_eq!(RecordBytes::fixed_width(), None);
     assert_eq!(ExpiryValue::type_name().name(), "idemstore::ResponseOrNone");
@@ -228,7 +232,10 @@ fn golden_record_in_flight() {
     assert_eq!(bytes.len(), FIXED_LEN + SCOPE.len() + KEY.len());
     assert_eq!(hex(&record.encode()), RECORD_IN_FLIGHT);
     assert_eq!(Record::decode(&bytes).unwrap(), record);
-    assert_eq!(crate::record::Hot::decode(&bytes).unwrap(), record.hot);
+    assert_eq!(
+        crate::format::record::Hot::decode(&bytes).unwrap(),
+        record.hot
+    );
 }
 
 #[test]
@@ -238,7 +245,10 @@ fn golden_record_completed() {
     assert_eq!(bytes.len(), 123);
     assert_eq!(hex(&record.encode()), RECORD_COMPLETED);
     assert_eq!(Record::decode(&bytes).unwrap(), record);
-    assert_eq!(crate::record::Hot::decode(&bytes).unwrap(), record.hot);
+    assert_eq!(
+        crate::format::record::Hot::decode(&bytes).unwrap(),
+        record.hot
+    );
     // The record's response length is the blob's length.
     assert_eq!(record.hot.response_len as usize, unhex(RESPONSE_BLOB).len());
 }
@@ -308,19 +318,16 @@ fn golden_response_blob() {
     let bytes = unhex(RESPONSE_BLOB);
     assert_eq!(bytes.len(), 55);
     assert_eq!(response.encoded_len(), 55);
-    assert_eq!(hex(&response::encode(&response).unwrap()), RESPONSE_BLOB);
-    let decoded = response::decode(&bytes).unwrap();
+    assert_eq!(hex(&blob::encode(&response).unwrap()), RESPONSE_BLOB);
+    let decoded = blob::decode(&bytes).unwrap();
     assert_eq!(decoded, response);
     assert_eq!(decoded.status(), 201);
     assert_eq!(decoded.body(), RESPONSE_BODY.as_bytes());
 
     let empty = Response::new(204, Vec::<(String, Vec<u8>)>::new(), Vec::new());
     assert_eq!(empty.encoded_len(), 9);
-    assert_eq!(hex(&response::encode(&empty).unwrap()), RESPONSE_BLOB_EMPTY);
-    assert_eq!(
-        response::decode(&unhex(RESPONSE_BLOB_EMPTY)).unwrap(),
-        empty
-    );
+    assert_eq!(hex(&blob::encode(&empty).unwrap()), RESPONSE_BLOB_EMPTY);
+    assert_eq!(blob::decode(&unhex(RESPONSE_BLOB_EMPTY)).unwrap(), empty);
 }
 
 #[test]
@@ -331,21 +338,21 @@ fn golden_response_refusals() {
         b[at] = value;
         b
     };
-    assert!(response::decode(&with(0, 0)).is_err(), "version 0");
-    assert!(response::decode(&with(0, 2)).is_err(), "version 2");
+    assert!(blob::decode(&with(0, 0)).is_err(), "version 0");
+    assert!(blob::decode(&with(0, 2)).is_err(), "version 2");
     for n in 0..good.len() {
-        assert!(response::decode(&good[..n]).is_err(), "truncated to {n}");
+        assert!(blob::decode(&good[..n]).is_err(), "truncated to {n}");
     }
     let mut long = good.clone();
     long.push(0);
-    assert!(response::decode(&long).is_err(), "trailing byte");
+    assert!(blob::decode(&long).is_err(), "trailing byte");
     assert!(
-        response::decode(&with(7, 0xff)).is_err(),
+        blob::decode(&with(7, 0xff)).is_err(),
         "header name not UTF-8"
     );
     // Header values and the body are bytes: anything goes.
-    assert!(response::decode(&with(23, 0xff)).is_ok());
-    assert!(response::decode(&with(54, 0xff)).is_ok());
+    assert!(blob::decode(&with(23, 0xff)).is_ok());
+    assert!(blob::decode(&with(54, 0xff)).is_ok());
 }
 
 #[test]
@@ -401,7 +408,7 @@ fn read_file(path: &std::path::Path) -> FileView {
         format_version: meta.get(META_FORMAT).unwrap().map(|g| g.value()),
         next_token: meta.get(META_NEXT_TOKEN).unwrap().map(|g| g.value()),
         scope_counts: txn
-            .open_table(crate::record::SCOPE_COUNTS)
+            .open_table(crate::format::record::SCOPE_COUNTS)
             .unwrap()
             .iter()
             .unwrap()
@@ -411,7 +418,7 @@ fn read_file(path: &std::path::Path) -> FileView {
             })
             .collect(),
         in_flight: meta
-            .get(crate::record::META_IN_FLIGHT)
+            .get(crate::format::record::META_IN_FLIGHT)
             .unwrap()
             .map(|g| g.value()),
     };
