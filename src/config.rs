@@ -524,12 +524,13 @@ impl ConfigBuilder {
         self
     }
 
-    /// How long a blocking `begin` or `complete` that waits alone (no other caller of the
-    /// process waiting at that moment) watches for its answer before its thread parks.
-    /// Default 300 µs; range 0 (park at once) to 10 ms. A lone caller's answer comes after
-    /// about one log sync, and a parked thread takes tens of microseconds to wake; the cost
-    /// is up to this much CPU time per call, only while callers are few. Async calls never
-    /// spin.
+    /// How long a `begin` or `complete` that waits alone (no other caller of the process
+    /// waiting at that moment, blocking or async) watches for its answer before its thread
+    /// parks, or its task leaves a waker and returns `Pending`. Default 300 µs; range 0 (park
+    /// at once) to 10 ms. A lone caller's answer comes after about one log sync, and a parked
+    /// thread or executor worker takes tens of microseconds to wake; the cost is up to this
+    /// much CPU time per call (for an async call, of the executor thread polling it), only
+    /// while callers are few.
     pub fn caller_spin(mut self, spin: Duration) -> Self {
         let ok = spin <= Duration::from_millis(10);
         check!(self, "caller_spin", spin, ok, "0 to 10 ms");

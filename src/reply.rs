@@ -19,9 +19,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-/// Blocking callers waiting for a reply right now, in the whole process. Only a caller that
-/// waits alone spins: with more, the CPUs are better left to the writer and the others.
+/// Callers watching a slot for their reply right now (blocking or async), in the whole
+/// process. Only a caller that waits alone watches: with more, the CPUs are better left to the
+/// writer and the others.
 static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Async receivers that left a waker and have not been answered yet, in the whole process.
+/// While there are any, the executor has other waiting work, and a poll does not watch.
+static PARKED: AtomicUsize = AtomicUsize::new(0);
 
 struct Slot<T> {
     state: Mutex<SlotState<T>>,
@@ -46,7 +51,11 @@ struct SlotState<T> {
 pub(crate) struct Sender<T>(Option<Arc<Slot<T>>>);
 
 /// The caller's end; also a `Future`.
-pub(crate) struct Receiver<T>(Arc<Slot<T>>);
+pub(crate) struct Receiver<T> {
+    slot: Arc<Slot<T>>,
+    /// Left a waker and is counted in `PARKED`.
+    parked: bool,
+}
 
 /// The sender went away without replying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,7 +83,13 @@ pub(crate) fn spinning_channel<T>(spin: Duration) -> (Sender<T>, Receiver<T>) {
         done: AtomicBool::new(false),
         spin,
     });
-    (Sender(Some(slot.clone())), Receiver(slot))
+    (
+        Sender(Some(slot.clone())),
+        Receiver {
+            slot,
+            parked: false,
+        },
+    )
 }
 
 impl<T> Sender<T> {
@@ -126,28 +141,37 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> Receiver<T> {
-    /// Blocks the calling thread until the reply arrives. When no other caller is waiting,
-    /// it first watches the slot for up to its spin time before parking: a lone caller's reply
-    /// comes after about one log sync, and waking a parked thread would add tens of
-    /// microseconds.
+    /// Blocks the calling thread until the reply arrives, watching first when it waits alone
+    /// (`watch_if_alone`).
     pub(crate) fn wait(self) -> Result<T, Closed> {
-        let spin = self.0.spin;
-        let alone = WAITING.fetch_add(1, Ordering::Relaxed) == 0;
-        if alone && !spin.is_zero() {
+        self.watch_if_alone();
+        let mut st = self.slot.state.lock();
+        while !st.closed {
+            self.slot.ready.wait(&mut st);
+        }
+        let panicked = st.panicked;
+        st.value.take().ok_or(Closed { panicked })
+    }
+
+    /// When no other caller is waiting, watches the slot for up to its spin time: a lone
+    /// caller's reply comes after about one log sync, and waking a parked thread (or a parked
+    /// executor worker) would add tens of microseconds to it.
+    fn watch_if_alone(&self) {
+        let spin = self.slot.spin;
+        if spin.is_zero() || self.slot.done.load(Ordering::Acquire) {
+            return;
+        }
+        let alone =
+            WAITING.fetch_add(1, Ordering::Relaxed) == 0 && PARKED.load(Ordering::Relaxed) == 0;
+        if alone {
             let start = Instant::now();
-            while !self.0.done.load(Ordering::Acquire) && start.elapsed() < spin {
+            while !self.slot.done.load(Ordering::Acquire) && start.elapsed() < spin {
                 // Yield rather than spin: on a busy machine the thread this one waits for may
                 // need this CPU.
                 std::thread::yield_now();
             }
         }
         WAITING.fetch_sub(1, Ordering::Relaxed);
-        let mut st = self.0.state.lock();
-        while !st.closed {
-            self.0.ready.wait(&mut st);
-        }
-        let panicked = st.panicked;
-        st.value.take().ok_or(Closed { panicked })
     }
 }
 
@@ -156,7 +180,7 @@ impl<T> Receiver<T> {
     /// the slot's lock, so no `send` can slip in between) and a later `send` will get its value
     /// back.
     pub(crate) fn abandon(self, not_yet: impl FnOnce()) -> Option<T> {
-        let mut st = self.0.state.lock();
+        let mut st = self.slot.state.lock();
         st.abandoned = true;
         let value = st.value.take();
         if value.is_none() && !st.closed {
@@ -169,17 +193,46 @@ impl<T> Receiver<T> {
 impl<T> Future for Receiver<T> {
     type Output = Result<T, Closed>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = self.0.state.lock();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if !self.parked {
+            // The first poll: a task waiting alone watches before it leaves its waker, as a
+            // blocking caller does, so that a lone caller's worker is not parked and woken
+            // for every answer.
+            self.watch_if_alone();
+        }
+        let this = &mut *self;
+        let mut st = this.slot.state.lock();
         if st.closed {
             let panicked = st.panicked;
-            return Poll::Ready(st.value.take().ok_or(Closed { panicked }));
+            let out = st.value.take().ok_or(Closed { panicked });
+            drop(st);
+            this.unpark();
+            return Poll::Ready(out);
         }
         match &st.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => st.waker = Some(cx.waker().clone()),
         }
+        if !this.parked {
+            this.parked = true;
+            PARKED.fetch_add(1, Ordering::Relaxed);
+        }
         Poll::Pending
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Leaves the count of parked receivers, once.
+    fn unpark(&mut self) {
+        if std::mem::take(&mut self.parked) {
+            PARKED.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.unpark();
     }
 }
 
@@ -221,5 +274,25 @@ mod tests {
             std::thread::spawn(move || drop(tx));
             assert_eq!(rx.wait(), Err(Closed { panicked: false }));
         }
+    }
+
+    /// A task that waits alone watches the slot on its first poll, so an answer that comes
+    /// within the spin is taken without parking; with no spin it parks at once, and leaves
+    /// the count of parked receivers once answered.
+    #[test]
+    fn a_lone_async_receiver_watches_before_it_parks() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let (tx, mut rx) = spinning_channel(Duration::from_secs(5));
+        let sender = std::thread::spawn(move || tx.send(9u32));
+        assert_eq!(Pin::new(&mut rx).poll(&mut cx), Poll::Ready(Ok(9)));
+        assert!(!rx.parked);
+        assert_eq!(sender.join().ok(), Some(Ok(())));
+
+        let (tx, mut rx) = spinning_channel(Duration::ZERO);
+        assert_eq!(Pin::new(&mut rx).poll(&mut cx), Poll::Pending);
+        assert!(rx.parked);
+        assert_eq!(tx.send(10u32), Ok(()));
+        assert_eq!(Pin::new(&mut rx).poll(&mut cx), Poll::Ready(Ok(10)));
+        assert!(!rx.parked);
     }
 }
