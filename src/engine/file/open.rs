@@ -16,7 +16,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use redb::{Database, MultimapTableHandle, ReadableTable, Table, TableHandle};
+use redb::{Database, MultimapTableHandle, ReadableTable, Table, TableHandle, WriteTransaction};
 
 use super::checkpoint::{ApplyError, apply_change};
 use super::log::{self as wal, Header, Log, LogError, Mark};
@@ -144,169 +144,232 @@ fn load_or_make_secret(meta: &mut Table<&str, u64>) -> Result<[u8; 32], OpenErro
     Ok(secret)
 }
 
-/// Creates the tables of a new file, checks the format version of an existing one, replays
-/// the write-ahead log past the last checkpoint, applies `release_in_flight_on_open`, and
-/// commits all of it durably as the session's first checkpoint.
+/// The tables an open works on, in its one write transaction.
+struct OpenTables<'t> {
+    meta: Table<'t, &'static str, u64>,
+    records: Table<'t, &'static [u8; 32], RecordBytes>,
+    expiry: Table<'t, ExpiryKey, ExpiryValue>,
+    /// What the open's changes add to and take from the live records of each scope.
+    deltas: Deltas,
+}
+
+impl OpenTables<'_> {
+    fn get(&self, k: &str) -> Result<Option<u64>, OpenError> {
+        Ok(self.meta.get(k).map_err(open_error)?.map(|g| g.value()))
+    }
+}
+
+/// Opens a file for a session, in one durable commit that is the session's first checkpoint:
+/// the format checked (and an older one migrated), the write-ahead log replayed past the last
+/// checkpoint, tokens skipped after a crash, and `release_in_flight_on_open` applied.
 pub(crate) fn init_tables(
     db: &Database,
     config: &Config,
     log_dev: Option<Box<dyn StorageBackend>>,
 ) -> Result<Opened, OpenError> {
     let txn = db.begin_write().map_err(open_error)?;
-    let next_token;
-    let mut released = 0;
-    let log;
-    let mut replayed = 0;
-    let secret;
-    let scopes;
-    {
-        // Before META is opened (which creates it): a file without idemstore's format marker
-        // is new only if it holds no table at all.
-        let tables = txn.names().map_err(open_error)?;
+    let opened = {
+        let format = check_or_migrate(&txn)?;
         // No other table is open while a table is opened or deleted: see `open_each_alone`.
-        let format = txn
-            .open_table(META)
-            .map_err(open_error)?
-            .get(META_FORMAT)
-            .map_err(open_error)?
-            .map(|g| g.value());
-        let write_format = match check_format(format)? {
-            Format::Current => false,
-            Format::None if !tables.is_empty() => return Err(not_a_store(&tables)),
-            Format::None => true,
-            Format::Older(found) => {
-                // Before anything reads the tables: the log's changes and every later read
-                // are in the new layout.
-                if found < 2 {
-                    migrate::v1_to_v2(&txn).map_err(open_error)?;
-                }
-                migrate::v2_to_v3(&txn).map_err(open_error)?;
-                true
-            }
-        };
         open_each_alone(&txn).map_err(open_error)?;
-        let mut meta = txn.open_table(META).map_err(open_error)?;
-        let mut records = txn.open_table(RECORDS).map_err(open_error)?;
-        let mut expiry = txn.open_table(EXPIRY).map_err(open_error)?;
+        let mut t = OpenTables {
+            meta: txn.open_table(META).map_err(open_error)?,
+            records: txn.open_table(RECORDS).map_err(open_error)?,
+            expiry: txn.open_table(EXPIRY).map_err(open_error)?,
+            deltas: Deltas::default(),
+        };
         let mut counts = txn.open_table(SCOPE_COUNTS).map_err(open_error)?;
-        let mut deltas = Deltas::default();
-        if write_format {
-            meta.insert(META_FORMAT, FORMAT_VERSION)
+        if format != Some(FORMAT_VERSION) {
+            t.meta
+                .insert(META_FORMAT, FORMAT_VERSION)
                 .map_err(open_error)?;
         }
-        secret = load_or_make_secret(&mut meta)?;
-        let clean = meta
+        let secret = load_or_make_secret(&mut t.meta)?;
+        let clean = t
+            .meta
             .remove(META_CLEAN)
             .map_err(open_error)?
             .map(|g| g.value())
             == Some(1);
-        let in_file = meta
-            .get(META_NEXT_TOKEN)
-            .map_err(open_error)?
-            .map(|g| g.value())
-            .unwrap_or(1);
-        let mut stored = in_file;
-        let get = |meta: &Table<&str, u64>, k: &str| -> Result<Option<u64>, OpenError> {
-            Ok(meta.get(k).map_err(open_error)?.map(|g| g.value()))
-        };
-        let bound = get(&meta, META_LOG_ID)?;
-        log = match log_dev {
-            None => {
-                if bound.is_some() {
-                    if !clean && format.is_some() {
-                        return Err(OpenError::Log {
-                            detail: "the file was last used with a write-ahead log and was not \
-                                     closed cleanly; open it with its log to recover, close it, \
-                                     and it then opens without one"
-                                .into(),
-                        });
-                    }
-                    for k in [META_LOG_ID, META_LOG_SEQ, META_LOG_POS, META_LOG_ZEROED] {
-                        meta.remove(k).map_err(open_error)?;
-                    }
-                }
-                None
-            }
-            Some(dev) => {
-                let header = wal::read_header(&*dev);
-                let recovered = match plan_log(bound, header, clean || format.is_none())? {
-                    LogPlan::Replay(h) => {
-                        let from = checkpoint_mark(&meta)?;
-                        let done =
-                            replay_log(&mut records, &mut expiry, &mut deltas, dev, h, from)?;
-                        stored = stored.max(done.next_token);
-                        replayed = done.entries;
-                        done.log
-                    }
-                    // No log yet, or one whose entries the file holds durably (closed
-                    // cleanly): start a new one.
-                    LogPlan::Fresh => {
-                        Log::create(dev, fresh_log_id(), config.log_capacity).map_err(log_error)?
-                    }
-                };
-                let mark = recovered.mark();
-                for (k, v) in [
-                    (META_LOG_ID, recovered.id()),
-                    (META_LOG_SEQ, mark.seq),
-                    (META_LOG_POS, mark.pos),
-                    (META_LOG_ZEROED, mark.zeroed),
-                ] {
-                    meta.insert(k, v).map_err(open_error)?;
-                }
-                Some(recovered)
-            }
-        };
-        // After a crash, tokens issued since the last durable commit may be lost from the
-        // file but not from the world (a fenced resource may have seen them): skip past them.
-        next_token = if format.is_some() && !clean {
-            stored.saturating_add(TOKEN_SKIP_AFTER_CRASH)
+        let recovered = recover_log(&mut t, log_dev, config, clean, format.is_some())?;
+        let next_token = skip_tokens(&mut t, recovered.next_token, clean, format.is_some())?;
+        let released = if config.release_in_flight_on_open {
+            release_in_flight(&mut t)?
         } else {
-            stored
+            0
         };
-        if next_token != in_file {
-            meta.insert(META_NEXT_TOKEN, next_token)
-                .map_err(open_error)?;
+        t.deltas
+            .flush(&mut counts, &mut t.meta)
+            .map_err(open_error)?;
+        Opened {
+            next_token,
+            released,
+            log: recovered.log,
+            replayed: recovered.entries,
+            secret,
+            scopes: Counts::load(&counts).map_err(open_error)?,
         }
-        // The count says whether any record is in flight: most opens need no scan.
-        let in_flight_now = get(&meta, META_IN_FLIGHT)?
-            .unwrap_or(0)
-            .saturating_add_signed(deltas.in_flight());
-        if config.release_in_flight_on_open && in_flight_now > 0 {
-            let mut in_flight = Vec::new();
-            for entry in records.iter().map_err(open_error)? {
-                let (k, v) = entry.map_err(open_error)?;
-                if let Ok(hot) = Hot::decode(v.value())
-                    && hot.state == State::InFlight
-                {
-                    in_flight.push((*k.value(), hot.expires_at));
-                }
-            }
-            for (hash, expires_at) in in_flight {
-                if let Some(old) = records.remove(&hash).map_err(open_error)? {
-                    deltas.removed(old.value());
-                }
-                let ek = ExpiryKey::new(expires_at, &KeyHash(hash));
-                expiry.remove(ek).map_err(open_error)?;
-                released += 1;
-            }
-        }
-        deltas.flush(&mut counts, &mut meta).map_err(open_error)?;
-        scopes = Counts::load(&counts).map_err(open_error)?;
-    }
+    };
     txn.commit().map_err(open_error)?;
-    let mut log = log;
-    if let Some(l) = log.as_mut() {
+    let mut opened = opened;
+    if let Some(l) = opened.log.as_mut() {
         let mark = l.mark();
         l.checkpointed(mark);
     }
-    Ok(Opened {
+    Ok(opened)
+}
+
+/// Step 1: the file's format, before anything reads its tables. A file without idemstore's
+/// format marker is new only if it holds no table at all; an older format is migrated here, so
+/// the log's changes and every later read are in the current layout. Returns the format found
+/// (`None`: a new store).
+fn check_or_migrate(txn: &WriteTransaction) -> Result<Option<u64>, OpenError> {
+    // Before META is opened (which creates it).
+    let tables = txn.names().map_err(open_error)?;
+    let format = txn
+        .open_table(META)
+        .map_err(open_error)?
+        .get(META_FORMAT)
+        .map_err(open_error)?
+        .map(|g| g.value());
+    match check_format(format)? {
+        Format::Current => {}
+        Format::None if !tables.is_empty() => return Err(not_a_store(&tables)),
+        Format::None => {}
+        Format::Older(found) => {
+            if found < 2 {
+                migrate::v1_to_v2(txn).map_err(open_error)?;
+            }
+            migrate::v2_to_v3(txn).map_err(open_error)?;
+        }
+    }
+    Ok(format)
+}
+
+/// What step 2 leaves: the log to append to, and what its replay found.
+struct Recovered {
+    log: Option<Log>,
+    /// Log entries replayed into the file.
+    entries: u64,
+    /// The token counter as the file and the replayed entries leave it.
+    next_token: u64,
+}
+
+/// Step 2: the write-ahead log. Entries past the file's last checkpoint are replayed into the
+/// tables; a log whose entries the file holds (closed cleanly), or none yet, is started anew;
+/// without a log device, a file bound to a log is unbound, unless it needs that log to recover.
+fn recover_log(
+    t: &mut OpenTables<'_>,
+    log_dev: Option<Box<dyn StorageBackend>>,
+    config: &Config,
+    clean: bool,
+    existing: bool,
+) -> Result<Recovered, OpenError> {
+    let bound = t.get(META_LOG_ID)?;
+    let mut next_token = t.get(META_NEXT_TOKEN)?.unwrap_or(1);
+    let Some(dev) = log_dev else {
+        if bound.is_some() {
+            if !clean && existing {
+                return Err(OpenError::Log {
+                    detail: "the file was last used with a write-ahead log and was not closed \
+                             cleanly; open it with its log to recover, close it, and it then \
+                             opens without one"
+                        .into(),
+                });
+            }
+            for k in [META_LOG_ID, META_LOG_SEQ, META_LOG_POS, META_LOG_ZEROED] {
+                t.meta.remove(k).map_err(open_error)?;
+            }
+        }
+        return Ok(Recovered {
+            log: None,
+            entries: 0,
+            next_token,
+        });
+    };
+    let header = wal::read_header(&*dev);
+    let mut entries = 0;
+    let log = match plan_log(bound, header, clean || !existing)? {
+        LogPlan::Replay(h) => {
+            let from = checkpoint_mark(&t.meta)?;
+            let done = replay_log(&mut t.records, &mut t.expiry, &mut t.deltas, dev, h, from)?;
+            next_token = next_token.max(done.next_token);
+            entries = done.entries;
+            done.log
+        }
+        // No log yet, or one whose entries the file holds durably (closed cleanly): start a
+        // new one.
+        LogPlan::Fresh => {
+            Log::create(dev, fresh_log_id(), config.log_capacity).map_err(log_error)?
+        }
+    };
+    let mark = log.mark();
+    for (k, v) in [
+        (META_LOG_ID, log.id()),
+        (META_LOG_SEQ, mark.seq),
+        (META_LOG_POS, mark.pos),
+        (META_LOG_ZEROED, mark.zeroed),
+    ] {
+        t.meta.insert(k, v).map_err(open_error)?;
+    }
+    Ok(Recovered {
+        log: Some(log),
+        entries,
         next_token,
-        released,
-        log,
-        replayed,
-        secret,
-        scopes,
     })
+}
+
+/// Step 3: after a crash, tokens issued since the last durable commit may be lost from the
+/// file but not from the world (a fenced resource may have seen them): skip past them.
+fn skip_tokens(
+    t: &mut OpenTables<'_>,
+    stored: u64,
+    clean: bool,
+    existing: bool,
+) -> Result<u64, OpenError> {
+    let in_file = t.get(META_NEXT_TOKEN)?.unwrap_or(1);
+    let next_token = if existing && !clean {
+        stored.saturating_add(TOKEN_SKIP_AFTER_CRASH)
+    } else {
+        stored
+    };
+    if next_token != in_file {
+        t.meta
+            .insert(META_NEXT_TOKEN, next_token)
+            .map_err(open_error)?;
+    }
+    Ok(next_token)
+}
+
+/// Step 4 (`release_in_flight_on_open`): removes every in-flight record; returns how many.
+/// The count says whether any record is in flight, so most opens need no scan.
+fn release_in_flight(t: &mut OpenTables<'_>) -> Result<u64, OpenError> {
+    let in_flight_now = t
+        .get(META_IN_FLIGHT)?
+        .unwrap_or(0)
+        .saturating_add_signed(t.deltas.in_flight());
+    if in_flight_now == 0 {
+        return Ok(0);
+    }
+    let mut in_flight = Vec::new();
+    for entry in t.records.iter().map_err(open_error)? {
+        let (k, v) = entry.map_err(open_error)?;
+        if let Ok(hot) = Hot::decode(v.value())
+            && hot.state == State::InFlight
+        {
+            in_flight.push((*k.value(), hot.expires_at));
+        }
+    }
+    let mut released = 0;
+    for (hash, expires_at) in in_flight {
+        if let Some(old) = t.records.remove(&hash).map_err(open_error)? {
+            t.deltas.removed(old.value());
+        }
+        let ek = ExpiryKey::new(expires_at, &KeyHash(hash));
+        t.expiry.remove(ek).map_err(open_error)?;
+        released += 1;
+    }
+    Ok(released)
 }
 
 /// What a file's `format_version` is to this build.
