@@ -25,7 +25,7 @@ use parking_lot::{Condvar, Mutex};
 /// A future that ends `after` its creation.
 pub(crate) struct Sleep {
     at: Instant,
-    entry: Option<Arc<Entry>>,
+    entry: Option<Arc<Timer>>,
 }
 
 impl Sleep {
@@ -54,7 +54,7 @@ impl Future for Sleep {
                 *waker = Some(cx.waker().clone());
             }
             None => {
-                let entry = Arc::new(Entry {
+                let entry = Arc::new(Timer {
                     fired: AtomicBool::new(false),
                     waker: Mutex::new(Some(cx.waker().clone())),
                 });
@@ -77,7 +77,7 @@ impl Drop for Sleep {
     }
 }
 
-struct Entry {
+struct Timer {
     fired: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
@@ -86,7 +86,7 @@ struct Entry {
 struct Due {
     at: Instant,
     seq: u64,
-    entry: Arc<Entry>,
+    entry: Arc<Timer>,
 }
 
 impl PartialEq for Due {
@@ -117,7 +117,7 @@ struct Wheel {
 }
 
 impl Wheel {
-    fn add(&self, at: Instant, entry: Arc<Entry>) {
+    fn add(&self, at: Instant, entry: Arc<Timer>) {
         let seq = self.seq.fetch_add(1, AtomicOrdering::Relaxed);
         let mut due = self.due.lock();
         let earliest = due.peek().is_none_or(|d| at < d.at);

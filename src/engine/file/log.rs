@@ -254,13 +254,13 @@ pub(crate) enum Change<'a> {
 }
 
 /// A decoded entry payload.
-pub(crate) struct Entry<'a> {
+pub(crate) struct Payload<'a> {
     pub(crate) next_token: u64,
     pub(crate) changes: Vec<Change<'a>>,
 }
 
 /// Decodes an entry's payload (whose checksum has been verified).
-pub(crate) fn decode_payload(p: &[u8]) -> Result<Entry<'_>, String> {
+pub(crate) fn decode_payload(p: &[u8]) -> Result<Payload<'_>, String> {
     let mut r = Reader::new(p);
     let truncated = |t: Truncated| format!("truncated at byte {}", t.at);
     let next_token = r.u64().map_err(truncated)?;
@@ -294,7 +294,7 @@ pub(crate) fn decode_payload(p: &[u8]) -> Result<Entry<'_>, String> {
     if !r.is_empty() {
         return Err("bytes after the last change".to_owned());
     }
-    Ok(Entry {
+    Ok(Payload {
         next_token,
         changes,
     })
@@ -374,7 +374,7 @@ impl Log {
         dev: Box<dyn StorageBackend>,
         header: Header,
         from: Mark,
-        mut apply: impl FnMut(u64, Entry<'_>) -> Result<(), LogError>,
+        mut apply: impl FnMut(u64, Payload<'_>) -> Result<(), LogError>,
     ) -> Result<Log, LogError> {
         let capacity = header.capacity;
         let region = capacity - DATA_START;
