@@ -719,10 +719,13 @@ async fn h11_serve_a_client_that_hangs_up_mid_patch_never_applies_it_twice() {
             "try {n}: the edit was applied once"
         );
     }
-    // The same for a cancel: its retry is the cancel's answer, never 412.
+    // The same for a cancel: its retry is the cancel's answer, never 412. The retry is the
+    // same request (its media type included, which the fingerprint covers), or it would be a
+    // conflict whenever the first attempt got as far as its handler.
     let raw = format!(
         "POST {path}/cancel HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok_demo\r\n\
-         idempotency-key: x1\r\nif-match: \"v21\"\r\ncontent-length: 0\r\n\r\n"
+         idempotency-key: x1\r\nif-match: \"v21\"\r\ncontent-type: application/json\r\n\
+         content-length: 0\r\n\r\n"
     );
     let conn = TcpStream::connect(addr).await.unwrap();
     assert!(raw_write(&conn, raw.as_bytes()).await);
