@@ -14,3 +14,4 @@ mod golden_tests;
 pub(crate) mod migrate;
 pub(crate) mod record;
 pub(crate) mod scope_count;
+pub(crate) mod tables;

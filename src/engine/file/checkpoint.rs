@@ -25,14 +25,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
 use redb::{Database, Table};
 
-use super::log::{Change, Mark};
-use super::overlay::{Changes, Slot};
+use super::change::Change;
+use super::log::Mark;
+use super::overlay::Changes;
 use crate::error::{Cause, Message, cause};
 use crate::format::record::{
-    EXPIRY, ExpiryKey, ExpiryValue, Hot, META, META_CLEAN, META_LOG_POS, META_LOG_SEQ,
-    META_LOG_ZEROED, META_NEXT_TOKEN, RECORDS, RecordBytes, SCOPE_COUNTS, open_each_alone,
+    EXPIRY, Hot, META, META_CLEAN, META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN,
+    RECORDS, SCOPE_COUNTS, open_each_alone,
 };
 use crate::format::scope_count::Deltas;
+use crate::format::tables;
 use crate::poison;
 use crate::rules::key::KeyHash;
 
@@ -50,47 +52,27 @@ impl<E: Into<redb::Error>> From<E> for ApplyError {
     }
 }
 
-/// Sets the key of `change` to the state it carries: the record, and its expiry entry holding
-/// its response (or none), replacing whatever the tables held for it; what it adds or removes
-/// goes into `deltas`, which the caller flushes into the counts before its commit.
+/// Sets `hash` to the state `change` carries: the record, and its expiry entry holding its
+/// response (or none), replacing whatever the tables held for it; what it adds or removes goes
+/// into `deltas`, which the caller flushes into the counts before its commit.
 pub(crate) fn apply_change(
-    records: &mut Table<&'static [u8; 32], RecordBytes>,
-    expiry: &mut Table<ExpiryKey, ExpiryValue>,
+    records: &mut tables::Records<'_>,
+    expiry: &mut tables::Expiry<'_>,
     deltas: &mut Deltas,
-    change: Change<'_>,
+    hash: &KeyHash,
+    change: Change<&[u8]>,
 ) -> Result<(), ApplyError> {
     match change {
-        Change::Put {
-            hash,
-            record,
-            response,
-        } => {
-            let key_hash = KeyHash(hash);
+        Change::Put { record, response } => {
             let new = Hot::decode(record).map_err(|e| {
                 ApplyError::BadRecord(format!("a logged record does not decode: {e}"))
             })?;
-            // The insert hands back the record it replaced: no separate lookup.
-            let replaced = records.insert(&hash, record)?;
+            let replaced = tables::put(records, expiry, hash, (record, new.expires_at), response)?;
             deltas.replaced(replaced.as_ref().map(|g| g.value()), record);
-            let old = replaced.and_then(|g| Hot::decode(g.value()).ok());
-            if let Some(old) = old
-                && old.expires_at != new.expires_at
-            {
-                expiry.remove(ExpiryKey::new(old.expires_at, &key_hash))?;
-            }
-            expiry.insert(
-                ExpiryKey::new(new.expires_at, &key_hash),
-                response.unwrap_or(&[]),
-            )?;
         }
-        Change::Delete { hash } => {
-            let removed = records.remove(&hash)?;
-            if let Some(g) = &removed {
+        Change::Delete => {
+            if let Some(g) = tables::delete(records, expiry, hash)? {
                 deltas.removed(g.value());
-            }
-            let old = removed.and_then(|g| Hot::decode(g.value()).ok());
-            if let Some(old) = old {
-                expiry.remove(ExpiryKey::new(old.expires_at, &KeyHash(hash)))?;
             }
         }
     }
@@ -141,16 +123,14 @@ pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
             let mut sorted: Vec<_> = job.changes.iter().collect();
             sorted.sort_unstable_by_key(|(hash, _)| **hash);
             let mut deltas = Deltas::default();
-            for (hash, slot) in sorted {
-                let change = match slot {
-                    Slot::Put { record, response } => Change::Put {
-                        hash: hash.0,
-                        record,
-                        response: response.as_deref(),
-                    },
-                    Slot::Deleted => Change::Delete { hash: hash.0 },
-                };
-                apply_change(&mut records, &mut expiry, &mut deltas, change)?;
+            for (hash, change) in sorted {
+                apply_change(
+                    &mut records,
+                    &mut expiry,
+                    &mut deltas,
+                    hash,
+                    change.as_slices(),
+                )?;
             }
             let mut meta = txn.open_table(META)?;
             deltas.flush(&mut txn.open_table(SCOPE_COUNTS)?, &mut meta)?;

@@ -27,6 +27,7 @@
 
 use std::io;
 
+use super::change::Change;
 use crate::format::bytes::{Reader, Truncated, u32_at, u64_at};
 use crate::storage::StorageBackend;
 
@@ -240,23 +241,11 @@ fn len32(b: &[u8]) -> u32 {
     u32::try_from(b.len()).unwrap_or(u32::MAX)
 }
 
-/// One change read back from an entry.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Change<'a> {
-    Put {
-        hash: [u8; 32],
-        record: &'a [u8],
-        response: Option<&'a [u8]>,
-    },
-    Delete {
-        hash: [u8; 32],
-    },
-}
-
 /// A decoded entry payload.
 pub(crate) struct Payload<'a> {
     pub(crate) next_token: u64,
-    pub(crate) changes: Vec<Change<'a>>,
+    /// Each key hash with the change it takes.
+    pub(crate) changes: Vec<([u8; 32], Change<&'a [u8]>)>,
 }
 
 /// Decodes an entry's payload (whose checksum has been verified).
@@ -281,13 +270,9 @@ pub(crate) fn decode_payload(p: &[u8]) -> Result<Payload<'_>, String> {
                     }
                     other => return Err(format!("response flag {other}")),
                 };
-                changes.push(Change::Put {
-                    hash,
-                    record,
-                    response,
-                });
+                changes.push((hash, Change::Put { record, response }));
             }
-            TAG_DELETE => changes.push(Change::Delete { hash }),
+            TAG_DELETE => changes.push((hash, Change::Delete)),
             other => return Err(format!("unknown change tag {other}")),
         }
     }
@@ -649,17 +634,21 @@ mod tests {
         assert_eq!(
             p.changes,
             vec![
-                Change::Put {
-                    hash: [1; 32],
-                    record: b"rec",
-                    response: None
-                },
-                Change::Put {
-                    hash: [2; 32],
-                    record: b"rec2",
-                    response: Some(b"body")
-                },
-                Change::Delete { hash: [3; 32] },
+                (
+                    [1; 32],
+                    Change::Put {
+                        record: &b"rec"[..],
+                        response: None
+                    }
+                ),
+                (
+                    [2; 32],
+                    Change::Put {
+                        record: &b"rec2"[..],
+                        response: Some(&b"body"[..])
+                    }
+                ),
+                ([3; 32], Change::Delete),
             ]
         );
         for cut in 0..bytes.len() - ENTRY_HEADER {

@@ -16,6 +16,7 @@
 //!   an in-flight record may be about to go: `begin` and `get` let the writer decide instead.
 
 mod budget;
+pub(crate) mod change;
 pub(crate) mod checkpoint;
 pub(crate) mod device;
 mod index;
@@ -40,7 +41,8 @@ use crate::config::{CachePolicy, Config};
 use crate::engine::{Answer, Engine, ExpireReport, Release, Shared};
 use crate::error::{BeginError, CompleteError, LeaseError, OpenError, Unavailable};
 use crate::format::blob;
-use crate::format::record::{EXPIRY, ExpiryKey, Hot, RECORDS, State, stored_response};
+use crate::format::record::{EXPIRY, Hot, RECORDS, State};
+use crate::format::tables;
 use crate::poison::drop_quietly;
 use crate::reply::{self, Closed};
 use crate::rules::fingerprint::Fingerprint;
@@ -51,11 +53,12 @@ use crate::stats::{Stats, bump};
 use crate::storage::StorageBackend;
 use crate::view::{CheckReport, RecordInfo};
 
+use change::Change;
 use device::FileDevice;
 use index::HotIndex;
 use op::Op;
 use open::{guard_open, init_tables, open_db};
-use overlay::{Overlay, Slot};
+use overlay::Overlay;
 use read::{corrupted, guard_read, io_error, read_record, record_info};
 
 /// What the writer, the readers and the engine's handle share.
@@ -297,7 +300,7 @@ impl FileEngine {
 
     /// The newest logged state of `hash` that the file may not hold yet; `None` when the
     /// file has it.
-    fn overlaid(&self, hash: &KeyHash) -> Option<Slot> {
+    fn overlaid(&self, hash: &KeyHash) -> Option<Change<Box<[u8]>>> {
         self.state.overlay.with(hash, |slot| slot.cloned())
     }
 
@@ -311,8 +314,8 @@ impl FileEngine {
             detail: format!("completed record {hash:?} has no stored response"),
         };
         match self.overlaid(hash) {
-            Some(Slot::Deleted) => return Ok(None),
-            Some(Slot::Put { record, response }) => {
+            Some(Change::Delete) => return Ok(None),
+            Some(Change::Put { record, response }) => {
                 let hot = Hot::decode(&record).map_err(corrupted)?;
                 if !wanted(&hot) {
                     return Ok(None);
@@ -332,14 +335,11 @@ impl FileEngine {
                 return Ok(None);
             }
             let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
-            let entry = expiry
-                .get(ExpiryKey::new(hot.expires_at, hash))
-                .map_err(io_error)?;
-            let blob = entry
-                .as_ref()
-                .and_then(|g| stored_response(g.value()))
-                .ok_or_else(missing)?;
-            blob::decode(blob).map(Some).map_err(corrupted)
+            tables::response(&expiry, hash, hot.expires_at, blob::decode)
+                .map_err(io_error)?
+                .ok_or_else(missing)?
+                .map(Some)
+                .map_err(corrupted)
         })
     }
 
@@ -495,8 +495,8 @@ impl Engine for FileEngine {
         }
         let now = self.shared.now();
         match self.overlaid(&hash) {
-            Some(Slot::Deleted) => Ok(None),
-            Some(Slot::Put { record, response }) => {
+            Some(Change::Delete) => Ok(None),
+            Some(Change::Put { record, response }) => {
                 record_info(&hash, &record, response.as_deref(), now)
             }
             None => self.read(|txn| read_record(txn, &hash, now)),

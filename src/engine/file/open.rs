@@ -30,6 +30,7 @@ use crate::format::record::{
     TOKEN_SKIP_AFTER_CRASH, open_each_alone,
 };
 use crate::format::scope_count::{Counts, Deltas};
+use crate::format::tables;
 use crate::poison;
 use crate::rules::key::KeyHash;
 use crate::storage::StorageBackend;
@@ -357,16 +358,16 @@ fn release_in_flight(t: &mut OpenTables<'_>) -> Result<u64, OpenError> {
         if let Ok(hot) = Hot::decode(v.value())
             && hot.state == State::InFlight
         {
-            in_flight.push((*k.value(), hot.expires_at));
+            in_flight.push(*k.value());
         }
     }
     let mut released = 0;
-    for (hash, expires_at) in in_flight {
-        if let Some(old) = t.records.remove(&hash).map_err(open_error)? {
+    for hash in in_flight {
+        if let Some(old) =
+            tables::delete(&mut t.records, &mut t.expiry, &KeyHash(hash)).map_err(open_error)?
+        {
             t.deltas.removed(old.value());
         }
-        let ek = ExpiryKey::new(expires_at, &KeyHash(hash));
-        t.expiry.remove(ek).map_err(open_error)?;
         released += 1;
     }
     Ok(released)
@@ -475,8 +476,8 @@ pub(crate) fn replay_log(
     let result = Log::recover(dev, header, from, |seq, entry| {
         next_token = next_token.max(entry.next_token);
         entries += 1;
-        for change in entry.changes {
-            if let Err(e) = apply_change(records, expiry, deltas, change) {
+        for (hash, change) in entry.changes {
+            if let Err(e) = apply_change(records, expiry, deltas, &KeyHash(hash), change) {
                 failure = Some(match e {
                     ApplyError::Storage(e) => open_error(e),
                     ApplyError::BadRecord(detail) => OpenError::Log { detail },

@@ -21,23 +21,12 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use super::change::Change;
 use crate::rules::key::KeyHash;
 use crate::seeded::Seeded;
 
-/// A key's state after a logged change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Slot {
-    /// The record's encoded bytes, and its encoded stored response (none in flight).
-    Put {
-        record: Box<[u8]>,
-        response: Option<Box<[u8]>>,
-    },
-    /// The record is gone.
-    Deleted,
-}
-
 /// One generation of changes.
-pub(crate) type Changes = HashMap<KeyHash, Slot, Seeded>;
+pub(crate) type Changes = HashMap<KeyHash, Change<Box<[u8]>>, Seeded>;
 
 struct Generations {
     current: Changes,
@@ -68,7 +57,11 @@ pub(crate) struct Overlay {
 impl Overlay {
     /// Calls `f` with the newest change of `hash`, or `None` when the overlay holds none (the
     /// file has the key's state). The lock is held during `f`: keep it short.
-    pub(crate) fn with<T>(&self, hash: &KeyHash, f: impl FnOnce(Option<&Slot>) -> T) -> T {
+    pub(crate) fn with<T>(
+        &self,
+        hash: &KeyHash,
+        f: impl FnOnce(Option<&Change<Box<[u8]>>>) -> T,
+    ) -> T {
         let gens = self.gens.read();
         let slot = gens
             .current
@@ -84,7 +77,7 @@ impl Overlay {
 
     /// Records `slot` as the newest state of `hash`; `expires_at` is the expiry time of the
     /// record it puts (none for a deletion).
-    pub(crate) fn set(&self, hash: KeyHash, slot: Slot, expires_at: Option<u64>) {
+    pub(crate) fn set(&self, hash: KeyHash, slot: Change<Box<[u8]>>, expires_at: Option<u64>) {
         let mut gens = self.gens.write();
         if let Some(t) = expires_at {
             gens.current_min_expiry = gens.current_min_expiry.min(t);
@@ -101,7 +94,7 @@ impl Overlay {
 
     /// Calls `f` with every key's newest change (current generation first, then the frozen
     /// keys it does not shadow).
-    pub(crate) fn each(&self, mut f: impl FnMut(&KeyHash, &Slot)) {
+    pub(crate) fn each(&self, mut f: impl FnMut(&KeyHash, &Change<Box<[u8]>>)) {
         let gens = self.gens.read();
         for (h, s) in &gens.current {
             f(h, s);
@@ -146,8 +139,8 @@ impl Overlay {
 mod tests {
     use super::*;
 
-    fn put(b: u8) -> Slot {
-        Slot::Put {
+    fn put(b: u8) -> Change<Box<[u8]>> {
+        Change::Put {
             record: vec![b].into(),
             response: None,
         }
@@ -165,13 +158,13 @@ mod tests {
         assert!(o.may_expire_by(50), "the frozen generation still counts");
         assert_eq!(frozen.len(), 2);
         assert!(o.freeze().is_none(), "one checkpoint at a time");
-        o.set(a, Slot::Deleted, None);
-        assert_eq!(o.with(&a, |s| s.cloned()), Some(Slot::Deleted));
+        o.set(a, Change::Delete, None);
+        assert_eq!(o.with(&a, |s| s.cloned()), Some(Change::Delete));
         assert_eq!(o.with(&b, |s| s.cloned()), Some(put(2)));
         let mut seen = Vec::new();
         o.each(|h, s| seen.push((*h, s.clone())));
         seen.sort_by_key(|(h, _)| *h);
-        assert_eq!(seen, vec![(a, Slot::Deleted), (b, put(2))]);
+        assert_eq!(seen, vec![(a, Change::Delete), (b, put(2))]);
         o.thaw();
         assert!(!o.contains(&b));
         assert!(o.contains(&a));

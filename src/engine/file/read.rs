@@ -13,9 +13,10 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 use crate::error::{Unavailable, cause};
 use crate::format::blob;
 use crate::format::record::{
-    EXPIRY, ExpiryKey, META, META_IN_FLIGHT, RECORDS, Record, SCOPE_COUNTS, State, stored_response,
+    EXPIRY, ExpiryKey, Hot, META, META_IN_FLIGHT, RECORDS, Record, SCOPE_COUNTS, State,
+    stored_response,
 };
-use crate::format::scope_count;
+use crate::format::{scope_count, tables};
 use crate::poison;
 use crate::rules::key::{KeyHash, Scope};
 use crate::rules::machine;
@@ -54,17 +55,15 @@ pub(crate) fn read_record(
     let Some(g) = records.get(&hash.0).map_err(io_error)? else {
         return Ok(None);
     };
-    let entry = match crate::format::record::Hot::decode(g.value()) {
-        Ok(hot) => txn
-            .open_table(EXPIRY)
-            .map_err(io_error)?
-            .get(ExpiryKey::new(hot.expires_at, hash))
-            .map_err(io_error)?,
+    let blob = match Hot::decode(g.value()) {
+        Ok(hot) => {
+            let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
+            tables::response(&expiry, hash, hot.expires_at, <[u8]>::to_vec).map_err(io_error)?
+        }
         // record_info reports the damage.
         Err(_) => None,
     };
-    let blob = entry.as_ref().and_then(|e| stored_response(e.value()));
-    record_info(hash, g.value(), blob, now)
+    record_info(hash, g.value(), blob.as_deref(), now)
 }
 
 /// The live records of one snapshot: see `Store::records`.
@@ -87,15 +86,13 @@ pub(crate) fn records_in(
             continue;
         }
         let response = if rec.hot.state == State::Completed {
-            let ek = ExpiryKey::new(rec.hot.expires_at, &KeyHash(*hash.value()));
-            let entry = expiry.get(ek).map_err(io_error)?;
-            let blob = entry
-                .as_ref()
-                .and_then(|g| stored_response(g.value()))
+            let hash = KeyHash(*hash.value());
+            let decoded = tables::response(&expiry, &hash, rec.hot.expires_at, blob::decode)
+                .map_err(io_error)?
                 .ok_or_else(|| Unavailable::Corrupted {
                     detail: format!("completed record {}/{} has no response", rec.scope, rec.key),
                 })?;
-            Some(blob::decode(blob).map_err(corrupted)?)
+            Some(decoded.map_err(corrupted)?)
         } else {
             None
         };
