@@ -9,7 +9,7 @@
 //! by the next open; a file that is not a store (not a redb database, or another program's
 //! redb database) is refused as `NotAnIdemstoreFile` before a table is added to it, and only a
 //! missing, empty or table-less file becomes a new store. The read-only inspector
-//! (`inspect.rs`) makes the same decisions with the same functions (`foreign_prefix`,
+//! (`inspect/`) makes the same decisions with the same functions (`foreign_prefix`,
 //! `not_a_store`, `plan_log`, `replay_log`), so it refuses what the store refuses and shows
 //! what the store would recover.
 
@@ -461,7 +461,7 @@ pub(crate) struct Replayed {
 /// Applies every intact log entry after `from` to the tables, each change a whole record state
 /// (`apply_change`, as a checkpoint writes it), stopping at the first entry that is not intact.
 /// Recovery at open runs it inside the opening transaction; the read-only inspector runs it on
-/// an in-memory copy of the pages it changes (`inspect.rs`).
+/// an in-memory copy of the pages it changes (`inspect/`).
 pub(crate) fn replay_log(
     records: &mut Table<&'static [u8; 32], RecordBytes>,
     expiry: &mut Table<ExpiryKey, ExpiryValue>,
