@@ -332,34 +332,47 @@ pub(crate) fn spawn(
     log: Option<Log>,
     scopes: Counts,
 ) -> std::io::Result<JoinHandle<()>> {
-    let cached = ResponseBudget::new(shared.config.response_cache_bytes);
-    let completed = CompletedBudget::new(shared.config.index_max_completed);
     let checkpointer = match log {
         Some(_) => Some(Checkpointer::spawn(Arc::clone(&db))?),
         None => None,
     };
-    let writer = Writer {
-        shared,
-        db,
-        rx,
-        next_token,
-        unsynced: false,
-        flush_at: None,
-        cached,
-        completed,
-        orphans: Vec::new(),
-        log,
-        last_checkpoint: Instant::now(),
-        checkpointer,
-        expire_cursor: None,
-        scopes,
-    };
+    let writer = Writer::new(shared, db, rx, next_token, log, scopes, checkpointer);
     std::thread::Builder::new()
         .name("idemstore-writer".into())
         .spawn(move || writer.run())
 }
 
 impl Writer {
+    /// A writer over `rx`; `checkpointer` is needed when there is a `log`.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        db: Arc<Database>,
+        rx: Receiver<Op>,
+        next_token: u64,
+        log: Option<Log>,
+        scopes: Counts,
+        checkpointer: Option<Checkpointer>,
+    ) -> Writer {
+        let cached = ResponseBudget::new(shared.config.response_cache_bytes);
+        let completed = CompletedBudget::new(shared.config.index_max_completed);
+        Writer {
+            shared,
+            db,
+            rx,
+            next_token,
+            unsynced: false,
+            flush_at: None,
+            cached,
+            completed,
+            orphans: Vec::new(),
+            log,
+            last_checkpoint: Instant::now(),
+            checkpointer,
+            expire_cursor: None,
+            scopes,
+        }
+    }
+
     fn run(mut self) {
         let limit = self.shared.config.batch_limit;
         let mut ops: Vec<Op> = Vec::with_capacity(limit);
@@ -387,20 +400,32 @@ impl Writer {
                     Err(_) => break,
                 },
             };
-            let mut next = Some(first);
-            while let Some(op) = next.take() {
-                if let Op::Shutdown = op {
-                    stop = true;
-                    break;
-                }
-                ops.push(op);
-                if ops.len() < limit {
-                    next = self.rx.try_recv().ok();
-                }
-            }
+            stop = self.collect(first, &mut ops);
             let batch = std::mem::replace(&mut ops, Vec::with_capacity(limit));
             self.guarded(batch, due);
         }
+        self.stop();
+    }
+
+    /// Puts `first` and what is queued behind it, up to the batch limit, into `ops`; returns
+    /// true when `Shutdown` was met (the operations before it are in `ops`).
+    fn collect(&mut self, first: Op, ops: &mut Vec<Op>) -> bool {
+        let limit = self.shared.config.batch_limit;
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            if let Op::Shutdown = op {
+                return true;
+            }
+            ops.push(op);
+            if ops.len() < limit {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        false
+    }
+
+    /// The writer's last work: releases what is left and closes the file cleanly.
+    fn stop(&mut self) {
         self.release_leftovers();
         self.close_cleanly();
     }
