@@ -136,6 +136,8 @@ pub struct Config {
     pub(crate) writer_spin: Duration,
     pub(crate) caller_spin: Duration,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Step mode (`step.rs`): no threads; set only through `idemstore::__fuzz`.
+    pub(crate) step: Option<crate::step::Checkpoints>,
 }
 
 impl Default for Config {
@@ -166,6 +168,7 @@ impl Default for Config {
             writer_spin: Duration::from_micros(50),
             caller_spin: Duration::from_micros(300),
             clock: Arc::new(SystemClock),
+            step: None,
         }
     }
 }
@@ -538,6 +541,13 @@ impl ConfigBuilder {
     /// [`ManualClock`](crate::ManualClock).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.config.clock = Arc::new(clock);
+        self
+    }
+
+    /// Step mode (`step.rs`), for the fuzz targets and tests (`idemstore::__fuzz`).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn step(mut self, checkpoints: crate::step::Checkpoints) -> Self {
+        self.config.step = Some(checkpoints);
         self
     }
 

@@ -65,6 +65,7 @@ mod scope_count;
 mod seeded;
 mod shared;
 mod stats;
+mod step;
 mod storage;
 mod store;
 mod wal;

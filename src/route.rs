@@ -13,6 +13,7 @@ use crossbeam_channel::Sender;
 use crate::memory::MemoryEngine;
 use crate::ops::Op;
 use crate::shared::Shared;
+use crate::step::Stepper;
 
 /// The way to the component that applies operations.
 #[derive(Clone)]
@@ -21,6 +22,8 @@ pub(crate) enum Route {
     Writer(Sender<Op>),
     /// The memory engine, on the caller's thread.
     Memory(Arc<MemoryEngine>),
+    /// The writer run on the caller's thread, step by step (`step.rs`).
+    Step(Arc<Stepper>),
 }
 
 /// The writer has stopped: the operation was not queued.
@@ -35,14 +38,23 @@ impl Route {
                 engine.apply(shared, op);
                 Ok(())
             }
+            Route::Step(stepper) => stepper.send(op),
         }
     }
 
     /// The memory engine, when this store has one.
     pub(crate) fn memory(&self) -> Option<&MemoryEngine> {
         match self {
-            Route::Writer(_) => None,
+            Route::Writer(_) | Route::Step(_) => None,
             Route::Memory(engine) => Some(engine),
+        }
+    }
+
+    /// The writer in step mode, when this store runs one.
+    pub(crate) fn stepper(&self) -> Option<&Stepper> {
+        match self {
+            Route::Step(stepper) => Some(stepper),
+            Route::Writer(_) | Route::Memory(_) => None,
         }
     }
 }

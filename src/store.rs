@@ -40,6 +40,7 @@ use crate::response::{self, Response};
 use crate::route::Route;
 use crate::shared::{Shared, panic_text};
 use crate::stats::{Stats, bump};
+use crate::step::Stepper;
 use crate::storage::StorageBackend;
 use crate::writer;
 
@@ -373,6 +374,17 @@ impl Store {
         let shared = Arc::new(Shared::new(config, Some(Arc::clone(&db)), opened.secret));
         crate::stats::add(&shared.counters.releases, opened.released);
         crate::stats::add(&shared.counters.log_entries_replayed, opened.replayed);
+        if let Some(checkpoints) = shared.config.step {
+            let route = crate::step::start(
+                Arc::clone(&shared),
+                db,
+                opened.next_token,
+                opened.log,
+                opened.scopes,
+                checkpoints,
+            );
+            return Store::with_threads(shared, route, None);
+        }
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = writer::spawn(
             Arc::clone(&shared),
@@ -402,10 +414,13 @@ impl Store {
                 stop_compactor: Some(stop_tx),
             }),
         };
-        // From here on, dropping `inner` shuts the writer down cleanly.
-        let compactor =
-            compactor::spawn(Arc::clone(&shared), route, stop_rx).map_err(OpenError::Spawn)?;
-        inner.threads.lock().compactor = Some(compactor);
+        // From here on, dropping `inner` shuts the writer down cleanly. In step mode the
+        // compactor runs only when asked (`compact_now`).
+        if shared.config.step.is_none() {
+            let compactor =
+                compactor::spawn(Arc::clone(&shared), route, stop_rx).map_err(OpenError::Spawn)?;
+            inner.threads.lock().compactor = Some(compactor);
+        }
         Ok(Store {
             inner: Arc::new(inner),
         })
@@ -421,6 +436,12 @@ impl Store {
     /// The configuration the store was opened with.
     pub fn config(&self) -> &Config {
         &self.inner.shared.config
+    }
+
+    /// The writer in step mode, for a store opened in it.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn stepper(&self) -> Option<&Stepper> {
+        self.inner.ops.stepper()
     }
 
     /// The memory engine, for a `Durability::Memory` store.
@@ -916,7 +937,9 @@ impl Inner {
         if let Some(c) = threads.compactor.take() {
             let _ = c.join();
         }
-        let Some(writer) = threads.writer.take() else {
+        let writer = threads.writer.take();
+        // In step mode the writer runs on this thread: the flush and the shutdown below run it.
+        if writer.is_none() && !self.ops.stepper().is_some_and(Stepper::running) {
             // The memory engine: nothing to drain or make durable; once closed, wait for the
             // calls already inside it, so none succeeds after `close` returns.
             self.shared.mark_closed();
@@ -924,7 +947,7 @@ impl Inner {
                 engine.close();
             }
             return self.shared.check_poison();
-        };
+        }
         let flushed = match self.shared.check_poison() {
             Err(e) => Err(e),
             Ok(()) => {
@@ -936,9 +959,9 @@ impl Inner {
             }
         };
         let _ = self.ops.send(&self.shared, Op::Shutdown);
-        let joined = writer.join();
+        let joined = writer.is_none_or(|w| w.join().is_ok());
         self.shared.mark_closed();
-        if joined.is_err() {
+        if !joined {
             return Err(self.shared.poisoned_error());
         }
         // The writer's last commit (the clean-shutdown mark) may have failed after the flush.

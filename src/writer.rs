@@ -342,6 +342,17 @@ pub(crate) fn spawn(
         .spawn(move || writer.run())
 }
 
+/// What one turn of the writer did (step mode, `step.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// Nothing was queued or due.
+    Idle,
+    /// A batch ran.
+    Ran,
+    /// `Shutdown` was met: the writer has made everything durable and closed.
+    Stopped,
+}
+
 impl Writer {
     /// A writer over `rx`; `checkpointer` is needed when there is a `log`.
     pub(crate) fn new(
@@ -428,6 +439,40 @@ impl Writer {
     fn stop(&mut self) {
         self.release_leftovers();
         self.close_cleanly();
+    }
+
+    /// One turn of [`run`](Writer::run) on the caller's thread, without waiting for an
+    /// operation (step mode, `step.rs`): the batch `run` would take next, if anything is
+    /// queued or a buffered store's deadline has passed.
+    pub(crate) fn step(&mut self) -> Turn {
+        let due = self.flush_at.is_some_and(|at| Instant::now() >= at);
+        if !self.orphans.is_empty() {
+            let releases = self.orphan_releases();
+            self.guarded(releases, due);
+            return Turn::Ran;
+        }
+        let first = match self.rx.try_recv() {
+            Ok(op) => op,
+            Err(_) if due => {
+                self.guarded(Vec::new(), true);
+                return Turn::Ran;
+            }
+            Err(_) => return Turn::Idle,
+        };
+        let mut ops = Vec::new();
+        let stop = self.collect(first, &mut ops);
+        self.guarded(ops, due);
+        if stop {
+            self.stop();
+            return Turn::Stopped;
+        }
+        Turn::Ran
+    }
+
+    /// The checkpointer, for a step that runs a held checkpoint (step mode).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn checkpointer(&mut self) -> Option<&mut Checkpointer> {
+        self.checkpointer.as_mut()
     }
 
     /// Waits for the next operation, polling for a short while before parking: at low
