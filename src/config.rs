@@ -11,6 +11,18 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 
+/// When a checkpoint handed over by the writer runs, in step mode (`engine/file/step.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
+pub(crate) enum Checkpoints {
+    /// At once, where the writer hands it to the checkpoint thread: a checkpoint thread that
+    /// is never behind.
+    AtHandOff,
+    /// When the test runs it, or when the writer must wait for it: a checkpoint thread that is
+    /// as slow as it may be.
+    Held,
+}
+
 /// The smallest write-ahead log: a few entries of the largest batch must fit.
 pub(crate) const MIN_LOG_CAPACITY: u64 = 64 << 10;
 
@@ -139,6 +151,8 @@ pub struct Config {
     pub(crate) writer_spin: Duration,
     pub(crate) caller_spin: Duration,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Step mode (`engine/file/step.rs`): no threads; set only through `idemstore::__fuzz`.
+    pub(crate) step: Option<Checkpoints>,
 }
 
 impl Default for Config {
@@ -169,6 +183,7 @@ impl Default for Config {
             writer_spin: Duration::from_micros(50),
             caller_spin: Duration::from_micros(300),
             clock: Arc::new(SystemClock),
+            step: None,
         }
     }
 }
@@ -542,6 +557,13 @@ impl ConfigBuilder {
     /// [`ManualClock`](crate::ManualClock).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.config.clock = Arc::new(clock);
+        self
+    }
+
+    /// Step mode (`engine/file/step.rs`), for the fuzz targets and tests (`idemstore::__fuzz`).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn step(mut self, checkpoints: Checkpoints) -> Self {
+        self.config.step = Some(checkpoints);
         self
     }
 

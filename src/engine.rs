@@ -119,6 +119,13 @@ pub(crate) trait Engine: Send + Sync {
     fn closing_on_own_thread(&self) -> bool {
         false
     }
+
+    /// Step mode (fuzz targets and tests): runs the checkpoint the writer handed over and
+    /// nobody ran yet; whether there was one.
+    #[cfg(feature = "fuzzing")]
+    fn run_held_checkpoint(&self) -> bool {
+        false
+    }
 }
 
 /// The answer to an operation: decided already, or to come from the engine's own thread.

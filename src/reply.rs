@@ -4,14 +4,16 @@
 //! Why: every operation that waits on disk has a blocking and an async form, and neither may
 //! tie up a thread per waiting call beyond the caller's own: a blocking caller parks on a
 //! condition variable, an async caller leaves a waker, and the writer wakes whichever is there.
-//! No async runtime is involved. Invariants: a receiver always ends, either with the value or,
-//! if the sender was dropped without sending (the writer stopped or panicked), with `Closed`;
-//! a value is either taken by the receiver or handed back to the sender (when the receiver was
-//! abandoned first), never silently lost, because both sides decide under the slot's lock.
+//! No async runtime is involved. In step mode (`engine/file/step.rs`) there is no writer thread: the slot
+//! knows the writer, and the waiting caller runs its turns until the reply is in. Invariants: a
+//! receiver always ends, either with the value or, if the sender was dropped without sending
+//! (the writer stopped or panicked), with `Closed`; a value is either taken by the receiver or
+//! handed back to the sender (when the receiver was abandoned first), never silently lost,
+//! because both sides decide under the slot's lock.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,6 +30,12 @@ static WAITING: AtomicUsize = AtomicUsize::new(0);
 /// While there are any, the executor has other waiting work, and a poll does not watch.
 static PARKED: AtomicUsize = AtomicUsize::new(0);
 
+/// A writer that runs on the threads waiting for its answers (step mode, `engine/file/step.rs`).
+pub(crate) trait Drive: Send + Sync {
+    /// Runs one turn of the writer; false when it had nothing to do.
+    fn turn(&self) -> bool;
+}
+
 struct Slot<T> {
     state: Mutex<SlotState<T>>,
     ready: Condvar,
@@ -35,6 +43,8 @@ struct Slot<T> {
     done: AtomicBool,
     /// How long a blocking receiver waiting alone watches `done` before it parks.
     spin: Duration,
+    /// Step mode: the writer the receiver runs until the reply is in.
+    driver: OnceLock<Weak<dyn Drive>>,
 }
 
 struct SlotState<T> {
@@ -82,6 +92,7 @@ pub(crate) fn spinning_channel<T>(spin: Duration) -> (Sender<T>, Receiver<T>) {
         ready: Condvar::new(),
         done: AtomicBool::new(false),
         spin,
+        driver: OnceLock::new(),
     });
     (
         Sender(Some(slot.clone())),
@@ -98,6 +109,13 @@ impl<T> Sender<T> {
         self.0
             .as_ref()
             .is_some_and(|slot| slot.state.lock().abandoned)
+    }
+
+    /// Step mode: the receiver runs `driver` until the reply is in.
+    pub(crate) fn drive_with(&self, driver: Weak<dyn Drive>) {
+        if let Some(slot) = &self.0 {
+            let _ = slot.driver.set(driver);
+        }
     }
 
     /// Delivers `value`, or hands it back if the receiver was abandoned.
@@ -144,6 +162,7 @@ impl<T> Receiver<T> {
     /// Blocks the calling thread until the reply arrives, watching first when it waits alone
     /// (`watch_if_alone`).
     pub(crate) fn wait(self) -> Result<T, Closed> {
+        self.drive();
         self.watch_if_alone();
         let mut st = self.slot.state.lock();
         while !st.closed {
@@ -176,6 +195,17 @@ impl<T> Receiver<T> {
 }
 
 impl<T> Receiver<T> {
+    /// Step mode: runs the writer's turns until the reply is in or it has nothing left to do.
+    fn drive(&self) {
+        let Some(driver) = self.slot.driver.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let mut more = true;
+        while more && !self.slot.done.load(Ordering::Acquire) {
+            more = driver.turn();
+        }
+    }
+
     /// Gives up on the reply: returns it if it already arrived; otherwise runs `not_yet` (under
     /// the slot's lock, so no `send` can slip in between) and a later `send` will get its value
     /// back.
@@ -194,6 +224,7 @@ impl<T> Future for Receiver<T> {
     type Output = Result<T, Closed>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.drive();
         if !self.parked {
             // The first poll: a task waiting alone watches before it leaves its waker, as a
             // blocking caller does, so that a lone caller's worker is not parked and woken

@@ -31,6 +31,8 @@ mod model;
 mod poison;
 mod policy;
 mod recovery;
+#[cfg(feature = "fuzzing")]
+mod step;
 mod storm;
 mod wal;
 

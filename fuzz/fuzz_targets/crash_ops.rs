@@ -11,16 +11,24 @@
 //! holds a response the test never gave it; fencing tokens stay above every token handed out;
 //! the recovered store completes a new key and closes. tests/crash.rs runs a fuller model of
 //! the same workload from seeds; this target lets coverage steer the choices.
+//!
+//! Every store runs in step mode (`idemstore::__fuzz::step_mode`): no thread, the writer's
+//! batches and the checkpoints on this thread, so an input gives one schedule, which the input
+//! also chooses: checkpoints run where the writer hands them over, or (bit 3 of the first byte,
+//! with the log) wait until an operation of the input runs them or the writer needs them. Each
+//! case keeps a digest of what it observed; with `IDEMSTORE_FUZZ_TWICE` set in the environment,
+//! every input runs twice and the two digests must agree.
 #![no_main]
 
 use std::time::Duration;
 
+use idemstore::__fuzz::{StepCheckpoints, run_checkpoint, step_mode};
 use idemstore::{
     Begin, Completion, Config, Fingerprint, Key, ManualClock, Reservation, Response, Scope, State,
     Store,
 };
 use idemstore_fuzz::sim_disk::{Mode, Rng, SimDisk};
-use idemstore_fuzz::{Src, guarded};
+use idemstore_fuzz::{Src, Trace, guarded, ready, twice};
 use libfuzzer_sys::fuzz_target;
 
 const T0: u64 = 1_767_225_600_000;
@@ -30,8 +38,8 @@ const MAX_OPS: usize = 48;
 /// The smallest log, so a workload of a few kilobytes wraps it and checkpoints.
 const LOG_CAPACITY: u64 = 64 << 10;
 
-fn config(clock: &ManualClock) -> Config {
-    Config::builder()
+fn config(clock: &ManualClock, checkpoints: StepCheckpoints) -> Config {
+    step_mode(Config::builder(), checkpoints)
         .clock(clock.clone())
         .log_capacity(LOG_CAPACITY)
         // Checkpoints by log volume only, so a case does not depend on the machine's speed.
@@ -91,6 +99,8 @@ impl Disks {
 struct Case {
     /// The store acknowledges through the write-ahead log.
     wal: bool,
+    /// When the checkpoints handed over by the writer run.
+    checkpoints: StepCheckpoints,
     /// Padding added to response bodies, at most, so the log fills up and wraps.
     pad_max: usize,
     clock: ManualClock,
@@ -99,12 +109,15 @@ struct Case {
     held: Vec<(usize, Reservation)>,
     max_token: u64,
     attempt: u64,
+    /// What the case saw, for the check that an input gives one behaviour.
+    trace: Trace,
 }
 
 impl Case {
-    fn new(wal: bool, pad_max: usize) -> Case {
+    fn new(wal: bool, checkpoints: StepCheckpoints, pad_max: usize) -> Case {
         Case {
             wal,
+            checkpoints,
             pad_max,
             clock: ManualClock::new(T0),
             scope: Scope::new("acct").unwrap(),
@@ -119,14 +132,16 @@ impl Case {
             held: Vec::new(),
             max_token: 0,
             attempt: 0,
+            trace: Trace::default(),
         }
     }
 
     fn open(&self, disks: &Disks) -> Result<Store, idemstore::OpenError> {
+        let config = config(&self.clock, self.checkpoints);
         if self.wal {
-            Store::open_with_backends(disks.db.clone(), disks.log.clone(), config(&self.clock))
+            Store::open_with_backends(disks.db.clone(), disks.log.clone(), config)
         } else {
-            Store::open_with_backend(disks.db.clone(), config(&self.clock))
+            Store::open_with_backend(disks.db.clone(), config)
         }
     }
 
@@ -168,6 +183,10 @@ impl Case {
                 _ => {
                     self.clock
                         .advance(Duration::from_millis(u64::from(src.u16()) * 16));
+                    // A held checkpoint finishes now, if the input says so.
+                    if self.wal && self.checkpoints == StepCheckpoints::Held && src.flag() {
+                        self.trace.note(u64::from(run_checkpoint(store)));
+                    }
                     true
                 }
             };
@@ -175,12 +194,27 @@ impl Case {
                 ok || disk.is_dead(),
                 "an operation failed with the power on: op {op}, {failure:?}"
             );
+            self.trace.note(u64::from(op));
+            self.trace.note(u64::from(ok));
+            self.trace.note(disk.mutations());
+            let stats = store.stats();
+            self.trace.note(stats.commits);
+            self.trace.note(stats.checkpoints);
+            self.trace.note(stats.log_syncs);
         }
     }
 
     fn begin(&mut self, store: &Store, k: usize, failure: &mut Option<String>) -> bool {
         let km = &self.keys[k];
-        match store.begin(&self.scope, &km.key, &km.fp) {
+        let got = store.begin(&self.scope, &km.key, &km.fp);
+        self.trace.note(match &got {
+            Ok(Begin::Execute(r)) => r.token(),
+            Ok(Begin::Replay(_)) => 1,
+            Ok(Begin::InProgress { .. }) => 2,
+            Ok(Begin::Conflict) => 3,
+            Err(_) => 4,
+        });
+        match got {
             Ok(Begin::Execute(r)) => {
                 assert!(
                     !matches!(km.acked, Acked::Stored(_)),
@@ -234,7 +268,14 @@ impl Case {
         if kept {
             self.keys[k].given.push(response.clone());
         }
-        match r.complete(response.clone()) {
+        let done = r.complete(response.clone());
+        self.trace.note(match &done {
+            Ok(Completion::Stored) => 1,
+            Ok(_) => 2,
+            Err(idemstore::CompleteError::Unavailable(_)) => 3,
+            Err(_) => 4,
+        });
+        match done {
             Ok(Completion::Stored) => {
                 assert!(kept, "k{k}: stored a status the policy does not keep");
                 assert!(
@@ -253,7 +294,12 @@ impl Case {
 
     fn purge(&mut self, store: &Store, k: usize) -> bool {
         let km = &mut self.keys[k];
-        match store.purge(&self.scope, &km.key) {
+        let purged = store.purge(&self.scope, &km.key);
+        self.trace.note(match &purged {
+            Ok(existed) => u64::from(*existed),
+            Err(_) => 2,
+        });
+        match purged {
             Ok(_) => {
                 km.acked = Acked::Nothing;
                 km.given.clear();
@@ -269,13 +315,19 @@ impl Case {
     }
 
     /// Opens the image and checks it against the model.
-    fn verify(&self, images: (Vec<u8>, Vec<u8>)) {
+    fn verify(&mut self, images: (Vec<u8>, Vec<u8>)) {
         let store = self
             .open(&Disks::from_images(images))
             .unwrap_or_else(|e| panic!("the image after a crash does not open (C11): {e}"));
+        let mut found = Vec::new();
         for (k, km) in self.keys.iter().enumerate() {
             let info = store.get(&self.scope, &km.key).unwrap();
             let stored = info.as_ref().and_then(|i| i.response.clone());
+            self.trace.note(match &info {
+                None => 0,
+                Some(i) if i.state == State::InFlight => 1,
+                Some(_) => 2,
+            });
             if let Some(info) = &info {
                 assert_eq!(info.fingerprint, km.fp, "k{k}: record of another request");
                 if info.state == State::Completed {
@@ -299,9 +351,23 @@ impl Case {
                 }
                 Acked::Nothing => {}
             }
-            match store.begin(&self.scope, &km.key, &km.fp).unwrap() {
+            found.push((info.map(|i| i.state), stored));
+        }
+        // The retries of the model's keys and a new key, in one batch of the writer (futures,
+        // each ready at its first poll in step mode).
+        let fresh = Key::new("after-crash").unwrap();
+        let fp = Fingerprint::of_bytes(b"after");
+        let begins: Vec<_> = self
+            .keys
+            .iter()
+            .map(|km| store.begin_async(&self.scope, &km.key, &km.fp))
+            .collect();
+        let first = store.begin_async(&self.scope, &fresh, &fp);
+        for (k, (begun, (state, stored))) in begins.into_iter().zip(found).enumerate() {
+            match ready(begun).unwrap() {
                 Begin::Replay(got) => assert_eq!(Some(got), stored, "k{k}: retry differs from get"),
                 Begin::Execute(r) => {
+                    self.trace.note(r.token());
                     assert!(stored.is_none(), "k{k}: a completed key executed");
                     assert!(
                         r.token() > self.max_token,
@@ -310,16 +376,14 @@ impl Case {
                 }
                 Begin::InProgress { .. } => {
                     assert!(
-                        info.is_some_and(|i| i.state == State::InFlight),
+                        state == Some(State::InFlight),
                         "k{k}: in progress without an in-flight record"
                     );
                 }
                 other => panic!("k{k}: unexpected {other:?}"),
             }
         }
-        let fresh = Key::new("after-crash").unwrap();
-        let fp = Fingerprint::of_bytes(b"after");
-        let Begin::Execute(r) = store.begin(&self.scope, &fresh, &fp).unwrap() else {
+        let Begin::Execute(r) = ready(first).unwrap() else {
             panic!("a new key after the crash did not execute");
         };
         let response = Response::new(201, [("a", "b")], "after");
@@ -334,47 +398,55 @@ impl Case {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
-    guarded(|| {
-        let mut src = Src(data);
-        let how = src.byte();
-        // Most cases acknowledge through the log, as the default configuration does.
-        let wal = how & 3 != 0;
-        let pad_max = if how & 4 != 0 { 3000 } else { 0 };
-        let arm = u64::from(src.u16() % if wal { 192 } else { 512 }) + 1;
-        let torn = src.flag();
-        let crash_in_recovery = src.below(4) == 0;
-        let rearm = u64::from(src.below(128)) + 1;
-        let mut rng = Rng::new(src.u64());
-        let mode = if torn { Mode::Torn } else { Mode::Subset };
+/// Runs one input; returns the digest of what it observed.
+fn run(data: &[u8]) -> u64 {
+    let mut src = Src(data);
+    let how = src.byte();
+    // Most cases acknowledge through the log, as the default configuration does.
+    let wal = how & 3 != 0;
+    let checkpoints = if how & 8 != 0 {
+        StepCheckpoints::Held
+    } else {
+        StepCheckpoints::AtHandOff
+    };
+    let pad_max = if how & 4 != 0 { 3000 } else { 0 };
+    let arm = u64::from(src.u16() % if wal { 192 } else { 512 }) + 1;
+    let torn = src.flag();
+    let crash_in_recovery = src.below(4) == 0;
+    let rearm = u64::from(src.below(128)) + 1;
+    let mut rng = Rng::new(src.u64());
+    let mode = if torn { Mode::Torn } else { Mode::Subset };
 
-        let mut case = Case::new(wal, pad_max);
-        let disks = Disks::new();
-        let store = case.open(&disks).unwrap();
-        disks.db.arm(arm);
-        case.workload(&store, &disks.db, &mut src);
-        // The process dies with the power, or stops here if the power held.
-        case.held.clear();
-        let _ = store.close();
-        let mut images = disks.crash_images(&mut rng, mode);
+    let mut case = Case::new(wal, checkpoints, pad_max);
+    let disks = Disks::new();
+    let store = case.open(&disks).unwrap();
+    disks.db.arm(arm);
+    case.workload(&store, &disks.db, &mut src);
+    // The process dies with the power, or stops here if the power held.
+    case.held.clear();
+    let _ = store.close();
+    let mut images = disks.crash_images(&mut rng, mode);
 
-        if crash_in_recovery {
-            let disks = Disks::from_images(images);
-            disks.db.arm(rearm);
-            if let Ok(store) = case.open(&disks) {
-                // A key outside the model, so the model stays as it was.
-                let probe = Key::new("probe").unwrap();
-                let fp = Fingerprint::of_bytes(b"probe");
-                if let Ok(Begin::Execute(r)) = store.begin(&case.scope, &probe, &fp) {
-                    case.max_token = case.max_token.max(r.token());
-                    let _ = r.complete(Response::new(200, [("p", "1")], "probe"));
-                }
-                let _ = store.close();
-            } else {
-                assert!(disks.db.is_dead(), "recovery failed with the power on");
+    if crash_in_recovery {
+        let disks = Disks::from_images(images);
+        disks.db.arm(rearm);
+        if let Ok(store) = case.open(&disks) {
+            // A key outside the model, so the model stays as it was.
+            let probe = Key::new("probe").unwrap();
+            let fp = Fingerprint::of_bytes(b"probe");
+            if let Ok(Begin::Execute(r)) = store.begin(&case.scope, &probe, &fp) {
+                case.max_token = case.max_token.max(r.token());
+                let _ = r.complete(Response::new(200, [("p", "1")], "probe"));
             }
-            images = disks.crash_images(&mut rng, mode);
+            let _ = store.close();
+        } else {
+            assert!(disks.db.is_dead(), "recovery failed with the power on");
         }
-        case.verify(images);
-    });
-});
+        images = disks.crash_images(&mut rng, mode);
+    }
+    case.trace.note(disks.db.mutations());
+    case.verify(images);
+    case.trace.digest()
+}
+
+fuzz_target!(|data: &[u8]| guarded(|| twice(data, run)));

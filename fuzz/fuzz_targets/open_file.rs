@@ -9,21 +9,27 @@
 //! every known key with a value and accept a new completion. With `verify_on_open`, a store
 //! that opens must never replay a response other than the one stored for that key: damage is
 //! refused or rolled back, never served.
+//!
+//! Every store runs in step mode (`idemstore::__fuzz::step_mode`): no thread, the writer's
+//! batches and the checkpoints on this thread, so an input gives one behaviour. With
+//! `IDEMSTORE_FUZZ_TWICE` set in the environment, every input runs twice and the digests of
+//! what the two runs observed must agree.
 #![no_main]
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use idemstore::__fuzz::{StepCheckpoints, step_mode};
 use idemstore::{Begin, Config, Fingerprint, Key, ManualClock, Response, Scope, Store};
 use idemstore_fuzz::sim_disk::{Mode, SimDisk};
-use idemstore_fuzz::{Src, guarded};
+use idemstore_fuzz::{Src, Trace, guarded, ready, twice};
 use libfuzzer_sys::fuzz_target;
 
 const T0: u64 = 1_767_225_600_000;
 const KEYS: usize = 24;
 
 fn config(verify: bool) -> Config {
-    Config::builder()
+    step_mode(Config::builder(), StepCheckpoints::AtHandOff)
         .clock(ManualClock::new(T0))
         .log_capacity(64 << 10)
         .checkpoint_interval(Duration::from_secs(3600))
@@ -32,10 +38,6 @@ fn config(verify: bool) -> Config {
         .index_capacity(64)
         .verify_on_open(verify)
         .page_cache_bytes(1 << 20)
-        // No polling before parking: the fuzzer's one thread gains nothing from a spinning
-        // caller, and the yields took a fifth of each run (about 25% more runs a second).
-        .caller_spin(Duration::ZERO)
-        .writer_spin(Duration::ZERO)
         .build()
         .unwrap()
 }
@@ -151,8 +153,9 @@ fn damage(image: &mut Vec<u8>, src: &mut Src) {
 }
 
 /// Opens `image` (with `log` as its write-ahead log, if any); `check` says whether a response
-/// read must be the base file's.
-fn exercise(image: Vec<u8>, log: Option<Vec<u8>>, verify: bool, check: bool) {
+/// read must be the base file's. Returns the digest of what it observed.
+fn exercise(image: Vec<u8>, log: Option<Vec<u8>>, verify: bool, check: bool) -> u64 {
+    let mut trace = Trace::default();
     let db = SimDisk::from_image(image);
     let opened = match log {
         Some(log) => {
@@ -162,11 +165,18 @@ fn exercise(image: Vec<u8>, log: Option<Vec<u8>>, verify: bool, check: bool) {
         None => Store::open_with_backend(db, config(verify)),
     };
     let Ok(store) = opened else {
-        return;
+        return trace.digest();
     };
+    trace.note(1);
     let s = scope();
     for i in 0..KEYS {
-        if let Ok(Some(info)) = store.get(&s, &key(i))
+        let got = store.get(&s, &key(i));
+        trace.note(match &got {
+            Ok(None) => 0,
+            Ok(Some(info)) => 1 + u64::from(info.response.is_some()),
+            Err(_) => 3,
+        });
+        if let Ok(Some(info)) = got
             && check
             && let Some(got) = &info.response
         {
@@ -176,8 +186,28 @@ fn exercise(image: Vec<u8>, log: Option<Vec<u8>>, verify: bool, check: bool) {
                 "k{i}: a damaged file served a wrong response"
             );
         }
-        match store.begin(&s, &key(i), &fp(i)) {
-            Ok(Begin::Replay(got)) if check => {
+    }
+    // Every begin in one batch of the writer, then every completion in another (futures, each
+    // ready at its first poll in step mode): the answers are checked one by one as they would
+    // be one call at a time, for two commits instead of two a key.
+    let keys: Vec<usize> = (0..KEYS).chain([1000]).collect();
+    let requests: Vec<(Key, Fingerprint)> = keys.iter().map(|&i| (key(i), fp(i))).collect();
+    let begins: Vec<_> = requests
+        .iter()
+        .map(|(k, f)| store.begin_async(&s, k, f))
+        .collect();
+    let mut completions = Vec::new();
+    for (&i, begun) in keys.iter().zip(begins) {
+        let begun = ready(begun);
+        trace.note(match &begun {
+            Ok(Begin::Execute(r)) => r.token(),
+            Ok(Begin::Replay(_)) => 1,
+            Ok(Begin::InProgress { .. }) => 2,
+            Ok(Begin::Conflict) => 3,
+            Err(_) => 4,
+        });
+        match begun {
+            Ok(Begin::Replay(got)) if check && i < KEYS => {
                 assert_eq!(
                     Some(&got),
                     response(i).as_ref(),
@@ -185,56 +215,58 @@ fn exercise(image: Vec<u8>, log: Option<Vec<u8>>, verify: bool, check: bool) {
                 );
             }
             Ok(Begin::Execute(r)) => {
-                let _ = r.complete(Response::new(201, [("a", "b")], "after"));
+                let body = if i < KEYS { "after" } else { "new" };
+                completions.push(r.complete_async(Response::new(201, [("a", "b")], body)));
             }
             _ => {}
         }
     }
-    if let Ok(Begin::Execute(r)) = store.begin(&s, &key(1000), &fp(1000)) {
-        let _ = r.complete(Response::new(201, [("a", "b")], "new"));
+    for done in completions {
+        trace.note(u64::from(ready(done).is_ok()));
     }
-    let _ = store.close();
+    trace.note(u64::from(store.close().is_ok()));
+    trace.digest()
 }
 
-fuzz_target!(|data: &[u8]| {
-    guarded(|| {
-        let mut src = Src(data);
-        let how = src.byte();
-        let verify = how & 0x10 != 0;
-        let bases = bases();
-        match how & 3 {
-            // Arbitrary bytes may form a valid file holding any response.
-            0 => exercise(src.0.to_vec(), None, verify, false),
-            3 => {
-                let (mut db, mut log) = bases.logged.clone();
-                if how & 0x40 != 0 {
-                    // Arbitrary bytes as the log: an error or a store, whatever they hold.
-                    exercise(db, Some(src.0.to_vec()), verify, false);
-                    return;
-                }
-                let damaged = !src.is_empty();
-                let damage_db = how & 0x20 != 0;
-                if damaged {
-                    damage(if damage_db { &mut db } else { &mut log }, &mut src);
-                }
-                // The log's entries are checksummed: damage there is never served.
-                exercise(db, Some(log), verify, verify || !damaged || !damage_db);
+/// Runs one input; returns the digest of what it observed.
+fn run(data: &[u8]) -> u64 {
+    let mut src = Src(data);
+    let how = src.byte();
+    let verify = how & 0x10 != 0;
+    let bases = bases();
+    match how & 3 {
+        // Arbitrary bytes may form a valid file holding any response.
+        0 => exercise(src.0.to_vec(), None, verify, false),
+        3 => {
+            let (mut db, mut log) = bases.logged.clone();
+            if how & 0x40 != 0 {
+                // Arbitrary bytes as the log: an error or a store, whatever they hold.
+                return exercise(db, Some(src.0.to_vec()), verify, false);
             }
-            base => {
-                let mut image = if base == 1 {
-                    bases.clean.clone()
-                } else {
-                    bases.crashed.clone()
-                };
-                let damaged = !src.is_empty();
-                if damaged {
-                    damage(&mut image, &mut src);
-                }
-                // A damaged file without verification is opened on the device alone or, with
-                // bit 0x40 of the first byte, the default way, with a new log.
-                let log = (damaged && !verify && how & 0x40 != 0).then(Vec::new);
-                exercise(image, log, verify, verify || !damaged);
+            let damaged = !src.is_empty();
+            let damage_db = how & 0x20 != 0;
+            if damaged {
+                damage(if damage_db { &mut db } else { &mut log }, &mut src);
             }
+            // The log's entries are checksummed: damage there is never served.
+            exercise(db, Some(log), verify, verify || !damaged || !damage_db)
         }
-    });
-});
+        base => {
+            let mut image = if base == 1 {
+                bases.clean.clone()
+            } else {
+                bases.crashed.clone()
+            };
+            let damaged = !src.is_empty();
+            if damaged {
+                damage(&mut image, &mut src);
+            }
+            // A damaged file without verification is opened on the device alone or, with
+            // bit 0x40 of the first byte, the default way, with a new log.
+            let log = (damaged && !verify && how & 0x40 != 0).then(Vec::new);
+            exercise(image, log, verify, verify || !damaged)
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| guarded(|| twice(data, run)));

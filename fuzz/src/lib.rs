@@ -1,6 +1,7 @@
 //! What the fuzz targets share: the simulated disk of the crash tests (the same file, so both
-//! exercise one model of power loss), a byte source that turns fuzz input into choices, and a
-//! panic guard.
+//! exercise one model of power loss), a byte source that turns fuzz input into choices, a
+//! panic guard, and a digest of what an execution observed, with the check that running an
+//! input twice observes the same.
 //!
 //! The guard exists because libfuzzer-sys aborts on every panic, even one that is caught. The
 //! store catches a storage-engine panic on a damaged file and reports `OpenError::Corrupted`
@@ -10,7 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Mutex, Once};
+use std::sync::{Mutex, Once, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 #[path = "../../tests/sim_disk.rs"]
 pub mod sim_disk;
@@ -36,6 +38,53 @@ pub fn guarded(f: impl FnOnce()) {
             text.unwrap_or_default()
         );
         std::process::abort();
+    }
+}
+
+/// A digest of what an execution observed (answers, tokens, I/O counts), to check that an
+/// input gives one behaviour.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Trace(u64);
+
+impl Trace {
+    pub fn note(&mut self, value: u64) {
+        // splitmix64's finaliser over the running state and the value.
+        let mut z = (self.0 ^ value).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        self.0 = z ^ (z >> 31);
+    }
+
+    pub fn digest(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Runs `run` on `data`. With `IDEMSTORE_FUZZ_TWICE` set in the environment, runs it twice and
+/// panics (a finding) if the two digests differ: the execution depended on something other
+/// than its input.
+pub fn twice(data: &[u8], run: impl Fn(&[u8]) -> u64) {
+    static TWICE: OnceLock<bool> = OnceLock::new();
+    let first = run(data);
+    if *TWICE.get_or_init(|| std::env::var_os("IDEMSTORE_FUZZ_TWICE").is_some()) {
+        let second = run(data);
+        assert_eq!(
+            first, second,
+            "the same input observed two behaviours: {first:#x} then {second:#x}"
+        );
+    }
+}
+
+/// The output of `future`, from a store in step mode: its first poll runs the writer until the
+/// answer is in, so a future still pending after it is a finding.
+pub fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("a store in step mode left a future pending after its poll"),
     }
 }
 

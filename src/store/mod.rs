@@ -172,9 +172,12 @@ impl Store {
             engine: Arc::clone(&engine),
             compactor: Mutex::new(Compactor::default()),
         };
-        // From here on, dropping `inner` closes the engine cleanly.
-        let compactor = Compactor::spawn(shared, engine).map_err(OpenError::Spawn)?;
-        *inner.compactor.lock() = compactor;
+        // From here on, dropping `inner` closes the engine cleanly. In step mode (fuzz targets
+        // and tests) the compactor runs only when asked (`compact_now`).
+        if shared.config.step.is_none() {
+            let compactor = Compactor::spawn(shared, engine).map_err(OpenError::Spawn)?;
+            *inner.compactor.lock() = compactor;
+        }
         Ok(Store {
             inner: Arc::new(inner),
         })
@@ -185,6 +188,12 @@ impl Store {
     #[cfg(feature = "http")]
     pub(crate) fn secret(&self) -> &[u8; 32] {
         &self.inner.shared.secret
+    }
+
+    /// Step mode: runs the checkpoint the writer handed over, if one waits (`__fuzz`).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn run_held_checkpoint(&self) -> bool {
+        self.inner.engine.run_held_checkpoint()
     }
 
     /// The configuration the store was opened with.

@@ -164,6 +164,8 @@ pub(crate) struct Checkpointer {
     thread: Option<JoinHandle<()>>,
     /// A checkpoint was started and its result not collected yet.
     running: bool,
+    /// Step mode (`step.rs`): no thread; a started job is held here until a step runs it.
+    held: Option<super::step::HeldCheckpoint>,
 }
 
 impl Checkpointer {
@@ -195,7 +197,26 @@ impl Checkpointer {
             done,
             thread: Some(thread),
             running: false,
+            held: None,
         })
+    }
+
+    /// A checkpointer without a thread (step mode, `step.rs`): each job runs on the caller's
+    /// thread, when it is handed over (`at_hand_off`) or when a step or the writer asks for it.
+    pub(crate) fn stepped(db: Arc<Database>, at_hand_off: bool) -> Checkpointer {
+        let (tx, done) = bounded(1);
+        Checkpointer {
+            jobs: None,
+            done,
+            thread: None,
+            running: false,
+            held: Some(super::step::HeldCheckpoint::new(db, tx, at_hand_off)),
+        }
+    }
+
+    /// Runs the job held in step mode, if any; returns whether one ran.
+    pub(crate) fn run_held(&mut self) -> bool {
+        self.held.as_mut().is_some_and(|h| h.run())
     }
 
     /// Whether a checkpoint is running.
@@ -205,6 +226,11 @@ impl Checkpointer {
 
     /// Hands `job` to the thread; the caller checked that none is running.
     pub(crate) fn start(&mut self, job: Job) -> Result<(), Cause> {
+        if let Some(held) = self.held.as_mut() {
+            held.hold(job);
+            self.running = true;
+            return Ok(());
+        }
         let sent = self.jobs.as_ref().map(|j| j.send(ToThread::Run(job)));
         match sent {
             Some(Ok(())) => {
@@ -231,6 +257,9 @@ impl Checkpointer {
         if !self.running {
             return None;
         }
+        if block {
+            self.run_held();
+        }
         let got = if block {
             self.done.recv().map_err(|_| TryRecvError::Disconnected)
         } else {
@@ -254,6 +283,8 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
+        // As the thread would: a job handed over is carried out.
+        self.run_held();
         drop(self.jobs.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();

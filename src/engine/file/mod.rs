@@ -25,6 +25,7 @@ pub(crate) mod op;
 pub(crate) mod open;
 pub(crate) mod overlay;
 pub(crate) mod read;
+pub(crate) mod step;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -54,12 +55,15 @@ use crate::storage::StorageBackend;
 use crate::view::{CheckReport, RecordInfo};
 
 use change::Change;
+use checkpoint::Checkpointer;
 use device::FileDevice;
 use index::HotIndex;
 use op::Op;
 use open::{guard_open, init_tables, open_db};
 use overlay::Overlay;
 use read::{corrupted, guard_read, io_error, read_record, record_info};
+use step::Stepper;
+use writer::Writer;
 
 /// What the writer, the readers and the engine's handle share.
 pub(crate) struct FileState {
@@ -102,7 +106,15 @@ pub(crate) struct FileEngine {
     shared: Arc<Shared>,
     state: Arc<FileState>,
     tx: Sender<Op>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    runner: Runner,
+}
+
+/// Where the writer runs.
+enum Runner {
+    /// On its own thread; taken at close.
+    Thread(Mutex<Option<JoinHandle<()>>>),
+    /// Step mode (`step.rs`): on the threads that wait for its answers.
+    Step(Arc<Stepper>),
 }
 
 impl FileEngine {
@@ -180,21 +192,37 @@ impl FileEngine {
         crate::stats::add(&shared.counters.releases, opened.released);
         crate::stats::add(&shared.counters.log_entries_replayed, opened.replayed);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let writer = writer::spawn(
+        let step = shared.config.step;
+        let log = match opened.log {
+            Some(log) => {
+                let checkpointer = match step {
+                    Some(checkpoints) => step::checkpointer(Arc::clone(&db), checkpoints),
+                    None => Checkpointer::spawn(Arc::clone(&db)).map_err(OpenError::Spawn)?,
+                };
+                Some((log, checkpointer))
+            }
+            None => None,
+        };
+        let writer = Writer::new(
             Arc::clone(&shared),
             Arc::clone(&state),
             db,
             rx,
             opened.next_token,
-            opened.log,
+            log,
             opened.scopes,
-        )
-        .map_err(OpenError::Spawn)?;
+        );
+        let runner = match step {
+            Some(_) => Runner::Step(Stepper::new(Arc::clone(&shared), writer)),
+            None => Runner::Thread(Mutex::new(Some(
+                writer::spawn(writer).map_err(OpenError::Spawn)?,
+            ))),
+        };
         Ok(FileEngine {
             shared,
             state,
             tx,
-            writer: Mutex::new(Some(writer)),
+            runner,
         })
     }
 
@@ -205,6 +233,9 @@ impl FileEngine {
 
     /// Queues `op` for the writer; a stopped writer is the error the store's state explains.
     fn submit(&self, op: Op) -> Result<(), Unavailable> {
+        if let Runner::Step(stepper) = &self.runner {
+            stepper.prepare(&op);
+        }
         self.tx
             .send(op)
             .map_err(|_| self.shared.lost_reply(Closed::default()))
@@ -531,14 +562,28 @@ impl Engine for FileEngine {
 
     fn closing_on_own_thread(&self) -> bool {
         let current = std::thread::current().id();
-        self.writer
-            .lock()
-            .as_ref()
-            .is_some_and(|w| w.thread().id() == current)
+        match &self.runner {
+            Runner::Thread(writer) => writer
+                .lock()
+                .as_ref()
+                .is_some_and(|w| w.thread().id() == current),
+            Runner::Step(_) => false,
+        }
+    }
+
+    #[cfg(feature = "fuzzing")]
+    fn run_held_checkpoint(&self) -> bool {
+        match &self.runner {
+            Runner::Step(stepper) => stepper.run_checkpoint(),
+            Runner::Thread(_) => false,
+        }
     }
 
     fn close(&self) -> Result<(), Unavailable> {
-        let writer = self.writer.lock().take();
+        let writer = match &self.runner {
+            Runner::Thread(writer) => writer.lock().take(),
+            Runner::Step(stepper) => return self.close_stepped(stepper),
+        };
         let Some(writer) = writer else {
             return self.shared.check_poison();
         };
@@ -570,6 +615,21 @@ impl Engine for FileEngine {
 }
 
 impl FileEngine {
+    /// `close` in step mode: the flush and the shutdown run the writer on this thread.
+    fn close_stepped(&self, stepper: &Stepper) -> Result<(), Unavailable> {
+        if !stepper.running() {
+            return self.shared.check_poison();
+        }
+        let flushed = match self.shared.check_poison() {
+            Err(e) => Err(e),
+            Ok(()) => self.ask(|reply| Op::Flush { reply }),
+        };
+        let _ = self.tx.send(Op::Shutdown);
+        stepper.run_out();
+        self.mark_closed();
+        flushed.and_then(|()| self.shared.check_poison())
+    }
+
     /// Marks the store closed and lets go of the database (the writer has stopped by now).
     fn mark_closed(&self) {
         self.shared.mark_closed();

@@ -139,43 +139,58 @@ struct Logged {
 }
 
 /// Starts the writer thread.
-pub(crate) fn spawn(
-    shared: Arc<Shared>,
-    state: Arc<FileState>,
-    db: Arc<Database>,
-    rx: Receiver<Op>,
-    next_token: u64,
-    log: Option<Log>,
-    scopes: Counts,
-) -> std::io::Result<JoinHandle<()>> {
-    let cached = ResponseBudget::new(shared.config.response_cache_bytes);
-    let completed = CompletedBudget::new(shared.config.index_max_completed);
-    let logged = match log {
-        Some(log) => Some(Logged {
-            log,
-            checkpointer: Checkpointer::spawn(Arc::clone(&db))?,
-            last_checkpoint: Instant::now(),
-            expire_cursor: None,
-        }),
-        None => None,
-    };
-    let writer = Writer {
-        shared,
-        state,
-        db,
-        rx,
-        next_token,
-        unsynced: false,
-        flush_at: None,
-        cached,
-        completed,
-        orphans: Vec::new(),
-        scopes,
-        logged,
-    };
+pub(crate) fn spawn(writer: Writer) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("idemstore-writer".into())
         .spawn(move || writer.run())
+}
+
+/// What one turn of the writer did (step mode, `../step.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// Nothing was queued or due.
+    Idle,
+    /// A batch ran.
+    Ran,
+    /// `Shutdown` was met: the writer has made everything durable and closed.
+    Stopped,
+}
+
+impl Writer {
+    /// A writer over `rx`, with `checkpointer` when batches are acknowledged through `log`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        state: Arc<FileState>,
+        db: Arc<Database>,
+        rx: Receiver<Op>,
+        next_token: u64,
+        log: Option<(Log, Checkpointer)>,
+        scopes: Counts,
+    ) -> Writer {
+        let cached = ResponseBudget::new(shared.config.response_cache_bytes);
+        let completed = CompletedBudget::new(shared.config.index_max_completed);
+        let logged = log.map(|(log, checkpointer)| Logged {
+            log,
+            checkpointer,
+            last_checkpoint: Instant::now(),
+            expire_cursor: None,
+        });
+        Writer {
+            shared,
+            state,
+            db,
+            rx,
+            next_token,
+            unsynced: false,
+            flush_at: None,
+            cached,
+            completed,
+            orphans: Vec::new(),
+            scopes,
+            logged,
+        }
+    }
 }
 
 impl Writer {
@@ -206,22 +221,68 @@ impl Writer {
                     Err(_) => break,
                 },
             };
-            let mut next = Some(first);
-            while let Some(op) = next.take() {
-                if let Op::Shutdown = op {
-                    stop = true;
-                    break;
-                }
-                ops.push(op);
-                if ops.len() < limit {
-                    next = self.rx.try_recv().ok();
-                }
-            }
+            stop = self.collect(first, &mut ops);
             let batch = std::mem::replace(&mut ops, Vec::with_capacity(limit));
             self.guarded(batch, due);
         }
+        self.stop();
+    }
+
+    /// Puts `first` and what is queued behind it, up to the batch limit, into `ops`; returns
+    /// true when `Shutdown` was met (the operations before it are in `ops`).
+    fn collect(&mut self, first: Op, ops: &mut Vec<Op>) -> bool {
+        let limit = self.shared.config.batch_limit;
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            if let Op::Shutdown = op {
+                return true;
+            }
+            ops.push(op);
+            if ops.len() < limit {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        false
+    }
+
+    /// The writer's last work: releases what is left and closes the file cleanly.
+    fn stop(&mut self) {
         self.release_leftovers();
         self.close_cleanly();
+    }
+
+    /// One turn of [`run`](Writer::run) on the caller's thread, without waiting for an
+    /// operation (step mode, `../step.rs`): the batch `run` would take next, if anything is
+    /// queued or a buffered store's deadline has passed.
+    pub(crate) fn step(&mut self) -> Turn {
+        let due = self.flush_at.is_some_and(|at| Instant::now() >= at);
+        if !self.orphans.is_empty() {
+            let releases = self.orphan_releases();
+            self.guarded(releases, due);
+            return Turn::Ran;
+        }
+        let first = match self.rx.try_recv() {
+            Ok(op) => op,
+            Err(_) if due => {
+                self.guarded(Vec::new(), true);
+                return Turn::Ran;
+            }
+            Err(_) => return Turn::Idle,
+        };
+        let mut ops = Vec::new();
+        let stop = self.collect(first, &mut ops);
+        self.guarded(ops, due);
+        if stop {
+            self.stop();
+            return Turn::Stopped;
+        }
+        Turn::Ran
+    }
+
+    /// The checkpointer, for a step that runs a held checkpoint (step mode).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn checkpointer(&mut self) -> Option<&mut Checkpointer> {
+        self.logged.as_mut().map(|l| &mut l.checkpointer)
     }
 
     /// Waits for the next operation, polling for a short while before parking: at low
