@@ -4,8 +4,8 @@
 //! Why: the store's work (validation, the reservation lifecycle, the compactor's schedule) is
 //! the same whatever keeps the records; only how an operation is carried out differs. The file
 //! engine (`file/`: writer, log, overlay, checkpoint, redb) answers most calls once a batch is
-//! durable; the memory engine (`memory.rs`) answers at once on the caller's thread; an engine on
-//! a shared server would answer once the server has. Each is one implementation of this trait,
+//! durable; the memory engine (`memory.rs`) answers at once on the caller's thread; the Redis
+//! engine (`redis/`) answers once the server has run the operation's script. Each is one implementation of this trait,
 //! so the store holds one `Arc<dyn Engine>` and has no branch per engine.
 //!
 //! Invariants:
@@ -18,6 +18,8 @@
 
 pub(crate) mod file;
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 pub(crate) mod shared;
 
 use std::future::Future;

@@ -155,6 +155,18 @@ pub enum Unavailable {
         /// The cause.
         cause: Cause,
     },
+    /// The Redis engine could not reach its server before the operation's deadline, and sent
+    /// nothing: the operation was not applied. Retry later.
+    Unreachable {
+        /// The last connection error.
+        cause: Cause,
+    },
+    /// The server refused the operation before running it (out of memory under
+    /// `noeviction`, a read-only replica, a missing permission): nothing was applied.
+    Refused {
+        /// The server's answer.
+        detail: String,
+    },
 }
 
 impl fmt::Display for Unavailable {
@@ -166,11 +178,19 @@ impl fmt::Display for Unavailable {
             ),
             Unavailable::OutcomeUnknown { cause } => write!(
                 f,
-                "commit failed ({cause}); the operation may or may not have been applied, and the store is now poisoned"
+                "the operation may or may not have been applied ({cause}); a file store is now poisoned"
             ),
             Unavailable::Closed => f.write_str("store is closed"),
             Unavailable::Corrupted { detail } => write!(f, "store data is corrupted: {detail}"),
             Unavailable::Io { cause } => write!(f, "storage read failed: {cause}"),
+            Unavailable::Unreachable { cause } => write!(
+                f,
+                "the server could not be reached in time ({cause}); nothing was applied"
+            ),
+            Unavailable::Refused { detail } => write!(
+                f,
+                "the server refused the operation ({detail}); nothing was applied"
+            ),
         }
     }
 }
@@ -180,7 +200,8 @@ impl StdError for Unavailable {
         match self {
             Unavailable::Poisoned { cause }
             | Unavailable::OutcomeUnknown { cause }
-            | Unavailable::Io { cause } => Some(&**cause as &(dyn StdError + 'static)),
+            | Unavailable::Io { cause }
+            | Unavailable::Unreachable { cause } => Some(&**cause as &(dyn StdError + 'static)),
             _ => None,
         }
     }
@@ -237,6 +258,22 @@ pub enum OpenError {
         /// The cause.
         cause: Cause,
     },
+    /// The Redis engine could not reach its server, or the server did not answer in time.
+    Unreachable {
+        /// The last connection error.
+        cause: Cause,
+    },
+    /// The Redis server runs with settings under which it can lose records: an eviction
+    /// policy other than `noeviction`, no append-only file, or an `appendfsync` weaker than
+    /// the store's [`Durability`](crate::Durability) promises. The message says which and how
+    /// to fix it; `RedisOptions::trust_server_settings` skips the check (for managed services
+    /// that hide `CONFIG`).
+    UnsafeServer {
+        /// What was found.
+        detail: String,
+    },
+    /// An option of the engine is outside its range.
+    Config(ConfigError),
 }
 
 impl fmt::Display for OpenError {
@@ -268,6 +305,11 @@ impl fmt::Display for OpenError {
             OpenError::Log { detail } => write!(f, "cannot use the write-ahead log: {detail}"),
             OpenError::Spawn(e) => write!(f, "cannot start a background thread: {e}"),
             OpenError::Storage { cause } => write!(f, "storage failure while opening: {cause}"),
+            OpenError::Unreachable { cause } => write!(f, "cannot reach the server: {cause}"),
+            OpenError::UnsafeServer { detail } => {
+                write!(f, "the server could lose records: {detail}")
+            }
+            OpenError::Config(e) => write!(f, "{e}"),
         }
     }
 }
@@ -276,7 +318,10 @@ impl StdError for OpenError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             OpenError::Io(e) | OpenError::Spawn(e) => Some(e),
-            OpenError::Storage { cause } => Some(&**cause as &(dyn StdError + 'static)),
+            OpenError::Storage { cause } | OpenError::Unreachable { cause } => {
+                Some(&**cause as &(dyn StdError + 'static))
+            }
+            OpenError::Config(e) => Some(e),
             _ => None,
         }
     }

@@ -54,6 +54,8 @@ mod view;
 pub use backend::{Backend, Claim, Completion};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{CachePolicy, Config, ConfigBuilder, Durability};
+#[cfg(feature = "redis")]
+pub use engine::redis::{RedisClock, RedisOptions};
 pub use error::{
     BeginError, CompleteError, ConfigError, Error, KeyError, LeaseError, OpenError, ScopeError,
     Unavailable,

@@ -1,5 +1,6 @@
-//! The contract at the level of the `Backend` trait, so that every backend (the embedded store
-//! in each durability mode now, a shared one later) is held to the same answers.
+//! The contract at the level of the `Backend` trait, so that every engine (the file in each
+//! durability mode, memory, and with the feature `redis` a Redis server) is held to the same
+//! answers.
 
 use std::time::Duration;
 
@@ -114,4 +115,25 @@ fn conformance_buffered() {
 #[test]
 fn conformance_memory() {
     run(Durability::Memory);
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn conformance_redis() {
+    use idemstore::{RedisClock, RedisOptions};
+    let Some(server) = crate::redis_support::Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock)
+        .lease(Duration::from_secs(10))
+        .ttl(Duration::from_secs(100))
+        .cache_policy(CachePolicy::SuccessOnly)
+        .build()
+        .unwrap();
+    // The store's clock decides, so that the suite can move time.
+    let options = RedisOptions::new(server.url()).clock(RedisClock::Store);
+    let store = Store::open_redis_with(options, cfg).unwrap();
+    suite(&store, &clock);
+    assert!(store.check().unwrap().is_sound());
 }

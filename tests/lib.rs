@@ -31,6 +31,10 @@ mod model;
 mod poison;
 mod policy;
 mod recovery;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+mod redis_support;
 #[cfg(feature = "fuzzing")]
 mod step;
 mod storm;

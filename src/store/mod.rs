@@ -165,6 +165,42 @@ impl Store {
         Store::run(shared, Arc::new(engine))
     }
 
+    /// Opens a store whose records live on the Redis or Valkey server at `url`
+    /// (`redis://127.0.0.1:6379`), with the options' defaults: see
+    /// [`open_redis_with`](Store::open_redis_with).
+    #[cfg(feature = "redis")]
+    pub fn open_redis(url: &str, config: Config) -> Result<Store, OpenError> {
+        Store::open_redis_with(crate::RedisOptions::new(url), config)
+    }
+
+    /// Opens a store whose records live on a Redis or Valkey server (7.0 or later), shared by
+    /// every store opened on the same server and prefix, on this machine or another
+    /// (`docs/distributed.md`). Every rule of the contract holds across them; each operation
+    /// is one script the server runs atomically.
+    ///
+    /// The server is checked first: it must never evict keys (`maxmemory-policy noeviction`)
+    /// and must persist every write as the store's durability needs (`appendonly yes`, and
+    /// `appendfsync always` for [`Durability::Immediate`], `everysec` at least for
+    /// `Buffered`), or the open is refused with [`OpenError::UnsafeServer`].
+    /// [`Durability::Memory`] is refused with [`OpenError::Config`].
+    ///
+    /// ```no_run
+    /// use idemstore::{Config, RedisOptions, Store};
+    /// let store = Store::open_redis_with(
+    ///     RedisOptions::new("redis://127.0.0.1:6379").prefix("bookings:"),
+    ///     Config::default(),
+    /// )?;
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn open_redis_with(
+        options: crate::RedisOptions,
+        config: Config,
+    ) -> Result<Store, OpenError> {
+        let engine = crate::engine::redis::RedisEngine::open(options, config)?;
+        Store::run(Arc::clone(engine.shared()), Arc::new(engine))
+    }
+
     /// Starts the compactor beside `engine` and wraps them in a store.
     fn run(shared: Arc<Shared>, engine: Arc<dyn Engine>) -> Result<Store, OpenError> {
         let inner = Inner {

@@ -1,0 +1,492 @@
+//! The Redis engine: records on a Redis or Valkey server (7.0 or later), shared by every
+//! machine of a service.
+//!
+//! Why: an embedded file serves one process, and a service with several replicas sends a
+//! retry to whichever replica the load balancer picks. Here every decision is a Lua script
+//! (`scripts.rs`) that the server runs atomically on one key, so every replica pointed at the
+//! same server and prefix keeps one contract. The engine's own thread (`io.rs`) pipelines the
+//! calls of all callers over one connection, so neither a runtime nor a connection per call
+//! is needed.
+//!
+//! Invariants:
+//! - every state change is one script on one key; nothing is decided from a client-side read;
+//! - every mutating call carries a nonce that its script stores, so a call re-sent after a
+//!   lost reply is recognised and answered as the first was;
+//! - the store's secret lives on the server (`<prefix>meta`), written once by the first
+//!   store to open, so every machine names records alike and digests credentials alike;
+//! - an answer is given once the server has applied the call, so it is as durable as the
+//!   server's `appendfsync` makes it, which `open` checks against the store's durability.
+
+mod decode;
+mod io;
+mod open;
+mod options;
+mod record;
+mod scan;
+mod scripts;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::Instant;
+
+use ::redis::{Cmd, Value};
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use crate::backend::{Claim, Completion};
+use crate::config::{CachePolicy, Config};
+use crate::engine::{Answer, Engine, ExpireReport, Release, Shared};
+use crate::error::{BeginError, CompleteError, LeaseError, Message, OpenError, Unavailable};
+use crate::format::blob;
+use crate::poison::PoisonDart;
+use crate::reply;
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::response::Response;
+use crate::stats::{Stats, bump};
+use crate::view::{CheckReport, MAX_PROBLEMS, RecordInfo};
+
+use decode::{decode_claim, holder_refusal, unavailable, verdict};
+use io::{Call, Job, Link};
+use record::{Fields, Names, number};
+use scan::Scan;
+use scripts::Script;
+
+pub use options::{RedisClock, RedisOptions};
+
+/// The Redis engine.
+pub(crate) struct RedisEngine {
+    shared: Arc<Shared>,
+    options: RedisOptions,
+    names: Names,
+    jobs: Sender<Job>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    thread_id: ThreadId,
+    /// Nonces: a random prefix for this process, then a counter.
+    nonce_base: u128,
+    nonce_next: AtomicU64,
+}
+
+impl RedisEngine {
+    /// Connects, checks the server, loads or makes the store's secret and starts the I/O
+    /// thread.
+    pub(crate) fn open(options: RedisOptions, config: Config) -> Result<RedisEngine, OpenError> {
+        let (link, secret) = open::connect(&options, &config)?;
+        let mut base = [0u8; 16];
+        getrandom::fill(&mut base).map_err(|e| OpenError::Storage {
+            cause: Arc::new(Message(format!("no random source for nonces: {e}"))),
+        })?;
+        let shared = Arc::new(Shared::new(config, secret));
+        let (jobs, rx) = crossbeam_channel::unbounded();
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("idemstore-redis".into())
+                .spawn(move || {
+                    // A panic below poisons the store before the replies it drops are read.
+                    let _dart = PoisonDart(shared.poison_flag());
+                    io::run(rx, link);
+                })
+                .map_err(OpenError::Spawn)?
+        };
+        Ok(RedisEngine {
+            shared,
+            names: Names::new(&options.prefix, secret),
+            options,
+            jobs,
+            thread_id: thread.thread().id(),
+            thread: Mutex::new(Some(thread)),
+            nonce_base: u128::from_le_bytes(base),
+            nonce_next: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// A nonce no other call of any process uses.
+    fn nonce(&self) -> String {
+        let n = self.nonce_next.fetch_add(1, Ordering::Relaxed);
+        format!("{:032x}{n:x}", self.nonce_base)
+    }
+
+    /// The deciding time as the scripts take it: the store's clock, or empty for the
+    /// server's.
+    fn now_arg(&self) -> String {
+        match self.options.clock {
+            RedisClock::Server => String::new(),
+            RedisClock::Store => self.shared.now().to_string(),
+        }
+    }
+
+    fn grace_ms(&self) -> u64 {
+        crate::clock::millis(self.options.grace)
+    }
+
+    /// `EVAL` of `script` on the record of `hash`.
+    fn eval(&self, script: Script, hash: &KeyHash) -> Cmd {
+        let mut cmd = ::redis::cmd("EVAL");
+        cmd.arg(script.source()).arg(1).arg(self.names.record(hash));
+        cmd
+    }
+
+    /// Queues `cmd`; its reply goes to `reply`. A refusal to queue (the thread is gone) drops
+    /// `reply`, and its caller hears the store's state.
+    fn send(&self, cmd: Cmd, reply: io::Reply) {
+        let call = Call {
+            cmd,
+            deadline: Instant::now() + self.options.timeout,
+            reply,
+        };
+        let _ = self.jobs.send(Job::Call(call));
+    }
+
+    /// Queues `cmd` and answers through a reply slot what `decode` makes of its reply.
+    fn call<T, E>(
+        &self,
+        cmd: Cmd,
+        decode: impl FnOnce(&Shared, Value) -> Result<T, E> + Send + 'static,
+    ) -> Answer<T, E>
+    where
+        T: Send + 'static,
+        E: From<Unavailable> + Send + 'static,
+    {
+        if let Err(e) = self.shared.check() {
+            return Answer::Now(Err(E::from(e)));
+        }
+        let (tx, rx) = reply::channel();
+        let shared = Arc::clone(&self.shared);
+        self.send(
+            cmd,
+            Box::new(move |out| {
+                let _ = tx.send(
+                    out.map_err(unavailable)
+                        .map_err(E::from)
+                        .and_then(|v| decode(&shared, v)),
+                );
+            }),
+        );
+        Answer::later(rx, &self.shared)
+    }
+
+    /// Runs `f` on the I/O thread with the connection, after every call queued before, and
+    /// waits for its answer.
+    fn exclusive<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Link, &Scan) -> Result<T, Unavailable> + Send + 'static,
+    ) -> Result<T, Unavailable> {
+        self.shared.check()?;
+        let (tx, rx) = reply::channel();
+        let view = Scan::new(self.names.clone(), self.now_arg(), self.options.timeout);
+        let job = Job::Exclusive(Box::new(move |link| {
+            let _ = tx.send(f(link, &view));
+        }));
+        if self.jobs.send(job).is_err() {
+            return Err(self.shared.lost_reply(Default::default()));
+        }
+        rx.wait().unwrap_or_else(|c| Err(self.shared.lost_reply(c)))
+    }
+
+    fn release_cmd(&self, hash: &KeyHash, token: u64) -> Cmd {
+        let mut cmd = self.eval(Script::Release, hash);
+        cmd.arg(token).arg(self.grace_ms()).arg(self.nonce());
+        cmd
+    }
+}
+
+impl Engine for RedisEngine {
+    fn begin(
+        &self,
+        hash: KeyHash,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+    ) -> Answer<Claim, BeginError> {
+        if let Err(e) = self.shared.check() {
+            return Answer::Now(Err(e.into()));
+        }
+        let config = &self.shared.config;
+        let mut cmd = self.eval(Script::Claim, &hash);
+        cmd.arg(self.now_arg())
+            .arg(crate::clock::millis(config.lease))
+            .arg(crate::clock::millis(config.ttl))
+            .arg(self.grace_ms())
+            .arg(record::fingerprint_bytes(fp))
+            .arg(self.nonce())
+            .arg(scope.as_str())
+            .arg(key.as_str());
+        let (tx, rx) = reply::channel();
+        let shared = Arc::clone(&self.shared);
+        // A reservation whose caller went away is released, so that the key is not held
+        // without a holder until its lease runs out (C6): by the I/O thread if the answer
+        // comes after the caller left, or by the caller's drop if it came before.
+        let jobs = self.jobs.clone();
+        let release = {
+            let grace = self.grace_ms();
+            let names = self.names.clone();
+            let base = self.nonce();
+            let timeout = self.options.timeout;
+            move |token: u64| {
+                let mut cmd = ::redis::cmd("EVAL");
+                cmd.arg(Script::Release.source())
+                    .arg(1)
+                    .arg(names.record(&hash))
+                    .arg(token)
+                    .arg(grace)
+                    .arg(format!("{base}r"));
+                let call = Call {
+                    cmd,
+                    deadline: Instant::now() + timeout,
+                    reply: Box::new(|_| {}),
+                };
+                let _ = jobs.send(Job::Call(call));
+            }
+        };
+        let release = Arc::new(release);
+        let on_answer = Arc::clone(&release);
+        self.send(
+            cmd,
+            Box::new(move |out| {
+                let out = out
+                    .map_err(unavailable)
+                    .map_err(BeginError::from)
+                    .and_then(|v| decode_claim(&shared, v));
+                if let Err(Ok(Claim::Execute { token, .. })) = tx.send(out) {
+                    on_answer(token);
+                }
+            }),
+        );
+        Answer::later_or(
+            rx,
+            &self.shared,
+            Box::new(move |rx| {
+                if let Some(Ok(Claim::Execute { token, .. })) = rx.abandon(|| ()) {
+                    release(token);
+                }
+            }),
+        )
+    }
+
+    fn complete(
+        &self,
+        hash: KeyHash,
+        token: u64,
+        response: Response,
+        policy: CachePolicy,
+    ) -> Answer<Completion, CompleteError> {
+        let blob = match blob::encode(&response) {
+            Ok(blob) => blob,
+            // The store checked the response first: not reached.
+            Err(e) => {
+                self.send(self.release_cmd(&hash, token), Box::new(|_| {}));
+                return Answer::Now(Err(CompleteError::InvalidResponse {
+                    reason: e.to_string(),
+                }));
+            }
+        };
+        let keep = policy.keeps(response.status());
+        let mut cmd = self.eval(Script::Complete, &hash);
+        cmd.arg(self.now_arg())
+            .arg(token)
+            .arg(if keep { "1" } else { "0" })
+            .arg(crate::clock::millis(self.shared.config.ttl))
+            .arg(self.grace_ms())
+            .arg(self.nonce())
+            .arg(blob);
+        self.call(cmd, move |shared, v| {
+            let (first, rest) = verdict("a completion", v)?;
+            match first.as_slice() {
+                b"stored" => {
+                    bump(&shared.counters.completions);
+                    Ok(Completion::Stored)
+                }
+                b"released" => {
+                    bump(&shared.counters.releases);
+                    Ok(Completion::Released)
+                }
+                _ => match holder_refusal(shared, "a completion", &first, &rest)? {
+                    Some(current) => Err(CompleteError::Fenced { token, current }),
+                    None => Err(CompleteError::NotReserved { token }),
+                },
+            }
+        })
+    }
+
+    fn release(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError> {
+        let cmd = self.release_cmd(&hash, token);
+        let decode = move |shared: &Shared, v: Value| {
+            let (first, rest) = verdict("a release", v)?;
+            if first.as_slice() == b"ok" {
+                bump(&shared.counters.releases);
+                return Ok(());
+            }
+            match holder_refusal(shared, "a release", &first, &rest)? {
+                Some(current) => Err(LeaseError::Fenced { token, current }),
+                None => Err(LeaseError::NotReserved { token }),
+            }
+        };
+        match how {
+            Release::Answered | Release::Detached => self.call(cmd, decode),
+            Release::Forget => {
+                // Queued before this returns, so a `begin` or `get` made after it is sent
+                // after it (C6).
+                let shared = Arc::clone(&self.shared);
+                self.send(
+                    cmd,
+                    Box::new(move |out| {
+                        if let Ok(v) = out {
+                            let _ = decode(&shared, v);
+                        }
+                    }),
+                );
+                Answer::Now(Ok(()))
+            }
+        }
+    }
+
+    fn renew(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError> {
+        let mut cmd = self.eval(Script::Renew, &hash);
+        cmd.arg(self.now_arg())
+            .arg(token)
+            .arg(crate::clock::millis(self.shared.config.lease))
+            .arg(self.grace_ms());
+        self.call(cmd, move |shared, v| {
+            let (first, rest) = verdict("a renewal", v)?;
+            match (first.as_slice(), rest.as_slice()) {
+                (b"renewed", [deadline]) => Ok(number("lease deadline", deadline)?),
+                _ => match holder_refusal(shared, "a renewal", &first, &rest)? {
+                    Some(current) => Err(LeaseError::Fenced { token, current }),
+                    None => Err(LeaseError::NotReserved { token }),
+                },
+            }
+        })
+    }
+
+    fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable> {
+        let mut cmd = self.eval(Script::Purge, &hash);
+        cmd.arg(self.grace_ms()).arg(self.nonce());
+        self.call(cmd, |_, v| match v {
+            Value::Int(n) => Ok(n == 1),
+            other => Err(record::malformed("a purge", &other)),
+        })
+    }
+
+    fn get(&self, hash: KeyHash) -> Result<Option<RecordInfo>, Unavailable> {
+        let mut cmd = self.eval(Script::Get, &hash);
+        cmd.arg(self.now_arg());
+        self.call(cmd, |_, v| {
+            let fields = Fields::of("a read", v)?;
+            if fields.is_record() {
+                fields.info().map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .wait()
+    }
+
+    fn expire(&self, _limit: usize) -> Result<ExpireReport, Unavailable> {
+        // The server removes each record once its TTL (its expiry plus the grace) runs out;
+        // every script reads the expiry itself, so nothing expired is ever served.
+        self.shared.check()?;
+        Ok(ExpireReport::default())
+    }
+
+    fn flush(&self) -> Result<(), Unavailable> {
+        // Every call is answered once the server applied it, as durably as its `appendfsync`
+        // (checked at open); a PING queued behind the calls made so far returns once they are.
+        self.call(::redis::cmd("PING"), |_, _| Ok::<(), Unavailable>(()))
+            .wait()
+    }
+
+    fn list(&self, scope: Option<&Scope>, limit: usize) -> Result<Vec<RecordInfo>, Unavailable> {
+        let scope = scope.map(|s| s.as_str().to_owned());
+        self.exclusive(move |link, view| {
+            let now = view.now(link)?;
+            let mut lowest: std::collections::BTreeMap<KeyHash, RecordInfo> = Default::default();
+            view.walk(link, |_, fields| {
+                if !fields.is_record() || fields.expires_at()? <= now {
+                    return Ok(());
+                }
+                let hash = fields.key_hash()?;
+                let info = fields.info()?;
+                if scope.as_ref().is_some_and(|s| *s != info.scope) {
+                    return Ok(());
+                }
+                lowest.insert(hash, info);
+                if lowest.len() > limit {
+                    lowest.pop_last();
+                }
+                Ok(())
+            })?;
+            Ok(lowest.into_values().collect())
+        })
+    }
+
+    fn check(&self) -> Result<CheckReport, Unavailable> {
+        self.exclusive(move |link, view| {
+            let now = view.now(link)?;
+            let mut report = CheckReport::default();
+            view.walk(link, |key, fields| {
+                if !fields.is_record() {
+                    return Ok(());
+                }
+                report.records += 1;
+                let len = fields.response_len();
+                let problem = match fields.expires_at() {
+                    Ok(ex) => {
+                        if ex <= now {
+                            report.expired += 1;
+                        }
+                        match fields.info() {
+                            Ok(info) => {
+                                match info.response {
+                                    Some(_) => {
+                                        report.completed += 1;
+                                        report.responses += 1;
+                                        report.response_bytes += len.unwrap_or(0) as u64;
+                                    }
+                                    None => report.in_flight += 1,
+                                }
+                                (info.response.is_none() && len.is_some())
+                                    .then(|| "is in flight and holds a response".to_owned())
+                            }
+                            Err(e) => Some(e.to_string()),
+                        }
+                    }
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(p) = problem
+                    && report.problems.len() < MAX_PROBLEMS
+                {
+                    report.problems.push(format!("{key}: {p}"));
+                }
+                Ok(())
+            })?;
+            Ok(report)
+        })
+    }
+
+    fn stats(&self) -> Stats {
+        self.shared.counters.snapshot(0)
+    }
+
+    fn close(&self) -> Result<(), Unavailable> {
+        self.shared.mark_closed();
+        let _ = self.jobs.send(Job::Stop);
+        // On its own thread (the last handle dropped by a reply it delivered), the loop ends
+        // once this call returns and reaches `Stop`.
+        if std::thread::current().id() != self.thread_id
+            && let Some(thread) = self.thread.lock().take()
+        {
+            let _ = thread.join();
+        }
+        self.shared.check_poison()
+    }
+
+    fn closing_on_own_thread(&self) -> bool {
+        std::thread::current().id() == self.thread_id
+    }
+}

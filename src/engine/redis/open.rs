@@ -1,0 +1,226 @@
+//! Opening the Redis engine: the connection, the checks of the server, and the store's
+//! secret.
+//!
+//! Why: a server that may evict keys or lose acknowledged writes breaks the contract without
+//! a single error, so it is refused before anything is written, with a message that says
+//! which setting to change. Invariant: `connect` returns only once the server is 7.0 or later,
+//! its settings keep what the store's durability promises (unless the operator vouched for
+//! them), and the secret is the one every store on this prefix uses.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::redis::{Cmd, Value};
+
+use crate::config::{Config, Durability};
+use crate::error::{ConfigError, Message, OpenError};
+
+use super::RedisOptions;
+use super::io::{Failure, Link};
+use super::record::{Names, number, words};
+
+/// The format of what the engine keeps on the server, in `<prefix>meta`.
+const FORMAT: u64 = 1;
+
+/// Connects to the server of `options` and checks it; answers the connection and the
+/// store's secret.
+pub(super) fn connect(
+    options: &RedisOptions,
+    config: &Config,
+) -> Result<(Link, [u8; 32]), OpenError> {
+    options.validate().map_err(OpenError::Config)?;
+    if config.durability == Durability::Memory {
+        return Err(OpenError::Config(ConfigError {
+            setting: "ConfigBuilder::durability",
+            value: "Memory".into(),
+            range: "Immediate or Buffered with the Redis engine",
+        }));
+    }
+    if config.max_records_per_scope != Config::default().max_records_per_scope {
+        // Counting a scope's records needs every record of the scope in one Cluster slot, or
+        // a second key per call; neither is built yet, and a cap that is not kept must not
+        // look as if it were.
+        return Err(OpenError::Config(ConfigError {
+            setting: "ConfigBuilder::max_records_per_scope",
+            value: config.max_records_per_scope.to_string(),
+            range: "its default with the Redis engine, which does not count records per scope (C13)",
+        }));
+    }
+    let client = ::redis::Client::open(options.url.as_str()).map_err(|e| {
+        OpenError::Config(ConfigError {
+            setting: "RedisOptions::new",
+            value: format!("{:?} ({e})", options.url),
+            range: "a redis:// or redis+unix:// URL",
+        })
+    })?;
+    let mut link = Link::new(client, options.timeout, options.connect_timeout);
+    let deadline = Instant::now() + options.timeout;
+    let mut ask = |cmd: &Cmd| {
+        link.query(cmd, deadline).map_err(|f| match f {
+            Failure::NotSent(cause) | Failure::NoReply(cause) => OpenError::Unreachable { cause },
+            Failure::Server(detail) => OpenError::Unreachable {
+                cause: Arc::new(Message(detail)),
+            },
+        })
+    };
+    check_version(&mut ask)?;
+    if !options.trust_server_settings {
+        check_settings(&mut ask, config.durability)?;
+    }
+    let secret = load_or_make_secret(&mut ask, &options.prefix)?;
+    Ok((link, secret))
+}
+
+/// Refuses servers older than 7.0, whose scripts cannot be refused before they run.
+fn check_version(ask: &mut impl FnMut(&Cmd) -> Result<Value, OpenError>) -> Result<(), OpenError> {
+    let mut info = ::redis::cmd("INFO");
+    info.arg("server");
+    let text = match ask(&info)? {
+        Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        Value::VerbatimString { text, .. } => text,
+        other => format!("{other:?}"),
+    };
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if major < 7 {
+        return Err(OpenError::UnsafeServer {
+            detail: format!(
+                "server version {version}; the Redis engine needs Redis or Valkey 7.0 or later, \
+                 which refuse a script before it runs when out of memory"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a server that may drop records: see [`OpenError::UnsafeServer`].
+fn check_settings(
+    ask: &mut impl FnMut(&Cmd) -> Result<Value, OpenError>,
+    durability: Durability,
+) -> Result<(), OpenError> {
+    let mut get = |name: &str| -> Result<String, OpenError> {
+        let mut cmd = ::redis::cmd("CONFIG");
+        cmd.arg("GET").arg(name);
+        let refused = |why: String| OpenError::UnsafeServer {
+            detail: format!(
+                "cannot read `{name}` ({why}); check by hand that the server never evicts \
+                 keys and persists every write, then open with \
+                 RedisOptions::trust_server_settings()"
+            ),
+        };
+        let v = ask(&cmd).map_err(|e| refused(e.to_string()))?;
+        let pairs = match v {
+            Value::Map(pairs) => pairs.into_iter().flat_map(|(a, b)| [a, b]).collect(),
+            v => match words("CONFIG GET", v) {
+                Ok(w) => w.into_iter().map(Value::BulkString).collect(),
+                Err(e) => return Err(refused(e.to_string())),
+            },
+        };
+        let words = words("CONFIG GET", Value::Array(pairs)).map_err(|e| refused(e.to_string()))?;
+        match words.as_slice() {
+            [_, value] => Ok(String::from_utf8_lossy(value).into_owned()),
+            _ => Err(refused("no such setting".into())),
+        }
+    };
+    let policy = get("maxmemory-policy")?;
+    if policy != "noeviction" {
+        return Err(OpenError::UnsafeServer {
+            detail: format!(
+                "maxmemory-policy is {policy}: the server may evict records, and an evicted \
+                 key executes again; set `maxmemory-policy noeviction`"
+            ),
+        });
+    }
+    let aof = get("appendonly")?;
+    if aof != "yes" {
+        return Err(OpenError::UnsafeServer {
+            detail: "appendonly is no: a restart of the server loses every completion since \
+                     its last snapshot; set `appendonly yes` and `appendfsync always`"
+                .into(),
+        });
+    }
+    let fsync = get("appendfsync")?;
+    let enough = match durability {
+        Durability::Immediate => fsync == "always",
+        _ => fsync == "always" || fsync == "everysec",
+    };
+    if !enough {
+        return Err(OpenError::UnsafeServer {
+            detail: format!(
+                "appendfsync is {fsync}: a power loss of the server loses completions already \
+                 acknowledged; set `appendfsync always`, or open with \
+                 Durability::Buffered (which accepts `everysec`, losing up to a second)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The store's secret and format, written by the first store that opens on this prefix.
+fn load_or_make_secret(
+    ask: &mut impl FnMut(&Cmd) -> Result<Value, OpenError>,
+    prefix: &str,
+) -> Result<[u8; 32], OpenError> {
+    let meta = Names::meta(prefix);
+    let fresh = crate::engine::file::open::random_secret()?;
+    let mut set = ::redis::cmd("HSETNX");
+    set.arg(&meta).arg("secret").arg(hex(&fresh));
+    ask(&set)?;
+    let mut set = ::redis::cmd("HSETNX");
+    set.arg(&meta).arg("format").arg(FORMAT);
+    ask(&set)?;
+    let mut get = ::redis::cmd("HMGET");
+    get.arg(&meta).arg("secret").arg("format");
+    let corrupt = |detail: String| OpenError::Corrupted { detail };
+    let v = ask(&get)?;
+    let w = words("HMGET", v).map_err(|e| corrupt(e.to_string()))?;
+    let [secret, format] = w.as_slice() else {
+        return Err(corrupt(format!("{meta} answered other than two fields")));
+    };
+    let format = number("format", format).map_err(|e| corrupt(e.to_string()))?;
+    if format != FORMAT {
+        return Err(OpenError::UnsupportedFormat {
+            found: format,
+            supported: FORMAT,
+        });
+    }
+    unhex(secret).ok_or_else(|| corrupt(format!("{meta} holds a malformed secret")))
+}
+
+fn hex(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &[u8]) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *o = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_survive_hex() {
+        let s = [0xa5; 32];
+        assert_eq!(unhex(hex(&s).as_bytes()), Some(s));
+        assert_eq!(unhex(b"zz"), None);
+        assert_eq!(unhex(&[b'g'; 64]), None);
+    }
+}

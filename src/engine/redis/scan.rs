@@ -1,0 +1,98 @@
+//! Walks over every record of the store, for `list` and `check`: `SCAN` page by page on the
+//! I/O thread's connection.
+//!
+//! Why: a walk takes many round trips, so it runs as one exclusive job between two batches of
+//! calls instead of holding callers' replies behind it call by call. Invariant: every record
+//! key of the prefix present for the whole walk is visited at least once (`SCAN`'s guarantee);
+//! a record changed during the walk may be seen before or after the change.
+
+use std::time::{Duration, Instant};
+
+use ::redis::Value;
+
+use crate::error::Unavailable;
+
+use super::decode::unavailable;
+use super::io::Link;
+use super::record::{self, Fields, Names, number, words};
+
+/// Record keys asked of `SCAN` a round trip.
+const SCAN_COUNT: usize = 512;
+
+/// What a walk needs of the engine, owned so that it can move to the I/O thread.
+pub(crate) struct Scan {
+    names: Names,
+    /// The deciding time as the scripts take it (empty: the server's).
+    now: String,
+    timeout: Duration,
+}
+
+impl Scan {
+    pub(crate) fn new(names: Names, now: String, timeout: Duration) -> Scan {
+        Scan {
+            names,
+            now,
+            timeout,
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    /// The deciding time now: the store's clock as sent, or the server's.
+    pub(crate) fn now(&self, link: &mut Link) -> Result<u64, Unavailable> {
+        if !self.now.is_empty() {
+            return number("clock", self.now.as_bytes());
+        }
+        let v = link
+            .query(&::redis::cmd("TIME"), self.deadline())
+            .map_err(unavailable)?;
+        let w = words("TIME", v)?;
+        match w.as_slice() {
+            [secs, micros] => Ok(number("TIME", secs)? * 1000 + number("TIME", micros)? / 1000),
+            _ => Err(Unavailable::Corrupted {
+                detail: "TIME answered other than two numbers".into(),
+            }),
+        }
+    }
+
+    /// Every record hash of the store, page by page: `each` gets the key and its fields.
+    pub(crate) fn walk(
+        &self,
+        link: &mut Link,
+        mut each: impl FnMut(&str, Fields) -> Result<(), Unavailable>,
+    ) -> Result<(), Unavailable> {
+        let pattern = self.names.records_pattern();
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = ::redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT);
+            let v = link.query(&scan, self.deadline()).map_err(unavailable)?;
+            let Value::Array(mut parts) = v else {
+                return Err(record::malformed("SCAN", &v));
+            };
+            let (Some(keys), Some(next)) = (parts.pop(), parts.pop()) else {
+                return Err(Unavailable::Corrupted {
+                    detail: "SCAN answered other than a cursor and keys".into(),
+                });
+            };
+            let next = words("SCAN", Value::Array(vec![next]))?;
+            cursor = number("SCAN cursor", next.first().map_or(&[][..], Vec::as_slice))?;
+            for key in words("SCAN", keys)? {
+                let key = String::from_utf8_lossy(&key).into_owned();
+                let mut hgetall = ::redis::cmd("HGETALL");
+                hgetall.arg(&key);
+                let v = link.query(&hgetall, self.deadline()).map_err(unavailable)?;
+                each(&key, Fields::of("HGETALL", v)?)?;
+            }
+            if cursor == 0 {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The Redis engine (feature `redis`): stores on several "machines" (several `Store`s) sharing
+//! one server, a server killed and restarted, replies lost on the wire, clock skew, and the
+//! servers the engine refuses. The contract's own suite runs on Redis in `conformance.rs`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use idemstore::{
+    Begin, CompleteError, Completion, Config, Durability, ManualClock, OpenError, RedisClock,
+    RedisOptions, Store, Unavailable,
+};
+
+use crate::redis_support::{LossyProxy, Server};
+use crate::support::*;
+
+/// A store on `url` whose own clock `clock` decides (so a test can move time): lease 10 s,
+/// TTL 100 s.
+fn on(url: &str, clock: &ManualClock) -> Store {
+    let cfg = config(clock)
+        .lease(Duration::from_secs(10))
+        .ttl(Duration::from_secs(100))
+        .build()
+        .unwrap();
+    Store::open_redis_with(RedisOptions::new(url).clock(RedisClock::Store), cfg).unwrap()
+}
+
+fn execute(b: Begin) -> idemstore::Reservation {
+    match b {
+        Begin::Execute(r) => r,
+        other => panic!("expected Execute, got {other:?}"),
+    }
+}
+
+#[test]
+fn c1_stores_on_one_server_execute_each_key_once() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let stores: Vec<Store> = (0..2).map(|_| on(&server.url(), &clock)).collect();
+    const THREADS: usize = 8;
+    const KEYS: usize = 40;
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let executed: Vec<Vec<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let store = stores[t % 2].clone();
+                let barrier = Arc::clone(&barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let mut mine = Vec::new();
+                    for k in 0..KEYS {
+                        let name = format!("k{k}");
+                        let b = store.begin(&scope("s"), &key(&name), &fp("same")).unwrap();
+                        if let Begin::Execute(r) = b {
+                            r.complete(resp(201, &format!("{name} by {t}"))).unwrap();
+                            mine.push(name);
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    for name in executed.into_iter().flatten() {
+        *by_key.entry(name).or_default() += 1;
+    }
+    assert_eq!(by_key.len(), KEYS, "every key executed");
+    assert!(by_key.values().all(|&n| n == 1), "{by_key:?}");
+    // Each store replays what the other stored.
+    for k in 0..KEYS {
+        for store in &stores {
+            match store
+                .begin(&scope("s"), &key(&format!("k{k}")), &fp("same"))
+                .unwrap()
+            {
+                Begin::Replay(r) => assert_eq!(r.status(), 201),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn c3_c10_acknowledged_completions_survive_sigkills_of_the_server() {
+    let Some(mut server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = on(&server.url(), &clock);
+    let mut acknowledged = Vec::new();
+    for round in 0..5 {
+        for i in 0..20 {
+            let name = format!("r{round}-{i}");
+            let r = execute(store.begin(&scope("s"), &key(&name), &fp(&name)).unwrap());
+            let body = format!("body of {name}");
+            assert_eq!(r.complete(resp(200, &body)).unwrap(), Completion::Stored);
+            acknowledged.push((name, body));
+        }
+        // A reservation open across the kill: its holder completes after the restart.
+        let held = execute(store.begin(&scope("s"), &key("held"), &fp("held")).unwrap());
+        server.kill();
+        server.restart();
+        // The same store reconnects by itself; every acknowledged completion replays.
+        for (name, body) in &acknowledged {
+            match store.begin(&scope("s"), &key(name), &fp(name)).unwrap() {
+                Begin::Replay(r) => assert_eq!(r.body(), body.as_bytes()),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            held.complete(resp(200, "after restart")).unwrap(),
+            Completion::Stored
+        );
+        assert!(store.purge(&scope("s"), &key("held")).unwrap());
+    }
+    assert!(store.check().unwrap().is_sound());
+}
+
+#[test]
+fn c8_tokens_of_a_key_increase_across_release_takeover_purge_and_restart() {
+    let Some(mut server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = on(&server.url(), &clock);
+    let (s, k) = (scope("s"), key("k"));
+    let mut tokens = Vec::new();
+    let r = execute(store.begin(&s, &k, &fp("a")).unwrap());
+    tokens.push(r.token());
+    r.release().unwrap();
+    let r = execute(store.begin(&s, &k, &fp("a")).unwrap());
+    tokens.push(r.token());
+    clock.advance(Duration::from_secs(10));
+    let taker = execute(store.begin(&s, &k, &fp("a")).unwrap());
+    tokens.push(taker.token());
+    assert!(matches!(
+        r.complete(resp(200, "stale")),
+        Err(CompleteError::Fenced { .. })
+    ));
+    taker.complete(resp(200, "x")).unwrap();
+    assert!(store.purge(&s, &k).unwrap());
+    server.kill();
+    server.restart();
+    let r = execute(store.begin(&s, &k, &fp("a")).unwrap());
+    tokens.push(r.token());
+    r.complete(resp(200, "y")).unwrap();
+    // Expired: the record is gone from every decision; the next token is still higher.
+    clock.advance(Duration::from_secs(100));
+    let r = execute(store.begin(&s, &k, &fp("b")).unwrap());
+    tokens.push(r.token());
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+}
+
+#[test]
+fn c8_on_the_server_clock_a_skewed_caller_moves_no_deadline() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    // Two machines: one whose clock is an hour ahead. The server's clock decides (the
+    // default), so the fast one cannot take the other's lease over, and both agree.
+    let cfg = |clock: &ManualClock| {
+        config(clock)
+            .lease(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let right = ManualClock::new(now);
+    let ahead = ManualClock::new(now + 3_600_000);
+    let a = Store::open_redis(&server.url(), cfg(&right)).unwrap();
+    let b = Store::open_redis(&server.url(), cfg(&ahead)).unwrap();
+    let r = execute(a.begin(&scope("s"), &key("k"), &fp("x")).unwrap());
+    assert!(matches!(
+        b.begin(&scope("s"), &key("k"), &fp("x")).unwrap(),
+        Begin::InProgress { .. }
+    ));
+    // The lease deadline is the server's time plus the lease, wherever it is read.
+    let deadline = r.lease_deadline();
+    assert!(
+        deadline >= now + 30_000 && deadline < now + 3_600_000,
+        "{deadline}"
+    );
+    let seen = b.get(&scope("s"), &key("k")).unwrap().unwrap();
+    assert_eq!(seen.lease_deadline, Some(deadline));
+    r.complete(resp(201, "done")).unwrap();
+    assert!(matches!(
+        b.begin(&scope("s"), &key("k"), &fp("x")).unwrap(),
+        Begin::Replay(_)
+    ));
+}
+
+#[test]
+fn c8_on_the_callers_clocks_a_caller_ahead_takes_leases_over_early() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    // What `RedisClock::Store` means with skewed machines: the one ahead by more than the
+    // lease takes a live reservation over. This is why the server's clock is the default.
+    let right = ManualClock::new(T0);
+    let ahead = ManualClock::new(T0 + 11_000);
+    let a = on(&server.url(), &right);
+    let b = on(&server.url(), &ahead);
+    let r = execute(a.begin(&scope("s"), &key("k"), &fp("x")).unwrap());
+    let taker = execute(b.begin(&scope("s"), &key("k"), &fp("x")).unwrap());
+    assert!(taker.token() > r.token());
+    assert!(matches!(
+        r.complete(resp(200, "late")),
+        Err(CompleteError::Fenced { .. })
+    ));
+}
+
+#[test]
+fn calls_whose_replies_are_lost_are_applied_once() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let proxy = LossyProxy::start(server.socket());
+    let clock = ManualClock::new(T0);
+    let store = on(&proxy.url(), &clock);
+    let witness = on(&server.url(), &clock);
+    let s = scope("s");
+    for i in 0..10 {
+        let k = key(&format!("k{i}"));
+        // The claim runs on the server, its reply is lost, the engine sends it again on a new
+        // connection: the script knows its own reservation and answers it again.
+        proxy.drop_replies.store(1, Ordering::SeqCst);
+        let r = execute(store.begin(&s, &k, &fp("x")).unwrap());
+        let seen = witness.get(&s, &k).unwrap().unwrap();
+        assert_eq!(seen.token, r.token(), "one reservation, not two");
+        proxy.drop_replies.store(1, Ordering::SeqCst);
+        assert_eq!(
+            r.complete(resp(201, &format!("r{i}"))).unwrap(),
+            Completion::Stored
+        );
+        match witness.begin(&s, &k, &fp("x")).unwrap() {
+            Begin::Replay(resp) => assert_eq!(resp.body(), format!("r{i}").as_bytes()),
+            other => panic!("{other:?}"),
+        }
+        // A release and a purge whose replies are lost answer as the first call did.
+        let k2 = key(&format!("released{i}"));
+        let r = execute(store.begin(&s, &k2, &fp("x")).unwrap());
+        proxy.drop_replies.store(1, Ordering::SeqCst);
+        r.release().unwrap();
+        proxy.drop_replies.store(1, Ordering::SeqCst);
+        assert!(!store.purge(&s, &k2).unwrap());
+        proxy.drop_replies.store(1, Ordering::SeqCst);
+        assert!(store.purge(&s, &k).unwrap());
+    }
+    assert_eq!(
+        proxy.dropped.load(Ordering::SeqCst),
+        50,
+        "every fault was injected"
+    );
+    assert_eq!(store.stats().executes, 20);
+}
+
+#[test]
+fn a_server_that_is_down_is_an_error_then_the_store_reconnects() {
+    let Some(mut server) = Server::start() else {
+        return;
+    };
+    let missing = format!(
+        "redis+unix://{}/none.sock",
+        server.socket().parent().unwrap().display()
+    );
+    let options = RedisOptions::new(missing).timeout(Duration::from_millis(200));
+    assert!(matches!(
+        Store::open_redis_with(options, Config::default()),
+        Err(OpenError::Unreachable { .. })
+    ));
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock).build().unwrap();
+    let options = RedisOptions::new(server.url())
+        .clock(RedisClock::Store)
+        .timeout(Duration::from_millis(300));
+    let store = Store::open_redis_with(options, cfg).unwrap();
+    execute(store.begin(&scope("s"), &key("a"), &fp("x")).unwrap())
+        .complete(resp(200, "a"))
+        .unwrap();
+    server.kill();
+    match store.begin(&scope("s"), &key("b"), &fp("x")) {
+        Err(idemstore::BeginError::Unavailable(
+            Unavailable::Unreachable { .. } | Unavailable::OutcomeUnknown { .. },
+        )) => {}
+        other => panic!("{other:?}"),
+    }
+    server.restart();
+    assert!(matches!(
+        store.begin(&scope("s"), &key("a"), &fp("x")).unwrap(),
+        Begin::Replay(_)
+    ));
+}
+
+#[test]
+fn servers_that_can_lose_records_are_refused() {
+    let cases: [(&[&str], &str); 3] = [
+        (&["--appendonly", "no"], "appendonly"),
+        (&["--maxmemory-policy", "allkeys-lru"], "maxmemory-policy"),
+        (&["--appendfsync", "everysec"], "appendfsync"),
+    ];
+    for (settings, named) in cases {
+        let Some(server) = Server::start_with(settings) else {
+            return;
+        };
+        match Store::open_redis(&server.url(), Config::default()) {
+            Err(OpenError::UnsafeServer { detail }) => assert!(detail.contains(named), "{detail}"),
+            other => panic!("{settings:?}: {other:?}"),
+        }
+        // The operator may vouch for the server.
+        let trusted = RedisOptions::new(server.url()).trust_server_settings();
+        Store::open_redis_with(trusted, Config::default())
+            .unwrap()
+            .close()
+            .unwrap();
+    }
+    // `everysec` is enough for a store that promises no more than a buffered flush.
+    let Some(server) = Server::start_with(&["--appendfsync", "everysec"]) else {
+        return;
+    };
+    let buffered = Config::builder()
+        .durability(Durability::Buffered {
+            max_delay: Duration::from_secs(1),
+        })
+        .build()
+        .unwrap();
+    Store::open_redis(&server.url(), buffered).unwrap();
+}
+
+#[test]
+fn memory_durability_a_scope_cap_and_malformed_options_are_refused() {
+    let memory = Config::builder()
+        .durability(Durability::Memory)
+        .build()
+        .unwrap();
+    match Store::open_redis("redis://127.0.0.1:1", memory) {
+        Err(OpenError::Config(e)) => assert_eq!(e.setting(), "ConfigBuilder::durability"),
+        other => panic!("{other:?}"),
+    }
+    match Store::open_redis("http://nowhere", Config::default()) {
+        Err(OpenError::Config(e)) => assert_eq!(e.setting(), "RedisOptions::new"),
+        other => panic!("{other:?}"),
+    }
+    let capped = Config::builder().max_records_per_scope(5).build().unwrap();
+    match Store::open_redis("redis://127.0.0.1:1", capped) {
+        Err(OpenError::Config(e)) => {
+            assert_eq!(e.setting(), "ConfigBuilder::max_records_per_scope")
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad = RedisOptions::new("redis://127.0.0.1:1").prefix("a{b}");
+    match Store::open_redis_with(bad, Config::default()) {
+        Err(OpenError::Config(e)) => assert_eq!(e.setting(), "RedisOptions::prefix"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn stores_with_different_prefixes_share_a_server_without_meeting() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let cfg = || config(&clock).build().unwrap();
+    let opts = |p: &str| {
+        RedisOptions::new(server.url())
+            .prefix(p)
+            .clock(RedisClock::Store)
+    };
+    let a = Store::open_redis_with(opts("a:"), cfg()).unwrap();
+    let b = Store::open_redis_with(opts("b:"), cfg()).unwrap();
+    execute(a.begin(&scope("s"), &key("k"), &fp("x")).unwrap())
+        .complete(resp(200, "a"))
+        .unwrap();
+    let _held = execute(b.begin(&scope("s"), &key("k"), &fp("y")).unwrap());
+    assert_eq!(a.records(None, 10).unwrap().len(), 1);
+    assert_eq!(b.records(None, 10).unwrap().len(), 1);
+    assert_eq!(a.records(None, 10).unwrap()[0].key, "k");
+}
+
+#[test]
+fn c6_a_dropped_reservation_is_released_before_the_next_call() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = on(&server.url(), &clock);
+    for i in 0..50 {
+        let k = key(&format!("k{i}"));
+        drop(execute(store.begin(&scope("s"), &k, &fp("x")).unwrap()));
+        // Queued after the release on the same connection: sees the key free.
+        execute(store.begin(&scope("s"), &k, &fp("x")).unwrap())
+            .complete(resp(200, "ok"))
+            .unwrap();
+    }
+    assert_eq!(store.stats().releases, 50);
+}

@@ -1,0 +1,253 @@
+//! Redis servers for the tests: each test starts its own `redis-server` on a Unix socket in a
+//! temporary directory, with the settings the engine requires, and kills it when dropped.
+//!
+//! Where `redis-server` is not installed the Redis tests say so on stderr and pass, unless
+//! `IDEMSTORE_REQUIRE_REDIS=1` is set (CI sets it, after installing the server), which makes a
+//! missing server a failure.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process.
+pub struct Server {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+/// Whether the tests can start a server; panics when one is required and missing.
+fn available() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("IDEMSTORE_REQUIRE_REDIS").is_none(),
+            "IDEMSTORE_REQUIRE_REDIS is set but redis-server is not installed"
+        );
+        eprintln!("redis-server is not installed: skipping this Redis test");
+    }
+    found
+}
+
+impl Server {
+    /// A server with `appendonly yes`, `appendfsync always` and `noeviction`, or `None` when
+    /// `redis-server` is missing (see the module documentation).
+    pub fn start() -> Option<Server> {
+        Server::start_with(&[])
+    }
+
+    /// [`start`](Server::start) with more `--name value` settings.
+    pub fn start_with(extra: &[&str]) -> Option<Server> {
+        if !available() {
+            return None;
+        }
+        let mut server = Server {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(self.dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_socket(&self.socket());
+    }
+
+    /// Kills the server with SIGKILL (the append-only file keeps what it acknowledged).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same directory, socket and settings.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs one command on a connection of its own (RESP2, inline), returning the raw reply.
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut s = UnixStream::connect(self.socket()).unwrap();
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(out.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until the server accepts connections on `socket` (a readiness poll of a process
+/// the test started, not a timing assumption: it gives up after 10 s).
+fn wait_for_socket(socket: &Path) {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = UnixStream::connect(socket)
+            && s.write_all(b"PING\r\n").is_ok()
+        {
+            let mut buf = [0u8; 16];
+            if s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server did not start on {}",
+            socket.display()
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// A TCP proxy in front of a server's socket that can throw away the server's replies:
+/// the server applies a call, and the caller never hears of it.
+pub struct LossyProxy {
+    pub port: u16,
+    /// Replies to drop, counting down: each drop closes the connection it came on.
+    pub drop_replies: Arc<AtomicUsize>,
+    /// Replies dropped so far.
+    pub dropped: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl LossyProxy {
+    pub fn start(upstream: PathBuf) -> LossyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let drop_replies = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, n, st) = (
+            Arc::clone(&drop_replies),
+            Arc::clone(&dropped),
+            Arc::clone(&stop),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = UnixStream::connect(&upstream) else {
+                    continue;
+                };
+                let (c_read, s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pump_requests(c_read, s_write));
+                let (d, n) = (Arc::clone(&d), Arc::clone(&n));
+                std::thread::spawn(move || pump_replies(server, client, d, n));
+            }
+        });
+        LossyProxy {
+            port,
+            drop_replies,
+            dropped,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn pump_requests(mut from: TcpStream, mut to: UnixStream) {
+    let mut buf = vec![0u8; 64 << 10];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+fn pump_replies(
+    mut from: UnixStream,
+    mut to: TcpStream,
+    drop_replies: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let drop_this = drop_replies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+            .is_ok();
+        if drop_this {
+            dropped.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
