@@ -137,3 +137,23 @@ fn conformance_redis() {
     suite(&store, &clock);
     assert!(store.check().unwrap().is_sound());
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn conformance_redis_cluster() {
+    use idemstore::{RedisClock, RedisOptions};
+    let Some(cluster) = crate::redis_support::Cluster::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock)
+        .lease(Duration::from_secs(10))
+        .ttl(Duration::from_secs(100))
+        .cache_policy(CachePolicy::SuccessOnly)
+        .build()
+        .unwrap();
+    let options = RedisOptions::new(cluster.url()).clock(RedisClock::Store);
+    let store = Store::open_redis_with(options, cfg).unwrap();
+    suite(&store, &clock);
+    assert!(store.check().unwrap().is_sound());
+}

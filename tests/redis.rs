@@ -3,7 +3,7 @@
 //! servers the engine refuses. The contract's own suite runs on Redis in `conformance.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use idemstore::{
     RedisOptions, Store, Unavailable,
 };
 
-use crate::redis_support::{LossyProxy, Server};
+use crate::redis_support::{Cluster, LossyProxy, Server};
 use crate::support::*;
 
 /// A store on `url` whose own clock `clock` decides (so a test can move time): lease 10 s,
@@ -401,4 +401,78 @@ fn c6_a_dropped_reservation_is_released_before_the_next_call() {
             .unwrap();
     }
     assert_eq!(store.stats().releases, 50);
+}
+
+#[test]
+fn c1_c3_a_cluster_reshard_under_load_executes_nothing_twice_and_loses_no_replay() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let stores: Vec<Store> = (0..2).map(|_| on(&cluster.url(), &clock)).collect();
+    const THREADS: usize = 4;
+    const KEYS: usize = 300;
+    let resharded = AtomicBool::new(false);
+    let rounds_during = AtomicUsize::new(0);
+    let executed: Vec<Vec<(usize, String)>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let store = stores[t % 2].clone();
+                let (resharded, rounds_during) = (&resharded, &rounds_during);
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    // Rounds over every key until the reshards are over, then one more.
+                    let mut round = 0;
+                    loop {
+                        let last = resharded.load(Ordering::SeqCst);
+                        for k in 0..KEYS {
+                            // Threads walk the keys from different ends, so that they meet.
+                            let k = if t % 2 == 0 { k } else { KEYS - 1 - k };
+                            let name = format!("k{k}");
+                            match store.begin(&scope("s"), &key(&name), &fp("x")).unwrap() {
+                                Begin::Execute(r) => {
+                                    let body = format!("{name} by {t} in {round}");
+                                    r.complete(resp(201, &body)).unwrap();
+                                    mine.push((k, body));
+                                }
+                                Begin::Replay(_) | Begin::InProgress { .. } => {}
+                                Begin::Conflict => panic!("conflict on {name}"),
+                            }
+                        }
+                        if last {
+                            break;
+                        }
+                        rounds_during.fetch_add(1, Ordering::SeqCst);
+                        round += 1;
+                    }
+                    mine
+                })
+            })
+            .collect();
+        // Slots move from node 0 to node 1, and back, while the workers run.
+        cluster.reshard(0, 1, 1500);
+        cluster.reshard(1, 0, 1500);
+        resharded.store(true, Ordering::SeqCst);
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(
+        rounds_during.load(Ordering::SeqCst) > 0,
+        "the load overlapped the reshards"
+    );
+    let mut bodies: HashMap<usize, String> = HashMap::new();
+    for (k, body) in executed.into_iter().flatten() {
+        assert!(bodies.insert(k, body).is_none(), "key {k} executed twice");
+    }
+    assert_eq!(bodies.len(), KEYS);
+    for (k, body) in &bodies {
+        match stores[1]
+            .begin(&scope("s"), &key(&format!("k{k}")), &fp("x"))
+            .unwrap()
+        {
+            Begin::Replay(r) => assert_eq!(r.body(), body.as_bytes()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(stores[0].records(None, 10_000).unwrap().len(), KEYS);
+    assert!(stores[0].check().unwrap().is_sound());
 }

@@ -251,3 +251,179 @@ fn pump_replies(
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
 }
+
+/// A Redis Cluster of three primaries on loopback TCP ports, each node in its own directory,
+/// killed when dropped.
+pub struct Cluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+/// A port that is free, with its cluster bus port (+10000) free too.
+fn free_cluster_port(taken: &[u16]) -> u16 {
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        if (1024..55535).contains(&port)
+            && !taken.contains(&port)
+            && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+impl Cluster {
+    /// Three primaries holding every slot, or `None` when `redis-server` is missing.
+    pub fn start() -> Option<Cluster> {
+        if !available() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut ports = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let port = free_cluster_port(&ports);
+            ports.push(port);
+            let node_dir = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
+                .arg(&node_dir)
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--save",
+                    "",
+                    "--maxmemory-policy",
+                    "noeviction",
+                    "--loglevel",
+                    "warning",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            nodes.push(child);
+        }
+        let cluster = Cluster {
+            nodes,
+            ports,
+            _dir: dir,
+        };
+        for &port in &cluster.ports {
+            wait_for_tcp(port);
+        }
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for &port in &cluster.ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.wait_until_ok();
+        Some(cluster)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+
+    /// Runs `redis-cli -p <port of node i>` with `args`; returns its standard output.
+    pub fn cli(&self, node: usize, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.ports[node].to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Moves `slots` slots from node `from` to node `to` with `redis-cli --cluster reshard`.
+    pub fn reshard(&self, from: usize, to: usize, slots: u32) {
+        let id = |i: usize| self.cli(i, &["cluster", "myid"]).trim().to_owned();
+        let out = Command::new("redis-cli")
+            .args([
+                "--cluster",
+                "reshard",
+                &format!("127.0.0.1:{}", self.ports[0]),
+            ])
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "reshard: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits until every node reports `cluster_state:ok` (a readiness poll; gives up after
+    /// 30 s).
+    fn wait_until_ok(&self) {
+        let start = Instant::now();
+        for node in 0..self.ports.len() {
+            while !self
+                .cli(node, &["cluster", "info"])
+                .contains("cluster_state:ok")
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the cluster did not come up"
+                );
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_for_tcp(port: u16) {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port))
+            && s.write_all(b"PING\r\n").is_ok()
+        {
+            let mut buf = [0u8; 16];
+            if s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server did not start on port {port}"
+        );
+        std::thread::yield_now();
+    }
+}

@@ -19,6 +19,7 @@
 
 mod decode;
 mod io;
+mod link;
 mod open;
 mod options;
 mod record;
@@ -48,7 +49,8 @@ use crate::stats::{Stats, bump};
 use crate::view::{CheckReport, MAX_PROBLEMS, RecordInfo};
 
 use decode::{decode_claim, holder_refusal, unavailable, verdict};
-use io::{Call, Job, Link};
+use io::{Call, Job, Target};
+use link::Link;
 use record::{Fields, Names, number};
 use scan::Scan;
 use scripts::Script;
@@ -126,27 +128,20 @@ impl RedisEngine {
     }
 
     /// `EVAL` of `script` on the record of `hash`.
-    fn eval(&self, script: Script, hash: &KeyHash) -> Cmd {
-        let mut cmd = ::redis::cmd("EVAL");
-        cmd.arg(script.source()).arg(1).arg(self.names.record(hash));
-        cmd
+    fn eval(&self, script: Script, hash: &KeyHash) -> ScriptCall {
+        ScriptCall::new(&self.names, script, hash)
     }
 
-    /// Queues `cmd`; its reply goes to `reply`. A refusal to queue (the thread is gone) drops
+    /// Queues `call`; its reply goes to `reply`. A refusal to queue (the thread is gone) drops
     /// `reply`, and its caller hears the store's state.
-    fn send(&self, cmd: Cmd, reply: io::Reply) {
-        let call = Call {
-            cmd,
-            deadline: Instant::now() + self.options.timeout,
-            reply,
-        };
-        let _ = self.jobs.send(Job::Call(call));
+    fn send(&self, call: ScriptCall, reply: io::Reply) {
+        call.queue(&self.jobs, self.options.timeout, reply);
     }
 
     /// Queues `cmd` and answers through a reply slot what `decode` makes of its reply.
     fn call<T, E>(
         &self,
-        cmd: Cmd,
+        cmd: ScriptCall,
         decode: impl FnOnce(&Shared, Value) -> Result<T, E> + Send + 'static,
     ) -> Answer<T, E>
     where
@@ -189,10 +184,41 @@ impl RedisEngine {
         rx.wait().unwrap_or_else(|c| Err(self.shared.lost_reply(c)))
     }
 
-    fn release_cmd(&self, hash: &KeyHash, token: u64) -> Cmd {
+    fn release_cmd(&self, hash: &KeyHash, token: u64) -> ScriptCall {
         let mut cmd = self.eval(Script::Release, hash);
         cmd.arg(token).arg(self.grace_ms()).arg(self.nonce());
         cmd
+    }
+}
+
+/// A script call on one record: the command, and where the record's key lives.
+struct ScriptCall {
+    cmd: Cmd,
+    target: Target,
+}
+
+impl ScriptCall {
+    fn new(names: &Names, script: Script, hash: &KeyHash) -> ScriptCall {
+        let key = names.record(hash);
+        let target = Target::Slot(link::slot_of(key.as_bytes()));
+        let mut cmd = ::redis::cmd("EVAL");
+        cmd.arg(script.source()).arg(1).arg(key);
+        ScriptCall { cmd, target }
+    }
+
+    /// Adds an argument (`ARGV`).
+    fn arg<T: ::redis::ToRedisArgs>(&mut self, arg: T) -> &mut Cmd {
+        self.cmd.arg(arg)
+    }
+
+    fn queue(self, jobs: &Sender<Job>, timeout: std::time::Duration, reply: io::Reply) {
+        let call = Call {
+            cmd: self.cmd,
+            target: self.target,
+            deadline: Instant::now() + timeout,
+            reply,
+        };
+        let _ = jobs.send(Job::Call(call));
     }
 }
 
@@ -229,19 +255,9 @@ impl Engine for RedisEngine {
             let base = self.nonce();
             let timeout = self.options.timeout;
             move |token: u64| {
-                let mut cmd = ::redis::cmd("EVAL");
-                cmd.arg(Script::Release.source())
-                    .arg(1)
-                    .arg(names.record(&hash))
-                    .arg(token)
-                    .arg(grace)
-                    .arg(format!("{base}r"));
-                let call = Call {
-                    cmd,
-                    deadline: Instant::now() + timeout,
-                    reply: Box::new(|_| {}),
-                };
-                let _ = jobs.send(Job::Call(call));
+                let mut call = ScriptCall::new(&names, Script::Release, &hash);
+                call.arg(token).arg(grace).arg(format!("{base}r"));
+                call.queue(&jobs, timeout, Box::new(|_| {}));
             }
         };
         let release = Arc::new(release);
@@ -396,9 +412,8 @@ impl Engine for RedisEngine {
 
     fn flush(&self) -> Result<(), Unavailable> {
         // Every call is answered once the server applied it, as durably as its `appendfsync`
-        // (checked at open); a PING queued behind the calls made so far returns once they are.
-        self.call(::redis::cmd("PING"), |_, _| Ok::<(), Unavailable>(()))
-            .wait()
+        // (checked at open); a job queued behind the calls made so far runs once they are.
+        self.exclusive(|_, _| Ok(()))
     }
 
     fn list(&self, scope: Option<&Scope>, limit: usize) -> Result<Vec<RecordInfo>, Unavailable> {

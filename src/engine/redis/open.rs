@@ -16,7 +16,8 @@ use crate::config::{Config, Durability};
 use crate::error::{ConfigError, Message, OpenError};
 
 use super::RedisOptions;
-use super::io::{Failure, Link};
+use super::io::{Failure, Target};
+use super::link::{Link, slot_of};
 use super::record::{Names, number, words};
 
 /// The format of what the engine keeps on the server, in `<prefix>meta`.
@@ -55,20 +56,40 @@ pub(super) fn connect(
     })?;
     let mut link = Link::new(client, options.timeout, options.connect_timeout);
     let deadline = Instant::now() + options.timeout;
-    let mut ask = |cmd: &Cmd| {
-        link.query(cmd, deadline).map_err(|f| match f {
-            Failure::NotSent(cause) | Failure::NoReply(cause) => OpenError::Unreachable { cause },
-            Failure::Server(detail) => OpenError::Unreachable {
-                cause: Arc::new(Message(detail)),
-            },
-        })
+    let unreachable = |f: Failure| match f {
+        Failure::NotSent(cause) | Failure::NoReply(cause) => OpenError::Unreachable { cause },
+        Failure::Server(detail) => OpenError::Unreachable {
+            cause: Arc::new(Message(detail)),
+        },
     };
-    check_version(&mut ask)?;
-    if !options.trust_server_settings {
-        check_settings(&mut ask, config.durability)?;
+    link.discover(deadline).map_err(unreachable)?;
+    // Every primary runs the scripts of its slots: each must be recent and safe.
+    for node in link.primaries() {
+        let name = link.addr(node).to_owned();
+        let mut ask = |cmd: &Cmd| {
+            link.query(Target::Node(node), cmd, deadline)
+                .map_err(unreachable)
+        };
+        check_version(&mut ask).map_err(|e| on_node(e, &name))?;
+        if !options.trust_server_settings {
+            check_settings(&mut ask, config.durability).map_err(|e| on_node(e, &name))?;
+        }
     }
-    let secret = load_or_make_secret(&mut ask, &options.prefix)?;
+    let meta = Names::meta(&options.prefix);
+    let target = Target::Slot(slot_of(meta.as_bytes()));
+    let mut ask = |cmd: &Cmd| link.query(target, cmd, deadline).map_err(unreachable);
+    let secret = load_or_make_secret(&mut ask, &meta)?;
     Ok((link, secret))
+}
+
+/// Names the node a refusal is about, when there may be several.
+fn on_node(e: OpenError, node: &str) -> OpenError {
+    match e {
+        OpenError::UnsafeServer { detail } => OpenError::UnsafeServer {
+            detail: format!("{node}: {detail}"),
+        },
+        other => other,
+    }
 }
 
 /// Refuses servers older than 7.0, whose scripts cannot be refused before they run.
@@ -168,18 +189,17 @@ fn check_settings(
 /// The store's secret and format, written by the first store that opens on this prefix.
 fn load_or_make_secret(
     ask: &mut impl FnMut(&Cmd) -> Result<Value, OpenError>,
-    prefix: &str,
+    meta: &str,
 ) -> Result<[u8; 32], OpenError> {
-    let meta = Names::meta(prefix);
     let fresh = crate::engine::file::open::random_secret()?;
     let mut set = ::redis::cmd("HSETNX");
-    set.arg(&meta).arg("secret").arg(hex(&fresh));
+    set.arg(meta).arg("secret").arg(hex(&fresh));
     ask(&set)?;
     let mut set = ::redis::cmd("HSETNX");
-    set.arg(&meta).arg("format").arg(FORMAT);
+    set.arg(meta).arg("format").arg(FORMAT);
     ask(&set)?;
     let mut get = ::redis::cmd("HMGET");
-    get.arg(&meta).arg("secret").arg("format");
+    get.arg(meta).arg("secret").arg("format");
     let corrupt = |detail: String| OpenError::Corrupted { detail };
     let v = ask(&get)?;
     let w = words("HMGET", v).map_err(|e| corrupt(e.to_string()))?;

@@ -3,8 +3,9 @@
 //!
 //! Why: a walk takes many round trips, so it runs as one exclusive job between two batches of
 //! calls instead of holding callers' replies behind it call by call. Invariant: every record
-//! key of the prefix present for the whole walk is visited at least once (`SCAN`'s guarantee);
-//! a record changed during the walk may be seen before or after the change.
+//! key of the prefix present for the whole walk is visited at least once (`SCAN`'s guarantee,
+//! on every primary of a Cluster); a record changed during the walk may be seen before or
+//! after the change, and one moved by a reshard meanwhile may be seen twice.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,8 @@ use ::redis::Value;
 use crate::error::Unavailable;
 
 use super::decode::unavailable;
-use super::io::Link;
+use super::io::Target;
+use super::link::{Link, slot_of};
 use super::record::{self, Fields, Names, number, words};
 
 /// Record keys asked of `SCAN` a round trip.
@@ -45,8 +47,9 @@ impl Scan {
         if !self.now.is_empty() {
             return number("clock", self.now.as_bytes());
         }
+        let first = link.primaries().first().copied().unwrap_or(0);
         let v = link
-            .query(&::redis::cmd("TIME"), self.deadline())
+            .query(Target::Node(first), &::redis::cmd("TIME"), self.deadline())
             .map_err(unavailable)?;
         let w = words("TIME", v)?;
         match w.as_slice() {
@@ -57,11 +60,24 @@ impl Scan {
         }
     }
 
-    /// Every record hash of the store, page by page: `each` gets the key and its fields.
+    /// Every record hash of the store, node by node and page by page: `each` gets the key
+    /// and its fields.
     pub(crate) fn walk(
         &self,
         link: &mut Link,
         mut each: impl FnMut(&str, Fields) -> Result<(), Unavailable>,
+    ) -> Result<(), Unavailable> {
+        for node in link.primaries() {
+            self.walk_node(link, node, &mut each)?;
+        }
+        Ok(())
+    }
+
+    fn walk_node(
+        &self,
+        link: &mut Link,
+        node: usize,
+        each: &mut impl FnMut(&str, Fields) -> Result<(), Unavailable>,
     ) -> Result<(), Unavailable> {
         let pattern = self.names.records_pattern();
         let mut cursor = 0u64;
@@ -72,7 +88,9 @@ impl Scan {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(SCAN_COUNT);
-            let v = link.query(&scan, self.deadline()).map_err(unavailable)?;
+            let v = link
+                .query(Target::Node(node), &scan, self.deadline())
+                .map_err(unavailable)?;
             let Value::Array(mut parts) = v else {
                 return Err(record::malformed("SCAN", &v));
             };
@@ -87,7 +105,10 @@ impl Scan {
                 let key = String::from_utf8_lossy(&key).into_owned();
                 let mut hgetall = ::redis::cmd("HGETALL");
                 hgetall.arg(&key);
-                let v = link.query(&hgetall, self.deadline()).map_err(unavailable)?;
+                let target = Target::Slot(slot_of(key.as_bytes()));
+                let v = link
+                    .query(target, &hgetall, self.deadline())
+                    .map_err(unavailable)?;
                 each(&key, Fields::of("HGETALL", v)?)?;
             }
             if cursor == 0 {

@@ -1,0 +1,486 @@
+//! The Redis engine's connections: one per server node, the Cluster's slot map, and the rounds
+//! in which a batch of calls is sent, answered, redirected and sent again.
+//!
+//! Why: one server and a Redis Cluster differ only in where a call goes. A single server is a
+//! cluster of one node that owns every slot; with Cluster, each call goes to the primary that
+//! owns its key's slot (the record's hash tag), `MOVED` reloads the slot map, `ASK` sends the
+//! call once to the node named (after `ASKING`), and `TRYAGAIN` or `CLUSTERDOWN` wait and
+//! send again.
+//!
+//! Invariants:
+//! - the calls of one node go in one write and their replies are read in order, so two calls
+//!   on one key (one slot, one node) are applied in the order they were queued;
+//! - a call whose reply was not read (a broken connection, a read past the timeout, a
+//!   redirection) is sent again, to where the slot map now says, until its deadline; the
+//!   scripts make a repeated call harmless (`scripts.rs`);
+//! - every call is answered exactly once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::redis::{Client, Cmd, Connection, ConnectionAddr, RedisError, Value};
+use parking_lot::Mutex;
+
+use crate::error::{Cause, Message};
+
+use super::io::{Call, Failure, Target};
+
+/// How many hash slots a Redis Cluster has.
+pub(crate) const SLOTS: u16 = 16384;
+
+/// The slot of `key`: CRC16 (XMODEM) of its hash tag (the text between the first `{` and the
+/// next `}`, if not empty) or of the whole key, modulo 16384.
+pub(crate) fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(key)) % SLOTS
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+struct Node {
+    /// `host:port`, as the cluster names it (or the seed's URL).
+    addr: String,
+    client: Client,
+    conn: Option<Connection>,
+}
+
+/// A call on its way: where an `ASK` sent it, and whether it may have reached a server.
+struct Pending {
+    call: Call,
+    ask: Option<usize>,
+    sent: bool,
+}
+
+/// The engine's connections.
+pub(crate) struct Link {
+    nodes: Vec<Node>,
+    /// `(first slot, last slot, node)`, sorted; empty for a single server (node 0).
+    slots: Vec<(u16, u16, usize)>,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Link {
+    /// A link to the server of `client`; [`discover`](Link::discover) finds out whether it is
+    /// a Cluster.
+    pub(crate) fn new(client: Client, timeout: Duration, connect_timeout: Duration) -> Link {
+        let addr = client.get_connection_info().addr().to_string();
+        Link {
+            nodes: vec![Node {
+                addr,
+                client,
+                conn: None,
+            }],
+            slots: Vec::new(),
+            timeout,
+            connect_timeout,
+        }
+    }
+
+    /// Asks the first server whether it runs in Cluster mode and, if so, loads the slot map.
+    pub(crate) fn discover(&mut self, deadline: Instant) -> Result<bool, Failure> {
+        let mut info = ::redis::cmd("INFO");
+        info.arg("cluster");
+        let text = match self.query(Target::Node(0), &info, deadline)? {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            other => format!("{other:?}"),
+        };
+        let cluster = text.lines().any(|l| l.trim() == "cluster_enabled:1");
+        if cluster {
+            self.refresh_slots(deadline)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The nodes that own slots (every node of a single server): where a walk or a check of
+    /// the server's settings goes.
+    pub(crate) fn primaries(&self) -> Vec<usize> {
+        if self.slots.is_empty() {
+            return vec![0];
+        }
+        let mut nodes: Vec<usize> = self.slots.iter().map(|&(_, _, n)| n).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// The name of node `i`, for messages.
+    pub(crate) fn addr(&self, i: usize) -> &str {
+        self.nodes.get(i).map_or("?", |n| n.addr.as_str())
+    }
+
+    fn node_of_slot(&self, slot: u16) -> usize {
+        self.slots
+            .iter()
+            .find(|&&(lo, hi, _)| lo <= slot && slot <= hi)
+            .map_or(0, |&(_, _, n)| n)
+    }
+
+    /// The node named `host:port`, added if it is new.
+    fn node_named(&mut self, addr: &str) -> Option<usize> {
+        if let Some(i) = self.nodes.iter().position(|n| n.addr == addr) {
+            return Some(i);
+        }
+        let (host, port) = addr.rsplit_once(':')?;
+        let port = port.parse::<u16>().ok()?;
+        let info = self.nodes[0]
+            .client
+            .get_connection_info()
+            .clone()
+            .set_addr(ConnectionAddr::Tcp(host.to_owned(), port));
+        let client = Client::open(info).ok()?;
+        self.nodes.push(Node {
+            addr: addr.to_owned(),
+            client,
+            conn: None,
+        });
+        Some(self.nodes.len() - 1)
+    }
+
+    /// Loads the slot map from the first node that answers `CLUSTER SLOTS`.
+    fn refresh_slots(&mut self, deadline: Instant) -> Result<(), Failure> {
+        let mut last = Failure::NotSent(cause_of("no node to ask for the slot map"));
+        for i in 0..self.nodes.len() {
+            let mut cmd = ::redis::cmd("CLUSTER");
+            cmd.arg("SLOTS");
+            match self.ask_node(i, &cmd, deadline) {
+                Ok(v) => return self.load_slots(i, v),
+                Err(f) => last = f,
+            }
+        }
+        Err(last)
+    }
+
+    fn load_slots(&mut self, asked: usize, v: Value) -> Result<(), Failure> {
+        let bad = || Failure::Server(format!("CLUSTER SLOTS answered {v:?}"));
+        let Value::Array(ranges) = &v else {
+            return Err(bad());
+        };
+        let mut slots = Vec::new();
+        for range in ranges {
+            let Value::Array(parts) = range else {
+                return Err(bad());
+            };
+            let (Some(Value::Int(lo)), Some(Value::Int(hi)), Some(Value::Array(primary))) =
+                (parts.first(), parts.get(1), parts.get(2))
+            else {
+                return Err(bad());
+            };
+            let host = match primary.first() {
+                Some(Value::BulkString(h)) if !h.is_empty() && h.as_slice() != b"?" => {
+                    String::from_utf8_lossy(h).into_owned()
+                }
+                // A node that does not know its own address: the one that answered does.
+                _ => self
+                    .addr(asked)
+                    .rsplit_once(':')
+                    .map_or_else(|| "127.0.0.1".to_owned(), |(h, _)| h.to_owned()),
+            };
+            let Some(Value::Int(port)) = primary.get(1) else {
+                return Err(bad());
+            };
+            let node = self.node_named(&format!("{host}:{port}")).ok_or_else(bad)?;
+            let (Ok(lo), Ok(hi)) = (u16::try_from(*lo), u16::try_from(*hi)) else {
+                return Err(bad());
+            };
+            slots.push((lo, hi, node));
+        }
+        slots.sort_unstable();
+        self.slots = slots;
+        Ok(())
+    }
+
+    /// The connection to node `i`, connecting first with backoff, until `deadline`.
+    fn connection(&mut self, i: usize, deadline: Instant) -> Result<&mut Connection, Cause> {
+        let mut pause = Duration::from_millis(5);
+        let mut last: Option<Cause> = None;
+        while self.nodes[i].conn.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(last.unwrap_or_else(|| cause_of("deadline passed before connecting")));
+            }
+            let node = &self.nodes[i];
+            match node
+                .client
+                .get_connection_with_timeout(left.min(self.connect_timeout))
+                .and_then(|c| {
+                    c.set_read_timeout(Some(self.timeout))?;
+                    c.set_write_timeout(Some(self.timeout))?;
+                    Ok(c)
+                }) {
+                Ok(conn) => self.nodes[i].conn = Some(conn),
+                Err(e) => {
+                    last = Some(Arc::new(e));
+                    // Backoff between attempts, never past the deadline: a server that is
+                    // restarting gets time, and a caller past its deadline gets its answer.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    std::thread::sleep(pause.min(left));
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+        self.nodes[i]
+            .conn
+            .as_mut()
+            .ok_or_else(|| cause_of("no connection"))
+    }
+
+    /// One command to node `i`, once, without redirection: for `CLUSTER SLOTS`.
+    fn ask_node(&mut self, i: usize, cmd: &Cmd, deadline: Instant) -> Result<Value, Failure> {
+        let conn = self.connection(i, deadline).map_err(Failure::NotSent)?;
+        match ::redis::ConnectionLike::req_command(conn, cmd) {
+            Ok(Value::ServerError(e)) => Err(Failure::Server(server_text(e.code(), e.details()))),
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if broken(&e) {
+                    self.nodes[i].conn = None;
+                }
+                Err(Failure::NoReply(Arc::new(e)))
+            }
+        }
+    }
+
+    /// Sends one command to `target` and waits for its reply, redirected and sent again as a
+    /// batch's calls are. Only for commands that are safe to repeat (reads, and the scripts).
+    pub(crate) fn query(
+        &mut self,
+        target: Target,
+        cmd: &Cmd,
+        deadline: Instant,
+    ) -> Result<Value, Failure> {
+        let out: Arc<Mutex<Option<Result<Value, Failure>>>> = Arc::default();
+        let slot = Arc::clone(&out);
+        let mut calls = vec![Call {
+            cmd: cmd.clone(),
+            target,
+            deadline,
+            reply: Box::new(move |r| *slot.lock() = Some(r)),
+        }];
+        self.pipeline(&mut calls);
+        let answer = out.lock().take();
+        answer.unwrap_or_else(|| Err(Failure::NoReply(cause_of("the call was not answered"))))
+    }
+
+    /// Sends `calls`, node by node, and answers each; see the module invariants.
+    pub(crate) fn pipeline(&mut self, calls: &mut Vec<Call>) {
+        let mut todo: Vec<Pending> = calls
+            .drain(..)
+            .map(|call| Pending {
+                call,
+                ask: None,
+                sent: false,
+            })
+            .collect();
+        let mut last: Cause = cause_of("deadline passed before sending");
+        let mut pause = Duration::from_millis(5);
+        while !todo.is_empty() {
+            // Calls past their deadline are answered now; the others go (again).
+            let now = Instant::now();
+            let (late, live): (Vec<Pending>, Vec<Pending>) =
+                todo.into_iter().partition(|p| p.call.deadline <= now);
+            for p in late {
+                (p.call.reply)(Err(unsent_or_lost(p.sent, Arc::clone(&last))));
+            }
+            todo = live;
+            let Some(deadline) = todo.iter().map(|p| p.call.deadline).max() else {
+                return;
+            };
+            let mut groups: BTreeMap<usize, Vec<Pending>> = BTreeMap::new();
+            for p in todo.drain(..) {
+                let node = match (p.ask, p.call.target) {
+                    (Some(n), _) | (None, Target::Node(n)) => n,
+                    (None, Target::Slot(s)) => self.node_of_slot(s),
+                };
+                groups.entry(node).or_default().push(p);
+            }
+            let mut refresh = false;
+            let mut wait = false;
+            let mut sent = Vec::new();
+            for (node, mut group) in groups {
+                let conn = match self.connection(node, deadline) {
+                    Ok(conn) => conn,
+                    Err(cause) => {
+                        last = cause;
+                        todo.extend(group);
+                        continue;
+                    }
+                };
+                let mut packed = Vec::new();
+                for p in &mut group {
+                    if p.ask.is_some() {
+                        ::redis::cmd("ASKING").write_packed_command(&mut packed);
+                    }
+                    p.call.cmd.write_packed_command(&mut packed);
+                    p.sent = true;
+                }
+                match conn.send_packed_command(&packed) {
+                    Ok(()) => sent.push((node, group)),
+                    Err(e) => {
+                        self.nodes[node].conn = None;
+                        last = Arc::new(e);
+                        todo.extend(group);
+                    }
+                }
+            }
+            for (node, group) in sent {
+                let mut broken_at = None;
+                for p in group {
+                    if broken_at.is_some() {
+                        todo.push(p);
+                        continue;
+                    }
+                    let reply = match self.read(node, p.ask.is_some()) {
+                        Ok(Value::ServerError(e)) => Err(server_text(e.code(), e.details())),
+                        Err(e) if !broken(&e) && e.code().is_some() => {
+                            Err(server_text(e.code().unwrap_or(""), e.detail()))
+                        }
+                        other => Ok(other),
+                    };
+                    match reply {
+                        Err(text) => match redirect(&text) {
+                            Some(Redirect::Moved) => {
+                                refresh = true;
+                                todo.push(Pending { ask: None, ..p });
+                            }
+                            Some(Redirect::Ask(addr)) => {
+                                let ask = self.node_named(&addr);
+                                refresh |= ask.is_none();
+                                todo.push(Pending { ask, ..p });
+                            }
+                            Some(Redirect::Wait) => {
+                                wait = true;
+                                todo.push(Pending { ask: None, ..p });
+                            }
+                            None => (p.call.reply)(Err(Failure::Server(text))),
+                        },
+                        Ok(Ok(value)) => (p.call.reply)(Ok(value)),
+                        Ok(Err(e)) if broken(&e) => {
+                            self.nodes[node].conn = None;
+                            last = Arc::new(e);
+                            broken_at = Some(node);
+                            todo.push(p);
+                        }
+                        Ok(Err(e)) => (p.call.reply)(Err(Failure::Server(e.to_string()))),
+                    }
+                }
+            }
+            if refresh && self.refresh_slots(deadline).is_err() {
+                wait = true;
+            }
+            if wait && !todo.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+
+    /// Reads the next reply of node `i` (after the `+OK` of an `ASKING` if one was sent).
+    fn read(&mut self, i: usize, asking: bool) -> Result<Value, RedisError> {
+        let Some(conn) = self.nodes[i].conn.as_mut() else {
+            return Err(RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::NotConnected,
+            )));
+        };
+        if asking {
+            conn.recv_response()?;
+        }
+        conn.recv_response()
+    }
+}
+
+enum Redirect {
+    /// The slot lives elsewhere now: reload the map.
+    Moved,
+    /// The slot is migrating: send this call once to that node.
+    Ask(String),
+    /// The cluster cannot serve now: wait and send again.
+    Wait,
+}
+
+fn redirect(error: &str) -> Option<Redirect> {
+    let mut words = error.split_whitespace();
+    match words.next()? {
+        "MOVED" => Some(Redirect::Moved),
+        "ASK" => words.nth(1).map(|addr| Redirect::Ask(addr.to_owned())),
+        "TRYAGAIN" | "CLUSTERDOWN" => Some(Redirect::Wait),
+        _ => None,
+    }
+}
+
+/// A server's error as it sent it: the code, a space, the detail.
+fn server_text(code: &str, detail: Option<&str>) -> String {
+    match detail {
+        Some(d) => format!("{code} {d}"),
+        None => code.to_owned(),
+    }
+}
+
+/// Whether an error leaves the connection unusable, replies unread: then the calls go again.
+fn broken(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
+}
+
+fn unsent_or_lost(sent: bool, cause: Cause) -> Failure {
+    if sent {
+        Failure::NoReply(cause)
+    } else {
+        Failure::NotSent(cause)
+    }
+}
+
+fn cause_of(text: &str) -> Cause {
+    Arc::new(Message(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_the_cluster_specification() {
+        // The specification's own example, and hash tags.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+        assert_eq!(slot_of(b"foo{}{bar}"), slot_of(b"foo{}{bar}"));
+        assert_ne!(slot_of(b"foo{}{bar}"), slot_of(b"bar"));
+        assert_eq!(slot_of(b"foo{{bar}}zap"), slot_of(b"{bar"));
+    }
+
+    #[test]
+    fn redirections_are_recognised() {
+        assert!(matches!(
+            redirect("MOVED 3999 127.0.0.1:6381"),
+            Some(Redirect::Moved)
+        ));
+        assert!(matches!(
+            redirect("ASK 3999 127.0.0.1:6381"),
+            Some(Redirect::Ask(a)) if a == "127.0.0.1:6381"
+        ));
+        assert!(matches!(
+            redirect("TRYAGAIN Multiple keys"),
+            Some(Redirect::Wait)
+        ));
+        assert!(redirect("ERR wrong").is_none());
+    }
+}
