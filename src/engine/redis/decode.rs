@@ -58,7 +58,25 @@ pub(crate) fn verdict(what: &str, v: Value) -> Result<(Vec<u8>, Vec<Vec<u8>>), U
     Ok((first, w))
 }
 
-pub(crate) fn decode_claim(shared: &Shared, v: Value) -> Result<Claim, BeginError> {
+/// How long a completed record the server answered with lives on: its expiry and the
+/// server's time when it answered, on the deciding clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Life {
+    pub(crate) expires_at: u64,
+    pub(crate) now: u64,
+}
+
+impl Life {
+    fn of(ex: &[u8], now: &[u8]) -> Result<Life, Unavailable> {
+        Ok(Life {
+            expires_at: number("record expiry", ex)?,
+            now: number("clock", now)?,
+        })
+    }
+}
+
+/// A claim's answer, with the life of the completed record it replays.
+pub(crate) fn decode_claim(shared: &Shared, v: Value) -> Result<(Claim, Option<Life>), BeginError> {
     let bad = |v: &[Vec<u8>]| {
         BeginError::Unavailable(Unavailable::Corrupted {
             detail: format!("unexpected reply to a claim: {v:?}"),
@@ -69,18 +87,22 @@ pub(crate) fn decode_claim(shared: &Shared, v: Value) -> Result<Claim, BeginErro
     match (first.as_slice(), rest.as_slice()) {
         (b"conflict", []) => {
             bump(&counters.conflicts);
-            Ok(Claim::Conflict)
+            Ok((Claim::Conflict, None))
         }
         (b"busy", []) => {
             bump(&counters.in_progress);
-            Ok(Claim::InProgress {
-                retry_after: shared.config.retry_after,
-            })
+            Ok((
+                Claim::InProgress {
+                    retry_after: shared.config.retry_after,
+                },
+                None,
+            ))
         }
-        (b"replay", [blob]) => {
+        (b"replay", [blob, ex, now]) => {
             let response = record::response(blob)?;
+            let life = Life::of(ex, now)?;
             bump(&counters.replays);
-            Ok(Claim::Replay(response))
+            Ok((Claim::Replay(response), Some(life)))
         }
         (b"execute", [token, deadline, takeover]) => {
             let token = number("token", token)?;
@@ -89,10 +111,13 @@ pub(crate) fn decode_claim(shared: &Shared, v: Value) -> Result<Claim, BeginErro
             if takeover.as_slice() == b"1" {
                 bump(&counters.lease_takeovers);
             }
-            Ok(Claim::Execute {
-                token,
-                lease_deadline,
-            })
+            Ok((
+                Claim::Execute {
+                    token,
+                    lease_deadline,
+                },
+                None,
+            ))
         }
         _ => Err(bad(&rest)),
     }
@@ -114,6 +139,31 @@ pub(crate) fn holder_refusal(
         _ => Err(Unavailable::Corrupted {
             detail: format!("unexpected reply to {what}: {first:?} {rest:?}"),
         }),
+    }
+}
+
+/// A completion's answer: stored (with the record's fingerprint and life) or released.
+pub(crate) enum Completed {
+    Stored(Vec<u8>, Life),
+    Released,
+}
+
+/// Reads a completion's answer; a refusal is `Err(Some(current))` (fenced) or `Err(None)`.
+pub(crate) fn decode_completion(
+    shared: &Shared,
+    v: Value,
+) -> Result<Result<Completed, Option<u64>>, Unavailable> {
+    let (first, rest) = verdict("a completion", v)?;
+    match (first.as_slice(), rest.as_slice()) {
+        (b"stored", [fp, ex, now]) => {
+            bump(&shared.counters.completions);
+            Ok(Ok(Completed::Stored(fp.clone(), Life::of(ex, now)?)))
+        }
+        (b"released", []) => {
+            bump(&shared.counters.releases);
+            Ok(Ok(Completed::Released))
+        }
+        _ => holder_refusal(shared, "a completion", &first, &rest).map(Err),
     }
 }
 

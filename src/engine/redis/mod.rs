@@ -17,6 +17,7 @@
 //! - an answer is given once the server has applied the call, so it is as durable as the
 //!   server's `appendfsync` makes it, which `open` checks against the store's durability.
 
+mod cache;
 mod decode;
 mod io;
 mod link;
@@ -48,7 +49,10 @@ use crate::rules::response::Response;
 use crate::stats::{Stats, bump};
 use crate::view::{CheckReport, MAX_PROBLEMS, RecordInfo};
 
-use decode::{decode_claim, holder_refusal, unavailable, verdict};
+use cache::{Deadline, Hit, ReplayCache};
+use decode::{
+    Completed, Life, decode_claim, decode_completion, holder_refusal, unavailable, verdict,
+};
 use io::{Call, Job, Target};
 use link::Link;
 use record::{Fields, Names, number};
@@ -65,6 +69,8 @@ pub(crate) struct RedisEngine {
     jobs: Sender<Job>,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: ThreadId,
+    /// Completed records, answered without a round trip (`cache.rs`).
+    cache: Arc<ReplayCache>,
     /// Nonces: a random prefix for this process, then a counter.
     nonce_base: u128,
     nonce_next: AtomicU64,
@@ -93,6 +99,7 @@ impl RedisEngine {
                 .map_err(OpenError::Spawn)?
         };
         Ok(RedisEngine {
+            cache: Arc::new(ReplayCache::new(options.replay_cache_bytes)),
             shared,
             names: Names::new(&options.prefix, secret),
             options,
@@ -184,10 +191,41 @@ impl RedisEngine {
         rx.wait().unwrap_or_else(|c| Err(self.shared.lost_reply(c)))
     }
 
+    /// What a reply closure needs to put a completed record in the cache.
+    fn keeper(&self) -> Keeper {
+        Keeper {
+            cache: Arc::clone(&self.cache),
+            clock: self.options.clock,
+            sent: Instant::now(),
+        }
+    }
+
     fn release_cmd(&self, hash: &KeyHash, token: u64) -> ScriptCall {
         let mut cmd = self.eval(Script::Release, hash);
         cmd.arg(token).arg(self.grace_ms()).arg(self.nonce());
         cmd
+    }
+}
+
+/// Puts what the server answered of a completed record in the cache, with a deadline no
+/// later than the record's expiry (`cache.rs`).
+struct Keeper {
+    cache: Arc<ReplayCache>,
+    clock: RedisClock,
+    /// When the call was sent: before the server read the time it answered with.
+    sent: Instant,
+}
+
+impl Keeper {
+    fn keep(&self, hash: &KeyHash, fp: Fingerprint, response: Response, life: Life) {
+        let deadline = match self.clock {
+            RedisClock::Server => {
+                let left = life.expires_at.saturating_sub(life.now);
+                Deadline::Instant(self.sent + std::time::Duration::from_millis(left))
+            }
+            RedisClock::Store => Deadline::Clock(life.expires_at),
+        };
+        self.cache.insert(hash, fp, response, deadline);
     }
 }
 
@@ -233,6 +271,20 @@ impl Engine for RedisEngine {
         if let Err(e) = self.shared.check() {
             return Answer::Now(Err(e.into()));
         }
+        let counters = &self.shared.counters;
+        match self.cache.lookup(&hash, fp, self.shared.now()) {
+            Some(Hit::Replay(response)) => {
+                bump(&counters.replays);
+                bump(&counters.answered_from_index);
+                return Answer::Now(Ok(Claim::Replay(response)));
+            }
+            Some(Hit::Conflict) => {
+                bump(&counters.conflicts);
+                bump(&counters.answered_from_index);
+                return Answer::Now(Ok(Claim::Conflict));
+            }
+            None => {}
+        }
         let config = &self.shared.config;
         let mut cmd = self.eval(Script::Claim, &hash);
         cmd.arg(self.now_arg())
@@ -262,13 +314,21 @@ impl Engine for RedisEngine {
         };
         let release = Arc::new(release);
         let on_answer = Arc::clone(&release);
+        let keeper = self.keeper();
+        let fp = *fp;
         self.send(
             cmd,
             Box::new(move |out| {
                 let out = out
                     .map_err(unavailable)
                     .map_err(BeginError::from)
-                    .and_then(|v| decode_claim(&shared, v));
+                    .and_then(|v| decode_claim(&shared, v))
+                    .map(|(claim, life)| {
+                        if let (Claim::Replay(response), Some(life)) = (&claim, life) {
+                            keeper.keep(&hash, fp, response.clone(), life);
+                        }
+                        claim
+                    });
                 if let Err(Ok(Claim::Execute { token, .. })) = tx.send(out) {
                     on_answer(token);
                 }
@@ -311,22 +371,18 @@ impl Engine for RedisEngine {
             .arg(self.grace_ms())
             .arg(self.nonce())
             .arg(blob);
-        self.call(cmd, move |shared, v| {
-            let (first, rest) = verdict("a completion", v)?;
-            match first.as_slice() {
-                b"stored" => {
-                    bump(&shared.counters.completions);
-                    Ok(Completion::Stored)
+        let keeper = self.keeper();
+        let kept = keep.then_some(response);
+        self.call(cmd, move |shared, v| match decode_completion(shared, v)? {
+            Ok(Completed::Stored(fp, life)) => {
+                if let (Some(response), Ok(fp)) = (kept, record::fingerprint(&fp)) {
+                    keeper.keep(&hash, fp, response, life);
                 }
-                b"released" => {
-                    bump(&shared.counters.releases);
-                    Ok(Completion::Released)
-                }
-                _ => match holder_refusal(shared, "a completion", &first, &rest)? {
-                    Some(current) => Err(CompleteError::Fenced { token, current }),
-                    None => Err(CompleteError::NotReserved { token }),
-                },
+                Ok(Completion::Stored)
             }
+            Ok(Completed::Released) => Ok(Completion::Released),
+            Err(Some(current)) => Err(CompleteError::Fenced { token, current }),
+            Err(None) => Err(CompleteError::NotReserved { token }),
         })
     }
 
@@ -381,6 +437,7 @@ impl Engine for RedisEngine {
     }
 
     fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable> {
+        self.cache.remove(&hash);
         let mut cmd = self.eval(Script::Purge, &hash);
         cmd.arg(self.grace_ms()).arg(self.nonce());
         self.call(cmd, |_, v| match v {
@@ -485,7 +542,7 @@ impl Engine for RedisEngine {
     }
 
     fn stats(&self) -> Stats {
-        self.shared.counters.snapshot(0)
+        self.shared.counters.snapshot(self.cache.len())
     }
 
     fn close(&self) -> Result<(), Unavailable> {

@@ -46,12 +46,13 @@ pub struct RedisOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) grace: Duration,
     pub(crate) trust_server_settings: bool,
+    pub(crate) replay_cache_bytes: usize,
 }
 
 impl RedisOptions {
     /// The server at `url` (`redis://host:port/db`, `redis://:password@host:port`,
     /// `rediss://` is not built in), with the defaults: prefix `idem:`, the server's clock,
-    /// a 5 s deadline per operation, 1 s to connect, 60 s of grace.
+    /// a 5 s deadline per operation, 1 s to connect, 60 s of grace, 64 MiB of replay cache.
     pub fn new(url: impl Into<String>) -> RedisOptions {
         RedisOptions {
             url: url.into(),
@@ -61,6 +62,7 @@ impl RedisOptions {
             connect_timeout: Duration::from_secs(1),
             grace: Duration::from_secs(60),
             trust_server_settings: false,
+            replay_cache_bytes: 64 << 20,
         }
     }
 
@@ -108,6 +110,16 @@ impl RedisOptions {
         self
     }
 
+    /// Bytes of completed records kept in this process to answer replays and conflicts
+    /// without a round trip (default 64 MiB; 0 turns it off; at most 64 GiB). A record is kept
+    /// until its expiry; a purge made by another machine reaches this cache only then, so a
+    /// service that purges keys to let them run again sets 0 or purges on every machine
+    /// (`docs/distributed.md`).
+    pub fn replay_cache_bytes(mut self, bytes: usize) -> RedisOptions {
+        self.replay_cache_bytes = bytes;
+        self
+    }
+
     /// Checks every value against its range.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let prefix_ok = (1..=64).contains(&self.prefix.len())
@@ -120,6 +132,13 @@ impl RedisOptions {
                 setting: "RedisOptions::prefix",
                 value: format!("{:?}", self.prefix),
                 range: "1 to 64 bytes of visible ASCII without '{' or '}'",
+            });
+        }
+        if self.replay_cache_bytes > 64 << 30 {
+            return Err(ConfigError {
+                setting: "RedisOptions::replay_cache_bytes",
+                value: self.replay_cache_bytes.to_string(),
+                range: "0 to 64 GiB",
             });
         }
         let within = |d: Duration, lo: Duration, hi: Duration| d >= lo && d <= hi;

@@ -115,7 +115,7 @@ pub(crate) fn fingerprint_bytes(fp: &Fingerprint) -> Vec<u8> {
     out
 }
 
-fn fingerprint(b: &[u8]) -> Result<Fingerprint, Unavailable> {
+pub(crate) fn fingerprint(b: &[u8]) -> Result<Fingerprint, Unavailable> {
     match b.split_first() {
         Some((&version, digest)) => match <[u8; 32]>::try_from(digest) {
             Ok(digest) => Ok(Fingerprint::from_parts(version, digest)),

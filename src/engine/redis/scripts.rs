@@ -46,7 +46,8 @@ end
 "#;
 
 /// `begin` (C1-C5, C8, C9). ARGV: now, lease, ttl, grace, fingerprint, nonce, scope, key.
-/// Answers `{conflict}`, `{replay, blob}`, `{busy}` or `{execute, token, deadline, takeover}`.
+/// Answers `{conflict}`, `{replay, blob, expiry, now}`, `{busy}` or
+/// `{execute, token, deadline, takeover}`.
 const CLAIM: &str = r#"
 local now = clock(ARGV[1])
 local lease, ttl, grace = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -55,7 +56,7 @@ local h = redis.call('HMGET', r, 'st', 'fp', 'tk', 'at', 'ld', 'ex')
 local takeover = '0'
 if live(h[1], h[6], now) then
   if h[2] ~= fp then return {'conflict'} end
-  if h[1] == 'c' then return {'replay', redis.call('HGET', r, 'rs')} end
+  if h[1] == 'c' then return {'replay', redis.call('HGET', r, 'rs'), h[6], int(now)} end
   if h[4] == nonce then return {'execute', h[3], h[5], '0'} end
   if now < tonumber(h[5]) then return {'busy'} end
   takeover = '1'
@@ -71,12 +72,13 @@ return {'execute', int(token), int(deadline), takeover}
 "#;
 
 /// `complete` (C3, C6, C7, C8). ARGV: now, token, keep (`1` or `0`), ttl, grace, nonce, blob.
-/// Answers `{stored}`, `{released}`, `{fenced, current}` or `{not_reserved}`.
+/// Answers `{stored, fingerprint, expiry, now}`, `{released}`, `{fenced, current}` or
+/// `{not_reserved}`.
 const COMPLETE: &str = r#"
 local now = clock(ARGV[1])
 local token, ttl, grace, nonce = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local h = redis.call('HMGET', r, 'st', 'tk', 'cn', 'rn')
-if h[1] == 'c' and h[3] == nonce then return {'stored'} end
+local h = redis.call('HMGET', r, 'st', 'tk', 'cn', 'rn', 'fp', 'ex')
+if h[1] == 'c' and h[3] == nonce then return {'stored', h[5], h[6], int(now)} end
 if h[1] == 'r' and h[4] == nonce then return {'released'} end
 if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
 if ARGV[3] == '0' then
@@ -86,7 +88,7 @@ end
 redis.call('HSET', r, 'st', 'c', 'rs', ARGV[7], 'ex', int(now + ttl), 'ld', '0', 'cn', nonce)
 redis.call('HDEL', r, 'at')
 redis.call('PEXPIRE', r, int(ttl + grace))
-return {'stored'}
+return {'stored', h[5], int(now + ttl), int(now)}
 "#;
 
 /// `release` (C6). ARGV: token, grace, nonce. Answers `{ok}`, `{fenced, current}` or
