@@ -95,6 +95,24 @@ impl Link {
         }
     }
 
+    /// A link to the same nodes, with the same slot map, and connections of its own.
+    pub(crate) fn sibling(&self) -> Link {
+        Link {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| Node {
+                    addr: n.addr.clone(),
+                    client: n.client.clone(),
+                    conn: None,
+                })
+                .collect(),
+            slots: self.slots.clone(),
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
     /// Asks the first server whether it runs in Cluster mode and, if so, loads the slot map.
     pub(crate) fn discover(&mut self, deadline: Instant) -> Result<bool, Failure> {
         let mut info = ::redis::cmd("INFO");

@@ -29,19 +29,15 @@ mod scripts;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::{JoinHandle, ThreadId};
 use std::time::Instant;
 
 use ::redis::{Cmd, Value};
-use crossbeam_channel::Sender;
-use parking_lot::Mutex;
 
 use crate::backend::{Claim, Completion};
 use crate::config::{CachePolicy, Config};
 use crate::engine::{Answer, Engine, ExpireReport, Release, Shared};
 use crate::error::{BeginError, CompleteError, LeaseError, Message, OpenError, Unavailable};
 use crate::format::blob;
-use crate::poison::PoisonDart;
 use crate::reply;
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
@@ -53,7 +49,7 @@ use cache::{Deadline, Hit, ReplayCache};
 use decode::{
     Completed, Life, decode_claim, decode_completion, holder_refusal, unavailable, verdict,
 };
-use io::{Call, Job, Target};
+use io::{Call, Lanes, Queue, Target};
 use link::Link;
 use record::{Fields, Names, number};
 use scan::Scan;
@@ -66,9 +62,7 @@ pub(crate) struct RedisEngine {
     shared: Arc<Shared>,
     options: RedisOptions,
     names: Names,
-    jobs: Sender<Job>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    thread_id: ThreadId,
+    lanes: Lanes,
     /// Completed records, answered without a round trip (`cache.rs`).
     cache: Arc<ReplayCache>,
     /// Nonces: a random prefix for this process, then a counter.
@@ -86,26 +80,15 @@ impl RedisEngine {
             cause: Arc::new(Message(format!("no random source for nonces: {e}"))),
         })?;
         let shared = Arc::new(Shared::new(config, secret));
-        let (jobs, rx) = crossbeam_channel::unbounded();
-        let thread = {
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("idemstore-redis".into())
-                .spawn(move || {
-                    // A panic below poisons the store before the replies it drops are read.
-                    let _dart = PoisonDart(shared.poison_flag());
-                    io::run(rx, link);
-                })
-                .map_err(OpenError::Spawn)?
-        };
+        let mut links: Vec<Link> = (1..options.connections).map(|_| link.sibling()).collect();
+        links.insert(0, link);
+        let lanes = Lanes::start(links, &shared).map_err(OpenError::Spawn)?;
         Ok(RedisEngine {
             cache: Arc::new(ReplayCache::new(options.replay_cache_bytes)),
             shared,
             names: Names::new(&options.prefix, secret),
             options,
-            jobs,
-            thread_id: thread.thread().id(),
-            thread: Mutex::new(Some(thread)),
+            lanes,
             nonce_base: u128::from_le_bytes(base),
             nonce_next: AtomicU64::new(0),
         })
@@ -142,7 +125,7 @@ impl RedisEngine {
     /// Queues `call`; its reply goes to `reply`. A refusal to queue (the thread is gone) drops
     /// `reply`, and its caller hears the store's state.
     fn send(&self, call: ScriptCall, reply: io::Reply) {
-        call.queue(&self.jobs, self.options.timeout, reply);
+        call.queue(&self.lanes.queue, self.options.timeout, reply);
     }
 
     /// Queues `cmd` and answers through a reply slot what `decode` makes of its reply.
@@ -173,8 +156,8 @@ impl RedisEngine {
         Answer::later(rx, &self.shared)
     }
 
-    /// Runs `f` on the I/O thread with the connection, after every call queued before, and
-    /// waits for its answer.
+    /// Runs `f` on an I/O thread with its link, after every call queued before on any lane,
+    /// and waits for its answer.
     fn exclusive<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Link, &Scan) -> Result<T, Unavailable> + Send + 'static,
@@ -182,11 +165,11 @@ impl RedisEngine {
         self.shared.check()?;
         let (tx, rx) = reply::channel();
         let view = Scan::new(self.names.clone(), self.now_arg(), self.options.timeout);
-        let job = Job::Exclusive(Box::new(move |link| {
+        let job = Box::new(move |link: &mut Link| {
             let _ = tx.send(f(link, &view));
-        }));
-        if self.jobs.send(job).is_err() {
-            return Err(self.shared.lost_reply(Default::default()));
+        });
+        if let Err(c) = self.lanes.queue.exclusive(job) {
+            return Err(self.shared.lost_reply(c));
         }
         rx.wait().unwrap_or_else(|c| Err(self.shared.lost_reply(c)))
     }
@@ -249,14 +232,13 @@ impl ScriptCall {
         self.cmd.arg(arg)
     }
 
-    fn queue(self, jobs: &Sender<Job>, timeout: std::time::Duration, reply: io::Reply) {
-        let call = Call {
+    fn queue(self, queue: &Queue, timeout: std::time::Duration, reply: io::Reply) {
+        queue.call(Call {
             cmd: self.cmd,
             target: self.target,
             deadline: Instant::now() + timeout,
             reply,
-        };
-        let _ = jobs.send(Job::Call(call));
+        });
     }
 }
 
@@ -300,7 +282,7 @@ impl Engine for RedisEngine {
         // A reservation whose caller went away is released, so that the key is not held
         // without a holder until its lease runs out (C6): by the I/O thread if the answer
         // comes after the caller left, or by the caller's drop if it came before.
-        let jobs = self.jobs.clone();
+        let jobs = self.lanes.queue.clone();
         let release = {
             let grace = self.grace_ms();
             let names = self.names.clone();
@@ -547,18 +529,11 @@ impl Engine for RedisEngine {
 
     fn close(&self) -> Result<(), Unavailable> {
         self.shared.mark_closed();
-        let _ = self.jobs.send(Job::Stop);
-        // On its own thread (the last handle dropped by a reply it delivered), the loop ends
-        // once this call returns and reaches `Stop`.
-        if std::thread::current().id() != self.thread_id
-            && let Some(thread) = self.thread.lock().take()
-        {
-            let _ = thread.join();
-        }
+        self.lanes.stop();
         self.shared.check_poison()
     }
 
     fn closing_on_own_thread(&self) -> bool {
-        std::thread::current().id() == self.thread_id
+        self.lanes.is_own_thread()
     }
 }

@@ -47,12 +47,14 @@ pub struct RedisOptions {
     pub(crate) grace: Duration,
     pub(crate) trust_server_settings: bool,
     pub(crate) replay_cache_bytes: usize,
+    pub(crate) connections: usize,
 }
 
 impl RedisOptions {
     /// The server at `url` (`redis://host:port/db`, `redis://:password@host:port`,
     /// `rediss://` is not built in), with the defaults: prefix `idem:`, the server's clock,
-    /// a 5 s deadline per operation, 1 s to connect, 60 s of grace, 64 MiB of replay cache.
+    /// a 5 s deadline per operation, 1 s to connect, 60 s of grace, 64 MiB of replay cache,
+    /// 4 connections.
     pub fn new(url: impl Into<String>) -> RedisOptions {
         RedisOptions {
             url: url.into(),
@@ -63,6 +65,7 @@ impl RedisOptions {
             grace: Duration::from_secs(60),
             trust_server_settings: false,
             replay_cache_bytes: 64 << 20,
+            connections: 4,
         }
     }
 
@@ -120,6 +123,14 @@ impl RedisOptions {
         self
     }
 
+    /// How many I/O threads the store runs, each with its own connection to every server node
+    /// (1 to 64, default 4). Each has one pipelined batch in flight at a time; a key's calls
+    /// always go through the same one, so they stay in order.
+    pub fn connections(mut self, connections: usize) -> RedisOptions {
+        self.connections = connections;
+        self
+    }
+
     /// Checks every value against its range.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let prefix_ok = (1..=64).contains(&self.prefix.len())
@@ -132,6 +143,13 @@ impl RedisOptions {
                 setting: "RedisOptions::prefix",
                 value: format!("{:?}", self.prefix),
                 range: "1 to 64 bytes of visible ASCII without '{' or '}'",
+            });
+        }
+        if !(1..=64).contains(&self.connections) {
+            return Err(ConfigError {
+                setting: "RedisOptions::connections",
+                value: self.connections.to_string(),
+                range: "1 to 64",
             });
         }
         if self.replay_cache_bytes > 64 << 30 {
