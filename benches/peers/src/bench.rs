@@ -99,7 +99,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
     };
     for s in &p.systems {
         let missing = match s {
-            System::RedisAlways => p.redis[0].is_none(),
+            System::RedisAlways | System::IdemRedisAlways => p.redis[0].is_none(),
             System::RedisEverysec => p.redis[1].is_none(),
             System::RedisNone => p.redis[2].is_none(),
             System::PgOn | System::PgOff => p.pg.is_none(),
@@ -374,6 +374,24 @@ fn run_cell(
             };
             drop(progress);
             Ok((tally, close_idemstore(store, &dir)?))
+        }
+        System::IdemRedisAlways => {
+            let url = p.redis[0].as_deref().unwrap_or_default();
+            let store = systems::open_idemstore_redis(url)?;
+            let clients = (0..c)
+                .map(|_| systems::IdemClient::new(store.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let cell = new_cell(p, w, tag);
+            let progress = Progress::start(label.to_owned(), &cell);
+            let tally = run_threads(clients, &cell);
+            drop(progress);
+            let st = store.stats();
+            let note = format!(
+                "replays={} from_cache={} cached={}",
+                st.replays, st.answered_from_index, st.index_entries
+            );
+            store.close().map_err(|e| e.to_string())?;
+            Ok((tally, note))
         }
         System::RedbNaive => {
             let dir = systems::cell_dir(&p.data_dir, "cell")?;

@@ -170,8 +170,9 @@ fn summarize(rows: &[Row]) -> BTreeMap<CellKey, Summary> {
 }
 
 /// The ratios the issue asks for: each idemstore mode against the peers of like durability.
-pub const PAIRS: [(&str, &str); 6] = [
+pub const PAIRS: [(&str, &str); 7] = [
     ("idemstore-immediate", "redis-always"),
+    ("idemstore-redis-always", "redis-always"),
     ("idemstore-immediate", "pg-sync-on"),
     ("idemstore-immediate", "redb-naive"),
     ("idemstore-buffered", "redis-everysec"),

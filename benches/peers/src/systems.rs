@@ -37,6 +37,10 @@ pub enum System {
     /// idemstore, `Durability::Immediate` without its write-ahead log (a durable database
     /// commit per batch). Not in a default run; name it to compare the log's effect.
     IdemImmediateNoLog,
+    /// idemstore's Redis engine on the `appendfsync always` server, each client a thread
+    /// calling the blocking API. Not in a default run; name it with `redis-always`, which it
+    /// is compared with.
+    IdemRedisAlways,
     /// idemstore, `Durability::Buffered`.
     IdemBuffered,
     /// idemstore, `Durability::Memory` (no file).
@@ -75,6 +79,7 @@ impl System {
             System::IdemImmediate => "idemstore-immediate",
             System::IdemImmediateAsync => "idemstore-immediate-async",
             System::IdemImmediateNoLog => "idemstore-immediate-nolog",
+            System::IdemRedisAlways => "idemstore-redis-always",
             System::IdemBuffered => "idemstore-buffered",
             System::IdemMemory => "idemstore-memory",
             System::RedbNaive => "redb-naive",
@@ -90,7 +95,11 @@ impl System {
     pub fn parse(s: &str) -> Option<System> {
         System::ALL
             .into_iter()
-            .chain([System::IdemImmediateNoLog, System::IdemImmediateAsync])
+            .chain([
+                System::IdemImmediateNoLog,
+                System::IdemImmediateAsync,
+                System::IdemRedisAlways,
+            ])
             .find(|x| x.name() == s)
     }
 }
@@ -129,6 +138,21 @@ pub fn open_idemstore(system: System, dir: &Path, settings: IdemSettings) -> Res
     } else {
         Store::open(dir.join("idem.redb"), config).map_err(|e| e.to_string())
     }
+}
+
+/// Opens idemstore's Redis engine on the server at `url` (emptied first), with the same TTL
+/// as every system.
+pub fn open_idemstore_redis(url: &str) -> Result<Store, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let mut conn = client.get_connection().map_err(|e| e.to_string())?;
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut conn)
+        .map_err(|e| e.to_string())?;
+    let config = Config::builder()
+        .ttl(TTL)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Store::open_redis(url, config).map_err(|e| e.to_string())
 }
 
 /// One caller of an idemstore, as a request handler in a service would be: a thread calling the
