@@ -554,3 +554,23 @@ fn a_purge_on_another_machine_reaches_this_cache_only_at_expiry() {
     assert!(cached.purge(&s, &k).unwrap());
     drop(execute(cached.begin(&s, &k, &fp("x")).unwrap()));
 }
+
+#[test]
+fn functions_lost_by_the_server_are_loaded_again() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = on(&server.url(), &clock);
+    execute(store.begin(&scope("s"), &key("a"), &fp("x")).unwrap())
+        .complete(resp(200, "a"))
+        .unwrap();
+    // An operator flushes the functions (or a new node joins without them): the next call is
+    // refused with "Function not found", and the store loads the library and sends it again.
+    assert!(server.command(&["FUNCTION", "FLUSH"]).starts_with("+OK"));
+    assert!(server.command(&["FUNCTION", "LIST"]).starts_with("*0"));
+    execute(store.begin(&scope("s"), &key("b"), &fp("x")).unwrap())
+        .complete(resp(200, "b"))
+        .unwrap();
+    assert!(!server.command(&["FUNCTION", "LIST"]).starts_with("*0"));
+}

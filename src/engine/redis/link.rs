@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use crate::error::{Cause, Message};
 
 use super::io::{Call, Failure, Target};
+use super::scripts;
 
 /// How many hash slots a Redis Cluster has.
 pub(crate) const SLOTS: u16 = 16384;
@@ -262,6 +263,18 @@ impl Link {
             .ok_or_else(|| cause_of("no connection"))
     }
 
+    /// Loads the engine's functions on node `i` (a library already there is kept: its name
+    /// carries the digest of its code).
+    pub(crate) fn load_functions(&mut self, i: usize, deadline: Instant) -> Result<(), Failure> {
+        let mut cmd = ::redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg(scripts::library_source());
+        match self.ask_node(i, &cmd, deadline) {
+            Ok(_) => Ok(()),
+            Err(Failure::Server(e)) if e.contains("already exists") => Ok(()),
+            Err(f) => Err(f),
+        }
+    }
+
     /// One command to node `i`, once, without redirection: for `CLUSTER SLOTS`.
     fn ask_node(&mut self, i: usize, cmd: &Cmd, deadline: Instant) -> Result<Value, Failure> {
         let conn = self.connection(i, deadline).map_err(Failure::NotSent)?;
@@ -332,6 +345,7 @@ impl Link {
             }
             let mut refresh = false;
             let mut wait = false;
+            let mut missing = Vec::new();
             let mut sent = Vec::new();
             for (node, mut group) in groups {
                 let conn = match self.connection(node, deadline) {
@@ -388,6 +402,10 @@ impl Link {
                                 wait = true;
                                 todo.push(Pending { ask: None, ..p });
                             }
+                            Some(Redirect::Missing) => {
+                                missing.push(node);
+                                todo.push(p);
+                            }
                             None => (p.call.reply)(Err(Failure::Server(text))),
                         },
                         Ok(Ok(value)) => (p.call.reply)(Ok(value)),
@@ -403,6 +421,12 @@ impl Link {
             }
             if refresh && self.refresh_slots(deadline).is_err() {
                 wait = true;
+            }
+            missing.dedup();
+            for node in missing {
+                if self.load_functions(node, deadline).is_err() {
+                    wait = true;
+                }
             }
             if wait && !todo.is_empty() {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -429,6 +453,9 @@ impl Link {
 enum Redirect {
     /// The slot lives elsewhere now: reload the map.
     Moved,
+    /// The node lacks the engine's functions (a node new to the Cluster, or one whose
+    /// functions were flushed): load them there and send again.
+    Missing,
     /// The slot is migrating: send this call once to that node.
     Ask(String),
     /// The cluster cannot serve now: wait and send again.
@@ -441,6 +468,7 @@ fn redirect(error: &str) -> Option<Redirect> {
         "MOVED" => Some(Redirect::Moved),
         "ASK" => words.nth(1).map(|addr| Redirect::Ask(addr.to_owned())),
         "TRYAGAIN" | "CLUSTERDOWN" => Some(Redirect::Wait),
+        "ERR" if error.contains("Function not found") => Some(Redirect::Missing),
         _ => None,
     }
 }
@@ -500,5 +528,9 @@ mod tests {
             Some(Redirect::Wait)
         ));
         assert!(redirect("ERR wrong").is_none());
+        assert!(matches!(
+            redirect("ERR Function not found"),
+            Some(Redirect::Missing)
+        ));
     }
 }

@@ -2,7 +2,7 @@
 //! machine of a service.
 //!
 //! Why: an embedded file serves one process, and a service with several replicas sends a
-//! retry to whichever replica the load balancer picks. Here every decision is a Lua script
+//! retry to whichever replica the load balancer picks. Here every decision is a Lua function
 //! (`scripts.rs`) that the server runs atomically on one key, so every replica pointed at the
 //! same server and prefix keeps one contract. The engine's own thread (`io.rs`) pipelines the
 //! calls of all callers over one connection, so neither a runtime nor a connection per call
@@ -117,8 +117,8 @@ impl RedisEngine {
         crate::clock::millis(self.options.grace)
     }
 
-    /// `EVAL` of `script` on the record of `hash`.
-    fn eval(&self, script: Script, hash: &KeyHash) -> ScriptCall {
+    /// `FCALL` of `script` on the record of `hash`.
+    fn fcall(&self, script: Script, hash: &KeyHash) -> ScriptCall {
         ScriptCall::new(&self.names, script, hash)
     }
 
@@ -184,7 +184,7 @@ impl RedisEngine {
     }
 
     fn release_cmd(&self, hash: &KeyHash, token: u64) -> ScriptCall {
-        let mut cmd = self.eval(Script::Release, hash);
+        let mut cmd = self.fcall(Script::Release, hash);
         cmd.arg(token).arg(self.grace_ms()).arg(self.nonce());
         cmd
     }
@@ -222,8 +222,8 @@ impl ScriptCall {
     fn new(names: &Names, script: Script, hash: &KeyHash) -> ScriptCall {
         let key = names.record(hash);
         let target = Target::Slot(link::slot_of(key.as_bytes()));
-        let mut cmd = ::redis::cmd("EVAL");
-        cmd.arg(script.source()).arg(1).arg(key);
+        let mut cmd = ::redis::cmd("FCALL");
+        cmd.arg(script.function()).arg(1).arg(key);
         ScriptCall { cmd, target }
     }
 
@@ -268,7 +268,7 @@ impl Engine for RedisEngine {
             None => {}
         }
         let config = &self.shared.config;
-        let mut cmd = self.eval(Script::Claim, &hash);
+        let mut cmd = self.fcall(Script::Claim, &hash);
         cmd.arg(self.now_arg())
             .arg(crate::clock::millis(config.lease))
             .arg(crate::clock::millis(config.ttl))
@@ -345,7 +345,7 @@ impl Engine for RedisEngine {
             }
         };
         let keep = policy.keeps(response.status());
-        let mut cmd = self.eval(Script::Complete, &hash);
+        let mut cmd = self.fcall(Script::Complete, &hash);
         cmd.arg(self.now_arg())
             .arg(token)
             .arg(if keep { "1" } else { "0" })
@@ -401,7 +401,7 @@ impl Engine for RedisEngine {
     }
 
     fn renew(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError> {
-        let mut cmd = self.eval(Script::Renew, &hash);
+        let mut cmd = self.fcall(Script::Renew, &hash);
         cmd.arg(self.now_arg())
             .arg(token)
             .arg(crate::clock::millis(self.shared.config.lease))
@@ -420,7 +420,7 @@ impl Engine for RedisEngine {
 
     fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable> {
         self.cache.remove(&hash);
-        let mut cmd = self.eval(Script::Purge, &hash);
+        let mut cmd = self.fcall(Script::Purge, &hash);
         cmd.arg(self.grace_ms()).arg(self.nonce());
         self.call(cmd, |_, v| match v {
             Value::Int(n) => Ok(n == 1),
@@ -429,7 +429,7 @@ impl Engine for RedisEngine {
     }
 
     fn get(&self, hash: KeyHash) -> Result<Option<RecordInfo>, Unavailable> {
-        let mut cmd = self.eval(Script::Get, &hash);
+        let mut cmd = self.fcall(Script::Get, &hash);
         cmd.arg(self.now_arg());
         self.call(cmd, |_, v| {
             let fields = Fields::of("a read", v)?;

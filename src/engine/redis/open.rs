@@ -74,6 +74,7 @@ pub(super) fn connect(
         if !options.trust_server_settings {
             check_settings(&mut ask, config.durability).map_err(|e| on_node(e, &name))?;
         }
+        link.load_functions(node, deadline).map_err(unreachable)?;
     }
     let meta = Names::meta(&options.prefix);
     let target = Target::Slot(slot_of(meta.as_bytes()));

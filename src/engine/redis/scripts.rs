@@ -2,7 +2,7 @@
 //!
 //! Why: a decision taken from a client-side read (is the key free, does this token still hold
 //! it) is stale by the time the write arrives; the Redis stores whose users filed
-//! double-execution bugs all decide that way. Each script here reads the record, decides with
+//! double-execution bugs all decide that way. Each function here reads the record, decides with
 //! the rules of `rules/machine.rs` and writes, while the server runs nothing else.
 //!
 //! Invariants:
@@ -19,12 +19,17 @@
 //! - times are milliseconds of the deciding clock: the caller's (`ARGV[1]` a number) or the
 //!   server's (`ARGV[1]` empty, `TIME`). The hash's own TTL is the record's remaining life plus
 //!   the grace, so the server drops what has expired, while every decision reads `ex` itself;
-//! - every script starts with `#!lua` and declares no flags, so the server refuses it before it
-//!   runs when it is out of memory, never halfway through.
+//! - the scripts are one Redis Functions library (`FUNCTION LOAD`), named with a digest of its
+//!   code, so stores of different versions sharing a server each call their own; the server
+//!   keeps libraries in its append-only file and replicates them, so a restart or a failover
+//!   does not lose them, and a node that lacks the library (a new Cluster node) gets it when a
+//!   call says so (`link.rs`);
+//! - no function declares flags, so the server refuses one before it runs when it is out of
+//!   memory, never halfway through.
 
-/// The start of every script: the record's key, the clock, and the shared helpers.
-const PRELUDE: &str = r#"#!lua
-local r = KEYS[1]
+/// The helpers every function shares: the clock, numbers as text, liveness, tombstones and
+/// a holder's refusal.
+const HELPERS: &str = r#"
 local function clock(arg)
   if arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')
@@ -34,7 +39,7 @@ local function int(n) return string.format('%.0f', n) end
 local function live(st, ex, now)
   return (st == 'f' or st == 'c') and now < tonumber(ex)
 end
-local function tombstone(tk, nonce, grace)
+local function tombstone(r, tk, nonce, grace)
   redis.call('DEL', r)
   redis.call('HSET', r, 'st', 'r', 'tk', tk, 'rn', nonce)
   redis.call('PEXPIRE', r, grace)
@@ -82,7 +87,7 @@ if h[1] == 'c' and h[3] == nonce then return {'stored', h[5], h[6], int(now)} en
 if h[1] == 'r' and h[4] == nonce then return {'released'} end
 if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
 if ARGV[3] == '0' then
-  tombstone(h[2], nonce, grace)
+  tombstone(r, h[2], nonce, grace)
   return {'released'}
 end
 redis.call('HSET', r, 'st', 'c', 'rs', ARGV[7], 'ex', int(now + ttl), 'ld', '0', 'cn', nonce)
@@ -98,7 +103,7 @@ local token, grace, nonce = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local h = redis.call('HMGET', r, 'st', 'tk', 'rn')
 if h[1] == 'r' and h[3] == nonce then return {'ok'} end
 if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
-tombstone(h[2], nonce, grace)
+tombstone(r, h[2], nonce, grace)
 return {'ok'}
 "#;
 
@@ -121,7 +126,7 @@ const PURGE: &str = r#"
 local h = redis.call('HMGET', r, 'st', 'tk', 'rn')
 if h[1] == 'r' and h[3] == ARGV[2] then return 1 end
 if h[1] ~= 'f' and h[1] ~= 'c' then return 0 end
-tombstone(h[2], ARGV[2], tonumber(ARGV[1]))
+tombstone(r, h[2], ARGV[2], tonumber(ARGV[1]))
 return 1
 "#;
 
@@ -146,15 +151,85 @@ pub(crate) enum Script {
 }
 
 impl Script {
-    /// The whole script, as `EVAL` gets it. Sending the body rather than its digest
-    /// (`EVALSHA`) costs a digest on the server per call and saves a `NOSCRIPT` round trip,
-    /// and with it a reordering of calls, after every restart or failover of the server.
-    pub(crate) fn source(self) -> &'static str {
-        use std::sync::OnceLock;
-        static SOURCES: OnceLock<[String; 6]> = OnceLock::new();
-        let all = SOURCES.get_or_init(|| {
-            [CLAIM, COMPLETE, RELEASE, RENEW, PURGE, GET].map(|body| format!("{PRELUDE}{body}"))
-        });
-        &all[self as usize]
+    const ALL: [Script; 6] = [
+        Script::Claim,
+        Script::Complete,
+        Script::Release,
+        Script::Renew,
+        Script::Purge,
+        Script::Get,
+    ];
+
+    fn body(self) -> &'static str {
+        match self {
+            Script::Claim => CLAIM,
+            Script::Complete => COMPLETE,
+            Script::Release => RELEASE,
+            Script::Renew => RENEW,
+            Script::Purge => PURGE,
+            Script::Get => GET,
+        }
+    }
+
+    fn stem(self) -> &'static str {
+        match self {
+            Script::Claim => "claim",
+            Script::Complete => "complete",
+            Script::Release => "release",
+            Script::Renew => "renew",
+            Script::Purge => "purge",
+            Script::Get => "get",
+        }
+    }
+
+    /// The name `FCALL` calls it by: `idem_<stem>_<digest of the library>`.
+    pub(crate) fn function(self) -> &'static str {
+        &library().names[self as usize]
+    }
+}
+
+struct Library {
+    source: String,
+    names: [String; 6],
+}
+
+fn library() -> &'static Library {
+    use std::sync::OnceLock;
+    static LIBRARY: OnceLock<Library> = OnceLock::new();
+    LIBRARY.get_or_init(|| {
+        let mut code = String::from(HELPERS);
+        for script in Script::ALL {
+            code.push_str(script.body());
+        }
+        let digest = blake3::hash(code.as_bytes()).to_hex();
+        let tag = &digest.as_str()[..12];
+        let names = Script::ALL.map(|s| format!("idem_{}_{tag}", s.stem()));
+        let mut source = format!("#!lua name=idemstore_{tag}\n{HELPERS}");
+        for (script, name) in Script::ALL.iter().zip(&names) {
+            source.push_str(&format!(
+                "redis.register_function('{name}', function(KEYS, ARGV)\nlocal r = KEYS[1]\n{}end)\n",
+                script.body()
+            ));
+        }
+        Library { source, names }
+    })
+}
+
+/// The library's source, as `FUNCTION LOAD` takes it.
+pub(crate) fn library_source() -> &'static str {
+    &library().source
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_function_is_registered_under_its_digest_name() {
+        let src = library_source();
+        assert!(src.starts_with("#!lua name=idemstore_"));
+        for s in Script::ALL {
+            assert!(src.contains(&format!("redis.register_function('{}'", s.function())));
+        }
     }
 }
