@@ -200,7 +200,11 @@ async fn h4_c10_serve_story_survives_sigkill_and_replays_byte_identical() {
 async fn serve_if_match_and_idempotency_key_together() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(&dir.path().join("idem.redb"), &[]);
-    let addr = server.addr;
+    if_match_and_key_story(server.addr).await;
+}
+
+/// `If-Match` and `Idempotency-Key` on one booking, and the refusals of the guarded routes.
+async fn if_match_and_key_story(addr: SocketAddr) {
     let created = send(addr, booking("POST", "/v1/bookings", Some("c1"), BODY))
         .await
         .unwrap();
@@ -745,4 +749,121 @@ async fn h11_serve_a_client_that_hangs_up_mid_patch_never_applies_it_twice() {
     };
     assert_eq!(retry.status, StatusCode::OK, "{}", retry.text());
     assert_eq!(retry.header("etag"), Some("\"v22\""));
+}
+
+/// Two `serve` processes on one Redis server are one service: a same-key storm whose
+/// requests alternate between them makes one booking per key, and each answers the other's
+/// replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_two_serve_processes_on_one_redis_make_one_booking_per_key() {
+    let Some(redis) = crate::redis_support::Server::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let args = ["--redis", url.as_str(), "--handler-delay-ms", "100"];
+    let servers = [
+        serve(&dir.path().join("a.redb"), &args),
+        serve(&dir.path().join("b.redb"), &args),
+    ];
+    const KEYS: usize = 12;
+    const TRIES: usize = 6;
+    let mut storm = Vec::new();
+    for k in 0..KEYS {
+        for t in 0..TRIES {
+            let addr = servers[t % 2].addr;
+            let key = format!("storm-{k}");
+            storm.push(tokio::spawn(async move {
+                let reply = send(addr, booking("POST", "/v1/bookings", Some(&key), BODY))
+                    .await
+                    .unwrap();
+                (k, reply)
+            }));
+        }
+    }
+    let mut first_runs = vec![0usize; KEYS];
+    for task in storm {
+        let (k, reply) = task.await.unwrap();
+        match reply.status {
+            StatusCode::CREATED if !reply.replayed() => first_runs[k] += 1,
+            StatusCode::CREATED => {}
+            StatusCode::CONFLICT => assert_eq!(reply.code(), "idempotency_in_progress"),
+            other => panic!("{other}: {}", reply.text()),
+        }
+    }
+    assert!(first_runs.iter().all(|&n| n == 1), "{first_runs:?}");
+    // After the storm every retry replays the one booking, whichever process it reaches.
+    let mut uids = std::collections::BTreeSet::new();
+    for k in 0..KEYS {
+        for server in &servers {
+            let key = format!("storm-{k}");
+            let reply = send(
+                server.addr,
+                booking("POST", "/v1/bookings", Some(&key), BODY),
+            )
+            .await
+            .unwrap();
+            assert!(reply.replayed(), "{}", reply.text());
+            uids.insert(reply.json()["data"]["uid"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(uids.len(), KEYS, "one booking per key");
+    for server in &servers {
+        let list = send(server.addr, booking("GET", "/v1/bookings", None, ""))
+            .await
+            .unwrap();
+        assert_eq!(list.json()["data"].as_array().unwrap().len(), KEYS);
+    }
+}
+
+/// The bookings on Redis keep `If-Match`: the story above, and two edits of one version sent
+/// at once to two `serve` processes, of which exactly one is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_redis_keeps_if_match_across_processes() {
+    let Some(redis) = crate::redis_support::Server::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let a = serve(&dir.path().join("a.redb"), &["--redis", url.as_str()]);
+    let b = serve(&dir.path().join("b.redb"), &["--redis", url.as_str()]);
+    if_match_and_key_story(a.addr).await;
+    for round in 0..10 {
+        let created = send(
+            a.addr,
+            booking("POST", "/v1/bookings", Some(&format!("race-{round}")), BODY),
+        )
+        .await
+        .unwrap();
+        let uid = created.json()["data"]["uid"].as_str().unwrap().to_owned();
+        let edit = |addr, key: String, start: &str| {
+            let mut r = booking(
+                "PATCH",
+                &format!("/v1/bookings/{uid}"),
+                Some(&key),
+                &format!(r#"{{"start":"{start}"}}"#),
+            );
+            r.headers_mut()
+                .insert("if-match", "\"v1\"".parse().unwrap());
+            send(addr, r)
+        };
+        let (x, y) = tokio::join!(
+            edit(a.addr, format!("ea-{round}"), "2026-07-01T10:00:00Z"),
+            edit(b.addr, format!("eb-{round}"), "2026-07-02T10:00:00Z"),
+        );
+        let mut statuses = [x.unwrap().status, y.unwrap().status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::PRECONDITION_FAILED],
+            "round {round}"
+        );
+        let shown = send(
+            b.addr,
+            booking("GET", &format!("/v1/bookings/{uid}"), None, ""),
+        )
+        .await
+        .unwrap();
+        assert_eq!(shown.header("etag"), Some("\"v2\""));
+    }
 }

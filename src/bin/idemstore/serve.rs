@@ -52,6 +52,12 @@ pub(crate) struct ServeArgs {
     /// The store file; the bookings go to a sibling file named `<stem>-bookings.redb`.
     #[arg(long, default_value = "idemstore.redb")]
     pub(crate) db: PathBuf,
+    /// Keep the idempotency records and the bookings on this Redis server
+    /// (`redis://host:port`) instead of files (`--db` is then unused), so that several `serve`
+    /// processes are one service. The server must run with `appendonly yes`, `appendfsync
+    /// always` (`everysec` with `--durability buffered`) and `maxmemory-policy noeviction`.
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Option<String>,
     /// The address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) addr: SocketAddr,
@@ -138,12 +144,24 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .ttl(Duration::from_secs(args.ttl_secs))
         .build()
         .map_err(|e| format!("bad setting: {e}"))?;
-    let (store, bookings) = match args.durability {
-        DurabilityArg::Memory => (
+    let (store, bookings) = match (&args.redis, args.durability) {
+        (Some(_), DurabilityArg::Memory) => {
+            return Err(
+                "--durability memory keeps nothing; with --redis the server keeps it".into(),
+            );
+        }
+        (Some(url), _) => {
+            let store = Store::open_redis(url, config)
+                .map_err(|e| format!("cannot open the store on {url}: {e}"))?;
+            let bookings = Bookings::on_redis(url, "idem:")
+                .map_err(|e| format!("cannot keep bookings on {url}: {e:?}"))?;
+            (store, bookings)
+        }
+        (None, DurabilityArg::Memory) => (
             Store::in_memory(config)?,
             Bookings::in_memory().map_err(|e| format!("bookings: {e:?}"))?,
         ),
-        _ => {
+        (None, _) => {
             let store = Store::open(&args.db, config)
                 .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
             let path = bookings_path(&args.db);
@@ -167,6 +185,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(
         %addr,
         db = %args.db.display(),
+        redis = ?args.redis,
         durability = ?args.durability,
         idempotency = !args.without_idempotency,
         "serving the bookings API"
@@ -555,8 +574,9 @@ async fn show(State(st): State<AppState>, UrlPath(uid): UrlPath<String>, req: Re
     }
 }
 
-/// A change to apply to a booking inside its write transaction.
-type Edit = Box<dyn FnOnce(&mut Booking) -> Result<(), BookingError> + Send>;
+/// A change to apply to a booking inside its write transaction (on Redis, again on the
+/// version that won if another change got in first).
+type Edit = Box<dyn Fn(&mut Booking) -> Result<(), BookingError> + Send>;
 
 /// A change to one booking: parse, wait the configured delay, apply under `If-Match`.
 async fn change(
@@ -627,7 +647,7 @@ async fn reschedule(
         let start = start_field(v)?;
         Ok(Box::new(move |b: &mut Booking| {
             must_be_active(b)?;
-            b.start = start;
+            b.start.clone_from(&start);
             Ok(())
         }))
     })
@@ -655,11 +675,11 @@ async fn patch(
         }
         Ok(Box::new(move |b: &mut Booking| {
             must_be_active(b)?;
-            if let Some(e) = email {
-                b.attendee.email = e;
+            if let Some(e) = &email {
+                b.attendee.email.clone_from(e);
             }
-            if let Some(s) = start {
-                b.start = s;
+            if let Some(s) = &start {
+                b.start.clone_from(s);
             }
             Ok(())
         }))

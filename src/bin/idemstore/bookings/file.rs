@@ -1,10 +1,7 @@
-//! The bookings kept by the demo service, in a redb file of their own.
+//! The bookings in a redb file of their own.
 //!
-//! Why: the demo's operations must have real effects to protect: a booking created twice is
-//! the bug idempotency prevents, and a booking edited from a stale version is the bug `If-Match`
-//! prevents. Invariants: every change is one redb write transaction that checks ownership and
-//! the expected version (`If-Match`) before writing, so two concurrent edits of one version
-//! cannot both succeed.
+//! Invariants: every change is one redb write transaction that checks ownership and the
+//! expected version (`If-Match`) before writing.
 //!
 //! A booking created under an idempotency key is tied to the key *and* the request: the
 //! scope, the key as the layer parsed it (`"abc"` and `abc` are one key), and the request's
@@ -21,7 +18,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+
+use super::{
+    Booking, BookingError, KeyedRequest, NewBooking, Stored, if_match_allows, new_record, uid_of,
+};
 
 /// uid → the stored booking (JSON).
 const BOOKINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bookings");
@@ -45,49 +45,6 @@ const EXPIRED_BATCH: usize = 64;
 type Tie = (&'static str, u8, [u8; 32], u64);
 type ByRequest<'txn> = redb::Table<'txn, (&'static str, &'static str), Tie>;
 type ByRequestExpiry<'txn> = redb::Table<'txn, (u64, &'static str, &'static str), ()>;
-
-/// A booking as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Booking {
-    pub(crate) uid: String,
-    pub(crate) event_type_id: String,
-    pub(crate) start: String,
-    pub(crate) attendee: Attendee,
-    pub(crate) status: String,
-    pub(crate) version: u64,
-}
-
-/// Who attends.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Attendee {
-    pub(crate) email: String,
-}
-
-impl Booking {
-    /// The entity tag of this version.
-    pub(crate) fn etag(&self) -> String {
-        format!("\"v{}\"", self.version)
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    account: String,
-    booking: Booking,
-}
-
-/// Why a bookings operation did not happen.
-#[derive(Debug)]
-pub(crate) enum BookingError {
-    NotFound,
-    /// `If-Match` named another version.
-    Stale {
-        current: String,
-    },
-    /// The transition is not allowed from the booking's state.
-    InvalidState(String),
-    Storage(String),
-}
 
 impl From<redb::Error> for BookingError {
     fn from(e: redb::Error) -> Self {
@@ -113,49 +70,30 @@ storage_from!(
     serde_json::Error
 );
 
-/// The idempotency key a create runs under, as the layer reserved it.
-pub(crate) struct KeyedRequest {
-    /// The key's scope.
-    pub(crate) scope: String,
-    /// The key, parsed (unquoted).
-    pub(crate) key: String,
-    /// The request's fingerprint: version and digest.
-    pub(crate) fingerprint: (u8, [u8; 32]),
-    /// How long the tie between the key and the booking lives: the store's time to live.
-    pub(crate) ttl_ms: u64,
-}
-
-/// What a create asks for.
-pub(crate) struct NewBooking {
-    pub(crate) event_type_id: String,
-    pub(crate) start: String,
-    pub(crate) email: String,
-}
-
-/// The bookings database. Cheap to clone.
+/// The bookings file. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Bookings {
+pub(crate) struct FileBookings {
     db: Arc<Database>,
     durable: bool,
 }
 
-impl Bookings {
+impl FileBookings {
     /// Opens (or creates) the bookings file.
-    pub(crate) fn open(path: &Path) -> Result<Bookings, BookingError> {
+    pub(crate) fn open(path: &Path) -> Result<FileBookings, BookingError> {
         let db = Database::create(path).map_err(|e| BookingError::Storage(e.to_string()))?;
-        Bookings::init(db, true)
+        FileBookings::init(db, true)
     }
 
     /// Bookings kept in memory only.
-    pub(crate) fn in_memory() -> Result<Bookings, BookingError> {
+    pub(crate) fn in_memory() -> Result<FileBookings, BookingError> {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| BookingError::Storage(e.to_string()))?;
-        Bookings::init(db, false)
+        FileBookings::init(db, false)
     }
 
-    fn init(db: Database, durable: bool) -> Result<Bookings, BookingError> {
-        let b = Bookings {
+    fn init(db: Database, durable: bool) -> Result<FileBookings, BookingError> {
+        let b = FileBookings {
             db: Arc::new(db),
             durable,
         };
@@ -223,21 +161,8 @@ impl Bookings {
             let n = meta.get("next_id")?.map_or(1, |v| v.value());
             meta.insert("next_id", n + 1)?;
             let digest = blake3::hash(format!("{account}/{n}").as_bytes());
-            let uid: String = format!(
-                "bk_{}",
-                digest.as_bytes()[..8]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            );
-            let booking = Booking {
-                uid: uid.clone(),
-                event_type_id: new.event_type_id,
-                start: new.start,
-                attendee: Attendee { email: new.email },
-                status: "accepted".to_owned(),
-                version: 1,
-            };
+            let uid = uid_of(digest.as_bytes());
+            let booking = new_record(uid.clone(), new);
             let stored = serde_json::to_vec(&Stored {
                 account: account.to_owned(),
                 booking: booking.clone(),
@@ -297,7 +222,7 @@ impl Bookings {
         account: &str,
         uid: &str,
         if_match: Option<&str>,
-        f: impl FnOnce(&mut Booking) -> Result<(), BookingError>,
+        f: impl Fn(&mut Booking) -> Result<(), BookingError>,
     ) -> Result<Booking, BookingError> {
         self.write(|txn| {
             let mut bookings = txn.open_table(BOOKINGS)?;
@@ -349,15 +274,6 @@ fn remove_expired(
     Ok(())
 }
 
-/// RFC 9110 `If-Match`: `*`, or a list of entity tags compared strongly (a weak tag never
-/// matches).
-fn if_match_allows(header: &str, current: &str) -> bool {
-    header
-        .split(',')
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag == current)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,7 +296,7 @@ mod tests {
         }
     }
 
-    fn ties(b: &Bookings) -> (u64, u64) {
+    fn ties(b: &FileBookings) -> (u64, u64) {
         let txn = b.db.begin_read().unwrap();
         let by_request = txn.open_table(BY_REQUEST).unwrap();
         let expiry = txn.open_table(BY_REQUEST_EXPIRY).unwrap();
@@ -389,7 +305,7 @@ mod tests {
 
     #[test]
     fn a_create_is_tied_to_its_key_and_request_until_the_tie_expires() {
-        let b = Bookings::in_memory().unwrap();
+        let b = FileBookings::in_memory().unwrap();
         let first = b
             .create("acct_a", Some(&keyed("k", 1)), 0, new_booking("s1"))
             .unwrap();
@@ -429,7 +345,7 @@ mod tests {
 
     #[test]
     fn expired_ties_are_removed_by_later_creates() {
-        let b = Bookings::in_memory().unwrap();
+        let b = FileBookings::in_memory().unwrap();
         for i in 0..100 {
             b.create(
                 "acct_a",
@@ -449,14 +365,5 @@ mod tests {
         );
         b.create("acct_a", None, 2_001, new_booking("s")).unwrap();
         assert_eq!(ties(&b), (1, 1));
-    }
-
-    #[test]
-    fn if_match_rules() {
-        assert!(if_match_allows("\"v1\"", "\"v1\""));
-        assert!(if_match_allows("\"v0\", \"v1\"", "\"v1\""));
-        assert!(if_match_allows("*", "\"v1\""));
-        assert!(!if_match_allows("W/\"v1\"", "\"v1\""));
-        assert!(!if_match_allows("\"v2\"", "\"v1\""));
     }
 }

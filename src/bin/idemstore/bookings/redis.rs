@@ -1,0 +1,249 @@
+//! The bookings on the Redis server the store uses (`idemstore serve --redis`), so that every
+//! `serve` process pointed at it shares them.
+//!
+//! Keys, all of one account in one Cluster slot (the account, hex-encoded, is the hash tag):
+//! `<prefix>bk:{<account>}:b:<uid>` holds the stored booking (JSON), `…:all` the account's
+//! uids (a sorted set, all scores 0, so in uid order), `…:t:<scope>:<key>` the tie of an
+//! idempotency key to the booking it made (`uid`, `fp`, `ex`), expiring with the store's time
+//! to live.
+//!
+//! Invariants: a create is one script that looks the tie up and writes the booking, the index
+//! and the tie, so two creates under one key cannot both miss the tie; an update writes only
+//! if the booking is still the version it read (compare and set, retried), so two edits of one
+//! version cannot both succeed.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::{Client, Connection, Value};
+
+use super::{
+    Booking, BookingError, KeyedRequest, NewBooking, Stored, if_match_allows, new_record, uid_of,
+};
+
+/// Looks the tie up; makes the booking, its index entry and the tie if it finds none that
+/// holds. KEYS: tie, booking, index. ARGV: now, fingerprint (empty without a key), uid,
+/// stored booking, tie expiry, the account's booking key prefix, tie lifetime in ms.
+const CREATE: &str = r#"
+if ARGV[2] ~= '' then
+  local t = redis.call('HMGET', KEYS[1], 'uid', 'fp', 'ex')
+  if t[1] and t[2] == ARGV[2] and tonumber(ARGV[1]) < tonumber(t[3]) then
+    local b = redis.call('GET', ARGV[6] .. t[1])
+    if b then return {'existing', b} end
+  end
+end
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], 0, ARGV[3])
+if ARGV[2] ~= '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'uid', ARGV[3], 'fp', ARGV[2], 'ex', ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+end
+return {'new'}
+"#;
+
+/// Writes the booking only if it still holds what was read. KEYS: booking. ARGV: what was
+/// read, what to write. Answers 1 if written.
+const SWAP: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Bookings on a Redis server. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct RedisBookings {
+    client: Client,
+    /// Idle connections, reused by the next call.
+    idle: std::sync::Arc<Mutex<Vec<Connection>>>,
+    prefix: String,
+}
+
+fn storage(e: impl std::fmt::Display) -> BookingError {
+    BookingError::Storage(e.to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl RedisBookings {
+    pub(crate) fn open(url: &str, prefix: &str) -> Result<RedisBookings, BookingError> {
+        let client = Client::open(url).map_err(storage)?;
+        let b = RedisBookings {
+            client,
+            idle: Default::default(),
+            prefix: format!("{prefix}bk:"),
+        };
+        // Fails now, not at the first request, if the server cannot be reached.
+        b.with(|c| redis::cmd("PING").query::<String>(c).map_err(storage))?;
+        Ok(b)
+    }
+
+    /// Runs `f` on an idle connection (or a new one), which goes back to the pool if `f`
+    /// succeeded.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, BookingError>,
+    ) -> Result<T, BookingError> {
+        let conn = self.idle.lock().pop();
+        let mut conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .client
+                    .get_connection_with_timeout(Duration::from_secs(5))
+                    .map_err(storage)?;
+                c.set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(storage)?;
+                c
+            }
+        };
+        let out = f(&mut conn)?;
+        self.idle.lock().push(conn);
+        Ok(out)
+    }
+
+    fn account_prefix(&self, account: &str) -> String {
+        format!("{}{{{}}}:", self.prefix, hex(account.as_bytes()))
+    }
+
+    pub(crate) fn create(
+        &self,
+        account: &str,
+        request: Option<&KeyedRequest>,
+        now_ms: u64,
+        new: NewBooking,
+    ) -> Result<Booking, BookingError> {
+        let base = self.account_prefix(account);
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(storage)?;
+        let uid = uid_of(&random);
+        let booking = new_record(uid.clone(), new);
+        let stored = serde_json::to_vec(&Stored {
+            account: account.to_owned(),
+            booking: booking.clone(),
+        })
+        .map_err(storage)?;
+        let (tie, fp, expires_at, ttl) = match request {
+            Some(r) => (
+                format!("{base}t:{}:{}", hex(r.scope.as_bytes()), r.key),
+                format!("{}:{}", r.fingerprint.0, hex(&r.fingerprint.1)),
+                now_ms.saturating_add(r.ttl_ms),
+                r.ttl_ms.max(1),
+            ),
+            None => (format!("{base}t:"), String::new(), 0, 1),
+        };
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CREATE)
+            .arg(3)
+            .arg(&tie)
+            .arg(format!("{base}b:{uid}"))
+            .arg(format!("{base}all"))
+            .arg(now_ms)
+            .arg(fp)
+            .arg(&uid)
+            .arg(stored)
+            .arg(expires_at)
+            .arg(format!("{base}b:"))
+            .arg(ttl);
+        let reply: Value = self.with(|c| cmd.query(c).map_err(storage))?;
+        match reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::BulkString(tag), Value::BulkString(b)] if tag == b"existing" => {
+                    let stored: Stored = serde_json::from_slice(b).map_err(storage)?;
+                    Ok(stored.booking)
+                }
+                [Value::BulkString(tag)] if tag == b"new" => Ok(booking),
+                _ => Err(storage(format!("unexpected reply to a create: {items:?}"))),
+            },
+            other => Err(storage(format!("unexpected reply to a create: {other:?}"))),
+        }
+    }
+
+    pub(crate) fn list(&self, account: &str) -> Result<Vec<Booking>, BookingError> {
+        let base = self.account_prefix(account);
+        let uids: Vec<String> = self.with(|c| {
+            redis::cmd("ZRANGE")
+                .arg(format!("{base}all"))
+                .arg(0)
+                .arg(-1)
+                .query(c)
+                .map_err(storage)
+        })?;
+        let mut out = Vec::with_capacity(uids.len());
+        for uid in uids {
+            if let Some((_, stored)) = self.read(account, &uid)? {
+                out.push(stored.booking);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The booking `uid` of `account` as stored (its bytes, for a compare and set), if any.
+    fn read(&self, account: &str, uid: &str) -> Result<Option<(Vec<u8>, Stored)>, BookingError> {
+        let key = format!("{}b:{uid}", self.account_prefix(account));
+        let bytes: Option<Vec<u8>> =
+            self.with(|c| redis::cmd("GET").arg(&key).query(c).map_err(storage))?;
+        match bytes {
+            None => Ok(None),
+            Some(b) => {
+                let stored: Stored = serde_json::from_slice(&b).map_err(storage)?;
+                Ok((stored.account == account).then_some((b, stored)))
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, account: &str, uid: &str) -> Result<Booking, BookingError> {
+        match self.read(account, uid)? {
+            Some((_, stored)) => Ok(stored.booking),
+            None => Err(BookingError::NotFound),
+        }
+    }
+
+    pub(crate) fn update(
+        &self,
+        account: &str,
+        uid: &str,
+        if_match: Option<&str>,
+        f: impl Fn(&mut Booking) -> Result<(), BookingError>,
+    ) -> Result<Booking, BookingError> {
+        let key = format!("{}b:{uid}", self.account_prefix(account));
+        // Another change may land between the read and the write: then the write is refused
+        // and, without `If-Match`, the change is made again on the version that won, as the
+        // file's transactions would have ordered them.
+        for _ in 0..MAX_SWAPS {
+            let Some((read, mut stored)) = self.read(account, uid)? else {
+                return Err(BookingError::NotFound);
+            };
+            let current = stored.booking.etag();
+            if let Some(expected) = if_match
+                && !if_match_allows(expected, &current)
+            {
+                return Err(BookingError::Stale { current });
+            }
+            f(&mut stored.booking)?;
+            stored.booking.version += 1;
+            let written = serde_json::to_vec(&stored).map_err(storage)?;
+            let swapped: i64 = self.with(|c| {
+                redis::cmd("EVAL")
+                    .arg(SWAP)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(read)
+                    .arg(written)
+                    .query(c)
+                    .map_err(storage)
+            })?;
+            if swapped == 1 {
+                return Ok(stored.booking);
+            }
+        }
+        Err(storage("the booking kept changing under this update"))
+    }
+}
+
+/// How many times an update is tried against concurrent changes of the same booking.
+const MAX_SWAPS: usize = 64;
