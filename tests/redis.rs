@@ -26,6 +26,19 @@ fn on(url: &str, clock: &ManualClock) -> Store {
     Store::open_redis_with(RedisOptions::new(url).clock(RedisClock::Store), cfg).unwrap()
 }
 
+/// [`on`] without the replay cache: every answer comes from the server.
+fn on_uncached(url: &str, clock: &ManualClock) -> Store {
+    let cfg = config(clock)
+        .lease(Duration::from_secs(10))
+        .ttl(Duration::from_secs(100))
+        .build()
+        .unwrap();
+    let options = RedisOptions::new(url)
+        .clock(RedisClock::Store)
+        .replay_cache_bytes(0);
+    Store::open_redis_with(options, cfg).unwrap()
+}
+
 fn execute(b: Begin) -> idemstore::Reservation {
     match b {
         Begin::Execute(r) => r,
@@ -91,7 +104,7 @@ fn c3_c10_acknowledged_completions_survive_sigkills_of_the_server() {
         return;
     };
     let clock = ManualClock::new(T0);
-    let store = on(&server.url(), &clock);
+    let store = on_uncached(&server.url(), &clock);
     let mut acknowledged = Vec::new();
     for round in 0..5 {
         for i in 0..20 {
@@ -127,7 +140,7 @@ fn c8_tokens_of_a_key_increase_across_release_takeover_purge_and_restart() {
         return;
     };
     let clock = ManualClock::new(T0);
-    let store = on(&server.url(), &clock);
+    let store = on_uncached(&server.url(), &clock);
     let (s, k) = (scope("s"), key("k"));
     let mut tokens = Vec::new();
     let r = execute(store.begin(&s, &k, &fp("a")).unwrap());
@@ -573,4 +586,143 @@ fn functions_lost_by_the_server_are_loaded_again() {
         .complete(resp(200, "b"))
         .unwrap();
     assert!(!server.command(&["FUNCTION", "LIST"]).starts_with("*0"));
+}
+
+#[test]
+fn c10_sigkills_of_the_server_under_load_lose_no_acknowledged_completion() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let (kills, lost, unordered) = kill_loop(server, RedisOptions::new);
+    eprintln!("{kills} SIGKILLs of the server under load, {lost} acknowledged completions lost");
+    assert!(kills >= 10, "the server was killed under load");
+    assert_eq!(lost, 0);
+    assert_eq!(unordered, 0, "a key's tokens went back");
+}
+
+/// The negative control: a server without an append-only file (accepted only because the
+/// test vouches for it) loses acknowledged completions to the same kills.
+#[test]
+fn c10_without_an_append_only_file_the_same_kills_lose_completions() {
+    let Some(server) = Server::start_with(&["--appendonly", "no"]) else {
+        return;
+    };
+    let (kills, lost, _) = kill_loop(server, |url| RedisOptions::new(url).trust_server_settings());
+    assert!(kills >= 10);
+    assert!(lost > 0, "{kills} kills lost nothing without persistence");
+}
+
+/// A key of the kill loop: its name, the tokens it executed with, whether its completion was
+/// acknowledged.
+type KeyOutcome = (String, Vec<u64>, bool);
+
+/// Workers complete keys of their own while the server is killed with SIGKILL and restarted
+/// after every ten acknowledgements; answers the kills, how many acknowledged completions do
+/// not replay afterwards, and how many keys saw a token not above the one before. Whatever the
+/// server does, a key never conflicts and a replay holds the key's own response.
+fn kill_loop(
+    server: Server,
+    options: impl FnOnce(String) -> RedisOptions,
+) -> (usize, usize, usize) {
+    let server = std::sync::Mutex::new(server);
+    let clock = ManualClock::new(T0);
+    // A day of TTL: the leases the workers let run out move the clock by minutes.
+    let cfg = config(&clock)
+        .lease(Duration::from_secs(10))
+        .ttl(Duration::from_secs(86_400))
+        .build()
+        .unwrap();
+    // No replay cache: the replays at the end must come from the server, not from this
+    // process's memory of its own completions.
+    let options = options(server.lock().unwrap().url())
+        .clock(RedisClock::Store)
+        .replay_cache_bytes(0);
+    let store = Store::open_redis_with(options, cfg).unwrap();
+    const WORKERS: usize = 4;
+    const KEYS_EACH: usize = 60;
+    const KILLS: usize = 30;
+    let acked = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    // Per key: the tokens it executed with, and whether its completion was acknowledged.
+    let outcomes = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                let (store, clock, acked) = (store.clone(), clock.clone(), &acked);
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for i in 0..KEYS_EACH {
+                        let name = format!("w{w}-k{i}");
+                        let (k, f) = (key(&name), fp(&name));
+                        let mut tokens = Vec::new();
+                        let mut was_acked = false;
+                        loop {
+                            match store.begin(&scope("s"), &k, &f) {
+                                Ok(Begin::Execute(r)) => {
+                                    tokens.push(r.token());
+                                    match r.complete(resp(201, &name)) {
+                                        Ok(Completion::Stored) => {
+                                            was_acked = true;
+                                            acked.fetch_add(1, Ordering::SeqCst);
+                                            break;
+                                        }
+                                        Ok(other) => panic!("{other:?}"),
+                                        // Unknown, or fenced after a takeover: ask again.
+                                        Err(_) => {}
+                                    }
+                                }
+                                Ok(Begin::Replay(got)) => {
+                                    // Stored by a completion whose answer was lost.
+                                    assert_eq!(got.body(), name.as_bytes());
+                                    break;
+                                }
+                                // A reservation whose answer was lost holds the key: let its
+                                // lease run out so that the key is taken over.
+                                Ok(Begin::InProgress { .. }) => {
+                                    clock.advance(Duration::from_secs(10))
+                                }
+                                Ok(Begin::Conflict) => panic!("conflict on {name}"),
+                                Err(_) => {}
+                            }
+                        }
+                        out.push((name, tokens, was_acked));
+                    }
+                    out
+                })
+            })
+            .collect();
+        let killer = s.spawn(|| {
+            let mut kills = 0;
+            let mut seen = 0;
+            while kills < KILLS && !done.load(Ordering::SeqCst) {
+                // A kill after every few acknowledgements, while the workers run.
+                let now = acked.load(Ordering::SeqCst);
+                if now >= seen + 10 {
+                    seen = now;
+                    server.lock().unwrap().restart();
+                    kills += 1;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            kills
+        });
+        let outcomes: Vec<Vec<KeyOutcome>> =
+            workers.into_iter().map(|w| w.join().unwrap()).collect();
+        done.store(true, Ordering::SeqCst);
+        let kills = killer.join().unwrap();
+        (outcomes, kills)
+    });
+    let (outcomes, kills) = outcomes;
+    let (mut lost, mut unordered) = (0, 0);
+    for (name, tokens, was_acked) in outcomes.into_iter().flatten() {
+        unordered += usize::from(!tokens.windows(2).all(|w| w[0] < w[1]));
+        // Completed (acknowledged, or stored by a completion whose answer was lost): never
+        // executed again, and its one response replays.
+        match store.begin(&scope("s"), &key(&name), &fp(&name)).unwrap() {
+            Begin::Replay(r) => assert_eq!(r.body(), name.as_bytes()),
+            Begin::Execute(_) if was_acked => lost += 1,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    (kills, lost, unordered)
 }
