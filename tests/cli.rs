@@ -651,3 +651,64 @@ fn o4_cli_output_escapes_terminal_controls_bidi_and_invisible_characters() {
     assert_printable("get of a missing key", &missing.stdout);
     assert!(stdout(&missing).contains(r"acct_\u{202e}x"));
 }
+
+/// The operator subcommands with `--redis`: the looking ones write nothing to the server and
+/// refuse a prefix without a store; `purge` removes a record; `compact` has nothing to do.
+#[cfg(feature = "redis")]
+#[test]
+fn o1_cli_commands_on_a_redis_store() {
+    let Some(server) = crate::redis_support::Server::start() else {
+        return;
+    };
+    let url = server.url();
+    let store = Store::open_redis(&url, Config::default()).unwrap();
+    let (s, fp) = (Scope::new("acct_a").unwrap(), Fingerprint::of_bytes(b"r"));
+    for k in ["k1", "k2"] {
+        let idemstore::Begin::Execute(r) = store.begin(&s, &Key::new(k).unwrap(), &fp).unwrap()
+        else {
+            panic!("{k} is new");
+        };
+        r.complete(Response::new(201, [("content-type", "text/plain")], k))
+            .unwrap();
+    }
+    store.close().unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_idemstore"))
+            .args(args)
+            .args(["--redis", url.as_str()])
+            .output()
+            .unwrap()
+    };
+    let writes = || {
+        let info = server.command(&["INFO", "persistence"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap()
+    };
+    let before = writes();
+    let list = cli(&["list", "--json"]);
+    assert!(list.status.success(), "{list:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    let got = cli(&["get", "--scope", "acct_a", "--key", "k1"]);
+    assert!(stdout(&got).contains("201"), "{got:?}");
+    assert!(cli(&["check"]).status.success());
+    assert!(stdout(&cli(&["stats"])).contains("server"));
+    let compact = cli(&["compact"]);
+    assert!(
+        stdout(&compact).contains("removes them itself"),
+        "{compact:?}"
+    );
+    assert_eq!(writes(), before, "the looking commands wrote nothing");
+    // Another prefix holds no store: a one-line error, and nothing is made there.
+    let elsewhere = cli(&["list", "--prefix", "other:"]);
+    assert!(one_line_error(&elsewhere).contains("no idemstore store"));
+    assert_eq!(writes(), before);
+    // `purge` changes the store.
+    let purged = cli(&["purge", "--scope", "acct_a", "--key", "k1"]);
+    assert!(purged.status.success(), "{purged:?}");
+    let list = cli(&["list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+}

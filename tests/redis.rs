@@ -726,3 +726,67 @@ fn kill_loop(
     }
     (kills, lost, unordered)
 }
+
+/// The server's count of writes since its last snapshot: unchanged by anything read-only.
+fn writes(server: &Server) -> u64 {
+    let info = server.command(&["INFO", "persistence"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn o1_a_read_only_open_writes_nothing_and_refuses_changes() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let before = writes(&server);
+    let look = || {
+        RedisOptions::new(server.url())
+            .clock(RedisClock::Store)
+            .read_only()
+    };
+    match Store::open_redis_with(look(), Config::default()) {
+        Err(OpenError::NotAnIdemstoreFile { detail }) => assert!(detail.contains("idem:meta")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        writes(&server),
+        before,
+        "an open of a missing store writes nothing"
+    );
+    let clock = ManualClock::new(T0);
+    let store = on_uncached(&server.url(), &clock);
+    execute(store.begin(&scope("s"), &key("done"), &fp("x")).unwrap())
+        .complete(resp(201, "stored"))
+        .unwrap();
+    let _held = execute(store.begin(&scope("s"), &key("busy"), &fp("x")).unwrap());
+    let before = writes(&server);
+    let reader = Store::open_redis_with(look(), config(&clock).build().unwrap()).unwrap();
+    let got = reader.get(&scope("s"), &key("done")).unwrap().unwrap();
+    assert_eq!(got.response.unwrap().body(), b"stored");
+    assert_eq!(
+        reader
+            .get(&scope("s"), &key("busy"))
+            .unwrap()
+            .unwrap()
+            .state,
+        idemstore::State::InFlight
+    );
+    assert!(reader.get(&scope("s"), &key("none")).unwrap().is_none());
+    assert_eq!(reader.records(None, 10).unwrap().len(), 2);
+    assert!(reader.check().unwrap().is_sound());
+    assert!(matches!(
+        reader.begin(&scope("s"), &key("new"), &fp("x")),
+        Err(idemstore::BeginError::Unavailable(
+            Unavailable::Refused { .. }
+        ))
+    ));
+    assert!(matches!(
+        reader.purge(&scope("s"), &key("done")),
+        Err(Unavailable::Refused { .. })
+    ));
+    reader.close().unwrap();
+    assert_eq!(writes(&server), before, "the read-only store wrote nothing");
+}

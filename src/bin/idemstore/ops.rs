@@ -3,8 +3,9 @@
 //! Why: an operator needs to see and fix a store file without writing code. Invariants: the
 //! commands that only look (`stats`, `list`, `get`, `check`) go through the library's
 //! read-only [`Inspector`], so they never create, migrate or write the file or its log, and
-//! work on a file they may not write; only `purge` and `compact`, which change the store, open
-//! it as a [`Store`]. A missing file is never created (it is an error); a damaged or foreign
+//! work on a file they may not write (with `--redis`, through a store opened with
+//! `RedisOptions::read_only`, which writes nothing to the server); only `purge` and `compact`,
+//! which change the store, open it as a [`Store`]. A missing file is never created (it is an error); a damaged or foreign
 //! one gives a one-line error and a non-zero exit, never a panic. Everything printed that came
 //! from the file (scopes, keys, headers, bodies, problems) goes through `escape`, so no byte
 //! of it can drive the terminal. `--json` prints one JSON document on stdout; the human form is
@@ -13,7 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use idemstore::{Config, Inspector, Key, RecordInfo, Scope, State, Store};
+use idemstore::{
+    CheckReport, Config, Inspector, Key, RecordInfo, RedisOptions, Scope, State, Store, Unavailable,
+};
 use serde_json::{Value, json};
 
 use crate::escape;
@@ -24,6 +27,13 @@ pub(crate) struct Target {
     /// The store file.
     #[arg(long, default_value = "idemstore.redb")]
     pub(crate) db: PathBuf,
+    /// The Redis server that holds the store (`redis://host:port`), instead of a file
+    /// (`--db` is then unused).
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Option<String>,
+    /// With `--redis`: the prefix of the store's keys on the server.
+    #[arg(long, default_value = "idem:")]
+    pub(crate) prefix: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -53,7 +63,15 @@ fn existing(path: &Path) -> Result<(), String> {
 }
 
 /// Opens an existing store to change it (`purge`, `compact`).
-fn open(path: &Path) -> Result<Store, String> {
+fn open(t: &Target) -> Result<Store, String> {
+    if let Some(url) = &t.redis {
+        // Made sure first that the store exists there: a purge never creates one.
+        drop(look_on_redis(t, url)?);
+        let options = RedisOptions::new(url.as_str()).prefix(t.prefix.as_str());
+        return Store::open_redis_with(options, Config::default())
+            .map_err(|e| format!("cannot open the store on {url}: {}", chain(&e)));
+    }
+    let path = &t.db;
     existing(path)?;
     let config = Config::builder()
         // No background compaction while an operator works, and reservations other than
@@ -65,7 +83,53 @@ fn open(path: &Path) -> Result<Store, String> {
     Store::open(path, config).map_err(|e| format!("cannot open {}: {}", path.display(), chain(&e)))
 }
 
-/// Opens an existing store to look at it, without writing anything; `verify` checks every
+/// What the looking commands read: a file through the inspector, or a Redis server through a
+/// store opened read-only.
+enum View {
+    File(Inspector),
+    Redis(Store),
+}
+
+impl View {
+    fn records(&self, scope: Option<&Scope>, limit: usize) -> Result<Vec<RecordInfo>, Unavailable> {
+        match self {
+            View::File(i) => i.records(scope, limit),
+            View::Redis(s) => s.records(scope, limit),
+        }
+    }
+
+    fn get(&self, scope: &Scope, key: &Key) -> Result<Option<RecordInfo>, Unavailable> {
+        match self {
+            View::File(i) => i.get(scope, key),
+            View::Redis(s) => s.get(scope, key),
+        }
+    }
+
+    fn check(&self) -> Result<CheckReport, Unavailable> {
+        match self {
+            View::File(i) => i.check(),
+            View::Redis(s) => s.check(),
+        }
+    }
+}
+
+/// Opens the target to look at it, without writing anything; `verify` checks every page's
+/// checksum of a file first.
+fn view(t: &Target, verify: bool) -> Result<View, String> {
+    match &t.redis {
+        Some(url) => look_on_redis(t, url).map(View::Redis),
+        None => inspect(&t.db, verify).map(View::File),
+    }
+}
+
+/// The store on the server at `url`, opened read-only.
+fn look_on_redis(t: &Target, url: &str) -> Result<Store, String> {
+    let options = RedisOptions::new(url).prefix(t.prefix.as_str()).read_only();
+    Store::open_redis_with(options, Config::default())
+        .map_err(|e| format!("cannot open the store on {url}: {}", chain(&e)))
+}
+
+/// Opens an existing store file to look at it, without writing anything; `verify` checks every
 /// page's checksum first.
 fn inspect(path: &Path, verify: bool) -> Result<Inspector, String> {
     existing(path)?;
@@ -97,23 +161,34 @@ fn close(store: Store) -> Result<(), String> {
 }
 
 pub(crate) fn stats(t: &Target) -> Result<Outcome, String> {
-    let inspector = inspect(&t.db, false)?;
-    let report = inspector.check().map_err(|e| chain(&e))?;
-    let pending = inspector.log_entries();
-    drop(inspector);
-    let file_bytes = std::fs::metadata(&t.db).map(|m| m.len()).unwrap_or(0);
+    let view = view(t, false)?;
+    let report = view.check().map_err(|e| chain(&e))?;
+    let mut rows = Vec::new();
+    match (&view, &t.redis) {
+        (View::File(inspector), _) => {
+            let file_bytes = std::fs::metadata(&t.db).map(|m| m.len()).unwrap_or(0);
+            rows.push(("file", t.db.display().to_string()));
+            rows.push(("file_bytes", file_bytes.to_string()));
+            rows.push((
+                "log_entries_not_checkpointed",
+                inspector.log_entries().to_string(),
+            ));
+        }
+        (View::Redis(_), url) => {
+            rows.push(("server", url.clone().unwrap_or_default()));
+            rows.push(("prefix", t.prefix.clone()));
+        }
+    }
+    drop(view);
     let live = report.records - report.expired;
-    let rows = [
-        ("file", t.db.display().to_string()),
-        ("file_bytes", file_bytes.to_string()),
+    rows.extend([
         ("records", report.records.to_string()),
         ("live", live.to_string()),
         ("in_flight", report.in_flight.to_string()),
         ("completed", report.completed.to_string()),
         ("expired_not_removed", report.expired.to_string()),
         ("response_bytes", report.response_bytes.to_string()),
-        ("log_entries_not_checkpointed", pending.to_string()),
-    ];
+    ]);
     if t.json {
         let mut m = serde_json::Map::new();
         for (k, v) in &rows {
@@ -137,7 +212,7 @@ pub(crate) fn list(t: &Target, scope: Option<&str>, limit: usize) -> Result<Outc
         .map(Scope::new)
         .transpose()
         .map_err(|e| format!("bad --scope: {e}"))?;
-    let records = inspect(&t.db, false)?
+    let records = view(t, false)?
         .records(scope.as_ref(), limit)
         .map_err(|e| chain(&e))?;
     if t.json {
@@ -187,7 +262,7 @@ fn no_record(scope: &str, key: &str) -> String {
 
 pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String> {
     let (s, k) = scope_key(scope, key)?;
-    let record = inspect(&t.db, false)?.get(&s, &k).map_err(|e| chain(&e))?;
+    let record = view(t, false)?.get(&s, &k).map_err(|e| chain(&e))?;
     let Some(r) = record else {
         return Ok(Outcome {
             text: if t.json {
@@ -234,7 +309,7 @@ pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String>
 
 pub(crate) fn purge(t: &Target, scope: &str, key: &str) -> Result<Outcome, String> {
     let (s, k) = scope_key(scope, key)?;
-    let store = open(&t.db)?;
+    let store = open(t)?;
     let removed = store.purge(&s, &k).map_err(|e| chain(&e))?;
     close(store)?;
     let text = if t.json {
@@ -255,7 +330,15 @@ pub(crate) fn purge(t: &Target, scope: &str, key: &str) -> Result<Outcome, Strin
 }
 
 pub(crate) fn compact(t: &Target) -> Result<Outcome, String> {
-    let store = open(&t.db)?;
+    if t.redis.is_some() {
+        // Nothing to do: the server drops each record once its TTL (expiry plus grace) ends.
+        drop(view(t, false)?);
+        if t.json {
+            return ok(json!({"removed": 0}).to_string());
+        }
+        return ok("removed 0 expired records: the Redis server removes them itself".into());
+    }
+    let store = open(t)?;
     let removed = store.compact_now().map_err(|e| chain(&e))?;
     close(store)?;
     if t.json {
@@ -265,7 +348,7 @@ pub(crate) fn compact(t: &Target) -> Result<Outcome, String> {
 }
 
 pub(crate) fn check(t: &Target) -> Result<Outcome, String> {
-    let report = inspect(&t.db, true)?.check().map_err(|e| chain(&e))?;
+    let report = view(t, true)?.check().map_err(|e| chain(&e))?;
     let sound = report.is_sound();
     if t.json {
         return Ok(Outcome {
@@ -285,7 +368,10 @@ pub(crate) fn check(t: &Target) -> Result<Outcome, String> {
     let mut text = table(
         &["CHECK", "VALUE"],
         vec![
-            vec!["page checksums".to_owned(), "ok".to_owned()],
+            vec![
+                "page checksums".to_owned(),
+                if t.redis.is_some() { "-" } else { "ok" }.to_owned(),
+            ],
             vec!["records".to_owned(), report.records.to_string()],
             vec!["responses".to_owned(), report.responses.to_string()],
             vec![

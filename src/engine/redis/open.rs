@@ -71,6 +71,9 @@ pub(super) fn connect(
                 .map_err(unreachable)
         };
         check_version(&mut ask).map_err(|e| on_node(e, &name))?;
+        if options.read_only {
+            continue;
+        }
         if !options.trust_server_settings {
             check_settings(&mut ask, config.durability).map_err(|e| on_node(e, &name))?;
         }
@@ -79,7 +82,7 @@ pub(super) fn connect(
     let meta = Names::meta(&options.prefix);
     let target = Target::Slot(slot_of(meta.as_bytes()));
     let mut ask = |cmd: &Cmd| link.query(target, cmd, deadline).map_err(unreachable);
-    let secret = load_or_make_secret(&mut ask, &meta)?;
+    let secret = load_or_make_secret(&mut ask, &meta, !options.read_only)?;
     Ok((link, secret))
 }
 
@@ -191,18 +194,26 @@ fn check_settings(
 fn load_or_make_secret(
     ask: &mut impl FnMut(&Cmd) -> Result<Value, OpenError>,
     meta: &str,
+    make: bool,
 ) -> Result<[u8; 32], OpenError> {
-    let fresh = crate::engine::file::open::random_secret()?;
-    let mut set = ::redis::cmd("HSETNX");
-    set.arg(meta).arg("secret").arg(hex(&fresh));
-    ask(&set)?;
-    let mut set = ::redis::cmd("HSETNX");
-    set.arg(meta).arg("format").arg(FORMAT);
-    ask(&set)?;
+    if make {
+        let fresh = crate::engine::file::open::random_secret()?;
+        let mut set = ::redis::cmd("HSETNX");
+        set.arg(meta).arg("secret").arg(hex(&fresh));
+        ask(&set)?;
+        let mut set = ::redis::cmd("HSETNX");
+        set.arg(meta).arg("format").arg(FORMAT);
+        ask(&set)?;
+    }
     let mut get = ::redis::cmd("HMGET");
     get.arg(meta).arg("secret").arg("format");
     let corrupt = |detail: String| OpenError::Corrupted { detail };
     let v = ask(&get)?;
+    if matches!(&v, Value::Array(fields) if fields.contains(&Value::Nil)) {
+        return Err(OpenError::NotAnIdemstoreFile {
+            detail: format!("no idemstore store on this server under {meta:?}"),
+        });
+    }
     let w = words("HMGET", v).map_err(|e| corrupt(e.to_string()))?;
     let [secret, format] = w.as_slice() else {
         return Err(corrupt(format!("{meta} answered other than two fields")));

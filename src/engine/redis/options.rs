@@ -48,6 +48,7 @@ pub struct RedisOptions {
     pub(crate) trust_server_settings: bool,
     pub(crate) replay_cache_bytes: usize,
     pub(crate) connections: usize,
+    pub(crate) read_only: bool,
 }
 
 impl RedisOptions {
@@ -66,6 +67,7 @@ impl RedisOptions {
             trust_server_settings: false,
             replay_cache_bytes: 64 << 20,
             connections: 4,
+            read_only: false,
         }
     }
 
@@ -128,6 +130,16 @@ impl RedisOptions {
     /// always go through the same one, so they stay in order.
     pub fn connections(mut self, connections: usize) -> RedisOptions {
         self.connections = connections;
+        self
+    }
+
+    /// Opens without writing anything to the server, for tools that only look (`list`, `get`,
+    /// `check`, `stats`): the store must exist there already (its `<prefix>meta`, or the open
+    /// fails with `OpenError::NotAnIdemstoreFile`), the server's settings are not checked, no
+    /// function is loaded, and every call that would change a record is refused with
+    /// `Unavailable::Refused`.
+    pub fn read_only(mut self) -> RedisOptions {
+        self.read_only = true;
         self
     }
 

@@ -60,6 +60,17 @@ impl Scan {
         }
     }
 
+    /// The fields of the hash at `key` (none if it is absent).
+    pub(crate) fn fields(&self, link: &mut Link, key: &str) -> Result<Fields, Unavailable> {
+        let mut hgetall = ::redis::cmd("HGETALL");
+        hgetall.arg(key);
+        let target = Target::Slot(slot_of(key.as_bytes()));
+        let v = link
+            .query(target, &hgetall, self.deadline())
+            .map_err(unavailable)?;
+        Fields::of("HGETALL", v)
+    }
+
     /// Every record hash of the store, node by node and page by page: `each` gets the key
     /// and its fields.
     pub(crate) fn walk(
@@ -103,13 +114,8 @@ impl Scan {
             cursor = number("SCAN cursor", next.first().map_or(&[][..], Vec::as_slice))?;
             for key in words("SCAN", keys)? {
                 let key = String::from_utf8_lossy(&key).into_owned();
-                let mut hgetall = ::redis::cmd("HGETALL");
-                hgetall.arg(&key);
-                let target = Target::Slot(slot_of(key.as_bytes()));
-                let v = link
-                    .query(target, &hgetall, self.deadline())
-                    .map_err(unavailable)?;
-                each(&key, Fields::of("HGETALL", v)?)?;
+                let fields = self.fields(link, &key)?;
+                each(&key, fields)?;
             }
             if cursor == 0 {
                 return Ok(());
