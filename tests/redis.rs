@@ -790,3 +790,50 @@ fn o1_a_read_only_open_writes_nothing_and_refuses_changes() {
     reader.close().unwrap();
     assert_eq!(writes(&server), before, "the read-only store wrote nothing");
 }
+
+#[test]
+fn c10_a_completion_waits_for_its_replica_and_says_when_it_did_not_arrive() {
+    let port = Server::free_port().to_string();
+    let Some(primary) = Server::start_with(&["--port", &port, "--repl-diskless-sync-delay", "0"])
+    else {
+        return;
+    };
+    let Some(replica) = Server::start_with(&["--replicaof", "127.0.0.1", &port]) else {
+        return;
+    };
+    replica.wait_for_replication("master_link_status:up");
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock).build().unwrap();
+    let options = RedisOptions::new(primary.url())
+        .clock(RedisClock::Store)
+        .wait_for_replicas(1, Duration::from_millis(300));
+    let store = Store::open_redis_with(options, cfg).unwrap();
+    let (s, f) = (scope("s"), fp("x"));
+    let r = execute(store.begin(&s, &key("a"), &f).unwrap());
+    assert_eq!(r.complete(resp(201, "a")).unwrap(), Completion::Stored);
+    // The replica stops taking writes: the next completion is stored on the primary only,
+    // and says so instead of acknowledging.
+    let pause = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &replica.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    pause("-STOP");
+    let r = execute(store.begin(&s, &key("b"), &f).unwrap());
+    match r.complete(resp(201, "b")) {
+        Err(CompleteError::Unavailable(Unavailable::OutcomeUnknown { cause })) => {
+            assert!(cause.to_string().contains("0 of 1 replicas"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+    pause("-CONT");
+    // Stored on the primary all the same: a retry replays it.
+    assert!(matches!(
+        store.begin(&s, &key("b"), &f).unwrap(),
+        Begin::Replay(_)
+    ));
+    let r = execute(store.begin(&s, &key("c"), &f).unwrap());
+    assert_eq!(r.complete(resp(201, "c")).unwrap(), Completion::Stored);
+}

@@ -99,6 +99,28 @@ impl Server {
         wait_for_socket(&self.socket());
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// A free loopback TCP port (for a server that replicas connect to).
+    pub fn free_port() -> u16 {
+        free_cluster_port(&[])
+    }
+
+    /// Waits until `INFO replication` shows `line` (a readiness poll; gives up after 10 s).
+    pub fn wait_for_replication(&self, line: &str) {
+        let start = Instant::now();
+        while !self.command(&["INFO", "replication"]).contains(line) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "replication never showed {line}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// Kills the server with SIGKILL (the append-only file keeps what it acknowledged).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -61,6 +61,9 @@ pub(crate) enum Target {
 /// One command and its caller.
 pub(crate) struct Call {
     pub(crate) cmd: Cmd,
+    /// A command sent right after it on the same connection (`WAIT`), whose reply comes with
+    /// the command's: the call is answered `[reply, then's reply]`.
+    pub(crate) then: Option<Cmd>,
     pub(crate) target: Target,
     pub(crate) deadline: Instant,
     pub(crate) reply: Reply,

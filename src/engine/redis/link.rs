@@ -302,6 +302,7 @@ impl Link {
         let slot = Arc::clone(&out);
         let mut calls = vec![Call {
             cmd: cmd.clone(),
+            then: None,
             target,
             deadline,
             reply: Box::new(move |r| *slot.lock() = Some(r)),
@@ -362,6 +363,9 @@ impl Link {
                         ::redis::cmd("ASKING").write_packed_command(&mut packed);
                     }
                     p.call.cmd.write_packed_command(&mut packed);
+                    if let Some(then) = &p.call.then {
+                        then.write_packed_command(&mut packed);
+                    }
                     p.sent = true;
                 }
                 match conn.send_packed_command(&packed) {
@@ -380,7 +384,7 @@ impl Link {
                         todo.push(p);
                         continue;
                     }
-                    let reply = match self.read(node, p.ask.is_some()) {
+                    let reply = match self.read(node, p.ask.is_some(), p.call.then.is_some()) {
                         Ok(Value::ServerError(e)) => Err(server_text(e.code(), e.details())),
                         Err(e) if !broken(&e) && e.code().is_some() => {
                             Err(server_text(e.code().unwrap_or(""), e.detail()))
@@ -436,8 +440,10 @@ impl Link {
         }
     }
 
-    /// Reads the next reply of node `i` (after the `+OK` of an `ASKING` if one was sent).
-    fn read(&mut self, i: usize, asking: bool) -> Result<Value, RedisError> {
+    /// Reads the next reply of node `i` (after the `+OK` of an `ASKING` if one was sent); with
+    /// `then`, also the reply of the command sent right after it, and answers both as a
+    /// two-element array unless the first is an error.
+    fn read(&mut self, i: usize, asking: bool, then: bool) -> Result<Value, RedisError> {
         let Some(conn) = self.nodes[i].conn.as_mut() else {
             return Err(RedisError::from(std::io::Error::from(
                 std::io::ErrorKind::NotConnected,
@@ -446,7 +452,15 @@ impl Link {
         if asking {
             conn.recv_response()?;
         }
-        conn.recv_response()
+        let first = conn.recv_response();
+        if !then {
+            return first;
+        }
+        let second = conn.recv_response()?;
+        match first? {
+            Value::ServerError(e) => Ok(Value::ServerError(e)),
+            first => Ok(Value::Array(vec![first, second])),
+        }
     }
 }
 

@@ -223,10 +223,39 @@ impl Keeper {
     }
 }
 
+/// The completion's reply out of `[reply, WAIT's reply]`, once `replicas` replicas have
+/// acknowledged it; otherwise the completion is on the primary only, which a failover can
+/// lose: its outcome for the caller is unknown.
+fn replicated(v: Value, replicas: u32) -> Result<Value, Unavailable> {
+    let Value::Array(mut both) = v else {
+        return Err(record::malformed("a completion and its WAIT", &v));
+    };
+    let (Some(acked), Some(reply)) = (both.pop(), both.pop()) else {
+        return Err(Unavailable::Corrupted {
+            detail: "a completion and its WAIT answered other than two replies".into(),
+        });
+    };
+    match acked {
+        Value::Int(n) if n >= i64::from(replicas) => Ok(reply),
+        Value::Int(n) => Err(Unavailable::OutcomeUnknown {
+            cause: Arc::new(Message(format!(
+                "the completion is stored on the primary, but {n} of {replicas} replicas \
+                 acknowledged it in time; a failover may lose it"
+            ))),
+        }),
+        Value::ServerError(e) => Err(Unavailable::Refused {
+            detail: format!("WAIT: {} {}", e.code(), e.details().unwrap_or("")),
+        }),
+        other => Err(record::malformed("WAIT", &other)),
+    }
+}
+
 /// A script call on one record: the command, and where the record's key lives.
 struct ScriptCall {
     cmd: Cmd,
     target: Target,
+    /// `WAIT` after it, on the same connection.
+    then: Option<Cmd>,
 }
 
 impl ScriptCall {
@@ -235,7 +264,11 @@ impl ScriptCall {
         let target = Target::Slot(link::slot_of(key.as_bytes()));
         let mut cmd = ::redis::cmd("FCALL");
         cmd.arg(script.function()).arg(1).arg(key);
-        ScriptCall { cmd, target }
+        ScriptCall {
+            cmd,
+            target,
+            then: None,
+        }
     }
 
     /// Adds an argument (`ARGV`).
@@ -246,6 +279,7 @@ impl ScriptCall {
     fn queue(self, queue: &Queue, timeout: std::time::Duration, reply: io::Reply) {
         queue.call(Call {
             cmd: self.cmd,
+            then: self.then,
             target: self.target,
             deadline: Instant::now() + timeout,
             reply,
@@ -366,16 +400,28 @@ impl Engine for RedisEngine {
             .arg(blob);
         let keeper = self.keeper();
         let kept = keep.then_some(response);
-        self.call(cmd, move |shared, v| match decode_completion(shared, v)? {
-            Ok(Completed::Stored(fp, life)) => {
-                if let (Some(response), Ok(fp)) = (kept, record::fingerprint(&fp)) {
-                    keeper.keep(&hash, fp, response, life);
+        let wait = self.options.wait_for_replicas;
+        if let Some((replicas, timeout)) = wait {
+            let mut w = ::redis::cmd("WAIT");
+            w.arg(replicas).arg(crate::clock::millis(timeout).max(1));
+            cmd.then = Some(w);
+        }
+        self.call(cmd, move |shared, v| {
+            let v = match wait {
+                Some((replicas, _)) => replicated(v, replicas)?,
+                None => v,
+            };
+            match decode_completion(shared, v)? {
+                Ok(Completed::Stored(fp, life)) => {
+                    if let (Some(response), Ok(fp)) = (kept, record::fingerprint(&fp)) {
+                        keeper.keep(&hash, fp, response, life);
+                    }
+                    Ok(Completion::Stored)
                 }
-                Ok(Completion::Stored)
+                Ok(Completed::Released) => Ok(Completion::Released),
+                Err(Some(current)) => Err(CompleteError::Fenced { token, current }),
+                Err(None) => Err(CompleteError::NotReserved { token }),
             }
-            Ok(Completed::Released) => Ok(Completion::Released),
-            Err(Some(current)) => Err(CompleteError::Fenced { token, current }),
-            Err(None) => Err(CompleteError::NotReserved { token }),
         })
     }
 

@@ -49,6 +49,7 @@ pub struct RedisOptions {
     pub(crate) replay_cache_bytes: usize,
     pub(crate) connections: usize,
     pub(crate) read_only: bool,
+    pub(crate) wait_for_replicas: Option<(u32, Duration)>,
 }
 
 impl RedisOptions {
@@ -68,6 +69,7 @@ impl RedisOptions {
             replay_cache_bytes: 64 << 20,
             connections: 4,
             read_only: false,
+            wait_for_replicas: None,
         }
     }
 
@@ -143,6 +145,18 @@ impl RedisOptions {
         self
     }
 
+    /// Acknowledges a completion only once `replicas` replicas (1 to 16) have received it
+    /// (`WAIT`, sent right after the completion on the same connection), waiting at most
+    /// `timeout` (1 ms to 1 min); a completion fewer replicas confirmed in time is answered
+    /// `Unavailable::OutcomeUnknown`: it is stored on the primary, which a failover can lose.
+    /// A replica that received a write has not necessarily written it to its disk, and
+    /// failover picks the most up-to-date replica on a best-effort basis: this narrows the
+    /// loss on failover, it does not close it (`docs/distributed.md`).
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> RedisOptions {
+        self.wait_for_replicas = Some((replicas, timeout));
+        self
+    }
+
     /// Checks every value against its range.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let prefix_ok = (1..=64).contains(&self.prefix.len())
@@ -162,6 +176,17 @@ impl RedisOptions {
                 setting: "RedisOptions::connections",
                 value: self.connections.to_string(),
                 range: "1 to 64",
+            });
+        }
+        if let Some((replicas, timeout)) = self.wait_for_replicas
+            && (!(1..=16).contains(&replicas)
+                || timeout < Duration::from_millis(1)
+                || timeout > Duration::from_secs(60))
+        {
+            return Err(ConfigError {
+                setting: "RedisOptions::wait_for_replicas",
+                value: format!("{replicas} replicas, {timeout:?}"),
+                range: "1 to 16 replicas, 1 ms to 1 min",
             });
         }
         if self.replay_cache_bytes > 64 << 30 {
