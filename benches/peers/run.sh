@@ -33,6 +33,7 @@ WORKLOADS=${WORKLOADS:-flow,storm,replay90}
 SYSTEMS=${SYSTEMS:-idemstore-immediate,idemstore-buffered,idemstore-memory,redb-naive,redis-always,redis-everysec,redis-none,pg-sync-on,pg-sync-off}
 SCALE_KEYS=${SCALE_KEYS:-1000000 10000000}
 REDIS_PORTS=(6391 6392 6393)
+REPLICA_PORT=6394
 PG_PORT=5441
 
 log() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
@@ -80,7 +81,7 @@ start_servers() {
       echo "bind 127.0.0.1"; echo "port ${REDIS_PORTS[$i]}"; echo "dir $d"; echo "daemonize no"
       echo "save \"\""; echo "auto-aof-rewrite-percentage 0"; echo "logfile $d/redis.log"
       case ${modes[$i]} in
-        always) echo "appendonly yes"; echo "appendfsync always" ;;
+        always) echo "appendonly yes"; echo "appendfsync always"; echo "repl-diskless-sync-delay 0" ;;
         everysec) echo "appendonly yes"; echo "appendfsync everysec" ;;
         none) echo "appendonly no" ;;
       esac
@@ -88,6 +89,19 @@ start_servers() {
     redis-server "$d/redis.conf" >/dev/null 2>&1 &
     PIDS+=($!)
   done
+  # A replica of the `always` server, for the system that waits for one (only when it runs:
+  # replication costs the primary work that the other systems would then share).
+  if [[ ",$SYSTEMS," == *",idemstore-redis-always-wait1,"* ]]; then
+    local d="$WORK/redis-replica"; mkdir -p "$d"
+    redis-server --port "$REPLICA_PORT" --bind 127.0.0.1 --dir "$d" --save "" \
+      --appendonly yes --appendfsync always --replicaof 127.0.0.1 "${REDIS_PORTS[0]}" \
+      --logfile "$d/redis.log" >/dev/null 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+      redis-cli -p "$REPLICA_PORT" info replication 2>/dev/null | grep -q 'master_link_status:up' && break
+      sleep 0.1
+    done
+  fi
   # PostgreSQL refuses to run as root: initdb and the server run as the postgres user.
   PGDATA="$WORK/pg"; mkdir -p "$PGDATA"
   local as=()

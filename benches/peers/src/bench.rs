@@ -99,7 +99,9 @@ fn plan(args: &Args) -> Result<Plan, String> {
     };
     for s in &p.systems {
         let missing = match s {
-            System::RedisAlways | System::IdemRedisAlways => p.redis[0].is_none(),
+            System::RedisAlways | System::IdemRedisAlways | System::IdemRedisAlwaysWait1 => {
+                p.redis[0].is_none()
+            }
             System::RedisEverysec => p.redis[1].is_none(),
             System::RedisNone => p.redis[2].is_none(),
             System::PgOn | System::PgOff => p.pg.is_none(),
@@ -375,9 +377,9 @@ fn run_cell(
             drop(progress);
             Ok((tally, close_idemstore(store, &dir)?))
         }
-        System::IdemRedisAlways => {
+        System::IdemRedisAlways | System::IdemRedisAlwaysWait1 => {
             let url = p.redis[0].as_deref().unwrap_or_default();
-            let store = systems::open_idemstore_redis(url)?;
+            let store = systems::open_idemstore_redis(url, system == System::IdemRedisAlwaysWait1)?;
             let clients = (0..c)
                 .map(|_| systems::IdemClient::new(store.clone()))
                 .collect::<Result<Vec<_>, _>>()?;

@@ -27,7 +27,7 @@ const USAGE: &str = "usage:
   idemstore-peers report --in results.csv [--md report.md] [--svg-dir DIR]
   idemstore-peers scale  --phase load|open --dir DIR [--keys 1000000] [--out scale.csv] [--foreground-secs 10] [--clients 16] [--compact-max-secs 300]
 systems: idemstore-immediate idemstore-buffered idemstore-memory redb-naive idemstore-immediate-nolog
-         idemstore-immediate-async idemstore-redis-always redis-always redis-everysec redis-none pg-sync-on pg-sync-off";
+         idemstore-immediate-async idemstore-redis-always idemstore-redis-always-wait1 redis-always redis-everysec redis-none pg-sync-on pg-sync-off";
 
 /// Command-line options as (name, value) pairs after the subcommand.
 pub struct Args(Vec<(String, String)>);

@@ -170,9 +170,10 @@ fn summarize(rows: &[Row]) -> BTreeMap<CellKey, Summary> {
 }
 
 /// The ratios the issue asks for: each idemstore mode against the peers of like durability.
-pub const PAIRS: [(&str, &str); 7] = [
+pub const PAIRS: [(&str, &str); 8] = [
     ("idemstore-immediate", "redis-always"),
     ("idemstore-redis-always", "redis-always"),
+    ("idemstore-redis-always-wait1", "idemstore-redis-always"),
     ("idemstore-immediate", "pg-sync-on"),
     ("idemstore-immediate", "redb-naive"),
     ("idemstore-buffered", "redis-everysec"),

@@ -41,6 +41,9 @@ pub enum System {
     /// calling the blocking API. Not in a default run; name it with `redis-always`, which it
     /// is compared with.
     IdemRedisAlways,
+    /// The same, acknowledging each completion once one replica received it (`WAIT 1`); needs
+    /// the replica `run.sh` starts when this system is named.
+    IdemRedisAlwaysWait1,
     /// idemstore, `Durability::Buffered`.
     IdemBuffered,
     /// idemstore, `Durability::Memory` (no file).
@@ -80,6 +83,7 @@ impl System {
             System::IdemImmediateAsync => "idemstore-immediate-async",
             System::IdemImmediateNoLog => "idemstore-immediate-nolog",
             System::IdemRedisAlways => "idemstore-redis-always",
+            System::IdemRedisAlwaysWait1 => "idemstore-redis-always-wait1",
             System::IdemBuffered => "idemstore-buffered",
             System::IdemMemory => "idemstore-memory",
             System::RedbNaive => "redb-naive",
@@ -99,6 +103,7 @@ impl System {
                 System::IdemImmediateNoLog,
                 System::IdemImmediateAsync,
                 System::IdemRedisAlways,
+                System::IdemRedisAlwaysWait1,
             ])
             .find(|x| x.name() == s)
     }
@@ -142,7 +147,7 @@ pub fn open_idemstore(system: System, dir: &Path, settings: IdemSettings) -> Res
 
 /// Opens idemstore's Redis engine on the server at `url` (emptied first), with the same TTL
 /// as every system.
-pub fn open_idemstore_redis(url: &str) -> Result<Store, String> {
+pub fn open_idemstore_redis(url: &str, wait_for_replica: bool) -> Result<Store, String> {
     let client = redis::Client::open(url).map_err(|e| e.to_string())?;
     let mut conn = client.get_connection().map_err(|e| e.to_string())?;
     let _: () = redis::cmd("FLUSHALL")
@@ -152,7 +157,11 @@ pub fn open_idemstore_redis(url: &str) -> Result<Store, String> {
         .ttl(TTL)
         .build()
         .map_err(|e| e.to_string())?;
-    Store::open_redis(url, config).map_err(|e| e.to_string())
+    let mut options = idemstore::RedisOptions::new(url);
+    if wait_for_replica {
+        options = options.wait_for_replicas(1, Duration::from_secs(1));
+    }
+    Store::open_redis_with(options, config).map_err(|e| e.to_string())
 }
 
 /// One caller of an idemstore, as a request handler in a service would be: a thread calling the
