@@ -837,3 +837,209 @@ fn c10_a_completion_waits_for_its_replica_and_says_when_it_did_not_arrive() {
     let r = execute(store.begin(&s, &key("c"), &f).unwrap());
     assert_eq!(r.complete(resp(201, "c")).unwrap(), Completion::Stored);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Redis engine against the memory engine, operation by operation
+
+mod differential {
+    use super::*;
+    use idemstore::{LeaseError, Reservation, Response};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Begin { key: usize, body: usize },
+        Complete { res: usize, status: usize },
+        Release { res: usize },
+        Renew { res: usize },
+        Drop { res: usize },
+        Purge { key: usize },
+        Get { key: usize },
+        Advance { ms: u64 },
+    }
+
+    const KEYS: [(&str, &str); 3] = [("a", "k0"), ("a", "k1"), ("b", "k0")];
+    const STATUSES: [u16; 3] = [201, 409, 503];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..KEYS.len(), 0..2usize).prop_map(|(key, body)| Op::Begin { key, body }),
+            3 => (0..8usize, 0..STATUSES.len()).prop_map(|(res, status)| Op::Complete { res, status }),
+            1 => (0..8usize).prop_map(|res| Op::Release { res }),
+            1 => (0..8usize).prop_map(|res| Op::Renew { res }),
+            1 => (0..8usize).prop_map(|res| Op::Drop { res }),
+            1 => (0..KEYS.len()).prop_map(|key| Op::Purge { key }),
+            2 => (0..KEYS.len()).prop_map(|key| Op::Get { key }),
+            2 => prop_oneof![Just(1_000u64), Just(9_999), Just(10_000), Just(100_000)]
+                .prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    /// What an answer says, tokens left out: the memory engine's count store-wide, the Redis
+    /// engine's per key (C8 on Redis), so only their effects compare.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Nothing,
+        Execute { lease_deadline: u64 },
+        Replay(Response),
+        InProgress,
+        Conflict,
+        Completion(Result<Completion, &'static str>),
+        Lease(Result<Option<u64>, &'static str>),
+        Purge(bool),
+        Get(Option<Record>),
+        Failed(String),
+    }
+
+    /// A record as `get` shows it: state, created, lease deadline, expiry, response.
+    type Record = (idemstore::State, u64, Option<u64>, u64, Option<Response>);
+
+    fn lease_refusal(e: LeaseError) -> &'static str {
+        match e {
+            LeaseError::Fenced { .. } => "fenced",
+            LeaseError::NotReserved { .. } => "not reserved",
+            _ => "other",
+        }
+    }
+
+    /// One store and the reservations it handed out, in order.
+    struct Side {
+        store: Store,
+        live: Vec<Reservation>,
+    }
+
+    impl Side {
+        fn take(&mut self, res: usize) -> Option<Reservation> {
+            (!self.live.is_empty()).then(|| {
+                let i = res % self.live.len();
+                self.live.remove(i)
+            })
+        }
+
+        fn step(&mut self, op: Op) -> Seen {
+            let at = |k: usize| (scope(KEYS[k].0), key(KEYS[k].1));
+            match op {
+                Op::Begin { key: k, body } => {
+                    let (s, k) = at(k);
+                    match self.store.begin(&s, &k, &fp(&body.to_string())) {
+                        Ok(Begin::Execute(r)) => {
+                            let lease_deadline = r.lease_deadline();
+                            self.live.push(r);
+                            Seen::Execute { lease_deadline }
+                        }
+                        Ok(Begin::Replay(r)) => Seen::Replay(r),
+                        Ok(Begin::InProgress { .. }) => Seen::InProgress,
+                        Ok(Begin::Conflict) => Seen::Conflict,
+                        Err(e) => Seen::Failed(format!("{e:?}")),
+                    }
+                }
+                Op::Complete { res, status } => match self.take(res) {
+                    None => Seen::Nothing,
+                    Some(r) => Seen::Completion(
+                        r.complete(resp(STATUSES[status], &format!("s{status}")))
+                            .map_err(|e| match e {
+                                CompleteError::Fenced { .. } => "fenced",
+                                CompleteError::NotReserved { .. } => "not reserved",
+                                _ => "other",
+                            }),
+                    ),
+                },
+                Op::Release { res } => match self.take(res) {
+                    None => Seen::Nothing,
+                    Some(r) => Seen::Lease(r.release().map(|()| None).map_err(lease_refusal)),
+                },
+                Op::Renew { res } => {
+                    if self.live.is_empty() {
+                        return Seen::Nothing;
+                    }
+                    let i = res % self.live.len();
+                    let r = &mut self.live[i];
+                    Seen::Lease(
+                        r.renew()
+                            .map(|()| Some(r.lease_deadline()))
+                            .map_err(lease_refusal),
+                    )
+                }
+                Op::Drop { res } => {
+                    drop(self.take(res));
+                    Seen::Nothing
+                }
+                Op::Purge { key: k } => {
+                    let (s, k) = at(k);
+                    match self.store.purge(&s, &k) {
+                        Ok(b) => Seen::Purge(b),
+                        Err(e) => Seen::Failed(format!("{e:?}")),
+                    }
+                }
+                Op::Get { key: k } => {
+                    let (s, k) = at(k);
+                    match self.store.get(&s, &k) {
+                        Ok(i) => Seen::Get(i.map(|i| {
+                            (
+                                i.state,
+                                i.created_at,
+                                i.lease_deadline,
+                                i.expires_at,
+                                i.response,
+                            )
+                        })),
+                        Err(e) => Seen::Failed(format!("{e:?}")),
+                    }
+                }
+                Op::Advance { .. } => Seen::Nothing,
+            }
+        }
+    }
+
+    #[test]
+    fn c2_c9_the_redis_engine_answers_as_the_memory_engine() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let cases = std::sync::atomic::AtomicUsize::new(0);
+        let mut runner = TestRunner::new(RunnerConfig {
+            // IDEMSTORE_REDIS_CASES for a longer run.
+            cases: std::env::var("IDEMSTORE_REDIS_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300),
+            failure_persistence: None,
+            ..RunnerConfig::default()
+        });
+        let result = runner.run(&prop::collection::vec(op(), 1..40), |ops| {
+            let clock = ManualClock::new(T0);
+            let cfg = || {
+                config(&clock)
+                    .lease(Duration::from_secs(10))
+                    .ttl(Duration::from_secs(100))
+                    .build()
+                    .unwrap()
+            };
+            let mut memory = Side {
+                store: Store::in_memory(cfg()).unwrap(),
+                live: Vec::new(),
+            };
+            // A prefix of its own per case: a fresh store on the shared server.
+            let case = cases.fetch_add(1, Ordering::SeqCst);
+            let options = RedisOptions::new(server.url())
+                .prefix(format!("m{case}:"))
+                .clock(RedisClock::Store);
+            let mut redis = Side {
+                store: Store::open_redis_with(options, cfg()).unwrap(),
+                live: Vec::new(),
+            };
+            for (i, op) in ops.iter().enumerate() {
+                if let Op::Advance { ms } = op {
+                    clock.advance(Duration::from_millis(*ms));
+                }
+                let (want, got) = (memory.step(*op), redis.step(*op));
+                prop_assert_eq!(&got, &want, "op {} {:?} of {:?}", i, op, ops);
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
+}
