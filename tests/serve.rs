@@ -867,3 +867,31 @@ async fn serve_on_redis_keeps_if_match_across_processes() {
         assert_eq!(shown.header("etag"), Some("\"v2\""));
     }
 }
+
+/// `serve --redis` refuses a server that could lose records, naming the setting, unless the
+/// operator vouches for it with `--trust-server-settings`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_redis_refuses_an_unsafe_server_unless_trusted() {
+    let Some(redis) = crate::redis_support::Server::start_with(&["--appendonly", "no"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--redis", &redis.url()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("appendonly"));
+    let url = redis.url();
+    let server = serve(
+        &dir.path().join("x.redb"),
+        &["--redis", url.as_str(), "--trust-server-settings"],
+    );
+    let created = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some("t1"), BODY),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status, StatusCode::CREATED);
+}

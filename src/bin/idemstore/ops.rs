@@ -34,6 +34,10 @@ pub(crate) struct Target {
     /// With `--redis`: the prefix of the store's keys on the server.
     #[arg(long, default_value = "idem:")]
     pub(crate) prefix: String,
+    /// With `--redis`, for `purge`: do not read the server's settings (managed services that
+    /// hide `CONFIG`).
+    #[arg(long, requires = "redis")]
+    pub(crate) trust_server_settings: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -67,7 +71,10 @@ fn open(t: &Target) -> Result<Store, String> {
     if let Some(url) = &t.redis {
         // Made sure first that the store exists there: a purge never creates one.
         drop(look_on_redis(t, url)?);
-        let options = RedisOptions::new(url.as_str()).prefix(t.prefix.as_str());
+        let mut options = RedisOptions::new(url.as_str()).prefix(t.prefix.as_str());
+        if t.trust_server_settings {
+            options = options.trust_server_settings();
+        }
         return Store::open_redis_with(options, Config::default())
             .map_err(|e| format!("cannot open the store on {url}: {}", chain(&e)));
     }

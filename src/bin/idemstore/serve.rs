@@ -58,6 +58,10 @@ pub(crate) struct ServeArgs {
     /// always` (`everysec` with `--durability buffered`) and `maxmemory-policy noeviction`.
     #[arg(long, value_name = "URL")]
     pub(crate) redis: Option<String>,
+    /// With `--redis`: do not read the server's settings (for managed services that hide
+    /// `CONFIG`); the operator vouches that it never evicts keys and persists every write.
+    #[arg(long, requires = "redis")]
+    pub(crate) trust_server_settings: bool,
     /// The address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) addr: SocketAddr,
@@ -151,7 +155,11 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         (Some(url), _) => {
-            let store = Store::open_redis(url, config)
+            let mut options = idemstore::RedisOptions::new(url.as_str());
+            if args.trust_server_settings {
+                options = options.trust_server_settings();
+            }
+            let store = Store::open_redis_with(options, config)
                 .map_err(|e| format!("cannot open the store on {url}: {e}"))?;
             let bookings = Bookings::on_redis(url, "idem:")
                 .map_err(|e| format!("cannot keep bookings on {url}: {e:?}"))?;
