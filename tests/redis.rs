@@ -802,11 +802,12 @@ fn c10_a_completion_waits_for_its_replica_and_says_when_it_did_not_arrive() {
         return;
     };
     replica.wait_for_replication("master_link_status:up");
+    primary.wait_for_replication("state=online");
     let clock = ManualClock::new(T0);
     let cfg = config(&clock).build().unwrap();
     let options = RedisOptions::new(primary.url())
         .clock(RedisClock::Store)
-        .wait_for_replicas(1, Duration::from_millis(300));
+        .wait_for_replicas(1, Duration::from_secs(1));
     let store = Store::open_redis_with(options, cfg).unwrap();
     let (s, f) = (scope("s"), fp("x"));
     let r = execute(store.begin(&s, &key("a"), &f).unwrap());
@@ -1042,4 +1043,68 @@ mod differential {
             panic!("{e}");
         }
     }
+}
+
+#[test]
+fn c10_a_failover_loses_a_completion_the_replica_missed_unless_it_was_waited_for() {
+    let port = Server::free_port().to_string();
+    let primary_settings = ["--port", port.as_str(), "--repl-diskless-sync-delay", "0"];
+    let Some(mut primary) = Server::start_with(&primary_settings) else {
+        return;
+    };
+    // The replica reaches the primary through a relay that a partition can cut.
+    let relay = crate::redis_support::Relay::start(port.parse().unwrap());
+    let relay_port = relay.port.to_string();
+    let Some(replica) = Server::start_with(&["--replicaof", "127.0.0.1", &relay_port]) else {
+        return;
+    };
+    replica.wait_for_replication("master_link_status:up");
+    primary.wait_for_replication("state=online");
+    let clock = ManualClock::new(T0);
+    let cfg = || config(&clock).build().unwrap();
+    let options = |url: String| {
+        RedisOptions::new(url)
+            .clock(RedisClock::Store)
+            .replay_cache_bytes(0)
+    };
+    let plain = Store::open_redis_with(options(primary.url()), cfg()).unwrap();
+    let waiting = Store::open_redis_with(
+        options(primary.url()).wait_for_replicas(1, Duration::from_secs(1)),
+        cfg(),
+    )
+    .unwrap();
+    // The replica holds the store's metadata and functions before it falls behind.
+    let (s, f) = (scope("s"), fp("x"));
+    let r = execute(waiting.begin(&s, &key("before"), &f).unwrap());
+    assert_eq!(r.complete(resp(201, "before")).unwrap(), Completion::Stored);
+    // A partition: from here on the replica hears nothing of the primary.
+    relay.cut.store(true, Ordering::SeqCst);
+    let r = execute(plain.begin(&s, &key("plain"), &f).unwrap());
+    assert_eq!(
+        r.complete(resp(201, "acknowledged")).unwrap(),
+        Completion::Stored
+    );
+    let r = execute(waiting.begin(&s, &key("waited"), &f).unwrap());
+    assert!(matches!(
+        r.complete(resp(201, "not acknowledged")),
+        Err(CompleteError::Unavailable(
+            Unavailable::OutcomeUnknown { .. }
+        ))
+    ));
+    // The primary dies; the replica, which missed both completions, is promoted.
+    primary.kill();
+    assert!(
+        replica
+            .command(&["REPLICAOF", "NO", "ONE"])
+            .starts_with("+OK")
+    );
+    let after = Store::open_redis_with(options(replica.url()), cfg()).unwrap();
+    assert!(matches!(
+        after.begin(&s, &key("before"), &f).unwrap(),
+        Begin::Replay(_)
+    ));
+    // The completion acknowledged without waiting is gone: its key executes again (the limit
+    // of asynchronous replication); the one waited for was never acknowledged.
+    drop(execute(after.begin(&s, &key("plain"), &f).unwrap()));
+    drop(execute(after.begin(&s, &key("waited"), &f).unwrap()));
 }

@@ -449,3 +449,46 @@ fn wait_for_tcp(port: u16) {
         std::thread::yield_now();
     }
 }
+
+/// A TCP relay in front of a server's port, for a replica's link: once `cut` is set, nothing
+/// more passes either way (the bytes are read and thrown away), as on a network partition.
+pub struct Relay {
+    pub port: u16,
+    pub cut: Arc<AtomicBool>,
+}
+
+impl Relay {
+    pub fn start(upstream: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let c = Arc::clone(&cut);
+        std::thread::spawn(move || {
+            for down in listener.incoming() {
+                let Ok(down) = down else { continue };
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let pairs = [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ];
+                for (mut from, mut to) in pairs {
+                    let c = Arc::clone(&c);
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 << 10];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            if !c.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay { port, cut }
+    }
+}
