@@ -230,6 +230,9 @@ impl Link {
 
     /// The connection to node `i`, connecting first with backoff, until `deadline`.
     fn connection(&mut self, i: usize, deadline: Instant) -> Result<&mut Connection, Cause> {
+        if i >= self.nodes.len() {
+            return Err(cause_of("no such node"));
+        }
         let mut pause = Duration::from_millis(5);
         let mut last: Option<Cause> = None;
         while self.nodes[i].conn.is_none() {
@@ -444,7 +447,7 @@ impl Link {
     /// `then`, also the reply of the command sent right after it, and answers both as a
     /// two-element array unless the first is an error.
     fn read(&mut self, i: usize, asking: bool, then: bool) -> Result<Value, RedisError> {
-        let Some(conn) = self.nodes[i].conn.as_mut() else {
+        let Some(conn) = self.nodes.get_mut(i).and_then(|n| n.conn.as_mut()) else {
             return Err(RedisError::from(std::io::Error::from(
                 std::io::ErrorKind::NotConnected,
             )));
