@@ -895,3 +895,49 @@ async fn serve_on_redis_refuses_an_unsafe_server_unless_trusted() {
     .unwrap();
     assert_eq!(created.status, StatusCode::CREATED);
 }
+
+/// With its Redis server gone, `serve --redis` fails closed: `503 idempotency_unavailable`
+/// once the store's deadline passes, nothing run; and it serves again once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_redis_fails_closed_while_the_server_is_down() {
+    let Some(mut redis) = crate::redis_support::Server::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let server = serve(&dir.path().join("x.redb"), &["--redis", url.as_str()]);
+    let first = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some("d1"), BODY),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status, StatusCode::CREATED);
+    redis.kill();
+    let down = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some("d2"), BODY),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.text()
+    );
+    assert_eq!(down.code(), "idempotency_unavailable");
+    redis.restart();
+    let again = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some("d1"), BODY),
+    )
+    .await
+    .unwrap();
+    assert!(again.replayed(), "{}", again.text());
+    assert_eq!(again.body, first.body);
+    let list = send(server.addr, booking("GET", "/v1/bookings", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(list.json()["data"].as_array().unwrap().len(), 1, "d2 never ran");
+}
