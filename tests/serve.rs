@@ -939,5 +939,9 @@ async fn serve_on_redis_fails_closed_while_the_server_is_down() {
     let list = send(server.addr, booking("GET", "/v1/bookings", None, ""))
         .await
         .unwrap();
-    assert_eq!(list.json()["data"].as_array().unwrap().len(), 1, "d2 never ran");
+    assert_eq!(
+        list.json()["data"].as_array().unwrap().len(),
+        1,
+        "d2 never ran"
+    );
 }

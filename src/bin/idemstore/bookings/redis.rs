@@ -78,32 +78,51 @@ impl RedisBookings {
             prefix: format!("{prefix}bk:"),
         };
         // Fails now, not at the first request, if the server cannot be reached.
-        b.with(|c| redis::cmd("PING").query::<String>(c).map_err(storage))?;
+        b.with(true, |c| redis::cmd("PING").query::<String>(c))?;
         Ok(b)
     }
 
-    /// Runs `f` on an idle connection (or a new one), which goes back to the pool if `f`
-    /// succeeded.
+    /// Runs `f` on an idle connection (or a new one), which goes back to the pool if it still
+    /// works. A broken connection empties the pool (the server may have restarted, breaking
+    /// them all), and `f` runs once more on a new connection if `again` says it is safe to
+    /// repeat: a read, or a create whose tie recognises the first attempt.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, BookingError>,
+        again: bool,
+        f: impl Fn(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, BookingError> {
-        let conn = self.idle.lock().pop();
-        let mut conn = match conn {
+        let pooled = self.idle.lock().pop();
+        let mut conn = match pooled {
             Some(c) => c,
-            None => {
-                let c = self
-                    .client
-                    .get_connection_with_timeout(Duration::from_secs(5))
-                    .map_err(storage)?;
-                c.set_read_timeout(Some(Duration::from_secs(5)))
-                    .map_err(storage)?;
-                c
-            }
+            None => self.connect()?,
         };
-        let out = f(&mut conn)?;
-        self.idle.lock().push(conn);
-        Ok(out)
+        match f(&mut conn) {
+            Ok(out) => {
+                self.idle.lock().push(conn);
+                Ok(out)
+            }
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                self.idle.lock().clear();
+                if !again {
+                    return Err(storage(e));
+                }
+                let mut fresh = self.connect()?;
+                let out = f(&mut fresh).map_err(storage)?;
+                self.idle.lock().push(fresh);
+                Ok(out)
+            }
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    fn connect(&self) -> Result<Connection, BookingError> {
+        let c = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .map_err(storage)?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(storage)?;
+        Ok(c)
     }
 
     fn account_prefix(&self, account: &str) -> String {
@@ -149,7 +168,7 @@ impl RedisBookings {
             .arg(expires_at)
             .arg(format!("{base}b:"))
             .arg(ttl);
-        let reply: Value = self.with(|c| cmd.query(c).map_err(storage))?;
+        let reply: Value = self.with(request.is_some(), |c| cmd.query(c))?;
         match reply {
             Value::Array(items) => match items.as_slice() {
                 [Value::BulkString(tag), Value::BulkString(b)] if tag == b"existing" => {
@@ -165,13 +184,12 @@ impl RedisBookings {
 
     pub(crate) fn list(&self, account: &str) -> Result<Vec<Booking>, BookingError> {
         let base = self.account_prefix(account);
-        let uids: Vec<String> = self.with(|c| {
+        let uids: Vec<String> = self.with(true, |c| {
             redis::cmd("ZRANGE")
                 .arg(format!("{base}all"))
                 .arg(0)
                 .arg(-1)
                 .query(c)
-                .map_err(storage)
         })?;
         let mut out = Vec::with_capacity(uids.len());
         for uid in uids {
@@ -185,8 +203,7 @@ impl RedisBookings {
     /// The booking `uid` of `account` as stored (its bytes, for a compare and set), if any.
     fn read(&self, account: &str, uid: &str) -> Result<Option<(Vec<u8>, Stored)>, BookingError> {
         let key = format!("{}b:{uid}", self.account_prefix(account));
-        let bytes: Option<Vec<u8>> =
-            self.with(|c| redis::cmd("GET").arg(&key).query(c).map_err(storage))?;
+        let bytes: Option<Vec<u8>> = self.with(true, |c| redis::cmd("GET").arg(&key).query(c))?;
         match bytes {
             None => Ok(None),
             Some(b) => {
@@ -227,15 +244,15 @@ impl RedisBookings {
             f(&mut stored.booking)?;
             stored.booking.version += 1;
             let written = serde_json::to_vec(&stored).map_err(storage)?;
-            let swapped: i64 = self.with(|c| {
+            // Not repeated: a swap whose answer was lost may have been made.
+            let swapped: i64 = self.with(false, |c| {
                 redis::cmd("EVAL")
                     .arg(SWAP)
                     .arg(1)
                     .arg(&key)
-                    .arg(read)
-                    .arg(written)
+                    .arg(&read)
+                    .arg(&written)
                     .query(c)
-                    .map_err(storage)
             })?;
             if swapped == 1 {
                 return Ok(stored.booking);
