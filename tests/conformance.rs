@@ -117,13 +117,11 @@ fn conformance_memory() {
     run(Durability::Memory);
 }
 
+/// The suite on the Redis server at `url`, whose store's own clock decides, so that the suite
+/// can move time.
 #[cfg(feature = "redis")]
-#[test]
-fn conformance_redis() {
+fn run_redis(url: String) {
     use idemstore::{RedisClock, RedisOptions};
-    let Some(server) = crate::redis_support::Server::start() else {
-        return;
-    };
     let clock = ManualClock::new(T0);
     let cfg = config(&clock)
         .lease(Duration::from_secs(10))
@@ -131,8 +129,7 @@ fn conformance_redis() {
         .cache_policy(CachePolicy::SuccessOnly)
         .build()
         .unwrap();
-    // The store's clock decides, so that the suite can move time.
-    let options = RedisOptions::new(server.url()).clock(RedisClock::Store);
+    let options = RedisOptions::new(url).clock(RedisClock::Store);
     let store = Store::open_redis_with(options, cfg).unwrap();
     suite(&store, &clock);
     assert!(store.check().unwrap().is_sound());
@@ -140,20 +137,16 @@ fn conformance_redis() {
 
 #[cfg(feature = "redis")]
 #[test]
+fn conformance_redis() {
+    if let Some(server) = crate::redis_support::Server::start() {
+        run_redis(server.url());
+    }
+}
+
+#[cfg(feature = "redis")]
+#[test]
 fn conformance_redis_cluster() {
-    use idemstore::{RedisClock, RedisOptions};
-    let Some(cluster) = crate::redis_support::Cluster::start() else {
-        return;
-    };
-    let clock = ManualClock::new(T0);
-    let cfg = config(&clock)
-        .lease(Duration::from_secs(10))
-        .ttl(Duration::from_secs(100))
-        .cache_policy(CachePolicy::SuccessOnly)
-        .build()
-        .unwrap();
-    let options = RedisOptions::new(cluster.url()).clock(RedisClock::Store);
-    let store = Store::open_redis_with(options, cfg).unwrap();
-    suite(&store, &clock);
-    assert!(store.check().unwrap().is_sound());
+    if let Some(cluster) = crate::redis_support::Cluster::start() {
+        run_redis(cluster.url());
+    }
 }

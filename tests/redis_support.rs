@@ -156,12 +156,25 @@ impl Drop for Server {
     }
 }
 
-/// Waits until the server accepts connections on `socket` (a readiness poll of a process
-/// the test started, not a timing assumption: it gives up after 10 s).
+/// Waits until the server answers on `socket`.
 fn wait_for_socket(socket: &Path) {
+    wait_for_pong(&socket.display().to_string(), || {
+        UnixStream::connect(socket)
+            .ok()
+            .map(|s| Box::new(s) as Box<dyn Stream>)
+    });
+}
+
+/// A connection to a server, whatever its transport.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// Waits until a connection that `connect` makes answers `PING` with `+PONG` (a readiness
+/// poll of a process the test started, not a timing assumption: it gives up after 10 s).
+fn wait_for_pong(name: &str, connect: impl Fn() -> Option<Box<dyn Stream>>) {
     let start = Instant::now();
     loop {
-        if let Ok(mut s) = UnixStream::connect(socket)
+        if let Some(mut s) = connect()
             && s.write_all(b"PING\r\n").is_ok()
         {
             let mut buf = [0u8; 16];
@@ -173,8 +186,7 @@ fn wait_for_socket(socket: &Path) {
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "redis-server did not start on {}",
-            socket.display()
+            "redis-server did not start on {name}"
         );
         std::thread::yield_now();
     }
@@ -430,24 +442,11 @@ impl Drop for Cluster {
 }
 
 fn wait_for_tcp(port: u16) {
-    let start = Instant::now();
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port))
-            && s.write_all(b"PING\r\n").is_ok()
-        {
-            let mut buf = [0u8; 16];
-            if s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-            {
-                return;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "redis-server did not start on port {port}"
-        );
-        std::thread::yield_now();
-    }
+    wait_for_pong(&format!("port {port}"), || {
+        TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|s| Box::new(s) as Box<dyn Stream>)
+    });
 }
 
 /// A TCP relay in front of a server's port, for a replica's link: once `cut` is set, nothing
