@@ -19,9 +19,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{
-    Booking, BookingError, KeyedRequest, NewBooking, Stored, if_match_allows, new_record, uid_of,
-};
+use super::{Booking, BookingError, KeyedRequest, NewBooking, Stored, edit, new_record, uid_of};
 
 /// uid → the stored booking (JSON).
 const BOOKINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bookings");
@@ -233,14 +231,7 @@ impl FileBookings {
             if stored.account != account {
                 return Err(BookingError::NotFound);
             }
-            let current = stored.booking.etag();
-            if let Some(expected) = if_match
-                && !if_match_allows(expected, &current)
-            {
-                return Err(BookingError::Stale { current });
-            }
-            f(&mut stored.booking)?;
-            stored.booking.version += 1;
+            edit(&mut stored, if_match, &f)?;
             let bytes = serde_json::to_vec(&stored)?;
             bookings.insert(uid, bytes.as_slice())?;
             Ok(stored.booking)

@@ -149,6 +149,24 @@ impl Bookings {
     }
 }
 
+/// Applies an edit to a stored booking if `if_match` (when given) names its current version,
+/// and moves the version up by one.
+fn edit(
+    stored: &mut Stored,
+    if_match: Option<&str>,
+    f: impl Fn(&mut Booking) -> Result<(), BookingError>,
+) -> Result<(), BookingError> {
+    let current = stored.booking.etag();
+    if let Some(expected) = if_match
+        && !if_match_allows(expected, &current)
+    {
+        return Err(BookingError::Stale { current });
+    }
+    f(&mut stored.booking)?;
+    stored.booking.version += 1;
+    Ok(())
+}
+
 /// A new booking's uid: `bk_` and 16 hex digits of `digest`.
 fn uid_of(digest: &[u8]) -> String {
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();

@@ -17,9 +17,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::{Client, Connection, Value};
 
-use super::{
-    Booking, BookingError, KeyedRequest, NewBooking, Stored, if_match_allows, new_record, uid_of,
-};
+use super::{Booking, BookingError, KeyedRequest, NewBooking, Stored, edit, new_record, uid_of};
 
 /// Looks the tie up; makes the booking, its index entry and the tie if it finds none that
 /// holds. KEYS: tie, booking, index. ARGV: now, fingerprint (empty without a key), uid,
@@ -235,14 +233,7 @@ impl RedisBookings {
             let Some((read, mut stored)) = self.read(account, uid)? else {
                 return Err(BookingError::NotFound);
             };
-            let current = stored.booking.etag();
-            if let Some(expected) = if_match
-                && !if_match_allows(expected, &current)
-            {
-                return Err(BookingError::Stale { current });
-            }
-            f(&mut stored.booking)?;
-            stored.booking.version += 1;
+            edit(&mut stored, if_match, &f)?;
             let written = serde_json::to_vec(&stored).map_err(storage)?;
             // Not repeated: a swap whose answer was lost may have been made.
             let swapped: i64 = self.with(false, |c| {
