@@ -1108,3 +1108,54 @@ fn c10_a_failover_loses_a_completion_the_replica_missed_unless_it_was_waited_for
     drop(execute(after.begin(&s, &key("plain"), &f).unwrap()));
     drop(execute(after.begin(&s, &key("waited"), &f).unwrap()));
 }
+
+#[test]
+fn c11_keys_of_another_program_and_damaged_records_are_errors_not_panics() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    // Another program's string where the store's metadata would be.
+    assert!(
+        server
+            .command(&["SET", "other:meta", "x"])
+            .starts_with("+OK")
+    );
+    let foreign = RedisOptions::new(server.url()).prefix("other:");
+    match Store::open_redis_with(foreign, Config::default()) {
+        Err(OpenError::NotAnIdemstoreFile { detail }) => assert!(detail.contains("WRONGTYPE")),
+        other => panic!("{other:?}"),
+    }
+    // A record whose fields were overwritten by hand.
+    let clock = ManualClock::new(T0);
+    let store = on_uncached(&server.url(), &clock);
+    let (s, k, f) = (scope("s"), key("k"), fp("x"));
+    execute(store.begin(&s, &k, &f).unwrap())
+        .complete(resp(201, "ok"))
+        .unwrap();
+    let listed = server.command(&["KEYS", "idem:r:*"]);
+    let record = listed.lines().find(|l| l.starts_with("idem:r:")).unwrap();
+    server.command(&["HSET", record, "ex", "soon", "rs", "not a blob"]);
+    assert!(matches!(
+        store.get(&s, &k),
+        Err(Unavailable::Corrupted { .. })
+    ));
+    assert!(matches!(
+        store.begin(&s, &k, &f),
+        Err(idemstore::BeginError::Unavailable(
+            Unavailable::Corrupted { .. }
+        ))
+    ));
+    let report = store.check().unwrap();
+    assert!(
+        !report.is_sound() && report.problems[0].contains(record),
+        "{report:?}"
+    );
+    // A string of another program under the store's own prefix: a problem `check` names.
+    let foreign = "idem:r:{0123456789abcdef0123456789abcdef}";
+    server.command(&["SET", foreign, "x"]);
+    let report = store.check().unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains(foreign)),
+        "{report:?}"
+    );
+}

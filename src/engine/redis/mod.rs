@@ -531,6 +531,7 @@ impl Engine for RedisEngine {
             let now = view.now(link)?;
             let mut lowest: std::collections::BTreeMap<KeyHash, RecordInfo> = Default::default();
             view.walk(link, |_, fields| {
+                let fields = fields?;
                 if !fields.is_record() || fields.expires_at()? <= now {
                     return Ok(());
                 }
@@ -554,6 +555,15 @@ impl Engine for RedisEngine {
             let now = view.now(link)?;
             let mut report = CheckReport::default();
             view.walk(link, |key, fields| {
+                let fields = match fields {
+                    Ok(fields) => fields,
+                    Err(e) => {
+                        if report.problems.len() < MAX_PROBLEMS {
+                            report.problems.push(format!("{key}: {e}"));
+                        }
+                        return Ok(());
+                    }
+                };
                 if !fields.is_record() {
                     return Ok(());
                 }

@@ -58,6 +58,12 @@ pub(super) fn connect(
     let deadline = Instant::now() + options.timeout;
     let unreachable = |f: Failure| match f {
         Failure::NotSent(cause) | Failure::NoReply(cause) => OpenError::Unreachable { cause },
+        // The prefix's metadata key holds something of another program.
+        Failure::Server(detail) if detail.starts_with("WRONGTYPE") => {
+            OpenError::NotAnIdemstoreFile {
+                detail: format!("the keys under this prefix are not an idemstore store: {detail}"),
+            }
+        }
         Failure::Server(detail) => OpenError::Unreachable {
             cause: Arc::new(Message(detail)),
         },

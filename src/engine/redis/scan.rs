@@ -72,11 +72,11 @@ impl Scan {
     }
 
     /// Every record hash of the store, node by node and page by page: `each` gets the key
-    /// and its fields.
+    /// and its fields, or the error reading them gave (another program's key under the prefix).
     pub(crate) fn walk(
         &self,
         link: &mut Link,
-        mut each: impl FnMut(&str, Fields) -> Result<(), Unavailable>,
+        mut each: impl FnMut(&str, Result<Fields, Unavailable>) -> Result<(), Unavailable>,
     ) -> Result<(), Unavailable> {
         for node in link.primaries() {
             self.walk_node(link, node, &mut each)?;
@@ -88,7 +88,7 @@ impl Scan {
         &self,
         link: &mut Link,
         node: usize,
-        each: &mut impl FnMut(&str, Fields) -> Result<(), Unavailable>,
+        each: &mut impl FnMut(&str, Result<Fields, Unavailable>) -> Result<(), Unavailable>,
     ) -> Result<(), Unavailable> {
         let pattern = self.names.records_pattern();
         let mut cursor = 0u64;
@@ -114,7 +114,8 @@ impl Scan {
             cursor = number("SCAN cursor", next.first().map_or(&[][..], Vec::as_slice))?;
             for key in words("SCAN", keys)? {
                 let key = String::from_utf8_lossy(&key).into_owned();
-                let fields = self.fields(link, &key)?;
+                // A key that does not read as a hash is `each`'s to judge.
+                let fields = self.fields(link, &key);
                 each(&key, fields)?;
             }
             if cursor == 0 {
