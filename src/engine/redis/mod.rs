@@ -4,12 +4,15 @@
 //! Why: an embedded file serves one process, and a service with several replicas sends a
 //! retry to whichever replica the load balancer picks. Here every decision is a Lua function
 //! (`scripts.rs`) that the server runs atomically on one key, so every replica pointed at the
-//! same server and prefix keeps one contract. The engine's own thread (`io.rs`) pipelines the
-//! calls of all callers over one connection, so neither a runtime nor a connection per call
-//! is needed.
+//! same server and prefix keeps one contract. The engine's own threads (`io.rs`, a few lanes)
+//! pipeline the calls of all callers over their connections (`link.rs`, one per server node),
+//! so neither a runtime nor a connection per call is needed. Completed records are also kept
+//! in memory (`cache.rs`), so a replay needs no round trip.
 //!
 //! Invariants:
-//! - every state change is one script on one key; nothing is decided from a client-side read;
+//! - every state change is one function call on one key; nothing is decided from a
+//!   client-side read (the replay cache answers only for completed records, which do not
+//!   change before they expire);
 //! - every mutating call carries a nonce that its script stores, so a call re-sent after a
 //!   lost reply is recognised and answered as the first was;
 //! - the store's secret lives on the server (`<prefix>meta`), written once by the first
