@@ -15,6 +15,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// The settings the engine requires (every write in the append-only file before it is
+/// answered, no eviction), no snapshots, and quiet logs: every server the tests start.
+const SAFE: [&str; 10] = [
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--save",
+    "",
+    "--maxmemory-policy",
+    "noeviction",
+    "--loglevel",
+    "warning",
+];
+
 /// A `redis-server` child process.
 pub struct Server {
     child: Option<Child>,
@@ -76,20 +91,8 @@ impl Server {
             .arg(self.socket())
             .args(["--unixsocketperm", "700", "--dir"])
             .arg(self.dir.path())
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ])
+            .args(SAFE)
+            .args(["--daemonize", "no"])
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -335,17 +338,8 @@ impl Cluster {
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "5000",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                    "--save",
-                    "",
-                    "--maxmemory-policy",
-                    "noeviction",
-                    "--loglevel",
-                    "warning",
                 ])
+                .args(SAFE)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
