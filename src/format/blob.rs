@@ -9,6 +9,7 @@
 use std::fmt;
 
 use super::bytes::{Reader, Truncated};
+use crate::error::CompleteError;
 use crate::rules::response::Response;
 
 /// Response blob format version written by this build.
@@ -49,6 +50,19 @@ pub(crate) fn encodable(r: &Response) -> Result<(), DecodeError> {
         Ok(())
     } else {
         Err(DecodeError::TooLarge)
+    }
+}
+
+/// Why a response cannot be stored, if it cannot (rule C12): too large for `max` bytes
+/// encoded, or not encodable at all. Checked before any completion.
+pub(crate) fn refusal(r: &Response, max: usize) -> Option<CompleteError> {
+    let len = r.encoded_len();
+    match encodable(r) {
+        Ok(()) if len <= max => None,
+        Ok(()) => Some(CompleteError::ResponseTooLarge { len, max }),
+        Err(e) => Some(CompleteError::InvalidResponse {
+            reason: e.to_string(),
+        }),
     }
 }
 

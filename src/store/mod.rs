@@ -10,6 +10,7 @@
 
 mod compactor;
 mod reservation;
+mod transact;
 
 use std::future::Future;
 use std::path::Path;
@@ -392,15 +393,7 @@ impl Store {
         if let Err(e) = shared.check() {
             return Answer::Now(Err(e.into()));
         }
-        let max = shared.config.max_response_bytes;
-        let len = response.encoded_len();
-        let refused = match blob::encodable(&response) {
-            Ok(()) if len <= max => None,
-            Ok(()) => Some(CompleteError::ResponseTooLarge { len, max }),
-            Err(e) => Some(CompleteError::InvalidResponse {
-                reason: e.to_string(),
-            }),
-        };
+        let refused = blob::refusal(&response, shared.config.max_response_bytes);
         if let Some(e) = refused {
             self.forget(hash, token);
             return Answer::Now(Err(e));
