@@ -21,6 +21,7 @@ pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod shared;
+pub(crate) mod work;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,6 +39,7 @@ use crate::view::{CheckReport, RecordInfo};
 
 pub(crate) use crate::reply::Receiver;
 pub(crate) use shared::Shared;
+pub(crate) use work::{Ran, Work};
 
 /// How a release is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +122,23 @@ pub(crate) trait Engine: Send + Sync {
     /// task the engine woke): then `close` must not wait for anything the engine does.
     fn closing_on_own_thread(&self) -> bool {
         false
+    }
+
+    /// Runs caller work in a write transaction of the engine's database, durable before the
+    /// answer. An engine without a database the caller can write to refuses it unrun.
+    fn work(&self, work: Work) -> Answer<Ran, CompleteError> {
+        Answer::Now(Err(CompleteError::Unavailable(Unavailable::Unsupported {
+            operation: work.operation(),
+        })))
+    }
+
+    /// Runs `f` on a read transaction of the engine's database, which shows every write
+    /// transaction acknowledged before the call and none that is not durable yet.
+    fn read_database(&self, f: &mut dyn FnMut(&redb::ReadTransaction)) -> Result<(), Unavailable> {
+        let _ = f;
+        Err(Unavailable::Unsupported {
+            operation: "Store::read",
+        })
     }
 
     /// Step mode (fuzz targets and tests): runs the checkpoint the writer handed over and

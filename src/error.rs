@@ -167,6 +167,19 @@ pub enum Unavailable {
         /// The server's answer.
         detail: String,
     },
+    /// This engine cannot do the operation at all: transactions over the caller's own tables
+    /// ([`Store::write`](crate::Store::write),
+    /// [`Reservation::complete_with`](crate::Reservation::complete_with)) need the file engine,
+    /// since the memory and Redis engines keep no database a caller can write to. Nothing was
+    /// run.
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// Called from inside a closure the store is running in one of its transactions: the
+    /// store's writer runs that closure and cannot also serve the call, which would wait for
+    /// it forever. Nothing was applied. Do the store's work before or after the transaction.
+    Reentrant,
 }
 
 impl fmt::Display for Unavailable {
@@ -190,6 +203,13 @@ impl fmt::Display for Unavailable {
             Unavailable::Refused { detail } => write!(
                 f,
                 "the server refused the operation ({detail}); nothing was applied"
+            ),
+            Unavailable::Unsupported { operation } => write!(
+                f,
+                "{operation} needs the file engine; this store keeps no database for the caller's tables"
+            ),
+            Unavailable::Reentrant => f.write_str(
+                "the store was called from inside one of its own transactions, which would wait for itself; nothing was applied",
             ),
         }
     }
@@ -483,6 +503,109 @@ impl StdError for LeaseError {
     }
 }
 
+/// A transaction over the caller's own tables ([`Store::write`](crate::Store::write),
+/// [`Store::read`](crate::Store::read)) did not commit, or did not run.
+///
+/// `E` is the closure's own error type.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TransactionError<E> {
+    /// The closure returned this error: its writes were rolled back, and nothing else was.
+    Aborted(E),
+    /// The closure panicked: its writes were rolled back, and the store carries on.
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// The store cannot serve (closed, poisoned, this engine keeps no database, or a call from
+    /// inside another transaction); for a write whose commit failed, `OutcomeUnknown`.
+    Unavailable(Unavailable),
+}
+
+impl<E: fmt::Display> fmt::Display for TransactionError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransactionError::Aborted(e) => write!(f, "transaction rolled back: {e}"),
+            TransactionError::Panicked { message } => {
+                write!(
+                    f,
+                    "transaction rolled back: its closure panicked: {message}"
+                )
+            }
+            TransactionError::Unavailable(e) => write!(f, "transaction failed: {e}"),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for TransactionError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            TransactionError::Aborted(e) => Some(e),
+            TransactionError::Panicked { .. } => None,
+            TransactionError::Unavailable(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<Unavailable> for TransactionError<E> {
+    fn from(e: Unavailable) -> Self {
+        TransactionError::Unavailable(e)
+    }
+}
+
+/// Completing a reservation together with the caller's writes
+/// ([`Reservation::complete_with`](crate::Reservation::complete_with)) did not store the
+/// response. Neither the caller's writes nor the response were committed.
+///
+/// `E` is the closure's own error type.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CompleteWithError<E> {
+    /// The closure returned this error: its writes were rolled back and the key released, so
+    /// a retry executes again (C6).
+    Aborted(E),
+    /// The closure panicked: its writes were rolled back and the key released.
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// The store refused the completion: a stale holder ([`CompleteError::Fenced`], the
+    /// closure did not run), a response it cannot keep (the writes rolled back, the key
+    /// released), or the store cannot serve.
+    Complete(CompleteError),
+}
+
+impl<E: fmt::Display> fmt::Display for CompleteWithError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompleteWithError::Aborted(e) => {
+                write!(f, "rolled back and the key released: {e}")
+            }
+            CompleteWithError::Panicked { message } => write!(
+                f,
+                "rolled back and the key released: the closure panicked: {message}"
+            ),
+            CompleteWithError::Complete(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for CompleteWithError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            CompleteWithError::Aborted(e) => Some(e),
+            CompleteWithError::Panicked { .. } => None,
+            CompleteWithError::Complete(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<CompleteError> for CompleteWithError<E> {
+    fn from(e: CompleteError) -> Self {
+        CompleteWithError::Complete(e)
+    }
+}
+
 /// The umbrella error: every operation's error converts into it.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -503,6 +626,9 @@ pub enum Error {
     Lease(LeaseError),
     /// A read, purge or compaction failed.
     Unavailable(Unavailable),
+    /// A transaction over the caller's own tables, or a completion with it, failed
+    /// ([`TransactionError`], [`CompleteWithError`]).
+    Transaction(Box<dyn StdError + Send + Sync + 'static>),
 }
 
 impl fmt::Display for Error {
@@ -516,6 +642,7 @@ impl fmt::Display for Error {
             Error::Complete(e) => e.fmt(f),
             Error::Lease(e) => e.fmt(f),
             Error::Unavailable(e) => e.fmt(f),
+            Error::Transaction(e) => e.fmt(f),
         }
     }
 }
@@ -531,6 +658,7 @@ impl StdError for Error {
             Error::Complete(e) => Some(e),
             Error::Lease(e) => Some(e),
             Error::Unavailable(e) => Some(e),
+            Error::Transaction(e) => Some(&**e),
         }
     }
 }
@@ -554,6 +682,18 @@ umbrella_from! {
     CompleteError => Complete,
     LeaseError => Lease,
     Unavailable => Unavailable,
+}
+
+impl<E: StdError + Send + Sync + 'static> From<TransactionError<E>> for Error {
+    fn from(e: TransactionError<E>) -> Self {
+        Error::Transaction(Box::new(e))
+    }
+}
+
+impl<E: StdError + Send + Sync + 'static> From<CompleteWithError<E>> for Error {
+    fn from(e: CompleteWithError<E>) -> Self {
+        Error::Transaction(Box::new(e))
+    }
 }
 
 impl From<Unavailable> for BeginError {

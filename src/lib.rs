@@ -57,10 +57,13 @@ pub use config::{CachePolicy, Config, ConfigBuilder, Durability};
 #[cfg(feature = "redis")]
 pub use engine::redis::{RedisClock, RedisOptions};
 pub use error::{
-    BeginError, CompleteError, ConfigError, Error, KeyError, LeaseError, OpenError, ScopeError,
-    Unavailable,
+    BeginError, CompleteError, CompleteWithError, ConfigError, Error, KeyError, LeaseError,
+    OpenError, ScopeError, TransactionError, Unavailable,
 };
 pub use inspect::Inspector;
+/// The storage engine under the file store, re-exported so that the caller's own tables
+/// ([`Store::write`], [`Reservation::complete_with`]) use the very version the store does.
+pub use redb;
 pub use rules::canonical_json::canonicalize;
 pub use rules::fingerprint::{Fingerprint, FingerprintBuilder, is_json_content_type};
 pub use rules::key::{Key, Scope};

@@ -20,6 +20,7 @@ mod conformance;
 mod crash;
 mod damaged;
 mod durability;
+mod exactly_once;
 mod expiry;
 mod fixtures;
 mod inspect;

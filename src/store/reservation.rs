@@ -8,16 +8,20 @@
 //! dropping the future does not undo it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use redb::WriteTransaction;
 
 use crate::backend::Completion;
 use crate::config::CachePolicy;
-use crate::engine::Release;
-use crate::error::{CompleteError, LeaseError};
+use crate::engine::{Answer, Ran, Release};
+use crate::error::{CompleteError, CompleteWithError, LeaseError};
 use crate::rules::key::KeyHash;
 use crate::rules::response::Response;
 
-use super::Store;
+use super::{Store, transact};
 
 /// What `begin` tells the caller to do: exactly the four outcomes of rules C2-C5, so a `match`
 /// needs no catch-all arm.
@@ -107,6 +111,92 @@ impl Reservation {
         self.store
             .complete_token(self.hash, self.token, response, policy)
             .resolve()
+    }
+
+    /// Stores the operation's response together with the operation's own writes, in one
+    /// transaction of the store's database: both become durable together or neither does
+    /// (rule E1, `docs/exactly-once.md`). Returns once they are durable.
+    ///
+    /// `f` runs on the store's writer, only if this reservation still holds the key (a stale
+    /// holder gets [`CompleteError::Fenced`] and `f` never runs), and in a transaction of its
+    /// own: it writes the caller's tables (any redb table whose name does not start with
+    /// `idem_`) and returns the response. If it returns an error or panics, its writes are
+    /// rolled back and the key is released, so a retry executes again. A response the store
+    /// cannot keep (too large, or a status the cache policy does not keep: then the answer is
+    /// [`Completion::Released`]) rolls the writes back too: an effect is never committed
+    /// without the response that reports it.
+    ///
+    /// Keep `f` short: the writer serves nobody else while it runs. Calls into the store from
+    /// inside it are refused with [`Unavailable::Reentrant`](crate::Unavailable::Reentrant).
+    /// Only the file engine has a database: a memory or Redis store answers
+    /// [`Unavailable::Unsupported`](crate::Unavailable::Unsupported), without running `f`, and
+    /// releases the key.
+    ///
+    /// ```
+    /// use idemstore::redb::{ReadableTable, TableDefinition};
+    /// use idemstore::{Begin, Config, Fingerprint, Response, Scope, Store};
+    /// const BOOKINGS: TableDefinition<&str, &str> = TableDefinition::new("bookings");
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("app.redb"), Config::default())?;
+    /// let (scope, key) = (Scope::new("acct_1")?, store.key("k-1")?);
+    /// let fp = Fingerprint::of_bytes(b"book room 101");
+    /// let Begin::Execute(reservation) = store.begin(&scope, &key, &fp)? else { unreachable!() };
+    /// reservation.complete_with(|txn| {
+    ///     txn.open_table(BOOKINGS)?.insert("b-1", "room 101")?;
+    ///     Ok::<_, idemstore::redb::Error>(Response::new(201, [("location", "/b/b-1")], ""))
+    /// })?;
+    /// // The booking and the stored response exist together: a retry replays.
+    /// assert!(matches!(store.begin(&scope, &key, &fp)?, Begin::Replay(r) if r.status() == 201));
+    /// let booked = store.read(|txn| {
+    ///     Ok::<_, idemstore::redb::Error>(txn.open_table(BOOKINGS)?.get("b-1")?.is_some())
+    /// })?;
+    /// assert!(booked);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn complete_with<E, F>(self, f: F) -> Result<Completion, CompleteWithError<E>>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<Response, E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let policy = self.store.inner.shared.config.cache_policy;
+        let (answer, slot) = self.queue_with(policy, f);
+        transact::completed_with(answer.wait(), &slot)
+    }
+
+    /// [`complete_with`](Reservation::complete_with) as a runtime-agnostic future. The work is
+    /// queued when this is called: dropping the future does not stop it.
+    pub fn complete_with_async<E, F>(
+        self,
+        f: F,
+    ) -> impl Future<Output = Result<Completion, CompleteWithError<E>>> + Send + 'static
+    where
+        F: FnOnce(&WriteTransaction) -> Result<Response, E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let policy = self.store.inner.shared.config.cache_policy;
+        let (answer, slot) = self.queue_with(policy, f);
+        async move { transact::completed_with(answer.resolve().await, &slot) }
+    }
+
+    /// Queues the completion with the caller's writes. The reservation stays armed (its drop
+    /// releases the key) unless the work was queued: the engine then releases the key itself
+    /// if the work stores nothing.
+    fn queue_with<E, F>(
+        mut self,
+        policy: CachePolicy,
+        f: F,
+    ) -> (Answer<Ran, CompleteError>, Arc<Mutex<Option<E>>>)
+    where
+        F: FnOnce(&WriteTransaction) -> Result<Response, E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let (answer, slot) = self
+            .store
+            .queue_complete_with((self.hash, self.token), policy, f);
+        if !matches!(answer, Answer::Now(Err(_))) {
+            self.armed = false;
+        }
+        (answer, slot)
     }
 
     /// Extends the lease to a full lease period from now (C8).

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
-use redb::{Database, Table};
+use redb::{Database, Table, WriteTransaction};
 
 use super::change::Change;
 use super::log::Mark;
@@ -103,52 +103,61 @@ pub(crate) struct Job {
 
 /// Writes `job` into the file in one durable commit.
 pub(crate) fn commit(db: &Database, job: &Job) -> Result<(), Cause> {
-    let failed = |e: ApplyError| -> Cause {
-        match e {
-            ApplyError::Storage(e) => cause(e),
-            ApplyError::BadRecord(detail) => Arc::new(Message(detail)),
-        }
-    };
     let run = || -> Result<(), ApplyError> {
         let mut txn = db.begin_write()?;
-        open_each_alone(&txn)?;
-        {
-            let mut records = txn.open_table(RECORDS)?;
-            let mut expiry = txn.open_table(EXPIRY)?;
-            // In key order: the records' leaves are then visited once, left to right, instead
-            // of at random, which keeps the storage engine's page cache and the CPU's caches
-            // warm across neighbouring keys (the expiry table is keyed by time first; its new
-            // entries gather at its right edge whatever the order). Changes to different keys
-            // commute.
-            let mut sorted: Vec<_> = job.changes.iter().collect();
-            sorted.sort_unstable_by_key(|(hash, _)| **hash);
-            let mut deltas = Deltas::default();
-            for (hash, change) in sorted {
-                apply_change(
-                    &mut records,
-                    &mut expiry,
-                    &mut deltas,
-                    hash,
-                    change.as_slices(),
-                )?;
-            }
-            let mut meta = txn.open_table(META)?;
-            deltas.flush(&mut txn.open_table(SCOPE_COUNTS)?, &mut meta)?;
-            write_mark(&mut meta, job.mark)?;
-            meta.insert(META_NEXT_TOKEN, job.next_token)?;
-            if job.clean {
-                meta.insert(META_CLEAN, 1)?;
-            }
-        }
+        fold(&txn, job)?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.commit()?;
         Ok(())
     };
     match poison::catch(run) {
-        Ok(r) => r.map_err(failed),
+        Ok(r) => r.map_err(ApplyError::into_cause),
         Err(text) => Err(Arc::new(Message(format!(
             "the storage engine panicked during a checkpoint: {text}"
         )))),
+    }
+}
+
+/// Writes `job`'s changes, its log mark and its next token into `txn`, without committing:
+/// a checkpoint's work, which the writer also does at the start of a batch it commits to the
+/// file directly (`writer/direct.rs`).
+pub(crate) fn fold(txn: &WriteTransaction, job: &Job) -> Result<(), ApplyError> {
+    open_each_alone(txn)?;
+    let mut records = txn.open_table(RECORDS)?;
+    let mut expiry = txn.open_table(EXPIRY)?;
+    // In key order: the records' leaves are then visited once, left to right, instead of at
+    // random, which keeps the storage engine's page cache and the CPU's caches warm across
+    // neighbouring keys (the expiry table is keyed by time first; its new entries gather at
+    // its right edge whatever the order). Changes to different keys commute.
+    let mut sorted: Vec<_> = job.changes.iter().collect();
+    sorted.sort_unstable_by_key(|(hash, _)| **hash);
+    let mut deltas = Deltas::default();
+    for (hash, change) in sorted {
+        apply_change(
+            &mut records,
+            &mut expiry,
+            &mut deltas,
+            hash,
+            change.as_slices(),
+        )?;
+    }
+    let mut meta = txn.open_table(META)?;
+    deltas.flush(&mut txn.open_table(SCOPE_COUNTS)?, &mut meta)?;
+    write_mark(&mut meta, job.mark)?;
+    meta.insert(META_NEXT_TOKEN, job.next_token)?;
+    if job.clean {
+        meta.insert(META_CLEAN, 1)?;
+    }
+    Ok(())
+}
+
+impl ApplyError {
+    /// The failure as the poison's cause.
+    pub(crate) fn into_cause(self) -> Cause {
+        match self {
+            ApplyError::Storage(e) => cause(e),
+            ApplyError::BadRecord(detail) => Arc::new(Message(detail)),
+        }
     }
 }
 

@@ -39,7 +39,8 @@ use redb::{Database, ReadTransaction, ReadableDatabase};
 
 use crate::backend::{Claim, Completion};
 use crate::config::{CachePolicy, Config};
-use crate::engine::{Answer, Engine, ExpireReport, Release, Shared};
+use crate::engine::work;
+use crate::engine::{Answer, Engine, ExpireReport, Ran, Release, Shared, Work};
 use crate::error::{BeginError, CompleteError, LeaseError, OpenError, Unavailable};
 use crate::format::blob;
 use crate::format::record::{EXPIRY, Hot, RECORDS, State};
@@ -75,6 +76,10 @@ pub(crate) struct FileState {
     /// Releases sent without waiting that the writer has not applied yet (see the module
     /// invariants).
     pub(crate) detached_releases: AtomicU64,
+    /// Held by the writer from a direct batch's first commit to its durable one
+    /// (`writer/direct.rs`); every read transaction begins under it, so none sees a commit
+    /// that is not durable yet.
+    pub(crate) visible: RwLock<()>,
 }
 
 impl FileState {
@@ -187,6 +192,7 @@ impl FileEngine {
             overlay: Overlay::default(),
             db: RwLock::new(Some(Arc::clone(&db))),
             detached_releases: AtomicU64::new(0),
+            visible: RwLock::new(()),
         });
         let shared = Arc::new(Shared::new(config, opened.secret));
         crate::stats::add(&shared.counters.releases, opened.released);
@@ -247,6 +253,10 @@ impl FileEngine {
         op: Op,
         rx: reply::Receiver<Result<T, E>>,
     ) -> Answer<T, E> {
+        if work::inside() {
+            // The writer runs this thread's closure: an answer would wait for itself.
+            return Answer::Now(Err(E::from(Unavailable::Reentrant)));
+        }
         match self.submit(op) {
             Ok(()) => Answer::later(rx, &self.shared),
             Err(e) => Answer::Now(Err(E::from(e))),
@@ -319,11 +329,18 @@ impl FileEngine {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<T, Unavailable>,
     ) -> Result<T, Unavailable> {
+        if work::inside() {
+            // The writer holds `visible` while it runs this thread's closure.
+            return Err(Unavailable::Reentrant);
+        }
         // Holding the database for the whole read keeps `close` from returning while a read
         // still has the file open.
         guard_read(|| {
             self.state.with_db(|db| {
-                let txn = db.begin_read().map_err(io_error)?;
+                let txn = {
+                    let _visible = self.state.visible.read();
+                    db.begin_read().map_err(io_error)?
+                };
                 f(&txn)
             })
         })
@@ -429,6 +446,9 @@ impl Engine for FileEngine {
             }
             Ok(None) => {}
             Err(e) => return Answer::Now(Err(e.into())),
+        }
+        if work::inside() {
+            return Answer::Now(Err(Unavailable::Reentrant.into()));
         }
         let (tx, rx) = reply::spinning_channel(self.shared.config.caller_spin);
         let op = Op::Begin {
@@ -558,6 +578,19 @@ impl Engine for FileEngine {
 
     fn stats(&self) -> Stats {
         self.shared.counters.snapshot(self.state.index.len())
+    }
+
+    fn work(&self, work: Work) -> Answer<Ran, CompleteError> {
+        let (tx, rx) = reply::channel();
+        self.queue(Op::Work { work, reply: tx }, rx)
+    }
+
+    fn read_database(&self, f: &mut dyn FnMut(&ReadTransaction)) -> Result<(), Unavailable> {
+        self.shared.check()?;
+        self.read(|txn| {
+            f(txn);
+            Ok(())
+        })
     }
 
     fn closing_on_own_thread(&self) -> bool {

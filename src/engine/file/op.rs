@@ -9,7 +9,7 @@
 
 use crate::backend::{Claim, Completion};
 use crate::config::CachePolicy;
-use crate::engine::ExpireReport;
+use crate::engine::{ExpireReport, Ran, Work};
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::reply::Sender;
 use crate::rules::fingerprint::Fingerprint;
@@ -63,6 +63,12 @@ pub(crate) enum Op {
         token: u64,
         response: Response,
     },
+    /// Caller work in a write transaction of its own: the batch that holds it is committed
+    /// to the database directly (`writer/direct.rs`).
+    Work {
+        work: Work,
+        reply: Sender<Result<Ran, CompleteError>>,
+    },
     /// Answered once every operation queued before it has been applied.
     Barrier {
         reply: Sender<Result<(), Unavailable>>,
@@ -94,6 +100,10 @@ pub(crate) enum Pending {
     Purge(Sender<Result<bool, Unavailable>>, bool),
     Expire(Sender<Result<ExpireReport, Unavailable>>, ExpireReport),
     Flush(Sender<Result<(), Unavailable>>),
+    Work(
+        Sender<Result<Ran, CompleteError>>,
+        Result<Ran, CompleteError>,
+    ),
 }
 
 /// A `begin` whose caller gave up waiting (its future was dropped) before the answer came.
@@ -126,6 +136,7 @@ impl Pending {
             Pending::Purge(tx, r) => drop(tx.send(Ok(r))),
             Pending::Expire(tx, r) => drop(tx.send(Ok(r))),
             Pending::Flush(tx) => drop(tx.send(Ok(()))),
+            Pending::Work(tx, r) => drop(tx.send(r)),
         }
         None
     }
@@ -141,6 +152,7 @@ impl Pending {
             Pending::Purge(tx, _) => drop(tx.send(Err(e))),
             Pending::Expire(tx, _) => drop(tx.send(Err(e))),
             Pending::Flush(tx) => drop(tx.send(Err(e))),
+            Pending::Work(tx, _) => drop(tx.send(Err(CompleteError::Unavailable(e)))),
         }
     }
 }
@@ -151,6 +163,7 @@ impl Op {
         match self {
             Op::Begin { reply, .. } => drop(reply.send(Err(e.into()))),
             Op::Complete { reply, .. } => drop(reply.send(Err(CompleteError::Unavailable(e)))),
+            Op::Work { reply, .. } => drop(reply.send(Err(CompleteError::Unavailable(e)))),
             Op::Release {
                 reply: Some(reply), ..
             } => drop(reply.send(Err(LeaseError::Unavailable(e)))),

@@ -106,6 +106,7 @@ fn drive_with(op: &Op, driver: &Weak<dyn Drive>) {
     match op {
         Op::Begin { reply, .. } => reply.drive_with(driver),
         Op::Complete { reply, .. } => reply.drive_with(driver),
+        Op::Work { reply, .. } => reply.drive_with(driver),
         Op::Release { reply, .. } => {
             if let Some(reply) = reply {
                 reply.drive_with(driver);

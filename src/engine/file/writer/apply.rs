@@ -35,7 +35,7 @@ impl Writer {
 
     /// The key's record through `decode`: `Ok(Ok(None))` when absent, `Ok(Err(_))` when it
     /// does not decode (the caller answers that to its own caller, and the batch goes on).
-    fn load<T>(
+    pub(super) fn load<T>(
         &self,
         t: &Tables<'_>,
         hash: &KeyHash,
@@ -68,7 +68,7 @@ impl Writer {
                 .state_changed(o.state == State::InFlight, in_flight),
         }
         self.io(t.put(hash, (bytes.as_slice(), &record.hot), response))?;
-        if self.logged.is_some() {
+        if self.logged.is_some() && !b.direct {
             b.entry.put(&hash.0, &bytes, response);
         }
         Ok(())
@@ -89,7 +89,7 @@ impl Writer {
         if let Some((scope, in_flight)) = gone {
             b.deltas.gone(scope.as_deref(), in_flight);
         }
-        if self.logged.is_some() {
+        if self.logged.is_some() && !b.direct {
             b.entry.delete(&hash.0);
         }
         self.io(t.delete(hash))
@@ -164,6 +164,13 @@ impl Writer {
                 token,
                 response,
             } => b.effects.push(Effect::Cache(hash, token, response)),
+            // A batch with work runs in `direct.rs`, which never hands work to this function.
+            Op::Work { reply, .. } => b.pending.push(Pending::Work(
+                reply,
+                Err(CompleteError::Unavailable(Unavailable::Corrupted {
+                    detail: "caller work reached a logged batch".to_owned(),
+                })),
+            )),
             Op::Shutdown => {}
         }
         Ok(())

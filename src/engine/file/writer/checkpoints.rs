@@ -137,7 +137,7 @@ impl Writer {
 }
 
 /// Counts a finished checkpoint, a durable commit.
-fn count_checkpoint(shared: &Shared, took: Duration) {
+pub(super) fn count_checkpoint(shared: &Shared, took: Duration) {
     let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
     let counters = &shared.counters;
     add(&counters.checkpoint_micros_total, micros);

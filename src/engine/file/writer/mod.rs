@@ -23,16 +23,19 @@
 //!
 //! Here: the thread's loop and the batches and their commits. Beside it: `apply.rs` (one
 //! function per operation), `batch_tables.rs` (where a batch reads and writes), `checkpoints.rs`
-//! (the log's side) and `finish.rs` (the index effects and the answers).
+//! (the log's side), `direct.rs` (batches with caller work) and `finish.rs` (the index effects
+//! and the answers).
+//!
+//! A batch that carries caller work (`Op::Work`: the caller's own writes, alone or with a
+//! completion) is committed to the file directly instead, in `direct.rs`.
 //!
 //! Extension point: an operation is a variant of [`Op`] with its own function in `apply.rs`,
-//! run against the batch's [`Tables`]; an operation that runs caller-supplied work inside the
-//! batch's transaction (exactly-once with the caller's own tables) is one more variant holding
-//! a boxed closure over the `WriteTransaction`.
+//! run against the batch's [`Tables`].
 
 mod apply;
 mod batch_tables;
 mod checkpoints;
+mod direct;
 mod finish;
 
 use std::ops::Bound;
@@ -101,6 +104,9 @@ struct Batch {
     deltas: Deltas,
     /// With a log, make this batch a checkpoint: a caller wants the file to hold everything.
     checkpoint: bool,
+    /// The batch carries caller work and is committed to the file directly, even with a log
+    /// (`direct.rs`): its changes are not logged.
+    direct: bool,
 }
 
 pub(crate) struct Writer {
@@ -387,6 +393,9 @@ impl Writer {
     }
 
     fn batch(&mut self, ops: Vec<Op>, force_durable: bool) {
+        if ops.iter().any(|op| matches!(op, Op::Work { .. })) {
+            return self.batch_direct(ops);
+        }
         if self.logged.is_some() {
             return self.batch_logged(ops, force_durable);
         }

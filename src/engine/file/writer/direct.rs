@@ -1,0 +1,310 @@
+//! Batches that carry caller work ([`Op::Work`]): committed to the database file directly,
+//! not through the write-ahead log.
+//!
+//! Why: the caller's writes are arbitrary changes to its own tables, and the log holds record
+//! states only, so a batch that carries them cannot be acknowledged through it. Such a batch is
+//! a checkpoint instead: everything logged so far, then the batch's operations and its work in
+//! queue order, in write transactions committed one after another, the last one durably.
+//!
+//! Invariants:
+//! - each piece of work has a write transaction of its own, so its closure's error or panic
+//!   rolls back its own writes and nothing else; a completion whose closure fails releases its
+//!   key in the next transaction;
+//! - a completion checks its holder before its closure runs (a stale holder's closure never
+//!   runs) and writes its record in the closure's transaction, so the caller's writes and the
+//!   stored response commit together or not at all;
+//! - every transaction but the last commits without an fsync and the last one durably, so after
+//!   a crash the file holds all of the batch or none of it;
+//! - nobody reads the batch before it is durable: the writer holds `FileState::visible` from
+//!   its first commit to its durable one, and every read transaction of the engine begins
+//!   under that lock;
+//! - with a log, the batch's first transaction folds in the whole overlay with the log's mark,
+//!   so the file holds every logged change before any work commits over it, and the log's space
+//!   is freed only once the last commit is durable.
+
+use super::checkpoints::count_checkpoint;
+use super::*;
+use crate::config::CachePolicy;
+use crate::engine::work::{self, Ran, Work};
+use crate::rules::machine::HolderRefusal;
+
+impl Writer {
+    /// Runs a batch that carries caller work. See the module documentation.
+    pub(super) fn batch_direct(&mut self, ops: Vec<Op>) {
+        let shared = Arc::clone(&self.shared);
+        let state = Arc::clone(&self.state);
+        let mut b = self.new_batch(ops.len(), false);
+        b.direct = true;
+        b.durable = true;
+        let ops_count = ops.len() as u64;
+        let folded = match self.freeze_everything() {
+            Ok(folded) => folded,
+            Err(c) => {
+                for op in ops {
+                    op.fail(Unavailable::Poisoned { cause: c.clone() });
+                }
+                return;
+            }
+        };
+        let started = Instant::now();
+        let visible = state.visible.write();
+        let done = self.direct_transactions(ops, folded.as_ref(), &mut b);
+        drop(visible);
+        if done.is_err() {
+            let c = match shared.poisoned_error() {
+                Unavailable::Poisoned { cause } => cause,
+                other => Arc::new(Message(other.to_string())),
+            };
+            fail_batch(&shared, b, c);
+            return;
+        }
+        if let Some(job) = folded {
+            self.folded(job, started.elapsed());
+        }
+        self.committed(b, ops_count, started, true);
+    }
+
+    /// With a log: the running checkpoint collected, and everything else logged frozen as
+    /// one job for the batch's first transaction.
+    fn freeze_everything(&mut self) -> Result<Option<Job>, Cause> {
+        self.settle_checkpoint(true)?;
+        let Some(l) = self.logged.as_ref() else {
+            return Ok(None);
+        };
+        Ok(Some(Job {
+            changes: self.state.overlay.freeze().unwrap_or_default(),
+            mark: l.log.mark(),
+            next_token: self.next_token,
+            clean: false,
+        }))
+    }
+
+    /// After the batch's durable commit: the folded job is in the file, as after a
+    /// checkpoint.
+    fn folded(&mut self, job: Job, took: Duration) {
+        let Some(l) = self.logged.as_mut() else {
+            return;
+        };
+        l.log.checkpointed(job.mark);
+        // The durable commit holds every entry logged so far: none needs a sync any more.
+        l.log.forget_unsynced();
+        l.expire_cursor = None;
+        l.last_checkpoint = Instant::now();
+        drop(job);
+        if let Some(changes) = self.state.overlay.thaw() {
+            l.checkpointer.dispose(changes);
+        }
+        count_checkpoint(&self.shared, took);
+    }
+
+    /// The batch's transactions: the operations between two pieces of work share one, each
+    /// piece of work has its own, and the last one commits durably.
+    fn direct_transactions(
+        &mut self,
+        ops: Vec<Op>,
+        folded: Option<&Job>,
+        b: &mut Batch,
+    ) -> Result<(), Fail> {
+        let mut open = Some(self.begin_part()?);
+        if let (Some(job), Some(txn)) = (folded, open.as_ref())
+            && let Err(e) = checkpoint::fold(txn, job)
+        {
+            self.shared.poison(e.into_cause());
+            return Err(Fail);
+        }
+        let mut run = Vec::new();
+        for op in ops {
+            let Op::Work { work, reply } = op else {
+                run.push(op);
+                continue;
+            };
+            if let Some(txn) = open.take() {
+                self.apply_part(&txn, std::mem::take(&mut run), b)?;
+                self.commit_part(txn, b, false)?;
+            }
+            let answer = self.work(work, b)?;
+            b.pending.push(Pending::Work(reply, answer));
+        }
+        let txn = match open {
+            Some(txn) => txn,
+            None => self.begin_part()?,
+        };
+        self.apply_part(&txn, run, b)?;
+        self.commit_part(txn, b, true)
+    }
+
+    fn begin_part(&self) -> Result<WriteTransaction, Fail> {
+        let mut txn = self.io(self.db.begin_write())?;
+        self.io(txn.set_durability(redb::Durability::None))?;
+        Ok(txn)
+    }
+
+    /// Decides `ops` in `txn`.
+    fn apply_part(
+        &mut self,
+        txn: &WriteTransaction,
+        ops: Vec<Op>,
+        b: &mut Batch,
+    ) -> Result<(), Fail> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let t = self.file_tables(txn)?;
+        self.apply_all(t, ops, b)
+    }
+
+    /// Commits one of the batch's transactions with the next token and the scope counts it
+    /// changed (which the writer's counts take at once: the transaction is committed, and a
+    /// later failure poisons the store).
+    fn commit_part(
+        &mut self,
+        mut txn: WriteTransaction,
+        b: &mut Batch,
+        durable: bool,
+    ) -> Result<(), Fail> {
+        {
+            let mut meta = self.io(txn.open_table(META))?;
+            self.io(meta.insert(META_NEXT_TOKEN, self.next_token))?;
+            let mut counts = self.io(txn.open_table(SCOPE_COUNTS))?;
+            self.io(b.deltas.flush(&mut counts, &mut meta))?;
+        }
+        if durable {
+            self.io(txn.set_durability(redb::Durability::Immediate))?;
+        }
+        self.io(txn.commit())?;
+        let deltas = std::mem::take(&mut b.deltas);
+        self.scopes.apply(&deltas);
+        if durable {
+            bump(&self.shared.counters.durable_commits);
+        }
+        Ok(())
+    }
+
+    /// Runs one piece of caller work in a transaction of its own.
+    fn work(&mut self, work: Work, b: &mut Batch) -> Result<Result<Ran, CompleteError>, Fail> {
+        match work {
+            Work::Write(run) => {
+                let txn = self.begin_part()?;
+                match work::run_inside(|| run(&txn)) {
+                    Ok(true) => {
+                        self.commit_part(txn, b, false)?;
+                        b.mutated = true;
+                        Ok(Ok(Ran::Committed(Completion::Stored)))
+                    }
+                    Ok(false) => {
+                        self.io(txn.abort())?;
+                        Ok(Ok(Ran::Declined))
+                    }
+                    Err(text) => {
+                        self.io(txn.abort())?;
+                        Ok(Ok(Ran::Panicked(text)))
+                    }
+                }
+            }
+            Work::Complete {
+                hash,
+                token,
+                policy,
+                run,
+            } => self.complete_with(&hash, token, policy, run, b),
+        }
+    }
+
+    /// `complete` (C3, C7, C8, C10) with the caller's writes in the same transaction.
+    fn complete_with(
+        &mut self,
+        hash: &KeyHash,
+        token: u64,
+        policy: CachePolicy,
+        run: work::CompleteFn,
+        b: &mut Batch,
+    ) -> Result<Result<Ran, CompleteError>, Fail> {
+        let shared = Arc::clone(&self.shared);
+        let counters = &shared.counters;
+        let txn = self.begin_part()?;
+        let current = {
+            let t = self.file_tables(&txn)?;
+            self.load(&t, hash, Record::decode)?
+        };
+        let current = match current {
+            Ok(current) => current,
+            Err(damaged) => {
+                self.io(txn.abort())?;
+                return Ok(Err(damaged.into()));
+            }
+        };
+        if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
+            self.io(txn.abort())?;
+            return Ok(Err(match refusal {
+                HolderRefusal::Fenced { current } => {
+                    bump(&counters.fenced);
+                    CompleteError::Fenced { token, current }
+                }
+                HolderRefusal::NotReserved => CompleteError::NotReserved { token },
+            }));
+        }
+        let Some(mut record) = current else {
+            self.io(txn.abort())?;
+            return Ok(Err(CompleteError::NotReserved { token }));
+        };
+        // What the closure's outcome leaves: a response to store, or a release and an answer.
+        let outcome = match work::run_inside(|| run(&txn)) {
+            Ok(Some(response)) => {
+                match blob::refusal(&response, shared.config.max_response_bytes) {
+                    Some(refused) => Err(Err(refused)),
+                    None if !policy.keeps(response.status()) => {
+                        Err(Ok(Ran::Committed(Completion::Released)))
+                    }
+                    None => match blob::encode(&response) {
+                        Ok(blob) => Ok((response, blob)),
+                        Err(e) => Err(Err(CompleteError::InvalidResponse {
+                            reason: e.to_string(),
+                        })),
+                    },
+                }
+            }
+            Ok(None) => Err(Ok(Ran::Declined)),
+            Err(text) => Err(Ok(Ran::Panicked(text))),
+        };
+        let (response, blob) = match outcome {
+            Ok(stored) => stored,
+            Err(answer) => {
+                self.io(txn.abort())?;
+                self.release_part(hash, b)?;
+                return Ok(answer);
+            }
+        };
+        {
+            let mut t = self.file_tables(&txn)?;
+            let old = record.hot;
+            let ttl = crate::clock::millis(shared.config.ttl);
+            record.hot = machine::completed(old, response.status(), blob.len(), shared.now(), ttl);
+            self.put(&mut t, b, (hash, &record), Some(&old), Some(&blob))?;
+        }
+        self.commit_part(txn, b, false)?;
+        b.mutated = true;
+        b.effects.push(Effect::Put(
+            *hash,
+            Entry {
+                hot: record.hot,
+                response: Some(response),
+            },
+        ));
+        bump(&counters.completions);
+        Ok(Ok(Ran::Committed(Completion::Stored)))
+    }
+
+    /// Releases the key of a completion that stored nothing, in a transaction of its own.
+    fn release_part(&mut self, hash: &KeyHash, b: &mut Batch) -> Result<(), Fail> {
+        let txn = self.begin_part()?;
+        {
+            let mut t = self.file_tables(&txn)?;
+            self.delete(&mut t, b, hash)?;
+        }
+        self.commit_part(txn, b, false)?;
+        b.mutated = true;
+        b.effects.push(Effect::Remove(*hash));
+        bump(&self.shared.counters.releases);
+        Ok(())
+    }
+}
