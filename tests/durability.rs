@@ -201,3 +201,27 @@ fn c10_buffered_mode_flushes_within_its_delay_under_steady_load() {
     assert!(stats.commits > 100, "{stats:?}");
     assert!(stats.durable_commits >= 1, "{stats:?}");
 }
+
+#[test]
+fn c2_c11_a_reservation_is_durable_exactly_when_the_store_keeps_in_flight_records_at_open() {
+    for (release_at_open, synced) in [(true, false), (false, true)] {
+        let t = open_with(|c| c.release_in_flight_on_open(release_at_open));
+        let before = t.store.stats();
+        let r = execute(t.store.begin(&scope("acct"), &key("k"), &fp("1")).unwrap());
+        let after = t.store.stats();
+        assert_eq!(
+            after.log_syncs > before.log_syncs,
+            synced,
+            "release_in_flight_on_open({release_at_open}): {before:?} -> {after:?}"
+        );
+        // The explicit setting wins over the default.
+        r.release().unwrap();
+        let t = t.reopen_with(|c| {
+            c.release_in_flight_on_open(release_at_open)
+                .reservations_durable(!synced)
+        });
+        let before = t.store.stats();
+        let _held = execute(t.store.begin(&scope("acct"), &key("k2"), &fp("1")).unwrap());
+        assert_eq!(t.store.stats().log_syncs > before.log_syncs, !synced);
+    }
+}

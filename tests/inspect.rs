@@ -106,6 +106,8 @@ pub fn logged_crash_image(dir: &Path, name: &str, in_file: usize, in_log: usize)
             .compactor_interval(Duration::from_secs(3600))
             .log_capacity(256 << 10)
             .checkpoint_interval(Duration::from_secs(3600))
+            // `held`, the last reservation, is in the synced log.
+            .reservations_durable(true)
             .build()
             .unwrap(),
     )

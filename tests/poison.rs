@@ -99,7 +99,12 @@ impl StorageBackend for Flaky {
 }
 
 fn cfg() -> Config {
-    Config::builder().log_capacity(64 << 10).build().unwrap()
+    // A reservation is synced, so the injected failure lands on the `begin` that makes one.
+    Config::builder()
+        .log_capacity(64 << 10)
+        .reservations_durable(true)
+        .build()
+        .unwrap()
 }
 
 /// The database's device and, when the store acknowledges through a write-ahead log, the

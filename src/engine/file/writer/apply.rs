@@ -220,7 +220,7 @@ impl Writer {
                 };
                 self.put(t, b, (hash, &record), hot.as_ref(), None)?;
                 b.mutated = true;
-                b.durable |= self.durable_if(config.reservations_durable);
+                b.durable |= self.durable_if(config.reservations_durable());
                 b.effects.push(Effect::Put(
                     *hash,
                     Entry {
