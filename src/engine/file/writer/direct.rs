@@ -98,44 +98,53 @@ impl Writer {
     }
 
     /// The batch's transactions: the operations between two pieces of work share one, each
-    /// piece of work has its own, and the last one commits durably.
+    /// piece of work has its own, and the last one commits durably. The folded overlay goes
+    /// into the first transaction that commits (a piece of work rolled back takes it along, so
+    /// the next transaction carries it again): a batch of one completion is one transaction.
     fn direct_transactions(
         &mut self,
         ops: Vec<Op>,
         folded: Option<&Job>,
         b: &mut Batch,
     ) -> Result<(), Fail> {
-        let mut open = Some(self.begin_part()?);
-        if let (Some(job), Some(txn)) = (folded, open.as_ref())
-            && let Err(e) = checkpoint::fold(txn, job)
-        {
-            self.shared.poison(e.into_cause());
-            return Err(Fail);
-        }
+        let mut part = Part {
+            fold: folded,
+            durable: false,
+        };
+        let last = ops.len().saturating_sub(1);
         let mut run = Vec::new();
-        for op in ops {
+        for (i, op) in ops.into_iter().enumerate() {
             let Op::Work { work, reply } = op else {
                 run.push(op);
                 continue;
             };
-            if let Some(txn) = open.take() {
+            if !run.is_empty() {
+                let txn = self.begin_part(&part)?;
                 self.apply_part(&txn, std::mem::take(&mut run), b)?;
-                self.commit_part(txn, b, false)?;
+                self.commit_part(txn, b, &mut part, false)?;
             }
-            let answer = self.work(work, b)?;
+            let answer = self.work(work, b, &mut part, i == last)?;
             b.pending.push(Pending::Work(reply, answer));
         }
-        let txn = match open {
-            Some(txn) => txn,
-            None => self.begin_part()?,
-        };
+        if run.is_empty() && part.durable && part.fold.is_none() {
+            return Ok(());
+        }
+        let txn = self.begin_part(&part)?;
         self.apply_part(&txn, run, b)?;
-        self.commit_part(txn, b, true)
+        self.commit_part(txn, b, &mut part, true)
     }
 
-    fn begin_part(&self) -> Result<WriteTransaction, Fail> {
+    /// Begins one of the batch's transactions, without an fsync at its commit, with the folded
+    /// overlay in it unless a transaction that carried it has committed.
+    fn begin_part(&self, part: &Part<'_>) -> Result<WriteTransaction, Fail> {
         let mut txn = self.io(self.db.begin_write())?;
         self.io(txn.set_durability(redb::Durability::None))?;
+        if let Some(job) = part.fold
+            && let Err(e) = checkpoint::fold(&txn, job)
+        {
+            self.shared.poison(e.into_cause());
+            return Err(Fail);
+        }
         Ok(txn)
     }
 
@@ -155,11 +164,12 @@ impl Writer {
 
     /// Commits one of the batch's transactions with the next token and the scope counts it
     /// changed (which the writer's counts take at once: the transaction is committed, and a
-    /// later failure poisons the store).
+    /// later failure poisons the store); with `durable`, as the batch's durable commit.
     fn commit_part(
         &mut self,
         mut txn: WriteTransaction,
         b: &mut Batch,
+        part: &mut Part<'_>,
         durable: bool,
     ) -> Result<(), Fail> {
         {
@@ -174,29 +184,44 @@ impl Writer {
         self.io(txn.commit())?;
         let deltas = std::mem::take(&mut b.deltas);
         self.scopes.apply(&deltas);
-        if durable {
+        part.fold = None;
+        part.durable = durable;
+        if durable && self.logged.is_none() {
+            // With a log, the batch's durable commit is counted as the checkpoint it is.
             bump(&self.shared.counters.durable_commits);
         }
         Ok(())
     }
 
-    /// Runs one piece of caller work in a transaction of its own.
-    fn work(&mut self, work: Work, b: &mut Batch) -> Result<Result<Ran, CompleteError>, Fail> {
+    /// Rolls back one of the batch's transactions: what it carried, the next one carries.
+    fn abort_part(&self, txn: WriteTransaction, part: &mut Part<'_>) -> Result<(), Fail> {
+        part.durable = false;
+        self.io(txn.abort())
+    }
+
+    /// Runs one piece of caller work in a transaction of its own, durable when `last`.
+    fn work(
+        &mut self,
+        work: Work,
+        b: &mut Batch,
+        part: &mut Part<'_>,
+        last: bool,
+    ) -> Result<Result<Ran, CompleteError>, Fail> {
         match work {
             Work::Write(run) => {
-                let txn = self.begin_part()?;
+                let txn = self.begin_part(part)?;
                 match work::run_inside(|| run(&txn)) {
                     Ok(true) => {
-                        self.commit_part(txn, b, false)?;
+                        self.commit_part(txn, b, part, last)?;
                         b.mutated = true;
                         Ok(Ok(Ran::Committed(Completion::Stored)))
                     }
                     Ok(false) => {
-                        self.io(txn.abort())?;
+                        self.abort_part(txn, part)?;
                         Ok(Ok(Ran::Declined))
                     }
                     Err(text) => {
-                        self.io(txn.abort())?;
+                        self.abort_part(txn, part)?;
                         Ok(Ok(Ran::Panicked(text)))
                     }
                 }
@@ -206,46 +231,39 @@ impl Writer {
                 token,
                 policy,
                 run,
-            } => self.complete_with(&hash, token, policy, run, b),
+            } => self.complete_with((&hash, token), policy, run, (b, part, last)),
         }
     }
 
     /// `complete` (C3, C7, C8, C10) with the caller's writes in the same transaction.
     fn complete_with(
         &mut self,
-        hash: &KeyHash,
-        token: u64,
+        (hash, token): (&KeyHash, u64),
         policy: CachePolicy,
         run: work::CompleteFn,
-        b: &mut Batch,
+        (b, part, last): (&mut Batch, &mut Part<'_>, bool),
     ) -> Result<Result<Ran, CompleteError>, Fail> {
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
-        let txn = self.begin_part()?;
+        let txn = self.begin_part(part)?;
         let current = {
             let t = self.file_tables(&txn)?;
             self.load(&t, hash, Record::decode)?
         };
-        let current = match current {
-            Ok(current) => current,
-            Err(damaged) => {
-                self.io(txn.abort())?;
-                return Ok(Err(damaged.into()));
-            }
-        };
-        if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
-            self.io(txn.abort())?;
-            return Ok(Err(match refusal {
-                HolderRefusal::Fenced { current } => {
+        let refused = match &current {
+            Err(damaged) => Some(damaged.clone().into()),
+            Ok(current) => match machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
+                Err(HolderRefusal::Fenced { current }) => {
                     bump(&counters.fenced);
-                    CompleteError::Fenced { token, current }
+                    Some(CompleteError::Fenced { token, current })
                 }
-                HolderRefusal::NotReserved => CompleteError::NotReserved { token },
-            }));
-        }
-        let Some(mut record) = current else {
-            self.io(txn.abort())?;
-            return Ok(Err(CompleteError::NotReserved { token }));
+                Err(HolderRefusal::NotReserved) => Some(CompleteError::NotReserved { token }),
+                Ok(()) => None,
+            },
+        };
+        let (Ok(Some(mut record)), None) = (current, refused.clone()) else {
+            self.abort_part(txn, part)?;
+            return Ok(Err(refused.unwrap_or(CompleteError::NotReserved { token })));
         };
         // What the closure's outcome leaves: a response to store, or a release and an answer.
         let outcome = match work::run_inside(|| run(&txn)) {
@@ -269,8 +287,8 @@ impl Writer {
         let (response, blob) = match outcome {
             Ok(stored) => stored,
             Err(answer) => {
-                self.io(txn.abort())?;
-                self.release_part(hash, b)?;
+                self.abort_part(txn, part)?;
+                self.release_part(hash, (b, part, last))?;
                 return Ok(answer);
             }
         };
@@ -281,7 +299,7 @@ impl Writer {
             record.hot = machine::completed(old, response.status(), blob.len(), shared.now(), ttl);
             self.put(&mut t, b, (hash, &record), Some(&old), Some(&blob))?;
         }
-        self.commit_part(txn, b, false)?;
+        self.commit_part(txn, b, part, last)?;
         b.mutated = true;
         b.effects.push(Effect::Put(
             *hash,
@@ -295,16 +313,28 @@ impl Writer {
     }
 
     /// Releases the key of a completion that stored nothing, in a transaction of its own.
-    fn release_part(&mut self, hash: &KeyHash, b: &mut Batch) -> Result<(), Fail> {
-        let txn = self.begin_part()?;
+    fn release_part(
+        &mut self,
+        hash: &KeyHash,
+        (b, part, last): (&mut Batch, &mut Part<'_>, bool),
+    ) -> Result<(), Fail> {
+        let txn = self.begin_part(part)?;
         {
             let mut t = self.file_tables(&txn)?;
             self.delete(&mut t, b, hash)?;
         }
-        self.commit_part(txn, b, false)?;
+        self.commit_part(txn, b, part, last)?;
         b.mutated = true;
         b.effects.push(Effect::Remove(*hash));
         bump(&self.shared.counters.releases);
         Ok(())
     }
+}
+
+/// Where a direct batch stands between its transactions.
+struct Part<'j> {
+    /// The folded overlay, until a transaction that carried it has committed.
+    fold: Option<&'j Job>,
+    /// The last commit was durable, and nothing committed or rolled back since.
+    durable: bool,
 }
