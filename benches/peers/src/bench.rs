@@ -360,12 +360,14 @@ fn run_cell(
         System::IdemImmediate
         | System::IdemImmediateAsync
         | System::IdemImmediateNoLog
+        | System::IdemDurableReservations
+        | System::IdemCompleteWith
         | System::IdemBuffered
         | System::IdemMemory => {
             let dir = systems::cell_dir(&p.data_dir, "cell")?;
             let store = systems::open_idemstore(system, &dir, p.idem)?;
             let clients = (0..c)
-                .map(|_| systems::IdemClient::new(store.clone()))
+                .map(|_| systems::IdemClient::new(store.clone(), system))
                 .collect::<Result<Vec<_>, _>>()?;
             let cell = new_cell(p, w, tag);
             let progress = Progress::start(label.to_owned(), &cell);
@@ -381,7 +383,7 @@ fn run_cell(
             let url = p.redis[0].as_deref().unwrap_or_default();
             let store = systems::open_idemstore_redis(url, system == System::IdemRedisAlwaysWait1)?;
             let clients = (0..c)
-                .map(|_| systems::IdemClient::new(store.clone()))
+                .map(|_| systems::IdemClient::new(store.clone(), system))
                 .collect::<Result<Vec<_>, _>>()?;
             let cell = new_cell(p, w, tag);
             let progress = Progress::start(label.to_owned(), &cell);

@@ -17,7 +17,7 @@ use idemstore::{Begin, Config, Durability, Key, ManualClock, Response, Scope, St
 
 use crate::Args;
 use crate::bench::load1;
-use crate::systems::{IdemClient, SCOPE};
+use crate::systems::{IdemClient, SCOPE, System};
 use crate::workload::{self, Cell, Tally, Workload};
 
 /// Records live an hour of the manual clock; the compaction phase moves the clock past it.
@@ -304,7 +304,7 @@ fn foreground(
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|i| {
-                let client = IdemClient::new(store.clone());
+                let client = IdemClient::new(store.clone(), System::IdemImmediate);
                 let cell = &cell;
                 s.spawn(move || client.map(|mut c| workload::run_blocking(&mut c, cell, i)))
             })

@@ -37,6 +37,14 @@ pub enum System {
     /// idemstore, `Durability::Immediate` without its write-ahead log (a durable database
     /// commit per batch). Not in a default run; name it to compare the log's effect.
     IdemImmediateNoLog,
+    /// idemstore, `Durability::Immediate`, with every reservation synced before `begin`
+    /// answers (`reservations_durable(true)`, the default before in-flight records released at
+    /// open made it pointless): two syncs a flow instead of one. Not in a default run.
+    IdemDurableReservations,
+    /// idemstore, `Durability::Immediate`, completing with `Reservation::complete_with`: the
+    /// response and one row of the caller's own table (the effect) in one transaction, committed
+    /// to the database directly. Not in a default run.
+    IdemCompleteWith,
     /// idemstore's Redis engine on the `appendfsync always` server, each client a thread
     /// calling the blocking API. Not in a default run; name it with `redis-always`, which it
     /// is compared with.
@@ -82,6 +90,8 @@ impl System {
             System::IdemImmediate => "idemstore-immediate",
             System::IdemImmediateAsync => "idemstore-immediate-async",
             System::IdemImmediateNoLog => "idemstore-immediate-nolog",
+            System::IdemDurableReservations => "idemstore-durable-reservations",
+            System::IdemCompleteWith => "idemstore-complete-with",
             System::IdemRedisAlways => "idemstore-redis-always",
             System::IdemRedisAlwaysWait1 => "idemstore-redis-always-wait1",
             System::IdemBuffered => "idemstore-buffered",
@@ -102,6 +112,8 @@ impl System {
             .chain([
                 System::IdemImmediateNoLog,
                 System::IdemImmediateAsync,
+                System::IdemDurableReservations,
+                System::IdemCompleteWith,
                 System::IdemRedisAlways,
                 System::IdemRedisAlwaysWait1,
             ])
@@ -122,9 +134,11 @@ pub struct IdemSettings {
 /// Opens a fresh idemstore for one cell (a new file in `dir` unless in memory).
 pub fn open_idemstore(system: System, dir: &Path, settings: IdemSettings) -> Result<Store, String> {
     let durability = match system {
-        System::IdemImmediate | System::IdemImmediateAsync | System::IdemImmediateNoLog => {
-            Durability::Immediate
-        }
+        System::IdemImmediate
+        | System::IdemImmediateAsync
+        | System::IdemImmediateNoLog
+        | System::IdemDurableReservations
+        | System::IdemCompleteWith => Durability::Immediate,
         System::IdemBuffered => Durability::Buffered {
             max_delay: settings.buffered_delay,
         },
@@ -136,6 +150,7 @@ pub fn open_idemstore(system: System, dir: &Path, settings: IdemSettings) -> Res
         // The harness's clients share one scope: no cap (C13) in the way of a long run.
         .max_records_per_scope(1 << 40)
         .write_ahead_log(system != System::IdemImmediateNoLog)
+        .reservations_durable(system == System::IdemDurableReservations)
         .build()
         .map_err(|e| e.to_string())?;
     if system == System::IdemMemory {
@@ -170,15 +185,22 @@ pub struct IdemClient {
     store: Store,
     scope: Scope,
     pending: Option<(String, Reservation)>,
+    /// Complete with `complete_with`, writing the effect row too.
+    with_effect: bool,
 }
 
+/// The caller's own table of `idemstore-complete-with`: key → the response body, one row per
+/// operation, as a service's effect would be.
+const EFFECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("effects");
+
 impl IdemClient {
-    /// A client of `store`.
-    pub fn new(store: Store) -> Result<IdemClient, String> {
+    /// A client of `store`, completing the way `system` does.
+    pub fn new(store: Store, system: System) -> Result<IdemClient, String> {
         Ok(IdemClient {
             store,
             scope: Scope::new(SCOPE).map_err(|e| e.to_string())?,
             pending: None,
+            with_effect: system == System::IdemCompleteWith,
         })
     }
 
@@ -225,6 +247,17 @@ impl BlockingClient for IdemClient {
 
     fn complete(&mut self, key: &str, response: &[u8]) -> ClientResult<()> {
         let (r, response) = self.to_complete(key, response)?;
+        if self.with_effect {
+            let key = key.to_owned();
+            return r
+                .complete_with(move |txn| {
+                    let body = response.body().to_vec();
+                    txn.open_table(EFFECTS)?.insert(key.as_str(), body.as_slice())?;
+                    Ok::<_, idemstore::redb::Error>(response)
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
         r.complete(response).map(|_| ()).map_err(|e| e.to_string())
     }
 }
