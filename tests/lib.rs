@@ -44,6 +44,8 @@ mod wal;
 // The HTTP layer (feature `http`).
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "axum")]
+mod http_exactly_once;
 #[cfg(feature = "http")]
 mod http_support;
 

@@ -111,6 +111,15 @@ pub(crate) fn replay<B>(
     stored: &crate::Response,
     replay_header: &HeaderName,
 ) -> Response<ResponseBody<B>> {
+    let mut response = stored_response(stored);
+    response
+        .headers_mut()
+        .insert(replay_header.clone(), HeaderValue::from_static("true"));
+    response
+}
+
+/// A stored response as sent: its status, its headers in order, its body.
+pub(crate) fn stored_response<B>(stored: &crate::Response) -> Response<ResponseBody<B>> {
     let mut response = Response::new(ResponseBody::full(Bytes::copy_from_slice(stored.body())));
     *response.status_mut() =
         StatusCode::from_u16(stored.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -123,7 +132,6 @@ pub(crate) fn replay<B>(
             headers.append(n, v);
         }
     }
-    headers.insert(replay_header.clone(), HeaderValue::from_static("true"));
     response
 }
 

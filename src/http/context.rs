@@ -3,11 +3,106 @@
 //! Why: a handler that keeps effects of its own (the demo's bookings, a ledger entry, an
 //! outbound call) must tie them to the same (scope, key, request) the layer guards, or a key
 //! freed by expiry or `purge` and reused for another request could find an old effect and
-//! answer with it. Invariant: the layer inserts the context into the request's extensions
-//! exactly when the store answered `Execute` for this request, so its presence means "this
-//! call is the one execution of this key", and its fields are the ones the store recorded.
+//! answer with it; and a handler whose effects live in the store's own file commits them with
+//! the response in one transaction (`docs/exactly-once.md`), which needs the reservation the
+//! layer holds. Invariants: the layer inserts the context into the request's extensions exactly
+//! when the store answered `Execute` for this request, so its presence means "this call is the
+//! one execution of this key", and its fields are the ones the store recorded; the reservation
+//! ([`Hold`]) is completed by the layer or by the handler, never both.
 
-use crate::{Fingerprint, Key, Scope};
+use std::future::Future;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use redb::WriteTransaction;
+
+use crate::config::CachePolicy;
+use crate::store::Lease;
+use crate::{
+    CompleteError, CompleteWithError, Completion, Fingerprint, Key, LeaseError, Reservation, Scope,
+};
+
+/// The reservation a guarded call runs under, shared by the layer and the handler's context.
+pub(crate) struct Hold {
+    state: Mutex<Held>,
+    lease: Lease,
+    /// The layer's cache policy, which a completion by the handler keeps too.
+    policy: CachePolicy,
+}
+
+enum Held {
+    /// The layer completes it with the handler's response.
+    Layer(Reservation),
+    /// The handler took it to complete it with its own writes: the response stored, once
+    /// stored.
+    Handler(Option<crate::Response>),
+    /// Completed, released or given up by the layer.
+    Gone,
+}
+
+impl Hold {
+    pub(crate) fn new(reservation: Reservation, policy: CachePolicy) -> Arc<Hold> {
+        Arc::new(Hold {
+            lease: reservation.lease(),
+            state: Mutex::new(Held::Layer(reservation)),
+            policy,
+        })
+    }
+
+    /// The reservation, for the layer to complete, release or give up; `None` once the
+    /// handler took it or the layer did.
+    pub(crate) fn take(&self) -> Option<Reservation> {
+        let mut state = self.state.lock();
+        match std::mem::replace(&mut *state, Held::Gone) {
+            Held::Layer(r) => Some(r),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
+    /// Whether the handler took the reservation: then `Some`, with the response it stored if
+    /// its completion stored one.
+    pub(crate) fn handled(&self) -> Option<Option<crate::Response>> {
+        match &*self.state.lock() {
+            Held::Handler(stored) => Some(stored.clone()),
+            Held::Layer(_) | Held::Gone => None,
+        }
+    }
+
+    /// The lease, to renew while the call runs.
+    pub(crate) fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    fn take_for_handler(&self) -> Option<Reservation> {
+        let mut state = self.state.lock();
+        match std::mem::replace(&mut *state, Held::Handler(None)) {
+            Held::Layer(r) => Some(r),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
+    fn stored(&self, response: crate::Response) {
+        *self.state.lock() = Held::Handler(Some(response));
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &*self.state.lock() {
+            Held::Layer(_) => "held by the layer",
+            Held::Handler(Some(_)) => "completed by the handler",
+            Held::Handler(None) => "taken by the handler",
+            Held::Gone => "gone",
+        };
+        f.debug_struct("Hold").field("state", &state).finish()
+    }
+}
 
 /// The request extension a guarded handler receives: the scope, key and fingerprint the
 /// layer reserved, the fencing token of the reservation, and its lease deadline.
@@ -23,6 +118,7 @@ pub struct IdempotencyContext {
     pub(crate) fingerprint: Fingerprint,
     pub(crate) token: u64,
     pub(crate) lease_deadline: u64,
+    pub(crate) hold: Arc<Hold>,
 }
 
 impl IdempotencyContext {
@@ -48,8 +144,63 @@ impl IdempotencyContext {
         self.token
     }
 
-    /// When the reservation's lease runs out, in milliseconds since the Unix epoch.
+    /// When the reservation's lease ran out as the handler was called, in milliseconds since
+    /// the Unix epoch. The layer renews the lease while the handler runs (every third of a
+    /// lease), so a long handler is not taken over by a retry.
     pub fn lease_deadline(&self) -> u64 {
         self.lease_deadline
+    }
+
+    /// Extends the lease to a full lease period from now (C8), as the layer does in the
+    /// background; answers the new deadline.
+    pub fn renew(&self) -> impl Future<Output = Result<u64, LeaseError>> + Send + 'static {
+        self.hold.lease().renew()
+    }
+
+    /// Completes the reservation with the handler's own writes to the store's database, in
+    /// one transaction: the writes and the response `f` returns become durable together or
+    /// not at all (rule E1, `docs/exactly-once.md`;
+    /// [`Reservation::complete_with`](crate::Reservation::complete_with) says what the closure
+    /// may do and what a failure undoes). The layer's cache policy decides what is kept.
+    ///
+    /// Once this stored the response, the layer answers the request with it, byte for byte
+    /// as every retry will get it, whatever the handler returns afterwards; the handler's own
+    /// response is dropped. If it stored nothing (the closure failed, the status is not kept,
+    /// the store refused), the key is released and the layer sends the handler's response
+    /// without storing it. A second call, or a call after the layer gave the reservation up,
+    /// answers `CompleteError::NotReserved`.
+    ///
+    /// The work is queued when this is called: dropping the future does not stop it.
+    pub fn complete_with<E, F>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<Completion, CompleteWithError<E>>> + Send + 'static
+    where
+        F: FnOnce(&WriteTransaction) -> Result<crate::Response, E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let token = self.token;
+        let hold = Arc::clone(&self.hold);
+        let kept: Arc<Mutex<Option<crate::Response>>> = Arc::default();
+        let copy = Arc::clone(&kept);
+        let completing = hold.take_for_handler().map(|r| {
+            r.complete_with_keeping_async(hold.policy, move |txn| {
+                let response = f(txn)?;
+                *copy.lock() = Some(response.clone());
+                Ok(response)
+            })
+        });
+        async move {
+            let Some(completing) = completing else {
+                return Err(CompleteWithError::Complete(CompleteError::NotReserved {
+                    token,
+                }));
+            };
+            let out = completing.await;
+            if let (Ok(Completion::Stored), Some(response)) = (&out, kept.lock().take()) {
+                hold.stored(response);
+            }
+            out
+        }
     }
 }

@@ -18,6 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
@@ -30,18 +31,39 @@ use tower_service::Service;
 
 use super::answer::{self, code, too_large};
 use super::body::{BoxError, RequestBody, ResponseBody};
-use super::context::IdempotencyContext;
+use super::context::{Hold, IdempotencyContext};
 use super::contract::OnStoreError;
+use super::deadline::Sleep;
 use super::layer::LayerState;
 use super::request::fingerprint;
 use super::run::{Detached, Started, Task, bounded};
 use crate::reply;
+use crate::store::Lease;
 use crate::{Begin, BeginError, Key, Scope};
 
+/// Renews a lease every `every` until a renewal fails (the reservation was completed,
+/// released or taken over), then waits forever: polled beside the handler, never awaited
+/// alone.
+type Renewing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn keep_renewed(lease: Lease, every: Duration) -> Renewing {
+    Box::pin(async move {
+        loop {
+            Sleep::new(every).await;
+            if lease.renew().await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await;
+    })
+}
+
 pin_project! {
-    /// The inner service's future with the reservation it runs under.
+    /// The inner service's future with the reservation it runs under, whose lease it renews
+    /// while the future runs.
     struct Executing<F> {
         started: Option<Started>,
+        renewing: Option<Renewing>,
         #[pin]
         future: F,
     }
@@ -56,7 +78,13 @@ impl<F: Future> Future for Executing<F> {
         // leaves the key in flight (`Started`).
         let polled = catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx)));
         let out = match polled {
-            Ok(poll) => std::task::ready!(poll),
+            Ok(Poll::Ready(out)) => out,
+            Ok(Poll::Pending) => {
+                if let Some(renewing) = this.renewing.as_mut() {
+                    let _ = renewing.as_mut().poll(cx);
+                }
+                return Poll::Pending;
+            }
             Err(payload) => {
                 if let Some(started) = this.started.take() {
                     started.release();
@@ -173,21 +201,21 @@ where
     // Counted from here, so that `IdempotencyLayer::idle` waits for this call.
     let running = shared.running.enter();
     let mut parts = parts;
-    if let Some(r) = &reservation {
+    let hold = reservation.map(|r| {
+        let (token, lease_deadline) = (r.token(), r.lease_deadline());
+        let hold = Hold::new(r, shared.policy);
         parts.extensions.insert(IdempotencyContext {
             scope,
             key,
             fingerprint: fp,
-            token: r.token(),
-            lease_deadline: r.lease_deadline(),
+            token,
+            lease_deadline,
+            hold: Arc::clone(&hold),
         });
-    }
+        hold
+    });
     let request = Request::from_parts(parts, RequestBody::buffered(bytes));
-    let call = execute(
-        Arc::clone(&shared),
-        Started::new(reservation),
-        inner.call(request),
-    );
+    let call = execute(Arc::clone(&shared), Started::new(hold), inner.call(request));
     let (tx, rx) = reply::channel();
     // Set when this future is dropped: the client is gone, and a spawned call that outlives
     // its lease may be given up (`run.rs`).
@@ -257,8 +285,12 @@ where
     ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
 {
+    // A third of a lease: a renewal that is late by less than that still lands in time.
+    let every = shared.store.config().lease() / 3;
+    let renewing = started.lease().map(|lease| keep_renewed(lease, every));
     let (started, result) = Executing {
         started: Some(started),
+        renewing,
         future,
     }
     .await;
@@ -266,6 +298,15 @@ where
     let Some(started) = started else {
         return result.map(|r| r.map(ResponseBody::inner));
     };
+    if let Some(stored) = started.handled() {
+        // The handler completed the reservation with its own writes: what it stored is the
+        // answer, as every retry will get it; if it stored nothing, its own response goes out
+        // unstored (the key is released).
+        return match stored {
+            Some(stored) => Ok(answer::stored_response(&stored)),
+            None => result.map(|r| r.map(ResponseBody::inner)),
+        };
+    }
     let response = match result {
         Ok(response) => response,
         Err(e) => {

@@ -24,8 +24,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::context::Hold;
 use super::deadline::Sleep;
 use crate::Reservation;
+use crate::store::Lease;
 
 /// A task the layer hands to an executor: a guarded call, from the inner service's future
 /// to the stored response.
@@ -166,33 +168,46 @@ pub(crate) async fn bounded<F: Future<Output = ()>>(task: F, lease: Duration, go
 /// (the future running the call was dropped: the client went away and nothing else runs the
 /// rest, or something beside the handler panicked), it leaves the key in flight until its
 /// lease ends: the operation may have had its effect. The handler's own panic is caught where
-/// it happens and releases the key, as any failure does (C6): see `future.rs`.
-pub(crate) struct Started(Option<Reservation>);
+/// it happens and releases the key, as any failure does (C6): see `future.rs`. The handler may
+/// have taken the reservation to complete it itself (`IdempotencyContext::complete_with`).
+pub(crate) struct Started(Option<Arc<Hold>>);
 
 impl Started {
-    pub(crate) fn new(reservation: Option<Reservation>) -> Started {
-        Started(reservation)
+    pub(crate) fn new(hold: Option<Arc<Hold>>) -> Started {
+        Started(hold)
     }
 
-    /// Whether a reservation is held: false when the request runs unguarded (failed open).
+    /// Whether the call is guarded: false when the request runs unguarded (failed open).
     pub(crate) fn holds(&self) -> bool {
         self.0.is_some()
     }
 
-    /// The reservation, to complete; `None` when the request runs unguarded (failed open).
+    /// The reservation, to complete; `None` when the request runs unguarded (failed open) or
+    /// the handler took it.
     pub(crate) fn take(mut self) -> Option<Reservation> {
-        self.0.take()
+        self.0.take().and_then(|hold| hold.take())
+    }
+
+    /// Whether the handler took the reservation to complete it: then `Some`, with the
+    /// response its completion stored, if any.
+    pub(crate) fn handled(&self) -> Option<Option<crate::Response>> {
+        self.0.as_ref().and_then(|hold| hold.handled())
+    }
+
+    /// The lease, to renew while the call runs.
+    pub(crate) fn lease(&self) -> Option<Lease> {
+        self.0.as_ref().map(|hold| hold.lease().clone())
     }
 
     /// Releases the key: the call ended in an outcome that is not kept (C6, C7).
     pub(crate) fn release(mut self) {
-        drop(self.0.take());
+        drop(self.0.take().and_then(|hold| hold.take()));
     }
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
-        if let Some(reservation) = self.0.take() {
+        if let Some(reservation) = self.0.take().and_then(|hold| hold.take()) {
             reservation.abandon();
         }
     }

@@ -33,6 +33,7 @@ use crate::storage::StorageBackend;
 use crate::view::{CheckReport, RecordInfo};
 
 use compactor::Compactor;
+pub(crate) use reservation::Lease;
 pub use reservation::{Begin, Reservation};
 
 /// An idempotency store: a redb file, its hot index, its writer and its compactor (with

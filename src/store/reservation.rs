@@ -178,6 +178,31 @@ impl Reservation {
         async move { transact::completed_with(answer.resolve().await, &slot) }
     }
 
+    /// [`complete_with_async`](Reservation::complete_with_async) under `policy` instead of the
+    /// store's: the HTTP layer's contract decides what it stores.
+    pub(crate) fn complete_with_keeping_async<E, F>(
+        self,
+        policy: CachePolicy,
+        f: F,
+    ) -> impl Future<Output = Result<Completion, CompleteWithError<E>>> + Send + 'static
+    where
+        F: FnOnce(&WriteTransaction) -> Result<Response, E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let (answer, slot) = self.queue_with(policy, f);
+        async move { transact::completed_with(answer.resolve().await, &slot) }
+    }
+
+    /// A handle that renews this reservation's lease from elsewhere (the HTTP layer, while
+    /// the handler runs), without holding the reservation.
+    pub(crate) fn lease(&self) -> Lease {
+        Lease {
+            store: self.store.clone(),
+            hash: self.hash,
+            token: self.token,
+        }
+    }
+
     /// Queues the completion with the caller's writes. The reservation stays armed (its drop
     /// releases the key) unless the work was queued: the engine then releases the key itself
     /// if the work stores nothing.
@@ -256,6 +281,22 @@ impl Reservation {
         self.store
             .release_token(self.hash, self.token, Release::Detached)
             .resolve()
+    }
+}
+
+/// Renews one reservation's lease without holding it (see [`Reservation::lease`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    store: Store,
+    hash: KeyHash,
+    token: u64,
+}
+
+impl Lease {
+    /// Extends the lease to a full lease period from now (C8); answers the new deadline. A
+    /// reservation completed, released or taken over answers an error.
+    pub(crate) fn renew(&self) -> impl Future<Output = Result<u64, LeaseError>> + Send + 'static {
+        self.store.renew_token(self.hash, self.token).resolve()
     }
 }
 
