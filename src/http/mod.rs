@@ -174,12 +174,14 @@
 //!   opens again ([`release_in_flight_on_open`](crate::ConfigBuilder::release_in_flight_on_open),
 //!   on by default, since one process holds a store file), so a retry runs at once instead
 //!   of getting `409` for up to a lease. A handler whose effect landed before the crash but
-//!   whose response was not stored runs again on that retry: keep such effects idempotent
-//!   downstream (the `IdempotencyContext`'s key and fingerprint can tie them to the request).
-//! * **Not covered**: a handler that runs longer than the store's lease (60 s by default) can
-//!   be taken over by a retry (C8); raise the lease for such operations. Idempotency is not
-//!   concurrency control: use `ETag`/`If-Match` for concurrent edits (the `idemstore serve`
-//!   demo shows both).
+//!   whose response was not stored runs again on that retry: keep such effects in the store's
+//!   own file and commit them with the response
+//!   ([`IdempotencyContext::complete_with`], `docs/exactly-once.md`), or keep them idempotent
+//!   downstream (the context's key and fingerprint can tie them to the request).
+//! * **Long handlers**: the layer renews a running handler's lease every third of a lease, so a
+//!   retry meanwhile gets `409` in progress instead of taking the key over (C8).
+//! * **Not covered**: idempotency is not concurrency control: use `ETag`/`If-Match` for
+//!   concurrent edits (the `idemstore serve` demo shows both).
 
 mod answer;
 mod body;
