@@ -8,6 +8,7 @@
 //! the one check that something does not happen (a connection beyond the limit is not served)
 //! looks for a short, bounded time.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -347,7 +348,7 @@ async fn serve_purged_key_reused_for_another_booking_makes_a_new_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_quoted_spelling_of_a_freed_key_is_the_same_booking() {
+async fn serve_quoted_spelling_of_a_key_replays_the_same_booking() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("idem.redb");
     let server = serve(&db, &[]);
@@ -359,30 +360,15 @@ async fn serve_quoted_spelling_of_a_freed_key_is_the_same_booking() {
     .unwrap();
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
     let first_uid = first.json()["data"]["uid"].as_str().unwrap().to_owned();
-    // While the record lives, the quoted spelling is a replay.
+    // The quoted spelling is the same key: a replay, with the body respaced.
     let quoted = send(
-        server.addr,
-        booking("POST", "/v1/bookings", Some("\"abc\""), BODY),
-    )
-    .await
-    .unwrap();
-    assert!(quoted.replayed());
-    same_reply(&quoted, &first);
-    stop(server);
-
-    // With the record gone (as after a crash between the two files' commits), the same
-    // request under the quoted spelling reaches the handler, which finds the same booking.
-    let scope = scopes(&db).pop().unwrap();
-    operator(&db, &["purge", "--scope", &scope, "--key", "abc"]);
-    let server = serve(&db, &[]);
-    let again = send(
         server.addr,
         booking("POST", "/v1/bookings", Some("\"abc\""), BODY_RESPACED),
     )
     .await
     .unwrap();
-    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
-    assert_eq!(again.json()["data"]["uid"], first_uid.as_str());
+    assert!(quoted.replayed());
+    same_reply(&quoted, &first);
     assert_eq!(
         uids(server.addr).await,
         vec![first_uid],
@@ -944,4 +930,68 @@ async fn serve_on_redis_fails_closed_while_the_server_is_down() {
         1,
         "d2 never ran"
     );
+}
+
+/// E1 on the demo: the server is killed (SIGKILL) while creates are in flight, again and
+/// again, and every key is retried until it is answered: each key ends with exactly one
+/// booking, and a key answered before a kill replays that booking after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e1_serve_killed_while_creating_makes_one_booking_per_key() {
+    const KEYS: usize = 24;
+    const ROUNDS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idem.redb");
+    let body = |k: usize| {
+        format!(
+            r#"{{"event_type_id":"evt_1","start":"2026-05-20T15:00:00Z","attendee":{{"email":"a{k}@b.com"}}}}"#
+        )
+    };
+    let mut answered: HashMap<usize, String> = HashMap::new();
+    for round in 0..ROUNDS {
+        let server = serve(&db, &[]);
+        let addr = server.addr;
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in (0..KEYS).filter(|k| !answered.contains_key(k)) {
+            let request = booking("POST", "/v1/bookings", Some(&format!("key-{k}")), &body(k));
+            tasks.spawn(async move { (k, send(addr, request).await) });
+        }
+        // Kill once a few creates were answered, with the others on their way.
+        let mut seen = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (k, reply) = done.unwrap();
+            if let Ok(reply) = reply
+                && reply.status == StatusCode::CREATED
+            {
+                answered.insert(k, reply.json()["data"]["uid"].as_str().unwrap().to_owned());
+                seen += 1;
+                if seen > round {
+                    break;
+                }
+            }
+        }
+        drop(server);
+        tasks.abort_all();
+    }
+    let server = serve(&db, &[]);
+    let mut uids_by_key = Vec::new();
+    for k in 0..KEYS {
+        let request = || booking("POST", "/v1/bookings", Some(&format!("key-{k}")), &body(k));
+        let reply = send(server.addr, request()).await.unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "key-{k}: {}",
+            reply.text()
+        );
+        let uid = reply.json()["data"]["uid"].as_str().unwrap().to_owned();
+        if let Some(first) = answered.get(&k) {
+            assert!(reply.replayed(), "key-{k} was answered before a kill");
+            assert_eq!(&uid, first, "key-{k}");
+        }
+        uids_by_key.push(uid);
+    }
+    let mut listed = uids(server.addr).await;
+    listed.sort();
+    uids_by_key.sort();
+    assert_eq!(listed, uids_by_key, "exactly one booking per key");
 }

@@ -10,7 +10,7 @@
 //! grace period) are `server`'s.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -25,10 +25,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idemstore::http::{
     Contract, DEFAULT_MAX_REQUEST_BODY, IdempotencyContext, IdempotencyLayer, Principal,
 };
-use idemstore::{Config, Durability, Scope, Store};
+use idemstore::{CompleteWithError, Config, Durability, Scope, Store};
 use serde_json::{Value, json};
 
-use crate::bookings::{Booking, BookingError, Bookings, KeyedRequest, NewBooking};
+use crate::bookings::{Booking, BookingError, Bookings, KeyedRequest, NewBooking, file};
 use crate::server;
 
 /// How `serve` keeps its data.
@@ -49,7 +49,7 @@ const DAY_MS: u64 = 86_400_000;
 /// The settings of `idemstore serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// The store file; the bookings go to a sibling file named `<stem>-bookings.redb`.
+    /// The store file; the bookings are tables in it, beside the idempotency records.
     #[arg(long, default_value = "idemstore.redb")]
     pub(crate) db: PathBuf,
     /// Keep the idempotency records and the bookings on this Redis server
@@ -105,14 +105,6 @@ struct AppState {
     delay: Duration,
     /// The store's time to live: how long a create stays tied to its idempotency key.
     ttl: Duration,
-}
-
-/// The bookings file beside the store file.
-pub(crate) fn bookings_path(db: &Path) -> PathBuf {
-    let stem = db
-        .file_stem()
-        .map_or_else(|| "idemstore".into(), |s| s.to_string_lossy().into_owned());
-    db.with_file_name(format!("{stem}-bookings.redb"))
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -172,9 +164,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         (None, _) => {
             let store = Store::open(&args.db, config)
                 .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
-            let path = bookings_path(&args.db);
-            let bookings = Bookings::open(&path)
-                .map_err(|e| format!("cannot open {}: {e:?}", path.display()))?;
+            // The bookings are tables in the store's own file: a create commits with its
+            // stored response.
+            let bookings = Bookings::in_store(&store)
+                .map_err(|e| format!("cannot keep bookings in {}: {e:?}", args.db.display()))?;
             (store, bookings)
         }
     };
@@ -525,28 +518,65 @@ async fn create(State(st): State<AppState>, req: Request) -> Response {
             start: start_field(&v)?,
             email: email_field(&v)?,
         };
-        // Tie the booking to the key the layer reserved, as it parsed it, and to this
-        // request's fingerprint; unguarded (`--without-idempotency`), there is no key to tie to.
-        let keyed = parts
-            .extensions
-            .get::<IdempotencyContext>()
-            .map(|ctx| KeyedRequest {
-                scope: ctx.scope().as_str().to_owned(),
-                key: ctx.key().as_str().to_owned(),
-                fingerprint: (ctx.fingerprint().version(), *ctx.fingerprint().digest()),
-                ttl_ms: u64::try_from(st.ttl.as_millis()).unwrap_or(u64::MAX),
-            });
+        let ctx = parts.extensions.get::<IdempotencyContext>().cloned();
         hold(st.delay).await;
+        if let (Some(ctx), Some(_)) = (&ctx, st.bookings.store()) {
+            // The booking and its response in one transaction of the store's file: after a
+            // crash both exist or neither does. The layer answers with the stored response.
+            return ctx
+                .complete_with(move |txn| {
+                    let booking = file::insert(txn, &account, new)?;
+                    created_response(&booking)
+                })
+                .await
+                .map(|_| None)
+                .map_err(|e| match e {
+                    CompleteWithError::Aborted(e) => booking_error(e),
+                    other => {
+                        tracing::error!(error = %other, "a booking could not be stored");
+                        error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unavailable",
+                            "the booking could not be stored; retry with the same key",
+                        )
+                    }
+                });
+        }
+        // On Redis, tie the booking to the key the layer reserved, as it parsed it, and to
+        // this request's fingerprint; unguarded (`--without-idempotency`), there is no key.
+        let keyed = ctx.map(|ctx| KeyedRequest {
+            scope: ctx.scope().as_str().to_owned(),
+            key: ctx.key().as_str().to_owned(),
+            fingerprint: (ctx.fingerprint().version(), *ctx.fingerprint().digest()),
+            ttl_ms: u64::try_from(st.ttl.as_millis()).unwrap_or(u64::MAX),
+        });
         let bookings = st.bookings.clone();
         blocking(move || bookings.create(&account, keyed.as_ref(), now_ms(), new))
             .await
+            .map(Some)
             .map_err(booking_error)
     }
     .await;
     match result {
-        Ok(b) => booking_response(StatusCode::CREATED, &b, true),
+        Ok(Some(b)) => booking_response(StatusCode::CREATED, &b, true),
+        // Stored with the booking: the layer sends the stored response instead of this one.
+        Ok(None) => StatusCode::CREATED.into_response(),
         Err(r) => r.into_response(),
     }
+}
+
+/// The `201` of a create, as stored with its booking: the bytes `booking_response` sends.
+fn created_response(booking: &Booking) -> Result<idemstore::Response, BookingError> {
+    let body = serde_json::to_vec(&json!({"data": booking, "meta": {"request_id": request_id()}}))?;
+    Ok(idemstore::Response::new(
+        201,
+        [
+            ("content-type", "application/json".to_owned()),
+            ("etag", booking.etag()),
+            ("location", format!("/v1/bookings/{}", booking.uid)),
+        ],
+        body,
+    ))
 }
 
 async fn hold(delay: Duration) {

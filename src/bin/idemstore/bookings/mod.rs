@@ -1,16 +1,17 @@
-//! The bookings kept by the demo service: in a redb file of their own (`file.rs`), or with
-//! `--redis` on the Redis server the store uses (`redis.rs`), so that several `serve`
+//! The bookings kept by the demo service: as tables in the store's own file (`file.rs`), or
+//! with `--redis` on the Redis server the store uses (`redis.rs`), so that several `serve`
 //! processes are one service.
 //!
 //! Why: the demo's operations must have real effects to protect: a booking created twice is
 //! the bug idempotency prevents, and a booking edited from a stale version is the bug `If-Match`
 //! prevents. Invariants, in both places: a change checks ownership and the expected version
 //! (`If-Match`) atomically with its write, so two concurrent edits of one version cannot both
-//! succeed; a create under an idempotency key is tied to the key and the request for the
-//! store's time to live (see `file.rs`), so a retry that reaches the handler after a crash
-//! between the booking's write and the idempotency record's gets the same booking.
+//! succeed; a create under an idempotency key cannot be made twice by one request across a
+//! crash: in the store's file it commits with its stored response (`file.rs`), and on Redis it
+//! is tied to the key and the request for the store's time to live (`redis.rs`), so a retry that
+//! reaches the handler after a crash between the two writes gets the same booking.
 
-mod file;
+pub(crate) mod file;
 mod redis;
 
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,17 @@ pub(crate) enum BookingError {
     Storage(String),
 }
 
+impl std::fmt::Display for BookingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BookingError::NotFound => f.write_str("no such booking"),
+            BookingError::Stale { current } => write!(f, "the current version is {current}"),
+            BookingError::InvalidState(why) => f.write_str(why),
+            BookingError::Storage(why) => write!(f, "bookings storage: {why}"),
+        }
+    }
+}
+
 /// The idempotency key a create runs under, as the layer reserved it.
 pub(crate) struct KeyedRequest {
     /// The key's scope.
@@ -86,9 +98,9 @@ pub(crate) enum Bookings {
 }
 
 impl Bookings {
-    /// Opens (or creates) the bookings file.
-    pub(crate) fn open(path: &std::path::Path) -> Result<Bookings, BookingError> {
-        file::FileBookings::open(path).map(Bookings::File)
+    /// The bookings as tables in `store`'s own file.
+    pub(crate) fn in_store(store: &idemstore::Store) -> Result<Bookings, BookingError> {
+        file::FileBookings::in_store(store).map(Bookings::File)
     }
 
     /// Bookings kept in memory only.
@@ -101,9 +113,19 @@ impl Bookings {
         redis::RedisBookings::open(url, prefix).map(Bookings::Redis)
     }
 
-    /// Creates a booking, or returns the one an earlier create of the same request under the
-    /// same idempotency key made, if their tie has not expired at `now_ms` (ms since the Unix
-    /// epoch). Without a key (`request` is `None`) every call creates a booking.
+    /// The store whose transaction a create can join, to commit with its response: the
+    /// store's file, not Redis or memory.
+    pub(crate) fn store(&self) -> Option<&idemstore::Store> {
+        match self {
+            Bookings::File(b) => b.store(),
+            Bookings::Redis(_) => None,
+        }
+    }
+
+    /// Creates a booking in a write of its own. On Redis, it returns instead the booking an
+    /// earlier create of the same request under the same idempotency key made, if their tie
+    /// has not expired at `now_ms` (ms since the Unix epoch); without a key (`request` is
+    /// `None`) every call creates a booking.
     pub(crate) fn create(
         &self,
         account: &str,
@@ -112,7 +134,7 @@ impl Bookings {
         new: NewBooking,
     ) -> Result<Booking, BookingError> {
         match self {
-            Bookings::File(b) => b.create(account, request, now_ms, new),
+            Bookings::File(b) => b.create(account.to_owned(), new),
             Bookings::Redis(b) => b.create(account, request, now_ms, new),
         }
     }
@@ -140,10 +162,15 @@ impl Bookings {
         account: &str,
         uid: &str,
         if_match: Option<&str>,
-        f: impl Fn(&mut Booking) -> Result<(), BookingError>,
+        f: impl Fn(&mut Booking) -> Result<(), BookingError> + Send + 'static,
     ) -> Result<Booking, BookingError> {
         match self {
-            Bookings::File(b) => b.update(account, uid, if_match, f),
+            Bookings::File(b) => b.update(
+                account.to_owned(),
+                uid.to_owned(),
+                if_match.map(str::to_owned),
+                f,
+            ),
             Bookings::Redis(b) => b.update(account, uid, if_match, f),
         }
     }
