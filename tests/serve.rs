@@ -995,3 +995,61 @@ async fn e1_serve_killed_while_creating_makes_one_booking_per_key() {
     uids_by_key.sort();
     assert_eq!(listed, uids_by_key, "exactly one booking per key");
 }
+
+/// E1 on the demo, clients that go away: a create is cut off at every point of its bytes, and
+/// dropped at several instants after it was sent whole; each key is then retried until it is
+/// answered. Every key ends with exactly one booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e1_serve_creates_whose_clients_go_away_at_any_instant_make_one_booking_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("idem.redb"), &[]);
+    let addr = server.addr;
+    let raw = |key: &str| {
+        format!(
+            "POST /v1/bookings HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok_demo\r\n\
+             idempotency-key: {key}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        )
+    };
+    let whole = raw("d-000").len();
+    // Cut points through the head and the body, then the whole request with the connection
+    // dropped after a growing pause.
+    let mut cuts: Vec<(usize, Duration)> =
+        (0..whole).step_by(7).map(|n| (n, Duration::ZERO)).collect();
+    for micros in [0, 50, 200, 1_000, 3_000, 10_000] {
+        cuts.push((whole, Duration::from_micros(micros)));
+    }
+    let mut answered = Vec::new();
+    for (i, (cut, pause)) in cuts.iter().enumerate() {
+        let key = format!("d-{i:03}");
+        let bytes = raw(&key);
+        let conn = TcpStream::connect(addr).await.unwrap();
+        assert!(raw_write(&conn, &bytes.as_bytes()[..*cut]).await);
+        if !pause.is_zero() {
+            tokio::time::sleep(*pause).await;
+        }
+        drop(conn);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let reply = loop {
+            let r = send(addr, booking("POST", "/v1/bookings", Some(&key), BODY))
+                .await
+                .unwrap();
+            if r.status != StatusCode::CONFLICT {
+                break r;
+            }
+            assert_eq!(r.code(), "idempotency_in_progress", "{}", r.text());
+            assert!(
+                Instant::now() < deadline,
+                "{key} still in progress after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(reply.status, StatusCode::CREATED, "{key}: {}", reply.text());
+        answered.push(reply.json()["data"]["uid"].as_str().unwrap().to_owned());
+    }
+    let mut listed = uids(addr).await;
+    listed.sort();
+    answered.sort();
+    assert_eq!(listed, answered, "exactly one booking per key");
+}
