@@ -180,6 +180,7 @@ impl Reservation {
 
     /// [`complete_with_async`](Reservation::complete_with_async) under `policy` instead of the
     /// store's: the HTTP layer's contract decides what it stores.
+    #[cfg(feature = "http")]
     pub(crate) fn complete_with_keeping_async<E, F>(
         self,
         policy: CachePolicy,
@@ -193,6 +194,7 @@ impl Reservation {
         async move { transact::completed_with(answer.resolve().await, &slot) }
     }
 
+    #[cfg(feature = "http")]
     /// A handle that renews this reservation's lease from elsewhere (the HTTP layer, while
     /// the handler runs), without holding the reservation.
     pub(crate) fn lease(&self) -> Lease {
@@ -284,7 +286,8 @@ impl Reservation {
     }
 }
 
-/// Renews one reservation's lease without holding it (see [`Reservation::lease`]).
+/// Renews one reservation's lease without holding it (see `Reservation::lease`).
+#[cfg(feature = "http")]
 #[derive(Debug, Clone)]
 pub(crate) struct Lease {
     store: Store,
@@ -292,6 +295,7 @@ pub(crate) struct Lease {
     token: u64,
 }
 
+#[cfg(feature = "http")]
 impl Lease {
     /// Extends the lease to a full lease period from now (C8); answers the new deadline. A
     /// reservation completed, released or taken over answers an error.
