@@ -21,6 +21,7 @@ pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod shared;
+pub(crate) mod waiters;
 pub(crate) mod work;
 
 use std::future::Future;

@@ -46,6 +46,7 @@ mod poison;
 mod reply;
 mod rules;
 mod seeded;
+mod sleep;
 mod stats;
 mod storage;
 mod store;

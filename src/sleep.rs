@@ -1,7 +1,7 @@
 //! [`Sleep`]: a future that ends at an instant, on any executor.
 //!
-//! Why: the layer bounds the calls whose clients left (`run.rs`), and it runs on whatever
-//! executor serves the requests. tokio's timer panics on a runtime built without it, and other
+//! Why: the HTTP layer bounds the calls whose clients left (`http/run.rs`) and a waiting retry
+//! bounds its wait (`store/wait.rs`), on whatever executor polls them. tokio's timer panics on a runtime built without it, and other
 //! executors have none, so the layer keeps its own: one thread, started on first use, that
 //! wakes each sleeping future when its instant has passed.
 //!
@@ -181,28 +181,29 @@ fn wheel() -> Option<&'static Arc<Wheel>> {
         .as_ref()
 }
 
+/// Runs `f` to its end on the calling thread, parking between polls: the blocking form of a
+/// future the crate made (a wait woken by the engine or by a [`Sleep`]).
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Polls `f` on this thread until it is ready, parking between polls.
-    fn block_on<F: Future>(f: F) -> F::Output {
-        struct Unpark(std::thread::Thread);
-        impl std::task::Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut f = std::pin::pin!(f);
-        loop {
-            if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-                return out;
-            }
-            std::thread::park();
-        }
-    }
 
     #[test]
     fn a_sleep_ends_after_its_instant_and_not_before() {

@@ -53,6 +53,9 @@ pub struct Stats {
     pub commit_micros_max: u64,
     /// Entries in the hot index now; with `Durability::Memory`, records held by its engine.
     pub index_entries: u64,
+    /// Retries waiting now for a key in flight to settle (`Store::begin_waiting_async`, the
+    /// HTTP layer's `Contract::wait_in_progress`).
+    pub waiting: u64,
     /// Write-ahead log syncs (each acknowledges every batch appended since the one before).
     pub log_syncs: u64,
     /// Bytes appended to the write-ahead log.
@@ -166,6 +169,8 @@ impl Counters {
             commit_micros_total: l(&self.commit_micros_total),
             commit_micros_max: l(&self.commit_micros_max),
             index_entries: index_entries as u64,
+            // Filled in by the store, which holds the waits.
+            waiting: 0,
             log_syncs: l(&self.log_syncs),
             log_bytes: l(&self.log_bytes),
             checkpoints: l(&self.checkpoints),

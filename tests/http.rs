@@ -2,6 +2,8 @@
 //! by a hyper client. One test or more per HTTP rule (H1-H9) and the store rules they surface.
 //! Races are ordered with handler gates, never sleeps.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
@@ -533,4 +535,48 @@ async fn h8_problem_style_on_every_refusal() {
         .unwrap();
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     assert_eq!(r.json()["code"], "missing_idempotency_key");
+}
+
+#[tokio::test]
+async fn h17_a_retry_during_the_first_attempt_waits_for_it_and_gets_its_response() {
+    let mut app = start(
+        memory_store(),
+        Contract::default().wait_in_progress(Duration::from_secs(30)),
+    )
+    .await;
+    let addr = app.addr;
+    let first = tokio::spawn(async move { send(addr, post("/slow", "w1", "{}")).await });
+    app.entered().await;
+    let retry = tokio::spawn(async move { send(addr, post("/slow", "w1", "{}")).await });
+    // The retry waits (no 409): let the first attempt finish once it does.
+    let waited = std::time::Instant::now();
+    while app.store.stats().waiting == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the retry never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    app.open_gate(1);
+    let first = first.await.unwrap().unwrap();
+    let retry = retry.await.unwrap().unwrap();
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text());
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body);
+    assert_eq!(app.calls(), 1);
+    // The bound ends in the usual 409 with Retry-After.
+    let mut app = start(
+        memory_store(),
+        Contract::default().wait_in_progress(Duration::from_millis(20)),
+    )
+    .await;
+    let addr = app.addr;
+    let _held = tokio::spawn(async move { send(addr, post("/slow", "w2", "{}")).await });
+    app.entered().await;
+    let busy = send(addr, post("/slow", "w2", "{}")).await.unwrap();
+    assert_eq!(busy.status, StatusCode::CONFLICT);
+    assert_eq!(busy.code(), "idempotency_in_progress");
+    assert!(busy.header("retry-after").is_some());
+    app.open_gate(1);
 }

@@ -39,6 +39,7 @@ mod redis_support;
 #[cfg(feature = "fuzzing")]
 mod step;
 mod storm;
+mod wait;
 mod wal;
 
 // The HTTP layer (feature `http`).

@@ -270,6 +270,7 @@ impl MemoryEngine {
             drop(shard);
             drop(old);
             bump(&counters.releases);
+            shared.waiters.wake(&hash);
             return Ok(Completion::Released);
         }
         let (len, ttl) = (response.encoded_len(), crate::clock::millis(config.ttl));
@@ -282,6 +283,7 @@ impl MemoryEngine {
             return Err(CompleteError::NotReserved { token });
         }
         bump(&counters.completions);
+        shared.waiters.wake(&hash);
         Ok(Completion::Stored)
     }
 
@@ -302,6 +304,7 @@ impl MemoryEngine {
         drop(shard);
         drop(old);
         bump(&shared.counters.releases);
+        shared.waiters.wake(&hash);
         Ok(())
     }
 
@@ -340,6 +343,9 @@ impl MemoryEngine {
         let old = shard.records.remove(&at);
         self.count_out(old.as_ref());
         drop(shard);
+        if old.is_some() {
+            shared.waiters.wake(hash);
+        }
         Ok(old.is_some())
     }
 
@@ -399,12 +405,15 @@ impl MemoryEngine {
                 {
                     let old = shard.records.remove(&at);
                     self.count_out(old.as_ref());
-                    gone.extend(old);
+                    gone.extend(old.map(|old| (hash, old)));
                     report.removed += 1;
                 }
             }
             drop(shard);
-            drop(gone);
+            for (hash, old) in gone {
+                drop(old);
+                shared.waiters.wake(&hash);
+            }
         }
         add(&shared.counters.expired_removed, report.removed);
         report

@@ -1,5 +1,5 @@
 //! What the store and its engine share: the configuration, the counters, the poison flag, the
-//! closed flag and the store's secret.
+//! closed flag, the store's secret and the retries waiting on keys in flight.
 //!
 //! Why: the store checks, before it hands an operation on, that it may still serve; the engine
 //! counts what it did and poisons the store when it can no longer tell what it holds; both
@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::waiters::Waiters;
 use crate::config::Config;
 use crate::error::{Cause, Message, Unavailable};
 use crate::poison::Poison;
@@ -24,6 +25,8 @@ pub(crate) struct Shared {
     /// by the memory engine, whose records do not outlive it either. Read by the HTTP layer.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) secret: [u8; 32],
+    /// The retries waiting for keys in flight, which the engine wakes as keys settle.
+    pub(crate) waiters: Arc<Waiters>,
 }
 
 impl Shared {
@@ -34,6 +37,7 @@ impl Shared {
             poison: Poison::default(),
             closed: AtomicBool::new(false),
             secret,
+            waiters: Arc::default(),
         }
     }
 

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderName, Method, StatusCode};
@@ -185,6 +186,7 @@ pub struct Contract {
     pub(crate) replay_header: HeaderName,
     pub(crate) replayed_headers: Vec<HeaderName>,
     pub(crate) on_store_error: OnStoreError,
+    pub(crate) wait_in_progress: Duration,
 }
 
 /// The response headers stored and replayed by default: those that say what the body is
@@ -228,6 +230,7 @@ impl Default for Contract {
             replay_header: HeaderName::from_static("idempotent-replay"),
             replayed_headers: REPRESENTATION_HEADERS.to_vec(),
             on_store_error: OnStoreError::FailClosed,
+            wait_in_progress: Duration::ZERO,
         }
     }
 }
@@ -448,6 +451,17 @@ impl Contract {
         if !self.replayed_headers.contains(&name) {
             self.replayed_headers.push(name);
         }
+        self
+    }
+
+    /// How long a retry that arrives while the first attempt runs waits for that attempt's
+    /// outcome before it is answered `409` in progress (rule H17; default zero: at once). The
+    /// wait is woken by the first attempt's completion itself
+    /// ([`Store::begin_waiting_async`](crate::Store::begin_waiting_async)): the retry is then
+    /// answered with the replay, or, if the first attempt was released, runs the operation.
+    /// Keep it well below the store's lease and the client's own timeout.
+    pub fn wait_in_progress(mut self, within: Duration) -> Self {
+        self.wait_in_progress = within;
         self
     }
 

@@ -33,11 +33,11 @@ use super::answer::{self, code, too_large};
 use super::body::{BoxError, RequestBody, ResponseBody};
 use super::context::{Hold, IdempotencyContext};
 use super::contract::OnStoreError;
-use super::deadline::Sleep;
 use super::layer::LayerState;
 use super::request::fingerprint;
 use super::run::{Detached, Started, Task, bounded};
 use crate::reply;
+use crate::sleep::Sleep;
 use crate::store::Lease;
 use crate::{Begin, BeginError, Key, Scope};
 
@@ -142,7 +142,16 @@ where
             ));
         }
     };
-    let reservation = match shared.store.begin_async(&scope, &key, &fp).await {
+    let begun = if contract.wait_in_progress.is_zero() {
+        shared.store.begin_async(&scope, &key, &fp).await
+    } else {
+        let within = contract.wait_in_progress;
+        shared
+            .store
+            .begin_waiting_async(&scope, &key, &fp, within)
+            .await
+    };
+    let reservation = match begun {
         Ok(Begin::Execute(reservation)) => Some(reservation),
         Ok(Begin::Replay(stored)) => {
             if let Some(coding) = answer::unaccepted_coding(&stored, &parts.headers) {

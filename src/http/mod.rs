@@ -187,7 +187,6 @@ mod answer;
 mod body;
 mod context;
 mod contract;
-mod deadline;
 mod future;
 mod guarded;
 mod layer;

@@ -25,8 +25,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::context::Hold;
-use super::deadline::Sleep;
 use crate::Reservation;
+use crate::sleep::Sleep;
 use crate::store::Lease;
 
 /// A task the layer hands to an executor: a guarded call, from the inner service's future

@@ -11,6 +11,7 @@
 mod compactor;
 mod reservation;
 mod transact;
+mod wait;
 
 use std::future::Future;
 use std::path::Path;
@@ -33,6 +34,7 @@ use crate::storage::StorageBackend;
 use crate::view::{CheckReport, RecordInfo};
 
 use compactor::Compactor;
+#[cfg(feature = "http")]
 pub(crate) use reservation::Lease;
 pub use reservation::{Begin, Reservation};
 
@@ -351,7 +353,9 @@ impl Store {
 
     /// Counters since open.
     pub fn stats(&self) -> Stats {
-        self.inner.engine.stats()
+        let mut stats = self.inner.engine.stats();
+        stats.waiting = self.inner.shared.waiters.waiting();
+        stats
     }
 
     /// Removes every record expired by now, in compactor-sized batches, and returns how many

@@ -10,7 +10,15 @@ impl Writer {
     /// Applies the index effects, then answers every caller.
     pub(super) fn finish(&mut self, b: Batch) {
         self.scopes.apply(&b.deltas);
+        let waiters = Arc::clone(&self.shared.waiters);
         for effect in b.effects {
+            // A key that left flight (completed, released, removed): its waiting retries look
+            // again once the index shows it (`engine/waiters.rs`).
+            let left_flight = match &effect {
+                Effect::Put(hash, entry) if entry.hot.state == State::Completed => Some(*hash),
+                Effect::Remove(hash) => Some(*hash),
+                _ => None,
+            };
             match effect {
                 Effect::Put(hash, entry) => {
                     let cached = entry
@@ -71,6 +79,9 @@ impl Writer {
                             .add(hash, token, size, |h, t| index.drop_response(&h, t));
                     }
                 }
+            }
+            if let Some(hash) = left_flight {
+                waiters.wake(&hash);
             }
         }
         let mut settled = b.detached_releases;

@@ -1,0 +1,140 @@
+//! Retries that wait for a key in flight to settle, and the wake-up an engine gives them when
+//! it does.
+//!
+//! Why: a retry that arrives while the first attempt runs can wait for its outcome and replay
+//! it instead of answering `409` (`Store::begin_waiting_async`). Polling would cost a store
+//! call per interval and answer late; instead the engine that completes, releases or removes a
+//! key wakes the retries waiting on it, in this process.
+//!
+//! Invariants:
+//! - a waiter registers before it asks the store, and an engine wakes after the key's new
+//!   state is visible to `begin`, so a change between the two is never missed: either the
+//!   waiter's `begin` sees it, or the wake finds the registration (the fences in [`Waiters`]
+//!   order the registration's count against the engine's check);
+//! - a wake fires every registration of its key at most once; a registration dropped unfired
+//!   leaves nothing behind;
+//! - the map is keyed through the seeded hasher (H10) and holds one entry per waiting call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+use crate::rules::key::KeyHash;
+use crate::seeded::Seeded;
+
+/// The retries waiting on keys in flight.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    map: Mutex<HashMap<[u8; 32], Vec<Arc<Signal>>, Seeded>>,
+    /// Registrations alive: lets `wake` skip the lock when nobody waits.
+    count: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Signal {
+    fired: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Waiters {
+    /// Registers a wait on `hash`; the returned future ends once an engine wakes it.
+    pub(crate) fn register(self: &Arc<Self>, hash: KeyHash) -> Woken {
+        let signal = Arc::new(Signal::default());
+        self.map
+            .lock()
+            .entry(hash.0)
+            .or_default()
+            .push(Arc::clone(&signal));
+        self.count.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        Woken {
+            waiters: Arc::clone(self),
+            hash,
+            signal,
+        }
+    }
+
+    /// How many waits are registered now.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.count.load(Ordering::SeqCst) as u64
+    }
+
+    /// Wakes every wait registered on `hash`: its key was completed, released or removed.
+    pub(crate) fn wake(&self, hash: &KeyHash) {
+        fence(Ordering::SeqCst);
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let fired = self.map.lock().remove(&hash.0);
+        for signal in fired.into_iter().flatten() {
+            signal.fired.store(true, Ordering::SeqCst);
+            if let Some(waker) = signal.waker.lock().take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// One registered wait: a future that ends when its key is woken. Dropping it unregisters.
+pub(crate) struct Woken {
+    waiters: Arc<Waiters>,
+    hash: KeyHash,
+    signal: Arc<Signal>,
+}
+
+impl Future for Woken {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.fired.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        *self.signal.waker.lock() = Some(cx.waker().clone());
+        // A wake between the check and the waker's store found no waker: look again.
+        if self.signal.fired.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Woken {
+    fn drop(&mut self) {
+        self.waiters.count.fetch_sub(1, Ordering::SeqCst);
+        if self.signal.fired.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut map = self.waiters.map.lock();
+        if let Some(list) = map.get_mut(&self.hash.0) {
+            list.retain(|s| !Arc::ptr_eq(s, &self.signal));
+            if list.is_empty() {
+                map.remove(&self.hash.0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wake_fires_the_waits_of_its_key_only_and_dropped_waits_leave_nothing() {
+        let waiters = Arc::new(Waiters::default());
+        let (a, b) = (KeyHash([1; 32]), KeyHash([2; 32]));
+        let on_a = waiters.register(a);
+        let on_b = waiters.register(b);
+        waiters.wake(&a);
+        assert!(on_a.signal.fired.load(Ordering::SeqCst));
+        assert!(!on_b.signal.fired.load(Ordering::SeqCst));
+        drop(on_a);
+        drop(on_b);
+        assert!(waiters.map.lock().is_empty());
+        assert_eq!(waiters.count.load(Ordering::SeqCst), 0);
+    }
+}

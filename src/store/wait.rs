@@ -1,0 +1,109 @@
+//! A retry that waits for the first attempt instead of answering "in progress":
+//! [`Store::begin_waiting_async`] and [`Store::begin_waiting`].
+//!
+//! Why: a client that retries while its first attempt still runs gets `409` and must retry
+//! again later, usually with a guess at the delay. The store knows when the attempt ends: the
+//! engine that completes, releases or removes a key wakes the calls waiting on it
+//! (`engine/waiters.rs`), so the retry can be answered with the outcome itself, as soon as it
+//! exists, with no polling. Invariants: the wait is registered before each look at the key, so
+//! no change between the look and the wait is missed; a wait never outlasts its bound; what
+//! ends it is always a fresh `begin`, so its answer is one `begin` could give.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use crate::error::BeginError;
+use crate::rules::fingerprint::Fingerprint;
+use crate::rules::key::{Key, KeyHash, Scope};
+use crate::sleep::{Sleep, block_on};
+
+use super::{Begin, Store};
+
+impl Store {
+    /// [`begin_async`](Store::begin_async), but a key in flight (another attempt executing it)
+    /// is waited for, up to `within`, instead of answered [`Begin::InProgress`] at once: the
+    /// call ends as soon as that attempt completes (a [`Begin::Replay`] of its response),
+    /// releases the key (a [`Begin::Execute`]: run the operation now), or the bound passes (the
+    /// usual `InProgress`).
+    ///
+    /// The wait is woken by the engine when the key settles in this process (the file and
+    /// memory engines), not by polling. On the Redis engine, an attempt running on another
+    /// machine wakes nothing here: the wait then ends at its bound with one more look. A key
+    /// whose holder died waits for its lease as any retry does (C8): keep `within` well below
+    /// the lease. Dropping the future gives the wait up; it holds no key while it waits.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use idemstore::{Begin, Config, Fingerprint, Response, Scope, Store};
+    /// let store = Store::in_memory(Config::default())?;
+    /// let (scope, key) = (Scope::new("acct_1")?, store.key("k-1")?);
+    /// let fp = Fingerprint::of_bytes(b"book room 101");
+    /// let Begin::Execute(first) = store.begin(&scope, &key, &fp)? else { unreachable!() };
+    /// let retry = store.begin_waiting_async(&scope, &key, &fp, Duration::from_secs(5));
+    /// first.complete(Response::new(201, [("location", "/b/1")], ""))?;
+    /// assert!(matches!(retry.await?, Begin::Replay(r) if r.status() == 201));
+    /// # Ok(())
+    /// # }
+    /// # futures_executor_stand_in(run());
+    /// # fn futures_executor_stand_in<F: std::future::Future>(f: F) -> F::Output {
+    /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    /// # }
+    /// ```
+    pub fn begin_waiting_async(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+        within: Duration,
+    ) -> impl Future<Output = Result<Begin, BeginError>> + Send + 'static {
+        let store = self.clone();
+        let (scope, key, fp) = (scope.clone(), key.clone(), *fp);
+        let hash = KeyHash::of(&scope, &key);
+        let until = Instant::now().checked_add(within);
+        async move {
+            loop {
+                let woken = store.inner.shared.waiters.register(hash);
+                let begun = store.begin_async(&scope, &key, &fp).await?;
+                let Begin::InProgress { .. } = begun else {
+                    return Ok(begun);
+                };
+                let left = until.map_or(Duration::MAX, |u| {
+                    u.saturating_duration_since(Instant::now())
+                });
+                if left.is_zero() {
+                    return Ok(begun);
+                }
+                if !woken_before(woken, Sleep::new(left)).await {
+                    // The bound passed: one last look, answered as it is.
+                    return store.begin_async(&scope, &key, &fp).await;
+                }
+            }
+        }
+    }
+
+    /// [`begin_waiting_async`](Store::begin_waiting_async), blocking the calling thread.
+    pub fn begin_waiting(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+        within: Duration,
+    ) -> Result<Begin, BeginError> {
+        block_on(self.begin_waiting_async(scope, key, fp, within))
+    }
+}
+
+/// Whether `woken` ends before `bound` does.
+async fn woken_before(woken: impl Future<Output = ()>, bound: Sleep) -> bool {
+    let (mut woken, mut bound) = (pin!(woken), pin!(bound));
+    std::future::poll_fn(|cx| {
+        if woken.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        bound.as_mut().poll(cx).map(|()| false)
+    })
+    .await
+}

@@ -1,0 +1,112 @@
+//! A retry that waits for the first attempt (C5, C6, H17): woken by the completion or the
+//! release itself, bounded, on the file and the memory engine.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use idemstore::{Begin, Store};
+
+use crate::support::{T0, execute, fp, key, memory, open, resp, scope};
+
+/// A waker that records that it was woken.
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Polls `f` once with a waker that records its wake.
+fn poll_once<F: Future + Unpin>(f: &mut F, flag: &Arc<Flag>) -> Poll<F::Output> {
+    let waker = Waker::from(Arc::clone(flag));
+    std::pin::Pin::new(f).poll(&mut Context::from_waker(&waker))
+}
+
+fn stores() -> Vec<(&'static str, Store, Option<crate::support::TestStore>)> {
+    let file = open();
+    let clock = idemstore::ManualClock::new(T0);
+    vec![
+        ("file", file.store.clone(), Some(file)),
+        ("memory", memory(&clock), None),
+    ]
+}
+
+#[test]
+fn c5_a_waiting_retry_is_woken_by_the_completion_and_replays_it() {
+    for (engine, store, _keep) in stores() {
+        let (s, k, f) = (scope("acct"), key("k1"), fp("{}"));
+        let first = execute(store.begin(&s, &k, &f).unwrap());
+        let mut retry = Box::pin(store.begin_waiting_async(&s, &k, &f, Duration::from_secs(600)));
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        assert!(poll_once(&mut retry, &flag).is_pending(), "{engine}: waits");
+        assert_eq!(store.stats().waiting, 1, "{engine}");
+        first.complete(resp(201, "first")).unwrap();
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "{engine}: the completion woke it"
+        );
+        let Poll::Ready(Ok(Begin::Replay(r))) = poll_once(&mut retry, &flag) else {
+            panic!("{engine}: not a replay");
+        };
+        assert_eq!(r.body(), b"first");
+        drop(retry);
+        assert_eq!(store.stats().waiting, 0, "{engine}");
+    }
+}
+
+#[test]
+fn c6_a_waiting_retry_is_woken_by_a_release_and_executes() {
+    for (engine, store, _keep) in stores() {
+        let (s, k, f) = (scope("acct"), key("k1"), fp("{}"));
+        let first = execute(store.begin(&s, &k, &f).unwrap());
+        let mut retry = Box::pin(store.begin_waiting_async(&s, &k, &f, Duration::from_secs(600)));
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        assert!(poll_once(&mut retry, &flag).is_pending(), "{engine}");
+        drop(first);
+        // A dropped reservation's release is sent without waiting: let it land.
+        store.get(&s, &k).unwrap();
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "{engine}: the release woke it"
+        );
+        let Poll::Ready(Ok(Begin::Execute(second))) = poll_once(&mut retry, &flag) else {
+            panic!("{engine}: not an execute");
+        };
+        second.complete(resp(201, "second")).unwrap();
+    }
+}
+
+#[test]
+fn c5_a_wait_ends_at_its_bound_in_progress_and_a_dropped_wait_leaves_nothing() {
+    for (engine, store, _keep) in stores() {
+        let (s, k, f) = (scope("acct"), key("k1"), fp("{}"));
+        let _first = execute(store.begin(&s, &k, &f).unwrap());
+        let begun = store
+            .begin_waiting(&s, &k, &f, Duration::from_millis(30))
+            .unwrap();
+        assert!(
+            matches!(begun, Begin::InProgress { .. }),
+            "{engine}: {begun:?}"
+        );
+        let mut retry = Box::pin(store.begin_waiting_async(&s, &k, &f, Duration::from_secs(600)));
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        assert!(poll_once(&mut retry, &flag).is_pending());
+        assert_eq!(store.stats().waiting, 1);
+        drop(retry);
+        assert_eq!(store.stats().waiting, 0, "{engine}");
+        // Other keys' completions wake nothing.
+        let other = execute(store.begin(&s, &key("k2"), &f).unwrap());
+        let mut retry = Box::pin(store.begin_waiting_async(&s, &k, &f, Duration::from_secs(600)));
+        assert!(poll_once(&mut retry, &flag).is_pending());
+        flag.0.store(false, Ordering::SeqCst);
+        other.complete(resp(201, "other")).unwrap();
+        assert!(
+            !flag.0.load(Ordering::SeqCst),
+            "{engine}: woken by another key"
+        );
+    }
+}
