@@ -162,9 +162,10 @@ impl Writer {
         self.apply_all(t, ops, b)
     }
 
-    /// Commits one of the batch's transactions with the next token and the scope counts it
-    /// changed (which the writer's counts take at once: the transaction is committed, and a
-    /// later failure poisons the store); with `durable`, as the batch's durable commit.
+    /// Commits one of the batch's transactions; with `durable`, as the batch's durable commit,
+    /// which also writes the next token and the scope counts the batch changed. The
+    /// transactions before it need neither: they become durable only with it, and nobody reads
+    /// them before (the module's invariants), so the counts are written once a batch.
     fn commit_part(
         &mut self,
         mut txn: WriteTransaction,
@@ -172,18 +173,16 @@ impl Writer {
         part: &mut Part<'_>,
         durable: bool,
     ) -> Result<(), Fail> {
-        {
-            let mut meta = self.io(txn.open_table(META))?;
-            self.io(meta.insert(META_NEXT_TOKEN, self.next_token))?;
-            let mut counts = self.io(txn.open_table(SCOPE_COUNTS))?;
-            self.io(b.deltas.flush(&mut counts, &mut meta))?;
-        }
         if durable {
+            {
+                let mut meta = self.io(txn.open_table(META))?;
+                self.io(meta.insert(META_NEXT_TOKEN, self.next_token))?;
+                let mut counts = self.io(txn.open_table(SCOPE_COUNTS))?;
+                self.io(b.deltas.flush(&mut counts, &mut meta))?;
+            }
             self.io(txn.set_durability(redb::Durability::Immediate))?;
         }
         self.io(txn.commit())?;
-        let deltas = std::mem::take(&mut b.deltas);
-        self.scopes.apply(&deltas);
         part.fold = None;
         part.durable = durable;
         if durable && self.logged.is_none() {
