@@ -1159,3 +1159,43 @@ fn c11_keys_of_another_program_and_damaged_records_are_errors_not_panics() {
         "{report:?}"
     );
 }
+
+#[test]
+fn c5_a_waiting_retry_is_woken_by_this_processs_completion_and_another_stores_ends_at_its_bound() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let (here, there) = (on(&server.url(), &clock), on(&server.url(), &clock));
+    let (s, f) = (scope("s"), fp("x"));
+    // Completed through the same store: woken, replayed.
+    let first = execute(here.begin(&s, &key("k1"), &f).unwrap());
+    let waiter = {
+        let here = here.clone();
+        let (s, f) = (s.clone(), f);
+        std::thread::spawn(move || here.begin_waiting(&s, &key("k1"), &f, Duration::from_secs(600)))
+    };
+    while here.stats().waiting == 0 {
+        std::thread::yield_now();
+    }
+    first.complete(resp(201, "first")).unwrap();
+    let Begin::Replay(r) = waiter.join().unwrap().unwrap() else {
+        panic!("not a replay");
+    };
+    assert_eq!(r.body(), b"first");
+    // Completed through another store: nothing wakes this one; its bound ends the wait with
+    // one more look, which finds the completion.
+    let first = execute(there.begin(&s, &key("k2"), &f).unwrap());
+    let waiter = {
+        let here = here.clone();
+        let (s, f) = (s.clone(), f);
+        std::thread::spawn(move || {
+            here.begin_waiting(&s, &key("k2"), &f, Duration::from_secs(2))
+        })
+    };
+    while here.stats().waiting == 0 {
+        std::thread::yield_now();
+    }
+    first.complete(resp(201, "there")).unwrap();
+    assert!(matches!(waiter.join().unwrap().unwrap(), Begin::Replay(_)));
+}

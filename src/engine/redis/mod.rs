@@ -419,9 +419,13 @@ impl Engine for RedisEngine {
                     if let (Some(response), Ok(fp)) = (kept, record::fingerprint(&fp)) {
                         keeper.keep(&hash, fp, response, life);
                     }
+                    shared.waiters.wake(&hash);
                     Ok(Completion::Stored)
                 }
-                Ok(Completed::Released) => Ok(Completion::Released),
+                Ok(Completed::Released) => {
+                    shared.waiters.wake(&hash);
+                    Ok(Completion::Released)
+                }
                 Err(Some(current)) => Err(CompleteError::Fenced { token, current }),
                 Err(None) => Err(CompleteError::NotReserved { token }),
             }
@@ -434,6 +438,7 @@ impl Engine for RedisEngine {
             let (first, rest) = verdict("a release", v)?;
             if first.as_slice() == b"ok" {
                 bump(&shared.counters.releases);
+                shared.waiters.wake(&hash);
                 return Ok(());
             }
             match holder_refusal(shared, "a release", &first, &rest)? {
@@ -482,8 +487,13 @@ impl Engine for RedisEngine {
         self.cache.remove(&hash);
         let mut cmd = self.fcall(Script::Purge, &hash);
         cmd.arg(self.grace_ms()).arg(self.nonce());
-        self.call(cmd, |_, v| match v {
-            Value::Int(n) => Ok(n == 1),
+        self.call(cmd, move |shared, v| match v {
+            Value::Int(n) => {
+                if n == 1 {
+                    shared.waiters.wake(&hash);
+                }
+                Ok(n == 1)
+            }
             other => Err(record::malformed("a purge", &other)),
         })
     }
