@@ -14,10 +14,9 @@ use http::StatusCode;
 use idemstore::http::{Contract, IdempotencyContext, IdempotencyLayer};
 use idemstore::redb::{ReadableTable, TableDefinition};
 use idemstore::{Config, ManualClock, Response, Scope, Store};
-use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::http_support::{post, send};
+use crate::http_support::{post, send, serve_router};
 use crate::support::{T0, key};
 
 const BOOKINGS: TableDefinition<&str, &str> = TableDefinition::new("bookings");
@@ -120,11 +119,7 @@ async fn start(lease: Duration) -> App {
         .route("/v1/slow", route_post(slow))
         .layer(layer)
         .with_state(state.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let (addr, server) = serve_router(app).await;
     App {
         addr,
         store,

@@ -171,11 +171,7 @@ pub async fn start_layer(store: Store, layer: IdempotencyLayer) -> App {
         .route("/open", route_post(create).get(list))
         .layer(layer.clone())
         .with_state(state.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let (addr, server) = serve_router(app).await;
     App {
         addr,
         store,
@@ -186,6 +182,16 @@ pub async fn start_layer(store: Store, layer: IdempotencyLayer) -> App {
         dropped,
         server,
     }
+}
+
+/// Serves `app` on 127.0.0.1 and a free port, until the handle is aborted.
+pub async fn serve_router(app: Router) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, server)
 }
 
 /// A response as the client saw it.

@@ -1189,9 +1189,7 @@ fn c5_a_waiting_retry_is_woken_by_this_processs_completion_and_another_stores_en
     let waiter = {
         let here = here.clone();
         let (s, f) = (s.clone(), f);
-        std::thread::spawn(move || {
-            here.begin_waiting(&s, &key("k2"), &f, Duration::from_secs(2))
-        })
+        std::thread::spawn(move || here.begin_waiting(&s, &key("k2"), &f, Duration::from_secs(2)))
     };
     while here.stats().waiting == 0 {
         std::thread::yield_now();
