@@ -5,7 +5,8 @@
 //! executors have none, so the layer keeps its own: one thread, started on first use, that
 //! wakes each sleeping future when its instant has passed.
 //!
-//! Invariants: a `Sleep` is ready once its instant has passed and never before; each pending
+//! Invariants: a `Sleep` is ready once its instant has passed and never before (one too far
+//! ahead for the clock, never); each pending
 //! `Sleep` is woken at most once by the thread, after its instant; the thread holds a small
 //! entry per `Sleep` until that entry's instant, and nothing of a `Sleep` dropped before it
 //! but the entry. If the thread cannot be started, a `Sleep` never ends, and a bound that
@@ -24,15 +25,15 @@ use parking_lot::{Condvar, Mutex};
 
 /// A future that ends `after` its creation.
 pub(crate) struct Sleep {
-    at: Instant,
+    /// `None`: later than the clock can say, so never.
+    at: Option<Instant>,
     entry: Option<Arc<Timer>>,
 }
 
 impl Sleep {
     pub(crate) fn new(after: Duration) -> Sleep {
-        let now = Instant::now();
         Sleep {
-            at: now.checked_add(after).unwrap_or(now),
+            at: Instant::now().checked_add(after),
             entry: None,
         }
     }
@@ -42,7 +43,10 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.at {
+        let Some(at) = self.at else {
+            return Poll::Pending;
+        };
+        if Instant::now() >= at {
             return Poll::Ready(());
         }
         match &self.entry {
@@ -59,7 +63,7 @@ impl Future for Sleep {
                     waker: Mutex::new(Some(cx.waker().clone())),
                 });
                 if let Some(wheel) = wheel() {
-                    wheel.add(self.at, Arc::clone(&entry));
+                    wheel.add(at, Arc::clone(&entry));
                 }
                 self.entry = Some(entry);
             }

@@ -540,3 +540,42 @@ fn e1_power_loss_at_every_io_point_leaves_the_writes_and_the_response_both_or_ne
         }
     }
 }
+
+/// Runs `f` on a thread of its own and gives up on it after `secs`: a deadlock fails the test
+/// instead of hanging the run.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs)).ok()
+}
+
+#[test]
+fn e4_a_release_or_complete_from_inside_a_transaction_is_refused_and_frees_the_key() {
+    let t = open_with(|c| c);
+    let (s, f) = (scope("acct"), fp("{}"));
+    for (k, how) in [("k-release", 0), ("k-complete", 1), ("k-release-async", 2)] {
+        let held = execute(t.store.begin(&s, &key(k), &f).unwrap());
+        let store = t.store.clone();
+        let seen = within(30, move || {
+            store.write(move |_| -> Result<String, ()> {
+                Ok(match how {
+                    0 => format!("{:?}", held.release()),
+                    1 => format!("{:?}", held.complete(resp(201, "x"))),
+                    _ => {
+                        // Dropped unpolled: a release sent without waiting.
+                        drop(held.release_async());
+                        "queued".to_owned()
+                    }
+                })
+            })
+        });
+        let seen = seen.expect("the store deadlocked").unwrap();
+        assert!(how == 2 || seen.contains("Reentrant"), "{k}: {seen}");
+        // The key is free: the refused call's reservation released it as it was dropped.
+        execute(t.store.begin(&s, &key(k), &f).unwrap())
+            .release()
+            .unwrap();
+    }
+}

@@ -120,3 +120,47 @@ fn c5_a_wait_ends_at_its_bound_in_progress_and_a_dropped_wait_leaves_nothing() {
         );
     }
 }
+
+#[test]
+fn c5_a_wait_from_inside_a_transaction_is_refused_at_once() {
+    let t = open();
+    let (s, k, f) = (scope("acct"), key("k1"), fp("{}"));
+    let _held = execute(t.store.begin(&s, &k, &f).unwrap());
+    let store = t.store.clone();
+    let seen = t
+        .store
+        .write(move |_| -> Result<String, ()> {
+            Ok(format!(
+                "{:?}",
+                store.begin_waiting(&s, &k, &f, Duration::from_secs(600))
+            ))
+        })
+        .unwrap();
+    assert!(seen.contains("Reentrant"), "{seen}");
+}
+
+#[test]
+fn c5_a_wait_without_a_bound_lasts_until_woken_and_closing_the_store_ends_every_wait() {
+    let t = open();
+    let (s, k, f) = (scope("acct"), key("k1"), fp("{}"));
+    let _held = execute(t.store.begin(&s, &k, &f).unwrap());
+    let mut forever = Box::pin(t.store.begin_waiting_async(&s, &k, &f, Duration::MAX));
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    assert!(
+        poll_once(&mut forever, &flag).is_pending(),
+        "Duration::MAX waits"
+    );
+    assert!(poll_once(&mut forever, &flag).is_pending());
+    t.store.clone().close().unwrap();
+    assert!(flag.0.load(Ordering::SeqCst), "the close woke it");
+    let closed = block_on(&mut forever);
+    assert!(
+        matches!(
+            closed,
+            Err(idemstore::BeginError::Unavailable(
+                idemstore::Unavailable::Closed
+            ))
+        ),
+        "{closed:?}"
+    );
+}

@@ -11,8 +11,8 @@
 //!   state is visible to `begin`, so a change between the two is never missed: either the
 //!   waiter's `begin` sees it, or the wake finds the registration (the fences in [`Waiters`]
 //!   order the registration's count against the engine's check);
-//! - a wake fires every registration of its key at most once; a registration dropped unfired
-//!   leaves nothing behind;
+//! - a wake fires every registration of its key at most once, and closing the store fires them
+//!   all; a registration dropped unfired leaves nothing behind;
 //! - the map is keyed through the seeded hasher (H10) and holds one entry per waiting call.
 
 use std::collections::HashMap;
@@ -72,6 +72,19 @@ impl Waiters {
         }
         let fired = self.map.lock().remove(&hash.0);
         for signal in fired.into_iter().flatten() {
+            signal.fired.store(true, Ordering::SeqCst);
+            if let Some(waker) = signal.waker.lock().take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl Waiters {
+    /// Wakes every wait: the store closed, and each wait's next look says so.
+    pub(crate) fn wake_all(&self) {
+        let fired: Vec<_> = self.map.lock().drain().flat_map(|(_, list)| list).collect();
+        for signal in fired {
             signal.fired.store(true, Ordering::SeqCst);
             if let Some(waker) = signal.waker.lock().take() {
                 waker.wake();

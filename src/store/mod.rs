@@ -436,7 +436,10 @@ impl Inner {
         } else {
             compactor.stop();
         }
-        self.engine.close()
+        let closed = self.engine.close();
+        // Waiting retries look again now, and hear that the store is closed.
+        self.shared.waiters.wake_all();
+        closed
     }
 }
 

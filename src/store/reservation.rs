@@ -84,11 +84,12 @@ impl Reservation {
     /// mode). A status the cache policy does not keep releases the key instead (C6, C7).
     /// A stale holder (C8) gets [`CompleteError::Fenced`] and nothing is stored.
     pub fn complete(mut self, response: Response) -> Result<Completion, CompleteError> {
-        self.armed = false;
         let policy = self.store.inner.shared.config.cache_policy;
-        self.store
-            .complete_token(self.hash, self.token, response, policy)
-            .wait()
+        let answer = self
+            .store
+            .complete_token(self.hash, self.token, response, policy);
+        self.disarm_if_queued(&answer);
+        answer.wait()
     }
 
     /// [`complete`](Reservation::complete) as a runtime-agnostic future.
@@ -107,10 +108,21 @@ impl Reservation {
         response: Response,
         policy: CachePolicy,
     ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
-        self.armed = false;
-        self.store
-            .complete_token(self.hash, self.token, response, policy)
-            .resolve()
+        let answer = self
+            .store
+            .complete_token(self.hash, self.token, response, policy);
+        self.disarm_if_queued(&answer);
+        answer.resolve()
+    }
+
+    /// Hands the duty to release over to an answer the engine took: an answer refused before
+    /// anything was queued (a closed store, or a call from inside a transaction) leaves the
+    /// reservation armed, so that its drop releases the key, as it releases a dropped one (a
+    /// release by a drop is queued without waiting, which works from anywhere).
+    fn disarm_if_queued<T, E>(&mut self, answer: &Answer<T, E>) {
+        if !matches!(answer, Answer::Now(Err(_))) {
+            self.armed = false;
+        }
     }
 
     /// Stores the operation's response together with the operation's own writes, in one
@@ -266,10 +278,11 @@ impl Reservation {
 
     /// Releases the key now, so the next attempt executes (C6).
     pub fn release(mut self) -> Result<(), LeaseError> {
-        self.armed = false;
-        self.store
-            .release_token(self.hash, self.token, Release::Answered)
-            .wait()
+        let answer = self
+            .store
+            .release_token(self.hash, self.token, Release::Answered);
+        self.disarm_if_queued(&answer);
+        answer.wait()
     }
 
     /// [`release`](Reservation::release) as a runtime-agnostic future. The release is queued
@@ -277,12 +290,13 @@ impl Reservation {
     pub fn release_async(
         mut self,
     ) -> impl Future<Output = Result<(), LeaseError>> + Send + 'static {
-        self.armed = false;
         // Detached: dropping this future must not keep the key, as dropping the reservation
         // would not.
-        self.store
-            .release_token(self.hash, self.token, Release::Detached)
-            .resolve()
+        let answer = self
+            .store
+            .release_token(self.hash, self.token, Release::Detached);
+        self.disarm_if_queued(&answer);
+        answer.resolve()
     }
 }
 

@@ -14,7 +14,8 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crate::error::BeginError;
+use crate::engine::work;
+use crate::error::{BeginError, Unavailable};
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
 use crate::sleep::{Sleep, block_on};
@@ -64,19 +65,23 @@ impl Store {
         let hash = KeyHash::of(&scope, &key);
         let until = Instant::now().checked_add(within);
         async move {
+            if work::inside() {
+                // Polled on the writer, inside a transaction's closure: the wait would hold
+                // the writer, which alone could end it.
+                return Err(Unavailable::Reentrant.into());
+            }
             loop {
                 let woken = store.inner.shared.waiters.register(hash);
                 let begun = store.begin_async(&scope, &key, &fp).await?;
                 let Begin::InProgress { .. } = begun else {
                     return Ok(begun);
                 };
-                let left = until.map_or(Duration::MAX, |u| {
-                    u.saturating_duration_since(Instant::now())
-                });
-                if left.is_zero() {
+                // A bound too far ahead for the clock is no bound.
+                let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+                if left.is_some_and(|l| l.is_zero()) {
                     return Ok(begun);
                 }
-                if !woken_before(woken, Sleep::new(left)).await {
+                if !woken_before(woken, left.map(Sleep::new)).await {
                     // The bound passed: one last look, answered as it is.
                     return store.begin_async(&scope, &key, &fp).await;
                 }
@@ -96,14 +101,17 @@ impl Store {
     }
 }
 
-/// Whether `woken` ends before `bound` does.
-async fn woken_before(woken: impl Future<Output = ()>, bound: Sleep) -> bool {
+/// Whether `woken` ends before `bound` does (without a bound, it waits for `woken`).
+pub(crate) async fn woken_before(woken: impl Future<Output = ()>, bound: Option<Sleep>) -> bool {
     let (mut woken, mut bound) = (pin!(woken), pin!(bound));
     std::future::poll_fn(|cx| {
         if woken.as_mut().poll(cx).is_ready() {
             return Poll::Ready(true);
         }
-        bound.as_mut().poll(cx).map(|()| false)
+        match bound.as_mut().as_pin_mut() {
+            Some(b) => b.poll(cx).map(|()| false),
+            None => Poll::Pending,
+        }
     })
     .await
 }

@@ -401,6 +401,11 @@ impl FileEngine {
     /// Queues a release of `token`, counted as detached (see the module invariants) unless
     /// its caller waits for the answer.
     fn send_release(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError> {
+        if how != Release::Forget && work::inside() {
+            // The writer runs this thread's closure: an answer would wait for itself. The
+            // reservation stays armed, and its drop queues the release without waiting.
+            return Answer::Now(Err(Unavailable::Reentrant.into()));
+        }
         let detached = how != Release::Answered;
         if detached {
             self.state.count_detached();
