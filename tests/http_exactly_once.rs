@@ -70,6 +70,20 @@ async fn refuse(
     (StatusCode::UNPROCESSABLE_ENTITY, format!("{refused:?}")).into_response()
 }
 
+/// Starts its completion and drops the future at once, then answers with its own response:
+/// the layer must answer with what the completion stored.
+async fn fire_and_forget(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<IdempotencyContext>,
+) -> AxumResponse {
+    st.calls.fetch_add(1, Ordering::SeqCst);
+    drop(ctx.complete_with(|txn| {
+        txn.open_table(BOOKINGS)?.insert("bk-dropped", "room 103")?;
+        Ok::<_, idemstore::redb::Error>(Response::new(201, [("x-from", "closure")], "stored"))
+    }));
+    (StatusCode::IM_A_TEAPOT, "the handler's own response").into_response()
+}
+
 /// Holds until the gate opens, then answers.
 async fn slow(State(st): State<AppState>) -> AxumResponse {
     st.calls.fetch_add(1, Ordering::SeqCst);
@@ -117,6 +131,7 @@ async fn start(lease: Duration) -> App {
         .route("/v1/bookings", route_post(book))
         .route("/v1/refused", route_post(refuse))
         .route("/v1/slow", route_post(slow))
+        .route("/v1/dropped", route_post(fire_and_forget))
         .layer(layer)
         .with_state(state.clone());
     let (addr, server) = serve_router(app).await;
@@ -215,4 +230,21 @@ async fn c8_the_layer_renews_the_lease_while_its_handler_runs() {
     app.state.gate.add_permits(1);
     let first = first.await.unwrap().unwrap();
     assert_eq!(first.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn h15_a_handler_that_drops_its_completion_still_answers_what_was_stored() {
+    let app = start(Duration::from_secs(60)).await;
+    let first = send(app.addr, post("/v1/dropped", "k4", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    assert_eq!(first.text(), "stored");
+    assert_eq!(first.header("x-from"), Some("closure"));
+    let retry = send(app.addr, post("/v1/dropped", "k4", "{}"))
+        .await
+        .unwrap();
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body);
+    assert_eq!(bookings(&app.store), ["bk-dropped"]);
 }

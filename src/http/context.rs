@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use redb::WriteTransaction;
 
 use crate::config::CachePolicy;
+use crate::rules::key::KeyHash;
 use crate::store::Lease;
 use crate::{
     CompleteError, CompleteWithError, Completion, Fingerprint, Key, LeaseError, Reservation, Scope,
@@ -25,6 +26,9 @@ use crate::{
 /// The reservation a guarded call runs under, shared by the layer and the handler's context.
 pub(crate) struct Hold {
     state: Mutex<Held>,
+    /// The reservation's key and token, to find what a completion by the handler left.
+    pub(crate) hash: KeyHash,
+    pub(crate) token: u64,
     lease: Lease,
     /// The layer's cache policy, which a completion by the handler keeps too.
     policy: CachePolicy,
@@ -43,6 +47,8 @@ enum Held {
 impl Hold {
     pub(crate) fn new(reservation: Reservation, policy: CachePolicy) -> Arc<Hold> {
         Arc::new(Hold {
+            hash: reservation.key_hash(),
+            token: reservation.token(),
             lease: reservation.lease(),
             state: Mutex::new(Held::Layer(reservation)),
             policy,
@@ -170,7 +176,9 @@ impl IdempotencyContext {
     /// without storing it. A second call, or a call after the layer gave the reservation up,
     /// answers `CompleteError::NotReserved`.
     ///
-    /// The work is queued when this is called: dropping the future does not stop it.
+    /// The work is queued when this is called: dropping (or spawning) the future does not
+    /// stop it, and a layer whose handler returned before the completion settled waits for it
+    /// (within the lease) and answers with what it stored.
     pub fn complete_with<E, F>(
         &self,
         f: F,

@@ -18,7 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
@@ -37,8 +37,10 @@ use super::layer::LayerState;
 use super::request::fingerprint;
 use super::run::{Detached, Started, Task, bounded};
 use crate::reply;
+use crate::rules::key::KeyHash;
 use crate::sleep::Sleep;
 use crate::store::Lease;
+use crate::store::woken_before;
 use crate::{Begin, BeginError, Key, Scope};
 
 /// Renews a lease every `every` until a renewal fails (the reservation was completed,
@@ -310,7 +312,13 @@ where
     if let Some(stored) = started.handled() {
         // The handler completed the reservation with its own writes: what it stored is the
         // answer, as every retry will get it; if it stored nothing, its own response goes out
-        // unstored (the key is released).
+        // unstored (the key is released). A handler that dropped or spawned its completion's
+        // future returns before knowing: the store then says what the completion left.
+        let stored = match (stored, started.held_key()) {
+            (Some(stored), _) => Some(stored),
+            (None, Some((hash, token))) => settled(&shared.store, hash, token).await,
+            (None, None) => None,
+        };
         return match stored {
             Some(stored) => Ok(answer::stored_response(&stored)),
             None => result.map(|r| r.map(ResponseBody::inner)),
@@ -334,6 +342,27 @@ where
     }
     store_and_answer(&shared, started, response).await
 }
+/// What a completion the handler took left under reservation `token`: the stored response, or
+/// nothing (it failed, or the key moved on). While the key is still in flight under that
+/// token (the completion is queued), waits for it to settle, within the store's lease.
+async fn settled(store: &crate::Store, hash: KeyHash, token: u64) -> Option<crate::Response> {
+    let until = Instant::now().checked_add(store.config().lease());
+    loop {
+        let woken = store.watch(hash);
+        match store.record_of(hash) {
+            Ok(Some(r)) if r.token == token && r.state == crate::State::Completed => {
+                return r.response;
+            }
+            Ok(Some(r)) if r.token == token => {}
+            _ => return None,
+        }
+        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) || !woken_before(woken, left.map(Sleep::new)).await {
+            return None;
+        }
+    }
+}
+
 /// Reads the response body (up to what can be stored), completes the reservation, and
 /// returns the response.
 async fn store_and_answer<ResBody, E>(

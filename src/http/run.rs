@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 
 use super::context::Hold;
 use crate::Reservation;
+use crate::rules::key::KeyHash;
 use crate::sleep::Sleep;
 use crate::store::Lease;
 
@@ -192,6 +193,11 @@ impl Started {
     /// response its completion stored, if any.
     pub(crate) fn handled(&self) -> Option<Option<crate::Response>> {
         self.0.as_ref().and_then(|hold| hold.handled())
+    }
+
+    /// The reservation's key and token.
+    pub(crate) fn held_key(&self) -> Option<(KeyHash, u64)> {
+        self.0.as_ref().map(|hold| (hold.hash, hold.token))
     }
 
     /// The lease, to renew while the call runs.

@@ -37,6 +37,8 @@ use compactor::Compactor;
 #[cfg(feature = "http")]
 pub(crate) use reservation::Lease;
 pub use reservation::{Begin, Reservation};
+#[cfg(feature = "http")]
+pub(crate) use wait::woken_before;
 
 /// An idempotency store: a redb file, its hot index, its writer and its compactor (with
 /// [`Durability::Memory`], the memory engine and its compactor).

@@ -206,9 +206,15 @@ impl Reservation {
         async move { transact::completed_with(answer.resolve().await, &slot) }
     }
 
+    /// The key's hash, which names its record.
     #[cfg(feature = "http")]
+    pub(crate) fn key_hash(&self) -> KeyHash {
+        self.hash
+    }
+
     /// A handle that renews this reservation's lease from elsewhere (the HTTP layer, while
     /// the handler runs), without holding the reservation.
+    #[cfg(feature = "http")]
     pub(crate) fn lease(&self) -> Lease {
         Lease {
             store: self.store.clone(),

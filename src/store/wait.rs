@@ -101,6 +101,24 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The record named `hash`, as [`get`](Store::get) gives it.
+    #[cfg(feature = "http")]
+    pub(crate) fn record_of(
+        &self,
+        hash: KeyHash,
+    ) -> Result<Option<crate::RecordInfo>, Unavailable> {
+        self.inner.shared.check()?;
+        self.inner.engine.get(hash)
+    }
+
+    /// A wait on `hash`, woken when its key settles (`engine/waiters.rs`).
+    #[cfg(feature = "http")]
+    pub(crate) fn watch(&self, hash: KeyHash) -> crate::engine::waiters::Woken {
+        self.inner.shared.waiters.register(hash)
+    }
+}
+
 /// Whether `woken` ends before `bound` does (without a bound, it waits for `woken`).
 pub(crate) async fn woken_before(woken: impl Future<Output = ()>, bound: Option<Sleep>) -> bool {
     let (mut woken, mut bound) = (pin!(woken), pin!(bound));
