@@ -579,3 +579,52 @@ fn e4_a_release_or_complete_from_inside_a_transaction_is_refused_and_frees_the_k
             .unwrap();
     }
 }
+
+#[test]
+fn e4_a_read_does_not_wait_for_a_running_closure() {
+    let t = open_with(|c| c);
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (started, running) = std::sync::mpsc::channel::<()>();
+    let store = t.store.clone();
+    let writing = std::thread::spawn(move || {
+        store.write(move |txn| -> Fallible<()> {
+            txn.open_table(COUNTERS)?.insert("n", 1)?;
+            started.send(()).unwrap();
+            wait.recv().unwrap();
+            Ok(())
+        })
+    });
+    running.recv().unwrap();
+    let store = t.store.clone();
+    let read = within(30, move || {
+        store
+            .read(|txn| -> Fallible<bool> { Ok(txn.open_table(COUNTERS).is_ok()) })
+            .unwrap()
+    });
+    assert_eq!(
+        read,
+        Some(false),
+        "the read waited for the closure, or saw its write"
+    );
+    go.send(()).unwrap();
+    writing.join().unwrap().unwrap();
+}
+
+#[test]
+fn e2_a_closure_that_leaks_a_table_stops_the_store_with_a_cause_instead_of_hanging_it() {
+    let t = open_with(|c| c);
+    let store = t.store.clone();
+    let outcome = within(30, move || {
+        let leaked = store.write(|txn| -> Fallible<()> {
+            std::mem::forget(txn.open_table(COUNTERS)?);
+            Ok(())
+        });
+        (format!("{leaked:?}"), format!("{:?}", store.flush()))
+    });
+    let (leaked, after) = outcome.expect("the store hung");
+    assert!(leaked.contains("left a table open"), "{leaked}");
+    assert!(
+        after.contains("Poisoned") && after.contains("left a table open"),
+        "{after}"
+    );
+}

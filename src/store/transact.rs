@@ -42,7 +42,10 @@ impl Store {
     /// returns once the transaction is durable (a database commit, not a log entry: see
     /// `docs/exactly-once.md` for what that costs). Keep the closure short: the writer serves
     /// nobody else while it runs. Calls into the store from inside it are refused with
-    /// [`Unavailable::Reentrant`].
+    /// [`Unavailable::Reentrant`]. A table the closure opens must be dropped by the time it
+    /// returns, and a failed write's error returned: a leaked table (`mem::forget`) or a write
+    /// that failed part way leaves the transaction unusable, and the store then stops
+    /// ([`Unavailable::Poisoned`]) rather than wait for the storage engine's write lock.
     ///
     /// Only the file engine has a database: a memory or Redis store answers
     /// [`Unavailable::Unsupported`] without running `f`.
@@ -92,8 +95,11 @@ impl Store {
     /// Runs `f` on a read transaction of the store's database, on the calling thread: it sees
     /// every write acknowledged before the call ([`write`](Store::write),
     /// [`complete_with`](super::Reservation::complete_with)) and nothing that is not durable
-    /// yet. Reads never wait for the writer, except for the moment a transaction with the
-    /// caller's writes takes to become durable.
+    /// yet. Reads never wait for the writer, except while a batch with the caller's writes is
+    /// between its first commit and its durable one: for a batch of one closure, that is its
+    /// commit's fsync, not the closure's run. (So a closure must not wait for another thread
+    /// that reads the store: in a batch of several closures, that read may wait for the
+    /// closure.)
     ///
     /// A memory or Redis store answers [`Unavailable::Unsupported`].
     pub fn read<T, E>(

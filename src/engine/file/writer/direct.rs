@@ -16,14 +16,16 @@
 //! - every transaction but the last commits without an fsync and the last one durably, so after
 //!   a crash the file holds all of the batch or none of it;
 //! - nobody reads the batch before it is durable: the writer holds `FileState::visible` from
-//!   its first commit to its durable one, and every read transaction of the engine begins
-//!   under that lock;
+//!   its first commit to its durable one (for a batch of one transaction, its commit only),
+//!   and every read transaction of the engine begins under that lock;
 //! - with a log, the batch's first transaction folds in the whole overlay with the log's mark,
 //!   so the file holds every logged change before any work commits over it, and the log's space
 //!   is freed only once the last commit is durable.
 
 use super::checkpoints::count_checkpoint;
 use super::*;
+use parking_lot::{RwLock, RwLockWriteGuard};
+
 use crate::config::CachePolicy;
 use crate::engine::work::{self, Ran, Work};
 use crate::rules::machine::HolderRefusal;
@@ -47,9 +49,7 @@ impl Writer {
             }
         };
         let started = Instant::now();
-        let visible = state.visible.write();
-        let done = self.direct_transactions(ops, folded.as_ref(), &mut b);
-        drop(visible);
+        let done = self.direct_transactions(ops, (folded.as_ref(), &state.visible), &mut b);
         if done.is_err() {
             let c = match shared.poisoned_error() {
                 Unavailable::Poisoned { cause } => cause,
@@ -104,12 +104,14 @@ impl Writer {
     fn direct_transactions(
         &mut self,
         ops: Vec<Op>,
-        folded: Option<&Job>,
+        (folded, gate): (Option<&Job>, &RwLock<()>),
         b: &mut Batch,
     ) -> Result<(), Fail> {
         let mut part = Part {
             fold: folded,
             durable: false,
+            gate,
+            visible: None,
         };
         let last = ops.len().saturating_sub(1);
         let mut run = Vec::new();
@@ -182,7 +184,29 @@ impl Writer {
             }
             self.io(txn.set_durability(redb::Durability::Immediate))?;
         }
-        self.io(txn.commit())?;
+        if part.visible.is_none() {
+            // From the batch's first commit to its durable one, no read transaction begins.
+            part.visible = Some(part.gate.write());
+        }
+        match txn.commit() {
+            Ok(()) => {}
+            // Only a closure can leave a transaction so: a table it opened still open (which
+            // holds the storage engine's write lock, so that no later transaction could even
+            // begin), or one of its writes failed part way and it went on. The store stops
+            // rather than wait for a lock that may never come free.
+            Err(redb::CommitError::TransactionPoisoned) => {
+                self.shared.poison(Arc::new(Message(
+                    "a transaction with the caller's writes could not be committed: its closure \
+                     left a table open or ignored a failed write; open the store again"
+                        .to_owned(),
+                )));
+                return Err(Fail);
+            }
+            Err(e) => {
+                self.shared.poison(cause(redb::Error::from(e)));
+                return Err(Fail);
+            }
+        }
         part.fold = None;
         part.durable = durable;
         if durable && self.logged.is_none() {
@@ -336,4 +360,8 @@ struct Part<'j> {
     fold: Option<&'j Job>,
     /// The last commit was durable, and nothing committed or rolled back since.
     durable: bool,
+    /// `FileState::visible`, taken at the batch's first commit and held until the batch is
+    /// done: a batch of one transaction holds it for its commit only, not for its closure.
+    gate: &'j RwLock<()>,
+    visible: Option<RwLockWriteGuard<'j, ()>>,
 }
