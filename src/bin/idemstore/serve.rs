@@ -529,7 +529,6 @@ async fn create(State(st): State<AppState>, req: Request) -> Response {
                     created_response(&booking)
                 })
                 .await
-                .map(|_| None)
                 .map_err(|e| match e {
                     CompleteWithError::Aborted(e) => booking_error(e),
                     other => {
@@ -540,6 +539,16 @@ async fn create(State(st): State<AppState>, req: Request) -> Response {
                             "the booking could not be stored; retry with the same key",
                         )
                     }
+                })
+                .and_then(|done| match done {
+                    // Stored with its booking: the layer sends the stored response.
+                    idemstore::Completion::Stored => Ok(None),
+                    // Not kept by the policy: the booking was rolled back with it.
+                    _ => Err(error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "the booking was not stored; retry with the same key",
+                    )),
                 });
         }
         // On Redis, tie the booking to the key the layer reserved, as it parsed it, and to
