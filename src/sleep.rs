@@ -9,14 +9,14 @@
 //! ahead for the clock, never); each pending
 //! `Sleep` is woken at most once by the thread, after its instant; the thread holds a small
 //! entry per `Sleep` until that entry's instant, and nothing of a `Sleep` dropped before it
-//! but the entry. If the thread cannot be started, a `Sleep` never ends, and a bound that
+//! but the entry, which goes once such entries are half of those held (and 1,024 or more). If the thread cannot be started, a `Sleep` never ends, and a bound that
 //! waits for it never applies.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -60,6 +60,7 @@ impl Future for Sleep {
             None => {
                 let entry = Arc::new(Timer {
                     fired: AtomicBool::new(false),
+                    given_up: AtomicBool::new(false),
                     waker: Mutex::new(Some(cx.waker().clone())),
                 });
                 if let Some(wheel) = wheel() {
@@ -74,15 +75,24 @@ impl Future for Sleep {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        // The thread keeps the entry until its instant; the waker need not live that long.
+        // The waker need not live on; the entry is counted as given up, and the thread drops
+        // such entries in bulk once they are half of what it holds.
         if let Some(entry) = &self.entry {
             entry.waker.lock().take();
+            if !entry.fired.load(AtomicOrdering::Acquire)
+                && !entry.given_up.swap(true, AtomicOrdering::AcqRel)
+                && let Some(wheel) = wheel()
+            {
+                wheel.given_up.fetch_add(1, AtomicOrdering::Relaxed);
+            }
         }
     }
 }
 
 struct Timer {
     fired: AtomicBool,
+    /// Its `Sleep` was dropped before its instant.
+    given_up: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -118,12 +128,30 @@ struct Wheel {
     due: Mutex<BinaryHeap<Due>>,
     changed: Condvar,
     seq: AtomicU64,
+    /// Entries held whose `Sleep` was dropped (about: a heuristic for when to sweep).
+    given_up: AtomicUsize,
 }
+
+/// Below this many entries, given-up ones are left to their instants.
+const SWEEP_FROM: usize = 1024;
 
 impl Wheel {
     fn add(&self, at: Instant, entry: Arc<Timer>) {
         let seq = self.seq.fetch_add(1, AtomicOrdering::Relaxed);
         let mut due = self.due.lock();
+        // A client can make many sleeps and drop them (waits it gives up): their entries go
+        // once they are half of the heap, so memory follows the sleeps alive, not the ones made.
+        let given_up = self.given_up.load(AtomicOrdering::Relaxed);
+        if due.len() >= SWEEP_FROM && given_up.saturating_mul(2) > due.len() {
+            let before = due.len();
+            due.retain(|d| !d.entry.given_up.load(AtomicOrdering::Acquire));
+            let swept = before - due.len();
+            let _ =
+                self.given_up
+                    .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |n| {
+                        Some(n.saturating_sub(swept))
+                    });
+        }
         let earliest = due.peek().is_none_or(|d| at < d.at);
         due.push(Due { at, seq, entry });
         drop(due);
@@ -138,7 +166,16 @@ impl Wheel {
             let now = Instant::now();
             let mut fire = Vec::new();
             while due.peek().is_some_and(|d| d.at <= now) {
-                fire.extend(due.pop());
+                if let Some(d) = due.pop() {
+                    if d.entry.given_up.load(AtomicOrdering::Acquire) {
+                        let _ = self.given_up.fetch_update(
+                            AtomicOrdering::Relaxed,
+                            AtomicOrdering::Relaxed,
+                            |n| Some(n.saturating_sub(1)),
+                        );
+                    }
+                    fire.push(d);
+                }
             }
             if !fire.is_empty() {
                 drop(due);
@@ -174,10 +211,11 @@ fn wheel() -> Option<&'static Arc<Wheel>> {
                 due: Mutex::new(BinaryHeap::new()),
                 changed: Condvar::new(),
                 seq: AtomicU64::new(0),
+                given_up: AtomicUsize::new(0),
             });
             let runs = Arc::clone(&wheel);
             std::thread::Builder::new()
-                .name("idemstore-http-timer".into())
+                .name("idemstore-timer".into())
                 .spawn(move || runs.run())
                 .ok()
                 .map(|_| wheel)
@@ -223,5 +261,19 @@ mod tests {
         assert!(second.elapsed() >= Duration::from_millis(10));
         block_on(later);
         assert!(second.elapsed() >= Duration::from_millis(40));
+    }
+
+    #[test]
+    fn sleeps_dropped_before_their_instant_do_not_stay_held() {
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for _ in 0..5_000 {
+            let mut sleep = Sleep::new(Duration::from_secs(3600));
+            assert!(Pin::new(&mut sleep).poll(&mut cx).is_pending());
+        }
+        let mut last = Sleep::new(Duration::from_secs(3600));
+        assert!(Pin::new(&mut last).poll(&mut cx).is_pending());
+        let held = wheel().map_or(0, |w| w.due.lock().len());
+        assert!(held < 5_000, "{held} entries held for dropped sleeps");
     }
 }
