@@ -628,3 +628,188 @@ fn e2_a_closure_that_leaks_a_table_stops_the_store_with_a_cause_instead_of_hangi
         "{after}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A model: random sequences of completions with and without the caller's writes, plain writes,
+// releases and reopens, against a reference model of the records and the caller's tables.
+
+mod model {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Begin(usize),
+        /// Completes the held reservation of a key: 0 stores with a row, 1 refuses (error),
+        /// 2 panics, 3 answers a status the policy does not keep, 4 plain `complete`.
+        Complete(usize, u8),
+        Release(usize),
+        /// Adds one to the counter, or refuses to.
+        Write(bool),
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize).prop_map(Op::Begin),
+            4 => (0..3usize, 0..5u8).prop_map(|(k, how)| Op::Complete(k, how)),
+            1 => (0..3usize).prop_map(Op::Release),
+            2 => any::<bool>().prop_map(Op::Write),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    /// What the model expects of a key.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Expect {
+        Absent,
+        InFlight,
+        /// Completed with this body; `row` says whether a booking row goes with it.
+        Completed {
+            body: String,
+            row: bool,
+        },
+    }
+
+    fn run(log: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+        let mut t = open_with(|c| c.write_ahead_log(log));
+        let s = scope("acct");
+        let mut expect = vec![Expect::Absent; 3];
+        let mut held: HashMap<usize, idemstore::Reservation> = HashMap::new();
+        let mut counter = 0u64;
+        for (n, op) in ops.iter().enumerate() {
+            let k = |i: usize| key(&format!("m{i}"));
+            let f = |i: usize| fp(&format!("m{i}"));
+            match *op {
+                Op::Begin(i) => match t.store.begin(&s, &k(i), &f(i)).unwrap() {
+                    Begin::Execute(r) => {
+                        prop_assert_eq!(&expect[i], &Expect::Absent, "op {}: executed", n);
+                        expect[i] = Expect::InFlight;
+                        held.insert(i, r);
+                    }
+                    Begin::Replay(r) => match &expect[i] {
+                        Expect::Completed { body, .. } => {
+                            prop_assert_eq!(r.body(), body.as_bytes(), "op {}", n)
+                        }
+                        other => prop_assert!(false, "op {n}: replayed, expected {other:?}"),
+                    },
+                    Begin::InProgress { .. } => {
+                        prop_assert_eq!(&expect[i], &Expect::InFlight, "op {}", n)
+                    }
+                    Begin::Conflict => prop_assert!(false, "op {n}: conflict"),
+                },
+                Op::Complete(i, how) => {
+                    let Some(r) = held.remove(&i) else { continue };
+                    let body = format!("b{n}");
+                    let id = format!("m{i}");
+                    let out = if how == 4 {
+                        r.complete(resp(201, &body)).map_err(|e| e.to_string())
+                    } else {
+                        let (row_id, row_body) = (id.clone(), body.clone());
+                        r.complete_with(move |txn| {
+                            let mut t = txn.open_table(BOOKINGS).map_err(|e| e.to_string())?;
+                            t.insert(row_id.as_str(), row_body.as_str())
+                                .map_err(|e| e.to_string())?;
+                            match how {
+                                0 => Ok(resp(201, &row_body)),
+                                1 => Err("refused".to_owned()),
+                                2 => panic!("the model's closure panics"),
+                                _ => Ok(resp(503, &row_body)),
+                            }
+                        })
+                        .map_err(|e| e.to_string())
+                    };
+                    match (how, out) {
+                        (0, Ok(Completion::Stored)) => {
+                            expect[i] = Expect::Completed { body, row: true };
+                        }
+                        (4, Ok(Completion::Stored)) => {
+                            expect[i] = Expect::Completed { body, row: false };
+                        }
+                        (3, Ok(Completion::Released)) | (1 | 2, Err(_)) => {
+                            expect[i] = Expect::Absent;
+                        }
+                        (how, out) => prop_assert!(false, "op {n}: how {how}: {out:?}"),
+                    }
+                }
+                Op::Release(i) => {
+                    if let Some(r) = held.remove(&i) {
+                        r.release().unwrap();
+                        expect[i] = Expect::Absent;
+                    }
+                }
+                Op::Write(ok) => {
+                    let wrote = t.store.write(move |txn| -> Result<u64, String> {
+                        let mut c = txn.open_table(COUNTERS).map_err(|e| e.to_string())?;
+                        let v = c
+                            .get("n")
+                            .map_err(|e| e.to_string())?
+                            .map_or(0, |g| g.value())
+                            + 1;
+                        c.insert("n", v).map_err(|e| e.to_string())?;
+                        if ok { Ok(v) } else { Err("no".to_owned()) }
+                    });
+                    match (ok, wrote) {
+                        (true, Ok(v)) => {
+                            counter += 1;
+                            prop_assert_eq!(v, counter, "op {}", n);
+                        }
+                        (false, Err(TransactionError::Aborted(_))) => {}
+                        (_, other) => prop_assert!(false, "op {n}: write: {other:?}"),
+                    }
+                }
+                Op::Reopen => {
+                    // Held reservations are dropped (released) first; in-flight keys are
+                    // released at open anyway.
+                    held.clear();
+                    for e in &mut expect {
+                        if *e == Expect::InFlight {
+                            *e = Expect::Absent;
+                        }
+                    }
+                    t = t.reopen_with(|c| c.write_ahead_log(log).release_in_flight_on_open(true));
+                }
+            }
+            // After every step: each booking row exists exactly when the model says, and holds
+            // the completed response's body; the counter is the model's.
+            for (i, e) in expect.iter().enumerate() {
+                let row = booking(&t.store, &format!("m{i}"));
+                match e {
+                    Expect::Completed { body, row: true } => {
+                        prop_assert_eq!(row.as_deref(), Some(body.as_str()), "op {}: m{}", n, i)
+                    }
+                    _ => prop_assert_eq!(row, None, "op {}: m{}: a row without its response", n, i),
+                }
+            }
+            let n_now = t
+                .store
+                .read(|txn| -> Fallible<u64> {
+                    let Ok(c) = txn.open_table(COUNTERS) else {
+                        return Ok(0);
+                    };
+                    Ok(c.get("n")?.map_or(0, |g| g.value()))
+                })
+                .unwrap();
+            prop_assert_eq!(n_now, counter, "op {}: counter", n);
+        }
+        prop_assert!(t.store.check().unwrap().is_sound());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn model_e1_e4_with_the_log(ops in proptest::collection::vec(op(), 1..40)) {
+            run(true, &ops)?;
+        }
+
+        #[test]
+        fn model_e1_e4_without_the_log(ops in proptest::collection::vec(op(), 1..40)) {
+            run(false, &ops)?;
+        }
+    }
+}
