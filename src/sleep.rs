@@ -79,11 +79,15 @@ impl Drop for Sleep {
         // such entries in bulk once they are half of what it holds.
         if let Some(entry) = &self.entry {
             entry.waker.lock().take();
-            if !entry.fired.load(AtomicOrdering::Acquire)
-                && !entry.given_up.swap(true, AtomicOrdering::AcqRel)
-                && let Some(wheel) = wheel()
-            {
-                wheel.given_up.fetch_add(1, AtomicOrdering::Relaxed);
+            if let Some(wheel) = wheel() {
+                // Under the heap's lock, where the thread marks an entry fired as it takes
+                // it out: an entry is counted as given up only while the heap holds it.
+                let _due = wheel.due.lock();
+                if !entry.fired.load(AtomicOrdering::Acquire)
+                    && !entry.given_up.swap(true, AtomicOrdering::AcqRel)
+                {
+                    wheel.given_up.fetch_add(1, AtomicOrdering::Relaxed);
+                }
             }
         }
     }
@@ -167,6 +171,7 @@ impl Wheel {
             let mut fire = Vec::new();
             while due.peek().is_some_and(|d| d.at <= now) {
                 if let Some(d) = due.pop() {
+                    d.entry.fired.store(true, AtomicOrdering::Release);
                     if d.entry.given_up.load(AtomicOrdering::Acquire) {
                         let _ = self.given_up.fetch_update(
                             AtomicOrdering::Relaxed,

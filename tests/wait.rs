@@ -164,3 +164,30 @@ fn c5_a_wait_without_a_bound_lasts_until_woken_and_closing_the_store_ends_every_
         "{closed:?}"
     );
 }
+
+#[test]
+fn c5_a_store_that_stops_ends_every_wait() {
+    const LEAKED: idemstore::redb::TableDefinition<&str, u64> =
+        idemstore::redb::TableDefinition::new("leaked");
+    let t = open();
+    let (s, k, f) = (scope("acct"), key("k1"), fp("{}"));
+    let _held = execute(t.store.begin(&s, &k, &f).unwrap());
+    let mut waiting = Box::pin(
+        t.store
+            .begin_waiting_async(&s, &k, &f, Duration::from_secs(600)),
+    );
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    assert!(poll_once(&mut waiting, &flag).is_pending());
+    // A closure that leaks a table stops the store (`exactly_once.rs`).
+    let leaked = t.store.write(|txn| -> Result<(), idemstore::redb::Error> {
+        std::mem::forget(txn.open_table(LEAKED)?);
+        Ok(())
+    });
+    assert!(leaked.is_err());
+    assert!(
+        flag.0.load(Ordering::SeqCst),
+        "stopping did not wake the wait"
+    );
+    let answer = block_on(&mut waiting);
+    assert!(format!("{answer:?}").contains("Poisoned"), "{answer:?}");
+}

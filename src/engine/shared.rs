@@ -45,9 +45,10 @@ impl Shared {
         self.config.clock.now_millis()
     }
 
-    /// Poisons the store; the first cause is kept.
+    /// Poisons the store; the first cause is kept. Waiting retries look again, and hear it.
     pub(crate) fn poison(&self, cause: Cause) {
         self.poison.set(cause);
+        self.waiters.wake_all();
     }
 
     /// The poison flag, for a worker's [`PoisonDart`](crate::poison::PoisonDart).

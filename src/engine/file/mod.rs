@@ -330,7 +330,8 @@ impl FileEngine {
         f: impl FnOnce(&ReadTransaction) -> Result<T, Unavailable>,
     ) -> Result<T, Unavailable> {
         if work::inside() {
-            // The writer holds `visible` while it runs this thread's closure.
+            // This thread runs a closure for the writer, which may hold `visible` (a batch
+            // with several transactions) or need this read's answer to go on.
             return Err(Unavailable::Reentrant);
         }
         // Holding the database for the whole read keeps `close` from returning while a read
@@ -339,6 +340,9 @@ impl FileEngine {
             self.state.with_db(|db| {
                 let txn = {
                     let _visible = self.state.visible.read();
+                    // A batch that failed after commits that were not durable poisoned the
+                    // store before it let readers in: they must not see those commits.
+                    self.shared.check_poison()?;
                     db.begin_read().map_err(io_error)?
                 };
                 f(&txn)
