@@ -37,11 +37,22 @@ pub(crate) struct Hold {
 enum Held {
     /// The layer completes it with the handler's response.
     Layer(Reservation),
-    /// The handler took it to complete it with its own writes: the response stored, once
-    /// stored.
-    Handler(Option<crate::Response>),
+    /// The handler took it to complete it with its own writes.
+    Handler(Handled),
     /// Completed, released or given up by the layer.
     Gone,
+}
+
+/// What became of a completion the handler took, as far as its future saw.
+#[derive(Clone)]
+pub(crate) enum Handled {
+    /// Its future has not finished (dropped, spawned, or still running): only the store
+    /// knows what it left.
+    Pending,
+    /// It stored this response.
+    Stored(crate::Response),
+    /// It finished and stored nothing: the key is free.
+    Nothing,
 }
 
 impl Hold {
@@ -68,11 +79,10 @@ impl Hold {
         }
     }
 
-    /// Whether the handler took the reservation: then `Some`, with the response it stored if
-    /// its completion stored one.
-    pub(crate) fn handled(&self) -> Option<Option<crate::Response>> {
+    /// Whether the handler took the reservation: then `Some`, with what its completion did.
+    pub(crate) fn handled(&self) -> Option<Handled> {
         match &*self.state.lock() {
-            Held::Handler(stored) => Some(stored.clone()),
+            Held::Handler(handled) => Some(handled.clone()),
             Held::Layer(_) | Held::Gone => None,
         }
     }
@@ -84,7 +94,7 @@ impl Hold {
 
     fn take_for_handler(&self) -> Option<Reservation> {
         let mut state = self.state.lock();
-        match std::mem::replace(&mut *state, Held::Handler(None)) {
+        match std::mem::replace(&mut *state, Held::Handler(Handled::Pending)) {
             Held::Layer(r) => Some(r),
             other => {
                 *state = other;
@@ -93,8 +103,8 @@ impl Hold {
         }
     }
 
-    fn stored(&self, response: crate::Response) {
-        *self.state.lock() = Held::Handler(Some(response));
+    fn finished(&self, handled: Handled) {
+        *self.state.lock() = Held::Handler(handled);
     }
 }
 
@@ -102,8 +112,9 @@ impl std::fmt::Debug for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &*self.state.lock() {
             Held::Layer(_) => "held by the layer",
-            Held::Handler(Some(_)) => "completed by the handler",
-            Held::Handler(None) => "taken by the handler",
+            Held::Handler(Handled::Stored(_)) => "completed by the handler",
+            Held::Handler(Handled::Nothing) => "released by the handler",
+            Held::Handler(Handled::Pending) => "taken by the handler",
             Held::Gone => "gone",
         };
         f.debug_struct("Hold").field("state", &state).finish()
@@ -205,9 +216,11 @@ impl IdempotencyContext {
                 }));
             };
             let out = completing.await;
-            if let (Ok(Completion::Stored), Some(response)) = (&out, kept.lock().take()) {
-                hold.stored(response);
-            }
+            hold.finished(match (&out, kept.lock().take()) {
+                (Ok(Completion::Stored), Some(response)) => Handled::Stored(response),
+                (Ok(Completion::Stored), None) => Handled::Pending,
+                _ => Handled::Nothing,
+            });
             out
         }
     }

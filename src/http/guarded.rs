@@ -31,7 +31,7 @@ use tower_service::Service;
 
 use super::answer::{self, code, too_large};
 use super::body::{BoxError, RequestBody, ResponseBody};
-use super::context::{Hold, IdempotencyContext};
+use super::context::{Handled, Hold, IdempotencyContext};
 use super::contract::OnStoreError;
 use super::layer::LayerState;
 use super::request::fingerprint;
@@ -309,15 +309,15 @@ where
     let Some(started) = started else {
         return result.map(|r| r.map(ResponseBody::inner));
     };
-    if let Some(stored) = started.handled() {
+    if let Some(handled) = started.handled() {
         // The handler completed the reservation with its own writes: what it stored is the
         // answer, as every retry will get it; if it stored nothing, its own response goes out
         // unstored (the key is released). A handler that dropped or spawned its completion's
         // future returns before knowing: the store then says what the completion left.
-        let stored = match (stored, started.held_key()) {
-            (Some(stored), _) => Some(stored),
-            (None, Some((hash, token))) => settled(&shared.store, hash, token).await,
-            (None, None) => None,
+        let stored = match (handled, started.held_key()) {
+            (Handled::Stored(stored), _) => Some(stored),
+            (Handled::Pending, Some((hash, token))) => settled(&shared.store, hash, token).await,
+            (Handled::Nothing | Handled::Pending, _) => None,
         };
         return match stored {
             Some(stored) => Ok(answer::stored_response(&stored)),
@@ -344,7 +344,10 @@ where
 }
 /// What a completion the handler took left under reservation `token`: the stored response, or
 /// nothing (it failed, or the key moved on). While the key is still in flight under that
-/// token (the completion is queued), waits for it to settle, within the store's lease.
+/// token (the completion is queued), waits for it to settle, within the store's lease. Its
+/// look at the record is a read on this thread (no writer round trip unless a dropped
+/// reservation's release is queued): taken only when a handler let go of its completion's
+/// future, never on the path of one that awaited it.
 async fn settled(store: &crate::Store, hash: KeyHash, token: u64) -> Option<crate::Response> {
     let until = Instant::now().checked_add(store.config().lease());
     loop {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::context::Hold;
+use super::context::{Handled, Hold};
 use crate::Reservation;
 use crate::rules::key::KeyHash;
 use crate::sleep::Sleep;
@@ -189,9 +189,9 @@ impl Started {
         self.0.take().and_then(|hold| hold.take())
     }
 
-    /// Whether the handler took the reservation to complete it: then `Some`, with the
-    /// response its completion stored, if any.
-    pub(crate) fn handled(&self) -> Option<Option<crate::Response>> {
+    /// Whether the handler took the reservation to complete it: then `Some`, with what its
+    /// completion did.
+    pub(crate) fn handled(&self) -> Option<Handled> {
         self.0.as_ref().and_then(|hold| hold.handled())
     }
 
