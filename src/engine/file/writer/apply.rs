@@ -167,8 +167,12 @@ impl Writer {
             // A batch with work runs in `direct.rs`, which never hands work to this function.
             Op::Work { reply, .. } => b.pending.push(Pending::Work(
                 reply,
-                Err(CompleteError::Unavailable(Unavailable::Corrupted {
-                    detail: "caller work reached a logged batch".to_owned(),
+                Err(CompleteError::Unavailable(Unavailable::Io {
+                    cause: Arc::new(Message(
+                        "caller work reached a batch that cannot run it (a bug in the writer); \
+                         nothing was run"
+                            .to_owned(),
+                    )),
                 })),
             )),
             Op::Shutdown => {}
