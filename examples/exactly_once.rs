@@ -106,6 +106,7 @@ fn transfer(
         ),
         Begin::InProgress { .. } => "409, in progress".to_owned(),
         Begin::Conflict => "422, key reused for another transfer".to_owned(),
+        Begin::OutcomeUnknown => "409, outcome unknown until resolved".to_owned(),
     })
 }
 

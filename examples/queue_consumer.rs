@@ -48,6 +48,7 @@ fn consume(store: &Store, m: &Message) -> Result<&'static str, Box<dyn Error>> {
         Begin::Replay(_) => "a redelivery: already applied",
         Begin::InProgress { .. } => "being applied by another consumer: leave it unacknowledged",
         Begin::Conflict => "the same id with another payload: refused",
+        Begin::OutcomeUnknown => "cut short before a restart: waiting for its resolution",
     })
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, Scope};
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 use crate::view::RecordInfo;
 
@@ -38,6 +39,8 @@ pub enum Claim {
         token: u64,
         /// When the lease runs out, in milliseconds since the Unix epoch.
         lease_deadline: u64,
+        /// The last recovery point an earlier attempt saved, for a takeover of its key (P2).
+        recovery: Option<RecoveryPoint>,
     },
     /// The stored response (C3).
     Replay(Response),
@@ -48,6 +51,9 @@ pub enum Claim {
     },
     /// The key was used for a different request (C4).
     Conflict,
+    /// The key was in flight when the store stopped without closing, and nobody knows whether
+    /// its operation had its effect (E6): nothing runs until the application resolves it.
+    OutcomeUnknown,
 }
 
 /// The idempotency contract at the level of fencing tokens, implemented by [`Store`] and by

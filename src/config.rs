@@ -93,6 +93,33 @@ pub enum CachePolicy {
     AllIncludingTransient,
 }
 
+/// What opening a store does with the records it finds in flight (rules C11, E6): their
+/// holders died with the process that held them, and nobody knows whether their operations
+/// had their effects.
+///
+/// A record with a recovery point (P1) is never released: under `Release` its lease is ended
+/// instead, so the first retry takes it over and resumes from the point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum InFlightAtOpen {
+    /// Release them, so a retry executes at once (the default). Right when an operation's
+    /// effect is idempotent downstream or commits with its response
+    /// ([`Reservation::complete_with`](crate::Reservation::complete_with)): then a crash
+    /// before the completion left no effect behind, and running again is what should happen.
+    #[default]
+    Release,
+    /// Keep them until their leases end; a retry meanwhile is answered in progress, after
+    /// that it takes the key over (C8). For tools that open a file to look at it.
+    KeepLease,
+    /// Mark their outcome unknown (E6): a retry is answered
+    /// [`Begin::OutcomeUnknown`](crate::Begin::OutcomeUnknown) (over HTTP,
+    /// `409 idempotency_outcome_unknown`) until the application resolves the key
+    /// ([`Store::resolve`](crate::Store::resolve)): looks the effect up, then completes the
+    /// reservation it gets with the response, or releases it. For effects that live elsewhere
+    /// and must not run twice (a payment at a provider).
+    MarkUnknown,
+}
+
 impl CachePolicy {
     /// The statuses that say "not now" rather than "done": only
     /// [`AllIncludingTransient`](CachePolicy::AllIncludingTransient) stores them.
@@ -133,8 +160,8 @@ pub struct Config {
     pub(crate) cache_policy: CachePolicy,
     pub(crate) max_key_len: usize,
     pub(crate) max_response_bytes: usize,
-    pub(crate) release_in_flight_on_open: bool,
-    /// `None`: follow `release_in_flight_on_open` (see `reservations_durable()`).
+    pub(crate) in_flight_at_open: InFlightAtOpen,
+    /// `None`: follow `in_flight_at_open` (see `reservations_durable()`).
     pub(crate) reservations_durable: Option<bool>,
     pub(crate) compactor_batch: usize,
     pub(crate) max_records_per_scope: u64,
@@ -166,7 +193,7 @@ impl Default for Config {
             cache_policy: CachePolicy::SuccessOnly,
             max_key_len: 255,
             max_response_bytes: 1 << 20,
-            release_in_flight_on_open: true,
+            in_flight_at_open: InFlightAtOpen::Release,
             reservations_durable: None,
             compactor_batch: 1000,
             max_records_per_scope: 10_000_000,
@@ -213,13 +240,18 @@ impl Config {
         self.retry_after
     }
 
+    /// What opening does with in-flight records (C11, E6).
+    pub fn in_flight_at_open(&self) -> InFlightAtOpen {
+        self.in_flight_at_open
+    }
+
     /// Whether a reservation is durable before `begin` returns `Execute`: as set, or by
     /// default exactly when the store keeps in-flight records at open (C11). A store that
     /// releases them at open (the default) would release a durable reservation after a crash
     /// anyway, so making it durable would cost an fsync and change nothing.
     pub(crate) fn reservations_durable(&self) -> bool {
         self.reservations_durable
-            .unwrap_or(!self.release_in_flight_on_open)
+            .unwrap_or(self.in_flight_at_open != InFlightAtOpen::Release)
     }
 
     /// The durability mode.
@@ -341,24 +373,36 @@ impl ConfigBuilder {
         self
     }
 
-    /// Release every in-flight record when the store opens (rule C11). Default true.
+    /// What opening the store does with the records it finds in flight (rules C11, E6).
+    /// Default [`InFlightAtOpen::Release`].
     ///
     /// A store file is opened by one process at a time (the open takes a lock on it, and a
     /// second open gets `OpenError::AlreadyOpen`), so a reservation found at open has no
     /// holder left: its operation died with the process. Keeping it until its lease ends
     /// would answer every retry `409 in progress` for up to a lease (60 s by default) and then
     /// run the operation anyway; releasing it lets the retry run at once. Either way an
-    /// operation that had its effect before the crash but not its completion runs again:
-    /// make such effects idempotent downstream or commit them with the response. Set false
-    /// to keep the lease deadlines (for tools that open a file to look at its reservations).
-    pub fn release_in_flight_on_open(mut self, release: bool) -> Self {
-        self.config.release_in_flight_on_open = release;
+    /// operation that had its effect before the crash but not its completion runs again,
+    /// unless its effect commits with its response or the key's outcome is marked unknown
+    /// ([`InFlightAtOpen::MarkUnknown`]) for the application to resolve.
+    pub fn in_flight_at_open(mut self, policy: InFlightAtOpen) -> Self {
+        self.config.in_flight_at_open = policy;
         self
     }
 
+    /// Shorthand for [`in_flight_at_open`](ConfigBuilder::in_flight_at_open): true is
+    /// [`InFlightAtOpen::Release`], false [`InFlightAtOpen::KeepLease`] (for tools that open
+    /// a file to look at its reservations).
+    pub fn release_in_flight_on_open(self, release: bool) -> Self {
+        self.in_flight_at_open(if release {
+            InFlightAtOpen::Release
+        } else {
+            InFlightAtOpen::KeepLease
+        })
+    }
+
     /// Make a reservation durable before `begin` returns `Execute` (in the `Immediate` mode).
-    /// Default: exactly when [`release_in_flight_on_open`](ConfigBuilder::release_in_flight_on_open)
-    /// is false, so by default not.
+    /// Default: exactly when [`in_flight_at_open`](ConfigBuilder::in_flight_at_open) is not
+    /// [`InFlightAtOpen::Release`], so by default not.
     ///
     /// A reservation only matters after a crash if the store keeps in-flight records at open:
     /// a store that releases them (the default) releases a durable reservation there, and a

@@ -34,6 +34,7 @@ use crate::config::CachePolicy;
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 use crate::stats::Stats;
 use crate::view::{CheckReport, RecordInfo};
@@ -90,6 +91,28 @@ pub(crate) trait Engine: Send + Sync {
 
     /// Extends the lease of reservation `token`; answers the new deadline (C8).
     fn renew(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError>;
+
+    /// Saves `point` as the last recovery point of reservation `token`'s key, durably (P1).
+    /// An engine that keeps no points refuses it.
+    fn save_point(
+        &self,
+        hash: KeyHash,
+        token: u64,
+        point: RecoveryPoint,
+    ) -> Answer<(), LeaseError> {
+        let _ = (hash, token, point);
+        Answer::Now(Err(LeaseError::Unavailable(Unavailable::Unsupported {
+            operation: "Reservation::save_point",
+        })))
+    }
+
+    /// Reserves a key whose outcome is unknown for the application to resolve it (E6):
+    /// `Execute` with a fresh token, carrying the key's recovery point; `None` when the key's
+    /// outcome is not unknown (absent, in flight, completed or expired).
+    fn resolve(&self, hash: KeyHash) -> Answer<Option<Claim>, Unavailable> {
+        let _ = hash;
+        Answer::Now(Ok(None))
+    }
 
     /// Removes the record, whatever its state; answers whether there was one.
     fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable>;

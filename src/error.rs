@@ -503,6 +503,134 @@ impl StdError for LeaseError {
     }
 }
 
+/// Saving a recovery point failed; the key's last point is the one saved before.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum PointError {
+    /// The name or the payload is outside the limits
+    /// ([`MAX_POINT_NAME`](crate::MAX_POINT_NAME), [`MAX_POINT_PAYLOAD`](crate::MAX_POINT_PAYLOAD)).
+    Invalid {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The reservation no longer holds the key: taken over ([`LeaseError::Fenced`]), or
+    /// completed, released or expired ([`LeaseError::NotReserved`]); or the store cannot serve
+    /// ([`LeaseError::Unavailable`], [`Unavailable::Unsupported`] on an engine that keeps no
+    /// points).
+    Lease(LeaseError),
+}
+
+impl fmt::Display for PointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PointError::Invalid { reason } => write!(f, "recovery point refused: {reason}"),
+            PointError::Lease(e) => write!(f, "recovery point not saved: {e}"),
+        }
+    }
+}
+
+impl StdError for PointError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            PointError::Invalid { .. } => None,
+            PointError::Lease(e) => Some(e),
+        }
+    }
+}
+
+impl From<LeaseError> for PointError {
+    fn from(e: LeaseError) -> Self {
+        PointError::Lease(e)
+    }
+}
+
+impl From<Unavailable> for PointError {
+    fn from(e: Unavailable) -> Self {
+        PointError::Lease(LeaseError::Unavailable(e))
+    }
+}
+
+/// Saving a recovery point together with the caller's writes
+/// ([`Reservation::save_point_with`](crate::Reservation::save_point_with)) did not commit:
+/// neither the writes nor the point were saved, and the reservation still holds the key.
+///
+/// `E` is the closure's own error type.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum PointWithError<E> {
+    /// The closure returned this error: its writes were rolled back.
+    Aborted(E),
+    /// The closure panicked: its writes were rolled back.
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// The store refused the point (the closure did not run), or cannot serve.
+    Point(PointError),
+}
+
+impl<E: fmt::Display> fmt::Display for PointWithError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PointWithError::Aborted(e) => write!(f, "step rolled back: {e}"),
+            PointWithError::Panicked { message } => {
+                write!(f, "step rolled back: its closure panicked: {message}")
+            }
+            PointWithError::Point(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for PointWithError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            PointWithError::Aborted(e) => Some(e),
+            PointWithError::Panicked { .. } => None,
+            PointWithError::Point(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<PointError> for PointWithError<E> {
+    fn from(e: PointError) -> Self {
+        PointWithError::Point(e)
+    }
+}
+
+/// Resolving a key whose outcome is unknown ([`Store::resolve`](crate::Store::resolve)) failed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The key is longer than this store's configured `max_key_len` (rule C12).
+    InvalidKey(KeyError),
+    /// The store cannot serve.
+    Unavailable(Unavailable),
+}
+
+impl fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResolveError::InvalidKey(e) => write!(f, "resolve refused: {e}"),
+            ResolveError::Unavailable(e) => write!(f, "resolve failed: {e}"),
+        }
+    }
+}
+
+impl StdError for ResolveError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            ResolveError::InvalidKey(e) => Some(e),
+            ResolveError::Unavailable(e) => Some(e),
+        }
+    }
+}
+
+impl From<Unavailable> for ResolveError {
+    fn from(e: Unavailable) -> Self {
+        ResolveError::Unavailable(e)
+    }
+}
+
 /// A transaction over the caller's own tables ([`Store::write`](crate::Store::write),
 /// [`Store::read`](crate::Store::read)) did not commit, or did not run.
 ///
@@ -624,10 +752,14 @@ pub enum Error {
     Complete(CompleteError),
     /// `renew` or `release` failed.
     Lease(LeaseError),
+    /// Saving a recovery point failed.
+    Point(PointError),
+    /// Resolving a key whose outcome is unknown failed.
+    Resolve(ResolveError),
     /// A read, purge or compaction failed.
     Unavailable(Unavailable),
-    /// A transaction over the caller's own tables, or a completion with it, failed
-    /// ([`TransactionError`], [`CompleteWithError`]).
+    /// A transaction over the caller's own tables, or a completion or a recovery point with
+    /// it, failed ([`TransactionError`], [`CompleteWithError`], [`PointWithError`]).
     Transaction(Box<dyn StdError + Send + Sync + 'static>),
 }
 
@@ -641,6 +773,8 @@ impl fmt::Display for Error {
             Error::Begin(e) => e.fmt(f),
             Error::Complete(e) => e.fmt(f),
             Error::Lease(e) => e.fmt(f),
+            Error::Point(e) => e.fmt(f),
+            Error::Resolve(e) => e.fmt(f),
             Error::Unavailable(e) => e.fmt(f),
             Error::Transaction(e) => e.fmt(f),
         }
@@ -657,6 +791,8 @@ impl StdError for Error {
             Error::Begin(e) => Some(e),
             Error::Complete(e) => Some(e),
             Error::Lease(e) => Some(e),
+            Error::Point(e) => Some(e),
+            Error::Resolve(e) => Some(e),
             Error::Unavailable(e) => Some(e),
             Error::Transaction(e) => Some(&**e),
         }
@@ -681,11 +817,19 @@ umbrella_from! {
     BeginError => Begin,
     CompleteError => Complete,
     LeaseError => Lease,
+    PointError => Point,
+    ResolveError => Resolve,
     Unavailable => Unavailable,
 }
 
 impl<E: StdError + Send + Sync + 'static> From<TransactionError<E>> for Error {
     fn from(e: TransactionError<E>) -> Self {
+        Error::Transaction(Box::new(e))
+    }
+}
+
+impl<E: StdError + Send + Sync + 'static> From<PointWithError<E>> for Error {
+    fn from(e: PointWithError<E>) -> Self {
         Error::Transaction(Box::new(e))
     }
 }

@@ -54,12 +54,12 @@ mod view;
 
 pub use backend::{Backend, Claim, Completion};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{CachePolicy, Config, ConfigBuilder, Durability};
+pub use config::{CachePolicy, Config, ConfigBuilder, Durability, InFlightAtOpen};
 #[cfg(feature = "redis")]
 pub use engine::redis::{RedisClock, RedisOptions};
 pub use error::{
     BeginError, CompleteError, CompleteWithError, ConfigError, Error, KeyError, LeaseError,
-    OpenError, ScopeError, TransactionError, Unavailable,
+    OpenError, PointError, PointWithError, ResolveError, ScopeError, TransactionError, Unavailable,
 };
 pub use inspect::Inspector;
 /// The storage engine under the file store, re-exported so that the caller's own tables
@@ -68,6 +68,7 @@ pub use redb;
 pub use rules::canonical_json::canonicalize;
 pub use rules::fingerprint::{Fingerprint, FingerprintBuilder, is_json_content_type};
 pub use rules::key::{Key, Scope};
+pub use rules::point::{MAX_POINT_NAME, MAX_POINT_PAYLOAD, RecoveryPoint};
 pub use rules::response::Response;
 pub use rules::state::State;
 pub use stats::Stats;

@@ -19,6 +19,12 @@ pub struct Stats {
     pub conflicts: u64,
     /// `begin` calls answered `InProgress` (C5).
     pub in_progress: u64,
+    /// `begin` calls answered `OutcomeUnknown` (E6).
+    pub outcome_unknown: u64,
+    /// Records whose outcome was unknown, marked so at open (E6).
+    pub marked_unknown: u64,
+    /// Recovery points saved (P1).
+    pub points_saved: u64,
     /// Of the `begin` calls, those answered from the hot index without the writer. Always 0
     /// with [`Durability::Memory`](crate::Durability::Memory), which has neither: its engine
     /// answers every call on the caller's thread.
@@ -113,6 +119,9 @@ pub(crate) struct Counters {
     pub(crate) replays: AtomicU64,
     pub(crate) conflicts: AtomicU64,
     pub(crate) in_progress: AtomicU64,
+    pub(crate) outcome_unknown: AtomicU64,
+    pub(crate) marked_unknown: AtomicU64,
+    pub(crate) points_saved: AtomicU64,
     pub(crate) answered_from_index: AtomicU64,
     pub(crate) completions: AtomicU64,
     pub(crate) releases: AtomicU64,
@@ -155,6 +164,9 @@ impl Counters {
             replays: l(&self.replays),
             conflicts: l(&self.conflicts),
             in_progress: l(&self.in_progress),
+            outcome_unknown: l(&self.outcome_unknown),
+            marked_unknown: l(&self.marked_unknown),
+            points_saved: l(&self.points_saved),
             answered_from_index: l(&self.answered_from_index),
             completions: l(&self.completions),
             releases: l(&self.releases),

@@ -6,6 +6,7 @@
 
 use crate::format::record::State;
 use crate::rules::fingerprint::Fingerprint;
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 
 /// A read-only view of a record.
@@ -30,6 +31,9 @@ pub struct RecordInfo {
     pub token: u64,
     /// The stored response, once completed.
     pub response: Option<Response>,
+    /// The last recovery point saved, while not completed (engines that read it: the file and
+    /// memory engines).
+    pub recovery_point: Option<RecoveryPoint>,
 }
 
 impl RecordInfo {
@@ -43,6 +47,7 @@ impl RecordInfo {
             fingerprint: h.fingerprint,
             created_at: h.created_at,
             lease_deadline: (h.state == State::InFlight).then_some(h.lease_deadline),
+            recovery_point: None,
             expires_at: h.expires_at,
             token: h.token,
             response,
@@ -62,9 +67,9 @@ pub struct CheckReport {
     pub completed: u64,
     /// Of them, expired and not removed yet.
     pub expired: u64,
-    /// Stored response blobs.
+    /// Stored response blobs, and recovery points of records not completed.
     pub responses: u64,
-    /// Bytes of the stored response blobs.
+    /// Bytes of the stored response blobs and recovery points.
     pub response_bytes: u64,
     /// Entries in the expiry index. With `Durability::Memory`, entries in the engine's expiry
     /// heaps, which may hold leftovers of records that moved on or left (about four entries a

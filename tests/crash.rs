@@ -280,6 +280,7 @@ impl Case {
                 }
             }
             Ok(Begin::Conflict) => self.fail(format!("k{k}: conflict on its own fingerprint")),
+            Ok(Begin::OutcomeUnknown) => self.fail(format!("k{k}: outcome unknown under Release")),
             Err(BeginError::Unavailable(e)) => {
                 let km = &mut self.keys[k];
                 km.expect = match &km.expect {
@@ -538,6 +539,9 @@ impl Case {
                         ));
                     }
                     (State::InFlight, _) => {}
+                    (State::OutcomeUnknown, _) => {
+                        return Err(format!("k{k}: outcome unknown under Release"));
+                    }
                 }
             }
             match (&km.expect, &shown) {

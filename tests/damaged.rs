@@ -231,7 +231,7 @@ fn c11_a_newer_format_version_is_refused() {
     match Store::open(&path, Config::default()) {
         Err(OpenError::UnsupportedFormat {
             found: 99,
-            supported: 3,
+            supported: 4,
         }) => {}
         other => panic!("{other:?}"),
     }

@@ -700,6 +700,7 @@ mod model {
                         prop_assert_eq!(&expect[i], &Expect::InFlight, "op {}", n)
                     }
                     Begin::Conflict => prop_assert!(false, "op {n}: conflict"),
+                    Begin::OutcomeUnknown => prop_assert!(false, "op {n}: outcome unknown"),
                 },
                 Op::Complete(i, how) => {
                     let Some(r) = held.remove(&i) else { continue };

@@ -581,10 +581,10 @@ fn c12_opening_a_damaged_page_order_takes_little_memory() {
 }
 
 /// Opening a format 1 or 2 file migrates it: the store's own check finds the new tables sound
-/// (the live records of each scope counted, C13), and once closed the file says format 3 and
+/// (the live records of each scope counted, C13), and once closed the file says format 4 and
 /// no longer holds format 1's tables.
 #[test]
-fn c10_c12_c13_files_of_formats_1_and_2_are_migrated_to_format_3_at_open() {
+fn c10_c12_c13_files_of_formats_1_and_2_are_migrated_to_format_4_at_open() {
     for name in ["v1-clean.redb", "v2-clean.redb"] {
         migrated(name);
     }
@@ -605,7 +605,7 @@ fn migrated(name: &str) {
     let txn = db.begin_read().unwrap();
     let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("idem_meta");
     let version = txn.open_table(meta).unwrap().get("format_version").unwrap();
-    assert_eq!(version.map(|g| g.value()), Some(3));
+    assert_eq!(version.map(|g| g.value()), Some(4));
     let counts: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("idem_scope_counts");
     let counted: u64 = txn
         .open_table(counts)

@@ -471,7 +471,7 @@ fn o3_a_format_1_file_is_refused_without_being_migrated() {
             Err(
                 e @ OpenError::NeedsMigration {
                     found: 1,
-                    current: 3,
+                    current: 4,
                 },
             ) => {
                 assert!(e.to_string().contains("Store::open"), "{e}")

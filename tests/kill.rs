@@ -152,6 +152,7 @@ fn verify(path: &std::path::Path, acked: &Acked, rounds: u64, ctx: &str) -> Resu
             if let Some(info) = store.get(&s, &key(&name)).unwrap() {
                 match info.state {
                     State::InFlight => {}
+                    State::OutcomeUnknown => panic!("{ctx}: {name}: outcome unknown under Release"),
                     State::Completed => assert_eq!(
                         info.response,
                         Some(response_for(round, t, upto)),

@@ -29,6 +29,8 @@ mod lease;
 mod limits;
 mod memory_bound;
 mod model;
+mod outcome_unknown;
+mod points;
 mod poison;
 mod policy;
 mod recovery;

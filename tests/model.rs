@@ -246,6 +246,7 @@ fn begin_out(b: Result<Begin, idemstore::BeginError>) -> (Out, Option<Reservatio
         Ok(Begin::Replay(r)) => (Out::Replay(Resp(r)), None),
         Ok(Begin::InProgress { retry_after }) => (Out::InProgress(retry_after), None),
         Ok(Begin::Conflict) => (Out::Conflict, None),
+        Ok(Begin::OutcomeUnknown) => (Out::BeginFailed("outcome unknown".to_owned()), None),
         Err(e) => (Out::BeginFailed(format!("{e:?}")), None),
     }
 }

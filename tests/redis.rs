@@ -450,6 +450,7 @@ fn c1_c3_a_cluster_reshard_under_load_executes_nothing_twice_and_loses_no_replay
                                 }
                                 Begin::Replay(_) | Begin::InProgress { .. } => {}
                                 Begin::Conflict => panic!("conflict on {name}"),
+                                Begin::OutcomeUnknown => panic!("outcome unknown on {name}"),
                             }
                         }
                         if last {
@@ -681,6 +682,7 @@ fn kill_loop(
                                     clock.advance(Duration::from_secs(10))
                                 }
                                 Ok(Begin::Conflict) => panic!("conflict on {name}"),
+                                Ok(Begin::OutcomeUnknown) => panic!("outcome unknown on {name}"),
                                 Err(_) => {}
                             }
                         }
@@ -932,6 +934,7 @@ mod differential {
                         Ok(Begin::Replay(r)) => Seen::Replay(r),
                         Ok(Begin::InProgress { .. }) => Seen::InProgress,
                         Ok(Begin::Conflict) => Seen::Conflict,
+                        Ok(Begin::OutcomeUnknown) => Seen::Failed("outcome unknown".to_owned()),
                         Err(e) => Seen::Failed(format!("{e:?}")),
                     }
                 }

@@ -212,6 +212,7 @@ impl Case {
             Ok(Begin::Replay(_)) => 1,
             Ok(Begin::InProgress { .. }) => 2,
             Ok(Begin::Conflict) => 3,
+            Ok(Begin::OutcomeUnknown) => 5,
             Err(_) => 4,
         });
         match got {

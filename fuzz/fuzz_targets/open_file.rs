@@ -204,6 +204,7 @@ fn exercise(image: Vec<u8>, log: Option<Vec<u8>>, verify: bool, check: bool) -> 
             Ok(Begin::Replay(_)) => 1,
             Ok(Begin::InProgress { .. }) => 2,
             Ok(Begin::Conflict) => 3,
+            Ok(Begin::OutcomeUnknown) => 5,
             Err(_) => 4,
         });
         match begun {

@@ -32,11 +32,13 @@ use crate::backend::{Claim, Completion};
 use crate::config::CachePolicy;
 use crate::engine::{Answer, Engine, ExpireReport, Release, Shared};
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
+use crate::format::point;
 use crate::format::record::{Hot, Record, State};
 use crate::format::scope_count::Concurrent;
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
 use crate::rules::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 use crate::seeded::{Prehashed, Seeded, WithHash};
 use crate::stats::{Stats, add, bump};
@@ -52,6 +54,9 @@ struct Held {
     key: Key,
     /// Set exactly when `hot.state` is `Completed`.
     response: Option<Response>,
+    /// The last recovery point, while not completed; `hot.response_len` is its encoded
+    /// length, as in a file, so that the state machine reads it alike.
+    point: Option<RecoveryPoint>,
 }
 
 /// A record's key hash with its seeded hash, computed once a call: its bits 32 up pick the
@@ -185,19 +190,25 @@ impl MemoryEngine {
             }
             BeginDecision::Execute { takeover } => {
                 let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-                let hot = machine::reserved(
-                    *fp,
-                    token,
-                    now,
+                let (lease_ms, ttl_ms) = (
                     crate::clock::millis(config.lease),
                     crate::clock::millis(config.ttl),
                 );
+                // A takeover inherits the record's recovery point (P2).
+                let (hot, recovery) = match current.filter(|_| takeover) {
+                    Some(old) if old.point.is_some() => (
+                        machine::taken_over(&old.hot, token, now, lease_ms, ttl_ms),
+                        old.point.clone(),
+                    ),
+                    _ => (machine::reserved(*fp, token, now, lease_ms, ttl_ms), None),
+                };
                 let lease_deadline = hot.lease_deadline;
                 let held = Held {
                     hot,
                     scope: scope.clone(),
                     key: key.clone(),
                     response: None,
+                    point: recovery.clone(),
                 };
                 let old = shard.put(at, held);
                 drop(shard);
@@ -209,6 +220,7 @@ impl MemoryEngine {
                 Ok(Claim::Execute {
                     token,
                     lease_deadline,
+                    recovery,
                 })
             }
             BeginDecision::Replay => match current.and_then(|r| r.response.clone()) {
@@ -233,6 +245,12 @@ impl MemoryEngine {
                 drop(shard);
                 bump(&counters.conflicts);
                 Ok(Claim::Conflict)
+            }
+            // A memory store never stops without closing: no outcome is unknown.
+            BeginDecision::OutcomeUnknown => {
+                drop(shard);
+                bump(&counters.outcome_unknown);
+                Ok(Claim::OutcomeUnknown)
             }
         }
     }
@@ -265,10 +283,7 @@ impl MemoryEngine {
             });
         }
         if !policy.keeps(response.status()) {
-            let old = shard.records.remove(&at);
-            self.count_out(old.as_ref());
-            drop(shard);
-            drop(old);
+            self.let_go(shard, at, now);
             bump(&counters.releases);
             shared.waiters.wake(&hash);
             return Ok(Completion::Released);
@@ -277,6 +292,7 @@ impl MemoryEngine {
         let stored = shard.update(at, |held| {
             held.hot = machine::completed(held.hot, response.status(), len, now, ttl);
             held.response = Some(response);
+            held.point = None;
         });
         drop(shard);
         if stored.is_none() {
@@ -295,16 +311,62 @@ impl MemoryEngine {
         token: u64,
     ) -> Result<(), LeaseError> {
         let (shard, at) = self.shard(&hash);
-        let mut shard = shard.lock();
+        let shard = shard.lock();
         shared.check()?;
         let current = shard.records.get(&at).map(|r| r.hot);
         machine::check_holder(current.as_ref(), token).map_err(|r| lease_refusal(r, token))?;
+        self.let_go(shard, at, shared.now());
+        bump(&shared.counters.releases);
+        shared.waiters.wake(&hash);
+        Ok(())
+    }
+
+    /// Lets go of the in-flight record of `at` (C6, P3): removes it, or, when it carries a
+    /// recovery point, ends its lease and keeps it, so the next attempt resumes from the point.
+    /// Drops the shard's lock.
+    fn let_go(&self, mut shard: parking_lot::MutexGuard<'_, Shard>, at: Hashed, now: u64) {
+        let kept = shard.update(at, |held| match machine::released(held.hot, now) {
+            Some(hot) if held.point.is_some() => {
+                held.hot = hot;
+                true
+            }
+            _ => false,
+        });
+        if kept == Some(true) {
+            return;
+        }
         let old = shard.records.remove(&at);
         self.count_out(old.as_ref());
         drop(shard);
         drop(old);
-        bump(&shared.counters.releases);
-        shared.waiters.wake(&hash);
+    }
+
+    /// Saves `point` as the recovery point of reservation `token` (P1).
+    pub(crate) fn save_point(
+        &self,
+        shared: &Shared,
+        hash: KeyHash,
+        token: u64,
+        point: RecoveryPoint,
+    ) -> Result<(), LeaseError> {
+        let (shard, at) = self.shard(&hash);
+        let mut shard = shard.lock();
+        shared.check()?;
+        let current = shard.records.get(&at).map(|r| r.hot);
+        if let Err(r) = machine::check_holder(current.as_ref(), token) {
+            drop(shard);
+            if let HolderRefusal::Fenced { .. } = r {
+                bump(&shared.counters.fenced);
+            }
+            return Err(lease_refusal(r, token));
+        }
+        let len = u32::try_from(point::encode(&point).len()).unwrap_or(u32::MAX);
+        shard.update(at, |held| {
+            held.hot.response_len = len;
+            held.point = Some(point);
+        });
+        drop(shard);
+        bump(&shared.counters.points_saved);
         Ok(())
     }
 
@@ -518,6 +580,21 @@ impl Engine for MemoryEngine {
         Answer::Now(MemoryEngine::release(self, &self.shared, hash, token))
     }
 
+    fn save_point(
+        &self,
+        hash: KeyHash,
+        token: u64,
+        point: RecoveryPoint,
+    ) -> Answer<(), LeaseError> {
+        Answer::Now(MemoryEngine::save_point(
+            self,
+            &self.shared,
+            hash,
+            token,
+            point,
+        ))
+    }
+
     fn renew(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError> {
         Answer::Now(MemoryEngine::renew(self, &self.shared, hash, token))
     }
@@ -585,14 +662,16 @@ impl Ord for ByHash {
 }
 
 fn info(r: &Held) -> RecordInfo {
-    RecordInfo::of(
+    let mut info = RecordInfo::of(
         Record {
             hot: r.hot,
             scope: r.scope.as_str().to_owned(),
             key: r.key.as_str().to_owned(),
         },
         r.response.clone(),
-    )
+    );
+    info.recovery_point = r.point.clone();
+    info
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::backend::Completion;
 use crate::config::CachePolicy;
 use crate::poison;
 use crate::rules::key::KeyHash;
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 
 /// The caller's writes: true to commit them, false to roll them back.
@@ -44,6 +45,13 @@ pub(crate) enum Work {
         policy: CachePolicy,
         run: CompleteFn,
     },
+    /// The caller's writes and a recovery point of reservation `token` on `hash` (P1).
+    Point {
+        hash: KeyHash,
+        token: u64,
+        point: RecoveryPoint,
+        run: WriteFn,
+    },
 }
 
 impl Work {
@@ -52,6 +60,7 @@ impl Work {
         match self {
             Work::Write(_) => "Store::write",
             Work::Complete { .. } => "Reservation::complete_with",
+            Work::Point { .. } => "Reservation::save_point_with",
         }
     }
 }
@@ -61,7 +70,7 @@ impl Work {
 pub(crate) enum Ran {
     /// Committed durably: the writes, and for a completion what it did with the response
     /// (`Released`: the policy does not keep its status, so the writes were rolled back with
-    /// it; a write alone answers `Stored`).
+    /// it; a write alone or with a recovery point answers `Stored`).
     Committed(Completion),
     /// The closure asked to roll back: its writes are gone (a completion's key released).
     Declined,

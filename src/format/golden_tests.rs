@@ -162,7 +162,8 @@ fn record_completed() -> Record {
 
 #[test]
 fn golden_constants() {
-    assert_eq!(FORMAT_VERSION, 3);
+    assert_eq!(FORMAT_VERSION, 4);
+    assert_eq!(crate::format::point::POINT_VERSION, 1);
     assert_eq!(crate::format::record::META_IN_FLIGHT, "in_flight_records");
     assert_eq!(RECORD_VERSION, 1);
     assert_eq!(RESPONSE_VERSION, 1);
@@ -236,6 +237,45 @@ fn golden_record_in_flight() {
         crate::format::record::Hot::decode(&bytes).unwrap(),
         record.hot
     );
+}
+
+/// The in-flight record with a recovery point: flag bit 0 set, and the point's length where a
+/// completed record keeps its response's.
+const RECORD_WITH_POINT_HEAD: &str = concat!(
+    "01010101", // version 1, state in flight, fingerprint v1, flags 0x01 (a recovery point)
+    "0000",     // status 0 (none yet)
+    "0700",     // scope length 7
+    "2400",     // key length 36
+    "0000",     // reserved
+    "0f000000", // response length 15: the point's encoded length
+);
+/// The point it carries, in its expiry entry: version 1, name length 7, "charged", "ch_123".
+const POINT_CHARGED: &str = "0107636861726765646368" /* "...ch" */;
+
+#[test]
+fn golden_record_with_point_and_outcome_unknown() {
+    let point = crate::rules::point::RecoveryPoint::new("charged", b"ch_123").unwrap();
+    let encoded = crate::format::point::encode(&point);
+    assert_eq!(hex(&encoded), format!("{POINT_CHARGED}5f313233"));
+    let mut record = record_in_flight();
+    record.hot.response_len = encoded.len() as u32;
+    let bytes = record.encode();
+    assert_eq!(hex(&bytes[..16]), RECORD_WITH_POINT_HEAD);
+    assert_eq!(hex(&bytes[16..]), &RECORD_IN_FLIGHT[32..]);
+    assert_eq!(Record::decode(&bytes).unwrap(), record);
+    // A flag that disagrees with the state and the length is damage.
+    let mut no_flag = bytes.clone();
+    no_flag[3] = 0;
+    assert!(Record::decode(&no_flag).is_err());
+    let mut stray = unhex(RECORD_IN_FLIGHT);
+    stray[3] = 1;
+    assert!(Record::decode(&stray).is_err());
+    // Outcome unknown: state byte 3, no lease; the point stays.
+    record.hot = crate::rules::machine::outcome_unknown(record.hot);
+    let bytes = record.encode();
+    assert_eq!(hex(&bytes[..4]), "01030101");
+    assert_eq!(hex(&bytes[56..64]), "0000000000000000", "lease_deadline");
+    assert_eq!(Record::decode(&bytes).unwrap(), record);
 }
 
 #[test]
@@ -459,7 +499,7 @@ fn golden_file_written_by_the_store() {
         file.expiry,
         [(EXPIRY_KEY_IN_FLIGHT.to_owned(), String::new())]
     );
-    assert_eq!(file.format_version, Some(3));
+    assert_eq!(file.format_version, Some(4));
     assert_eq!(file.next_token, Some(2));
     assert_eq!(file.scope_counts, [(SCOPE.to_owned(), 1)]);
     assert_eq!(file.in_flight, Some(1));
@@ -476,7 +516,7 @@ fn golden_file_written_by_the_store() {
         file.expiry,
         [(EXPIRY_KEY_COMPLETED.to_owned(), RESPONSE_BLOB.to_owned())]
     );
-    assert_eq!(file.format_version, Some(3));
+    assert_eq!(file.format_version, Some(4));
     assert_eq!(file.next_token, Some(2));
     assert_eq!(file.scope_counts, [(SCOPE.to_owned(), 1)]);
     assert_eq!(file.in_flight, Some(0));

@@ -1,4 +1,4 @@
-//! Migrating a format 1 or 2 file to format 3, at open.
+//! Migrating a format 1 or 2 file to format 3, at open (format 3 is format 4 as it stands).
 //!
 //! Why: format 2 keeps each completed record's response in its expiry index entry instead of a
 //! table keyed by key hash (`docs/format.md`), so files written by earlier builds are rewritten
@@ -39,7 +39,7 @@ pub(crate) fn v1_to_v2(txn: &WriteTransaction) -> Result<(), redb::Error> {
                     // Only a completed record keeps a response.
                     let response = match hot.state {
                         State::Completed => responses.get(&hash)?,
-                        State::InFlight => None,
+                        State::InFlight | State::OutcomeUnknown => None,
                     };
                     let kept = response.as_ref().map_or(&[][..], |g| g.value());
                     let ek = ExpiryKey::new(hot.expires_at, &KeyHash(hash));

@@ -12,6 +12,7 @@ pub(crate) mod bytes;
 #[cfg(test)]
 mod golden_tests;
 pub(crate) mod migrate;
+pub(crate) mod point;
 pub(crate) mod record;
 pub(crate) mod scope_count;
 pub(crate) mod tables;

@@ -1,4 +1,4 @@
-//! The on-disk layout: tables (format version 3), the record, and the expiry index key.
+//! The on-disk layout: tables (format version 4), the record, and the expiry index key.
 //!
 //! Why: the file must outlive any version of this crate, so its bytes are defined here and in
 //! `docs/format.md`, not by a serialisation library, and golden-bytes tests pin them.
@@ -84,8 +84,11 @@ pub(crate) const META_IN_FLIGHT: &str = "in_flight_records";
 /// after the last durable commit were lost with it (buffered mode, non-durable reservations),
 /// and must never be handed out again: no session issues 2^32 tokens between durable commits.
 pub(crate) const TOKEN_SKIP_AFTER_CRASH: u64 = 1 << 32;
-/// The format version this build writes and the newest it reads.
-pub(crate) const FORMAT_VERSION: u64 = 3;
+/// The format version this build writes and the newest it reads. Format 4 adds the record
+/// state "outcome unknown" and recovery points (`docs/format.md`); a format 3 file is a valid
+/// format 4 file, so its migration only writes the new version, which keeps builds that
+/// would misread the additions from opening the file.
+pub(crate) const FORMAT_VERSION: u64 = 4;
 /// The oldest format version this build migrates at open.
 pub(crate) const OLDEST_MIGRATED: u64 = 1;
 
@@ -119,14 +122,20 @@ fn state_byte(state: State) -> u8 {
     match state {
         State::InFlight => 1,
         State::Completed => 2,
+        State::OutcomeUnknown => 3,
     }
 }
+
+/// Flag bit: the record's expiry entry holds a recovery point (`format/point.rs`). Set exactly
+/// when the record is not completed and `response_len`, the point's length, is not zero.
+const FLAG_POINT: u8 = 0x01;
 
 /// The state stored as `b`, if any.
 fn state_of_byte(b: u8) -> Option<State> {
     match b {
         1 => Some(State::InFlight),
         2 => Some(State::Completed),
+        3 => Some(State::OutcomeUnknown),
         _ => None,
     }
 }
@@ -178,7 +187,9 @@ impl Hot {
         let state =
             state_of_byte(u8_at(b, OFF_STATE)).ok_or(RecordError::State(u8_at(b, OFF_STATE)))?;
         let flags = u8_at(b, OFF_FLAGS);
-        if flags != 0 {
+        let response_len = u32_at(b, OFF_RESPONSE_LEN);
+        let point = state != State::Completed && response_len > 0;
+        if flags != if point { FLAG_POINT } else { 0 } {
             return Err(RecordError::Flags(flags));
         }
         let mut digest = [0u8; 32];
@@ -189,7 +200,7 @@ impl Hot {
             state,
             fingerprint: Fingerprint::from_parts(u8_at(b, OFF_FP_VERSION), digest),
             status: u16_at(b, OFF_STATUS),
-            response_len: u32_at(b, OFF_RESPONSE_LEN),
+            response_len,
             created_at: u64_at(b, OFF_CREATED),
             lease_deadline: u64_at(b, OFF_LEASE),
             expires_at: u64_at(b, OFF_EXPIRES),
@@ -208,7 +219,7 @@ impl Record {
         out.push(RECORD_VERSION);
         out.push(state_byte(h.state));
         out.push(h.fingerprint.version());
-        out.push(0); // flags
+        out.push(if h.has_point() { FLAG_POINT } else { 0 });
         out.extend_from_slice(&h.status.to_le_bytes());
         // Scope and key lengths are bounded by their validation (255 and 4096 bytes).
         out.extend_from_slice(&(scope.len() as u16).to_le_bytes());

@@ -19,6 +19,7 @@ pub(crate) mod code {
     pub(crate) const INVALID_KEY: &str = "invalid_idempotency_key";
     pub(crate) const CONFLICT: &str = "idempotency_key_conflict";
     pub(crate) const IN_PROGRESS: &str = "idempotency_in_progress";
+    pub(crate) const OUTCOME_UNKNOWN: &str = "idempotency_outcome_unknown";
     pub(crate) const UNAVAILABLE: &str = "idempotency_unavailable";
     pub(crate) const TOO_LARGE: &str = "request_too_large";
     pub(crate) const UNREADABLE: &str = "request_body_unreadable";

@@ -20,7 +20,8 @@ use crate::config::CachePolicy;
 use crate::rules::key::KeyHash;
 use crate::store::Lease;
 use crate::{
-    CompleteError, CompleteWithError, Completion, Fingerprint, Key, LeaseError, Reservation, Scope,
+    CompleteError, CompleteWithError, Completion, Fingerprint, Key, LeaseError, PointError,
+    PointWithError, RecoveryPoint, Reservation, Scope,
 };
 
 /// The reservation a guarded call runs under, shared by the layer and the handler's context.
@@ -135,6 +136,7 @@ pub struct IdempotencyContext {
     pub(crate) fingerprint: Fingerprint,
     pub(crate) token: u64,
     pub(crate) lease_deadline: u64,
+    pub(crate) recovery: Option<RecoveryPoint>,
     pub(crate) hold: Arc<Hold>,
 }
 
@@ -166,6 +168,49 @@ impl IdempotencyContext {
     /// lease), so a long handler is not taken over by a retry.
     pub fn lease_deadline(&self) -> u64 {
         self.lease_deadline
+    }
+
+    /// The key's last recovery point when the handler was called (P2): saved by an earlier
+    /// attempt whose key this call took over (its lease ran out, the service restarted, or
+    /// the attempt failed after saving it). `None`: start from the first step. See
+    /// [`Reservation::recovery_point`](crate::Reservation::recovery_point).
+    pub fn recovery_point(&self) -> Option<&RecoveryPoint> {
+        self.recovery.as_ref()
+    }
+
+    /// Saves a recovery point for the key, durably (P1), as
+    /// [`Reservation::save_point`](crate::Reservation::save_point) does: should this call
+    /// die, the retry that takes the key over resumes from it. The point is queued when this
+    /// is called: dropping the future does not stop it.
+    pub fn save_point(
+        &self,
+        name: &str,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), PointError>> + Send + 'static {
+        let saving = RecoveryPoint::new(name, payload)
+            .map_err(|reason| PointError::Invalid { reason })
+            .map(|point| self.hold.lease().save_point(point));
+        async move { Ok(saving?.await?) }
+    }
+
+    /// Saves a recovery point together with the handler's writes to the store's database, in
+    /// one transaction (P1, E1), as
+    /// [`Reservation::save_point_with`](crate::Reservation::save_point_with) does. The work is
+    /// queued when this is called: dropping the future does not stop it.
+    pub fn save_point_with<E, F>(
+        &self,
+        name: &str,
+        payload: &[u8],
+        f: F,
+    ) -> impl Future<Output = Result<(), PointWithError<E>>> + Send + 'static
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let saving = RecoveryPoint::new(name, payload)
+            .map_err(|reason| PointError::Invalid { reason })
+            .map(|point| self.hold.lease().save_point_with(point, f));
+        async move { saving?.await }
     }
 
     /// Extends the lease to a full lease period from now (C8), as the layer does in the

@@ -179,6 +179,15 @@ where
                 "this idempotency key was already used for a different request",
             ));
         }
+        Ok(Begin::OutcomeUnknown) => {
+            // E6: no Retry-After, since only the service's operators can end this.
+            return Ok(answer::error(
+                style,
+                StatusCode::CONFLICT,
+                code::OUTCOME_UNKNOWN,
+                "the first attempt with this idempotency key was cut short and whether it took effect is not known yet; it is being resolved, so do not retry with a new key",
+            ));
+        }
         Err(BeginError::ScopeFull { limit }) => {
             return Ok(answer::error(
                 style,
@@ -214,6 +223,7 @@ where
     let mut parts = parts;
     let hold = reservation.map(|r| {
         let (token, lease_deadline) = (r.token(), r.lease_deadline());
+        let recovery = r.recovery_point().cloned();
         let hold = Hold::new(r, shared.policy);
         parts.extensions.insert(IdempotencyContext {
             scope,
@@ -221,6 +231,7 @@ where
             fingerprint: fp,
             token,
             lease_deadline,
+            recovery,
             hold: Arc::clone(&hold),
         });
         hold

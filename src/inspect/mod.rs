@@ -246,7 +246,8 @@ fn prepare(db: &Database, path: &Path) -> Result<(u64, u64), OpenError> {
     };
     let format = match check_format(get(META_FORMAT)?)? {
         Format::Current => FORMAT_VERSION,
-        // Format 2 differs from 3 only by the counts, which inspecting does not need.
+        // Format 2 differs from 3 only by the counts, which inspecting does not need; a
+        // format 3 file is a format 4 file without outcome-unknown records or recovery points.
         Format::Older(found) if found >= 2 => found,
         Format::Older(found) => {
             return Err(OpenError::NeedsMigration {

@@ -30,6 +30,8 @@ pub(crate) enum BeginDecision {
     InProgress,
     /// The key was used for a different request (C4).
     Conflict,
+    /// The key's outcome is unknown (E6): nothing runs until the application resolves it.
+    OutcomeUnknown,
 }
 
 /// Whether a record is past its expiry and so behaves as absent (C9).
@@ -52,6 +54,38 @@ pub(crate) fn decide_begin(current: Option<&Hot>, fp: &Fingerprint, now: u64) ->
         State::Completed => BeginDecision::Replay,
         State::InFlight if now < hot.lease_deadline => BeginDecision::InProgress,
         State::InFlight => BeginDecision::Execute { takeover: true },
+        State::OutcomeUnknown => BeginDecision::OutcomeUnknown,
+    }
+}
+
+/// The record a takeover or a resolution reserves for reservation `token` at `now`, in place
+/// of `old` (C8, E6): a fresh reservation of `old`'s request that keeps `old`'s recovery
+/// point (P2), so the new holder resumes where the old one stopped.
+pub(crate) fn taken_over(old: &Hot, token: u64, now: u64, lease_ms: u64, ttl_ms: u64) -> Hot {
+    Hot {
+        response_len: if old.has_point() { old.response_len } else { 0 },
+        ..reserved(old.fingerprint, token, now, lease_ms, ttl_ms)
+    }
+}
+
+/// What a release leaves of the in-flight record `held` at `now` (C6, P3): nothing, so the
+/// next attempt executes afresh; or, when the record carries a recovery point, the record
+/// with its lease ended, so the next attempt takes it over and resumes from the point
+/// instead of repeating steps that committed.
+pub(crate) fn released(held: Hot, now: u64) -> Option<Hot> {
+    held.has_point().then_some(Hot {
+        lease_deadline: now.min(held.lease_deadline),
+        ..held
+    })
+}
+
+/// The record `held` with its outcome unknown (E6): kept, with no lease, until it expires or
+/// the application resolves it.
+pub(crate) fn outcome_unknown(held: Hot) -> Hot {
+    Hot {
+        state: State::OutcomeUnknown,
+        lease_deadline: 0,
+        ..held
     }
 }
 

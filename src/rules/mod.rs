@@ -10,5 +10,6 @@ pub(crate) mod canonical_json;
 pub(crate) mod fingerprint;
 pub(crate) mod key;
 pub(crate) mod machine;
+pub(crate) mod point;
 pub(crate) mod response;
 pub(crate) mod state;

@@ -10,6 +10,7 @@
 
 mod compactor;
 mod reservation;
+mod resolve;
 mod transact;
 mod wait;
 
@@ -28,6 +29,7 @@ use crate::error::{BeginError, CompleteError, KeyError, LeaseError, OpenError, U
 use crate::format::blob;
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 use crate::stats::Stats;
 use crate::storage::StorageBackend;
@@ -65,6 +67,7 @@ pub(crate) use wait::woken_before;
 ///     Begin::Replay(response) => println!("replay: {}", response.status()),
 ///     Begin::InProgress { retry_after } => println!("busy, retry in {retry_after:?}"),
 ///     Begin::Conflict => println!("key reused for another request"),
+///     Begin::OutcomeUnknown => println!("resolve the key first"),
 /// }
 /// // A retry with the same key and body gets the first response back.
 /// let Begin::Replay(first) = store.begin(&scope, &key, &fp)? else { unreachable!() };
@@ -288,10 +291,17 @@ impl Store {
             Claim::Execute {
                 token,
                 lease_deadline,
-            } => Begin::Execute(Reservation::new(self.clone(), hash, token, lease_deadline)),
+                recovery,
+            } => Begin::Execute(Reservation::new(
+                self.clone(),
+                hash,
+                (token, lease_deadline),
+                recovery,
+            )),
             Claim::Replay(r) => Begin::Replay(r),
             Claim::InProgress { retry_after } => Begin::InProgress { retry_after },
             Claim::Conflict => Begin::Conflict,
+            Claim::OutcomeUnknown => Begin::OutcomeUnknown,
         }
     }
 
@@ -425,6 +435,18 @@ impl Store {
             return Answer::Now(Err(e.into()));
         }
         self.inner.engine.renew(hash, token)
+    }
+
+    pub(crate) fn save_point_token(
+        &self,
+        hash: KeyHash,
+        token: u64,
+        point: RecoveryPoint,
+    ) -> Answer<(), LeaseError> {
+        if let Err(e) = self.inner.shared.check() {
+            return Answer::Now(Err(e.into()));
+        }
+        self.inner.engine.save_point(hash, token, point)
     }
 }
 

@@ -17,14 +17,15 @@ use redb::WriteTransaction;
 use crate::backend::Completion;
 use crate::config::CachePolicy;
 use crate::engine::{Answer, Ran, Release};
-use crate::error::{CompleteError, CompleteWithError, LeaseError};
+use crate::error::{CompleteError, CompleteWithError, LeaseError, PointError, PointWithError};
 use crate::rules::key::KeyHash;
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 
 use super::{Store, transact};
 
-/// What `begin` tells the caller to do: exactly the four outcomes of rules C2-C5, so a `match`
-/// needs no catch-all arm.
+/// What `begin` tells the caller to do: exactly the outcomes of rules C2-C5 and E6, so a
+/// `match` needs no catch-all arm.
 #[derive(Debug)]
 pub enum Begin {
     /// First attempt (C2): run the operation, then [`complete`](Reservation::complete) the
@@ -39,6 +40,12 @@ pub enum Begin {
     },
     /// Same key, different request (C4).
     Conflict,
+    /// The key was in flight when the store stopped without closing, and the store keeps such
+    /// keys until the application resolves them
+    /// ([`InFlightAtOpen::MarkUnknown`](crate::InFlightAtOpen::MarkUnknown), rule E6): nobody
+    /// knows whether the operation had its effect, so nothing runs. Resolve the key with
+    /// [`Store::resolve`](crate::Store::resolve).
+    OutcomeUnknown,
 }
 
 /// The right to execute an operation for a key, and the duty to complete or release it.
@@ -52,16 +59,25 @@ pub struct Reservation {
     hash: KeyHash,
     token: u64,
     lease_deadline: u64,
+    /// The last recovery point of the key: inherited from an earlier attempt, then the last
+    /// one this reservation saved.
+    recovery: Option<RecoveryPoint>,
     armed: bool,
 }
 
 impl Reservation {
-    pub(super) fn new(store: Store, hash: KeyHash, token: u64, lease_deadline: u64) -> Self {
+    pub(super) fn new(
+        store: Store,
+        hash: KeyHash,
+        (token, lease_deadline): (u64, u64),
+        recovery: Option<RecoveryPoint>,
+    ) -> Self {
         Reservation {
             store,
             hash,
             token,
             lease_deadline,
+            recovery,
             armed: true,
         }
     }
@@ -244,6 +260,138 @@ impl Reservation {
         (answer, slot)
     }
 
+    /// The key's last recovery point (P2): the one an earlier attempt saved, when this
+    /// reservation took its key over (after its lease ran out, a restart, a release, or a
+    /// resolution), and after that the last one this reservation saved. `None` for a first
+    /// attempt that saved none: start from the first step.
+    pub fn recovery_point(&self) -> Option<&RecoveryPoint> {
+        self.recovery.as_ref()
+    }
+
+    /// Saves a recovery point for the key, durably, before it returns (P1): the operation's
+    /// steps up to `name` have committed, and `payload` (say, the id of a row a step created)
+    /// is what the next step needs. Should this attempt die, the attempt that takes the key
+    /// over gets the point from [`recovery_point`](Reservation::recovery_point) and resumes
+    /// from there. A later point replaces it; a completion, a purge or the record's expiry
+    /// removes it. A key with a point is never released to nothing: a release (or a drop, or
+    /// a status the cache policy does not keep) ends its lease instead, so the next attempt
+    /// resumes (P3).
+    ///
+    /// To commit a step's own writes and its point together, use
+    /// [`save_point_with`](Reservation::save_point_with). The file and memory engines keep
+    /// points; Redis answers [`Unavailable::Unsupported`](crate::Unavailable::Unsupported).
+    ///
+    /// ```
+    /// use idemstore::{Begin, Config, Fingerprint, Response, Scope, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("orders.redb"), Config::default())?;
+    /// let (scope, key) = (Scope::new("acct_1")?, store.key("order-7")?);
+    /// let fp = Fingerprint::of_bytes(b"order 7");
+    /// let Begin::Execute(mut first) = store.begin(&scope, &key, &fp)? else { unreachable!() };
+    /// assert!(first.recovery_point().is_none());
+    /// // Step 1 committed (stock reserved as r-1); the attempt then fails and lets go.
+    /// first.save_point("stock-reserved", b"r-1")?;
+    /// first.release()?;
+    /// // The retry resumes after step 1 instead of reserving stock twice.
+    /// let Begin::Execute(retry) = store.begin(&scope, &key, &fp)? else { unreachable!() };
+    /// let point = retry.recovery_point().expect("the point of the first attempt");
+    /// assert_eq!((point.name(), point.payload()), ("stock-reserved", &b"r-1"[..]));
+    /// retry.complete(Response::new(201, [("location", "/orders/7")], ""))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn save_point(&mut self, name: &str, payload: &[u8]) -> Result<(), PointError> {
+        let point =
+            RecoveryPoint::new(name, payload).map_err(|reason| PointError::Invalid { reason })?;
+        self.store
+            .save_point_token(self.hash, self.token, point.clone())
+            .wait()?;
+        self.recovery = Some(point);
+        Ok(())
+    }
+
+    /// [`save_point`](Reservation::save_point) as a runtime-agnostic future. The point is
+    /// queued when this is called: dropping the future does not stop it.
+    pub fn save_point_async(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), PointError>> + Send + '_ {
+        let queued = RecoveryPoint::new(name, payload)
+            .map_err(|reason| PointError::Invalid { reason })
+            .map(|point| {
+                let answer = self
+                    .store
+                    .save_point_token(self.hash, self.token, point.clone());
+                (point, answer)
+            });
+        async move {
+            let (point, answer) = queued?;
+            answer.resolve().await?;
+            self.recovery = Some(point);
+            Ok(())
+        }
+    }
+
+    /// Saves a recovery point together with the step's own writes, in one transaction of the
+    /// store's database (P1, E1): the step's effect and the point that says it happened
+    /// become durable together or not at all, so a crash can neither lose a committed step's
+    /// point (and run the step again) nor keep a point without its step.
+    ///
+    /// `f` runs on the store's writer, only if this reservation still holds the key (a stale
+    /// holder gets [`LeaseError::Fenced`] inside [`PointError::Lease`] and `f` never runs).
+    /// If it returns an error or panics, its writes are rolled back, the point is not saved,
+    /// and the reservation still holds the key. The rules of
+    /// [`complete_with`](Reservation::complete_with) apply: keep `f` short, no calls into the
+    /// store from inside it; the file engine only (others answer
+    /// [`Unavailable::Unsupported`](crate::Unavailable::Unsupported)).
+    pub fn save_point_with<E, F>(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+        f: F,
+    ) -> Result<(), PointWithError<E>>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let point =
+            RecoveryPoint::new(name, payload).map_err(|reason| PointError::Invalid { reason })?;
+        let (answer, slot) = self
+            .store
+            .queue_point_with((self.hash, self.token), point.clone(), f);
+        transact::pointed_with(answer.wait(), &slot)?;
+        self.recovery = Some(point);
+        Ok(())
+    }
+
+    /// [`save_point_with`](Reservation::save_point_with) as a runtime-agnostic future. The
+    /// work is queued when this is called: dropping the future does not stop it.
+    pub fn save_point_with_async<E, F>(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+        f: F,
+    ) -> impl Future<Output = Result<(), PointWithError<E>>> + Send + '_
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let queued = RecoveryPoint::new(name, payload)
+            .map_err(|reason| PointError::Invalid { reason })
+            .map(|point| {
+                let queued = self
+                    .store
+                    .queue_point_with((self.hash, self.token), point.clone(), f);
+                (point, queued)
+            });
+        async move {
+            let (point, (answer, slot)) = queued?;
+            transact::pointed_with(answer.resolve().await, &slot)?;
+            self.recovery = Some(point);
+            Ok(())
+        }
+    }
+
     /// Extends the lease to a full lease period from now (C8).
     pub fn renew(&mut self) -> Result<(), LeaseError> {
         self.lease_deadline = self.store.renew_token(self.hash, self.token).wait()?;
@@ -321,6 +469,32 @@ impl Lease {
     /// reservation completed, released or taken over answers an error.
     pub(crate) fn renew(&self) -> impl Future<Output = Result<u64, LeaseError>> + Send + 'static {
         self.store.renew_token(self.hash, self.token).resolve()
+    }
+
+    /// Saves a recovery point for the reservation (P1), queued at once.
+    pub(crate) fn save_point(
+        &self,
+        point: RecoveryPoint,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send + 'static {
+        self.store
+            .save_point_token(self.hash, self.token, point)
+            .resolve()
+    }
+
+    /// Saves a recovery point with the caller's writes (P1, E1), queued at once.
+    pub(crate) fn save_point_with<E, F>(
+        &self,
+        point: RecoveryPoint,
+        f: F,
+    ) -> impl Future<Output = Result<(), PointWithError<E>>> + Send + 'static
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let (answer, slot) = self
+            .store
+            .queue_point_with((self.hash, self.token), point, f);
+        async move { transact::pointed_with(answer.resolve().await, &slot) }
     }
 }
 

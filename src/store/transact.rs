@@ -23,9 +23,13 @@ use crate::backend::Completion;
 use crate::config::CachePolicy;
 use crate::engine::work::{CompleteFn, WriteFn};
 use crate::engine::{Answer, Ran, Work};
-use crate::error::{CompleteError, CompleteWithError, TransactionError, Unavailable};
+use crate::error::{
+    CompleteError, CompleteWithError, LeaseError, PointError, PointWithError, TransactionError,
+    Unavailable,
+};
 use crate::poison;
 use crate::rules::key::KeyHash;
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 
 use super::Store;
@@ -173,6 +177,67 @@ impl Store {
             run,
         };
         (self.inner.engine.work(work), slot)
+    }
+}
+
+impl Store {
+    /// Queues a recovery point of `token` with the caller's writes; the slot receives the
+    /// closure's error, if it returns one.
+    pub(super) fn queue_point_with<E, F>(
+        &self,
+        (hash, token): (KeyHash, u64),
+        point: RecoveryPoint,
+        f: F,
+    ) -> (Answer<Ran, CompleteError>, Slot<E>)
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let slot: Slot<E> = Arc::default();
+        if let Err(e) = self.inner.shared.check() {
+            return (Answer::Now(Err(e.into())), slot);
+        }
+        let out = Arc::clone(&slot);
+        let run: WriteFn = Box::new(move |txn| match f(txn) {
+            Ok(()) => true,
+            Err(e) => {
+                *out.lock() = Some(e);
+                false
+            }
+        });
+        let work = Work::Point {
+            hash,
+            token,
+            point,
+            run,
+        };
+        (self.inner.engine.work(work), slot)
+    }
+}
+
+/// What a recovery point with the caller's writes did, once the engine has answered.
+pub(super) fn pointed_with<E>(
+    ran: Result<Ran, CompleteError>,
+    slot: &Slot<E>,
+) -> Result<(), PointWithError<E>> {
+    let lease = |e: LeaseError| PointWithError::Point(PointError::Lease(e));
+    match ran {
+        Ok(Ran::Committed(_)) => Ok(()),
+        Ok(Ran::Declined) => match slot.lock().take() {
+            Some(e) => Err(PointWithError::Aborted(e)),
+            None => Err(PointWithError::Panicked {
+                message: "the closure's error was lost".to_owned(),
+            }),
+        },
+        Ok(Ran::Panicked(message)) => Err(PointWithError::Panicked { message }),
+        Err(CompleteError::Fenced { token, current }) => {
+            Err(lease(LeaseError::Fenced { token, current }))
+        }
+        Err(CompleteError::NotReserved { token }) => Err(lease(LeaseError::NotReserved { token })),
+        Err(CompleteError::Unavailable(e)) => Err(lease(LeaseError::Unavailable(e))),
+        Err(other) => Err(PointWithError::Panicked {
+            message: format!("a recovery point was answered as a completion: {other}"),
+        }),
     }
 }
 

@@ -214,6 +214,7 @@ impl IdemClient {
             Begin::Replay(_) => Ok(Outcome::Replay),
             Begin::InProgress { .. } => Ok(Outcome::InProgress),
             Begin::Conflict => Err(format!("conflict on {key}")),
+            Begin::OutcomeUnknown => Err(format!("outcome unknown on {key}")),
         }
     }
 

@@ -17,6 +17,7 @@ fn describe(b: &Begin) -> String {
             format!("in progress, retry after {}s", retry_after.as_secs())
         }
         Begin::Conflict => "conflict: key reused for a different request".to_owned(),
+        Begin::OutcomeUnknown => "outcome unknown: the key awaits its resolution".to_owned(),
     }
 }
 

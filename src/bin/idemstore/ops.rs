@@ -402,6 +402,7 @@ fn state(r: &RecordInfo) -> &'static str {
     match r.state {
         State::InFlight => "in_flight",
         State::Completed => "completed",
+        State::OutcomeUnknown => "outcome_unknown",
     }
 }
 

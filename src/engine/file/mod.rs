@@ -50,6 +50,7 @@ use crate::reply::{self, Closed};
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
 use crate::rules::machine::{self, BeginDecision};
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 use crate::stats::{Stats, bump};
 use crate::storage::StorageBackend;
@@ -196,6 +197,7 @@ impl FileEngine {
         });
         let shared = Arc::new(Shared::new(config, opened.secret));
         crate::stats::add(&shared.counters.releases, opened.released);
+        crate::stats::add(&shared.counters.marked_unknown, opened.marked_unknown);
         crate::stats::add(&shared.counters.log_entries_replayed, opened.replayed);
         let (tx, rx) = crossbeam_channel::unbounded();
         let step = shared.config.step;
@@ -290,6 +292,10 @@ impl FileEngine {
             BeginDecision::Conflict => {
                 bump(&counters.conflicts);
                 Ok(Some(Claim::Conflict))
+            }
+            BeginDecision::OutcomeUnknown => {
+                bump(&counters.outcome_unknown);
+                Ok(Some(Claim::OutcomeUnknown))
             }
             BeginDecision::InProgress => {
                 bump(&counters.in_progress);
@@ -540,6 +546,31 @@ impl Engine for FileEngine {
             },
             rx,
         )
+    }
+
+    fn save_point(
+        &self,
+        hash: KeyHash,
+        token: u64,
+        point: RecoveryPoint,
+    ) -> Answer<(), LeaseError> {
+        let (tx, rx) = reply::channel();
+        self.queue(
+            Op::Point {
+                hash,
+                token,
+                point,
+                reply: tx,
+            },
+            rx,
+        )
+    }
+
+    fn resolve(&self, hash: KeyHash) -> Answer<Option<Claim>, Unavailable> {
+        // Answered to a blocking caller only; a caller gone before the answer is handled by
+        // the writer, which releases what it reserved for nobody.
+        let (tx, rx) = reply::channel();
+        self.queue(Op::Resolve { hash, reply: tx }, rx)
     }
 
     fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable> {

@@ -14,6 +14,7 @@ use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::reply::Sender;
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 
 /// One queued operation.
@@ -45,6 +46,18 @@ pub(crate) enum Op {
         hash: KeyHash,
         token: u64,
         reply: Sender<Result<u64, LeaseError>>,
+    },
+    /// A recovery point for reservation `token` (P1).
+    Point {
+        hash: KeyHash,
+        token: u64,
+        point: RecoveryPoint,
+        reply: Sender<Result<(), LeaseError>>,
+    },
+    /// A reservation of a key whose outcome is unknown, for its resolution (E6).
+    Resolve {
+        hash: KeyHash,
+        reply: Sender<Result<Option<Claim>, Unavailable>>,
     },
     Purge {
         hash: KeyHash,
@@ -97,6 +110,11 @@ pub(crate) enum Pending {
         Result<(), LeaseError>,
     ),
     Renew(Sender<Result<u64, LeaseError>>, Result<u64, LeaseError>),
+    Resolve(
+        Sender<Result<Option<Claim>, Unavailable>>,
+        Result<Option<Claim>, Unavailable>,
+        KeyHash,
+    ),
     Purge(Sender<Result<bool, Unavailable>>, bool),
     Expire(Sender<Result<ExpireReport, Unavailable>>, ExpireReport),
     Flush(Sender<Result<(), Unavailable>>),
@@ -128,6 +146,15 @@ impl Pending {
                     Err(_) => Some(Abandoned::Answer),
                 };
             }
+            Pending::Resolve(tx, r, hash) => {
+                return match tx.send(r) {
+                    Ok(()) => None,
+                    Err(Ok(Some(Claim::Execute { token, .. }))) => {
+                        Some(Abandoned::Reservation(hash, token))
+                    }
+                    Err(_) => Some(Abandoned::Answer),
+                };
+            }
             // Other callers that gave up lose nothing by not hearing the answer.
             Pending::Complete(tx, r) => drop(tx.send(r)),
             Pending::Lease(Some(tx), r) => drop(tx.send(r)),
@@ -145,6 +172,7 @@ impl Pending {
     pub(crate) fn fail(self, e: Unavailable) {
         match self {
             Pending::Begin(tx, _, _) => drop(tx.send(Err(e.into()))),
+            Pending::Resolve(tx, _, _) => drop(tx.send(Err(e))),
             Pending::Complete(tx, _) => drop(tx.send(Err(CompleteError::Unavailable(e)))),
             Pending::Lease(Some(tx), _) => drop(tx.send(Err(LeaseError::Unavailable(e)))),
             Pending::Renew(tx, _) => drop(tx.send(Err(LeaseError::Unavailable(e)))),
@@ -168,6 +196,8 @@ impl Op {
                 reply: Some(reply), ..
             } => drop(reply.send(Err(LeaseError::Unavailable(e)))),
             Op::Renew { reply, .. } => drop(reply.send(Err(LeaseError::Unavailable(e)))),
+            Op::Point { reply, .. } => drop(reply.send(Err(LeaseError::Unavailable(e)))),
+            Op::Resolve { reply, .. } => drop(reply.send(Err(e))),
             Op::Release { reply: None, .. } | Op::Cache { .. } | Op::Shutdown => {}
             Op::Purge { reply, .. } => drop(reply.send(Err(e))),
             Op::Expire { reply, .. } => drop(reply.send(Err(e))),

@@ -20,19 +20,20 @@ use redb::{Database, MultimapTableHandle, ReadableTable, Table, TableHandle, Wri
 
 use super::checkpoint::{ApplyError, apply_change};
 use super::log::{self as wal, Header, Log, LogError, Mark};
-use crate::config::Config;
+use crate::config::{Config, InFlightAtOpen};
 use crate::error::{OpenError, cause};
 use crate::format::migrate;
 use crate::format::record::{
     EXPIRY, ExpiryKey, ExpiryValue, FORMAT_VERSION, Hot, META, META_CLEAN, META_FORMAT,
     META_IN_FLIGHT, META_LOG_ID, META_LOG_POS, META_LOG_SEQ, META_LOG_ZEROED, META_NEXT_TOKEN,
-    META_SCOPE_SECRET, OLDEST_MIGRATED, RECORDS, RecordBytes, SCOPE_COUNTS, State,
+    META_SCOPE_SECRET, OLDEST_MIGRATED, RECORDS, Record, RecordBytes, SCOPE_COUNTS, State,
     TOKEN_SKIP_AFTER_CRASH, open_each_alone,
 };
 use crate::format::scope_count::{Counts, Deltas};
 use crate::format::tables;
 use crate::poison;
 use crate::rules::key::KeyHash;
+use crate::rules::machine;
 use crate::storage::StorageBackend;
 
 /// Runs an opening step, turning a storage-engine panic on a damaged file into an error.
@@ -95,8 +96,11 @@ pub(crate) fn open_error(e: impl Into<redb::Error>) -> OpenError {
 /// What opening found and set up.
 pub(crate) struct Opened {
     pub(crate) next_token: u64,
-    /// Reservations released by `release_in_flight_on_open`.
+    /// Reservations released by `in_flight_at_open` (ended leases of records with a recovery
+    /// point included).
     pub(crate) released: u64,
+    /// Reservations whose outcome `in_flight_at_open` marked unknown.
+    pub(crate) marked_unknown: u64,
     /// The write-ahead log, positioned after its last intact entry.
     pub(crate) log: Option<Log>,
     /// Log entries replayed into the file.
@@ -162,7 +166,7 @@ impl OpenTables<'_> {
 
 /// Opens a file for a session, in one durable commit that is the session's first checkpoint:
 /// the format checked (and an older one migrated), the write-ahead log replayed past the last
-/// checkpoint, tokens skipped after a crash, and `release_in_flight_on_open` applied.
+/// checkpoint, tokens skipped after a crash, and `in_flight_at_open` applied.
 pub(crate) fn init_tables(
     db: &Database,
     config: &Config,
@@ -194,10 +198,13 @@ pub(crate) fn init_tables(
             == Some(1);
         let recovered = recover_log(&mut t, log_dev, config, clean, format.is_some())?;
         let next_token = skip_tokens(&mut t, recovered.next_token, clean, format.is_some())?;
-        let released = if config.release_in_flight_on_open {
-            release_in_flight(&mut t)?
-        } else {
-            0
+        let settled = match config.in_flight_at_open {
+            InFlightAtOpen::KeepLease => 0,
+            policy => settle_in_flight(&mut t, policy)?,
+        };
+        let (released, marked_unknown) = match config.in_flight_at_open {
+            InFlightAtOpen::MarkUnknown => (0, settled),
+            _ => (settled, 0),
         };
         t.deltas
             .flush(&mut counts, &mut t.meta)
@@ -205,6 +212,7 @@ pub(crate) fn init_tables(
         Opened {
             next_token,
             released,
+            marked_unknown,
             log: recovered.log,
             replayed: recovered.entries,
             secret,
@@ -241,7 +249,10 @@ fn check_or_migrate(txn: &WriteTransaction) -> Result<Option<u64>, OpenError> {
             if found < 2 {
                 migrate::v1_to_v2(txn).map_err(open_error)?;
             }
-            migrate::v2_to_v3(txn).map_err(open_error)?;
+            if found < 3 {
+                migrate::v2_to_v3(txn).map_err(open_error)?;
+            }
+            // From 3 to 4 nothing changes but the version, written by the caller.
         }
     }
     Ok(format)
@@ -342,9 +353,11 @@ fn skip_tokens(
     Ok(next_token)
 }
 
-/// Step 4 (`release_in_flight_on_open`): removes every in-flight record; returns how many.
-/// The count says whether any record is in flight, so most opens need no scan.
-fn release_in_flight(t: &mut OpenTables<'_>) -> Result<u64, OpenError> {
+/// Step 4 (`in_flight_at_open`): releases every in-flight record, or marks its outcome
+/// unknown (E6); returns how many. Under `Release`, a record with a recovery point is kept
+/// with its lease ended, so the first retry resumes from the point (P3). The count of
+/// in-flight records says whether any is in flight, so most opens need no scan.
+fn settle_in_flight(t: &mut OpenTables<'_>, policy: InFlightAtOpen) -> Result<u64, OpenError> {
     let in_flight_now = t
         .get(META_IN_FLIGHT)?
         .unwrap_or(0)
@@ -358,19 +371,50 @@ fn release_in_flight(t: &mut OpenTables<'_>) -> Result<u64, OpenError> {
         if let Ok(hot) = Hot::decode(v.value())
             && hot.state == State::InFlight
         {
-            in_flight.push(*k.value());
+            in_flight.push((*k.value(), Record::decode(v.value()).ok()));
         }
     }
-    let mut released = 0;
-    for hash in in_flight {
-        if let Some(old) =
-            tables::delete(&mut t.records, &mut t.expiry, &KeyHash(hash)).map_err(open_error)?
-        {
-            t.deltas.removed(old.value());
+    let mut settled = 0;
+    for (hash, record) in in_flight {
+        let hash = KeyHash(hash);
+        let kept = record.and_then(|r| {
+            let hot = match policy {
+                InFlightAtOpen::MarkUnknown => Some(machine::outcome_unknown(r.hot)),
+                _ => machine::released(r.hot, 0),
+            }?;
+            Some(Record { hot, ..r })
+        });
+        match kept {
+            Some(mut record) => {
+                let point =
+                    tables::response(&t.expiry, &hash, record.hot.expires_at, <[u8]>::to_vec)
+                        .map_err(open_error)?;
+                if point.is_none() {
+                    // A point the record's flag promises but its entry lacks is gone.
+                    record.hot.response_len = 0;
+                }
+                let bytes = record.encode();
+                let old = tables::put(
+                    &mut t.records,
+                    &mut t.expiry,
+                    &hash,
+                    (&bytes, record.hot.expires_at),
+                    point.as_deref(),
+                )
+                .map_err(open_error)?;
+                t.deltas.replaced(old.as_ref().map(|g| g.value()), &bytes);
+            }
+            None => {
+                if let Some(old) =
+                    tables::delete(&mut t.records, &mut t.expiry, &hash).map_err(open_error)?
+                {
+                    t.deltas.removed(old.value());
+                }
+            }
         }
-        released += 1;
+        settled += 1;
     }
-    Ok(released)
+    Ok(settled)
 }
 
 /// What a file's `format_version` is to this build.

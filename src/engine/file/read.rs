@@ -16,7 +16,7 @@ use crate::format::record::{
     EXPIRY, ExpiryKey, Hot, META, META_IN_FLIGHT, RECORDS, Record, SCOPE_COUNTS, State,
     stored_response,
 };
-use crate::format::{scope_count, tables};
+use crate::format::{point, scope_count, tables};
 use crate::poison;
 use crate::rules::key::{KeyHash, Scope};
 use crate::rules::machine;
@@ -33,15 +33,28 @@ pub(crate) fn record_info(
     if machine::expired(&rec.hot, now) {
         return Ok(None);
     }
-    let response = if rec.hot.state == State::Completed {
-        let blob = response.ok_or_else(|| Unavailable::Corrupted {
+    view(hash, rec, response).map(Some)
+}
+
+/// The view of a decoded record with its expiry entry's value: the stored response once
+/// completed, the recovery point before.
+fn view(hash: &KeyHash, rec: Record, value: Option<&[u8]>) -> Result<RecordInfo, Unavailable> {
+    if rec.hot.state == State::Completed {
+        let blob = value.ok_or_else(|| Unavailable::Corrupted {
             detail: format!("completed record {hash:?} has no stored response"),
         })?;
-        Some(blob::decode(blob).map_err(corrupted)?)
-    } else {
-        None
+        let response = blob::decode(blob).map_err(corrupted)?;
+        return Ok(RecordInfo::of(rec, Some(response)));
+    }
+    let point = match value.filter(|_| rec.hot.has_point()) {
+        Some(bytes) => Some(point::decode(bytes).map_err(|e| Unavailable::Corrupted {
+            detail: format!("recovery point {hash:?}: {e}"),
+        })?),
+        None => None,
     };
-    Ok(Some(RecordInfo::of(rec, response)))
+    let mut info = RecordInfo::of(rec, None);
+    info.recovery_point = point;
+    Ok(info)
 }
 
 /// The record under `hash` in one snapshot of the file; `None` if there is none or it has
@@ -85,18 +98,14 @@ pub(crate) fn records_in(
         if scope.is_some_and(|s| s.as_str() != rec.scope) || machine::expired(&rec.hot, now) {
             continue;
         }
-        let response = if rec.hot.state == State::Completed {
-            let hash = KeyHash(*hash.value());
-            let decoded = tables::response(&expiry, &hash, rec.hot.expires_at, blob::decode)
+        let hash = KeyHash(*hash.value());
+        let value = if rec.hot.state == State::Completed || rec.hot.has_point() {
+            tables::response(&expiry, &hash, rec.hot.expires_at, <[u8]>::to_vec)
                 .map_err(io_error)?
-                .ok_or_else(|| Unavailable::Corrupted {
-                    detail: format!("completed record {}/{} has no response", rec.scope, rec.key),
-                })?;
-            Some(decoded.map_err(corrupted)?)
         } else {
             None
         };
-        out.push(RecordInfo::of(rec, response));
+        out.push(view(&hash, rec, value.as_deref())?);
     }
     Ok(out)
 }
@@ -163,13 +172,25 @@ pub(crate) fn check_in(
         with_expiry.insert(ek.0);
         let stored = stored_response(value.value());
         match rec.hot.state {
-            State::InFlight => {
+            State::InFlight | State::OutcomeUnknown => {
                 report.in_flight += 1;
-                if stored.is_some() {
-                    problem(
+                match stored.map(|b| (b.len(), point::decode(b))) {
+                    None if rec.hot.has_point() => {
+                        problem(&mut report, format!("{name}: recovery point missing"))
+                    }
+                    Some(_) if !rec.hot.has_point() => problem(
                         &mut report,
-                        format!("{name}: in flight with a stored response"),
-                    );
+                        format!("{name}: not completed, with a stored response"),
+                    ),
+                    Some((len, _)) if len != rec.hot.response_len as usize => problem(
+                        &mut report,
+                        format!(
+                            "{name}: recovery point is {len} bytes but the record says {}",
+                            rec.hot.response_len
+                        ),
+                    ),
+                    Some((_, Err(e))) => problem(&mut report, format!("{name}: {e}")),
+                    _ => {}
                 }
             }
             State::Completed => {

@@ -113,6 +113,8 @@ fn drive_with(op: &Op, driver: &Weak<dyn Drive>) {
             }
         }
         Op::Renew { reply, .. } => reply.drive_with(driver),
+        Op::Point { reply, .. } => reply.drive_with(driver),
+        Op::Resolve { reply, .. } => reply.drive_with(driver),
         Op::Purge { reply, .. } => reply.drive_with(driver),
         Op::Expire { reply, .. } => reply.drive_with(driver),
         Op::Flush { reply } | Op::Barrier { reply } | Op::Checkpoint { reply } => {

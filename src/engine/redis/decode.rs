@@ -115,6 +115,8 @@ pub(crate) fn decode_claim(shared: &Shared, v: Value) -> Result<(Claim, Option<L
                 Claim::Execute {
                     token,
                     lease_deadline,
+                    // This engine keeps no recovery points.
+                    recovery: None,
                 },
                 None,
             ))

@@ -220,7 +220,7 @@ impl Fields {
         let response = match (state, &self.rs) {
             (State::Completed, Some(b)) => Some(response(b)?),
             (State::Completed, None) => return Err(corrupt("completed without a response")),
-            (State::InFlight, _) => None,
+            (State::InFlight | State::OutcomeUnknown, _) => None,
         };
         Ok(RecordInfo {
             scope: text(&self.sc, "sc")?,
@@ -230,11 +230,12 @@ impl Fields {
             created_at: number("record creation", need(&self.cr, "cr")?)?,
             lease_deadline: match state {
                 State::InFlight => Some(number("lease deadline", need(&self.ld, "ld")?)?),
-                State::Completed => None,
+                State::Completed | State::OutcomeUnknown => None,
             },
             expires_at: self.expires_at()?,
             token: number("token", need(&self.tk, "tk")?)?,
             response,
+            recovery_point: None,
         })
     }
 }

@@ -8,9 +8,17 @@
 
 use super::*;
 use crate::config::CachePolicy;
+use crate::format::point;
 use crate::format::record::RecordError;
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, Scope};
+
+/// A recovery point that cannot be handed to the attempt that takes its key over.
+fn damaged_point(hash: &KeyHash, detail: &str) -> Unavailable {
+    Unavailable::Corrupted {
+        detail: format!("recovery point {hash:?}: {detail}"),
+    }
+}
 
 /// A stored response that cannot be replayed.
 fn corrupted_response(hash: &KeyHash, detail: &str) -> BeginError {
@@ -141,6 +149,19 @@ impl Writer {
                 let answer = self.renew(t, b, now, &hash, token)?;
                 b.pending.push(Pending::Renew(reply, answer));
             }
+            Op::Point {
+                hash,
+                token,
+                point,
+                reply,
+            } => {
+                let answer = self.save_point(t, b, (&hash, token), &point::encode(&point))?;
+                b.pending.push(Pending::Lease(Some(reply), answer));
+            }
+            Op::Resolve { hash, reply } => {
+                let answer = self.resolve(t, b, now, &hash)?;
+                b.pending.push(Pending::Resolve(reply, answer, hash));
+            }
             Op::Purge { hash, reply } => {
                 let existed = self.purge(t, b, &hash)?;
                 b.pending.push(Pending::Purge(reply, existed));
@@ -208,21 +229,32 @@ impl Writer {
                 })
             }
             BeginDecision::Execute { takeover } => {
+                // A takeover inherits the record's recovery point (P2).
+                let inherited = match hot.filter(|_| takeover) {
+                    Some(old) => self.point_of(t, hash, &old)?.map(|bytes| (old, bytes)),
+                    None => None,
+                };
+                let recovery = match inherited.as_ref().map(|(_, bytes)| point::decode(bytes)) {
+                    Some(Err(e)) => return Ok(Err(damaged_point(hash, &e).into())),
+                    decoded => decoded.and_then(Result::ok),
+                };
                 let token = self.next_token;
                 self.next_token = self.next_token.saturating_add(1);
-                let new = machine::reserved(
-                    fp,
-                    token,
-                    now,
+                let (lease_ms, ttl_ms) = (
                     crate::clock::millis(config.lease),
                     crate::clock::millis(config.ttl),
                 );
+                let new = match &inherited {
+                    Some((old, _)) => machine::taken_over(old, token, now, lease_ms, ttl_ms),
+                    None => machine::reserved(fp, token, now, lease_ms, ttl_ms),
+                };
+                let inherited = inherited.map(|(_, bytes)| bytes);
                 let record = Record {
                     hot: new,
                     scope: scope.as_str().to_owned(),
                     key: key.as_str().to_owned(),
                 };
-                self.put(t, b, (hash, &record), hot.as_ref(), None)?;
+                self.put(t, b, (hash, &record), hot.as_ref(), inherited.as_deref())?;
                 b.mutated = true;
                 b.durable |= self.durable_if(config.reservations_durable());
                 b.effects.push(Effect::Put(
@@ -239,7 +271,12 @@ impl Writer {
                 Ok(Claim::Execute {
                     token,
                     lease_deadline: new.lease_deadline,
+                    recovery,
                 })
+            }
+            BeginDecision::OutcomeUnknown => {
+                bump(&counters.outcome_unknown);
+                Ok(Claim::OutcomeUnknown)
             }
             BeginDecision::Replay => {
                 let stored = match hot {
@@ -318,8 +355,7 @@ impl Writer {
         let old = record.hot;
         b.mutated = true;
         if !policy.keeps(response.status()) {
-            self.delete(t, b, hash)?;
-            b.effects.push(Effect::Remove(*hash));
+            self.let_go(t, b, (hash, record), now)?;
             bump(&counters.releases);
             return Ok(Ok(Completion::Released));
         }
@@ -346,18 +382,167 @@ impl Writer {
         hash: &KeyHash,
         token: u64,
     ) -> Result<Result<(), LeaseError>, Fail> {
-        let hot = match self.load(t, hash, Hot::decode)? {
-            Ok(hot) => hot,
+        let current = match self.load(t, hash, Record::decode)? {
+            Ok(current) => current,
             Err(damaged) => return Ok(Err(damaged.into())),
         };
-        if let Err(refusal) = machine::check_holder(hot.as_ref(), token) {
+        if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
             return Ok(Err(lease_refusal(refusal, token)));
         }
-        self.delete(t, b, hash)?;
-        b.mutated = true;
-        b.effects.push(Effect::Remove(*hash));
+        let Some(record) = current else {
+            return Ok(Err(LeaseError::NotReserved { token }));
+        };
+        self.let_go(t, b, (hash, record), self.shared.now())?;
         bump(&self.shared.counters.releases);
         Ok(Ok(()))
+    }
+
+    /// Lets go of `hash`'s in-flight `record` (C6, P3): removes it, or, when it carries a
+    /// recovery point, keeps it with its point and its lease ended, so the next attempt
+    /// resumes from the point at once.
+    pub(super) fn let_go(
+        &self,
+        t: &mut Tables<'_>,
+        b: &mut Batch,
+        (hash, record): (&KeyHash, Record),
+        now: u64,
+    ) -> Result<(), Fail> {
+        b.mutated = true;
+        let kept = match machine::released(record.hot, now) {
+            Some(hot) => self
+                .point_of(t, hash, &record.hot)?
+                .map(|bytes| (hot, bytes)),
+            None => None,
+        };
+        let Some((hot, bytes)) = kept else {
+            self.delete(t, b, hash)?;
+            b.effects.push(Effect::Remove(*hash));
+            return Ok(());
+        };
+        let old = record.hot;
+        let record = Record { hot, ..record };
+        self.put(t, b, (hash, &record), Some(&old), Some(&bytes))?;
+        // Durable with its batch like a release is not: the point it keeps already is.
+        b.effects.push(Effect::Put(
+            *hash,
+            Entry {
+                hot,
+                response: None,
+            },
+        ));
+        Ok(())
+    }
+
+    /// The recovery point bytes of `hot`, `hash`'s record, if it carries one.
+    pub(super) fn point_of(
+        &self,
+        t: &Tables<'_>,
+        hash: &KeyHash,
+        hot: &Hot,
+    ) -> Result<Option<Vec<u8>>, Fail> {
+        if !hot.has_point() {
+            return Ok(None);
+        }
+        self.io(t.response(hash, hot.expires_at, <[u8]>::to_vec))
+    }
+
+    /// Saves the recovery point `bytes` (encoded) for reservation `token` (P1), durably.
+    pub(super) fn save_point(
+        &mut self,
+        t: &mut Tables<'_>,
+        b: &mut Batch,
+        (hash, token): (&KeyHash, u64),
+        bytes: &[u8],
+    ) -> Result<Result<(), LeaseError>, Fail> {
+        let current = match self.load(t, hash, Record::decode)? {
+            Ok(current) => current,
+            Err(damaged) => return Ok(Err(damaged.into())),
+        };
+        if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
+            if let HolderRefusal::Fenced { .. } = refusal {
+                bump(&self.shared.counters.fenced);
+            }
+            return Ok(Err(lease_refusal(refusal, token)));
+        }
+        let Some(mut record) = current else {
+            return Ok(Err(LeaseError::NotReserved { token }));
+        };
+        let old = record.hot;
+        // A valid point is at most a few bytes over 64 KiB.
+        record.hot.response_len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.put(t, b, (hash, &record), Some(&old), Some(bytes))?;
+        b.mutated = true;
+        b.durable |= self.durable_if(true);
+        b.effects.push(Effect::Put(
+            *hash,
+            Entry {
+                hot: record.hot,
+                response: None,
+            },
+        ));
+        bump(&self.shared.counters.points_saved);
+        Ok(Ok(()))
+    }
+
+    /// Reserves `hash`'s record for its resolution when its outcome is unknown (E6): in flight
+    /// again under a fresh token, with its recovery point. `None` for any other record.
+    fn resolve(
+        &mut self,
+        t: &mut Tables<'_>,
+        b: &mut Batch,
+        now: u64,
+        hash: &KeyHash,
+    ) -> Result<Result<Option<Claim>, Unavailable>, Fail> {
+        let current = match self.load(t, hash, Record::decode)? {
+            Ok(current) => current,
+            Err(damaged) => return Ok(Err(damaged)),
+        };
+        let Some(record) = current
+            .filter(|r| r.hot.state == State::OutcomeUnknown && !machine::expired(&r.hot, now))
+        else {
+            return Ok(Ok(None));
+        };
+        let bytes = self.point_of(t, hash, &record.hot)?;
+        let recovery = match bytes.as_deref().map(point::decode) {
+            Some(Err(e)) => return Ok(Err(damaged_point(hash, &e))),
+            decoded => decoded.and_then(Result::ok),
+        };
+        let config = &self.shared.config;
+        let token = self.next_token;
+        self.next_token = self.next_token.saturating_add(1);
+        let old = record.hot;
+        let hot = machine::taken_over(
+            &old,
+            token,
+            now,
+            crate::clock::millis(config.lease),
+            crate::clock::millis(config.ttl),
+        );
+        let hot = if bytes.is_some() {
+            hot
+        } else {
+            Hot {
+                response_len: 0,
+                ..hot
+            }
+        };
+        let record = Record { hot, ..record };
+        self.put(t, b, (hash, &record), Some(&old), bytes.as_deref())?;
+        b.mutated = true;
+        b.durable |= self.durable_if(true);
+        b.effects.push(Effect::Put(
+            *hash,
+            Entry {
+                hot,
+                response: None,
+            },
+        ));
+        bump(&self.shared.counters.executes);
+        Ok(Ok(Some(Claim::Execute {
+            token,
+            lease_deadline: hot.lease_deadline,
+            recovery,
+        })))
     }
 
     /// `renew` (C8): a full lease from now for the reservation `token` holds.
@@ -386,7 +571,8 @@ impl Writer {
         let lease_deadline = now.saturating_add(crate::clock::millis(self.shared.config.lease));
         record.hot.lease_deadline = lease_deadline;
         record.hot.expires_at = old.expires_at.max(lease_deadline);
-        self.put(t, b, (hash, &record), Some(&old), None)?;
+        let point = self.point_of(t, hash, &old)?;
+        self.put(t, b, (hash, &record), Some(&old), point.as_deref())?;
         b.mutated = true;
         b.effects.push(Effect::Put(
             *hash,

@@ -28,7 +28,9 @@ use parking_lot::{RwLock, RwLockWriteGuard};
 
 use crate::config::CachePolicy;
 use crate::engine::work::{self, Ran, Work};
+use crate::format::point;
 use crate::rules::machine::HolderRefusal;
+use crate::rules::point::RecoveryPoint;
 
 impl Writer {
     /// Runs a batch that carries caller work. See the module documentation.
@@ -255,6 +257,74 @@ impl Writer {
                 policy,
                 run,
             } => self.complete_with((&hash, token), policy, run, (b, part, last)),
+            Work::Point {
+                hash,
+                token,
+                point,
+                run,
+            } => self.point_with((&hash, token), &point, run, (b, part, last)),
+        }
+    }
+
+    /// A recovery point (P1) with the caller's writes in the same transaction: the step's
+    /// effect and the point that records it commit together or not at all. A closure that
+    /// fails rolls back its writes and leaves the key as it was, held by the same holder.
+    fn point_with(
+        &mut self,
+        (hash, token): (&KeyHash, u64),
+        point: &RecoveryPoint,
+        run: work::WriteFn,
+        (b, part, last): (&mut Batch, &mut Part<'_>, bool),
+    ) -> Result<Result<Ran, CompleteError>, Fail> {
+        let txn = self.begin_part(part)?;
+        let holder = {
+            let t = self.file_tables(&txn)?;
+            self.load(&t, hash, Record::decode)?
+                .map_err(CompleteError::from)
+                .and_then(|r| self.holder(r, token))
+        };
+        if let Err(refused) = holder {
+            self.abort_part(txn, part)?;
+            return Ok(Err(refused));
+        }
+        match work::run_inside(|| run(&txn)) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.abort_part(txn, part)?;
+                return Ok(Ok(Ran::Declined));
+            }
+            Err(text) => {
+                self.abort_part(txn, part)?;
+                return Ok(Ok(Ran::Panicked(text)));
+            }
+        }
+        let saved = {
+            let mut t = self.file_tables(&txn)?;
+            self.save_point(&mut t, b, (hash, token), &point::encode(point))?
+        };
+        if let Err(e) = saved {
+            // Not reached: the holder was checked in this transaction.
+            self.abort_part(txn, part)?;
+            return Ok(Err(match e {
+                LeaseError::Fenced { token, current } => CompleteError::Fenced { token, current },
+                LeaseError::NotReserved { token } => CompleteError::NotReserved { token },
+                LeaseError::Unavailable(u) => CompleteError::Unavailable(u),
+            }));
+        }
+        self.commit_part(txn, b, part, last)?;
+        Ok(Ok(Ran::Committed(Completion::Stored)))
+    }
+
+    /// Checks that reservation `token` holds `hash`'s record `current` (C8): the record, or
+    /// the refusal a stale holder gets.
+    fn holder(&self, current: Option<Record>, token: u64) -> Result<Record, CompleteError> {
+        match machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
+            Err(HolderRefusal::Fenced { current }) => {
+                bump(&self.shared.counters.fenced);
+                Err(CompleteError::Fenced { token, current })
+            }
+            Err(HolderRefusal::NotReserved) => Err(CompleteError::NotReserved { token }),
+            Ok(()) => current.ok_or(CompleteError::NotReserved { token }),
         }
     }
 
@@ -269,24 +339,18 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
         let txn = self.begin_part(part)?;
-        let current = {
+        let holder = {
             let t = self.file_tables(&txn)?;
             self.load(&t, hash, Record::decode)?
+                .map_err(CompleteError::from)
+                .and_then(|r| self.holder(r, token))
         };
-        let refused = match &current {
-            Err(damaged) => Some(damaged.clone().into()),
-            Ok(current) => match machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
-                Err(HolderRefusal::Fenced { current }) => {
-                    bump(&counters.fenced);
-                    Some(CompleteError::Fenced { token, current })
-                }
-                Err(HolderRefusal::NotReserved) => Some(CompleteError::NotReserved { token }),
-                Ok(()) => None,
-            },
-        };
-        let (Ok(Some(mut record)), None) = (current, refused.clone()) else {
-            self.abort_part(txn, part)?;
-            return Ok(Err(refused.unwrap_or(CompleteError::NotReserved { token })));
+        let mut record = match holder {
+            Ok(record) => record,
+            Err(refused) => {
+                self.abort_part(txn, part)?;
+                return Ok(Err(refused));
+            }
         };
         // What the closure's outcome leaves: a response to store, or a release and an answer.
         let outcome = match work::run_inside(|| run(&txn)) {
@@ -311,7 +375,7 @@ impl Writer {
             Ok(stored) => stored,
             Err(answer) => {
                 self.abort_part(txn, part)?;
-                self.release_part(hash, (b, part, last))?;
+                self.release_part((hash, record), (b, part, last))?;
                 return Ok(answer);
             }
         };
@@ -335,20 +399,19 @@ impl Writer {
         Ok(Ok(Ran::Committed(Completion::Stored)))
     }
 
-    /// Releases the key of a completion that stored nothing, in a transaction of its own.
+    /// Releases the key of a completion that stored nothing, in a transaction of its own
+    /// (a key with a recovery point keeps it, with its lease ended: P3).
     fn release_part(
         &mut self,
-        hash: &KeyHash,
+        (hash, record): (&KeyHash, Record),
         (b, part, last): (&mut Batch, &mut Part<'_>, bool),
     ) -> Result<(), Fail> {
         let txn = self.begin_part(part)?;
         {
             let mut t = self.file_tables(&txn)?;
-            self.delete(&mut t, b, hash)?;
+            self.let_go(&mut t, b, (hash, record), self.shared.now())?;
         }
         self.commit_part(txn, b, part, last)?;
-        b.mutated = true;
-        b.effects.push(Effect::Remove(*hash));
         bump(&self.shared.counters.releases);
         Ok(())
     }

@@ -11,11 +11,17 @@ impl Writer {
     pub(super) fn finish(&mut self, b: Batch) {
         self.scopes.apply(&b.deltas);
         let waiters = Arc::clone(&self.shared.waiters);
+        let now = self.shared.now();
         for effect in b.effects {
-            // A key that left flight (completed, released, removed): its waiting retries look
-            // again once the index shows it (`engine/waiters.rs`).
+            // A key that left flight (completed, released, removed) or whose lease ended (a
+            // release that kept a recovery point): its waiting retries look again once the
+            // index shows it (`engine/waiters.rs`).
             let left_flight = match &effect {
-                Effect::Put(hash, entry) if entry.hot.state == State::Completed => Some(*hash),
+                Effect::Put(hash, entry)
+                    if entry.hot.state == State::Completed || entry.hot.lease_deadline <= now =>
+                {
+                    Some(*hash)
+                }
                 Effect::Remove(hash) => Some(*hash),
                 _ => None,
             };

@@ -1,0 +1,105 @@
+//! Resolving keys whose outcome is unknown (rule E6): [`Store::resolve`] and the resolver
+//! hook [`Store::resolve_unknown`].
+//!
+//! Why: a store opened with [`InFlightAtOpen::MarkUnknown`](crate::InFlightAtOpen::MarkUnknown)
+//! keeps every key that was in flight when it stopped, answering retries `OutcomeUnknown`,
+//! because only the application can find out whether the operation had its effect (ask the
+//! payment provider, look for the row). Resolving hands the application an ordinary
+//! [`Reservation`] of the key: complete it with the response the effect deserves, or release
+//! it so a retry runs again. Invariant: only a key whose outcome is unknown is ever reserved
+//! here, and at most one resolution of a key holds it at a time (the reservation's token
+//! fences a second one, as a lease takeover would).
+
+use crate::error::{KeyError, ResolveError};
+use crate::format::record::State;
+use crate::rules::key::{Key, KeyHash, Scope};
+use crate::view::RecordInfo;
+
+use super::{Begin, Reservation, Store};
+
+impl Store {
+    /// Reserves a key whose outcome is unknown (E6) for the application to resolve it:
+    /// `Some(reservation)` with a fresh fencing token, a lease and the key's last
+    /// [`recovery_point`](Reservation::recovery_point); `None` when the key's outcome is not
+    /// unknown (absent, expired, in flight, completed, or resolved already).
+    ///
+    /// Look the effect up, then [`complete`](Reservation::complete) the reservation with the
+    /// response a retry should get (the effect happened) or [`release`](Reservation::release)
+    /// it (it did not: the retry runs the operation). Dropping the reservation releases the
+    /// key, as for any reservation. Memory and Redis stores never mark a key so, and answer
+    /// `None`.
+    ///
+    /// ```
+    /// use idemstore::{Begin, Config, Fingerprint, InFlightAtOpen, Response, Scope, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("payments.redb");
+    /// let config = || {
+    ///     Config::builder().in_flight_at_open(InFlightAtOpen::MarkUnknown).build()
+    /// };
+    /// let (scope, fp) = (Scope::new("acct_1")?, Fingerprint::of_bytes(b"pay 10 EUR"));
+    /// let store = Store::open(&path, config()?)?;
+    /// let key = store.key("pay-1")?;
+    /// let Begin::Execute(reservation) = store.begin(&scope, &key, &fp)? else { unreachable!() };
+    /// reservation.abandon(); // the process dies here, as far as the store can tell
+    /// store.close()?;
+    ///
+    /// let store = Store::open(&path, config()?)?;
+    /// assert!(matches!(store.begin(&scope, &key, &fp)?, Begin::OutcomeUnknown));
+    /// // The application asks the payment provider, which has the payment: complete.
+    /// let reservation = store.resolve(&scope, &key)?.expect("the key's outcome is unknown");
+    /// reservation.complete(Response::new(201, [("location", "/payments/p-1")], ""))?;
+    /// assert!(matches!(store.begin(&scope, &key, &fp)?, Begin::Replay(r) if r.status() == 201));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn resolve(&self, scope: &Scope, key: &Key) -> Result<Option<Reservation>, ResolveError> {
+        let shared = &self.inner.shared;
+        shared.check()?;
+        let max = shared.config.max_key_len;
+        if key.len() > max {
+            return Err(ResolveError::InvalidKey(KeyError::TooLong {
+                len: key.len(),
+                max,
+            }));
+        }
+        let hash = KeyHash::of(scope, key);
+        match self.inner.engine.resolve(hash).wait()? {
+            Some(claim) => match self.wrap(hash, claim) {
+                Begin::Execute(reservation) => Ok(Some(reservation)),
+                _ => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// The resolver hook: reserves each key whose outcome is unknown (E6), up to `limit` of
+    /// them, and hands `f` its record and its reservation, to complete or release (a
+    /// reservation `f` drops is released). Returns how many keys it handed over. Run it after
+    /// opening a store with [`InFlightAtOpen::MarkUnknown`](crate::InFlightAtOpen::MarkUnknown),
+    /// before or while serving: retries of the keys not resolved yet are answered
+    /// `OutcomeUnknown` meanwhile. With the write-ahead log, finding the keys checkpoints
+    /// first, as [`records`](Store::records) does.
+    pub fn resolve_unknown(
+        &self,
+        limit: usize,
+        mut f: impl FnMut(&RecordInfo, Reservation),
+    ) -> Result<usize, ResolveError> {
+        let unknown: Vec<RecordInfo> = self
+            .records(None, usize::MAX)?
+            .into_iter()
+            .filter(|r| r.state == State::OutcomeUnknown)
+            .take(limit)
+            .collect();
+        let mut handed = 0;
+        for record in unknown {
+            // A stored scope and key were valid when they were stored.
+            let (Ok(scope), Ok(key)) = (Scope::new(&record.scope), Key::new(&record.key)) else {
+                continue;
+            };
+            if let Some(reservation) = self.resolve(&scope, &key)? {
+                f(&record, reservation);
+                handed += 1;
+            }
+        }
+        Ok(handed)
+    }
+}

@@ -1,0 +1,216 @@
+//! Outcome unknown (E6): a store opened with `InFlightAtOpen::MarkUnknown` keeps the keys that
+//! were in flight, answers their retries `OutcomeUnknown` whatever the time, and hands each to
+//! the application to resolve; reservations are durable under that policy by default, so a
+//! power loss right after `begin` still leaves the key unknown rather than free.
+
+use std::time::Duration;
+
+use idemstore::{Begin, Config, InFlightAtOpen, ManualClock, State, Store};
+
+use crate::sim_disk::{Mode, Rng, SimDisk};
+use crate::support::{T0, TestStore, execute, fp, key, memory, open_with, replay, resp, scope};
+
+const LEASE: Duration = Duration::from_secs(10);
+
+fn marking(log: bool) -> TestStore {
+    open_with(|c| {
+        c.lease(LEASE)
+            .write_ahead_log(log)
+            .in_flight_at_open(InFlightAtOpen::MarkUnknown)
+    })
+}
+
+fn reopen(t: TestStore, log: bool) -> TestStore {
+    t.reopen_with(|c| {
+        c.lease(LEASE)
+            .write_ahead_log(log)
+            .in_flight_at_open(InFlightAtOpen::MarkUnknown)
+    })
+}
+
+#[test]
+fn e6_a_key_in_flight_at_open_is_answered_outcome_unknown_until_resolved() {
+    for log in [true, false] {
+        let t = marking(log);
+        let (s, k, f) = (scope("acct"), key("pay-1"), fp("pay 10"));
+        let mut r = execute(t.store.begin(&s, &k, &f).unwrap());
+        r.save_point("sent-to-provider", b"req-77").unwrap();
+        r.abandon();
+        let t = reopen(t, log);
+        assert_eq!(t.store.stats().marked_unknown, 1, "log={log}");
+        let info = t.store.get(&s, &k).unwrap().unwrap();
+        assert_eq!(info.state, State::OutcomeUnknown);
+        assert_eq!(info.lease_deadline, None);
+        // No lease runs out: the key waits for the application, not for a clock.
+        t.clock.advance(LEASE * 3);
+        assert!(matches!(
+            t.store.begin(&s, &k, &f).unwrap(),
+            Begin::OutcomeUnknown
+        ));
+        assert!(matches!(
+            t.store.begin(&s, &k, &fp("other")).unwrap(),
+            Begin::Conflict
+        ));
+        assert_eq!(t.store.stats().outcome_unknown, 1);
+        // Resolution: a reservation with the point; a retry meanwhile is in progress.
+        let resolving = t.store.resolve(&s, &k).unwrap().unwrap();
+        assert_eq!(
+            resolving.recovery_point().unwrap().payload(),
+            b"req-77",
+            "log={log}"
+        );
+        assert!(
+            t.store.resolve(&s, &k).unwrap().is_none(),
+            "one resolution at a time"
+        );
+        assert!(matches!(
+            t.store.begin(&s, &k, &f).unwrap(),
+            Begin::InProgress { .. }
+        ));
+        // The provider has the payment: the key completes with the response it deserves.
+        resolving.complete(resp(201, "paid")).unwrap();
+        assert_eq!(replay(t.store.begin(&s, &k, &f).unwrap()).body(), b"paid");
+        assert!(t.store.resolve(&s, &k).unwrap().is_none());
+        assert!(t.store.check().unwrap().is_sound());
+        // A completed key stays completed at the next open.
+        let t = reopen(t, log);
+        assert_eq!(t.store.stats().marked_unknown, 0);
+        assert_eq!(replay(t.store.begin(&s, &k, &f).unwrap()).body(), b"paid");
+    }
+}
+
+#[test]
+fn e6_a_resolution_that_releases_lets_the_retry_run_and_the_hook_sees_every_key() {
+    let t = marking(true);
+    let s = scope("acct");
+    for i in 0..5 {
+        execute(t.store.begin(&s, &key(&format!("k{i}")), &fp("x")).unwrap()).abandon();
+    }
+    // A completed key and a free one are not the hook's business.
+    execute(t.store.begin(&s, &key("done"), &fp("x")).unwrap())
+        .complete(resp(201, "done"))
+        .unwrap();
+    let t = reopen(t, true);
+    assert_eq!(t.store.stats().marked_unknown, 5);
+    let mut seen = Vec::new();
+    let handed = t
+        .store
+        .resolve_unknown(usize::MAX, |record, reservation| {
+            assert_eq!(record.state, State::OutcomeUnknown);
+            seen.push(record.key.clone());
+            // Even keys had their effect; odd ones did not and run again.
+            let i: usize = record.key[1..].parse().unwrap();
+            if i.is_multiple_of(2) {
+                reservation.complete(resp(201, &record.key)).unwrap();
+            } else {
+                reservation.release().unwrap();
+            }
+        })
+        .unwrap();
+    assert_eq!(handed, 5);
+    seen.sort();
+    assert_eq!(seen, ["k0", "k1", "k2", "k3", "k4"]);
+    for i in 0..5_u32 {
+        let k = key(&format!("k{i}"));
+        match t.store.begin(&s, &k, &fp("x")).unwrap() {
+            Begin::Replay(r) => {
+                assert!(i.is_multiple_of(2) && r.body() == format!("k{i}").as_bytes())
+            }
+            Begin::Execute(r) => {
+                assert!(!i.is_multiple_of(2), "k{i}");
+                r.complete(resp(201, "again")).unwrap();
+            }
+            other => panic!("k{i}: {other:?}"),
+        }
+    }
+    assert_eq!(t.store.resolve_unknown(usize::MAX, |_, _| {}).unwrap(), 0);
+}
+
+#[test]
+fn e6_an_unknown_key_expires_like_any_record() {
+    let t = marking(false);
+    let (s, k, f) = (scope("acct"), key("k"), fp("x"));
+    execute(t.store.begin(&s, &k, &f).unwrap()).abandon();
+    let t = reopen(t, false);
+    assert!(matches!(
+        t.store.begin(&s, &k, &f).unwrap(),
+        Begin::OutcomeUnknown
+    ));
+    t.clock.advance(Duration::from_secs(24 * 3600));
+    assert!(t.store.get(&s, &k).unwrap().is_none());
+    assert!(t.store.resolve(&s, &k).unwrap().is_none());
+    execute(t.store.begin(&s, &k, &f).unwrap())
+        .complete(resp(201, "new"))
+        .unwrap();
+    assert!(t.store.check().unwrap().is_sound());
+}
+
+#[test]
+fn e6_memory_stores_never_mark_a_key() {
+    let clock = ManualClock::new(T0);
+    let store = memory(&clock);
+    let (s, k, f) = (scope("acct"), key("k"), fp("x"));
+    let r = execute(store.begin(&s, &k, &f).unwrap());
+    assert!(store.resolve(&s, &k).unwrap().is_none());
+    r.complete(resp(201, "ok")).unwrap();
+}
+
+fn sim_config(clock: &ManualClock, policy: InFlightAtOpen) -> Config {
+    Config::builder()
+        .clock(clock.clone())
+        .lease(LEASE)
+        .in_flight_at_open(policy)
+        .compactor_interval(Duration::from_secs(3600))
+        .checkpoint_interval(Duration::from_secs(3600))
+        .log_capacity(64 << 10)
+        .build()
+        .unwrap()
+}
+
+/// E6 with C10: under `MarkUnknown` a reservation is durable before `begin` answers, so a
+/// power loss right after it leaves the key unknown, never free for a second execution;
+/// under `Release` (by default not durable) the key is free after the crash either way.
+#[test]
+fn e6_reservation_durability_follows_the_policy_through_a_power_loss() {
+    for log in [true, false] {
+        for policy in [InFlightAtOpen::MarkUnknown, InFlightAtOpen::Release] {
+            let clock = ManualClock::new(T0);
+            let db = SimDisk::new(Mode::Subset);
+            let log_disk = log.then(|| db.sibling(Vec::new()));
+            let open = |db: &SimDisk, log_disk: Option<&SimDisk>| {
+                match log_disk {
+                    Some(l) => {
+                        Store::open_with_backends(db.clone(), l.clone(), sim_config(&clock, policy))
+                    }
+                    None => Store::open_with_backend(db.clone(), sim_config(&clock, policy)),
+                }
+                .unwrap()
+            };
+            let store = open(&db, log_disk.as_ref());
+            let (s, k, f) = (scope("acct"), key("k"), fp("x"));
+            execute(store.begin(&s, &k, &f).unwrap()).abandon();
+            // Power loss now: only what was synced survives.
+            let mut rng = Rng::new(0xE6);
+            let db_image = db.crash_image(&mut rng, Mode::Subset);
+            let log_image = log_disk
+                .as_ref()
+                .map(|l| l.crash_image(&mut rng, Mode::Subset));
+            drop(store);
+            let db = SimDisk::from_image(db_image);
+            let log_disk = log_image.map(|image| db.sibling(image));
+            let store = open(&db, log_disk.as_ref());
+            let case = format!("{policy:?} log={log}");
+            match policy {
+                InFlightAtOpen::MarkUnknown => assert!(
+                    matches!(store.begin(&s, &k, &f).unwrap(), Begin::OutcomeUnknown),
+                    "{case}"
+                ),
+                _ => assert!(
+                    matches!(store.begin(&s, &k, &f).unwrap(), Begin::Execute(_)),
+                    "{case}"
+                ),
+            }
+            store.close().unwrap();
+        }
+    }
+}

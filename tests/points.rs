@@ -1,0 +1,425 @@
+//! Recovery points (P1-P4, docs/exactly-once.md): an operation of several steps saves how far it
+//! got; the attempt that takes its key over resumes there; a release never throws the point
+//! away; a step's writes and its point commit together, and a power loss at every I/O point
+//! of a three-step operation resumes it at the step that committed last.
+
+use std::time::Duration;
+
+use idemstore::redb::{ReadableTable, TableDefinition};
+use idemstore::{
+    Begin, Config, InFlightAtOpen, LeaseError, ManualClock, PointError, PointWithError, State,
+    Store,
+};
+
+use crate::sim_disk::{Mode, Rng, SimDisk};
+use crate::support::{T0, TestStore, execute, fp, key, memory, open_with, replay, resp, scope};
+
+/// The caller's table of the three-step operation: step name → the key it ran for.
+const STEPS: TableDefinition<&str, &str> = TableDefinition::new("steps");
+
+const LEASE: Duration = Duration::from_secs(10);
+
+fn file(log: bool) -> TestStore {
+    open_with(|c| c.lease(LEASE).write_ahead_log(log))
+}
+
+/// Runs `test` on the file engine with and without the log, and on the memory engine.
+fn every_engine(test: impl Fn(&Store, &ManualClock, &str)) {
+    for log in [true, false] {
+        let t = file(log);
+        test(&t.store, &t.clock, &format!("file log={log}"));
+    }
+    let clock = ManualClock::new(T0);
+    let store = Store::open(
+        "unused",
+        crate::support::config(&clock)
+            .lease(LEASE)
+            .durability(idemstore::Durability::Memory)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    test(&store, &clock, "memory");
+}
+
+#[test]
+fn p2_a_lease_takeover_receives_the_last_point_and_a_completion_removes_it() {
+    every_engine(|store, clock, case| {
+        let (s, k, f) = (scope("acct"), key("order-1"), fp("order 1"));
+        let mut first = execute(store.begin(&s, &k, &f).unwrap());
+        assert!(first.recovery_point().is_none(), "{case}");
+        first.save_point("reserved", b"r-1").unwrap();
+        first.save_point("charged", b"ch-1").unwrap();
+        assert_eq!(first.recovery_point().unwrap().name(), "charged", "{case}");
+        let shown = store.get(&s, &k).unwrap().unwrap();
+        assert_eq!(shown.state, State::InFlight, "{case}");
+        assert_eq!(
+            shown.recovery_point.as_ref().map(|p| p.payload().to_vec()),
+            Some(b"ch-1".to_vec()),
+            "{case}"
+        );
+        // The holder goes quiet; a retry within the lease waits, after it takes over.
+        first.abandon();
+        assert!(
+            matches!(store.begin(&s, &k, &f).unwrap(), Begin::InProgress { .. }),
+            "{case}"
+        );
+        clock.advance(LEASE);
+        let mut second = execute(store.begin(&s, &k, &f).unwrap());
+        let point = second.recovery_point().cloned().unwrap();
+        assert_eq!(
+            (point.name(), point.payload()),
+            ("charged", &b"ch-1"[..]),
+            "{case}"
+        );
+        // A renewal keeps the point.
+        second.renew().unwrap();
+        assert!(store.get(&s, &k).unwrap().unwrap().recovery_point.is_some());
+        second.complete(resp(201, "shipped")).unwrap();
+        let done = store.get(&s, &k).unwrap().unwrap();
+        assert!(done.recovery_point.is_none(), "{case}");
+        assert_eq!(replay(store.begin(&s, &k, &f).unwrap()).body(), b"shipped");
+        // Another request with the key is still a conflict (C4), point or not.
+        assert!(matches!(
+            store.begin(&s, &k, &fp("order 2")).unwrap(),
+            Begin::Conflict
+        ));
+        assert!(store.check().unwrap().is_sound(), "{case}");
+        assert!(store.stats().points_saved >= 2, "{case}");
+    });
+}
+
+#[test]
+fn p3_a_release_of_a_key_with_a_point_ends_its_lease_and_the_retry_resumes() {
+    every_engine(|store, _clock, case| {
+        let (s, f) = (scope("acct"), fp("x"));
+        // Explicit release, drop, and a completion whose status the policy does not keep.
+        for (i, how) in ["release", "drop", "503"].into_iter().enumerate() {
+            let k = key(&format!("k-{i}"));
+            let mut r = execute(store.begin(&s, &k, &f).unwrap());
+            r.save_point("step-1", how.as_bytes()).unwrap();
+            match how {
+                "release" => r.release().unwrap(),
+                "drop" => drop(r),
+                _ => {
+                    let done = r.complete(resp(503, "later")).unwrap();
+                    assert_eq!(done, idemstore::Completion::Released, "{case}");
+                }
+            }
+            let info = store.get(&s, &k).unwrap().unwrap();
+            assert_eq!(info.state, State::InFlight, "{case} {how}");
+            // At once: no lease to wait for.
+            let retry = execute(store.begin(&s, &k, &f).unwrap());
+            let point = retry.recovery_point().cloned().unwrap();
+            assert_eq!(point.payload(), how.as_bytes(), "{case} {how}");
+            // The same request only: another body is a conflict, as for any in-flight key.
+            assert!(matches!(
+                store.begin(&s, &k, &fp("other")).unwrap(),
+                Begin::Conflict
+            ));
+            retry.complete(resp(201, how)).unwrap();
+        }
+        // A key without a point is released to nothing, as always (C6).
+        let k = key("plain");
+        execute(store.begin(&s, &k, &f).unwrap()).release().unwrap();
+        assert!(store.get(&s, &k).unwrap().is_none(), "{case}");
+        // A purge removes the key with its point.
+        let k = key("purged");
+        let mut r = execute(store.begin(&s, &k, &f).unwrap());
+        r.save_point("step-1", b"").unwrap();
+        assert!(store.purge(&s, &k).unwrap());
+        assert!(
+            execute(store.begin(&s, &k, &f).unwrap())
+                .recovery_point()
+                .is_none()
+        );
+        assert!(store.check().unwrap().is_sound(), "{case}");
+    });
+}
+
+#[test]
+fn p1_only_the_holder_saves_a_point_and_bad_points_are_refused() {
+    every_engine(|store, clock, case| {
+        let (s, k, f) = (scope("acct"), key("k"), fp("x"));
+        let mut stale = execute(store.begin(&s, &k, &f).unwrap());
+        assert!(matches!(
+            stale.save_point("", b""),
+            Err(PointError::Invalid { .. })
+        ));
+        assert!(matches!(
+            stale.save_point("big", &vec![0; idemstore::MAX_POINT_PAYLOAD + 1]),
+            Err(PointError::Invalid { .. })
+        ));
+        assert!(
+            stale.recovery_point().is_none(),
+            "{case}: a refused point is not kept"
+        );
+        clock.advance(LEASE);
+        let mut holder = execute(store.begin(&s, &k, &f).unwrap());
+        assert!(
+            matches!(
+                stale.save_point("late", b""),
+                Err(PointError::Lease(LeaseError::Fenced { .. }))
+            ),
+            "{case}"
+        );
+        assert!(
+            holder.recovery_point().is_none(),
+            "{case}: the stale point was not saved"
+        );
+        holder.save_point("mine", b"1").unwrap();
+        holder.complete(resp(201, "ok")).unwrap();
+        assert!(matches!(
+            stale.save_point("late", b""),
+            Err(PointError::Lease(LeaseError::Fenced { .. }))
+        ));
+    });
+}
+
+#[test]
+fn p2_a_restart_hands_the_point_to_the_first_retry_under_every_policy() {
+    for policy in [InFlightAtOpen::Release, InFlightAtOpen::KeepLease] {
+        for log in [true, false] {
+            let case = format!("{policy:?} log={log}");
+            let t = open_with(|c| {
+                c.lease(LEASE)
+                    .write_ahead_log(log)
+                    .in_flight_at_open(policy)
+            });
+            let (s, k, f) = (scope("acct"), key("k"), fp("x"));
+            let mut r = execute(t.store.begin(&s, &k, &f).unwrap());
+            r.save_point("charged", b"ch-9").unwrap();
+            r.abandon();
+            let t = t.reopen_with(|c| {
+                c.lease(LEASE)
+                    .write_ahead_log(log)
+                    .in_flight_at_open(policy)
+            });
+            if policy == InFlightAtOpen::KeepLease {
+                assert!(
+                    matches!(t.store.begin(&s, &k, &f).unwrap(), Begin::InProgress { .. }),
+                    "{case}"
+                );
+                t.clock.advance(LEASE);
+            }
+            // Under Release the key was not released: its lease was ended at open.
+            let retry = execute(t.store.begin(&s, &k, &f).unwrap());
+            assert_eq!(
+                retry.recovery_point().map(|p| p.payload().to_vec()),
+                Some(b"ch-9".to_vec()),
+                "{case}"
+            );
+            retry.complete(resp(201, "done")).unwrap();
+            assert!(t.store.check().unwrap().is_sound(), "{case}");
+        }
+    }
+}
+
+/// Runs a three-step operation for `k`: each step writes its row and saves its point in one
+/// transaction, skipping the steps the key's recovery point says have committed; then it
+/// completes. Returns the steps it ran.
+fn three_steps(store: &Store, k: &str) -> Result<Vec<&'static str>, String> {
+    const ORDER: [&str; 3] = ["reserve", "charge", "ship"];
+    let (s, f) = (scope("acct"), fp(k));
+    let mut r = match store.begin(&s, &key(k), &f).map_err(|e| e.to_string())? {
+        Begin::Execute(r) => r,
+        Begin::Replay(_) => return Ok(Vec::new()),
+        other => return Err(format!("{k}: {other:?}")),
+    };
+    let done = r
+        .recovery_point()
+        .and_then(|p| ORDER.iter().position(|s| *s == p.name()))
+        .map_or(0, |i| i + 1);
+    let mut ran = Vec::new();
+    for step in &ORDER[done..] {
+        let (step, owner) = (*step, k.to_owned());
+        r.save_point_with(step, k.as_bytes(), move |txn| {
+            let mut t = txn.open_table(STEPS)?;
+            // A step that ran twice is the bug this test looks for.
+            if t.get(format!("{owner}/{step}").as_str())?.is_some() {
+                return Err(idemstore::redb::Error::Corrupted(format!(
+                    "{owner}/{step} ran twice"
+                )));
+            }
+            t.insert(format!("{owner}/{step}").as_str(), step)?;
+            Ok::<_, idemstore::redb::Error>(())
+        })
+        .map_err(|e| e.to_string())?;
+        ran.push(step);
+    }
+    r.complete(resp(201, k)).map_err(|e| e.to_string())?;
+    Ok(ran)
+}
+
+/// The steps of `k` whose rows exist.
+fn rows(store: &Store, k: &str) -> Vec<String> {
+    store
+        .read(|txn| -> Result<Vec<String>, idemstore::redb::Error> {
+            let Ok(t) = txn.open_table(STEPS) else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for step in ["reserve", "charge", "ship"] {
+                if t.get(format!("{k}/{step}").as_str())?.is_some() {
+                    out.push(step.to_owned());
+                }
+            }
+            Ok(out)
+        })
+        .unwrap()
+}
+
+fn sim_config(clock: &ManualClock) -> Config {
+    Config::builder()
+        .clock(clock.clone())
+        .lease(LEASE)
+        .compactor_interval(Duration::from_secs(3600))
+        .checkpoint_interval(Duration::from_secs(3600))
+        .log_capacity(64 << 10)
+        .build()
+        .unwrap()
+}
+
+fn open_disks(db: &SimDisk, log: Option<&SimDisk>, clock: &ManualClock) -> Store {
+    match log {
+        Some(log) => Store::open_with_backends(db.clone(), log.clone(), sim_config(clock)),
+        None => Store::open_with_backend(db.clone(), sim_config(clock)),
+    }
+    .unwrap()
+}
+
+/// P4: a power loss after every mutating I/O call of two three-step operations, with and
+/// without the log. After the crash each operation's rows are a prefix of its steps, its
+/// recovery point names the last row (or it is completed with all three), and the retry runs
+/// exactly the steps that are missing: none twice, none lost.
+#[test]
+fn p4_power_loss_at_every_io_point_resumes_at_the_last_committed_step() {
+    const KEYS: [&str; 2] = ["op-a", "op-b"];
+    for log in [true, false] {
+        let clock = ManualClock::new(T0);
+        let db = SimDisk::new(Mode::Subset);
+        let log_disk = log.then(|| db.sibling(Vec::new()));
+        let store = open_disks(&db, log_disk.as_ref(), &clock);
+        let opened = db.mutations();
+        for k in KEYS {
+            assert_eq!(three_steps(&store, k).unwrap().len(), 3);
+        }
+        let total = db.mutations() - opened;
+        drop(store);
+        assert!(total > 10, "{total}");
+        let mut rng = Rng::new(0x9_0004 + u64::from(log));
+        for n in 1..=total {
+            let case = format!("log={log} crash after call {n}");
+            let clock = ManualClock::new(T0);
+            let db = SimDisk::new(Mode::Subset);
+            let log_disk = log.then(|| db.sibling(Vec::new()));
+            let store = open_disks(&db, log_disk.as_ref(), &clock);
+            db.arm(n);
+            let mut acked = Vec::new();
+            for k in KEYS {
+                match three_steps(&store, k) {
+                    Ok(_) => acked.push(k),
+                    Err(_) => break,
+                }
+            }
+            drop(store);
+            let mode = if n % 2 == 0 { Mode::Torn } else { Mode::Subset };
+            let db = SimDisk::from_image(db.crash_image(&mut rng, mode));
+            let log_disk = log_disk.map(|l| db.sibling(l.crash_image(&mut rng, mode)));
+            let store = open_disks(&db, log_disk.as_ref(), &clock);
+            for k in KEYS {
+                let before = rows(&store, k);
+                let record = store.get(&scope("acct"), &key(k)).unwrap();
+                let completed = record.as_ref().is_some_and(|r| r.state == State::Completed);
+                if acked.contains(&k) {
+                    assert!(completed, "{case}: {k} was acknowledged");
+                }
+                if completed {
+                    assert_eq!(before.len(), 3, "{case}: {k} completed without its steps");
+                } else {
+                    let point = record.and_then(|r| r.recovery_point);
+                    assert_eq!(
+                        point.as_ref().map(|p| p.name().to_owned()),
+                        before.last().cloned(),
+                        "{case}: {k}: rows {before:?}, point {point:?}"
+                    );
+                }
+                let ran = three_steps(&store, k).unwrap_or_else(|e| panic!("{case}: {e}"));
+                assert_eq!(
+                    before.len() + ran.len(),
+                    3,
+                    "{case}: {k} ran {ran:?} after {before:?}"
+                );
+                assert_eq!(rows(&store, k).len(), 3, "{case}: {k}");
+            }
+            assert!(store.check().unwrap().is_sound(), "{case}");
+            store.close().unwrap();
+        }
+    }
+}
+
+#[test]
+fn p4_a_step_that_fails_rolls_back_its_writes_and_keeps_the_key_and_the_last_point() {
+    let t = file(true);
+    let (s, k, f) = (scope("acct"), key("k"), fp("x"));
+    let mut r = execute(t.store.begin(&s, &k, &f).unwrap());
+    r.save_point_with("reserve", b"r", |txn| {
+        txn.open_table(STEPS)?.insert("k/reserve", "reserve")?;
+        Ok::<_, idemstore::redb::Error>(())
+    })
+    .unwrap();
+    let failed = r.save_point_with("charge", b"c", |txn| {
+        let mut t = txn.open_table(STEPS).map_err(|e| e.to_string())?;
+        t.insert("k/charge", "charge").map_err(|e| e.to_string())?;
+        Err::<(), _>("card declined".to_owned())
+    });
+    assert!(matches!(failed, Err(PointWithError::Aborted(e)) if e == "card declined"));
+    let panicked = r.save_point_with("charge", b"c", |_| -> Result<(), String> {
+        panic!("step bug")
+    });
+    assert!(matches!(panicked, Err(PointWithError::Panicked { .. })));
+    assert_eq!(r.recovery_point().unwrap().name(), "reserve");
+    assert_eq!(rows(&t.store, "k"), ["reserve"]);
+    let shown = t.store.get(&s, &k).unwrap().unwrap();
+    assert_eq!(shown.recovery_point.unwrap().name(), "reserve");
+    // The reservation still holds the key and completes.
+    r.complete(resp(201, "ok")).unwrap();
+    assert!(t.store.check().unwrap().is_sound());
+}
+
+#[test]
+fn p1_the_memory_engine_has_no_database_for_a_point_with_writes() {
+    let clock = ManualClock::new(T0);
+    let store = memory(&clock);
+    let mut r = execute(store.begin(&scope("a"), &key("k"), &fp("x")).unwrap());
+    let refused = r.save_point_with("s", b"", |_| Ok::<(), String>(()));
+    assert!(matches!(
+        refused,
+        Err(PointWithError::Point(PointError::Lease(
+            LeaseError::Unavailable(idemstore::Unavailable::Unsupported { .. })
+        )))
+    ));
+    // The plain point works, and the reservation is untouched.
+    r.save_point("s", b"").unwrap();
+    r.complete(resp(201, "ok")).unwrap();
+}
+
+#[test]
+fn p3_a_completion_with_writes_that_fails_keeps_the_point_of_the_steps_before() {
+    let t = file(false);
+    let (s, k, f) = (scope("acct"), key("k"), fp("x"));
+    let mut r = execute(t.store.begin(&s, &k, &f).unwrap());
+    r.save_point_with("reserve", b"r", |txn| {
+        txn.open_table(STEPS)?.insert("k/reserve", "reserve")?;
+        Ok::<_, idemstore::redb::Error>(())
+    })
+    .unwrap();
+    // A completion with writes whose closure fails releases the key: the point stays.
+    let failed = r.complete_with(|_| Err::<idemstore::Response, _>("charge failed"));
+    assert!(failed.is_err());
+    let retry = execute(t.store.begin(&s, &k, &f).unwrap());
+    assert_eq!(retry.recovery_point().unwrap().name(), "reserve");
+    assert_eq!(rows(&t.store, "k"), ["reserve"]);
+    drop(retry);
+    assert!(t.store.check().unwrap().is_sound());
+}
