@@ -44,13 +44,18 @@ impl Drop for Server {
 
 /// Starts `idemstore serve` on a free port and reads the address it prints.
 fn serve(db: &Path, extra: &[&str]) -> Server {
+    serve_logging(db, extra, "warn")
+}
+
+/// [`serve`] with the log filter `rust_log`; the log stays on the child's stderr, piped.
+fn serve_logging(db: &Path, extra: &[&str], rust_log: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_idemstore"))
         .arg("serve")
         .arg("--db")
         .arg(db)
         .args(["--addr", "127.0.0.1:0"])
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1052,4 +1057,92 @@ async fn e1_serve_creates_whose_clients_go_away_at_any_instant_make_one_booking_
     listed.sort();
     answered.sort();
     assert_eq!(listed, answered, "exactly one booking per key");
+}
+
+/// The lines of `server`'s log, as they come, on a thread of their own.
+fn log_lines(server: &mut Server) -> std::sync::mpsc::Receiver<String> {
+    let stderr = server.child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The first line of `log` that contains `needle`, waiting at most `within` for it.
+fn wait_for_line(
+    log: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    within: Duration,
+) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?} within {within:?}: {e}"),
+        }
+    }
+}
+
+/// P2, P3 and E6 on the demo: the server is killed between the two steps of a create (its
+/// booking id held and saved as the key's recovery point, its booking not written yet). Under
+/// the default policy the restart ends the key's lease; under `mark-unknown` the restart
+/// marks the key, and the resolver finds no booking and releases it. Either way the retry
+/// resumes from the point: one booking, under the id the first attempt held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2_e6_serve_killed_between_the_steps_of_a_create_resumes_under_the_held_id() {
+    for policy in ["release", "mark-unknown"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("idem.redb");
+        let flags = ["--in-flight-at-open", policy];
+        let mut first = serve_logging(
+            &db,
+            &[&flags[..], &["--handler-delay-ms", "60000"]].concat(),
+            "idemstore=debug",
+        );
+        let log = log_lines(&mut first);
+        let addr = first.addr;
+        let create = || booking("POST", "/v1/bookings", Some("two-step"), BODY);
+        let cut_short = tokio::spawn(async move { send(addr, create()).await });
+        let held = wait_for_line(&log, "booking id held", Duration::from_secs(30));
+        let uid = held
+            .split("uid=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{policy}: no uid in {held:?}"))
+            .to_owned();
+        drop(first); // SIGKILL, between the steps
+        let _ = cut_short.await;
+
+        let mut second = serve_logging(&db, &flags, "idemstore=info");
+        let log = log_lines(&mut second);
+        if policy == "mark-unknown" {
+            wait_for_line(
+                &log,
+                "released: nothing was booked",
+                Duration::from_secs(30),
+            );
+        }
+        let reply = send(second.addr, create()).await.unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "{policy}: {}",
+            reply.text()
+        );
+        assert_eq!(reply.json()["data"]["uid"], uid.as_str(), "{policy}");
+        let again = send(second.addr, create()).await.unwrap();
+        assert!(again.replayed(), "{policy}");
+        assert_eq!(
+            uids(second.addr).await,
+            [uid.clone()],
+            "{policy}: one booking"
+        );
+    }
 }

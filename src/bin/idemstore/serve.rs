@@ -25,7 +25,9 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idemstore::http::{
     Contract, DEFAULT_MAX_REQUEST_BODY, IdempotencyContext, IdempotencyLayer, Principal,
 };
-use idemstore::{CompleteWithError, Config, Durability, Scope, Store};
+use idemstore::{
+    CompleteWithError, Config, Durability, InFlightAtOpen, PointWithError, Scope, Store,
+};
 use serde_json::{Value, json};
 
 use crate::bookings::{Booking, BookingError, Bookings, KeyedRequest, NewBooking, file};
@@ -40,6 +42,18 @@ pub(crate) enum DurabilityArg {
     Buffered,
     /// Keep everything in memory (for benchmarks): nothing survives the process.
     Memory,
+}
+
+/// What opening the store does with the keys a stopped process left in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum InFlightArg {
+    /// Release them: a retry books afresh, or resumes a create that held its id.
+    Release,
+    /// Keep them until their leases run out.
+    KeepLease,
+    /// Mark their outcome unknown, then resolve each before serving: complete it with its
+    /// booking if it was made, or release it so that the retry resumes the create.
+    MarkUnknown,
 }
 
 /// The longest timeout or grace period the flags take, in ms (a day): deadlines are instants
@@ -97,6 +111,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     #[arg(value_parser = clap::value_parser!(u64).range(0..=DAY_MS))]
     pub(crate) shutdown_grace_ms: u64,
+    /// What opening the store's file does with the creates a stopped process left in flight.
+    #[arg(long, value_enum, default_value_t = InFlightArg::Release)]
+    pub(crate) in_flight_at_open: InFlightArg,
 }
 
 #[derive(Clone)]
@@ -134,8 +151,13 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         DurabilityArg::Memory => Durability::Memory,
     };
-    // In-flight records are released at open (the default): one process owns the file.
+    // One process owns the file, so whatever it finds in flight at open was cut short.
     let config = Config::builder()
+        .in_flight_at_open(match args.in_flight_at_open {
+            InFlightArg::Release => InFlightAtOpen::Release,
+            InFlightArg::KeepLease => InFlightAtOpen::KeepLease,
+            InFlightArg::MarkUnknown => InFlightAtOpen::MarkUnknown,
+        })
         .durability(durability)
         .ttl(Duration::from_secs(args.ttl_secs))
         .build()
@@ -168,6 +190,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             // stored response.
             let bookings = Bookings::in_store(&store)
                 .map_err(|e| format!("cannot keep bookings in {}: {e:?}", args.db.display()))?;
+            resolve_unknown(&store, &bookings)?;
             (store, bookings)
         }
     };
@@ -519,38 +542,10 @@ async fn create(State(st): State<AppState>, req: Request) -> Response {
             email: email_field(&v)?,
         };
         let ctx = parts.extensions.get::<IdempotencyContext>().cloned();
-        hold(st.delay).await;
         if let (Some(ctx), Some(_)) = (&ctx, st.bookings.store()) {
-            // The booking and its response in one transaction of the store's file: after a
-            // crash both exist or neither does. The layer answers with the stored response.
-            return ctx
-                .complete_with(move |txn| {
-                    let booking = file::insert(txn, &account, new)?;
-                    created_response(&booking)
-                })
-                .await
-                .map_err(|e| match e {
-                    CompleteWithError::Aborted(e) => booking_error(e),
-                    other => {
-                        tracing::error!(error = %other, "a booking could not be stored");
-                        error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "unavailable",
-                            "the booking could not be stored; retry with the same key",
-                        )
-                    }
-                })
-                .and_then(|done| match done {
-                    // Stored with its booking: the layer sends the stored response.
-                    idemstore::Completion::Stored => Ok(None),
-                    // Not kept by the policy: the booking was rolled back with it.
-                    _ => Err(error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "the booking was not stored; retry with the same key",
-                    )),
-                });
+            return create_in_two_steps(ctx, account, new, st.delay).await;
         }
+        hold(st.delay).await;
         // On Redis, tie the booking to the key the layer reserved, as it parsed it, and to
         // this request's fingerprint; unguarded (`--without-idempotency`), there is no key.
         let keyed = ctx.map(|ctx| KeyedRequest {
@@ -572,6 +567,109 @@ async fn create(State(st): State<AppState>, req: Request) -> Response {
         Ok(None) => StatusCode::CREATED.into_response(),
         Err(r) => r.into_response(),
     }
+}
+
+/// A create whose bookings live in the store's file, in two steps that each commit with what
+/// the key needs to resume: the booking id is held and saved as the key's recovery point in
+/// one transaction; then (after the configured delay, where a crash lands between the steps)
+/// the booking is written under that id with its response in another. A retry that takes the
+/// key over after a crash between them finds the point and skips the first step, so the
+/// booking keeps the id the first attempt held. `Ok(None)`: the layer sends the stored
+/// response.
+async fn create_in_two_steps(
+    ctx: &IdempotencyContext,
+    account: String,
+    new: NewBooking,
+    delay: Duration,
+) -> Result<Option<Booking>, ApiError> {
+    let unavailable = |what: &dyn std::fmt::Display| {
+        tracing::error!(error = %what, "a booking could not be stored");
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the booking could not be stored; retry with the same key",
+        )
+    };
+    let uid = match ctx.recovery_point().filter(|p| p.name() == "id-held") {
+        Some(point) => {
+            let uid = String::from_utf8_lossy(point.payload()).into_owned();
+            tracing::debug!(%uid, "create resumed from its recovery point");
+            uid
+        }
+        None => {
+            let uid = file::uid_for(&account, ctx.token());
+            let (holder, held) = (account.clone(), uid.clone());
+            ctx.save_point_with("id-held", uid.as_bytes(), move |txn| {
+                file::hold(txn, &holder, &held)
+            })
+            .await
+            .map_err(|e| match e {
+                PointWithError::Aborted(e) => booking_error(e),
+                other => unavailable(&other),
+            })?;
+            tracing::debug!(%uid, "booking id held and saved as the create's recovery point");
+            uid
+        }
+    };
+    hold(delay).await;
+    let done = ctx
+        .complete_with(move |txn| {
+            let booking = file::insert_held(txn, &account, &uid, new)?;
+            created_response(&booking)
+        })
+        .await
+        .map_err(|e| match e {
+            CompleteWithError::Aborted(e) => booking_error(e),
+            other => unavailable(&other),
+        })?;
+    match done {
+        // Stored with its booking: the layer sends the stored response.
+        idemstore::Completion::Stored => Ok(None),
+        // Not kept by the policy: the booking was rolled back with it.
+        _ => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the booking was not stored; retry with the same key",
+        )),
+    }
+}
+
+/// Resolves every create whose outcome is unknown (`--in-flight-at-open mark-unknown`): one
+/// whose booking exists completes with that booking's `201`, so its retry replays it; any
+/// other is released, and its retry resumes from the id it held, or books afresh.
+fn resolve_unknown(store: &Store, bookings: &Bookings) -> Result<(), String> {
+    let resolved = store.resolve_unknown(usize::MAX, |record, reservation| {
+        let uid = record
+            .recovery_point
+            .as_ref()
+            .filter(|p| p.name() == "id-held")
+            .map(|p| String::from_utf8_lossy(p.payload()).into_owned());
+        let booked = uid.as_deref().and_then(|uid| bookings.get(&record.scope, uid).ok());
+        let how = match booked.as_ref().map(created_response) {
+            Some(Ok(response)) => reservation
+                .complete(response)
+                .map(|_| "completed with its booking")
+                .map_err(idemstore::Error::from),
+            _ => reservation
+                .release()
+                .map(|()| "released: nothing was booked, its retry resumes")
+                .map_err(idemstore::Error::from),
+        };
+        match how {
+            Ok(how) => tracing::info!(key = %record.key, uid = ?uid, "outcome-unknown create {how}"),
+            Err(e) => tracing::error!(key = %record.key, error = %e, "outcome-unknown create not resolved"),
+        }
+    });
+    resolved
+        .map(|n| {
+            if n > 0 {
+                tracing::info!(
+                    resolved = n,
+                    "creates whose outcome was unknown are resolved"
+                );
+            }
+        })
+        .map_err(|e| format!("cannot resolve the creates whose outcome is unknown: {e}"))
 }
 
 /// The `201` of a create, as stored with its booking: the bytes `booking_response` sends.

@@ -2,11 +2,13 @@
 //! memory`, in a redb database in memory.
 //!
 //! Invariants: every change is one redb write transaction that checks ownership and the
-//! expected version (`If-Match`) before writing. A create under an idempotency key is written
-//! by [`insert`] inside the transaction that stores its response
-//! (`IdempotencyContext::complete_with`, `docs/exactly-once.md`), so after a crash the booking
-//! and the stored response exist both or neither: a retry replays the response, or books
-//! afresh when nothing was booked, and one request never makes two bookings.
+//! expected version (`If-Match`) before writing. A create under an idempotency key has two
+//! steps: [`hold`] takes the booking's id in the transaction that saves it as the key's
+//! recovery point (`IdempotencyContext::save_point_with`), and [`insert_held`] books under it
+//! in the transaction that stores the response (`IdempotencyContext::complete_with`,
+//! `docs/exactly-once.md`). So after a crash the booking and the stored response exist both or
+//! neither, a create cut short between its steps resumes under the id it held, and one request
+//! never makes two bookings.
 
 use std::sync::Arc;
 
@@ -22,6 +24,8 @@ use super::{Booking, BookingError, NewBooking, Stored, edit, new_record, uid_of}
 const BOOKINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bookings");
 /// (account, uid) → (): an account's bookings.
 const BY_ACCOUNT: TableDefinition<(&str, &str), ()> = TableDefinition::new("bookings_by_account");
+/// uid → account: booking ids taken by a create's first step and not booked yet.
+const HELD: TableDefinition<&str, &str> = TableDefinition::new("bookings_held");
 /// "next_id" → the counter that names new bookings.
 const META: TableDefinition<&str, u64> = TableDefinition::new("bookings_meta");
 
@@ -92,6 +96,7 @@ impl FileBookings {
         b.write(|txn| {
             txn.open_table(BOOKINGS)?;
             txn.open_table(BY_ACCOUNT)?;
+            txn.open_table(HELD)?;
             txn.open_table(META)?;
             Ok(())
         })?;
@@ -209,8 +214,49 @@ pub(crate) fn insert(
     let mut meta = txn.open_table(META)?;
     let n = meta.get("next_id")?.map_or(1, |v| v.value());
     meta.insert("next_id", n + 1)?;
-    let digest = blake3::hash(format!("{account}/{n}").as_bytes());
-    let uid = uid_of(digest.as_bytes());
+    let uid = uid_of(blake3::hash(format!("{account}/{n}").as_bytes()).as_bytes());
+    hold(txn, account, &uid)?;
+    insert_held(txn, account, &uid, new)
+}
+
+/// The booking id a keyed create of `account` books under, named by its reservation's fencing
+/// token: unique, since no two reservations share a token, and known before the first step
+/// runs, so that the step's recovery point can carry it.
+pub(crate) fn uid_for(account: &str, token: u64) -> String {
+    uid_of(blake3::hash(format!("{account}/t{token}").as_bytes()).as_bytes())
+}
+
+/// The first step of a create: holds the booking id `uid` for `account`, so that the second
+/// step books under it. The demo saves the id as the create's recovery point in the same
+/// transaction: a create cut short between the steps resumes under the same id.
+pub(crate) fn hold(txn: &WriteTransaction, account: &str, uid: &str) -> Result<(), BookingError> {
+    let mut held = txn.open_table(HELD)?;
+    if held.get(uid)?.is_some() || txn.open_table(BOOKINGS)?.get(uid)?.is_some() {
+        return Err(BookingError::Storage(format!("booking id {uid} is taken")));
+    }
+    held.insert(uid, account)?;
+    Ok(())
+}
+
+/// The second step of a create: books under the id [`hold`] held for `account`, and
+/// releases the hold. Refuses an id that is not held for `account` (already booked, or
+/// another account's).
+pub(crate) fn insert_held(
+    txn: &WriteTransaction,
+    account: &str,
+    uid: &str,
+    new: NewBooking,
+) -> Result<Booking, BookingError> {
+    let held = txn
+        .open_table(HELD)?
+        .remove(uid)?
+        .map(|g| g.value().to_owned());
+    if held.as_deref() != Some(account) {
+        return Err(BookingError::Storage(format!(
+            "booking id {uid} is not held for this account"
+        )));
+    }
+    let uid = uid.to_owned();
     let booking = new_record(uid.clone(), new);
     let stored = serde_json::to_vec(&Stored {
         account: account.to_owned(),
