@@ -1139,10 +1139,6 @@ async fn p2_e6_serve_killed_between_the_steps_of_a_create_resumes_under_the_held
         assert_eq!(reply.json()["data"]["uid"], uid.as_str(), "{policy}");
         let again = send(second.addr, create()).await.unwrap();
         assert!(again.replayed(), "{policy}");
-        assert_eq!(
-            uids(second.addr).await,
-            [uid.clone()],
-            "{policy}: one booking"
-        );
+        assert_eq!(uids(second.addr).await, [uid], "{policy}: one booking");
     }
 }
