@@ -712,3 +712,63 @@ fn o1_cli_commands_on_a_redis_store() {
     let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
 }
+
+/// E6 and P1 for operators: `list --state` picks the records of one state, counting the limit
+/// among them, and shows an unknown key's recovery point; listing writes nothing.
+#[test]
+fn cli_list_by_state_shows_outcome_unknown_keys_with_their_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idem.redb");
+    let marking = || {
+        Config::builder()
+            .in_flight_at_open(idemstore::InFlightAtOpen::MarkUnknown)
+            .build()
+            .unwrap()
+    };
+    let store = Store::open(&path, marking()).unwrap();
+    let s = Scope::new("acct_a").unwrap();
+    let k = |s: &str| Key::new(s).unwrap();
+    let fp = |b: &str| Fingerprint::of_bytes(b.as_bytes());
+    let mut cut = crate::support::execute(store.begin(&s, &k("pay-1"), &fp("1")).unwrap());
+    cut.save_point("sent", b"req-1").unwrap();
+    cut.abandon();
+    crate::support::execute(store.begin(&s, &k("done"), &fp("2")).unwrap())
+        .complete(Response::new(201, [("a", "b")], "{}"))
+        .unwrap();
+    store.close().unwrap();
+    // The open marks pay-1 unknown; then pay-2 is left in flight.
+    let store = Store::open(&path, marking()).unwrap();
+    crate::support::execute(store.begin(&s, &k("pay-2"), &fp("3")).unwrap()).abandon();
+    store.close().unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let listed = |state: &str| -> Vec<serde_json::Value> {
+        let out = idemstore(&["list", "--json", "--state", state], &path);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let unknown = listed("outcome-unknown");
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert_eq!(unknown[0]["key"], "pay-1");
+    assert_eq!(unknown[0]["state"], "outcome_unknown");
+    assert_eq!(unknown[0]["recovery_point"]["name"], "sent");
+    assert_eq!(unknown[0]["recovery_point"]["payload"], "req-1");
+    let in_flight = listed("in-flight");
+    assert_eq!(in_flight.len(), 1, "{in_flight:?}");
+    assert_eq!(in_flight[0]["key"], "pay-2");
+    assert_eq!(listed("completed").len(), 1);
+    let text = stdout(&idemstore(&["list", "--state", "outcome-unknown"], &path));
+    assert!(
+        text.contains("outcome_unknown") && text.contains("pay-1"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "listing wrote to the file"
+    );
+}

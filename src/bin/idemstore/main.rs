@@ -51,6 +51,9 @@ enum Command {
         /// Only this scope's records.
         #[arg(long)]
         scope: Option<String>,
+        /// Only the records in this state.
+        #[arg(long, value_enum)]
+        state: Option<ops::StateArg>,
         /// At most this many records.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -132,8 +135,9 @@ fn run(cli: Cli) -> ExitCode {
         Command::List {
             target,
             scope,
+            state,
             limit,
-        } => ops::list(&target, scope.as_deref(), limit),
+        } => ops::list(&target, scope.as_deref(), state, limit),
         Command::Get { target, scope, key } => ops::get(&target, &scope, &key),
         Command::Purge { target, scope, key } => ops::purge(&target, &scope, &key),
         Command::Compact(t) => ops::compact(&t),

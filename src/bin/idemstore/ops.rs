@@ -214,14 +214,41 @@ pub(crate) fn stats(t: &Target) -> Result<Outcome, String> {
     ))
 }
 
-pub(crate) fn list(t: &Target, scope: Option<&str>, limit: usize) -> Result<Outcome, String> {
+/// Which records `list --state` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StateArg {
+    /// Reserved, an attempt holding (or having held) a lease.
+    InFlight,
+    /// Completed, replaying their response.
+    Completed,
+    /// Cut short by a stop, awaiting their resolution (`--in-flight-at-open mark-unknown`).
+    OutcomeUnknown,
+}
+
+pub(crate) fn list(
+    t: &Target,
+    scope: Option<&str>,
+    state_filter: Option<StateArg>,
+    limit: usize,
+) -> Result<Outcome, String> {
     let scope = scope
         .map(Scope::new)
         .transpose()
         .map_err(|e| format!("bad --scope: {e}"))?;
-    let records = view(t, false)?
-        .records(scope.as_ref(), limit)
+    let wanted = state_filter.map(|s| match s {
+        StateArg::InFlight => State::InFlight,
+        StateArg::Completed => State::Completed,
+        StateArg::OutcomeUnknown => State::OutcomeUnknown,
+    });
+    // A filter by state reads every record, so that the limit counts the matching ones.
+    let read = if wanted.is_some() { usize::MAX } else { limit };
+    let mut records = view(t, false)?
+        .records(scope.as_ref(), read)
         .map_err(|e| chain(&e))?;
+    if let Some(wanted) = wanted {
+        records.retain(|r| r.state == wanted);
+        records.truncate(limit);
+    }
     if t.json {
         return ok(escape::json(&Value::Array(
             records.iter().map(record_json).collect(),
@@ -416,6 +443,10 @@ fn record_json(r: &RecordInfo) -> Value {
         "created_at": time(r.created_at),
         "expires_at": time(r.expires_at),
         "lease_deadline": r.lease_deadline.map(time),
+        "recovery_point": r.recovery_point.as_ref().map(|p| json!({
+            "name": p.name(),
+            "payload": String::from_utf8_lossy(p.payload()),
+        })),
         "response": r.response.as_ref().map(|x| json!({
             "status": x.status(),
             "headers": x.headers().iter().map(|(n, v)| json!([n, String::from_utf8_lossy(v)])).collect::<Vec<_>>(),
