@@ -248,3 +248,151 @@ async fn h15_a_handler_that_drops_its_completion_still_answers_what_was_stored()
     assert_eq!(retry.body, first.body);
     assert_eq!(bookings(&app.store), ["bk-dropped"]);
 }
+
+/// Two steps over HTTP: the first holds a room and saves the point with it; the first call
+/// then fails with a 500 (not kept), which ends the key's lease instead of freeing it; the
+/// retry's context carries the point, so it skips the hold and books.
+async fn two_steps(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<IdempotencyContext>,
+) -> AxumResponse {
+    let call = st.calls.fetch_add(1, Ordering::SeqCst);
+    let held = match ctx.recovery_point() {
+        Some(point) => String::from_utf8_lossy(point.payload()).into_owned(),
+        None => {
+            let hold = format!("hold-{}", ctx.token());
+            let row = hold.clone();
+            let saved = ctx
+                .save_point_with("held", hold.as_bytes(), move |txn| {
+                    txn.open_table(BOOKINGS)?.insert(row.as_str(), "held")?;
+                    Ok::<_, idemstore::redb::Error>(())
+                })
+                .await;
+            if let Err(e) = saved {
+                return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+            }
+            hold
+        }
+    };
+    if call == 0 {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "charge failed").into_response();
+    }
+    let stored = ctx
+        .complete_with(move |txn| {
+            txn.open_table(BOOKINGS)?.insert("booked", held.as_str())?;
+            Ok::<_, idemstore::redb::Error>(Response::new(201, [("x", "y")], held))
+        })
+        .await;
+    match stored {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[tokio::test]
+async fn h18_a_retry_after_a_failed_step_resumes_from_the_point_its_context_carries() {
+    let app = start(Duration::from_secs(60)).await;
+    let (addr, server) = serve_router(
+        Router::new()
+            .route("/v1/two-steps", route_post(two_steps))
+            .layer(
+                IdempotencyLayer::new(
+                    app.store.clone(),
+                    Contract::default().constant_scope(Scope::new("acct").unwrap()),
+                )
+                .unwrap(),
+            )
+            .with_state(app.state.clone()),
+    )
+    .await;
+    let first = send(addr, post("/v1/two-steps", "k", "{}")).await.unwrap();
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    // Not freed: in flight with its lease ended and its point.
+    let record = app
+        .store
+        .get(&Scope::new("acct").unwrap(), &key("k"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.state, idemstore::State::InFlight);
+    let hold = String::from_utf8(record.recovery_point.unwrap().payload().to_vec()).unwrap();
+    let retry = send(addr, post("/v1/two-steps", "k", "{}")).await.unwrap();
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text());
+    assert_eq!(retry.text(), hold, "booked under the first attempt's hold");
+    let mut rows = bookings(&app.store);
+    rows.sort();
+    assert_eq!(rows, ["booked".to_owned(), hold], "one hold, one booking");
+    server.abort();
+}
+
+#[tokio::test]
+async fn e6_a_key_whose_outcome_is_unknown_is_answered_409_idempotency_outcome_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.redb");
+    let config = || {
+        Config::builder()
+            .in_flight_at_open(idemstore::InFlightAtOpen::MarkUnknown)
+            .build()
+            .unwrap()
+    };
+    let body = r#"{"amount":10}"#;
+    let scope = Scope::new("acct").unwrap();
+    let layered = |store: &Store, handler: Router| {
+        handler.layer(
+            IdempotencyLayer::new(
+                store.clone(),
+                Contract::default().constant_scope(scope.clone()),
+            )
+            .unwrap(),
+        )
+    };
+    // The first attempt enters its handler, which never finishes; the store then stops.
+    let store = Store::open(&path, config()).unwrap();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel::<()>();
+    let stuck = Router::new().route(
+        "/v1/pay",
+        route_post(move || {
+            let _ = entered_tx.send(());
+            std::future::pending::<StatusCode>()
+        }),
+    );
+    let (addr, server) = serve_router(layered(&store, stuck)).await;
+    let cut_short = tokio::spawn(async move { send(addr, post("/v1/pay", "p-1", body)).await });
+    entered.recv().await.unwrap();
+    store.close().unwrap();
+    server.abort();
+    cut_short.abort();
+    let store = Store::open(&path, config()).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let app = Router::new().route(
+        "/v1/pay",
+        route_post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { StatusCode::CREATED }
+        }),
+    );
+    let (addr, server) = serve_router(layered(&store, app)).await;
+    let reply = send(addr, post("/v1/pay", "p-1", body)).await.unwrap();
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
+    assert!(
+        reply.text().contains("idempotency_outcome_unknown"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "nothing runs while unknown"
+    );
+    // Resolved as not done: the retry runs.
+    store
+        .resolve(&scope, &key("p-1"))
+        .unwrap()
+        .unwrap()
+        .release()
+        .unwrap();
+    let reply = send(addr, post("/v1/pay", "p-1", body)).await.unwrap();
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    server.abort();
+}
