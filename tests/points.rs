@@ -423,3 +423,289 @@ fn p3_a_completion_with_writes_that_fails_keeps_the_point_of_the_steps_before() 
     drop(retry);
     assert!(t.store.check().unwrap().is_sound());
 }
+
+/// P1-P3 against a reference model: random sequences of begins, points (plain and with
+/// writes, some failing), releases, drops, abandons, completions (kept and not), lease
+/// expiries and reopens, on the file engine with and without the log and on the memory
+/// engine. After every step each key's state and point are the model's, and every `begin`
+/// answers as the model says, with the model's point.
+mod model {
+    use std::collections::HashMap;
+
+    use idemstore::Reservation;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Begin(usize),
+        /// Saves point `n` on the held reservation: 0 plain, 1 with a write, 2 with a write
+        /// that fails.
+        Save(usize, u8, u8),
+        Release(usize),
+        Drop(usize),
+        Abandon(usize),
+        /// Completes with a kept status (true) or one the policy does not keep.
+        Complete(usize, bool),
+        /// Lets every lease run out.
+        Expire,
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize).prop_map(Op::Begin),
+            4 => (0..3usize, 0..3u8, 0..4u8).prop_map(|(k, how, n)| Op::Save(k, how, n)),
+            1 => (0..3usize).prop_map(Op::Release),
+            1 => (0..3usize).prop_map(Op::Drop),
+            1 => (0..3usize).prop_map(Op::Abandon),
+            2 => (0..3usize, any::<bool>()).prop_map(|(k, kept)| Op::Complete(k, kept)),
+            1 => Just(Op::Expire),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    /// The model of one key.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Key {
+        Absent,
+        InFlight {
+            token: u64,
+            lease_ended: bool,
+            point: Option<String>,
+        },
+        Completed,
+    }
+
+    enum Engine {
+        File(Option<TestStore>, bool),
+        Memory(Store, ManualClock),
+    }
+
+    impl Engine {
+        fn store(&self) -> &Store {
+            match self {
+                Engine::File(t, _) => &t.as_ref().unwrap().store,
+                Engine::Memory(s, _) => s,
+            }
+        }
+        fn clock(&self) -> &ManualClock {
+            match self {
+                Engine::File(t, _) => &t.as_ref().unwrap().clock,
+                Engine::Memory(_, c) => c,
+            }
+        }
+    }
+
+    /// What the model says a release (or a completion not kept) leaves.
+    fn let_go(k: &mut Key) {
+        if let Key::InFlight { point, .. } = k {
+            *k = match point.take() {
+                Some(p) => Key::InFlight {
+                    token: 0,
+                    lease_ended: true,
+                    point: Some(p),
+                },
+                None => Key::Absent,
+            };
+        }
+    }
+
+    fn run(mut engine: Engine, ops: &[Op]) -> Result<(), TestCaseError> {
+        let s = scope("acct");
+        let k = |i: usize| key(&format!("m{i}"));
+        let f = |i: usize| fp(&format!("m{i}"));
+        let mut model = vec![Key::Absent; 3];
+        let mut held: HashMap<usize, Reservation> = HashMap::new();
+        let holds = |model: &[Key], i: usize, r: &Reservation| matches!(model[i], Key::InFlight { token, .. } if token == r.token());
+        for (n, op) in ops.iter().enumerate() {
+            let store = engine.store().clone();
+            match *op {
+                Op::Begin(i) => match store.begin(&s, &k(i), &f(i)).unwrap() {
+                    Begin::Execute(r) => {
+                        let inherited = match &model[i] {
+                            Key::Absent => None,
+                            Key::InFlight {
+                                lease_ended: true,
+                                point,
+                                ..
+                            } => point.clone(),
+                            other => {
+                                return Err(TestCaseError::fail(format!(
+                                    "op {n}: executed over {other:?}"
+                                )));
+                            }
+                        };
+                        prop_assert_eq!(
+                            r.recovery_point().map(|p| p.name().to_owned()),
+                            inherited.clone(),
+                            "op {}: inherited point",
+                            n
+                        );
+                        model[i] = Key::InFlight {
+                            token: r.token(),
+                            lease_ended: false,
+                            point: inherited,
+                        };
+                        // The one taken over, if still held, is stale now.
+                        if let Some(old) = held.insert(i, r) {
+                            old.abandon();
+                        }
+                    }
+                    Begin::Replay(_) => prop_assert_eq!(&model[i], &Key::Completed, "op {}", n),
+                    Begin::InProgress { .. } => prop_assert!(
+                        matches!(
+                            model[i],
+                            Key::InFlight {
+                                lease_ended: false,
+                                ..
+                            }
+                        ),
+                        "op {n}: in progress, model {:?}",
+                        model[i]
+                    ),
+                    other => prop_assert!(false, "op {n}: {other:?}"),
+                },
+                Op::Save(i, how, p) => {
+                    let file = matches!(engine, Engine::File(..));
+                    let Some(r) = held.get_mut(&i) else { continue };
+                    let name = format!("s{p}");
+                    let holder = holds(&model, i, r);
+                    let saved = match how {
+                        0 => r.save_point(&name, b"x").map_err(|e| e.to_string()),
+                        _ => {
+                            let fail = how == 2;
+                            r.save_point_with(&name, b"x", move |_| {
+                                if fail { Err("step failed") } else { Ok(()) }
+                            })
+                            .map_err(|e| e.to_string())
+                        }
+                    };
+                    let expect_ok = holder && (how == 0 || (file && how == 1));
+                    prop_assert_eq!(saved.is_ok(), expect_ok, "op {}: {:?}", n, saved);
+                    if expect_ok && let Key::InFlight { point, .. } = &mut model[i] {
+                        *point = Some(name);
+                    }
+                }
+                Op::Release(i) => {
+                    let Some(r) = held.remove(&i) else { continue };
+                    let holder = holds(&model, i, &r);
+                    prop_assert_eq!(r.release().is_ok(), holder, "op {}", n);
+                    if holder {
+                        let_go(&mut model[i]);
+                    }
+                }
+                Op::Drop(i) => {
+                    let Some(r) = held.remove(&i) else { continue };
+                    if holds(&model, i, &r) {
+                        let_go(&mut model[i]);
+                    }
+                    drop(r);
+                }
+                Op::Abandon(i) => {
+                    if let Some(r) = held.remove(&i) {
+                        r.abandon();
+                    }
+                }
+                Op::Complete(i, kept) => {
+                    let Some(r) = held.remove(&i) else { continue };
+                    let holder = holds(&model, i, &r);
+                    let done = r.complete(resp(if kept { 201 } else { 503 }, "ok"));
+                    prop_assert_eq!(done.is_ok(), holder, "op {}: {:?}", n, done);
+                    if holder {
+                        if kept {
+                            model[i] = Key::Completed;
+                        } else {
+                            let_go(&mut model[i]);
+                        }
+                    }
+                }
+                Op::Expire => {
+                    engine.clock().advance(LEASE);
+                    for m in &mut model {
+                        if let Key::InFlight { lease_ended, .. } = m {
+                            *lease_ended = true;
+                        }
+                    }
+                }
+                Op::Reopen => {
+                    let Engine::File(t, log) = &mut engine else {
+                        continue;
+                    };
+                    let log = *log;
+                    for (_, r) in held.drain() {
+                        r.abandon();
+                    }
+                    let reopened = t.take().unwrap().reopen_with(|c| {
+                        c.lease(LEASE)
+                            .write_ahead_log(log)
+                            .in_flight_at_open(InFlightAtOpen::Release)
+                    });
+                    *t = Some(reopened);
+                    for m in &mut model {
+                        let_go(m);
+                    }
+                }
+            }
+            // After every step: each key's state and point are the model's.
+            for (i, m) in model.iter().enumerate() {
+                let got = engine.store().get(&s, &k(i)).unwrap();
+                match (m, &got) {
+                    (Key::Absent, None) => {}
+                    (Key::Completed, Some(r)) if r.state == State::Completed => {}
+                    (Key::InFlight { point, .. }, Some(r)) if r.state == State::InFlight => {
+                        prop_assert_eq!(
+                            r.recovery_point.as_ref().map(|p| p.name().to_owned()),
+                            point.clone(),
+                            "op {}: m{} point",
+                            n,
+                            i
+                        );
+                    }
+                    _ => prop_assert!(false, "op {n}: m{i}: model {m:?}, store {got:?}"),
+                }
+            }
+        }
+        prop_assert!(engine.store().check().unwrap().is_sound());
+        Ok(())
+    }
+
+    fn file(log: bool) -> Engine {
+        Engine::File(Some(super::file(log)), log)
+    }
+
+    fn memory_engine() -> Engine {
+        let clock = ManualClock::new(T0);
+        let store = Store::open(
+            "unused",
+            crate::support::config(&clock)
+                .lease(LEASE)
+                .durability(idemstore::Durability::Memory)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        Engine::Memory(store, clock)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn model_p1_p3_with_the_log(ops in proptest::collection::vec(op(), 1..40)) {
+            run(file(true), &ops)?;
+        }
+
+        #[test]
+        fn model_p1_p3_without_the_log(ops in proptest::collection::vec(op(), 1..40)) {
+            run(file(false), &ops)?;
+        }
+
+        #[test]
+        fn model_p1_p3_memory(ops in proptest::collection::vec(op(), 1..40)) {
+            run(memory_engine(), &ops)?;
+        }
+    }
+}
