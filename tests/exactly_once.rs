@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use idemstore::redb::{ReadableTable, TableDefinition};
 use idemstore::{
-    Begin, CompleteError, CompleteWithError, Completion, Config, Key, ManualClock, Response, Store,
+    Begin, CompleteError, CompleteWithError, Completion, Key, ManualClock, Response, Store,
     TransactionError, Unavailable,
 };
 
-use crate::sim_disk::{Mode, Rng, SimDisk};
+use crate::sim_disk::{Mode, Rng, SimDisk, disk_config, open_on};
 use crate::support::{T0, execute, fp, key, memory, open_with, replay, resp, scope};
 
 /// The caller's table in the tests: booking id → what was booked.
@@ -431,22 +431,8 @@ fn crash_workload(store: &Store, told: &mut Vec<Told>) -> Result<(), String> {
     Ok(())
 }
 
-fn crash_config(clock: &ManualClock) -> Config {
-    Config::builder()
-        .clock(clock.clone())
-        .compactor_interval(Duration::from_secs(3600))
-        .checkpoint_interval(Duration::from_secs(3600))
-        .log_capacity(64 << 10)
-        .build()
-        .unwrap()
-}
-
 fn open_disks(db: &SimDisk, log: Option<&SimDisk>, clock: &ManualClock) -> Store {
-    match log {
-        Some(log) => Store::open_with_backends(db.clone(), log.clone(), crash_config(clock)),
-        None => Store::open_with_backend(db.clone(), crash_config(clock)),
-    }
-    .unwrap()
+    open_on(db, log, disk_config(clock).build().unwrap())
 }
 
 /// Checks a store opened after a crash against what the workload was told: every booking

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use idemstore::{Begin, Config, InFlightAtOpen, ManualClock, State, Store};
+use idemstore::{Begin, InFlightAtOpen, ManualClock, State};
 
-use crate::sim_disk::{Mode, Rng, SimDisk};
+use crate::sim_disk::{Mode, Rng, SimDisk, disk_config, open_on};
 use crate::support::{T0, TestStore, execute, fp, key, memory, open_with, replay, resp, scope};
 
 const LEASE: Duration = Duration::from_secs(10);
@@ -155,18 +155,6 @@ fn e6_memory_stores_never_mark_a_key() {
     r.complete(resp(201, "ok")).unwrap();
 }
 
-fn sim_config(clock: &ManualClock, policy: InFlightAtOpen) -> Config {
-    Config::builder()
-        .clock(clock.clone())
-        .lease(LEASE)
-        .in_flight_at_open(policy)
-        .compactor_interval(Duration::from_secs(3600))
-        .checkpoint_interval(Duration::from_secs(3600))
-        .log_capacity(64 << 10)
-        .build()
-        .unwrap()
-}
-
 /// E6 with C10: under `MarkUnknown` a reservation is durable before `begin` answers, so a
 /// power loss right after it leaves the key unknown, never free for a second execution;
 /// under `Release` (by default not durable) the key is free after the crash either way.
@@ -178,13 +166,8 @@ fn e6_reservation_durability_follows_the_policy_through_a_power_loss() {
             let db = SimDisk::new(Mode::Subset);
             let log_disk = log.then(|| db.sibling(Vec::new()));
             let open = |db: &SimDisk, log_disk: Option<&SimDisk>| {
-                match log_disk {
-                    Some(l) => {
-                        Store::open_with_backends(db.clone(), l.clone(), sim_config(&clock, policy))
-                    }
-                    None => Store::open_with_backend(db.clone(), sim_config(&clock, policy)),
-                }
-                .unwrap()
+                let config = disk_config(&clock).lease(LEASE).in_flight_at_open(policy);
+                open_on(db, log_disk, config.build().unwrap())
             };
             let store = open(&db, log_disk.as_ref());
             let (s, k, f) = (scope("acct"), key("k"), fp("x"));

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use idemstore::redb::{ReadableTable, TableDefinition};
 use idemstore::{
-    Begin, Config, InFlightAtOpen, LeaseError, ManualClock, PointError, PointWithError, State,
-    Store,
+    Begin, InFlightAtOpen, LeaseError, ManualClock, PointError, PointWithError, State, Store,
 };
 
-use crate::sim_disk::{Mode, Rng, SimDisk};
+use crate::sim_disk::{Mode, Rng, SimDisk, disk_config, open_on};
 use crate::support::{T0, TestStore, execute, fp, key, memory, open_with, replay, resp, scope};
 
 /// The caller's table of the three-step operation: step name → the key it ran for.
@@ -30,16 +29,20 @@ fn every_engine(test: impl Fn(&Store, &ManualClock, &str)) {
         test(&t.store, &t.clock, &format!("file log={log}"));
     }
     let clock = ManualClock::new(T0);
-    let store = Store::open(
+    test(&memory_with_lease(&clock), &clock, "memory");
+}
+
+/// A memory store with the tests' lease.
+fn memory_with_lease(clock: &ManualClock) -> Store {
+    Store::open(
         "unused",
-        crate::support::config(&clock)
+        crate::support::config(clock)
             .lease(LEASE)
             .durability(idemstore::Durability::Memory)
             .build()
             .unwrap(),
     )
-    .unwrap();
-    test(&store, &clock, "memory");
+    .unwrap()
 }
 
 #[test]
@@ -269,23 +272,8 @@ fn rows(store: &Store, k: &str) -> Vec<String> {
         .unwrap()
 }
 
-fn sim_config(clock: &ManualClock) -> Config {
-    Config::builder()
-        .clock(clock.clone())
-        .lease(LEASE)
-        .compactor_interval(Duration::from_secs(3600))
-        .checkpoint_interval(Duration::from_secs(3600))
-        .log_capacity(64 << 10)
-        .build()
-        .unwrap()
-}
-
 fn open_disks(db: &SimDisk, log: Option<&SimDisk>, clock: &ManualClock) -> Store {
-    match log {
-        Some(log) => Store::open_with_backends(db.clone(), log.clone(), sim_config(clock)),
-        None => Store::open_with_backend(db.clone(), sim_config(clock)),
-    }
-    .unwrap()
+    open_on(db, log, disk_config(clock).lease(LEASE).build().unwrap())
 }
 
 /// P4: a power loss after every mutating I/O call of two three-step operations, with and
@@ -678,16 +666,7 @@ mod model {
 
     fn memory_engine() -> Engine {
         let clock = ManualClock::new(T0);
-        let store = Store::open(
-            "unused",
-            crate::support::config(&clock)
-                .lease(LEASE)
-                .durability(idemstore::Durability::Memory)
-                .build()
-                .unwrap(),
-        )
-        .unwrap();
-        Engine::Memory(store, clock)
+        Engine::Memory(memory_with_lease(&clock), clock)
     }
 
     proptest! {

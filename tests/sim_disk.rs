@@ -382,3 +382,22 @@ fn sim_disk_tears_writes_by_sector_and_a_lying_disk_keeps_nothing() {
     let lost = (0..64).any(|_| lying.crash_image(&mut rng, Mode::Subset).is_empty());
     assert!(lost, "a lying sync leaves the write pending");
 }
+
+/// The settings of a store opened on simulated disks: `clock`'s time, no background compactor
+/// or checkpoint timer, and a small log, so that a run's I/O calls are the workload's.
+pub fn disk_config(clock: &idemstore::ManualClock) -> idemstore::ConfigBuilder {
+    idemstore::Config::builder()
+        .clock(clock.clone())
+        .compactor_interval(std::time::Duration::from_secs(3600))
+        .checkpoint_interval(std::time::Duration::from_secs(3600))
+        .log_capacity(64 << 10)
+}
+
+/// A store on the database disk `db`, with the log on `log` or without a log.
+pub fn open_on(db: &SimDisk, log: Option<&SimDisk>, config: idemstore::Config) -> idemstore::Store {
+    match log {
+        Some(log) => idemstore::Store::open_with_backends(db.clone(), log.clone(), config),
+        None => idemstore::Store::open_with_backend(db.clone(), config),
+    }
+    .unwrap()
+}

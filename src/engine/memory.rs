@@ -353,12 +353,9 @@ impl MemoryEngine {
         let mut shard = shard.lock();
         shared.check()?;
         let current = shard.records.get(&at).map(|r| r.hot);
-        if let Err(r) = machine::check_holder(current.as_ref(), token) {
+        if let Err(refused) = holding(shared, current.as_ref(), token) {
             drop(shard);
-            if let HolderRefusal::Fenced { .. } = r {
-                bump(&shared.counters.fenced);
-            }
-            return Err(lease_refusal(r, token));
+            return Err(refused);
         }
         let len = u32::try_from(point::encode(&point).len()).unwrap_or(u32::MAX);
         shard.update(at, |held| {
@@ -383,12 +380,9 @@ impl MemoryEngine {
         let mut shard = shard.lock();
         shared.check()?;
         let current = shard.records.get(&at).map(|r| r.hot);
-        if let Err(r) = machine::check_holder(current.as_ref(), token) {
+        if let Err(refused) = holding(shared, current.as_ref(), token) {
             drop(shard);
-            if let HolderRefusal::Fenced { .. } = r {
-                bump(&shared.counters.fenced);
-            }
-            return Err(lease_refusal(r, token));
+            return Err(refused);
         }
         shard.update(at, |held| {
             held.hot.lease_deadline = lease_deadline;
@@ -659,6 +653,16 @@ impl Ord for ByHash {
     fn cmp(&self, _: &Self) -> std::cmp::Ordering {
         std::cmp::Ordering::Equal
     }
+}
+
+/// Checks that reservation `token` holds `current` (C8), counting a taken-over holder as fenced.
+fn holding(shared: &Shared, current: Option<&Hot>, token: u64) -> Result<(), LeaseError> {
+    machine::check_holder(current, token).map_err(|r| {
+        if let HolderRefusal::Fenced { .. } = r {
+            bump(&shared.counters.fenced);
+        }
+        lease_refusal(r, token)
+    })
 }
 
 fn info(r: &Held) -> RecordInfo {

@@ -433,6 +433,26 @@ impl Writer {
         Ok(())
     }
 
+    /// The record of `hash` if reservation `token` holds it (C8), or the refusal a stale
+    /// holder (counted as fenced when taken over) or a damaged record gets.
+    fn held(
+        &self,
+        t: &Tables<'_>,
+        (hash, token): (&KeyHash, u64),
+    ) -> Result<Result<Record, LeaseError>, Fail> {
+        let current = match self.load(t, hash, Record::decode)? {
+            Ok(current) => current,
+            Err(damaged) => return Ok(Err(damaged.into())),
+        };
+        if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
+            if let HolderRefusal::Fenced { .. } = refusal {
+                bump(&self.shared.counters.fenced);
+            }
+            return Ok(Err(lease_refusal(refusal, token)));
+        }
+        Ok(current.ok_or(LeaseError::NotReserved { token }))
+    }
+
     /// The recovery point bytes of `hot`, `hash`'s record, if it carries one.
     pub(super) fn point_of(
         &self,
@@ -454,18 +474,9 @@ impl Writer {
         (hash, token): (&KeyHash, u64),
         bytes: &[u8],
     ) -> Result<Result<(), LeaseError>, Fail> {
-        let current = match self.load(t, hash, Record::decode)? {
-            Ok(current) => current,
-            Err(damaged) => return Ok(Err(damaged.into())),
-        };
-        if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
-            if let HolderRefusal::Fenced { .. } = refusal {
-                bump(&self.shared.counters.fenced);
-            }
-            return Ok(Err(lease_refusal(refusal, token)));
-        }
-        let Some(mut record) = current else {
-            return Ok(Err(LeaseError::NotReserved { token }));
+        let mut record = match self.held(t, (hash, token))? {
+            Ok(record) => record,
+            Err(refused) => return Ok(Err(refused)),
         };
         let old = record.hot;
         // A valid point is at most a few bytes over 64 KiB.
@@ -554,18 +565,9 @@ impl Writer {
         hash: &KeyHash,
         token: u64,
     ) -> Result<Result<u64, LeaseError>, Fail> {
-        let current = match self.load(t, hash, Record::decode)? {
-            Ok(current) => current,
-            Err(damaged) => return Ok(Err(damaged.into())),
-        };
-        if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
-            if let HolderRefusal::Fenced { .. } = refusal {
-                bump(&self.shared.counters.fenced);
-            }
-            return Ok(Err(lease_refusal(refusal, token)));
-        }
-        let Some(mut record) = current else {
-            return Ok(Err(LeaseError::NotReserved { token }));
+        let mut record = match self.held(t, (hash, token))? {
+            Ok(record) => record,
+            Err(refused) => return Ok(Err(refused)),
         };
         let old = record.hot;
         let lease_deadline = now.saturating_add(crate::clock::millis(self.shared.config.lease));

@@ -277,13 +277,7 @@ impl Writer {
         (b, part, last): (&mut Batch, &mut Part<'_>, bool),
     ) -> Result<Result<Ran, CompleteError>, Fail> {
         let txn = self.begin_part(part)?;
-        let holder = {
-            let t = self.file_tables(&txn)?;
-            self.load(&t, hash, Record::decode)?
-                .map_err(CompleteError::from)
-                .and_then(|r| self.holder(r, token))
-        };
-        if let Err(refused) = holder {
+        if let Err(refused) = self.held_in(&txn, (hash, token))? {
             self.abort_part(txn, part)?;
             return Ok(Err(refused));
         }
@@ -315,6 +309,21 @@ impl Writer {
         Ok(Ok(Ran::Committed(Completion::Stored)))
     }
 
+    /// The record of `hash` in `txn` if reservation `token` holds it (C8), or the refusal a
+    /// stale holder (or a damaged record) gets.
+    fn held_in(
+        &self,
+        txn: &WriteTransaction,
+        (hash, token): (&KeyHash, u64),
+    ) -> Result<Result<Record, CompleteError>, Fail> {
+        let t = self.file_tables(txn)?;
+        let current = match self.load(&t, hash, Record::decode)? {
+            Ok(current) => current,
+            Err(damaged) => return Ok(Err(damaged.into())),
+        };
+        Ok(self.holder(current, token))
+    }
+
     /// Checks that reservation `token` holds `hash`'s record `current` (C8): the record, or
     /// the refusal a stale holder gets.
     fn holder(&self, current: Option<Record>, token: u64) -> Result<Record, CompleteError> {
@@ -339,13 +348,7 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
         let txn = self.begin_part(part)?;
-        let holder = {
-            let t = self.file_tables(&txn)?;
-            self.load(&t, hash, Record::decode)?
-                .map_err(CompleteError::from)
-                .and_then(|r| self.holder(r, token))
-        };
-        let mut record = match holder {
+        let mut record = match self.held_in(&txn, (hash, token))? {
             Ok(record) => record,
             Err(refused) => {
                 self.abort_part(txn, part)?;
