@@ -396,3 +396,53 @@ async fn e6_a_key_whose_outcome_is_unknown_is_answered_409_idempotency_outcome_u
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     server.abort();
 }
+
+/// Saves a point, then starts a completion whose closure fails and drops its future, and
+/// answers 500: the layer must see at once that the completion left the key to its retry
+/// (the record kept for its point is under another token), not wait out the lease.
+async fn point_then_failed_completion(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<IdempotencyContext>,
+) -> AxumResponse {
+    st.calls.fetch_add(1, Ordering::SeqCst);
+    if let Err(e) = ctx.save_point("held", b"h").await {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    drop(ctx.complete_with(|_| Err::<Response, _>("charge failed")));
+    (StatusCode::INTERNAL_SERVER_ERROR, "charge failed").into_response()
+}
+
+#[tokio::test]
+async fn h15_h18_a_dropped_completion_that_fails_after_a_point_is_answered_without_waiting_a_lease()
+{
+    let app = start(Duration::from_secs(600)).await;
+    let (addr, server) = serve_router(
+        Router::new()
+            .route("/v1/failing", route_post(point_then_failed_completion))
+            .layer(
+                IdempotencyLayer::new(
+                    app.store.clone(),
+                    Contract::default().constant_scope(Scope::new("acct").unwrap()),
+                )
+                .unwrap(),
+            )
+            .with_state(app.state.clone()),
+    )
+    .await;
+    // A bound far below the lease: reaching it is the failure, not a pause.
+    let reply = tokio::time::timeout(
+        Duration::from_secs(60),
+        send(addr, post("/v1/failing", "k", "{}")),
+    )
+    .await
+    .expect("the layer waited for the lease")
+    .unwrap();
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let record = app
+        .store
+        .get(&Scope::new("acct").unwrap(), &key("k"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.recovery_point.unwrap().name(), "held");
+    server.abort();
+}

@@ -63,9 +63,10 @@ fn e6_a_key_in_flight_at_open_is_answered_outcome_unknown_until_resolved() {
             t.store.resolve(&s, &k).unwrap().is_none(),
             "one resolution at a time"
         );
+        // Still unknown to a retry while it is resolved: no lease running out lets one run.
         assert!(matches!(
             t.store.begin(&s, &k, &f).unwrap(),
-            Begin::InProgress { .. }
+            Begin::OutcomeUnknown
         ));
         // The provider has the payment: the key completes with the response it deserves.
         resolving.complete(resp(201, "paid")).unwrap();
@@ -196,4 +197,75 @@ fn e6_reservation_durability_follows_the_policy_through_a_power_loss() {
             store.close().unwrap();
         }
     }
+}
+
+/// E6 without a verdict: a resolution dropped, one whose `complete_with` closure fails, one
+/// that answers a status the policy does not keep, and one whose lease runs out all give the
+/// key back, unknown, to the next resolution; the stale resolver is fenced. Only an explicit
+/// release frees the key.
+#[test]
+fn e6_only_an_explicit_release_frees_an_unknown_key() {
+    for log in [true, false] {
+        let t = marking(log);
+        let (s, k, f) = (scope("acct"), key("pay"), fp("x"));
+        execute(t.store.begin(&s, &k, &f).unwrap()).abandon();
+        let t = reopen(t, log);
+        let unknown =
+            |t: &TestStore| matches!(t.store.begin(&s, &k, &f).unwrap(), Begin::OutcomeUnknown);
+        // Dropped.
+        drop(t.store.resolve(&s, &k).unwrap().unwrap());
+        assert!(unknown(&t), "log={log}: dropped");
+        // A failing closure.
+        let r = t.store.resolve(&s, &k).unwrap().unwrap();
+        assert!(
+            r.complete_with(|_| Err::<idemstore::Response, _>("provider down"))
+                .is_err()
+        );
+        assert!(unknown(&t), "log={log}: failed closure");
+        // A status the policy does not keep.
+        let r = t.store.resolve(&s, &k).unwrap().unwrap();
+        assert_eq!(
+            r.complete(resp(503, "later")).unwrap(),
+            idemstore::Completion::Released
+        );
+        assert!(unknown(&t), "log={log}: 503");
+        // A resolver that hangs past its lease: another resolution takes over and fences it.
+        let mut hung = t.store.resolve(&s, &k).unwrap().unwrap();
+        assert!(t.store.resolve(&s, &k).unwrap().is_none());
+        t.clock.advance(LEASE);
+        assert!(unknown(&t), "log={log}: a lapsed resolution runs nothing");
+        let second = t.store.resolve(&s, &k).unwrap().unwrap();
+        assert!(matches!(
+            hung.renew(),
+            Err(idemstore::LeaseError::Fenced { .. })
+        ));
+        // The explicit release: the effect did not happen, the retry runs.
+        second.release().unwrap();
+        execute(t.store.begin(&s, &k, &f).unwrap())
+            .complete(resp(201, "paid once"))
+            .unwrap();
+        assert!(t.store.check().unwrap().is_sound());
+    }
+}
+
+/// E6 and P3: a key its holder let go of with a recovery point has a known outcome (a failed
+/// attempt, resumable), so an open under `MarkUnknown` leaves it for the retry to resume.
+#[test]
+fn e6_a_key_let_go_with_a_point_is_not_marked_unknown() {
+    let t = marking(true);
+    let (s, f) = (scope("acct"), fp("x"));
+    let mut r = execute(t.store.begin(&s, &key("let-go"), &f).unwrap());
+    r.save_point("step-1", b"1").unwrap();
+    r.release().unwrap();
+    let mut r = execute(t.store.begin(&s, &key("cut"), &f).unwrap());
+    r.save_point("step-1", b"1").unwrap();
+    r.abandon();
+    let t = reopen(t, true);
+    assert_eq!(t.store.stats().marked_unknown, 1);
+    let resumed = execute(t.store.begin(&s, &key("let-go"), &f).unwrap());
+    assert_eq!(resumed.recovery_point().unwrap().name(), "step-1");
+    assert!(matches!(
+        t.store.begin(&s, &key("cut"), &f).unwrap(),
+        Begin::OutcomeUnknown
+    ));
 }

@@ -688,3 +688,37 @@ mod model {
         }
     }
 }
+
+/// P1 and C8 after P3: a holder that let go of a key with a point is refused from then on
+/// (the record kept for the retry is under another token): it cannot renew or complete, on
+/// every engine.
+#[test]
+fn p3_a_holder_that_let_go_of_a_key_with_a_point_is_fenced() {
+    every_engine(|store, _clock, case| {
+        let (s, f) = (scope("acct"), fp("x"));
+        for how in ["release", "503"] {
+            let k = key(&format!("k-{how}"));
+            let mut r = execute(store.begin(&s, &k, &f).unwrap());
+            r.save_point("step-1", b"1").unwrap();
+            let token = r.token();
+            if how == "release" {
+                r.release().unwrap();
+            } else {
+                r.complete(resp(503, "later")).unwrap();
+            }
+            let b: &dyn idemstore::Backend = store;
+            assert!(
+                matches!(b.renew(&s, &k, token), Err(LeaseError::Fenced { .. })),
+                "{case} {how}: renew"
+            );
+            assert!(
+                b.complete(&s, &k, token, resp(201, "late")).is_err(),
+                "{case} {how}: complete"
+            );
+            // The retry takes over at once, with the point.
+            let retry = execute(store.begin(&s, &k, &f).unwrap());
+            assert_eq!(retry.recovery_point().unwrap().name(), "step-1", "{case}");
+            assert!(retry.token() > token);
+        }
+    });
+}

@@ -283,7 +283,7 @@ impl MemoryEngine {
             });
         }
         if !policy.keeps(response.status()) {
-            self.let_go(shard, at, now);
+            self.let_go(shard, at, false);
             bump(&counters.releases);
             shared.waiters.wake(&hash);
             return Ok(Completion::Released);
@@ -303,34 +303,38 @@ impl MemoryEngine {
         Ok(Completion::Stored)
     }
 
-    /// Releases reservation `token` (C6).
+    /// Releases reservation `token` (C6); `explicit`: by its holder, not by a dropped
+    /// reservation (E6).
     pub(crate) fn release(
         &self,
         shared: &Shared,
-        hash: KeyHash,
-        token: u64,
+        (hash, token): (KeyHash, u64),
+        explicit: bool,
     ) -> Result<(), LeaseError> {
         let (shard, at) = self.shard(&hash);
         let shard = shard.lock();
         shared.check()?;
         let current = shard.records.get(&at).map(|r| r.hot);
         machine::check_holder(current.as_ref(), token).map_err(|r| lease_refusal(r, token))?;
-        self.let_go(shard, at, shared.now());
+        self.let_go(shard, at, explicit);
         bump(&shared.counters.releases);
         shared.waiters.wake(&hash);
         Ok(())
     }
 
-    /// Lets go of the in-flight record of `at` (C6, P3): removes it, or, when it carries a
-    /// recovery point, ends its lease and keeps it, so the next attempt resumes from the point.
-    /// Drops the shard's lock.
-    fn let_go(&self, mut shard: parking_lot::MutexGuard<'_, Shard>, at: Hashed, now: u64) {
-        let kept = shard.update(at, |held| match machine::released(held.hot, now) {
-            Some(hot) if held.point.is_some() => {
-                held.hot = hot;
-                true
+    /// Lets go of the held record of `at` (C6, P3, E6), as `machine::released` says: removes
+    /// it, or keeps it under a fresh token (with its point and its lease ended). `explicit`:
+    /// the holder released it, rather than dropping it or failing. Drops the shard's lock.
+    fn let_go(&self, mut shard: parking_lot::MutexGuard<'_, Shard>, at: Hashed, explicit: bool) {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let kept = shard.update(at, |held| {
+            match machine::released(held.hot, token, explicit) {
+                Some(hot) if held.point.is_some() || hot.state == State::OutcomeUnknown => {
+                    held.hot = hot;
+                    true
+                }
+                _ => false,
             }
-            _ => false,
         });
         if kept == Some(true) {
             return;
@@ -569,9 +573,15 @@ impl Engine for MemoryEngine {
         ))
     }
 
-    fn release(&self, hash: KeyHash, token: u64, _: Release) -> Answer<(), LeaseError> {
+    fn release(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError> {
         // Done before this returns, however it is answered.
-        Answer::Now(MemoryEngine::release(self, &self.shared, hash, token))
+        let explicit = how != Release::Forget;
+        Answer::Now(MemoryEngine::release(
+            self,
+            &self.shared,
+            (hash, token),
+            explicit,
+        ))
     }
 
     fn save_point(
@@ -763,7 +773,7 @@ mod tests {
         let e = MemoryEngine::new(Arc::clone(&sh));
         for i in 0..200_000 {
             let token = execute(&e, &sh, i);
-            assert!(e.release(&sh, name(i).0, token).is_ok());
+            assert!(e.release(&sh, (name(i).0, token), true).is_ok());
         }
         let entries = e.check(sh.now()).expiry_entries;
         assert!(
@@ -860,6 +870,6 @@ mod tests {
             Err(CompleteError::Unavailable(Unavailable::Closed))
         ));
         assert!(matches!(e.purge(&sh, &h1), Err(Unavailable::Closed)));
-        assert!(e.release(&sh, h1, token).is_err());
+        assert!(e.release(&sh, (h1, token), true).is_err());
     }
 }

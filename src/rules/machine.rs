@@ -68,15 +68,47 @@ pub(crate) fn taken_over(old: &Hot, token: u64, now: u64, lease_ms: u64, ttl_ms:
     }
 }
 
-/// What a release leaves of the in-flight record `held` at `now` (C6, P3): nothing, so the
-/// next attempt executes afresh; or, when the record carries a recovery point, the record
-/// with its lease ended, so the next attempt takes it over and resumes from the point
-/// instead of repeating steps that committed.
-pub(crate) fn released(held: Hot, now: u64) -> Option<Hot> {
+/// What letting go of the held record `held` leaves (C6, P3, E6), under `token`, a token its
+/// holder does not have (so that the holder is refused from then on, C8):
+/// - nothing, so the next attempt executes afresh;
+/// - when the record carries a recovery point, the record in flight with its lease ended
+///   (`lease_deadline` 0: let go, not lapsed), so the next attempt takes it over at once and
+///   resumes from the point instead of repeating steps that committed;
+/// - for a record whose outcome is unknown, given up without a verdict (`explicit` false: a
+///   dropped reservation, a closure that failed, a status not kept), the record unknown as
+///   before, for another resolution: only an explicit release says the effect did not happen.
+pub(crate) fn released(held: Hot, token: u64, explicit: bool) -> Option<Hot> {
+    if held.state == State::OutcomeUnknown && !explicit {
+        return Some(Hot {
+            lease_deadline: 0,
+            token,
+            ..held
+        });
+    }
     held.has_point().then_some(Hot {
-        lease_deadline: now.min(held.lease_deadline),
+        state: State::InFlight,
+        lease_deadline: 0,
+        token,
         ..held
     })
+}
+
+/// The record a resolution of `old`, a record whose outcome is unknown, holds for
+/// reservation `token` from `now` (E6): still unknown (a retry meanwhile is told so, and no
+/// lease running out lets one execute), with a lease for the resolution and its point.
+pub(crate) fn resolving(old: Hot, token: u64, now: u64, lease_ms: u64) -> Hot {
+    let lease_deadline = now.saturating_add(lease_ms);
+    Hot {
+        token,
+        lease_deadline,
+        expires_at: old.expires_at.max(lease_deadline),
+        ..old
+    }
+}
+
+/// Whether `hot` is a record whose outcome is unknown and that no resolution holds at `now`.
+pub(crate) fn resolvable(hot: &Hot, now: u64) -> bool {
+    hot.state == State::OutcomeUnknown && !expired(hot, now) && now >= hot.lease_deadline
 }
 
 /// The record `held` with its outcome unknown (E6): kept, with no lease, until it expires or
@@ -98,11 +130,11 @@ pub(crate) enum HolderRefusal {
     NotReserved,
 }
 
-/// Checks that the holder of `token` still owns the key: the record is in flight with that
-/// token. A lease that ran out without a takeover still owns the key.
+/// Checks that the holder of `token` still owns the key: the record is in flight (or being
+/// resolved, E6) with that token. A lease that ran out without a takeover still owns the key.
 pub(crate) fn check_holder(current: Option<&Hot>, token: u64) -> Result<(), HolderRefusal> {
     match current {
-        Some(hot) if hot.state == State::InFlight && hot.token == token => Ok(()),
+        Some(hot) if hot.state != State::Completed && hot.token == token => Ok(()),
         // Tokens grow store-wide, so a record with a higher token was reserved after ours.
         Some(hot) if hot.token > token => Err(HolderRefusal::Fenced { current: hot.token }),
         _ => Err(HolderRefusal::NotReserved),

@@ -275,7 +275,8 @@ impl Reservation {
     /// from there. A later point replaces it; a completion, a purge or the record's expiry
     /// removes it. A key with a point is never released to nothing: a release (or a drop, or
     /// a status the cache policy does not keep) ends its lease instead, so the next attempt
-    /// resumes (P3).
+    /// resumes at once (P3); the record is then kept under a new token, so this reservation
+    /// can no longer renew or complete it.
     ///
     /// To commit a step's own writes and its point together, use
     /// [`save_point_with`](Reservation::save_point_with). The file and memory engines keep

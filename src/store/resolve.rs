@@ -4,11 +4,12 @@
 //! Why: a store opened with [`InFlightAtOpen::MarkUnknown`](crate::InFlightAtOpen::MarkUnknown)
 //! keeps every key that was in flight when it stopped, answering retries `OutcomeUnknown`,
 //! because only the application can find out whether the operation had its effect (ask the
-//! payment provider, look for the row). Resolving hands the application an ordinary
-//! [`Reservation`] of the key: complete it with the response the effect deserves, or release
-//! it so a retry runs again. Invariant: only a key whose outcome is unknown is ever reserved
-//! here, and at most one resolution of a key holds it at a time (the reservation's token
-//! fences a second one, as a lease takeover would).
+//! payment provider, look for the row). Resolving hands the application a [`Reservation`] of
+//! the key: complete it with the response the effect deserves, or release it so a retry runs
+//! again. Invariants: only a key whose outcome is unknown and that no live resolution holds is
+//! reserved here, so at most one resolution holds a key at a time (a later one, after the
+//! first one's lease, fences it); the key stays unknown while it is resolved and after any
+//! resolution that ends without a verdict, so nothing but an explicit release frees it.
 
 use crate::error::{KeyError, ResolveError};
 use crate::format::record::State;
@@ -21,13 +22,16 @@ impl Store {
     /// Reserves a key whose outcome is unknown (E6) for the application to resolve it:
     /// `Some(reservation)` with a fresh fencing token, a lease and the key's last
     /// [`recovery_point`](Reservation::recovery_point); `None` when the key's outcome is not
-    /// unknown (absent, expired, in flight, completed, or resolved already).
+    /// unknown (absent, expired, in flight, completed) or another resolution holds it.
     ///
     /// Look the effect up, then [`complete`](Reservation::complete) the reservation with the
-    /// response a retry should get (the effect happened) or [`release`](Reservation::release)
-    /// it (it did not: the retry runs the operation). Dropping the reservation releases the
-    /// key, as for any reservation. Memory and Redis stores never mark a key so, and answer
-    /// `None`.
+    /// response a retry should get (the effect happened), or [`release`](Reservation::release)
+    /// it (it did not: the retry runs the operation). Anything short of that verdict gives the
+    /// key back, still unknown, to the next resolution: dropping the reservation, a
+    /// [`complete_with`](Reservation::complete_with) whose closure fails, a status the cache
+    /// policy does not keep, or a lease that runs out (a resolution that takes longer renews
+    /// it). While a resolution holds the key, a retry is still answered `OutcomeUnknown`.
+    /// Memory and Redis stores never mark a key so, and answer `None`.
     ///
     /// ```
     /// use idemstore::{Begin, Config, Fingerprint, InFlightAtOpen, Response, Scope, Store};
@@ -73,7 +77,7 @@ impl Store {
 
     /// The resolver hook: reserves each key whose outcome is unknown (E6), up to `limit` of
     /// them, and hands `f` its record and its reservation, to complete or release (a
-    /// reservation `f` drops is released). Returns how many keys it handed over. Run it after
+    /// reservation `f` drops gives the key back, still unknown). Returns how many keys it handed over. Run it after
     /// opening a store with [`InFlightAtOpen::MarkUnknown`](crate::InFlightAtOpen::MarkUnknown),
     /// before or while serving: retries of the keys not resolved yet are answered
     /// `OutcomeUnknown` meanwhile. With the write-ahead log, finding the keys checkpoints

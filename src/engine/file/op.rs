@@ -113,7 +113,6 @@ pub(crate) enum Pending {
     Resolve(
         Sender<Result<Option<Claim>, Unavailable>>,
         Result<Option<Claim>, Unavailable>,
-        KeyHash,
     ),
     Purge(Sender<Result<bool, Unavailable>>, bool),
     Expire(Sender<Result<ExpireReport, Unavailable>>, ExpireReport),
@@ -146,15 +145,9 @@ impl Pending {
                     Err(_) => Some(Abandoned::Answer),
                 };
             }
-            Pending::Resolve(tx, r, hash) => {
-                return match tx.send(r) {
-                    Ok(()) => None,
-                    Err(Ok(Some(Claim::Execute { token, .. }))) => {
-                        Some(Abandoned::Reservation(hash, token))
-                    }
-                    Err(_) => Some(Abandoned::Answer),
-                };
-            }
+            // A resolution nobody waits for is left to its lease: releasing it would free a
+            // key whose outcome is unknown (E6), and another resolution may take it after.
+            Pending::Resolve(tx, r) => drop(tx.send(r)),
             // Other callers that gave up lose nothing by not hearing the answer.
             Pending::Complete(tx, r) => drop(tx.send(r)),
             Pending::Lease(Some(tx), r) => drop(tx.send(r)),
@@ -172,7 +165,7 @@ impl Pending {
     pub(crate) fn fail(self, e: Unavailable) {
         match self {
             Pending::Begin(tx, _, _) => drop(tx.send(Err(e.into()))),
-            Pending::Resolve(tx, _, _) => drop(tx.send(Err(e))),
+            Pending::Resolve(tx, _) => drop(tx.send(Err(e))),
             Pending::Complete(tx, _) => drop(tx.send(Err(CompleteError::Unavailable(e)))),
             Pending::Lease(Some(tx), _) => drop(tx.send(Err(LeaseError::Unavailable(e)))),
             Pending::Renew(tx, _) => drop(tx.send(Err(LeaseError::Unavailable(e)))),

@@ -377,18 +377,32 @@ fn settle_in_flight(t: &mut OpenTables<'_>, policy: InFlightAtOpen) -> Result<u6
     let mut settled = 0;
     for (hash, record) in in_flight {
         let hash = KeyHash(hash);
-        let kept = record.and_then(|r| {
-            let hot = match policy {
-                InFlightAtOpen::MarkUnknown => Some(machine::outcome_unknown(r.hot)),
-                _ => machine::released(r.hot, 0),
-            }?;
-            Some(Record { hot, ..r })
-        });
+        let kept = match (policy, record) {
+            // A key let go with its point (lease 0) has a known outcome: a failed attempt,
+            // resumable. Left as it is.
+            (InFlightAtOpen::MarkUnknown, Some(r)) if r.hot.lease_deadline == 0 => continue,
+            (InFlightAtOpen::MarkUnknown, Some(r)) => Some(Record {
+                hot: machine::outcome_unknown(r.hot),
+                ..r
+            }),
+            // Never freed under this policy: a damaged record stays for `check` to report.
+            (InFlightAtOpen::MarkUnknown, None) => continue,
+            (_, Some(r)) => {
+                machine::released(r.hot, r.hot.token, true).map(|hot| Record { hot, ..r })
+            }
+            (_, None) => None,
+        };
+        let point = match &kept {
+            Some(r) => tables::response(&t.expiry, &hash, r.hot.expires_at, <[u8]>::to_vec)
+                .map_err(open_error)?,
+            None => None,
+        };
         match kept {
+            // Kept for its point (Release), but the point is gone: released after all.
+            Some(r) if point.is_none() && r.hot.state == State::InFlight => {
+                delete_at_open(t, &hash)?;
+            }
             Some(mut record) => {
-                let point =
-                    tables::response(&t.expiry, &hash, record.hot.expires_at, <[u8]>::to_vec)
-                        .map_err(open_error)?;
                 if point.is_none() {
                     // A point the record's flag promises but its entry lacks is gone.
                     record.hot.response_len = 0;
@@ -404,17 +418,19 @@ fn settle_in_flight(t: &mut OpenTables<'_>, policy: InFlightAtOpen) -> Result<u6
                 .map_err(open_error)?;
                 t.deltas.replaced(old.as_ref().map(|g| g.value()), &bytes);
             }
-            None => {
-                if let Some(old) =
-                    tables::delete(&mut t.records, &mut t.expiry, &hash).map_err(open_error)?
-                {
-                    t.deltas.removed(old.value());
-                }
-            }
+            None => delete_at_open(t, &hash)?,
         }
         settled += 1;
     }
     Ok(settled)
+}
+
+/// Removes `hash`'s record and its expiry entry at open, counting it out.
+fn delete_at_open(t: &mut OpenTables<'_>, hash: &KeyHash) -> Result<(), OpenError> {
+    if let Some(old) = tables::delete(&mut t.records, &mut t.expiry, hash).map_err(open_error)? {
+        t.deltas.removed(old.value());
+    }
+    Ok(())
 }
 
 /// What a file's `format_version` is to this build.

@@ -142,7 +142,9 @@ impl Writer {
                 if detached {
                     b.detached_releases += 1;
                 }
-                let answer = self.release(t, b, &hash, token)?;
+                // Released by its holder, not by a dropped reservation (E6).
+                let explicit = reply.is_some();
+                let answer = self.release(t, b, (&hash, token), explicit)?;
                 b.pending.push(Pending::Lease(reply, answer));
             }
             Op::Renew { hash, token, reply } => {
@@ -160,7 +162,7 @@ impl Writer {
             }
             Op::Resolve { hash, reply } => {
                 let answer = self.resolve(t, b, now, &hash)?;
-                b.pending.push(Pending::Resolve(reply, answer, hash));
+                b.pending.push(Pending::Resolve(reply, answer));
             }
             Op::Purge { hash, reply } => {
                 let existed = self.purge(t, b, &hash)?;
@@ -355,7 +357,7 @@ impl Writer {
         let old = record.hot;
         b.mutated = true;
         if !policy.keeps(response.status()) {
-            self.let_go(t, b, (hash, record), now)?;
+            self.let_go(t, b, (hash, record), false)?;
             bump(&counters.releases);
             return Ok(Ok(Completion::Released));
         }
@@ -379,8 +381,8 @@ impl Writer {
         &mut self,
         t: &mut Tables<'_>,
         b: &mut Batch,
-        hash: &KeyHash,
-        token: u64,
+        (hash, token): (&KeyHash, u64),
+        explicit: bool,
     ) -> Result<Result<(), LeaseError>, Fail> {
         let current = match self.load(t, hash, Record::decode)? {
             Ok(current) => current,
@@ -392,37 +394,43 @@ impl Writer {
         let Some(record) = current else {
             return Ok(Err(LeaseError::NotReserved { token }));
         };
-        self.let_go(t, b, (hash, record), self.shared.now())?;
+        self.let_go(t, b, (hash, record), explicit)?;
         bump(&self.shared.counters.releases);
         Ok(Ok(()))
     }
 
-    /// Lets go of `hash`'s in-flight `record` (C6, P3): removes it, or, when it carries a
-    /// recovery point, keeps it with its point and its lease ended, so the next attempt
-    /// resumes from the point at once.
+    /// Lets go of `hash`'s held `record` (C6, P3, E6), as `machine::released` says: removes
+    /// it, or keeps it under a fresh token (with its point and its lease ended, or, for a
+    /// resolution given up without a verdict, unknown as before). `explicit`: the holder
+    /// released it, rather than dropping it or failing.
     pub(super) fn let_go(
-        &self,
+        &mut self,
         t: &mut Tables<'_>,
         b: &mut Batch,
         (hash, record): (&KeyHash, Record),
-        now: u64,
+        explicit: bool,
     ) -> Result<(), Fail> {
         b.mutated = true;
-        let kept = match machine::released(record.hot, now) {
-            Some(hot) => self
-                .point_of(t, hash, &record.hot)?
-                .map(|bytes| (hot, bytes)),
-            None => None,
-        };
-        let Some((hot, bytes)) = kept else {
+        let Some(mut hot) = machine::released(record.hot, self.next_token, explicit) else {
             self.delete(t, b, hash)?;
             b.effects.push(Effect::Remove(*hash));
             return Ok(());
         };
+        self.next_token = self.next_token.saturating_add(1);
+        let point = self.point_of(t, hash, &record.hot)?;
+        if point.is_none() {
+            // A point the record's flag promises but its entry lacks is gone.
+            hot.response_len = 0;
+            if hot.state == State::InFlight {
+                // Kept only for its point: without one, released as any key is.
+                self.delete(t, b, hash)?;
+                b.effects.push(Effect::Remove(*hash));
+                return Ok(());
+            }
+        }
         let old = record.hot;
         let record = Record { hot, ..record };
-        self.put(t, b, (hash, &record), Some(&old), Some(&bytes))?;
-        // Durable with its batch like a release is not: the point it keeps already is.
+        self.put(t, b, (hash, &record), Some(&old), point.as_deref())?;
         b.effects.push(Effect::Put(
             *hash,
             Entry {
@@ -508,9 +516,7 @@ impl Writer {
             Ok(current) => current,
             Err(damaged) => return Ok(Err(damaged)),
         };
-        let Some(record) = current
-            .filter(|r| r.hot.state == State::OutcomeUnknown && !machine::expired(&r.hot, now))
-        else {
+        let Some(record) = current.filter(|r| machine::resolvable(&r.hot, now)) else {
             return Ok(Ok(None));
         };
         let bytes = self.point_of(t, hash, &record.hot)?;
@@ -518,25 +524,14 @@ impl Writer {
             Some(Err(e)) => return Ok(Err(damaged_point(hash, &e))),
             decoded => decoded.and_then(Result::ok),
         };
-        let config = &self.shared.config;
         let token = self.next_token;
         self.next_token = self.next_token.saturating_add(1);
         let old = record.hot;
-        let hot = machine::taken_over(
-            &old,
-            token,
-            now,
-            crate::clock::millis(config.lease),
-            crate::clock::millis(config.ttl),
-        );
-        let hot = if bytes.is_some() {
-            hot
-        } else {
-            Hot {
-                response_len: 0,
-                ..hot
-            }
-        };
+        let lease_ms = crate::clock::millis(self.shared.config.lease);
+        let mut hot = machine::resolving(old, token, now, lease_ms);
+        if bytes.is_none() {
+            hot.response_len = 0;
+        }
         let record = Record { hot, ..record };
         self.put(t, b, (hash, &record), Some(&old), bytes.as_deref())?;
         b.mutated = true;

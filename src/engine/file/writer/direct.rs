@@ -412,7 +412,8 @@ impl Writer {
         let txn = self.begin_part(part)?;
         {
             let mut t = self.file_tables(&txn)?;
-            self.let_go(&mut t, b, (hash, record), self.shared.now())?;
+            // A failed closure is no verdict on a resolution (E6): not explicit.
+            self.let_go(&mut t, b, (hash, record), false)?;
         }
         self.commit_part(txn, b, part, last)?;
         bump(&self.shared.counters.releases);
