@@ -36,9 +36,10 @@ fn run_steps(
     let mut ran = Vec::new();
     for step in ORDER[done..].iter().take(stop_after) {
         let row = format!("{order}/{step}");
-        r.save_point_with(step, order.as_bytes(), move |txn| {
+        r.save_point_with(step, move |txn| {
             txn.open_table(STEPS)?.insert(row.as_str(), "done")?;
-            Ok::<_, idemstore::redb::Error>(())
+            // The payload the next step would need (here, the row the step wrote).
+            Ok::<_, idemstore::redb::Error>(row.into_bytes())
         })?;
         ran.push(*step);
     }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::post as route_post;
 use http::StatusCode;
 use idemstore::http::{Contract, IdempotencyContext, IdempotencyLayer};
-use idemstore::redb::{ReadableTable, TableDefinition};
+use idemstore::redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use idemstore::{Config, ManualClock, Response, Scope, Store};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -260,18 +260,21 @@ async fn two_steps(
     let held = match ctx.recovery_point() {
         Some(point) => String::from_utf8_lossy(point.payload()).into_owned(),
         None => {
-            let hold = format!("hold-{}", ctx.token());
-            let row = hold.clone();
+            // The hold's id is made inside the step's transaction, and is the point's payload.
             let saved = ctx
-                .save_point_with("held", hold.as_bytes(), move |txn| {
-                    txn.open_table(BOOKINGS)?.insert(row.as_str(), "held")?;
-                    Ok::<_, idemstore::redb::Error>(())
+                .save_point_with("held", move |txn| {
+                    let mut t = txn.open_table(BOOKINGS)?;
+                    let hold = format!("hold-{}", t.len()? + 1);
+                    t.insert(hold.as_str(), "held")?;
+                    Ok::<_, idemstore::redb::Error>(hold.into_bytes())
                 })
                 .await;
-            if let Err(e) = saved {
-                return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+            match saved {
+                Ok(point) => String::from_utf8_lossy(point.payload()).into_owned(),
+                Err(e) => {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+                }
             }
-            hold
         }
     };
     if call == 0 {

@@ -236,7 +236,7 @@ fn three_steps(store: &Store, k: &str) -> Result<Vec<&'static str>, String> {
     let mut ran = Vec::new();
     for step in &ORDER[done..] {
         let (step, owner) = (*step, k.to_owned());
-        r.save_point_with(step, k.as_bytes(), move |txn| {
+        r.save_point_with(step, move |txn| {
             let mut t = txn.open_table(STEPS)?;
             // A step that ran twice is the bug this test looks for.
             if t.get(format!("{owner}/{step}").as_str())?.is_some() {
@@ -245,7 +245,7 @@ fn three_steps(store: &Store, k: &str) -> Result<Vec<&'static str>, String> {
                 )));
             }
             t.insert(format!("{owner}/{step}").as_str(), step)?;
-            Ok::<_, idemstore::redb::Error>(())
+            Ok::<_, idemstore::redb::Error>(owner.into_bytes())
         })
         .map_err(|e| e.to_string())?;
         ran.push(step);
@@ -351,21 +351,35 @@ fn p4_a_step_that_fails_rolls_back_its_writes_and_keeps_the_key_and_the_last_poi
     let t = file(true);
     let (s, k, f) = (scope("acct"), key("k"), fp("x"));
     let mut r = execute(t.store.begin(&s, &k, &f).unwrap());
-    r.save_point_with("reserve", b"r", |txn| {
+    r.save_point_with("reserve", |txn| {
         txn.open_table(STEPS)?.insert("k/reserve", "reserve")?;
-        Ok::<_, idemstore::redb::Error>(())
+        Ok::<_, idemstore::redb::Error>(b"r".to_vec())
     })
     .unwrap();
-    let failed = r.save_point_with("charge", b"c", |txn| {
+    let failed = r.save_point_with("charge", |txn| {
         let mut t = txn.open_table(STEPS).map_err(|e| e.to_string())?;
         t.insert("k/charge", "charge").map_err(|e| e.to_string())?;
-        Err::<(), _>("card declined".to_owned())
+        Err::<Vec<u8>, _>("card declined".to_owned())
     });
     assert!(matches!(failed, Err(PointWithError::Aborted(e)) if e == "card declined"));
-    let panicked = r.save_point_with("charge", b"c", |_| -> Result<(), String> {
+    let panicked = r.save_point_with("charge", |_| -> Result<Vec<u8>, String> {
         panic!("step bug")
     });
     assert!(matches!(panicked, Err(PointWithError::Panicked { .. })));
+    // A payload over the limit, made inside the step: the step's writes go with it.
+    let too_big = r.save_point_with("charge", |txn| {
+        let mut t = txn.open_table(STEPS).map_err(|e| e.to_string())?;
+        t.insert("k/charge", "charge").map_err(|e| e.to_string())?;
+        Ok::<_, String>(vec![0; idemstore::MAX_POINT_PAYLOAD + 1])
+    });
+    assert!(matches!(
+        too_big,
+        Err(PointWithError::Point(PointError::Invalid { .. }))
+    ));
+    assert!(matches!(
+        r.save_point_with("", |_| Ok::<_, String>(Vec::new())),
+        Err(PointWithError::Point(PointError::Invalid { .. }))
+    ));
     assert_eq!(r.recovery_point().unwrap().name(), "reserve");
     assert_eq!(rows(&t.store, "k"), ["reserve"]);
     let shown = t.store.get(&s, &k).unwrap().unwrap();
@@ -380,7 +394,7 @@ fn p1_the_memory_engine_has_no_database_for_a_point_with_writes() {
     let clock = ManualClock::new(T0);
     let store = memory(&clock);
     let mut r = execute(store.begin(&scope("a"), &key("k"), &fp("x")).unwrap());
-    let refused = r.save_point_with("s", b"", |_| Ok::<(), String>(()));
+    let refused = r.save_point_with("s", |_| Ok::<_, String>(Vec::new()));
     assert!(matches!(
         refused,
         Err(PointWithError::Point(PointError::Lease(
@@ -397,9 +411,9 @@ fn p3_a_completion_with_writes_that_fails_keeps_the_point_of_the_steps_before() 
     let t = file(false);
     let (s, k, f) = (scope("acct"), key("k"), fp("x"));
     let mut r = execute(t.store.begin(&s, &k, &f).unwrap());
-    r.save_point_with("reserve", b"r", |txn| {
+    r.save_point_with("reserve", |txn| {
         txn.open_table(STEPS)?.insert("k/reserve", "reserve")?;
-        Ok::<_, idemstore::redb::Error>(())
+        Ok::<_, idemstore::redb::Error>(b"r".to_vec())
     })
     .unwrap();
     // A completion with writes whose closure fails releases the key: the point stays.
@@ -565,9 +579,14 @@ mod model {
                         0 => r.save_point(&name, b"x").map_err(|e| e.to_string()),
                         _ => {
                             let fail = how == 2;
-                            r.save_point_with(&name, b"x", move |_| {
-                                if fail { Err("step failed") } else { Ok(()) }
+                            r.save_point_with(&name, move |_| {
+                                if fail {
+                                    Err("step failed")
+                                } else {
+                                    Ok(b"x".to_vec())
+                                }
                             })
+                            .map(|_| ())
                             .map_err(|e| e.to_string())
                         }
                     };

@@ -23,7 +23,6 @@ use crate::backend::Completion;
 use crate::config::CachePolicy;
 use crate::poison;
 use crate::rules::key::KeyHash;
-use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 
 /// The caller's writes: true to commit them, false to roll them back.
@@ -32,6 +31,10 @@ pub(crate) type WriteFn = Box<dyn FnOnce(&WriteTransaction) -> bool + Send>;
 /// The caller's writes and the response to store with them; `None` rolls them back and
 /// releases the key.
 pub(crate) type CompleteFn = Box<dyn FnOnce(&WriteTransaction) -> Option<Response> + Send>;
+
+/// The caller's writes and the payload of the recovery point to save with them; `None` rolls
+/// them back.
+pub(crate) type PointFn = Box<dyn FnOnce(&WriteTransaction) -> Option<Vec<u8>> + Send>;
 
 /// Work for an engine's write transaction.
 pub(crate) enum Work {
@@ -45,12 +48,13 @@ pub(crate) enum Work {
         policy: CachePolicy,
         run: CompleteFn,
     },
-    /// The caller's writes and a recovery point of reservation `token` on `hash` (P1).
+    /// The caller's writes and a recovery point named `name` of reservation `token` on
+    /// `hash`, whose payload the closure returns (P1).
     Point {
         hash: KeyHash,
         token: u64,
-        point: RecoveryPoint,
-        run: WriteFn,
+        name: String,
+        run: PointFn,
     },
 }
 

@@ -9,7 +9,7 @@
 //! short input, names that are not UTF-8 and points past the limits.
 
 use super::bytes::Reader;
-use crate::rules::point::{self, RecoveryPoint};
+use crate::rules::point::RecoveryPoint;
 
 /// The version byte of the point encoding.
 pub(crate) const POINT_VERSION: u8 = 1;
@@ -38,8 +38,7 @@ pub(crate) fn decode(b: &[u8]) -> Result<RecoveryPoint, String> {
     let name = std::str::from_utf8(name)
         .map_err(|_| "recovery point name is not valid text".to_owned())?;
     let payload = b.get(2 + len..).unwrap_or(&[]);
-    point::validate(name, payload)?;
-    RecoveryPoint::new(name, payload)
+    RecoveryPoint::new(name, payload).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -181,36 +181,33 @@ impl IdempotencyContext {
     /// Saves a recovery point for the key, durably (P1), as
     /// [`Reservation::save_point`](crate::Reservation::save_point) does: should this call
     /// die, the retry that takes the key over resumes from it. The point is queued when this
-    /// is called: dropping the future does not stop it.
+    /// is called: dropping the future does not stop it. ([`recovery_point`](Self::recovery_point)
+    /// stays what the key had when the handler was called.)
     pub fn save_point(
         &self,
         name: &str,
         payload: &[u8],
     ) -> impl Future<Output = Result<(), PointError>> + Send + 'static {
-        let saving = RecoveryPoint::new(name, payload)
-            .map_err(|reason| PointError::Invalid { reason })
-            .map(|point| self.hold.lease().save_point(point));
+        let saving =
+            RecoveryPoint::new(name, payload).map(|point| self.hold.lease().save_point(point));
         async move { Ok(saving?.await?) }
     }
 
     /// Saves a recovery point together with the handler's writes to the store's database, in
     /// one transaction (P1, E1), as
-    /// [`Reservation::save_point_with`](crate::Reservation::save_point_with) does. The work is
-    /// queued when this is called: dropping the future does not stop it.
+    /// [`Reservation::save_point_with`](crate::Reservation::save_point_with) does: `f` writes
+    /// and returns the point's payload; the answer is the point saved. The work is queued when
+    /// this is called: dropping the future does not stop it.
     pub fn save_point_with<E, F>(
         &self,
         name: &str,
-        payload: &[u8],
         f: F,
-    ) -> impl Future<Output = Result<(), PointWithError<E>>> + Send + 'static
+    ) -> impl Future<Output = Result<RecoveryPoint, PointWithError<E>>> + Send + 'static
     where
-        F: FnOnce(&WriteTransaction) -> Result<(), E> + Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<Vec<u8>, E> + Send + 'static,
         E: Send + 'static,
     {
-        let saving = RecoveryPoint::new(name, payload)
-            .map_err(|reason| PointError::Invalid { reason })
-            .map(|point| self.hold.lease().save_point_with(point, f));
-        async move { saving?.await }
+        self.hold.lease().save_point_with(name, f)
     }
 
     /// Extends the lease to a full lease period from now (C8), as the layer does in the

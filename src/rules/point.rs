@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use crate::error::PointError;
+
 /// The longest name a recovery point may have, in bytes.
 pub const MAX_POINT_NAME: usize = 255;
 /// The largest payload a recovery point may carry, in bytes.
@@ -27,9 +29,9 @@ pub struct RecoveryPoint {
 
 impl RecoveryPoint {
     /// The point, if `name` (1 to 255 bytes) and `payload` (at most 64 KiB) are within the
-    /// limits; otherwise why not.
-    pub fn new(name: &str, payload: &[u8]) -> Result<RecoveryPoint, String> {
-        validate(name, payload)?;
+    /// limits; otherwise [`PointError::Invalid`] says why not.
+    pub fn new(name: &str, payload: &[u8]) -> Result<RecoveryPoint, PointError> {
+        validate(name, payload).map_err(|reason| PointError::Invalid { reason })?;
         Ok(RecoveryPoint {
             name: name.to_owned(),
             payload: payload.to_vec(),

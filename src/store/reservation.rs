@@ -301,8 +301,7 @@ impl Reservation {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn save_point(&mut self, name: &str, payload: &[u8]) -> Result<(), PointError> {
-        let point =
-            RecoveryPoint::new(name, payload).map_err(|reason| PointError::Invalid { reason })?;
+        let point = RecoveryPoint::new(name, payload)?;
         self.store
             .save_point_token(self.hash, self.token, point.clone())
             .wait()?;
@@ -311,20 +310,20 @@ impl Reservation {
     }
 
     /// [`save_point`](Reservation::save_point) as a runtime-agnostic future. The point is
-    /// queued when this is called: dropping the future does not stop it.
+    /// queued when this is called: dropping the future does not stop it (the point is then
+    /// saved, but this reservation's [`recovery_point`](Reservation::recovery_point) is not
+    /// updated).
     pub fn save_point_async(
         &mut self,
         name: &str,
         payload: &[u8],
     ) -> impl Future<Output = Result<(), PointError>> + Send + '_ {
-        let queued = RecoveryPoint::new(name, payload)
-            .map_err(|reason| PointError::Invalid { reason })
-            .map(|point| {
-                let answer = self
-                    .store
-                    .save_point_token(self.hash, self.token, point.clone());
-                (point, answer)
-            });
+        let queued = RecoveryPoint::new(name, payload).map(|point| {
+            let answer = self
+                .store
+                .save_point_token(self.hash, self.token, point.clone());
+            (point, answer)
+        });
         async move {
             let (point, answer) = queued?;
             answer.resolve().await?;
@@ -334,62 +333,78 @@ impl Reservation {
     }
 
     /// Saves a recovery point together with the step's own writes, in one transaction of the
-    /// store's database (P1, E1): the step's effect and the point that says it happened
-    /// become durable together or not at all, so a crash can neither lose a committed step's
-    /// point (and run the step again) nor keep a point without its step.
+    /// store's database (P1, E1): `f` writes the step's tables and returns the point's
+    /// payload (say, the id of the row it created), and the step's effect and the point named
+    /// `name` become durable together or not at all, so a crash can neither lose a committed
+    /// step's point (and run the step again) nor keep a point without its step. Returns the
+    /// point saved.
     ///
     /// `f` runs on the store's writer, only if this reservation still holds the key (a stale
     /// holder gets [`LeaseError::Fenced`] inside [`PointError::Lease`] and `f` never runs).
-    /// If it returns an error or panics, its writes are rolled back, the point is not saved,
-    /// and the reservation still holds the key. The rules of
+    /// If it returns an error or panics, or returns a payload over the limit, its writes are
+    /// rolled back, no point is saved, and the reservation still holds the key. The rules of
     /// [`complete_with`](Reservation::complete_with) apply: keep `f` short, no calls into the
     /// store from inside it; the file engine only (others answer
     /// [`Unavailable::Unsupported`](crate::Unavailable::Unsupported)).
+    ///
+    /// ```
+    /// use idemstore::redb::{ReadableTableMetadata, TableDefinition};
+    /// use idemstore::{Begin, Config, Fingerprint, Response, Scope, Store};
+    /// const STOCK: TableDefinition<u64, &str> = TableDefinition::new("stock_holds");
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("shop.redb"), Config::default())?;
+    /// let (scope, key) = (Scope::new("acct_1")?, store.key("order-7")?);
+    /// let fp = Fingerprint::of_bytes(b"order 7");
+    /// let Begin::Execute(mut r) = store.begin(&scope, &key, &fp)? else { unreachable!() };
+    /// // Step 1 holds stock under an id made in its own transaction; the id is the point.
+    /// let point = r.save_point_with("stock-held", |txn| {
+    ///     let mut holds = txn.open_table(STOCK)?;
+    ///     let id = holds.len()? + 1;
+    ///     holds.insert(id, "lamp")?;
+    ///     Ok::<_, idemstore::redb::Error>(id.to_le_bytes().to_vec())
+    /// })?;
+    /// assert_eq!(point.payload(), 1u64.to_le_bytes());
+    /// r.complete(Response::new(201, [("location", "/orders/7")], ""))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn save_point_with<E, F>(
         &mut self,
         name: &str,
-        payload: &[u8],
         f: F,
-    ) -> Result<(), PointWithError<E>>
+    ) -> Result<RecoveryPoint, PointWithError<E>>
     where
-        F: FnOnce(&WriteTransaction) -> Result<(), E> + Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<Vec<u8>, E> + Send + 'static,
         E: Send + 'static,
     {
-        let point =
-            RecoveryPoint::new(name, payload).map_err(|reason| PointError::Invalid { reason })?;
         let (answer, slot) = self
             .store
-            .queue_point_with((self.hash, self.token), point.clone(), f);
-        transact::pointed_with(answer.wait(), &slot)?;
-        self.recovery = Some(point);
-        Ok(())
+            .queue_point_with((self.hash, self.token), name, f);
+        let point = transact::pointed_with(answer.wait(), name, &slot)?;
+        self.recovery = Some(point.clone());
+        Ok(point)
     }
 
     /// [`save_point_with`](Reservation::save_point_with) as a runtime-agnostic future. The
-    /// work is queued when this is called: dropping the future does not stop it.
+    /// work is queued when this is called: dropping the future does not stop it (the point is
+    /// then saved, but this reservation's [`recovery_point`](Reservation::recovery_point) is
+    /// not updated).
     pub fn save_point_with_async<E, F>(
         &mut self,
         name: &str,
-        payload: &[u8],
         f: F,
-    ) -> impl Future<Output = Result<(), PointWithError<E>>> + Send + '_
+    ) -> impl Future<Output = Result<RecoveryPoint, PointWithError<E>>> + Send + '_
     where
-        F: FnOnce(&WriteTransaction) -> Result<(), E> + Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<Vec<u8>, E> + Send + 'static,
         E: Send + 'static,
     {
-        let queued = RecoveryPoint::new(name, payload)
-            .map_err(|reason| PointError::Invalid { reason })
-            .map(|point| {
-                let queued = self
-                    .store
-                    .queue_point_with((self.hash, self.token), point.clone(), f);
-                (point, queued)
-            });
+        let (answer, slot) = self
+            .store
+            .queue_point_with((self.hash, self.token), name, f);
+        let name = name.to_owned();
         async move {
-            let (point, (answer, slot)) = queued?;
-            transact::pointed_with(answer.resolve().await, &slot)?;
-            self.recovery = Some(point);
-            Ok(())
+            let point = transact::pointed_with(answer.resolve().await, &name, &slot)?;
+            self.recovery = Some(point.clone());
+            Ok(point)
         }
     }
 
@@ -485,17 +500,18 @@ impl Lease {
     /// Saves a recovery point with the caller's writes (P1, E1), queued at once.
     pub(crate) fn save_point_with<E, F>(
         &self,
-        point: RecoveryPoint,
+        name: &str,
         f: F,
-    ) -> impl Future<Output = Result<(), PointWithError<E>>> + Send + 'static
+    ) -> impl Future<Output = Result<RecoveryPoint, PointWithError<E>>> + Send + 'static
     where
-        F: FnOnce(&WriteTransaction) -> Result<(), E> + Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<Vec<u8>, E> + Send + 'static,
         E: Send + 'static,
     {
         let (answer, slot) = self
             .store
-            .queue_point_with((self.hash, self.token), point, f);
-        async move { transact::pointed_with(answer.resolve().await, &slot) }
+            .queue_point_with((self.hash, self.token), name, f);
+        let name = name.to_owned();
+        async move { transact::pointed_with(answer.resolve().await, &name, &slot) }
     }
 }
 

@@ -21,7 +21,7 @@ use redb::{ReadTransaction, WriteTransaction};
 
 use crate::backend::Completion;
 use crate::config::CachePolicy;
-use crate::engine::work::{CompleteFn, WriteFn};
+use crate::engine::work::{CompleteFn, PointFn, WriteFn};
 use crate::engine::{Answer, Ran, Work};
 use crate::error::{
     CompleteError, CompleteWithError, LeaseError, PointError, PointWithError, TransactionError,
@@ -29,13 +29,16 @@ use crate::error::{
 };
 use crate::poison;
 use crate::rules::key::KeyHash;
-use crate::rules::point::RecoveryPoint;
+use crate::rules::point::{self as point, RecoveryPoint};
 use crate::rules::response::Response;
 
 use super::Store;
 
 /// Where a closure leaves its own result for its caller.
 type Slot<T> = Arc<Mutex<Option<T>>>;
+
+/// Where a step's closure leaves its error or the payload of its point.
+pub(super) type PayloadSlot<E> = Slot<Result<Vec<u8>, E>>;
 
 impl Store {
     /// Runs `f` in a write transaction of the store's database and commits it durably, for the
@@ -181,62 +184,72 @@ impl Store {
 }
 
 impl Store {
-    /// Queues a recovery point of `token` with the caller's writes; the slot receives the
-    /// closure's error, if it returns one.
+    /// Queues a recovery point named `name` of `token` with the caller's writes; the slot
+    /// receives the closure's result: its error, or the payload it returned.
     pub(super) fn queue_point_with<E, F>(
         &self,
         (hash, token): (KeyHash, u64),
-        point: RecoveryPoint,
+        name: &str,
         f: F,
-    ) -> (Answer<Ran, CompleteError>, Slot<E>)
+    ) -> (Answer<Ran, CompleteError>, PayloadSlot<E>)
     where
-        F: FnOnce(&WriteTransaction) -> Result<(), E> + Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<Vec<u8>, E> + Send + 'static,
         E: Send + 'static,
     {
-        let slot: Slot<E> = Arc::default();
+        let slot: PayloadSlot<E> = Arc::default();
         if let Err(e) = self.inner.shared.check() {
             return (Answer::Now(Err(e.into())), slot);
         }
+        if let Err(reason) = point::validate(name, &[]) {
+            return (
+                Answer::Now(Err(CompleteError::InvalidResponse { reason })),
+                slot,
+            );
+        }
         let out = Arc::clone(&slot);
-        let run: WriteFn = Box::new(move |txn| match f(txn) {
-            Ok(()) => true,
-            Err(e) => {
-                *out.lock() = Some(e);
-                false
-            }
+        let run: PointFn = Box::new(move |txn| {
+            let result = f(txn);
+            let payload = result.as_ref().ok().cloned();
+            *out.lock() = Some(result);
+            payload
         });
         let work = Work::Point {
             hash,
             token,
-            point,
+            name: name.to_owned(),
             run,
         };
         (self.inner.engine.work(work), slot)
     }
 }
 
-/// What a recovery point with the caller's writes did, once the engine has answered.
+/// The point a recovery point with the caller's writes saved, once the engine has answered.
 pub(super) fn pointed_with<E>(
     ran: Result<Ran, CompleteError>,
-    slot: &Slot<E>,
-) -> Result<(), PointWithError<E>> {
+    name: &str,
+    slot: &PayloadSlot<E>,
+) -> Result<RecoveryPoint, PointWithError<E>> {
     let lease = |e: LeaseError| PointWithError::Point(PointError::Lease(e));
-    match ran {
-        Ok(Ran::Committed(_)) => Ok(()),
-        Ok(Ran::Declined) => match slot.lock().take() {
-            Some(e) => Err(PointWithError::Aborted(e)),
-            None => Err(PointWithError::Panicked {
-                message: "the closure's error was lost".to_owned(),
-            }),
-        },
-        Ok(Ran::Panicked(message)) => Err(PointWithError::Panicked { message }),
-        Err(CompleteError::Fenced { token, current }) => {
+    let taken = slot.lock().take();
+    match (ran, taken) {
+        (Ok(Ran::Committed(_)), Some(Ok(payload))) => {
+            RecoveryPoint::new(name, &payload).map_err(PointWithError::Point)
+        }
+        (Ok(Ran::Declined), Some(Err(e))) => Err(PointWithError::Aborted(e)),
+        (Ok(Ran::Panicked(message)), _) => Err(PointWithError::Panicked { message }),
+        (Err(CompleteError::Fenced { token, current }), _) => {
             Err(lease(LeaseError::Fenced { token, current }))
         }
-        Err(CompleteError::NotReserved { token }) => Err(lease(LeaseError::NotReserved { token })),
-        Err(CompleteError::Unavailable(e)) => Err(lease(LeaseError::Unavailable(e))),
-        Err(other) => Err(PointWithError::Panicked {
-            message: format!("a recovery point was answered as a completion: {other}"),
+        (Err(CompleteError::NotReserved { token }), _) => {
+            Err(lease(LeaseError::NotReserved { token }))
+        }
+        (Err(CompleteError::Unavailable(e)), _) => Err(lease(LeaseError::Unavailable(e))),
+        // `point_with` reports a payload past the limits so.
+        (Err(CompleteError::InvalidResponse { reason }), _) => {
+            Err(PointWithError::Point(PointError::Invalid { reason }))
+        }
+        (ran, _) => Err(PointWithError::Panicked {
+            message: format!("the closure's result was lost ({ran:?})"),
         }),
     }
 }

@@ -570,8 +570,8 @@ async fn create(State(st): State<AppState>, req: Request) -> Response {
 }
 
 /// A create whose bookings live in the store's file, in two steps that each commit with what
-/// the key needs to resume: the booking id is held and saved as the key's recovery point in
-/// one transaction; then (after the configured delay, where a crash lands between the steps)
+/// the key needs to resume: the booking id is taken, held and saved as the key's recovery
+/// point in one transaction; then (after the configured delay, where a crash lands between the steps)
 /// the booking is written under that id with its response in another. A retry that takes the
 /// key over after a crash between them finds the point and skips the first step, so the
 /// booking keeps the id the first attempt held. `Ok(None)`: the layer sends the stored
@@ -597,16 +597,17 @@ async fn create_in_two_steps(
             uid
         }
         None => {
-            let uid = file::uid_for(&account, ctx.token());
-            let (holder, held) = (account.clone(), uid.clone());
-            ctx.save_point_with("id-held", uid.as_bytes(), move |txn| {
-                file::hold(txn, &holder, &held)
-            })
-            .await
-            .map_err(|e| match e {
-                PointWithError::Aborted(e) => booking_error(e),
-                other => unavailable(&other),
-            })?;
+            let holder = account.clone();
+            let point = ctx
+                .save_point_with("id-held", move |txn| {
+                    Ok::<_, BookingError>(file::hold_next(txn, &holder)?.into_bytes())
+                })
+                .await
+                .map_err(|e| match e {
+                    PointWithError::Aborted(e) => booking_error(e),
+                    other => unavailable(&other),
+                })?;
+            let uid = String::from_utf8_lossy(point.payload()).into_owned();
             tracing::debug!(%uid, "booking id held and saved as the create's recovery point");
             uid
         }

@@ -3,7 +3,7 @@
 //!
 //! Invariants: every change is one redb write transaction that checks ownership and the
 //! expected version (`If-Match`) before writing. A create under an idempotency key has two
-//! steps: [`hold`] takes the booking's id in the transaction that saves it as the key's
+//! steps: [`hold_next`] takes the booking's id in the transaction that saves it as the key's
 //! recovery point (`IdempotencyContext::save_point_with`), and [`insert_held`] books under it
 //! in the transaction that stores the response (`IdempotencyContext::complete_with`,
 //! `docs/exactly-once.md`). So after a crash the booking and the stored response exist both or
@@ -211,34 +211,23 @@ pub(crate) fn insert(
     account: &str,
     new: NewBooking,
 ) -> Result<Booking, BookingError> {
+    let uid = hold_next(txn, account)?;
+    insert_held(txn, account, &uid, new)
+}
+
+/// The first step of a create: takes the next booking id and holds it for `account`, so that
+/// the second step books under it. The demo saves the id as the create's recovery point in the
+/// same transaction: a create cut short between the steps resumes under the same id.
+pub(crate) fn hold_next(txn: &WriteTransaction, account: &str) -> Result<String, BookingError> {
     let mut meta = txn.open_table(META)?;
     let n = meta.get("next_id")?.map_or(1, |v| v.value());
     meta.insert("next_id", n + 1)?;
     let uid = uid_of(blake3::hash(format!("{account}/{n}").as_bytes()).as_bytes());
-    hold(txn, account, &uid)?;
-    insert_held(txn, account, &uid, new)
+    txn.open_table(HELD)?.insert(uid.as_str(), account)?;
+    Ok(uid)
 }
 
-/// The booking id a keyed create of `account` books under, named by its reservation's fencing
-/// token: unique, since no two reservations share a token, and known before the first step
-/// runs, so that the step's recovery point can carry it.
-pub(crate) fn uid_for(account: &str, token: u64) -> String {
-    uid_of(blake3::hash(format!("{account}/t{token}").as_bytes()).as_bytes())
-}
-
-/// The first step of a create: holds the booking id `uid` for `account`, so that the second
-/// step books under it. The demo saves the id as the create's recovery point in the same
-/// transaction: a create cut short between the steps resumes under the same id.
-pub(crate) fn hold(txn: &WriteTransaction, account: &str, uid: &str) -> Result<(), BookingError> {
-    let mut held = txn.open_table(HELD)?;
-    if held.get(uid)?.is_some() || txn.open_table(BOOKINGS)?.get(uid)?.is_some() {
-        return Err(BookingError::Storage(format!("booking id {uid} is taken")));
-    }
-    held.insert(uid, account)?;
-    Ok(())
-}
-
-/// The second step of a create: books under the id [`hold`] held for `account`, and
+/// The second step of a create: books under the id [`hold_next`] held for `account`, and
 /// releases the hold. Refuses an id that is not held for `account` (already booked, or
 /// another account's).
 pub(crate) fn insert_held(

@@ -28,6 +28,7 @@ use parking_lot::{RwLock, RwLockWriteGuard};
 
 use crate::config::CachePolicy;
 use crate::engine::work::{self, Ran, Work};
+use crate::error::PointError;
 use crate::format::point;
 use crate::rules::machine::HolderRefusal;
 use crate::rules::point::RecoveryPoint;
@@ -260,9 +261,9 @@ impl Writer {
             Work::Point {
                 hash,
                 token,
-                point,
+                name,
                 run,
-            } => self.point_with((&hash, token), &point, run, (b, part, last)),
+            } => self.point_with((&hash, token), &name, run, (b, part, last)),
         }
     }
 
@@ -272,8 +273,8 @@ impl Writer {
     fn point_with(
         &mut self,
         (hash, token): (&KeyHash, u64),
-        point: &RecoveryPoint,
-        run: work::WriteFn,
+        name: &str,
+        run: work::PointFn,
         (b, part, last): (&mut Batch, &mut Part<'_>, bool),
     ) -> Result<Result<Ran, CompleteError>, Fail> {
         let txn = self.begin_part(part)?;
@@ -281,9 +282,9 @@ impl Writer {
             self.abort_part(txn, part)?;
             return Ok(Err(refused));
         }
-        match work::run_inside(|| run(&txn)) {
-            Ok(true) => {}
-            Ok(false) => {
+        let point = match work::run_inside(|| run(&txn)) {
+            Ok(Some(payload)) => RecoveryPoint::new(name, &payload),
+            Ok(None) => {
                 self.abort_part(txn, part)?;
                 return Ok(Ok(Ran::Declined));
             }
@@ -291,10 +292,23 @@ impl Writer {
                 self.abort_part(txn, part)?;
                 return Ok(Ok(Ran::Panicked(text)));
             }
-        }
+        };
+        let point = match point {
+            Ok(point) => point,
+            Err(e) => {
+                // A payload past the limits: the step's writes go with it. Reported through
+                // the completion's "cannot be encoded" answer, which `pointed_with` maps back.
+                self.abort_part(txn, part)?;
+                let reason = match e {
+                    PointError::Invalid { reason } => reason,
+                    other => other.to_string(),
+                };
+                return Ok(Err(CompleteError::InvalidResponse { reason }));
+            }
+        };
         let saved = {
             let mut t = self.file_tables(&txn)?;
-            self.save_point(&mut t, b, (hash, token), &point::encode(point))?
+            self.save_point(&mut t, b, (hash, token), &point::encode(&point))?
         };
         if let Err(e) = saved {
             // Not reached: the holder was checked in this transaction.
