@@ -36,6 +36,7 @@ use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
 use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
+use crate::rules::state::State;
 use crate::stats::Stats;
 use crate::view::{CheckReport, RecordInfo};
 
@@ -127,9 +128,13 @@ pub(crate) trait Engine: Send + Sync {
     /// Makes every change so far durable.
     fn flush(&self) -> Result<(), Unavailable>;
 
-    /// The live records by key hash, those of `scope` only if given, at most `limit`, as of
-    /// every operation queued before the call.
-    fn list(&self, scope: Option<&Scope>, limit: usize) -> Result<Vec<RecordInfo>, Unavailable>;
+    /// The live records by key hash, those of `scope` and in `state` only if given, at most
+    /// `limit` of them, as of every operation queued before the call.
+    fn list(
+        &self,
+        filter: (Option<&Scope>, Option<State>),
+        limit: usize,
+    ) -> Result<Vec<RecordInfo>, Unavailable>;
 
     /// Checks that the records and what they hold agree.
     fn check(&self) -> Result<CheckReport, Unavailable>;

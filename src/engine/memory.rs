@@ -326,11 +326,13 @@ impl MemoryEngine {
     /// it, or keeps it under a fresh token (with its point and its lease ended). `explicit`:
     /// the holder released it, rather than dropping it or failing. Drops the shard's lock.
     fn let_go(&self, mut shard: parking_lot::MutexGuard<'_, Shard>, at: Hashed, explicit: bool) {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let next_token = &self.next_token;
         let kept = shard.update(at, |held| {
-            match machine::released(held.hot, token, explicit) {
+            match machine::released(held.hot, 0, explicit) {
                 Some(hot) if held.point.is_some() || hot.state == State::OutcomeUnknown => {
-                    held.hot = hot;
+                    // A token is taken only for a record kept, as the file engine does.
+                    let token = next_token.fetch_add(1, Ordering::Relaxed);
+                    held.hot = Hot { token, ..hot };
                     true
                 }
                 _ => false,
@@ -481,12 +483,20 @@ impl MemoryEngine {
 
     /// The live records, by key hash, those of `scope` only if given, at most `limit`. Keeps
     /// only the `limit` lowest hashes while it walks the shards.
-    pub(crate) fn records(&self, scope: Option<&Scope>, limit: usize, now: u64) -> Vec<RecordInfo> {
+    pub(crate) fn records(
+        &self,
+        (scope, state): (Option<&Scope>, Option<State>),
+        limit: usize,
+        now: u64,
+    ) -> Vec<RecordInfo> {
         let mut lowest: BinaryHeap<(KeyHash, ByHash)> = BinaryHeap::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
             for (at, r) in &shard.records {
-                if machine::expired(&r.hot, now) || scope.is_some_and(|s| *s != r.scope) {
+                if machine::expired(&r.hot, now)
+                    || scope.is_some_and(|s| *s != r.scope)
+                    || state.is_some_and(|s| s != r.hot.state)
+                {
                     continue;
                 }
                 if lowest.len() < limit {
@@ -517,7 +527,14 @@ impl MemoryEngine {
                     report.expired += 1;
                 }
                 match (r.hot.state, &r.response) {
-                    (State::InFlight, None) => report.in_flight += 1,
+                    (State::InFlight | State::OutcomeUnknown, None) => {
+                        report.in_flight += 1;
+                        if r.point.is_some() {
+                            // Counted as the file counts the point in its expiry entry.
+                            report.responses += 1;
+                            report.response_bytes += u64::from(r.hot.response_len);
+                        }
+                    }
                     (State::Completed, Some(resp)) => {
                         report.completed += 1;
                         report.responses += 1;
@@ -620,8 +637,12 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    fn list(&self, scope: Option<&Scope>, limit: usize) -> Result<Vec<RecordInfo>, Unavailable> {
-        Ok(self.records(scope, limit, self.shared.now()))
+    fn list(
+        &self,
+        filter: (Option<&Scope>, Option<State>),
+        limit: usize,
+    ) -> Result<Vec<RecordInfo>, Unavailable> {
+        Ok(self.records(filter, limit, self.shared.now()))
     }
 
     fn check(&self) -> Result<CheckReport, Unavailable> {
@@ -821,7 +842,7 @@ mod tests {
             execute(&e, &sh, i);
         }
         let other = Scope::new("other").ok();
-        let all = e.records(None, usize::MAX, sh.now());
+        let all = e.records((None, None), usize::MAX, sh.now());
         assert_eq!(all.len(), 300);
         let hashes: Vec<KeyHash> = all
             .iter()
@@ -834,14 +855,17 @@ mod tests {
             .collect();
         assert!(hashes.windows(2).all(|w| w[0] < w[1]), "in hash order");
         let first: Vec<String> = e
-            .records(None, 25, sh.now())
+            .records((None, None), 25, sh.now())
             .into_iter()
             .map(|r| r.key)
             .collect();
         let expected: Vec<String> = all.iter().take(25).map(|r| r.key.clone()).collect();
         assert_eq!(first, expected);
-        assert!(e.records(other.as_ref(), usize::MAX, sh.now()).is_empty());
-        assert!(e.records(None, 0, sh.now()).is_empty());
+        assert!(
+            e.records((other.as_ref(), None), usize::MAX, sh.now())
+                .is_empty()
+        );
+        assert!(e.records((None, None), 0, sh.now()).is_empty());
     }
 
     /// Once the store is closed and `close` has passed every shard, calls are refused.

@@ -38,6 +38,7 @@ use crate::format::record::{
 use crate::format::scope_count::Deltas;
 use crate::poison::drop_quietly;
 use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::state::State;
 use crate::storage::StorageBackend;
 use crate::view::{CheckReport, RecordInfo};
 use read_only::{BaseFile, CopyOnWrite, ReadOnlyLog, SharedLocks};
@@ -164,8 +165,19 @@ impl Inspector {
         scope: Option<&Scope>,
         limit: usize,
     ) -> Result<Vec<RecordInfo>, Unavailable> {
+        self.records_in_state(scope, None, limit)
+    }
+
+    /// [`records`](Inspector::records) in `state` only, if given, as
+    /// [`Store::records_in_state`] lists them.
+    pub fn records_in_state(
+        &self,
+        scope: Option<&Scope>,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<RecordInfo>, Unavailable> {
         let now = self.clock.now_millis();
-        self.read(|txn| records_in(txn, scope, limit, now))
+        self.read(|txn| records_in(txn, (scope, state), limit, now))
     }
 
     /// The record for (scope, key), or `None` if there is none or it has expired, as

@@ -31,6 +31,7 @@ use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
 use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
+use crate::rules::state::State;
 use crate::stats::Stats;
 use crate::storage::StorageBackend;
 use crate::view::{CheckReport, RecordInfo};
@@ -348,8 +349,19 @@ impl Store {
         scope: Option<&Scope>,
         limit: usize,
     ) -> Result<Vec<RecordInfo>, Unavailable> {
+        self.records_in_state(scope, None, limit)
+    }
+
+    /// [`records`](Store::records) in `state` only, if given: the first `limit` that match.
+    /// Records of another state are skipped without reading their responses.
+    pub fn records_in_state(
+        &self,
+        scope: Option<&Scope>,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<RecordInfo>, Unavailable> {
         self.inner.shared.check()?;
-        self.inner.engine.list(scope, limit)
+        self.inner.engine.list((scope, state), limit)
     }
 
     /// Reads every record and expiry entry and checks that they agree: each record decodes,

@@ -87,12 +87,7 @@ impl Store {
         limit: usize,
         mut f: impl FnMut(&RecordInfo, Reservation),
     ) -> Result<usize, ResolveError> {
-        let unknown: Vec<RecordInfo> = self
-            .records(None, usize::MAX)?
-            .into_iter()
-            .filter(|r| r.state == State::OutcomeUnknown)
-            .take(limit)
-            .collect();
+        let unknown = self.records_in_state(None, Some(State::OutcomeUnknown), limit)?;
         let mut handed = 0;
         for record in unknown {
             // A stored scope and key were valid when they were stored.

@@ -98,10 +98,15 @@ enum View {
 }
 
 impl View {
-    fn records(&self, scope: Option<&Scope>, limit: usize) -> Result<Vec<RecordInfo>, Unavailable> {
+    fn records(
+        &self,
+        scope: Option<&Scope>,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<RecordInfo>, Unavailable> {
         match self {
-            View::File(i) => i.records(scope, limit),
-            View::Redis(s) => s.records(scope, limit),
+            View::File(i) => i.records_in_state(scope, state, limit),
+            View::Redis(s) => s.records_in_state(scope, state, limit),
         }
     }
 
@@ -240,15 +245,9 @@ pub(crate) fn list(
         StateArg::Completed => State::Completed,
         StateArg::OutcomeUnknown => State::OutcomeUnknown,
     });
-    // A filter by state reads every record, so that the limit counts the matching ones.
-    let read = if wanted.is_some() { usize::MAX } else { limit };
-    let mut records = view(t, false)?
-        .records(scope.as_ref(), read)
+    let records = view(t, false)?
+        .records(scope.as_ref(), wanted, limit)
         .map_err(|e| chain(&e))?;
-    if let Some(wanted) = wanted {
-        records.retain(|r| r.state == wanted);
-        records.truncate(limit);
-    }
     if t.json {
         return ok(escape::json(&Value::Array(
             records.iter().map(record_json).collect(),

@@ -604,10 +604,14 @@ impl Engine for FileEngine {
         self.ask(|reply| Op::Flush { reply })
     }
 
-    fn list(&self, scope: Option<&Scope>, limit: usize) -> Result<Vec<RecordInfo>, Unavailable> {
+    fn list(
+        &self,
+        filter: (Option<&Scope>, Option<State>),
+        limit: usize,
+    ) -> Result<Vec<RecordInfo>, Unavailable> {
         self.settle_into_file()?;
         let now = self.shared.now();
-        self.read(|txn| read::records_in(txn, scope, limit, now))
+        self.read(|txn| read::records_in(txn, filter, limit, now))
     }
 
     fn check(&self) -> Result<CheckReport, Unavailable> {

@@ -82,7 +82,7 @@ pub(crate) fn read_record(
 /// The live records of one snapshot: see `Store::records`.
 pub(crate) fn records_in(
     txn: &ReadTransaction,
-    scope: Option<&Scope>,
+    (scope, state): (Option<&Scope>, Option<State>),
     limit: usize,
     now: u64,
 ) -> Result<Vec<RecordInfo>, Unavailable> {
@@ -94,6 +94,12 @@ pub(crate) fn records_in(
             break;
         }
         let (hash, bytes) = entry.map_err(io_error)?;
+        // The fixed part first: records of another state are skipped undecoded.
+        if let Some(wanted) = state
+            && Hot::decode(bytes.value()).map_err(corrupted)?.state != wanted
+        {
+            continue;
+        }
         let rec = Record::decode(bytes.value()).map_err(corrupted)?;
         if scope.is_some_and(|s| s.as_str() != rec.scope) || machine::expired(&rec.hot, now) {
             continue;

@@ -45,6 +45,7 @@ use crate::reply;
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
 use crate::rules::response::Response;
+use crate::rules::state::State;
 use crate::stats::{Stats, bump};
 use crate::view::{CheckReport, MAX_PROBLEMS, RecordInfo};
 
@@ -538,7 +539,11 @@ impl Engine for RedisEngine {
         self.exclusive(|_, _| Ok(()))
     }
 
-    fn list(&self, scope: Option<&Scope>, limit: usize) -> Result<Vec<RecordInfo>, Unavailable> {
+    fn list(
+        &self,
+        (scope, state): (Option<&Scope>, Option<State>),
+        limit: usize,
+    ) -> Result<Vec<RecordInfo>, Unavailable> {
         let scope = scope.map(|s| s.as_str().to_owned());
         self.exclusive(move |link, view| {
             let now = view.now(link)?;
@@ -550,7 +555,9 @@ impl Engine for RedisEngine {
                 }
                 let hash = fields.key_hash()?;
                 let info = fields.info()?;
-                if scope.as_ref().is_some_and(|s| *s != info.scope) {
+                if scope.as_ref().is_some_and(|s| *s != info.scope)
+                    || state.is_some_and(|s| s != info.state)
+                {
                     return Ok(());
                 }
                 lowest.insert(hash, info);
