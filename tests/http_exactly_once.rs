@@ -249,6 +249,20 @@ async fn h15_a_handler_that_drops_its_completion_still_answers_what_was_stored()
     assert_eq!(bookings(&app.store), ["bk-dropped"]);
 }
 
+/// `handler` at `/v1/x`, guarded by a layer on `app`'s store, with `app`'s state.
+fn guarded(app: &App, handler: axum::routing::MethodRouter<AppState>) -> Router {
+    Router::new()
+        .route("/v1/x", handler)
+        .layer(
+            IdempotencyLayer::new(
+                app.store.clone(),
+                Contract::default().constant_scope(Scope::new("acct").unwrap()),
+            )
+            .unwrap(),
+        )
+        .with_state(app.state.clone())
+}
+
 /// Two steps over HTTP: the first holds a room and saves the point with it; the first call
 /// then fails with a 500 (not kept), which ends the key's lease instead of freeing it; the
 /// retry's context carries the point, so it skips the hold and books.
@@ -295,20 +309,8 @@ async fn two_steps(
 #[tokio::test]
 async fn h18_a_retry_after_a_failed_step_resumes_from_the_point_its_context_carries() {
     let app = start(Duration::from_secs(60)).await;
-    let (addr, server) = serve_router(
-        Router::new()
-            .route("/v1/two-steps", route_post(two_steps))
-            .layer(
-                IdempotencyLayer::new(
-                    app.store.clone(),
-                    Contract::default().constant_scope(Scope::new("acct").unwrap()),
-                )
-                .unwrap(),
-            )
-            .with_state(app.state.clone()),
-    )
-    .await;
-    let first = send(addr, post("/v1/two-steps", "k", "{}")).await.unwrap();
+    let (addr, server) = serve_router(guarded(&app, route_post(two_steps))).await;
+    let first = send(addr, post("/v1/x", "k", "{}")).await.unwrap();
     assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
     // Not freed: in flight with its lease ended and its point.
     let record = app
@@ -318,7 +320,7 @@ async fn h18_a_retry_after_a_failed_step_resumes_from_the_point_its_context_carr
         .unwrap();
     assert_eq!(record.state, idemstore::State::InFlight);
     let hold = String::from_utf8(record.recovery_point.unwrap().payload().to_vec()).unwrap();
-    let retry = send(addr, post("/v1/two-steps", "k", "{}")).await.unwrap();
+    let retry = send(addr, post("/v1/x", "k", "{}")).await.unwrap();
     assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text());
     assert_eq!(retry.text(), hold, "booked under the first attempt's hold");
     let mut rows = bookings(&app.store);
@@ -419,23 +421,12 @@ async fn point_then_failed_completion(
 async fn h15_h18_a_dropped_completion_that_fails_after_a_point_is_answered_without_waiting_a_lease()
 {
     let app = start(Duration::from_secs(600)).await;
-    let (addr, server) = serve_router(
-        Router::new()
-            .route("/v1/failing", route_post(point_then_failed_completion))
-            .layer(
-                IdempotencyLayer::new(
-                    app.store.clone(),
-                    Contract::default().constant_scope(Scope::new("acct").unwrap()),
-                )
-                .unwrap(),
-            )
-            .with_state(app.state.clone()),
-    )
-    .await;
+    let (addr, server) =
+        serve_router(guarded(&app, route_post(point_then_failed_completion))).await;
     // A bound far below the lease: reaching it is the failure, not a pause.
     let reply = tokio::time::timeout(
         Duration::from_secs(60),
-        send(addr, post("/v1/failing", "k", "{}")),
+        send(addr, post("/v1/x", "k", "{}")),
     )
     .await
     .expect("the layer waited for the lease")

@@ -397,12 +397,11 @@ impl Reservation {
         F: FnOnce(&WriteTransaction) -> Result<Vec<u8>, E> + Send + 'static,
         E: Send + 'static,
     {
-        let (answer, slot) = self
+        let saving = self
             .store
-            .queue_point_with((self.hash, self.token), name, f);
-        let name = name.to_owned();
+            .point_with_async((self.hash, self.token), name, f);
         async move {
-            let point = transact::pointed_with(answer.resolve().await, &name, &slot)?;
+            let point = saving.await?;
             self.recovery = Some(point.clone());
             Ok(point)
         }
@@ -507,11 +506,8 @@ impl Lease {
         F: FnOnce(&WriteTransaction) -> Result<Vec<u8>, E> + Send + 'static,
         E: Send + 'static,
     {
-        let (answer, slot) = self
-            .store
-            .queue_point_with((self.hash, self.token), name, f);
-        let name = name.to_owned();
-        async move { transact::pointed_with(answer.resolve().await, &name, &slot) }
+        self.store
+            .point_with_async((self.hash, self.token), name, f)
     }
 }
 

@@ -223,6 +223,26 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Queues a recovery point with the caller's writes and answers, as a future, the point
+    /// saved: what [`Reservation::save_point_with_async`](super::Reservation::save_point_with_async)
+    /// and the HTTP layer's context await.
+    pub(super) fn point_with_async<E, F>(
+        &self,
+        held: (KeyHash, u64),
+        name: &str,
+        f: F,
+    ) -> impl Future<Output = Result<RecoveryPoint, PointWithError<E>>> + Send + use<E, F>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<Vec<u8>, E> + Send + 'static,
+        E: Send + 'static,
+    {
+        let (answer, slot) = self.queue_point_with(held, name, f);
+        let name = name.to_owned();
+        async move { pointed_with(answer.resolve().await, &name, &slot) }
+    }
+}
+
 /// The point a recovery point with the caller's writes saved, once the engine has answered.
 pub(super) fn pointed_with<E>(
     ran: Result<Ran, CompleteError>,
