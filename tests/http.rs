@@ -580,3 +580,60 @@ async fn h17_a_retry_during_the_first_attempt_waits_for_it_and_gets_its_response
     assert!(busy.header("retry-after").is_some());
     app.open_gate(1);
 }
+
+/// H19: every response carries the layer's `Outcome`, for outer layers and access logs: an
+/// execution, a replay, an in-progress and a conflict `409` (same status, told apart), a
+/// refusal, a request the contract does not guard, and a store that cannot answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h19_every_response_carries_what_the_layer_did() {
+    let store = crate::http_support::memory_store();
+    let mut app = crate::http_support::start_observed(store.clone(), Contract::default()).await;
+    let addr = app.addr;
+    let outcome = |r: &crate::http_support::Reply| r.header("x-outcome").unwrap_or("").to_owned();
+    let first = send(addr, post("/v1/bookings", "k1", BOOKING))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&first), "executed");
+    let again = send(addr, post("/v1/bookings", "k1", BOOKING))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&again), "replayed");
+    let other = send(addr, post("/v1/bookings", "k1", OTHER_BOOKING))
+        .await
+        .unwrap();
+    assert_eq!(
+        (other.status, outcome(&other).as_str()),
+        (StatusCode::CONFLICT, "conflict")
+    );
+    let slow = tokio::spawn(send(addr, post("/slow", "k2", BOOKING)));
+    app.entered().await;
+    let busy = send(addr, post("/slow", "k2", BOOKING)).await.unwrap();
+    assert_eq!(
+        (busy.status, outcome(&busy).as_str()),
+        (StatusCode::CONFLICT, "in_progress")
+    );
+    app.open_gate(1);
+    assert_eq!(outcome(&slow.await.unwrap().unwrap()), "executed");
+    let keyless = send(addr, request("POST", "/v1/bookings", None, BOOKING))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&keyless), "refused");
+    let read = send(addr, request("GET", "/v1/bookings", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&read), "unguarded");
+    let failed = send(addr, post("/fail", "k3", BOOKING)).await.unwrap();
+    assert_eq!(
+        outcome(&failed),
+        "executed",
+        "a 5xx is still the one execution"
+    );
+    store.close().unwrap();
+    let down = send(addr, post("/v1/bookings", "k4", BOOKING))
+        .await
+        .unwrap();
+    assert_eq!(
+        (down.status, outcome(&down).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+    );
+}

@@ -154,6 +154,18 @@ pub async fn start(store: Store, contract: Contract) -> App {
 
 /// Serves the test app behind `layer` (made on `store`).
 pub async fn start_layer(store: Store, layer: IdempotencyLayer) -> App {
+    serve_app(store, layer, false).await
+}
+
+/// [`start`], with an outer layer that copies the idempotency layer's `Outcome` extension of
+/// every response into the header `x-outcome` (`none` when there is none), as an access log
+/// would read it.
+pub async fn start_observed(store: Store, contract: Contract) -> App {
+    let layer = IdempotencyLayer::new(store.clone(), contract).unwrap();
+    serve_app(store, layer, true).await
+}
+
+async fn serve_app(store: Store, layer: IdempotencyLayer, observed: bool) -> App {
     let (entered_tx, entered) = mpsc::unbounded_channel();
     let (dropped_tx, dropped) = mpsc::unbounded_channel();
     let state = AppState {
@@ -171,6 +183,19 @@ pub async fn start_layer(store: Store, layer: IdempotencyLayer) -> App {
         .route("/open", route_post(create).get(list))
         .layer(layer.clone())
         .with_state(state.clone());
+    let app = if observed {
+        app.layer(tower::util::MapResponseLayer::new(|mut r: Response| {
+            let outcome = r
+                .extensions()
+                .get::<idemstore::http::Outcome>()
+                .map_or("none", |o| o.as_str());
+            r.headers_mut()
+                .insert("x-outcome", http::HeaderValue::from_static(outcome));
+            r
+        }))
+    } else {
+        app
+    };
     let (addr, server) = serve_router(app).await;
     App {
         addr,

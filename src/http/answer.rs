@@ -12,22 +12,37 @@ use http::{HeaderMap, HeaderName, Response, StatusCode};
 use super::body::ResponseBody;
 use super::contract::ErrorStyle;
 use super::layer::LayerState;
+use super::outcome::Outcome;
 
-/// The machine-readable codes of the layer's answers.
-pub(crate) mod code {
-    pub(crate) const MISSING_KEY: &str = "missing_idempotency_key";
-    pub(crate) const INVALID_KEY: &str = "invalid_idempotency_key";
-    pub(crate) const CONFLICT: &str = "idempotency_key_conflict";
-    pub(crate) const IN_PROGRESS: &str = "idempotency_in_progress";
-    pub(crate) const OUTCOME_UNKNOWN: &str = "idempotency_outcome_unknown";
-    pub(crate) const UNAVAILABLE: &str = "idempotency_unavailable";
-    pub(crate) const TOO_LARGE: &str = "request_too_large";
-    pub(crate) const UNREADABLE: &str = "request_body_unreadable";
-    pub(crate) const UNAUTHENTICATED: &str = "unauthenticated";
-    pub(crate) const RESPONSE_NOT_KEPT: &str = "idempotent_response_too_large";
-    pub(crate) const HANDLER_FAILED: &str = "idempotency_handler_failed";
-    pub(crate) const REPLAY_NOT_ACCEPTABLE: &str = "idempotency_replay_not_acceptable";
-    pub(crate) const SCOPE_FULL: &str = "idempotency_scope_full";
+/// The machine-readable codes of the layer's error answers, as their bodies carry them
+/// (`{"error": {"code": ...}}`, or the `code` member of a problem document).
+pub mod code {
+    /// `400`: a guarded request without the idempotency header (H2).
+    pub const MISSING_KEY: &str = "missing_idempotency_key";
+    /// `400`: an empty, too long, non-ASCII, badly quoted or repeated key (H3).
+    pub const INVALID_KEY: &str = "invalid_idempotency_key";
+    /// `409` (or `422`): the key was used for another request (H5).
+    pub const CONFLICT: &str = "idempotency_key_conflict";
+    /// `409` with `Retry-After`: another attempt holds the key (H6).
+    pub const IN_PROGRESS: &str = "idempotency_in_progress";
+    /// `409`: the key's outcome is unknown until it is resolved (E6, H18).
+    pub const OUTCOME_UNKNOWN: &str = "idempotency_outcome_unknown";
+    /// `503`: the store cannot answer.
+    pub const UNAVAILABLE: &str = "idempotency_unavailable";
+    /// `413`: a request body over the contract's limit (H9).
+    pub const TOO_LARGE: &str = "request_too_large";
+    /// `400` (or `408`): a request body that could not be read.
+    pub const UNREADABLE: &str = "request_body_unreadable";
+    /// `401`: no credentials to scope the key (H7).
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    /// The body kept for a response too large to store (H4).
+    pub const RESPONSE_NOT_KEPT: &str = "idempotent_response_too_large";
+    /// `500`: the handler stopped without an answer.
+    pub const HANDLER_FAILED: &str = "idempotency_handler_failed";
+    /// `406`: the stored response's encoding is refused by the retry's `Accept-Encoding`.
+    pub const REPLAY_NOT_ACCEPTABLE: &str = "idempotency_replay_not_acceptable";
+    /// `429`: the scope holds the most live keys it may (C13).
+    pub const SCOPE_FULL: &str = "idempotency_scope_full";
 }
 
 /// Escapes `s` as the inside of a JSON string.
@@ -84,6 +99,7 @@ pub(crate) fn error<B>(
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.extensions_mut().insert(Outcome::of_code(code));
     response
 }
 
@@ -116,6 +132,7 @@ pub(crate) fn replay<B>(
     response
         .headers_mut()
         .insert(replay_header.clone(), HeaderValue::from_static("true"));
+    response.extensions_mut().insert(Outcome::Replayed);
     response
 }
 

@@ -12,6 +12,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::body::ResponseBody;
+use super::outcome::Outcome;
 
 /// The guarded path's future, boxed once.
 pub(crate) type Guarded<ResBody, E> =
@@ -72,9 +73,13 @@ where
                 // Polled after completion: stay pending rather than panic.
                 None => Poll::Pending,
             },
-            KindProj::Unguarded { future } => future
-                .poll(cx)
-                .map(|r| r.map(|res| res.map(ResponseBody::inner))),
+            KindProj::Unguarded { future } => future.poll(cx).map(|r| {
+                r.map(|res| {
+                    let mut res = res.map(ResponseBody::inner);
+                    res.extensions_mut().insert(Outcome::Unguarded);
+                    res
+                })
+            }),
             KindProj::Guarded { future } => future.as_mut().poll(cx),
         }
     }

@@ -34,6 +34,7 @@ use super::body::{BoxError, RequestBody, ResponseBody};
 use super::context::{Handled, Hold, IdempotencyContext};
 use super::contract::OnStoreError;
 use super::layer::LayerState;
+use super::outcome::Outcome;
 use super::request::fingerprint;
 use super::run::{Detached, Started, Task, bounded};
 use crate::reply;
@@ -218,6 +219,8 @@ where
             }
         },
     };
+    // No reservation: the store could not answer and the contract fails open.
+    let unprotected = reservation.is_none();
     // Counted from here, so that `IdempotencyLayer::idle` waits for this call.
     let running = shared.running.enter();
     let mut parts = parts;
@@ -253,7 +256,7 @@ where
         // key (`Started`).
         task.await;
     }
-    match rx.await {
+    let answered = match rx.await {
         Ok(out) => out,
         // The task ended without an answer: the handler panicked (its key is released), or
         // the executor dropped the task (its key stays in flight until the lease ends).
@@ -263,7 +266,16 @@ where
             code::HANDLER_FAILED,
             "the request's handler stopped without an answer",
         )),
-    }
+    };
+    let outcome = if unprotected {
+        Outcome::Unprotected
+    } else {
+        Outcome::Executed
+    };
+    answered.map(|mut response| {
+        response.extensions_mut().insert(outcome);
+        response
+    })
 }
 
 /// Bodies above this are fingerprinted on the runtime's blocking pool (feature `tokio`): the

@@ -190,10 +190,12 @@ mod contract;
 mod future;
 mod guarded;
 mod layer;
+mod outcome;
 mod request;
 mod run;
 mod service;
 
+pub use answer::code;
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use context::IdempotencyContext;
 pub use contract::{
@@ -202,5 +204,6 @@ pub use contract::{
 };
 pub use future::ResponseFuture;
 pub use layer::{ContractError, IdempotencyLayer};
+pub use outcome::Outcome;
 pub use run::{Idle, SpawnFn, Task};
 pub use service::Idempotency;
