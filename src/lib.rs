@@ -50,6 +50,7 @@ mod sleep;
 mod stats;
 mod storage;
 mod store;
+mod trace;
 mod view;
 
 pub use backend::{Backend, Claim, Completion};

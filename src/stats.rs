@@ -148,6 +148,17 @@ pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Counts a stale holder of `hash`'s key refused because reservation `current` holds it now
+/// (C8), and says so in the store's events.
+pub(crate) fn count_fenced(
+    counters: &Counters,
+    hash: &crate::rules::key::KeyHash,
+    (token, current): (u64, u64),
+) {
+    bump(&counters.fenced);
+    crate::trace::fenced(hash, token, current);
+}
+
 pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }

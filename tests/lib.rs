@@ -41,6 +41,9 @@ mod redis_support;
 #[cfg(feature = "fuzzing")]
 mod step;
 mod storm;
+// Read through tracing-subscriber's registry, which the `cli` feature brings.
+#[cfg(all(feature = "tracing", feature = "cli"))]
+mod traced;
 mod wait;
 mod wal;
 

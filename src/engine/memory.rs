@@ -41,7 +41,7 @@ use crate::rules::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
 use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 use crate::seeded::{Prehashed, Seeded, WithHash};
-use crate::stats::{Stats, add, bump};
+use crate::stats::{Stats, add, bump, count_fenced};
 use crate::view::{CheckReport, MAX_PROBLEMS, RecordInfo};
 
 /// Shards of the key space: enough that 2-64 threads rarely meet on one lock.
@@ -216,6 +216,7 @@ impl MemoryEngine {
                 bump(&counters.executes);
                 if takeover {
                     bump(&counters.lease_takeovers);
+                    crate::trace::takeover(&hash, token, recovery.is_some());
                 }
                 Ok(Claim::Execute {
                     token,
@@ -276,7 +277,7 @@ impl MemoryEngine {
             drop(shard);
             return Err(match refusal {
                 HolderRefusal::Fenced { current } => {
-                    bump(&counters.fenced);
+                    count_fenced(counters, &hash, (token, current));
                     CompleteError::Fenced { token, current }
                 }
                 HolderRefusal::NotReserved => CompleteError::NotReserved { token },
@@ -359,7 +360,7 @@ impl MemoryEngine {
         let mut shard = shard.lock();
         shared.check()?;
         let current = shard.records.get(&at).map(|r| r.hot);
-        if let Err(refused) = holding(shared, current.as_ref(), token) {
+        if let Err(refused) = holding(shared, current.as_ref(), (&hash, token)) {
             drop(shard);
             return Err(refused);
         }
@@ -386,7 +387,7 @@ impl MemoryEngine {
         let mut shard = shard.lock();
         shared.check()?;
         let current = shard.records.get(&at).map(|r| r.hot);
-        if let Err(refused) = holding(shared, current.as_ref(), token) {
+        if let Err(refused) = holding(shared, current.as_ref(), (&hash, token)) {
             drop(shard);
             return Err(refused);
         }
@@ -687,10 +688,14 @@ impl Ord for ByHash {
 }
 
 /// Checks that reservation `token` holds `current` (C8), counting a taken-over holder as fenced.
-fn holding(shared: &Shared, current: Option<&Hot>, token: u64) -> Result<(), LeaseError> {
+fn holding(
+    shared: &Shared,
+    current: Option<&Hot>,
+    (hash, token): (&KeyHash, u64),
+) -> Result<(), LeaseError> {
     machine::check_holder(current, token).map_err(|r| {
-        if let HolderRefusal::Fenced { .. } = r {
-            bump(&shared.counters.fenced);
+        if let HolderRefusal::Fenced { current } = r {
+            count_fenced(&shared.counters, hash, (token, current));
         }
         lease_refusal(r, token)
     })

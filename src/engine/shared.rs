@@ -47,6 +47,7 @@ impl Shared {
 
     /// Poisons the store; the first cause is kept. Waiting retries look again, and hear it.
     pub(crate) fn poison(&self, cause: Cause) {
+        crate::trace::poisoned(&cause);
         self.poison.set(cause);
         self.waiters.wake_all();
     }

@@ -145,6 +145,7 @@ where
             ));
         }
     };
+    let asked = Instant::now();
     let begun = if contract.wait_in_progress.is_zero() {
         shared.store.begin_async(&scope, &key, &fp).await
     } else {
@@ -154,6 +155,7 @@ where
             .begin_waiting_async(&scope, &key, &fp, within)
             .await
     };
+    crate::trace::store_latency(asked.elapsed());
     let reservation = match begun {
         Ok(Begin::Execute(reservation)) => Some(reservation),
         Ok(Begin::Replay(stored)) => {

@@ -20,6 +20,7 @@ use super::body::{BoxError, RequestBody, ResponseBody};
 use super::future::ResponseFuture;
 use super::guarded::guarded;
 use super::layer::LayerState;
+use super::outcome::Outcome;
 use super::request::{KeyProblem, original_uri, read_key};
 
 /// A service wrapped by [`IdempotencyLayer`](super::IdempotencyLayer): guarded requests run
@@ -132,13 +133,20 @@ where
         // The ready service goes into the future; this handle keeps a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::guarded(Box::pin(guarded(
-            Arc::clone(&self.shared),
-            inner,
-            parts,
-            body,
-            scope,
-            key,
-        )))
+        #[cfg(feature = "tracing")]
+        let span = crate::trace::request_span(&scope, &key);
+        let answering = guarded(Arc::clone(&self.shared), inner, parts, body, scope, key);
+        let answering = async move {
+            let answered = answering.await;
+            if let Ok(response) = &answered
+                && let Some(outcome) = response.extensions().get::<Outcome>()
+            {
+                crate::trace::answered(*outcome, response.status().as_u16());
+            }
+            answered
+        };
+        #[cfg(feature = "tracing")]
+        let answering = tracing::Instrument::instrument(answering, span);
+        ResponseFuture::guarded(Box::pin(answering))
     }
 }

@@ -23,7 +23,9 @@ pub(super) fn expire_once(
     limit: usize,
 ) -> Result<ExpireReport, Unavailable> {
     shared.check()?;
-    engine.expire(limit)
+    let report = engine.expire(limit)?;
+    crate::trace::compaction(report.scanned, report.removed);
+    Ok(report)
 }
 
 /// The compactor thread's handle.

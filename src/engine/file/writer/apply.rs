@@ -269,6 +269,7 @@ impl Writer {
                 bump(&counters.executes);
                 if takeover {
                     bump(&counters.lease_takeovers);
+                    crate::trace::takeover(hash, token, recovery.is_some());
                 }
                 Ok(Claim::Execute {
                     token,
@@ -342,8 +343,8 @@ impl Writer {
             Err(damaged) => return Ok(Err(damaged.into())),
         };
         if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
-            if let HolderRefusal::Fenced { .. } = refusal {
-                bump(&counters.fenced);
+            if let HolderRefusal::Fenced { current } = refusal {
+                count_fenced(counters, hash, (token, current));
             }
             return Ok(Err(match refusal {
                 HolderRefusal::Fenced { current } => CompleteError::Fenced { token, current },
@@ -453,8 +454,8 @@ impl Writer {
             Err(damaged) => return Ok(Err(damaged.into())),
         };
         if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
-            if let HolderRefusal::Fenced { .. } = refusal {
-                bump(&self.shared.counters.fenced);
+            if let HolderRefusal::Fenced { current } = refusal {
+                count_fenced(&self.shared.counters, hash, (token, current));
             }
             return Ok(Err(lease_refusal(refusal, token)));
         }

@@ -23,6 +23,7 @@ impl Writer {
         let full = !b.entry.is_empty() && !b.checkpoint && !fits(self);
         if full {
             bump(&counters.log_full_waits);
+            crate::trace::log_full();
             self.settle_checkpoint(true)?;
         }
         if b.checkpoint || (!b.entry.is_empty() && !fits(self)) {
@@ -138,6 +139,7 @@ impl Writer {
 
 /// Counts a finished checkpoint, a durable commit.
 pub(super) fn count_checkpoint(shared: &Shared, took: Duration) {
+    crate::trace::checkpoint(took);
     let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
     let counters = &shared.counters;
     add(&counters.checkpoint_micros_total, micros);

@@ -335,15 +335,19 @@ impl Writer {
             Ok(current) => current,
             Err(damaged) => return Ok(Err(damaged.into())),
         };
-        Ok(self.holder(current, token))
+        Ok(self.holder(current, (hash, token)))
     }
 
     /// Checks that reservation `token` holds `hash`'s record `current` (C8): the record, or
     /// the refusal a stale holder gets.
-    fn holder(&self, current: Option<Record>, token: u64) -> Result<Record, CompleteError> {
+    fn holder(
+        &self,
+        current: Option<Record>,
+        (hash, token): (&KeyHash, u64),
+    ) -> Result<Record, CompleteError> {
         match machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
             Err(HolderRefusal::Fenced { current }) => {
-                bump(&self.shared.counters.fenced);
+                count_fenced(&self.shared.counters, hash, (token, current));
                 Err(CompleteError::Fenced { token, current })
             }
             Err(HolderRefusal::NotReserved) => Err(CompleteError::NotReserved { token }),

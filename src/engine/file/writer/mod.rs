@@ -69,7 +69,7 @@ use crate::poison;
 use crate::rules::key::KeyHash;
 use crate::rules::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
 use crate::rules::response::Response;
-use crate::stats::{add, bump, raise};
+use crate::stats::{add, bump, count_fenced, raise};
 use batch_tables::Tables;
 
 /// A change to the hot index, applied once the batch has committed.

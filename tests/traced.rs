@@ -1,0 +1,186 @@
+//! The `tracing` events (feature `tracing`), read by a subscriber that records them: a span per
+//! guarded request with what the layer did, at the levels the design gives them; the store's
+//! takeovers and fenced holders; and no scope or key value in any of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+use idemstore::http::Contract;
+use idemstore::{Backend, Claim, Config, Durability, ManualClock, Store};
+
+use crate::http_support::{post, send, start};
+use crate::support::{T0, fp, key, resp, scope};
+
+/// One recorded line: `LEVEL target message k=v ...` for an event, `span name k=v ...` for a
+/// span's fields (at creation and each later record).
+/// A recorded line, with the level of an event (none for a span's fields).
+type Line = (Option<Level>, String);
+
+#[derive(Clone, Default)]
+struct Capture {
+    lines: Arc<Mutex<Vec<Line>>>,
+}
+
+/// A registry (which keeps track of the current span) with the capture on it.
+fn subscriber(capture: &Capture) -> impl Subscriber + Send + Sync {
+    tracing_subscriber::registry().with(capture.clone())
+}
+
+#[derive(Default)]
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={value:?}", field.name()));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.push_str(&format!(" {}={value}", field.name()));
+    }
+}
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+        let mut f = Fields::default();
+        attrs.record(&mut f);
+        let line = format!("span {}{}", attrs.metadata().name(), f.0);
+        self.lines.lock().push((None, line));
+    }
+    fn on_record(&self, _: &Id, values: &Record<'_>, _: Context<'_, S>) {
+        let mut f = Fields::default();
+        values.record(&mut f);
+        self.lines
+            .lock()
+            .push((None, format!("span record{}", f.0)));
+    }
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let m = event.metadata();
+        let line = format!("{} {}{}", m.level(), m.target(), f.0);
+        self.lines.lock().push((Some(*m.level()), line));
+    }
+}
+
+impl Capture {
+    fn lines(&self) -> Vec<Line> {
+        self.lines.lock().clone()
+    }
+    /// The level of the first event whose line contains every one of `parts`.
+    fn level_of(&self, parts: &[&str]) -> Option<Level> {
+        self.lines()
+            .into_iter()
+            .find(|(l, line)| l.is_some() && parts.iter().all(|p| line.contains(p)))
+            .and_then(|(l, _)| l)
+    }
+}
+
+/// The layer's span and events, on a runtime of one thread (so that the server's tasks run
+/// where the subscriber is set).
+#[tokio::test(flavor = "current_thread")]
+async fn h19_a_guarded_request_has_a_span_and_an_event_at_the_level_of_its_outcome() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(subscriber(&capture));
+    let app = start(crate::http_support::memory_store(), Contract::default()).await;
+    let body = r#"{"room":101}"#;
+    let first = send(app.addr, post("/v1/bookings", "secret-key-123", body))
+        .await
+        .unwrap();
+    assert_eq!(first.status, http::StatusCode::CREATED);
+    let again = send(app.addr, post("/v1/bookings", "secret-key-123", body))
+        .await
+        .unwrap();
+    assert!(again.replayed());
+    let other = send(
+        app.addr,
+        post("/v1/bookings", "secret-key-123", r#"{"room":9}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status, http::StatusCode::CONFLICT);
+    assert_eq!(
+        capture.level_of(&["idemstore::http", "outcome=executed", "status=201"]),
+        Some(Level::DEBUG)
+    );
+    assert_eq!(
+        capture.level_of(&["idemstore::http", "outcome=replayed"]),
+        Some(Level::INFO)
+    );
+    assert_eq!(
+        capture.level_of(&["idemstore::http", "outcome=conflict", "status=409"]),
+        Some(Level::INFO)
+    );
+    let lines = capture.lines();
+    let spans: Vec<&String> = lines
+        .iter()
+        .filter(|(_, l)| l.starts_with("span idempotency"))
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(spans.len(), 3, "one span a guarded request: {spans:?}");
+    assert!(
+        spans
+            .iter()
+            .all(|l| l.contains("scope=") && l.contains("key_hash="))
+    );
+    assert!(
+        lines.iter().any(|(_, l)| l.contains("store_us=")),
+        "the store's latency is recorded"
+    );
+    assert!(
+        lines.iter().all(|(_, l)| !l.contains("secret-key-123")),
+        "no key in any event or span"
+    );
+}
+
+/// The store's events on the memory engine, which decides on the caller's thread: a lease
+/// taken over (info) and the stale holder refused (warn).
+#[test]
+fn c8_a_takeover_and_a_fenced_holder_are_events() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(subscriber(&capture));
+    let clock = ManualClock::new(T0);
+    let config = Config::builder()
+        .clock(clock.clone())
+        .durability(Durability::Memory)
+        .lease(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let store = Store::open("unused", config).unwrap();
+    let (s, k, f) = (scope("acct"), key("secret-key-456"), fp("x"));
+    let Claim::Execute { token: stale, .. } = store.claim(&s, &k, &f).unwrap() else {
+        panic!("a new key executes");
+    };
+    clock.advance(Duration::from_secs(10));
+    let Claim::Execute { token, .. } = store.claim(&s, &k, &f).unwrap() else {
+        panic!("the lease ran out: a takeover");
+    };
+    assert!(store.complete(&s, &k, stale, resp(201, "late")).is_err());
+    assert_eq!(
+        capture.level_of(&[
+            "idemstore::store",
+            "lease taken over",
+            &format!("token={token}")
+        ]),
+        Some(Level::INFO)
+    );
+    assert_eq!(
+        capture.level_of(&[
+            "idemstore::store",
+            "fenced",
+            &format!("token={stale}"),
+            &format!("current={token}")
+        ]),
+        Some(Level::WARN)
+    );
+    assert!(
+        capture
+            .lines()
+            .iter()
+            .all(|(_, l)| !l.contains("secret-key-456"))
+    );
+}
