@@ -7,8 +7,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// A snapshot of the store's counters since open.
+/// A snapshot of the store's counters since open. With the feature `serde`, it serialises as
+/// a map of its field names to numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// `begin` calls answered `Execute` (C2, C8 takeovers included).

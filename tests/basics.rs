@@ -89,3 +89,24 @@ fn c3_replays_stay_identical_as_responses_leave_and_reenter_the_memory_cache() {
     assert!(t.store.get(&s, &keys[0]).unwrap().is_none());
     drop(execute(t.store.begin(&s, &keys[0], &fp("2")).unwrap()));
 }
+
+/// With the feature `serde`, `Stats` serialises as a map of its counters, for an exporter or
+/// an admin endpoint.
+#[cfg(feature = "serde")]
+#[test]
+fn stats_serialise_as_a_map_of_counters() {
+    let t = crate::support::open();
+    let (s, k, f) = (
+        crate::support::scope("acct"),
+        crate::support::key("k"),
+        crate::support::fp("x"),
+    );
+    crate::support::execute(t.store.begin(&s, &k, &f).unwrap())
+        .complete(crate::support::resp(201, "ok"))
+        .unwrap();
+    let _ = t.store.begin(&s, &k, &f).unwrap();
+    let json = serde_json::to_value(t.store.stats()).unwrap();
+    assert_eq!(json["executes"], 1);
+    assert_eq!(json["replays"], 1);
+    assert!(json["commit_micros_max"].is_u64());
+}
