@@ -364,7 +364,7 @@ impl MemoryEngine {
             drop(shard);
             return Err(refused);
         }
-        let len = u32::try_from(point::encode(&point).len()).unwrap_or(u32::MAX);
+        let len = u32::try_from(point::encoded_len(&point)).unwrap_or(u32::MAX);
         shard.update(at, |held| {
             held.hot.response_len = len;
             held.point = Some(point);

@@ -25,6 +25,11 @@ pub(crate) fn encode(p: &RecoveryPoint) -> Vec<u8> {
     out
 }
 
+/// The length of a point's encoding, without encoding it.
+pub(crate) fn encoded_len(p: &RecoveryPoint) -> usize {
+    2 + p.name().len() + p.payload().len()
+}
+
 /// Decodes a point, or says why the bytes are not one.
 pub(crate) fn decode(b: &[u8]) -> Result<RecoveryPoint, String> {
     let mut r = Reader::new(b);
@@ -51,6 +56,7 @@ mod tests {
         let p = RecoveryPoint::new("charged", b"ch_123").unwrap();
         let e = encode(&p);
         assert_eq!(e, b"\x01\x07chargedch_123");
+        assert_eq!(encoded_len(&p), e.len());
         assert_eq!(decode(&e).unwrap(), p);
         for n in 0..9 {
             assert!(decode(&e[..n]).is_err(), "prefix {n}");
