@@ -356,14 +356,7 @@ impl MemoryEngine {
         token: u64,
         point: RecoveryPoint,
     ) -> Result<(), LeaseError> {
-        let (shard, at) = self.shard(&hash);
-        let mut shard = shard.lock();
-        shared.check()?;
-        let current = shard.records.get(&at).map(|r| r.hot);
-        if let Err(refused) = holding(shared, current.as_ref(), (&hash, token)) {
-            drop(shard);
-            return Err(refused);
-        }
+        let (mut shard, at) = self.held_shard(shared, (&hash, token))?;
         let len = u32::try_from(point::encoded_len(&point)).unwrap_or(u32::MAX);
         shard.update(at, |held| {
             held.hot.response_len = len;
@@ -383,14 +376,7 @@ impl MemoryEngine {
     ) -> Result<u64, LeaseError> {
         let now = shared.now();
         let lease_deadline = now.saturating_add(crate::clock::millis(shared.config.lease));
-        let (shard, at) = self.shard(&hash);
-        let mut shard = shard.lock();
-        shared.check()?;
-        let current = shard.records.get(&at).map(|r| r.hot);
-        if let Err(refused) = holding(shared, current.as_ref(), (&hash, token)) {
-            drop(shard);
-            return Err(refused);
-        }
+        let (mut shard, at) = self.held_shard(shared, (&hash, token))?;
         shard.update(at, |held| {
             held.hot.lease_deadline = lease_deadline;
             held.hot.expires_at = held.hot.expires_at.max(lease_deadline);
@@ -684,6 +670,23 @@ impl PartialOrd for ByHash {
 impl Ord for ByHash {
     fn cmp(&self, _: &Self) -> std::cmp::Ordering {
         std::cmp::Ordering::Equal
+    }
+}
+
+impl MemoryEngine {
+    /// The locked shard of `hash` and its slot, if reservation `token` holds the key (C8);
+    /// otherwise the refusal, with the lock already let go.
+    fn held_shard(
+        &self,
+        shared: &Shared,
+        (hash, token): (&KeyHash, u64),
+    ) -> Result<(parking_lot::MutexGuard<'_, Shard>, Hashed), LeaseError> {
+        let (shard, at) = self.shard(hash);
+        let shard = shard.lock();
+        shared.check()?;
+        let current = shard.records.get(&at).map(|r| r.hot);
+        holding(shared, current.as_ref(), (hash, token))?;
+        Ok((shard, at))
     }
 }
 
