@@ -179,6 +179,8 @@ pub struct Config {
     pub(crate) writer_spin: Duration,
     pub(crate) caller_spin: Duration,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The `store` label of the store's metrics (feature `metrics`).
+    pub(crate) name: Arc<str>,
     /// Step mode (`engine/file/step.rs`): no threads; set only through `idemstore::__fuzz`.
     pub(crate) step: Option<Checkpoints>,
 }
@@ -211,6 +213,7 @@ impl Default for Config {
             writer_spin: Duration::from_micros(50),
             caller_spin: Duration::from_micros(300),
             clock: Arc::new(SystemClock),
+            name: Arc::from("default"),
             step: None,
         }
     }
@@ -223,6 +226,11 @@ impl Config {
             config: Config::default(),
             error: None,
         }
+    }
+
+    /// The store's name, the `store` label of its metrics.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// How long a completed record lives, counted from completion.
@@ -627,6 +635,19 @@ impl ConfigBuilder {
     #[cfg(feature = "fuzzing")]
     pub(crate) fn step(mut self, checkpoints: Checkpoints) -> Self {
         self.config.step = Some(checkpoints);
+        self
+    }
+
+    /// The store's name: the `store` label of its metrics (feature `metrics`, see
+    /// [`idemstore::metrics`](crate::metrics)), so that two stores of one process report apart.
+    /// Default `default`; 1 to 64 bytes of ASCII letters, digits, `_`, `-` and `.`.
+    pub fn name(mut self, name: &str) -> Self {
+        let ok = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        check!(self, "name", name, ok, "1 to 64 of [A-Za-z0-9_.-]");
+        self.config.name = Arc::from(name);
         self
     }
 

@@ -42,6 +42,7 @@ mod format;
 #[cfg(feature = "http")]
 pub mod http;
 mod inspect;
+pub mod metrics;
 mod poison;
 mod reply;
 mod rules;

@@ -82,6 +82,13 @@ pub struct Stats {
     /// stall of every caller queued behind it. 0 while the log has room for what arrives
     /// during a checkpoint; see `log_capacity`.
     pub log_full_waits: u64,
+    /// Live records now, whatever their state (expired ones the compactor has not removed
+    /// yet included); `None` on Redis, which keeps no count.
+    pub live_records: Option<u64>,
+    /// Of the live records, those in flight now; `None` on Redis.
+    pub in_flight_records: Option<u64>,
+    /// The database file's size in bytes, for a store opened by path; `None` otherwise.
+    pub file_bytes: Option<u64>,
 }
 
 impl Stats {
@@ -153,12 +160,19 @@ pub(crate) fn bump(c: &AtomicU64) {
 /// Counts a stale holder of `hash`'s key refused because reservation `current` holds it now
 /// (C8), and says so in the store's events.
 pub(crate) fn count_fenced(
-    counters: &Counters,
+    shared: &crate::engine::Shared,
     hash: &crate::rules::key::KeyHash,
     (token, current): (u64, u64),
 ) {
-    bump(&counters.fenced);
+    bump(&shared.counters.fenced);
+    shared.metrics.fenced();
     crate::trace::fenced(hash, token, current);
+}
+
+/// Counts a lease taken over (C8).
+pub(crate) fn count_takeover(shared: &crate::engine::Shared) {
+    bump(&shared.counters.lease_takeovers);
+    shared.metrics.takeover();
 }
 
 pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -203,6 +217,10 @@ impl Counters {
             checkpoint_micros_total: l(&self.checkpoint_micros_total),
             checkpoint_micros_max: l(&self.checkpoint_micros_max),
             log_full_waits: l(&self.log_full_waits),
+            // Filled in by the engines that count them.
+            live_records: None,
+            in_flight_records: None,
+            file_bytes: None,
         }
     }
 }

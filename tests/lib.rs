@@ -28,6 +28,9 @@ mod kill;
 mod lease;
 mod limits;
 mod memory_bound;
+// Read through metrics-util's recording recorder; the layer's counts need `http`.
+#[cfg(all(feature = "metrics", feature = "http"))]
+mod metered;
 mod model;
 mod outcome_unknown;
 mod points;

@@ -302,6 +302,46 @@ async fn uids(addr: SocketAddr) -> Vec<String> {
         .collect()
 }
 
+/// `GET /metrics` answers the Prometheus text format without credentials: the layer's
+/// outcomes and the store's answers under the store's name, and its gauges as of the scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m3_serve_exposes_prometheus_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("bookings.redb"), &[]);
+    for _ in 0..2 {
+        let r = send(
+            server.addr,
+            booking("POST", "/v1/bookings", Some(KEY), BODY),
+        )
+        .await
+        .unwrap();
+        assert!(r.status.is_success(), "{}", r.text());
+    }
+    let scrape = Request::builder()
+        .uri("/metrics")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let metrics = send(server.addr, scrape).await.unwrap();
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4"))
+    );
+    let text = metrics.text();
+    for line in [
+        r#"idemstore_http_requests_total{store="bookings",outcome="executed"} 1"#,
+        r#"idemstore_http_requests_total{store="bookings",outcome="replayed"} 1"#,
+        r#"idemstore_begin_total{store="bookings",answer="execute"} 1"#,
+        r#"idemstore_records{store="bookings",state="completed"} 1"#,
+        r#"idemstore_records{store="bookings",state="in_flight"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    assert!(text.contains("idemstore_begin_seconds{store=\"bookings\",quantile="));
+    assert!(text.contains("idemstore_file_bytes{store=\"bookings\"}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_purged_key_reused_for_another_booking_makes_a_new_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -41,7 +41,7 @@ use crate::rules::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
 use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 use crate::seeded::{Prehashed, Seeded, WithHash};
-use crate::stats::{Stats, add, bump, count_fenced};
+use crate::stats::{Stats, add, bump, count_fenced, count_takeover};
 use crate::view::{CheckReport, MAX_PROBLEMS, RecordInfo};
 
 /// Shards of the key space: enough that 2-64 threads rarely meet on one lock.
@@ -156,8 +156,21 @@ impl MemoryEngine {
     }
 
     /// Records held now, expired ones not removed yet included.
-    pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().records.len()).sum()
+    /// The records held, and of them those in flight: one pass over the shards, each under
+    /// its lock in turn (so the pair is not one snapshot, but each shard's part is).
+    fn census(&self) -> (usize, u64) {
+        let mut live = 0;
+        let mut in_flight = 0u64;
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            live += shard.records.len();
+            in_flight += shard
+                .records
+                .values()
+                .filter(|h| h.hot.state == State::InFlight)
+                .count() as u64;
+        }
+        (live, in_flight)
     }
 
     /// Decides a `begin` (C1-C5, C8, C9) and reserves the key when the caller must execute.
@@ -215,7 +228,7 @@ impl MemoryEngine {
                 drop(old);
                 bump(&counters.executes);
                 if takeover {
-                    bump(&counters.lease_takeovers);
+                    count_takeover(shared);
                     crate::trace::takeover(&hash, token, recovery.is_some());
                 }
                 Ok(Claim::Execute {
@@ -277,7 +290,7 @@ impl MemoryEngine {
             drop(shard);
             return Err(match refusal {
                 HolderRefusal::Fenced { current } => {
-                    count_fenced(counters, &hash, (token, current));
+                    count_fenced(shared, &hash, (token, current));
                     CompleteError::Fenced { token, current }
                 }
                 HolderRefusal::NotReserved => CompleteError::NotReserved { token },
@@ -637,7 +650,11 @@ impl Engine for MemoryEngine {
     }
 
     fn stats(&self) -> Stats {
-        self.shared.counters.snapshot(self.len())
+        let (live, in_flight) = self.census();
+        let mut stats = self.shared.counters.snapshot(live);
+        stats.live_records = Some(live as u64);
+        stats.in_flight_records = Some(in_flight);
+        stats
     }
 
     fn close(&self) -> Result<(), Unavailable> {
@@ -698,7 +715,7 @@ fn holding(
 ) -> Result<(), LeaseError> {
     machine::check_holder(current, token).map_err(|r| {
         if let HolderRefusal::Fenced { current } = r {
-            count_fenced(&shared.counters, hash, (token, current));
+            count_fenced(shared, hash, (token, current));
         }
         lease_refusal(r, token)
     })
@@ -782,10 +799,10 @@ mod tests {
         let rest = e.expire(&sh, usize::MAX);
         assert_eq!(first.scanned + rest.scanned, 100);
         assert_eq!(first.removed + rest.removed, 50);
-        assert_eq!(e.len(), 50, "the completed records are not due yet");
+        assert_eq!(e.census().0, 50, "the completed records are not due yet");
         clock.advance(Duration::from_secs(1));
         assert_eq!(e.expire(&sh, usize::MAX).removed, 50);
-        assert_eq!(e.len(), 0);
+        assert_eq!(e.census().0, 0);
         assert_eq!(e.check(clock_now(&sh)).expiry_entries, 0);
     }
 

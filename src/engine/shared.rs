@@ -1,4 +1,5 @@
-//! What the store and its engine share: the configuration, the counters, the poison flag, the
+//! What the store and its engine share: the configuration, the counters and metric handles,
+//! the poison flag, the
 //! closed flag, the store's secret and the retries waiting on keys in flight.
 //!
 //! Why: the store checks, before it hands an operation on, that it may still serve; the engine
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::waiters::Waiters;
 use crate::config::Config;
 use crate::error::{Cause, Message, Unavailable};
+use crate::metrics::Metrics;
 use crate::poison::Poison;
 use crate::reply::Closed;
 use crate::stats::Counters;
@@ -19,6 +21,8 @@ use crate::stats::Counters;
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
+    /// The store's metric handles (feature `metrics`), registered at open.
+    pub(crate) metrics: Metrics,
     poison: Poison,
     closed: AtomicBool,
     /// The store's secret: kept in the file (`META_SCOPE_SECRET`), or drawn for this process
@@ -32,6 +36,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: Config, secret: [u8; 32]) -> Shared {
         Shared {
+            metrics: Metrics::new(config.name()),
             config,
             counters: Counters::default(),
             poison: Poison::default(),

@@ -115,27 +115,48 @@ impl Deltas {
     }
 }
 
-/// The live records of every scope, as the writer decides with them.
+/// The live records of every scope, as the writer decides with them, and the totals the
+/// store's [`Stats`](crate::Stats) report.
 #[derive(Debug, Default)]
-pub(crate) struct Counts(HashMap<Box<str>, u64, Seeded>);
+pub(crate) struct Counts {
+    scopes: HashMap<Box<str>, u64, Seeded>,
+    /// Live records in all scopes.
+    total: u64,
+    /// Of them, in flight.
+    in_flight: u64,
+}
 
 impl Counts {
-    /// Reads every scope's count from the file's table.
+    /// Reads every scope's count from the file's table, and the number in flight from its
+    /// meta table.
     pub(crate) fn load(
         counts: &impl ReadableTable<&'static str, u64>,
+        meta: &impl ReadableTable<&'static str, u64>,
     ) -> Result<Counts, redb::StorageError> {
-        let mut map = HashMap::with_hasher(Seeded::new());
+        let mut scopes = HashMap::with_hasher(Seeded::new());
+        let mut total = 0u64;
         for entry in counts.iter()? {
             let (scope, n) = entry?;
-            map.insert(scope.value().into(), n.value());
+            total = total.saturating_add(n.value());
+            scopes.insert(scope.value().into(), n.value());
         }
-        Ok(Counts(map))
+        let in_flight = meta.get(META_IN_FLIGHT)?.map_or(0, |g| g.value());
+        Ok(Counts {
+            scopes,
+            total,
+            in_flight,
+        })
     }
 
     /// `scope`'s live records, with the changes of the batch in hand.
     pub(crate) fn live(&self, scope: &str, pending: &Deltas) -> u64 {
-        let committed = self.0.get(scope).copied().unwrap_or(0);
+        let committed = self.scopes.get(scope).copied().unwrap_or(0);
         committed.saturating_add_signed(pending.of(scope))
+    }
+
+    /// Live records in all scopes, and of them those in flight, as committed.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        (self.total, self.in_flight)
     }
 
     /// Takes in a committed batch's changes.
@@ -144,12 +165,14 @@ impl Counts {
             if *d == 0 {
                 continue;
             }
-            let now = self.0.get(&**scope).copied().unwrap_or(0);
+            self.total = self.total.saturating_add_signed(*d);
+            let now = self.scopes.get(&**scope).copied().unwrap_or(0);
             match now.saturating_add_signed(*d) {
-                0 => drop(self.0.remove(&**scope)),
-                n => drop(self.0.insert(scope.clone(), n)),
+                0 => drop(self.scopes.remove(&**scope)),
+                n => drop(self.scopes.insert(scope.clone(), n)),
             }
         }
+        self.in_flight = self.in_flight.saturating_add_signed(deltas.in_flight);
     }
 }
 

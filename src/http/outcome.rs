@@ -40,6 +40,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, for the metric handles registered per outcome.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) const ALL: [Outcome; 9] = [
+        Outcome::Executed,
+        Outcome::Replayed,
+        Outcome::InProgress,
+        Outcome::Conflict,
+        Outcome::OutcomeUnknown,
+        Outcome::Refused,
+        Outcome::StoreUnavailable,
+        Outcome::Unprotected,
+        Outcome::Unguarded,
+    ];
+
     /// A short lowercase name, for logs and metric labels: `executed`, `replayed`,
     /// `in_progress`, `conflict`, `outcome_unknown`, `refused`, `store_unavailable`,
     /// `unprotected`, `unguarded`.

@@ -69,6 +69,31 @@ impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
     }
 }
 
+impl<S> Idempotency<S> {
+    /// An answer made at `call` time, counted by its outcome.
+    fn early<F, ResBody, E>(
+        &self,
+        response: http::Response<ResponseBody<ResBody>>,
+    ) -> ResponseFuture<F, ResBody, E> {
+        if let Some(outcome) = response.extensions().get::<Outcome>() {
+            self.shared.store.metrics().answered(*outcome);
+        }
+        ResponseFuture::early(response)
+    }
+
+    /// A request the layer does not guard, passed to the inner service as it is.
+    fn unguarded<B, ResBody>(
+        &mut self,
+        req: Request<B>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    {
+        self.shared.store.metrics().answered(Outcome::Unguarded);
+        ResponseFuture::unguarded(self.inner.call(req.map(RequestBody::streaming)))
+    }
+}
+
 impl<S, B, ResBody> Service<Request<B>> for Idempotency<S>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -91,17 +116,17 @@ where
         let contract = &self.shared.contract;
         let path = original_uri(req.uri(), req.extensions()).path();
         if !contract.guards(req.method(), path) {
-            return ResponseFuture::unguarded(self.inner.call(req.map(RequestBody::streaming)));
+            return self.unguarded(req);
         }
         let style = contract.error_style;
         let key = match read_key(req.headers(), contract, &self.shared.store) {
             Ok(key) => Some(key),
             Err(KeyProblem::Missing) if !contract.key_required => {
-                return ResponseFuture::unguarded(self.inner.call(req.map(RequestBody::streaming)));
+                return self.unguarded(req);
             }
             Err(KeyProblem::Missing) => None,
             Err(KeyProblem::Invalid(why)) => {
-                return ResponseFuture::early(answer::error(
+                return self.early(answer::error(
                     style,
                     StatusCode::BAD_REQUEST,
                     code::INVALID_KEY,
@@ -111,7 +136,7 @@ where
         };
         let (parts, body) = req.into_parts();
         let Some(scope) = (self.shared.scope)(&parts) else {
-            return ResponseFuture::early(answer::error(
+            return self.early(answer::error(
                 style,
                 StatusCode::UNAUTHORIZED,
                 code::UNAUTHENTICATED,
@@ -119,7 +144,7 @@ where
             ));
         };
         let Some(key) = key else {
-            return ResponseFuture::early(answer::error(
+            return self.early(answer::error(
                 style,
                 StatusCode::BAD_REQUEST,
                 code::MISSING_KEY,
@@ -128,7 +153,7 @@ where
         };
         let declared = body.size_hint().lower();
         if declared > contract.max_request_body as u64 {
-            return ResponseFuture::early(too_large(&self.shared));
+            return self.early(too_large(&self.shared));
         }
         // The ready service goes into the future; this handle keeps a fresh clone.
         let clone = self.inner.clone();
@@ -136,12 +161,14 @@ where
         #[cfg(feature = "tracing")]
         let span = crate::trace::request_span(&scope, &key);
         let answering = guarded(Arc::clone(&self.shared), inner, parts, body, scope, key);
+        let store = self.shared.store.clone();
         let answering = async move {
             let answered = answering.await;
             if let Ok(response) = &answered
                 && let Some(outcome) = response.extensions().get::<Outcome>()
             {
                 crate::trace::answered(*outcome, response.status().as_u16());
+                store.metrics().answered(*outcome);
             }
             answered
         };

@@ -25,6 +25,7 @@ pub(super) fn expire_once(
     shared.check()?;
     let report = engine.expire(limit)?;
     crate::trace::compaction(report.scanned, report.removed);
+    shared.metrics.expired(report.removed);
     Ok(report)
 }
 

@@ -17,6 +17,7 @@ mod wait;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -256,8 +257,9 @@ impl Store {
     /// or refuse. Blocks until a reservation is durable (in the default mode); duplicates of a
     /// known key are answered from memory.
     pub fn begin(&self, scope: &Scope, key: &Key, fp: &Fingerprint) -> Result<Begin, BeginError> {
+        let asked = Instant::now();
         let (hash, answer) = self.claim(scope, key, fp)?;
-        Ok(self.wrap(hash, answer.wait()?))
+        Ok(self.wrap(hash, self.counted(answer.wait()?, asked)))
     }
 
     /// [`begin`](Store::begin) as a future, woken by the engine (with [`Durability::Memory`],
@@ -270,20 +272,30 @@ impl Store {
         fp: &Fingerprint,
     ) -> impl Future<Output = Result<Begin, BeginError>> + Send + 'static {
         let store = self.clone();
+        let asked = Instant::now();
         // An answer decided already is wrapped now, so that a reservation in it is armed (its
         // drop releases the key) even if the future is dropped without being polled.
         let claimed = self
             .claim(scope, key, fp)
             .map(|(hash, answer)| match answer {
-                Answer::Now(claim) => Ok(claim.map(|c| self.wrap(hash, c))),
+                Answer::Now(claim) => Ok(claim.map(|c| self.wrap(hash, self.counted(c, asked)))),
                 Answer::Later(later) => Err((hash, later)),
             });
         async move {
             match claimed? {
                 Ok(begin) => begin,
-                Err((hash, later)) => Ok(store.wrap(hash, later.await?)),
+                Err((hash, later)) => {
+                    let claim = later.await?;
+                    Ok(store.wrap(hash, store.counted(claim, asked)))
+                }
             }
         }
+    }
+
+    /// Records a `begin`'s answer and latency in the store's metrics.
+    fn counted(&self, claim: Claim, asked: Instant) -> Claim {
+        self.inner.shared.metrics.begin(&claim, asked.elapsed());
+        claim
     }
 
     /// A reservation for an `Execute` claim; the other answers as they are.
@@ -304,6 +316,12 @@ impl Store {
             Claim::Conflict => Begin::Conflict,
             Claim::OutcomeUnknown => Begin::OutcomeUnknown,
         }
+    }
+
+    /// The store's metric handles (feature `metrics`).
+    #[cfg(feature = "http")]
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.shared.metrics
     }
 
     /// Validates a `begin` and hands it to the engine.

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redb::WriteTransaction;
@@ -101,11 +101,14 @@ impl Reservation {
     /// A stale holder (C8) gets [`CompleteError::Fenced`] and nothing is stored.
     pub fn complete(mut self, response: Response) -> Result<Completion, CompleteError> {
         let policy = self.store.inner.shared.config.cache_policy;
+        let asked = Instant::now();
         let answer = self
             .store
             .complete_token(self.hash, self.token, response, policy);
         self.disarm_if_queued(&answer);
-        answer.wait()
+        let completed = answer.wait();
+        self.store.inner.shared.metrics.completed(asked.elapsed());
+        completed
     }
 
     /// [`complete`](Reservation::complete) as a runtime-agnostic future.
@@ -124,11 +127,17 @@ impl Reservation {
         response: Response,
         policy: CachePolicy,
     ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
+        let asked = Instant::now();
         let answer = self
             .store
             .complete_token(self.hash, self.token, response, policy);
         self.disarm_if_queued(&answer);
-        answer.resolve()
+        let store = self.store.clone();
+        async move {
+            let completed = answer.resolve().await;
+            store.inner.shared.metrics.completed(asked.elapsed());
+            completed
+        }
     }
 
     /// Hands the duty to release over to an answer the engine took: an answer refused before

@@ -151,8 +151,13 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         DurabilityArg::Memory => Durability::Memory,
     };
+    // Installed before the store opens: a store registers its metric handles at open.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     // One process owns the file, so whatever it finds in flight at open was cut short.
     let config = Config::builder()
+        .name("bookings")
         .in_flight_at_open(match args.in_flight_at_open {
             InFlightArg::Release => InFlightAtOpen::Release,
             InFlightArg::KeepLease => InFlightAtOpen::KeepLease,
@@ -202,6 +207,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         ttl,
         !args.without_idempotency,
     )?;
+    let app = app.merge(metrics_route(store.clone(), metrics));
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let addr = listener.local_addr()?;
@@ -307,6 +313,25 @@ fn app(
         .layer(middleware::from_fn(authenticate))
         .with_state(state);
     Ok((app, layer))
+}
+
+/// `GET /metrics`: the store's and the layer's metrics in the Prometheus text format, its
+/// gauges published at each scrape. Outside authentication and the idempotency layer, as a
+/// scraper expects.
+fn metrics_route(store: Store, handle: metrics_exporter_prometheus::PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || async move {
+            idemstore::metrics::publish(&store);
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                handle.render(),
+            )
+        }),
+    )
 }
 
 /// An error answer in the contract's shape (rule H8).

@@ -81,9 +81,21 @@ pub(crate) struct FileState {
     /// (`writer/direct.rs`); every read transaction begins under it, so none sees a commit
     /// that is not durable yet.
     pub(crate) visible: RwLock<()>,
+    /// Live records and, of them, those in flight, as of the last committed batch: set by the
+    /// writer, read by `stats`.
+    live_records: AtomicU64,
+    in_flight_records: AtomicU64,
+    /// The database file, for its size in `stats` (`None`: caller-supplied devices).
+    path: Option<PathBuf>,
 }
 
 impl FileState {
+    /// Writer thread: the committed counts (live, in flight).
+    pub(crate) fn publish_counts(&self, (live, in_flight): (u64, u64)) {
+        self.live_records.store(live, Ordering::Relaxed);
+        self.in_flight_records.store(in_flight, Ordering::Relaxed);
+    }
+
     /// Runs `f` on the database, unless the engine is closed; `close` waits for it.
     fn with_db<T>(
         &self,
@@ -145,7 +157,7 @@ impl FileEngine {
         } else {
             None
         };
-        let started = FileEngine::start(db, config, log);
+        let started = FileEngine::start(db, config, log, Some(path.to_path_buf()));
         if let Err(
             OpenError::NotAnIdemstoreFile { .. }
             | OpenError::UnsupportedFormat { .. }
@@ -171,7 +183,7 @@ impl FileEngine {
         let db = open_db(&config, |b| {
             b.create_with_backend(crate::storage::Adapter(database))
         })?;
-        FileEngine::start(db, config, log)
+        FileEngine::start(db, config, log, None)
     }
 
     /// Recovers the file and starts the writer.
@@ -179,6 +191,7 @@ impl FileEngine {
         db: Database,
         config: Config,
         log: Option<Box<dyn StorageBackend>>,
+        path: Option<PathBuf>,
     ) -> Result<FileEngine, OpenError> {
         let opened = match guard_open(|| init_tables(&db, &config, log)) {
             Ok(v) => v,
@@ -194,7 +207,11 @@ impl FileEngine {
             db: RwLock::new(Some(Arc::clone(&db))),
             detached_releases: AtomicU64::new(0),
             visible: RwLock::new(()),
+            live_records: AtomicU64::new(0),
+            in_flight_records: AtomicU64::new(0),
+            path,
         });
+        state.publish_counts(opened.scopes.totals());
         let shared = Arc::new(Shared::new(config, opened.secret));
         crate::stats::add(&shared.counters.releases, opened.released);
         crate::stats::add(&shared.counters.marked_unknown, opened.marked_unknown);
@@ -621,7 +638,16 @@ impl Engine for FileEngine {
     }
 
     fn stats(&self) -> Stats {
-        self.shared.counters.snapshot(self.state.index.len())
+        let mut stats = self.shared.counters.snapshot(self.state.index.len());
+        let state = &self.state;
+        stats.live_records = Some(state.live_records.load(Ordering::Relaxed));
+        stats.in_flight_records = Some(state.in_flight_records.load(Ordering::Relaxed));
+        stats.file_bytes = state
+            .path
+            .as_deref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len());
+        stats
     }
 
     fn work(&self, work: Work) -> Answer<Ran, CompleteError> {

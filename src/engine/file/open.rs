@@ -216,7 +216,7 @@ pub(crate) fn init_tables(
             log: recovered.log,
             replayed: recovered.entries,
             secret,
-            scopes: Counts::load(&counts).map_err(open_error)?,
+            scopes: Counts::load(&counts, &t.meta).map_err(open_error)?,
         }
     };
     txn.commit().map_err(open_error)?;

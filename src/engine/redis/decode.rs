@@ -109,7 +109,7 @@ pub(crate) fn decode_claim(shared: &Shared, v: Value) -> Result<(Claim, Option<L
             let lease_deadline = number("lease deadline", deadline)?;
             bump(&counters.executes);
             if takeover.as_slice() == b"1" {
-                bump(&counters.lease_takeovers);
+                crate::stats::count_takeover(shared);
             }
             Ok((
                 Claim::Execute {
@@ -135,6 +135,7 @@ pub(crate) fn holder_refusal(
     match (first, rest) {
         (b"fenced", [current]) => {
             bump(&shared.counters.fenced);
+            shared.metrics.fenced();
             Ok(Some(number("token", current)?))
         }
         (b"not_reserved", []) => Ok(None),

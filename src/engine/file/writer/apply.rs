@@ -268,7 +268,7 @@ impl Writer {
                 ));
                 bump(&counters.executes);
                 if takeover {
-                    bump(&counters.lease_takeovers);
+                    count_takeover(&self.shared);
                     crate::trace::takeover(hash, token, recovery.is_some());
                 }
                 Ok(Claim::Execute {
@@ -344,7 +344,7 @@ impl Writer {
         };
         if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
             if let HolderRefusal::Fenced { current } = refusal {
-                count_fenced(counters, hash, (token, current));
+                count_fenced(&shared, hash, (token, current));
             }
             return Ok(Err(match refusal {
                 HolderRefusal::Fenced { current } => CompleteError::Fenced { token, current },
@@ -455,7 +455,7 @@ impl Writer {
         };
         if let Err(refusal) = machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
             if let HolderRefusal::Fenced { current } = refusal {
-                count_fenced(&self.shared.counters, hash, (token, current));
+                count_fenced(&self.shared, hash, (token, current));
             }
             return Ok(Err(lease_refusal(refusal, token)));
         }

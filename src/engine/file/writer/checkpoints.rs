@@ -140,6 +140,7 @@ impl Writer {
 /// Counts a finished checkpoint, a durable commit.
 pub(super) fn count_checkpoint(shared: &Shared, took: Duration) {
     crate::trace::checkpoint(took);
+    shared.metrics.checkpoint(took);
     let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
     let counters = &shared.counters;
     add(&counters.checkpoint_micros_total, micros);

@@ -347,7 +347,7 @@ impl Writer {
     ) -> Result<Record, CompleteError> {
         match machine::check_holder(current.as_ref().map(|r| &r.hot), token) {
             Err(HolderRefusal::Fenced { current }) => {
-                count_fenced(&self.shared.counters, hash, (token, current));
+                count_fenced(&self.shared, hash, (token, current));
                 Err(CompleteError::Fenced { token, current })
             }
             Err(HolderRefusal::NotReserved) => Err(CompleteError::NotReserved { token }),

@@ -10,6 +10,7 @@ impl Writer {
     /// Applies the index effects, then answers every caller.
     pub(super) fn finish(&mut self, b: Batch) {
         self.scopes.apply(&b.deltas);
+        self.state.publish_counts(self.scopes.totals());
         let waiters = Arc::clone(&self.shared.waiters);
         let now = self.shared.now();
         for effect in b.effects {

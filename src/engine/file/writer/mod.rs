@@ -69,7 +69,7 @@ use crate::poison;
 use crate::rules::key::KeyHash;
 use crate::rules::machine::{self, BeginDecision, HolderRefusal, lease_refusal};
 use crate::rules::response::Response;
-use crate::stats::{add, bump, count_fenced, raise};
+use crate::stats::{add, bump, count_fenced, count_takeover, raise};
 use batch_tables::Tables;
 
 /// A change to the hot index, applied once the batch has committed.
@@ -517,6 +517,7 @@ impl Writer {
         raise(&counters.max_batch, ops_count);
         add(&counters.commit_micros_total, micros);
         raise(&counters.commit_micros_max, micros);
+        self.shared.metrics.commit(ops_count, started.elapsed());
         if durable {
             self.unsynced = false;
             self.flush_at = None;
