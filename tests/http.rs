@@ -637,3 +637,70 @@ async fn h19_every_response_carries_what_the_layer_did() {
         (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
     );
 }
+
+/// H20: an error responder shapes every error the layer makes, a refusal, a conflict, an
+/// in-progress and the note stored in place of a response too large to keep, while the layer
+/// keeps what it decides: `Retry-After` on an in-progress answer and the outcome of each.
+#[tokio::test]
+async fn h20_an_error_responder_shapes_every_error_the_layer_makes() {
+    let contract = Contract::default()
+        .max_stored_response(1024)
+        .error_responder(|e: &idemstore::http::ErrorAnswer<'_>| {
+            let body = format!(
+                r#"{{"errors":[{{"code":"{}","status":{}}}]}}"#,
+                e.code(),
+                e.status().as_u16()
+            );
+            http::Response::builder()
+                .status(e.status())
+                .header("content-type", "application/vnd.api+json")
+                .body(Bytes::from(body))
+                .unwrap()
+        });
+    let store = crate::http_support::memory_store();
+    let mut app = crate::http_support::start_observed(store, contract).await;
+    let addr = app.addr;
+    let shaped = |r: &crate::http_support::Reply, code: &str| {
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/vnd.api+json"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(r.json()["errors"][0]["code"], code);
+        assert_eq!(r.json()["errors"][0]["status"], r.status.as_u16());
+    };
+    let keyless = send(addr, request("POST", "/v1/bookings", None, BOOKING))
+        .await
+        .unwrap();
+    assert_eq!(keyless.status, StatusCode::BAD_REQUEST);
+    shaped(&keyless, idemstore::http::code::MISSING_KEY);
+    assert_eq!(keyless.header("x-outcome"), Some("refused"));
+
+    send(addr, post("/v1/bookings", "k1", BOOKING))
+        .await
+        .unwrap();
+    let other = send(addr, post("/v1/bookings", "k1", OTHER_BOOKING))
+        .await
+        .unwrap();
+    assert_eq!(other.status, StatusCode::CONFLICT);
+    shaped(&other, idemstore::http::code::CONFLICT);
+    assert_eq!(other.header("x-outcome"), Some("conflict"));
+
+    let slow = tokio::spawn(send(addr, post("/slow", "k2", BOOKING)));
+    app.entered().await;
+    let busy = send(addr, post("/slow", "k2", BOOKING)).await.unwrap();
+    shaped(&busy, idemstore::http::code::IN_PROGRESS);
+    assert!(
+        busy.header("retry-after").is_some(),
+        "the layer's header stays"
+    );
+    assert_eq!(busy.header("x-outcome"), Some("in_progress"));
+    app.open_gate(1);
+    slow.await.unwrap().unwrap();
+
+    send(addr, post("/big", "k3", "{}")).await.unwrap();
+    let noted = send(addr, post("/big", "k3", "{}")).await.unwrap();
+    assert!(noted.replayed());
+    shaped(&noted, idemstore::http::code::RESPONSE_NOT_KEPT);
+}

@@ -6,13 +6,14 @@
 //! configured style, with a stable machine-readable `code`.
 
 use bytes::Bytes;
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 
 use super::body::ResponseBody;
 use super::contract::ErrorStyle;
 use super::layer::LayerState;
 use super::outcome::Outcome;
+use super::responder::Errors;
 
 /// The machine-readable codes of the layer's error answers, as their bodies carry them
 /// (`{"error": {"code": ...}}`, or the `code` member of a problem document).
@@ -86,26 +87,23 @@ pub(crate) fn error_body(
     }
 }
 
-/// An error answer of the layer.
+/// An error answer of the layer, shaped by the contract's style or responder.
 pub(crate) fn error<B>(
-    style: ErrorStyle,
+    errors: &Errors,
     status: StatusCode,
     code: &str,
     message: &str,
 ) -> Response<ResponseBody<B>> {
-    let (content_type, body) = error_body(style, status, code, message);
-    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let mut response = errors
+        .respond(status, code, message)
+        .map(ResponseBody::full);
     response.extensions_mut().insert(Outcome::of_code(code));
     response
 }
 
 /// `409 idempotency_in_progress` with `Retry-After` (rule H6).
 pub(crate) fn in_progress<B>(
-    style: ErrorStyle,
+    style: &Errors,
     retry_after: std::time::Duration,
 ) -> Response<ResponseBody<B>> {
     let mut response = error(
@@ -202,14 +200,9 @@ pub(crate) fn unaccepted_coding(stored: &crate::Response, request: &HeaderMap) -
         .find(|c| !c.is_empty() && c != "identity" && !accepted(c))
 }
 
-/// The body stored in place of a response too large to keep.
-pub(crate) fn not_kept_body(
-    style: ErrorStyle,
-    status: StatusCode,
-    len: usize,
-) -> (&'static str, String) {
-    error_body(
-        style,
+/// The body stored in place of a response too large to keep, and its content type.
+pub(crate) fn not_kept_body(errors: &Errors, status: StatusCode, len: usize) -> (Vec<u8>, Bytes) {
+    errors.body(
         status,
         code::RESPONSE_NOT_KEPT,
         &format!(
@@ -221,7 +214,7 @@ pub(crate) fn not_kept_body(
 /// `413 request_too_large` (rule H9).
 pub(crate) fn too_large<B>(shared: &LayerState) -> Response<ResponseBody<B>> {
     error(
-        shared.contract.error_style,
+        &shared.contract.errors,
         StatusCode::PAYLOAD_TOO_LARGE,
         code::TOO_LARGE,
         &format!(

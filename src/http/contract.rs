@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{HeaderName, Method, StatusCode};
 
+use super::responder::{ErrorAnswer, Errors};
 use crate::{CachePolicy, Scope};
 
 /// A function that names the owner of a request's key (rule H7); `None` refuses the request
@@ -182,7 +183,7 @@ pub struct Contract {
     pub(crate) max_stored_response: Option<usize>,
     pub(crate) cache_policy: Option<CachePolicy>,
     pub(crate) conflict: ConflictStatus,
-    pub(crate) error_style: ErrorStyle,
+    pub(crate) errors: Errors,
     pub(crate) replay_header: HeaderName,
     pub(crate) replayed_headers: Vec<HeaderName>,
     pub(crate) on_store_error: OnStoreError,
@@ -226,7 +227,7 @@ impl Default for Contract {
             max_stored_response: None,
             cache_policy: None,
             conflict: ConflictStatus::Conflict,
-            error_style: ErrorStyle::Json,
+            errors: Errors::default(),
             replay_header: HeaderName::from_static("idempotent-replay"),
             replayed_headers: REPRESENTATION_HEADERS.to_vec(),
             on_store_error: OnStoreError::FailClosed,
@@ -435,7 +436,39 @@ impl Contract {
 
     /// The body style of the layer's own answers (rule H8; default JSON).
     pub fn error_style(mut self, style: ErrorStyle) -> Self {
-        self.error_style = style;
+        self.errors.style = style;
+        self
+    }
+
+    /// Shapes the layer's own error answers with `responder` instead of the error style (rule
+    /// H20): it gets each error's status, stable [`code`](super::code) and message, and
+    /// returns the response to send, so the layer's refusals carry the application's own
+    /// envelope. The layer still adds `Retry-After` to an in-progress answer and tags every
+    /// answer with its [`Outcome`](super::Outcome) by code. It must not panic, and it runs on
+    /// the request's task, so it must not block.
+    ///
+    /// ```
+    /// use idemstore::http::{Contract, ErrorAnswer, code};
+    ///
+    /// let contract = Contract::default().error_responder(|e: &ErrorAnswer<'_>| {
+    ///     let retryable = e.code() == code::IN_PROGRESS;
+    ///     let body = format!(
+    ///         r#"{{"errors":[{{"code":"{}","retryable":{retryable}}}]}}"#,
+    ///         e.code()
+    ///     );
+    ///     http::Response::builder()
+    ///         .status(e.status())
+    ///         .header("content-type", "application/vnd.api+json")
+    ///         .body(bytes::Bytes::from(body))
+    ///         .unwrap_or_default()
+    /// });
+    /// # let _ = contract;
+    /// ```
+    pub fn error_responder<F>(mut self, responder: F) -> Self
+    where
+        F: Fn(&ErrorAnswer<'_>) -> http::Response<bytes::Bytes> + Send + Sync + 'static,
+    {
+        self.errors.responder = Some(Arc::new(responder));
         self
     }
 
@@ -494,7 +527,7 @@ impl fmt::Debug for Contract {
             .field("max_stored_response", &self.max_stored_response)
             .field("cache_policy", &self.cache_policy)
             .field("conflict", &self.conflict)
-            .field("error_style", &self.error_style)
+            .field("errors", &self.errors)
             .field("replay_header", &self.replay_header)
             .field("replayed_headers", &self.replayed_headers)
             .field("on_store_error", &self.on_store_error)

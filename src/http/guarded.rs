@@ -118,7 +118,7 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let contract = &shared.contract;
-    let style = contract.error_style;
+    let style = &contract.errors;
     let bytes = match Limited::new(body, contract.max_request_body)
         .collect()
         .await
@@ -447,12 +447,8 @@ where
         // `Last-Modified`); the headers that describe the original body do not describe the
         // note. With no room even for those, the note alone.
         _ => {
-            let (content_type, note) =
-                answer::not_kept_body(contract.error_style, status, read.len());
-            let content_type = (
-                CONTENT_TYPE.as_str().to_owned(),
-                content_type.as_bytes().to_vec(),
-            );
+            let (content_type, note) = answer::not_kept_body(&contract.errors, status, read.len());
+            let content_type = (CONTENT_TYPE.as_str().to_owned(), content_type);
             let about_result = kept
                 .iter()
                 .filter(|(n, _)| {

@@ -103,8 +103,8 @@
 //! key optional and stores every result but the transient `408`, `429` and `503`
 //! ([`CachePolicy::All`](crate::CachePolicy::All)), marking replays `Idempotent-Replayed: true`.
 //! Every setting is a method on [`Contract`]: the header, methods and routes, the scope, what the
-//! fingerprint covers, the limits, the cache policy, the conflict status, the error style, and
-//! what happens when the store is down ([`OnStoreError`]).
+//! fingerprint covers, the limits, the cache policy, the conflict status, the error style (or an
+//! error responder of the application's, [`Contract::error_responder`]), and what happens when the store is down ([`OnStoreError`]).
 //!
 //! # Where the layer goes
 //!
@@ -192,6 +192,7 @@ mod guarded;
 mod layer;
 mod outcome;
 mod request;
+mod responder;
 mod run;
 mod service;
 
@@ -205,5 +206,6 @@ pub use contract::{
 pub use future::ResponseFuture;
 pub use layer::{ContractError, IdempotencyLayer};
 pub use outcome::Outcome;
+pub use responder::ErrorAnswer;
 pub use run::{Idle, SpawnFn, Task};
 pub use service::Idempotency;

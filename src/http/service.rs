@@ -118,7 +118,7 @@ where
         if !contract.guards(req.method(), path) {
             return self.unguarded(req);
         }
-        let style = contract.error_style;
+        let style = &contract.errors;
         let key = match read_key(req.headers(), contract, &self.shared.store) {
             Ok(key) => Some(key),
             Err(KeyProblem::Missing) if !contract.key_required => {
