@@ -1,6 +1,7 @@
 //! Two routes, two contracts, one store: bookings under the default contract (a key is
-//! required, only successes are stored) and a Stripe-like payments API (the key is optional,
-//! every result is stored, even a declined card, so a retry gets the same decline).
+//! required, only successes are stored, for the store's 24 hours) and a Stripe-like payments
+//! API (the key is optional, every result is stored, even a declined card, so a retry gets the
+//! same decline, and kept for a week with a two-minute lease).
 //!
 //! ```sh
 //! cargo run --example per_route_contracts --features axum,tokio
@@ -11,6 +12,7 @@
 use std::error::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -65,7 +67,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .layer(IdempotencyLayer::new(
             store.clone(),
-            Contract::stripe_like().constant_scope(scope),
+            Contract::stripe_like()
+                .constant_scope(scope.clone())
+                .ttl(Duration::from_secs(7 * 86_400))
+                .lease(Duration::from_secs(120)),
         )?);
     let app = bookings.merge(payments);
 
@@ -97,6 +102,16 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
     // Once without a key (not guarded), once with one; the retry replayed.
     assert_eq!(charges.load(Ordering::SeqCst), 2);
+    let kept = |key: &str| -> Result<Duration, Box<dyn Error>> {
+        let record = store.get(&scope, &store.key(key)?)?.ok_or("no record")?;
+        Ok(Duration::from_millis(record.expires_at - record.created_at))
+    };
+    println!(
+        "kept for:              booking {:?}, charge about {:?}",
+        kept("b-1")?,
+        kept("c-1")?
+    );
+    assert!(kept("c-1")? > Duration::from_secs(6 * 86_400));
     store.close()?;
     Ok(())
 }

@@ -137,6 +137,105 @@ impl CachePolicy {
     }
 }
 
+/// What one key's record is held to: how long it lives once completed (`ttl`, C9), how long an
+/// attempt holds it (`lease`, C8) and which responses are kept (`cache_policy`, C7).
+///
+/// A store's terms are its configuration's ([`Config::terms`]); a caller, or a route of the
+/// HTTP layer (`Contract::ttl`, `lease` and `cache_policy`, feature `http`), may hold a
+/// key to its own with [`Store::begin_with`](crate::Store::begin_with), so one store serves
+/// routes with different windows. A reservation keeps the terms it was begun with: its
+/// completion, its renewals and the record it leaves follow them; an attempt that takes the key
+/// over holds it to its own.
+///
+/// ```
+/// use std::time::Duration;
+/// use idemstore::{CachePolicy, Config};
+/// let payments = Config::default()
+///     .terms()
+///     .with_ttl(Duration::from_secs(7 * 86_400))?
+///     .with_lease(Duration::from_secs(120))?
+///     .with_cache_policy(CachePolicy::All);
+/// assert_eq!(payments.ttl(), Duration::from_secs(7 * 86_400));
+/// # Ok::<(), idemstore::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    ttl: Duration,
+    lease: Duration,
+    cache_policy: CachePolicy,
+}
+
+impl Terms {
+    /// These terms with time to live `ttl`, in the range of [`ConfigBuilder::ttl`].
+    pub fn with_ttl(mut self, ttl: Duration) -> Result<Terms, ConfigError> {
+        check_ttl(ttl)?;
+        self.ttl = ttl;
+        Ok(self)
+    }
+
+    /// These terms with lease `lease`, in the range of [`ConfigBuilder::lease`].
+    pub fn with_lease(mut self, lease: Duration) -> Result<Terms, ConfigError> {
+        check_lease(lease)?;
+        self.lease = lease;
+        Ok(self)
+    }
+
+    /// These terms with cache policy `policy`.
+    pub fn with_cache_policy(mut self, policy: CachePolicy) -> Terms {
+        self.cache_policy = policy;
+        self
+    }
+
+    /// How long a completed record lives, counted from completion.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How long a reservation holds the key before another attempt may take it over.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Which responses are stored.
+    pub fn cache_policy(&self) -> CachePolicy {
+        self.cache_policy
+    }
+
+    pub(crate) fn ttl_ms(&self) -> u64 {
+        crate::clock::millis(self.ttl)
+    }
+
+    pub(crate) fn lease_ms(&self) -> u64 {
+        crate::clock::millis(self.lease)
+    }
+}
+
+fn check_ttl(ttl: Duration) -> Result<(), ConfigError> {
+    let ok = ttl >= Duration::from_secs(1) && ttl <= Duration::from_secs(366 * 86_400);
+    refuse_unless(ok, "ttl", ttl, "1 s to 366 days")
+}
+
+fn check_lease(lease: Duration) -> Result<(), ConfigError> {
+    let ok = lease >= Duration::from_millis(10) && lease <= Duration::from_secs(86_400);
+    refuse_unless(ok, "lease", lease, "10 ms to 24 h")
+}
+
+fn refuse_unless(
+    ok: bool,
+    setting: &'static str,
+    value: impl std::fmt::Debug,
+    range: &'static str,
+) -> Result<(), ConfigError> {
+    match ok {
+        true => Ok(()),
+        false => Err(ConfigError {
+            setting,
+            value: format!("{value:?}"),
+            range,
+        }),
+    }
+}
+
 /// The store's settings. Build one with [`Config::builder`], or take [`Config::default`].
 ///
 /// ```
@@ -277,6 +376,15 @@ impl Config {
         self.cache_policy
     }
 
+    /// The store's terms for a key: its time to live, lease and cache policy.
+    pub fn terms(&self) -> Terms {
+        Terms {
+            ttl: self.ttl,
+            lease: self.lease,
+            cache_policy: self.cache_policy,
+        }
+    }
+
     /// The longest key accepted, in bytes.
     pub fn max_key_len(&self) -> usize {
         self.max_key_len
@@ -299,13 +407,7 @@ pub struct ConfigBuilder {
 
 macro_rules! check {
     ($self:ident, $name:literal, $value:expr, $ok:expr, $range:literal) => {
-        if !$ok && $self.error.is_none() {
-            $self.error = Some(ConfigError {
-                setting: $name,
-                value: format!("{:?}", $value),
-                range: $range,
-            });
-        }
+        $self.keep_first(refuse_unless($ok, $name, $value, $range))
     };
 }
 
@@ -313,16 +415,14 @@ impl ConfigBuilder {
     /// Time to live of a completed record, counted from completion (rule C9).
     /// Default 24 h; range 1 s to 366 days.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        let ok = ttl >= Duration::from_secs(1) && ttl <= Duration::from_secs(366 * 86_400);
-        check!(self, "ttl", ttl, ok, "1 s to 366 days");
+        self.keep_first(check_ttl(ttl));
         self.config.ttl = ttl;
         self
     }
 
     /// Lease of a reservation (rule C8). Default 60 s; range 10 ms to 24 h.
     pub fn lease(mut self, lease: Duration) -> Self {
-        let ok = lease >= Duration::from_millis(10) && lease <= Duration::from_secs(86_400);
-        check!(self, "lease", lease, ok, "10 ms to 24 h");
+        self.keep_first(check_lease(lease));
         self.config.lease = lease;
         self
     }
@@ -649,6 +749,13 @@ impl ConfigBuilder {
         check!(self, "name", name, ok, "1 to 64 of [A-Za-z0-9_.-]");
         self.config.name = Arc::from(name);
         self
+    }
+
+    /// Keeps `checked`'s refusal unless an earlier setting was refused.
+    fn keep_first(&mut self, checked: Result<(), ConfigError>) {
+        if let (Err(e), None) = (checked, &self.error) {
+            self.error = Some(e);
+        }
     }
 
     /// The configuration, or the first setting that was out of range.

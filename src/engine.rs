@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::backend::{Claim, Completion};
-use crate::config::CachePolicy;
+use crate::config::Terms;
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
@@ -67,31 +67,35 @@ pub(crate) struct ExpireReport {
 
 /// Where records live. See the module documentation.
 pub(crate) trait Engine: Send + Sync {
-    /// Decides a `begin` (C1-C5, C8, C9, C13), reserving the key when the caller must execute.
-    /// `key`'s length is already checked against the store's limit.
+    /// Decides a `begin` (C1-C5, C8, C9, C13), reserving the key when the caller must execute,
+    /// for `terms`' lease and with their time to live. `key`'s length is already checked
+    /// against the store's limit.
     fn begin(
         &self,
         hash: KeyHash,
         scope: &Scope,
         key: &Key,
         fp: &Fingerprint,
+        terms: Terms,
     ) -> Answer<Claim, BeginError>;
 
-    /// Stores the response of reservation `token` (C3, C7, C8, C10), or releases the key when
-    /// `policy` does not keep its status. The response is within the store's limits.
+    /// Stores the response of reservation `token` for `terms`' time to live (C3, C7, C8, C10),
+    /// or releases the key when their cache policy does not keep its status. The response is
+    /// within the store's limits.
     fn complete(
         &self,
         hash: KeyHash,
         token: u64,
         response: Response,
-        policy: CachePolicy,
+        terms: Terms,
     ) -> Answer<Completion, CompleteError>;
 
     /// Releases reservation `token` (C6).
     fn release(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError>;
 
-    /// Extends the lease of reservation `token`; answers the new deadline (C8).
-    fn renew(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError>;
+    /// Extends the lease of reservation `token` by `terms`' lease; answers the new deadline
+    /// (C8).
+    fn renew(&self, hash: KeyHash, token: u64, terms: Terms) -> Answer<u64, LeaseError>;
 
     /// Saves `point` as the last recovery point of reservation `token`'s key, durably (P1).
     /// An engine that keeps no points refuses it.

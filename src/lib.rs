@@ -56,7 +56,7 @@ mod view;
 
 pub use backend::{Backend, Claim, Completion};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{CachePolicy, Config, ConfigBuilder, Durability, InFlightAtOpen};
+pub use config::{CachePolicy, Config, ConfigBuilder, Durability, InFlightAtOpen, Terms};
 #[cfg(feature = "redis")]
 pub use engine::redis::{RedisClock, RedisOptions};
 pub use error::{

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use idemstore::{
-    Backend, CachePolicy, Claim, CompleteError, Completion, Durability, LeaseError, ManualClock,
-    Store,
+    Backend, Begin, CachePolicy, Claim, CompleteError, Completion, Durability, LeaseError,
+    ManualClock, Store,
 };
 
 use crate::support::*;
@@ -84,6 +84,65 @@ fn suite(b: &dyn Backend, clock: &ManualClock) {
     token(b.claim(&s, &k, &fp("b")).unwrap());
 }
 
+/// C7-C9 under a caller's terms (`Store::begin_with`, rule H21's ground): the reservation
+/// holds the key for their lease, renews by it, keeps what their cache policy keeps for their
+/// time to live; an attempt under the store's terms holds the key to those.
+fn terms_suite(store: &Store, clock: &ManualClock) {
+    let s = scope("terms");
+    let long = store
+        .config()
+        .terms()
+        .with_ttl(Duration::from_secs(1000))
+        .unwrap()
+        .with_lease(Duration::from_secs(60))
+        .unwrap()
+        .with_cache_policy(CachePolicy::All);
+    let k = key("t1");
+    let mut r = execute(store.begin_with(&s, &k, &fp("a"), long).unwrap());
+    assert_eq!(r.terms(), long);
+    assert_eq!(r.lease_deadline(), clock.now_millis() + 60_000);
+    // Past the store's lease, within the reservation's: still held.
+    clock.advance(Duration::from_secs(10));
+    assert!(matches!(
+        store.begin(&s, &k, &fp("a")).unwrap(),
+        Begin::InProgress { .. }
+    ));
+    r.renew().unwrap();
+    assert_eq!(r.lease_deadline(), clock.now_millis() + 60_000);
+    // Kept by the reservation's policy, not the store's, for its time to live.
+    assert_eq!(r.complete(resp(500, "kept")).unwrap(), Completion::Stored);
+    let info = store.get(&s, &k).unwrap().unwrap();
+    assert_eq!(info.expires_at, clock.now_millis() + 1_000_000);
+    clock.advance(Duration::from_secs(100));
+    assert_eq!(
+        replay(store.begin(&s, &k, &fp("a")).unwrap()),
+        resp(500, "kept")
+    );
+    clock.advance(Duration::from_secs(900));
+    assert!(store.get(&s, &k).unwrap().is_none());
+    // A short lease is taken over after it by an attempt under the store's terms.
+    let short = store
+        .config()
+        .terms()
+        .with_lease(Duration::from_secs(1))
+        .unwrap();
+    let k2 = key("t2");
+    let stale = execute(store.begin_with(&s, &k2, &fp("a"), short).unwrap());
+    clock.advance(Duration::from_secs(1));
+    let taker = execute(store.begin(&s, &k2, &fp("a")).unwrap());
+    assert_eq!(taker.terms(), store.config().terms());
+    assert_eq!(taker.lease_deadline(), clock.now_millis() + 10_000);
+    assert!(matches!(
+        stale.complete(resp(201, "late")),
+        Err(CompleteError::Fenced { .. })
+    ));
+    // The store's policy does not keep a 500: the key is released.
+    assert_eq!(
+        taker.complete(resp(500, "not kept")).unwrap(),
+        Completion::Released
+    );
+}
+
 use idemstore::Clock;
 
 fn run(durability: Durability) {
@@ -98,6 +157,7 @@ fn run(durability: Durability) {
         .unwrap();
     let store = Store::open(dir.path().join("c.redb"), cfg).unwrap();
     suite(&store, &clock);
+    terms_suite(&store, &clock);
 }
 
 #[test]
@@ -132,6 +192,7 @@ fn run_redis(url: String) {
     let options = RedisOptions::new(url).clock(RedisClock::Store);
     let store = Store::open_redis_with(options, cfg).unwrap();
     suite(&store, &clock);
+    terms_suite(&store, &clock);
     assert!(store.check().unwrap().is_sound());
 }
 

@@ -704,3 +704,71 @@ async fn h20_an_error_responder_shapes_every_error_the_layer_makes() {
     assert!(noted.replayed());
     shaped(&noted, idemstore::http::code::RESPONSE_NOT_KEPT);
 }
+
+/// H21: a contract's time to live and lease hold its routes' keys, whatever the store's: two
+/// layers on one store, one replaying for 10 s, the other holding its keys for a 120 s lease;
+/// terms out of range are refused when the layer is made.
+#[tokio::test]
+async fn h21_a_contracts_ttl_and_lease_hold_its_routes_keys_on_one_store() {
+    let clock = idemstore::ManualClock::new(crate::support::T0);
+    let store = crate::support::memory(&clock);
+    let short = IdempotencyLayer::new(
+        store.clone(),
+        Contract::default().ttl(Duration::from_secs(10)),
+    )
+    .unwrap();
+    let mut app = crate::http_support::start_layer(store.clone(), short).await;
+    let first = send(app.addr, post("/v1/bookings", "k1", BOOKING))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(9));
+    let again = send(app.addr, post("/v1/bookings", "k1", BOOKING))
+        .await
+        .unwrap();
+    assert!(again.replayed());
+    assert_eq!(again.text(), first.text());
+    clock.advance(Duration::from_secs(1));
+    let later = send(app.addr, post("/v1/bookings", "k1", BOOKING))
+        .await
+        .unwrap();
+    assert!(!later.replayed(), "past the route's 10 s, the key is new");
+    assert_eq!(app.calls(), 2);
+
+    let slow = tokio::spawn(send(app.addr, post("/slow", "k2", BOOKING)));
+    app.entered().await;
+    let held_key = |k: &str| {
+        let records = store.records(None, 100).unwrap();
+        records.into_iter().find(|r| r.key == k).unwrap()
+    };
+    let held = held_key("k2");
+    assert_eq!(
+        held.lease_deadline,
+        Some(idemstore::Clock::now_millis(&clock) + 60_000)
+    );
+    app.open_gate(1);
+    slow.await.unwrap().unwrap();
+
+    let long = IdempotencyLayer::new(
+        store.clone(),
+        Contract::default().lease(Duration::from_secs(120)),
+    )
+    .unwrap();
+    let mut app = crate::http_support::start_layer(store.clone(), long).await;
+    let slow = tokio::spawn(send(app.addr, post("/slow", "k3", BOOKING)));
+    app.entered().await;
+    let held = held_key("k3");
+    assert_eq!(
+        held.lease_deadline,
+        Some(idemstore::Clock::now_millis(&clock) + 120_000)
+    );
+    app.open_gate(1);
+    slow.await.unwrap().unwrap();
+
+    let refused = IdempotencyLayer::new(store, Contract::default().ttl(Duration::ZERO));
+    let err = refused.err().unwrap();
+    assert!(matches!(
+        err,
+        idemstore::http::ContractError::OutOfRange(ref e) if e.setting() == "ttl"
+    ));
+    assert!(std::error::Error::source(&err).is_some());
+}

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use crate::backend::{Claim, Completion};
-use crate::config::CachePolicy;
+use crate::config::Terms;
 use crate::engine::{Answer, Engine, ExpireReport, Release, Shared};
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::format::point;
@@ -178,9 +178,8 @@ impl MemoryEngine {
         &self,
         shared: &Shared,
         hash: KeyHash,
-        scope: &Scope,
-        key: &Key,
-        fp: &Fingerprint,
+        (scope, key): (&Scope, &Key),
+        (fp, terms): (&Fingerprint, Terms),
     ) -> Result<Claim, BeginError> {
         let config = &shared.config;
         let counters = &shared.counters;
@@ -203,10 +202,7 @@ impl MemoryEngine {
             }
             BeginDecision::Execute { takeover } => {
                 let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-                let (lease_ms, ttl_ms) = (
-                    crate::clock::millis(config.lease),
-                    crate::clock::millis(config.ttl),
-                );
+                let (lease_ms, ttl_ms) = (terms.lease_ms(), terms.ttl_ms());
                 // A takeover inherits the record's recovery point (P2).
                 let (hot, recovery) = match current.filter(|_| takeover) {
                     Some(old) if old.point.is_some() => (
@@ -277,9 +273,8 @@ impl MemoryEngine {
         hash: KeyHash,
         token: u64,
         response: Response,
-        policy: CachePolicy,
+        terms: Terms,
     ) -> Result<Completion, CompleteError> {
-        let config = &shared.config;
         let counters = &shared.counters;
         let now = shared.now();
         let (shard, at) = self.shard(&hash);
@@ -296,13 +291,13 @@ impl MemoryEngine {
                 HolderRefusal::NotReserved => CompleteError::NotReserved { token },
             });
         }
-        if !policy.keeps(response.status()) {
+        if !terms.cache_policy().keeps(response.status()) {
             self.let_go(shard, at, false);
             bump(&counters.releases);
             shared.waiters.wake(&hash);
             return Ok(Completion::Released);
         }
-        let (len, ttl) = (response.encoded_len(), crate::clock::millis(config.ttl));
+        let (len, ttl) = (response.encoded_len(), terms.ttl_ms());
         let stored = shard.update(at, |held| {
             held.hot = machine::completed(held.hot, response.status(), len, now, ttl);
             held.response = Some(response);
@@ -384,11 +379,11 @@ impl MemoryEngine {
     pub(crate) fn renew(
         &self,
         shared: &Shared,
-        hash: KeyHash,
-        token: u64,
+        (hash, token): (KeyHash, u64),
+        terms: Terms,
     ) -> Result<u64, LeaseError> {
         let now = shared.now();
-        let lease_deadline = now.saturating_add(crate::clock::millis(shared.config.lease));
+        let lease_deadline = now.saturating_add(terms.lease_ms());
         let (mut shard, at) = self.held_shard(shared, (&hash, token))?;
         shard.update(at, |held| {
             held.hot.lease_deadline = lease_deadline;
@@ -562,14 +557,14 @@ impl Engine for MemoryEngine {
         scope: &Scope,
         key: &Key,
         fp: &Fingerprint,
+        terms: Terms,
     ) -> Answer<Claim, BeginError> {
         Answer::Now(MemoryEngine::begin(
             self,
             &self.shared,
             hash,
-            scope,
-            key,
-            fp,
+            (scope, key),
+            (fp, terms),
         ))
     }
 
@@ -578,7 +573,7 @@ impl Engine for MemoryEngine {
         hash: KeyHash,
         token: u64,
         response: Response,
-        policy: CachePolicy,
+        terms: Terms,
     ) -> Answer<Completion, CompleteError> {
         Answer::Now(MemoryEngine::complete(
             self,
@@ -586,7 +581,7 @@ impl Engine for MemoryEngine {
             hash,
             token,
             response,
-            policy,
+            terms,
         ))
     }
 
@@ -616,8 +611,13 @@ impl Engine for MemoryEngine {
         ))
     }
 
-    fn renew(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError> {
-        Answer::Now(MemoryEngine::renew(self, &self.shared, hash, token))
+    fn renew(&self, hash: KeyHash, token: u64, terms: Terms) -> Answer<u64, LeaseError> {
+        Answer::Now(MemoryEngine::renew(
+            self,
+            &self.shared,
+            (hash, token),
+            terms,
+        ))
     }
 
     fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable> {
@@ -763,7 +763,12 @@ mod tests {
 
     fn execute(e: &MemoryEngine, sh: &Shared, i: usize) -> u64 {
         let (h, s, k) = name(i);
-        match e.begin(sh, h, &s, &k, &Fingerprint::of_bytes(b"x")) {
+        match e.begin(
+            sh,
+            h,
+            (&s, &k),
+            (&Fingerprint::of_bytes(b"x"), sh.config.terms()),
+        ) {
             Ok(Claim::Execute { token, .. }) => token,
             other => unreachable!("expected Execute, got {other:?}"),
         }
@@ -785,7 +790,7 @@ mod tests {
                     name(i).0,
                     token,
                     Response::new(200, [("a", "b")], "ok"),
-                    CachePolicy::SuccessOnly,
+                    sh.config.terms(),
                 );
                 assert!(matches!(done, Ok(Completion::Stored)));
             }
@@ -845,15 +850,15 @@ mod tests {
                 h,
                 first,
                 Response::new(200, [("a", "b")], "x"),
-                CachePolicy::SuccessOnly
+                sh.config.terms()
             ),
             Err(CompleteError::Fenced { token, current }) if token == first && current == second
         ));
         assert!(matches!(
-            e.renew(&sh, h, first),
+            e.renew(&sh, (h, first), sh.config.terms()),
             Err(LeaseError::Fenced { token, current }) if token == first && current == second
         ));
-        assert!(e.renew(&sh, h, second).is_ok());
+        assert!(e.renew(&sh, (h, second), sh.config.terms()).is_ok());
         assert_eq!(sh.counters.lease_takeovers.load(Ordering::Relaxed), 1);
     }
 
@@ -904,7 +909,12 @@ mod tests {
         e.drain_calls();
         let (h, s, k) = name(2);
         assert!(matches!(
-            e.begin(&sh, h, &s, &k, &Fingerprint::of_bytes(b"x")),
+            e.begin(
+                &sh,
+                h,
+                (&s, &k),
+                (&Fingerprint::of_bytes(b"x"), sh.config.terms())
+            ),
             Err(BeginError::Unavailable(Unavailable::Closed))
         ));
         let (h1, ..) = name(1);
@@ -914,7 +924,7 @@ mod tests {
                 h1,
                 token,
                 Response::new(200, [("a", "b")], "x"),
-                CachePolicy::SuccessOnly
+                sh.config.terms()
             ),
             Err(CompleteError::Unavailable(Unavailable::Closed))
         ));

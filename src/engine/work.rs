@@ -20,7 +20,7 @@ use std::cell::Cell;
 use redb::WriteTransaction;
 
 use crate::backend::Completion;
-use crate::config::CachePolicy;
+use crate::config::Terms;
 use crate::poison;
 use crate::rules::key::KeyHash;
 use crate::rules::response::Response;
@@ -41,11 +41,11 @@ pub(crate) enum Work {
     /// The caller's writes alone.
     Write(WriteFn),
     /// The caller's writes and the completion of reservation `token` on `hash`, under
-    /// `policy`.
+    /// `terms`.
     Complete {
         hash: KeyHash,
         token: u64,
-        policy: CachePolicy,
+        terms: Terms,
         run: CompleteFn,
     },
     /// The caller's writes and a recovery point named `name` of reservation `token` on

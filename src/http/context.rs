@@ -16,7 +16,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use redb::WriteTransaction;
 
-use crate::config::CachePolicy;
 use crate::rules::key::KeyHash;
 use crate::store::Lease;
 use crate::{
@@ -31,8 +30,6 @@ pub(crate) struct Hold {
     pub(crate) hash: KeyHash,
     pub(crate) token: u64,
     lease: Lease,
-    /// The layer's cache policy, which a completion by the handler keeps too.
-    policy: CachePolicy,
 }
 
 enum Held {
@@ -57,13 +54,12 @@ pub(crate) enum Handled {
 }
 
 impl Hold {
-    pub(crate) fn new(reservation: Reservation, policy: CachePolicy) -> Arc<Hold> {
+    pub(crate) fn new(reservation: Reservation) -> Arc<Hold> {
         Arc::new(Hold {
             hash: reservation.key_hash(),
             token: reservation.token(),
             lease: reservation.lease(),
             state: Mutex::new(Held::Layer(reservation)),
-            policy,
         })
     }
 
@@ -220,7 +216,7 @@ impl IdempotencyContext {
     /// one transaction: the writes and the response `f` returns become durable together or
     /// not at all (rule E1, `docs/exactly-once.md`;
     /// [`Reservation::complete_with`](crate::Reservation::complete_with) says what the closure
-    /// may do and what a failure undoes). The layer's cache policy decides what is kept.
+    /// may do and what a failure undoes). The route's cache policy decides what is kept.
     ///
     /// Once this stored the response, the layer answers the request with it, byte for byte
     /// as every retry will get it, whatever the handler returns afterwards; the handler's own
@@ -245,7 +241,7 @@ impl IdempotencyContext {
         let kept: Arc<Mutex<Option<crate::Response>>> = Arc::default();
         let copy = Arc::clone(&kept);
         let completing = hold.take_for_handler().map(|r| {
-            r.complete_with_keeping_async(hold.policy, move |txn| {
+            r.complete_with_async(move |txn| {
                 let response = f(txn)?;
                 *copy.lock() = Some(response.clone());
                 Ok(response)

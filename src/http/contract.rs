@@ -182,6 +182,8 @@ pub struct Contract {
     pub(crate) max_request_body: usize,
     pub(crate) max_stored_response: Option<usize>,
     pub(crate) cache_policy: Option<CachePolicy>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) lease: Option<Duration>,
     pub(crate) conflict: ConflictStatus,
     pub(crate) errors: Errors,
     pub(crate) replay_header: HeaderName,
@@ -226,6 +228,8 @@ impl Default for Contract {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             max_stored_response: None,
             cache_policy: None,
+            ttl: None,
+            lease: None,
             conflict: ConflictStatus::Conflict,
             errors: Errors::default(),
             replay_header: HeaderName::from_static("idempotent-replay"),
@@ -428,6 +432,24 @@ impl Contract {
         self
     }
 
+    /// How long a completed request's response is replayed on this contract's routes, instead
+    /// of the store's time to live (rule H21): a payments route may keep its keys for a week
+    /// while a search route keeps them for an hour, on one store. Between 1 s and 366 days,
+    /// checked by [`IdempotencyLayer::new`](super::IdempotencyLayer::new).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How long a request on this contract's routes holds its key before a retry may take it
+    /// over, instead of the store's lease (rule H21): a slow route needs a longer one. Between
+    /// 10 ms and 24 h, checked by [`IdempotencyLayer::new`](super::IdempotencyLayer::new). The
+    /// layer renews it while the handler runs.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
     /// The status of a key reused for a different request (rule H5; default `409`).
     pub fn conflict_status(mut self, status: ConflictStatus) -> Self {
         self.conflict = status;
@@ -526,6 +548,8 @@ impl fmt::Debug for Contract {
             .field("max_request_body", &self.max_request_body)
             .field("max_stored_response", &self.max_stored_response)
             .field("cache_policy", &self.cache_policy)
+            .field("ttl", &self.ttl)
+            .field("lease", &self.lease)
             .field("conflict", &self.conflict)
             .field("errors", &self.errors)
             .field("replay_header", &self.replay_header)

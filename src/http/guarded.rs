@@ -147,12 +147,15 @@ where
     };
     let asked = Instant::now();
     let begun = if contract.wait_in_progress.is_zero() {
-        shared.store.begin_async(&scope, &key, &fp).await
+        shared
+            .store
+            .begin_with_async(&scope, &key, &fp, shared.terms)
+            .await
     } else {
         let within = contract.wait_in_progress;
         shared
             .store
-            .begin_waiting_async(&scope, &key, &fp, within)
+            .begin_waiting_with_async(&scope, &key, &fp, within, shared.terms)
             .await
     };
     crate::trace::store_latency(asked.elapsed());
@@ -229,7 +232,7 @@ where
     let hold = reservation.map(|r| {
         let (token, lease_deadline) = (r.token(), r.lease_deadline());
         let recovery = r.recovery_point().cloned();
-        let hold = Hold::new(r, shared.policy);
+        let hold = Hold::new(r);
         parts.extensions.insert(IdempotencyContext {
             scope,
             key,
@@ -252,7 +255,7 @@ where
         let _running = running;
         let _ = tx.send(call.await);
     };
-    let task: Task = Box::pin(bounded(run, shared.store.config().lease(), gone.clone()));
+    let task: Task = Box::pin(bounded(run, shared.terms.lease(), gone.clone()));
     if let Err(task) = shared.executor.spawn(task) {
         // Nowhere to spawn: the call runs in this future, and a cancelled call abandons its
         // key (`Started`).
@@ -322,7 +325,7 @@ where
     ResBody::Error: Into<BoxError>,
 {
     // A third of a lease: a renewal that is late by less than that still lands in time.
-    let every = shared.store.config().lease() / 3;
+    let every = shared.terms.lease() / 3;
     let renewing = started.lease().map(|lease| keep_renewed(lease, every));
     let (started, result) = Executing {
         started: Some(started),
@@ -341,7 +344,9 @@ where
         // future returns before knowing: the store then says what the completion left.
         let stored = match (handled, started.held_key()) {
             (Handled::Stored(stored), _) => Some(stored),
-            (Handled::Pending, Some((hash, token))) => settled(&shared.store, hash, token).await,
+            (Handled::Pending, Some((hash, token))) => {
+                settled(&shared.store, (hash, token), shared.terms.lease()).await
+            }
             (Handled::Nothing | Handled::Pending, _) => None,
         };
         return match stored {
@@ -361,7 +366,11 @@ where
         // Failed open: nothing to store.
         return Ok(response.map(ResponseBody::inner));
     }
-    if !shared.policy.keeps(response.status().as_u16()) {
+    if !shared
+        .terms
+        .cache_policy()
+        .keeps(response.status().as_u16())
+    {
         started.release();
         return Ok(response.map(ResponseBody::inner));
     }
@@ -369,12 +378,16 @@ where
 }
 /// What a completion the handler took left under reservation `token`: the stored response, or
 /// nothing (it failed, or the key moved on). While the key is still in flight under that
-/// token (the completion is queued), waits for it to settle, within the store's lease. Its
+/// token (the completion is queued), waits for it to settle, within the route's `lease`. Its
 /// look at the record is a read on this thread (no writer round trip unless a dropped
 /// reservation's release is queued): taken only when a handler let go of its completion's
 /// future, never on the path of one that awaited it.
-async fn settled(store: &crate::Store, hash: KeyHash, token: u64) -> Option<crate::Response> {
-    let until = Instant::now().checked_add(store.config().lease());
+async fn settled(
+    store: &crate::Store,
+    (hash, token): (KeyHash, u64),
+    lease: std::time::Duration,
+) -> Option<crate::Response> {
+    let until = Instant::now().checked_add(lease);
     loop {
         let woken = store.watch(hash);
         match store.record_of(hash) {
@@ -484,9 +497,7 @@ where
         // failed completion leaves the key to its lease (or releases it), never stores a
         // wrong answer. The completion is queued before this awaits, so a dropped future
         // cannot lose it.
-        let _ = reservation
-            .complete_async_keeping(stored, shared.policy)
-            .await;
+        let _ = reservation.complete_async(stored).await;
     }
     // The bytes sent are the bytes the service made, so its headers (a Content-Length among
     // them) stay true.

@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use super::contract::{Contract, ScopeFn};
 use super::run::{Executor, Idle, Running, Task};
 use super::service::Idempotency;
-use crate::{CachePolicy, Store};
+use crate::{ConfigError, Store, Terms};
 
 /// What the layer needs from the store and the contract, shared by every service it makes.
 pub(crate) struct LayerState {
@@ -20,8 +20,9 @@ pub(crate) struct LayerState {
     pub(crate) contract: Contract,
     /// The stored-response limit in force: the contract's, or the store's.
     pub(crate) max_stored: usize,
-    /// The cache policy in force: the contract's, or the store's.
-    pub(crate) policy: CachePolicy,
+    /// The terms a guarded key is held to: the contract's time to live, lease and cache
+    /// policy where it sets them, the store's otherwise.
+    pub(crate) terms: Terms,
     /// Where guarded calls run once started.
     pub(crate) executor: Executor,
     /// Guarded calls running now.
@@ -41,6 +42,8 @@ pub enum ContractError {
         /// The store's limit.
         store: usize,
     },
+    /// The contract's time to live or lease is out of its range.
+    OutOfRange(ConfigError),
 }
 
 impl fmt::Display for ContractError {
@@ -50,11 +53,19 @@ impl fmt::Display for ContractError {
                 f,
                 "the contract's stored-response limit ({contract} bytes) is above the store's max_response_bytes ({store} bytes)"
             ),
+            ContractError::OutOfRange(_) => f.write_str("the contract's terms are out of range"),
         }
     }
 }
 
-impl std::error::Error for ContractError {}
+impl std::error::Error for ContractError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ContractError::OutOfRange(e) => Some(e),
+            ContractError::StoredResponseLimitAboveStore { .. } => None,
+        }
+    }
+}
 
 /// The tower layer that makes a service's writes safe to retry, on an idemstore [`Store`].
 ///
@@ -75,11 +86,21 @@ pub struct IdempotencyLayer {
 
 impl IdempotencyLayer {
     /// A layer keeping `contract` on `store`. Fails if the contract stores larger responses
-    /// than the store accepts. The contract's cache policy, when it sets one, is the one the
-    /// layer stores under, whatever the store's own.
+    /// than the store accepts, or sets a time to live or lease out of range. The contract's
+    /// time to live, lease and cache policy, where it sets them, are the ones its keys are held
+    /// to, whatever the store's own (rule H21).
     pub fn new(store: Store, contract: Contract) -> Result<IdempotencyLayer, ContractError> {
         let config = store.config();
-        let policy = contract.cache_policy.unwrap_or(config.cache_policy());
+        let mut terms = config.terms();
+        if let Some(policy) = contract.cache_policy {
+            terms = terms.with_cache_policy(policy);
+        }
+        if let Some(ttl) = contract.ttl {
+            terms = terms.with_ttl(ttl).map_err(ContractError::OutOfRange)?;
+        }
+        if let Some(lease) = contract.lease {
+            terms = terms.with_lease(lease).map_err(ContractError::OutOfRange)?;
+        }
         let store_max = config.max_response_bytes();
         let max_stored = contract.max_stored_response.unwrap_or(store_max);
         if max_stored > store_max {
@@ -94,7 +115,7 @@ impl IdempotencyLayer {
                 store,
                 contract,
                 max_stored,
-                policy,
+                terms,
                 executor: Executor::default(),
                 running: Arc::default(),
                 scope,
@@ -149,7 +170,7 @@ impl IdempotencyLayer {
                 store: shared.store.clone(),
                 contract: shared.contract.clone(),
                 max_stored: shared.max_stored,
-                policy: shared.policy,
+                terms: shared.terms,
                 executor,
                 running: Arc::clone(&shared.running),
                 scope: Arc::clone(&shared.scope),

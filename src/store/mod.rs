@@ -22,7 +22,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::backend::{Backend, Claim, Completion};
-use crate::config::{CachePolicy, Config, Durability};
+use crate::config::{Config, Durability, Terms};
 use crate::engine::file::FileEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Answer, Engine, Release, Shared};
@@ -257,9 +257,36 @@ impl Store {
     /// or refuse. Blocks until a reservation is durable (in the default mode); duplicates of a
     /// known key are answered from memory.
     pub fn begin(&self, scope: &Scope, key: &Key, fp: &Fingerprint) -> Result<Begin, BeginError> {
+        self.begin_with(scope, key, fp, self.inner.shared.config.terms())
+    }
+
+    /// [`begin`](Store::begin) under `terms` instead of the store's: the key is reserved for
+    /// their lease, and its completion follows their cache policy and time to live (see
+    /// [`Terms`]). Routes with different windows share one store this way.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemstore::{Begin, Config, Fingerprint, Response, Scope, Store};
+    /// let store = Store::in_memory(Config::default())?;
+    /// let week = store.config().terms().with_ttl(Duration::from_secs(7 * 86_400))?;
+    /// let (scope, key) = (Scope::new("acct_1")?, store.key("pay-1")?);
+    /// let fp = Fingerprint::of_bytes(b"pay 10");
+    /// let Begin::Execute(r) = store.begin_with(&scope, &key, &fp, week)? else { unreachable!() };
+    /// r.complete(Response::new(201, [("content-type", "text/plain")], "paid"))?;
+    /// let record = store.get(&scope, &key)?.ok_or("no record")?;
+    /// assert!(record.expires_at >= record.created_at + 7 * 86_400_000 - 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn begin_with(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+        terms: Terms,
+    ) -> Result<Begin, BeginError> {
         let asked = Instant::now();
-        let (hash, answer) = self.claim(scope, key, fp)?;
-        Ok(self.wrap(hash, self.counted(answer.wait()?, asked)))
+        let (hash, answer) = self.claim(scope, key, fp, terms)?;
+        Ok(self.wrap(hash, self.counted(answer.wait()?, asked), terms))
     }
 
     /// [`begin`](Store::begin) as a future, woken by the engine (with [`Durability::Memory`],
@@ -271,14 +298,27 @@ impl Store {
         key: &Key,
         fp: &Fingerprint,
     ) -> impl Future<Output = Result<Begin, BeginError>> + Send + 'static {
+        self.begin_with_async(scope, key, fp, self.inner.shared.config.terms())
+    }
+
+    /// [`begin_with`](Store::begin_with) as a future, as [`begin_async`](Store::begin_async).
+    pub fn begin_with_async(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+        terms: Terms,
+    ) -> impl Future<Output = Result<Begin, BeginError>> + Send + 'static {
         let store = self.clone();
         let asked = Instant::now();
         // An answer decided already is wrapped now, so that a reservation in it is armed (its
         // drop releases the key) even if the future is dropped without being polled.
         let claimed = self
-            .claim(scope, key, fp)
+            .claim(scope, key, fp, terms)
             .map(|(hash, answer)| match answer {
-                Answer::Now(claim) => Ok(claim.map(|c| self.wrap(hash, self.counted(c, asked)))),
+                Answer::Now(claim) => {
+                    Ok(claim.map(|c| self.wrap(hash, self.counted(c, asked), terms)))
+                }
                 Answer::Later(later) => Err((hash, later)),
             });
         async move {
@@ -286,7 +326,7 @@ impl Store {
                 Ok(begin) => begin,
                 Err((hash, later)) => {
                     let claim = later.await?;
-                    Ok(store.wrap(hash, store.counted(claim, asked)))
+                    Ok(store.wrap(hash, store.counted(claim, asked), terms))
                 }
             }
         }
@@ -298,8 +338,8 @@ impl Store {
         claim
     }
 
-    /// A reservation for an `Execute` claim; the other answers as they are.
-    fn wrap(&self, hash: KeyHash, claim: Claim) -> Begin {
+    /// A reservation under `terms` for an `Execute` claim; the other answers as they are.
+    fn wrap(&self, hash: KeyHash, claim: Claim, terms: Terms) -> Begin {
         match claim {
             Claim::Execute {
                 token,
@@ -310,6 +350,7 @@ impl Store {
                 hash,
                 (token, lease_deadline),
                 recovery,
+                terms,
             )),
             Claim::Replay(r) => Begin::Replay(r),
             Claim::InProgress { retry_after } => Begin::InProgress { retry_after },
@@ -330,6 +371,7 @@ impl Store {
         scope: &Scope,
         key: &Key,
         fp: &Fingerprint,
+        terms: Terms,
     ) -> Result<(KeyHash, Answer<Claim, BeginError>), BeginError> {
         let shared = &self.inner.shared;
         shared.check()?;
@@ -342,7 +384,7 @@ impl Store {
             }));
         }
         let hash = KeyHash::of(scope, key);
-        Ok((hash, self.inner.engine.begin(hash, scope, key, fp)))
+        Ok((hash, self.inner.engine.begin(hash, scope, key, fp, terms)))
     }
 
     /// The record for (scope, key), or `None` if there is none or it has expired (C9).
@@ -434,7 +476,7 @@ impl Store {
         hash: KeyHash,
         token: u64,
         response: Response,
-        policy: CachePolicy,
+        terms: Terms,
     ) -> Answer<Completion, CompleteError> {
         let shared = &self.inner.shared;
         if let Err(e) = shared.check() {
@@ -445,7 +487,7 @@ impl Store {
             self.forget(hash, token);
             return Answer::Now(Err(e));
         }
-        self.inner.engine.complete(hash, token, response, policy)
+        self.inner.engine.complete(hash, token, response, terms)
     }
 
     /// Releases `token` without waiting for the answer (a dropped reservation).
@@ -460,11 +502,11 @@ impl Store {
         self.inner.engine.release(hash, token, how)
     }
 
-    fn renew_token(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError> {
+    fn renew_token(&self, hash: KeyHash, token: u64, terms: Terms) -> Answer<u64, LeaseError> {
         if let Err(e) = self.inner.shared.check() {
             return Answer::Now(Err(e.into()));
         }
-        self.inner.engine.renew(hash, token)
+        self.inner.engine.renew(hash, token, terms)
     }
 
     pub(crate) fn save_point_token(
@@ -505,7 +547,8 @@ impl Drop for Inner {
 
 impl Backend for Store {
     fn claim(&self, scope: &Scope, key: &Key, fp: &Fingerprint) -> Result<Claim, BeginError> {
-        let (_, answer) = Store::claim(self, scope, key, fp)?;
+        let terms = self.inner.shared.config.terms();
+        let (_, answer) = Store::claim(self, scope, key, fp, terms)?;
         answer.wait()
     }
 
@@ -516,13 +559,15 @@ impl Backend for Store {
         token: u64,
         response: Response,
     ) -> Result<Completion, CompleteError> {
-        let policy = self.inner.shared.config.cache_policy;
-        self.complete_token(KeyHash::of(scope, key), token, response, policy)
+        let terms = self.inner.shared.config.terms();
+        self.complete_token(KeyHash::of(scope, key), token, response, terms)
             .wait()
     }
 
     fn renew(&self, scope: &Scope, key: &Key, token: u64) -> Result<u64, LeaseError> {
-        self.renew_token(KeyHash::of(scope, key), token).wait()
+        let terms = self.inner.shared.config.terms();
+        self.renew_token(KeyHash::of(scope, key), token, terms)
+            .wait()
     }
 
     fn release(&self, scope: &Scope, key: &Key, token: u64) -> Result<(), LeaseError> {

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use redb::WriteTransaction;
 
 use crate::backend::Completion;
-use crate::config::CachePolicy;
+use crate::config::Terms;
 use crate::engine::{Answer, Ran, Release};
 use crate::error::{CompleteError, CompleteWithError, LeaseError, PointError, PointWithError};
 use crate::rules::key::KeyHash;
@@ -62,6 +62,8 @@ pub struct Reservation {
     /// The last recovery point of the key: inherited from an earlier attempt, then the last
     /// one this reservation saved.
     recovery: Option<RecoveryPoint>,
+    /// What it was begun with: its renewals' lease, its completion's policy and time to live.
+    terms: Terms,
     armed: bool,
 }
 
@@ -71,6 +73,7 @@ impl Reservation {
         hash: KeyHash,
         (token, lease_deadline): (u64, u64),
         recovery: Option<RecoveryPoint>,
+        terms: Terms,
     ) -> Self {
         Reservation {
             store,
@@ -78,6 +81,7 @@ impl Reservation {
             token,
             lease_deadline,
             recovery,
+            terms,
             armed: true,
         }
     }
@@ -100,11 +104,10 @@ impl Reservation {
     /// mode). A status the cache policy does not keep releases the key instead (C6, C7).
     /// A stale holder (C8) gets [`CompleteError::Fenced`] and nothing is stored.
     pub fn complete(mut self, response: Response) -> Result<Completion, CompleteError> {
-        let policy = self.store.inner.shared.config.cache_policy;
         let asked = Instant::now();
         let answer = self
             .store
-            .complete_token(self.hash, self.token, response, policy);
+            .complete_token(self.hash, self.token, response, self.terms);
         self.disarm_if_queued(&answer);
         let completed = answer.wait();
         self.store.inner.shared.metrics.completed(asked.elapsed());
@@ -113,24 +116,13 @@ impl Reservation {
 
     /// [`complete`](Reservation::complete) as a runtime-agnostic future.
     pub fn complete_async(
-        self,
-        response: Response,
-    ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
-        let policy = self.store.inner.shared.config.cache_policy;
-        self.complete_async_keeping(response, policy)
-    }
-
-    /// [`complete_async`](Reservation::complete_async) under `policy` instead of the store's:
-    /// the HTTP layer's contract decides what it stores.
-    pub(crate) fn complete_async_keeping(
         mut self,
         response: Response,
-        policy: CachePolicy,
     ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
         let asked = Instant::now();
         let answer = self
             .store
-            .complete_token(self.hash, self.token, response, policy);
+            .complete_token(self.hash, self.token, response, self.terms);
         self.disarm_if_queued(&answer);
         let store = self.store.clone();
         async move {
@@ -195,8 +187,7 @@ impl Reservation {
         F: FnOnce(&WriteTransaction) -> Result<Response, E> + Send + 'static,
         E: Send + 'static,
     {
-        let policy = self.store.inner.shared.config.cache_policy;
-        let (answer, slot) = self.queue_with(policy, f);
+        let (answer, slot) = self.queue_with(f);
         transact::completed_with(answer.wait(), &slot)
     }
 
@@ -210,25 +201,14 @@ impl Reservation {
         F: FnOnce(&WriteTransaction) -> Result<Response, E> + Send + 'static,
         E: Send + 'static,
     {
-        let policy = self.store.inner.shared.config.cache_policy;
-        let (answer, slot) = self.queue_with(policy, f);
+        let (answer, slot) = self.queue_with(f);
         async move { transact::completed_with(answer.resolve().await, &slot) }
     }
 
-    /// [`complete_with_async`](Reservation::complete_with_async) under `policy` instead of the
-    /// store's: the HTTP layer's contract decides what it stores.
-    #[cfg(feature = "http")]
-    pub(crate) fn complete_with_keeping_async<E, F>(
-        self,
-        policy: CachePolicy,
-        f: F,
-    ) -> impl Future<Output = Result<Completion, CompleteWithError<E>>> + Send + 'static
-    where
-        F: FnOnce(&WriteTransaction) -> Result<Response, E> + Send + 'static,
-        E: Send + 'static,
-    {
-        let (answer, slot) = self.queue_with(policy, f);
-        async move { transact::completed_with(answer.resolve().await, &slot) }
+    /// The terms the reservation was begun with: its lease, and the time to live and cache
+    /// policy its completion follows.
+    pub fn terms(&self) -> Terms {
+        self.terms
     }
 
     /// The key's hash, which names its record.
@@ -245,24 +225,21 @@ impl Reservation {
             store: self.store.clone(),
             hash: self.hash,
             token: self.token,
+            terms: self.terms,
         }
     }
 
     /// Queues the completion with the caller's writes. The reservation stays armed (its drop
     /// releases the key) unless the work was queued: the engine then releases the key itself
     /// if the work stores nothing.
-    fn queue_with<E, F>(
-        mut self,
-        policy: CachePolicy,
-        f: F,
-    ) -> (Answer<Ran, CompleteError>, Arc<Mutex<Option<E>>>)
+    fn queue_with<E, F>(mut self, f: F) -> (Answer<Ran, CompleteError>, Arc<Mutex<Option<E>>>)
     where
         F: FnOnce(&WriteTransaction) -> Result<Response, E> + Send + 'static,
         E: Send + 'static,
     {
         let (answer, slot) = self
             .store
-            .queue_complete_with((self.hash, self.token), policy, f);
+            .queue_complete_with((self.hash, self.token), self.terms, f);
         if !matches!(answer, Answer::Now(Err(_))) {
             self.armed = false;
         }
@@ -418,13 +395,16 @@ impl Reservation {
 
     /// Extends the lease to a full lease period from now (C8).
     pub fn renew(&mut self) -> Result<(), LeaseError> {
-        self.lease_deadline = self.store.renew_token(self.hash, self.token).wait()?;
+        self.lease_deadline = self
+            .store
+            .renew_token(self.hash, self.token, self.terms)
+            .wait()?;
         Ok(())
     }
 
     /// [`renew`](Reservation::renew) as a runtime-agnostic future.
     pub fn renew_async(&mut self) -> impl Future<Output = Result<(), LeaseError>> + Send + '_ {
-        let answer = self.store.renew_token(self.hash, self.token);
+        let answer = self.store.renew_token(self.hash, self.token, self.terms);
         async move {
             self.lease_deadline = answer.resolve().await?;
             Ok(())
@@ -485,6 +465,7 @@ pub(crate) struct Lease {
     store: Store,
     hash: KeyHash,
     token: u64,
+    terms: Terms,
 }
 
 #[cfg(feature = "http")]
@@ -492,7 +473,9 @@ impl Lease {
     /// Extends the lease to a full lease period from now (C8); answers the new deadline. A
     /// reservation completed, released or taken over answers an error.
     pub(crate) fn renew(&self) -> impl Future<Output = Result<u64, LeaseError>> + Send + 'static {
-        self.store.renew_token(self.hash, self.token).resolve()
+        self.store
+            .renew_token(self.hash, self.token, self.terms)
+            .resolve()
     }
 
     /// Saves a recovery point for the reservation (P1), queued at once.

@@ -67,7 +67,7 @@ impl Store {
         }
         let hash = KeyHash::of(scope, key);
         match self.inner.engine.resolve(hash).wait()? {
-            Some(claim) => match self.wrap(hash, claim) {
+            Some(claim) => match self.wrap(hash, claim, self.inner.shared.config.terms()) {
                 Begin::Execute(reservation) => Ok(Some(reservation)),
                 _ => Ok(None),
             },

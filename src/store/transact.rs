@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use redb::{ReadTransaction, WriteTransaction};
 
 use crate::backend::Completion;
-use crate::config::CachePolicy;
+use crate::config::Terms;
 use crate::engine::work::{CompleteFn, PointFn, WriteFn};
 use crate::engine::{Answer, Ran, Work};
 use crate::error::{
@@ -154,7 +154,7 @@ impl Store {
     pub(super) fn queue_complete_with<E, F>(
         &self,
         (hash, token): (KeyHash, u64),
-        policy: CachePolicy,
+        terms: Terms,
         f: F,
     ) -> (Answer<Ran, CompleteError>, Slot<E>)
     where
@@ -176,7 +176,7 @@ impl Store {
         let work = Work::Complete {
             hash,
             token,
-            policy,
+            terms,
             run,
         };
         (self.inner.engine.work(work), slot)

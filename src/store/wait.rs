@@ -14,6 +14,7 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::config::Terms;
 use crate::engine::work;
 use crate::error::{BeginError, Unavailable};
 use crate::rules::fingerprint::Fingerprint;
@@ -60,6 +61,20 @@ impl Store {
         fp: &Fingerprint,
         within: Duration,
     ) -> impl Future<Output = Result<Begin, BeginError>> + Send + 'static {
+        let terms = self.config().terms();
+        self.begin_waiting_with_async(scope, key, fp, within, terms)
+    }
+
+    /// [`begin_waiting_async`](Store::begin_waiting_async) under `terms` instead of the
+    /// store's (see [`begin_with`](Store::begin_with)).
+    pub fn begin_waiting_with_async(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        fp: &Fingerprint,
+        within: Duration,
+        terms: Terms,
+    ) -> impl Future<Output = Result<Begin, BeginError>> + Send + 'static {
         let store = self.clone();
         let (scope, key, fp) = (scope.clone(), key.clone(), *fp);
         let hash = KeyHash::of(&scope, &key);
@@ -72,7 +87,7 @@ impl Store {
             }
             loop {
                 let woken = store.inner.shared.waiters.register(hash);
-                let begun = store.begin_async(&scope, &key, &fp).await?;
+                let begun = store.begin_with_async(&scope, &key, &fp, terms).await?;
                 let Begin::InProgress { .. } = begun else {
                     return Ok(begun);
                 };
@@ -83,7 +98,7 @@ impl Store {
                 }
                 if !woken_before(woken, left.map(Sleep::new)).await {
                     // The bound passed: one last look, answered as it is.
-                    return store.begin_async(&scope, &key, &fp).await;
+                    return store.begin_with_async(&scope, &key, &fp, terms).await;
                 }
             }
         }

@@ -38,7 +38,7 @@ use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadTransaction, ReadableDatabase};
 
 use crate::backend::{Claim, Completion};
-use crate::config::{CachePolicy, Config};
+use crate::config::{Config, Terms};
 use crate::engine::work;
 use crate::engine::{Answer, Engine, ExpireReport, Ran, Release, Shared, Work};
 use crate::error::{BeginError, CompleteError, LeaseError, OpenError, Unavailable};
@@ -470,6 +470,7 @@ impl Engine for FileEngine {
         scope: &Scope,
         key: &Key,
         fp: &Fingerprint,
+        terms: Terms,
     ) -> Answer<Claim, BeginError> {
         match self.fast_begin(&hash, fp) {
             Ok(Some(claim)) => {
@@ -488,6 +489,7 @@ impl Engine for FileEngine {
             scope: scope.clone(),
             key: key.clone(),
             fp: *fp,
+            terms,
             reply: tx,
         };
         if let Err(e) = self.submit(op) {
@@ -525,7 +527,7 @@ impl Engine for FileEngine {
         hash: KeyHash,
         token: u64,
         response: Response,
-        policy: CachePolicy,
+        terms: Terms,
     ) -> Answer<Completion, CompleteError> {
         let blob = match blob::encode(&response) {
             Ok(blob) => blob,
@@ -542,7 +544,7 @@ impl Engine for FileEngine {
             hash,
             token,
             response,
-            policy,
+            terms,
             blob,
             reply: tx,
         };
@@ -553,12 +555,13 @@ impl Engine for FileEngine {
         self.send_release(hash, token, how)
     }
 
-    fn renew(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError> {
+    fn renew(&self, hash: KeyHash, token: u64, terms: Terms) -> Answer<u64, LeaseError> {
         let (tx, rx) = reply::channel();
         self.queue(
             Op::Renew {
                 hash,
                 token,
+                terms,
                 reply: tx,
             },
             rx,

@@ -8,7 +8,7 @@
 //! when its caller gave up, and a handed-back reservation is reported so it can be released.
 
 use crate::backend::{Claim, Completion};
-use crate::config::CachePolicy;
+use crate::config::Terms;
 use crate::engine::{ExpireReport, Ran, Work};
 use crate::error::{BeginError, CompleteError, LeaseError, Unavailable};
 use crate::reply::Sender;
@@ -24,14 +24,16 @@ pub(crate) enum Op {
         scope: Scope,
         key: Key,
         fp: Fingerprint,
+        /// The lease it holds the key for and its record's time to live.
+        terms: Terms,
         reply: Sender<Result<Claim, BeginError>>,
     },
     Complete {
         hash: KeyHash,
         token: u64,
         response: Response,
-        /// Which statuses are stored; any other releases the key (C7).
-        policy: CachePolicy,
+        /// Which statuses are stored (any other releases the key, C7), and for how long.
+        terms: Terms,
         blob: Vec<u8>,
         reply: Sender<Result<Completion, CompleteError>>,
     },
@@ -45,6 +47,7 @@ pub(crate) enum Op {
     Renew {
         hash: KeyHash,
         token: u64,
+        terms: Terms,
         reply: Sender<Result<u64, LeaseError>>,
     },
     /// A recovery point for reservation `token` (P1).

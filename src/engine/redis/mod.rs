@@ -37,7 +37,7 @@ use std::time::Instant;
 use ::redis::{Cmd, Value};
 
 use crate::backend::{Claim, Completion};
-use crate::config::{CachePolicy, Config};
+use crate::config::{Config, Terms};
 use crate::engine::{Answer, Engine, ExpireReport, Release, Shared};
 use crate::error::{BeginError, CompleteError, LeaseError, Message, OpenError, Unavailable};
 use crate::format::blob;
@@ -298,6 +298,7 @@ impl Engine for RedisEngine {
         scope: &Scope,
         key: &Key,
         fp: &Fingerprint,
+        terms: Terms,
     ) -> Answer<Claim, BeginError> {
         if let Err(e) = self.writable() {
             return Answer::Now(Err(e.into()));
@@ -316,11 +317,10 @@ impl Engine for RedisEngine {
             }
             None => {}
         }
-        let config = &self.shared.config;
         let mut cmd = self.fcall(Script::Claim, &hash);
         cmd.arg(self.now_arg())
-            .arg(crate::clock::millis(config.lease))
-            .arg(crate::clock::millis(config.ttl))
+            .arg(terms.lease_ms())
+            .arg(terms.ttl_ms())
             .arg(self.grace_ms())
             .arg(record::fingerprint_bytes(fp))
             .arg(self.nonce())
@@ -381,7 +381,7 @@ impl Engine for RedisEngine {
         hash: KeyHash,
         token: u64,
         response: Response,
-        policy: CachePolicy,
+        terms: Terms,
     ) -> Answer<Completion, CompleteError> {
         let blob = match blob::encode(&response) {
             Ok(blob) => blob,
@@ -393,12 +393,12 @@ impl Engine for RedisEngine {
                 }));
             }
         };
-        let keep = policy.keeps(response.status());
+        let keep = terms.cache_policy().keeps(response.status());
         let mut cmd = self.fcall(Script::Complete, &hash);
         cmd.arg(self.now_arg())
             .arg(token)
             .arg(if keep { "1" } else { "0" })
-            .arg(crate::clock::millis(self.shared.config.ttl))
+            .arg(terms.ttl_ms())
             .arg(self.grace_ms())
             .arg(self.nonce())
             .arg(blob);
@@ -466,11 +466,11 @@ impl Engine for RedisEngine {
         }
     }
 
-    fn renew(&self, hash: KeyHash, token: u64) -> Answer<u64, LeaseError> {
+    fn renew(&self, hash: KeyHash, token: u64, terms: Terms) -> Answer<u64, LeaseError> {
         let mut cmd = self.fcall(Script::Renew, &hash);
         cmd.arg(self.now_arg())
             .arg(token)
-            .arg(crate::clock::millis(self.shared.config.lease))
+            .arg(terms.lease_ms())
             .arg(self.grace_ms());
         self.call(cmd, move |shared, v| {
             let (first, rest) = verdict("a renewal", v)?;

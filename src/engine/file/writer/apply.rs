@@ -7,7 +7,7 @@
 //! `Unavailable::Corrupted` to its caller alone, and the rest of the batch goes on.
 
 use super::*;
-use crate::config::CachePolicy;
+use crate::config::Terms;
 use crate::format::point;
 use crate::format::record::RecordError;
 use crate::rules::fingerprint::Fingerprint;
@@ -111,6 +111,7 @@ impl Writer {
                 scope,
                 key,
                 fp,
+                terms,
                 reply,
             } => {
                 if reply.is_abandoned() {
@@ -119,18 +120,18 @@ impl Writer {
                     b.detached_releases += 1;
                     return Ok(());
                 }
-                let answer = self.begin(t, b, now, (&hash, &scope, &key), fp)?;
+                let answer = self.begin(t, b, now, (&hash, &scope, &key), (fp, terms))?;
                 b.pending.push(Pending::Begin(reply, answer, hash));
             }
             Op::Complete {
                 hash,
                 token,
                 response,
-                policy,
+                terms,
                 blob,
                 reply,
             } => {
-                let answer = self.complete(t, b, now, (&hash, token), (response, &blob), policy)?;
+                let answer = self.complete(t, b, now, (&hash, token), (response, &blob), terms)?;
                 b.pending.push(Pending::Complete(reply, answer));
             }
             Op::Release {
@@ -147,8 +148,13 @@ impl Writer {
                 let answer = self.release(t, b, (&hash, token), explicit)?;
                 b.pending.push(Pending::Lease(reply, answer));
             }
-            Op::Renew { hash, token, reply } => {
-                let answer = self.renew(t, b, now, &hash, token)?;
+            Op::Renew {
+                hash,
+                token,
+                terms,
+                reply,
+            } => {
+                let answer = self.renew(t, b, now, (&hash, token), terms)?;
                 b.pending.push(Pending::Renew(reply, answer));
             }
             Op::Point {
@@ -210,7 +216,7 @@ impl Writer {
         b: &mut Batch,
         now: u64,
         (hash, scope, key): (&KeyHash, &Scope, &Key),
-        fp: Fingerprint,
+        (fp, terms): (Fingerprint, Terms),
     ) -> Result<Result<Claim, BeginError>, Fail> {
         let shared = Arc::clone(&self.shared);
         let (counters, config) = (&shared.counters, &shared.config);
@@ -242,10 +248,7 @@ impl Writer {
                 };
                 let token = self.next_token;
                 self.next_token = self.next_token.saturating_add(1);
-                let (lease_ms, ttl_ms) = (
-                    crate::clock::millis(config.lease),
-                    crate::clock::millis(config.ttl),
-                );
+                let (lease_ms, ttl_ms) = (terms.lease_ms(), terms.ttl_ms());
                 let new = match &inherited {
                     Some((old, _)) => machine::taken_over(old, token, now, lease_ms, ttl_ms),
                     None => machine::reserved(fp, token, now, lease_ms, ttl_ms),
@@ -334,7 +337,7 @@ impl Writer {
         now: u64,
         (hash, token): (&KeyHash, u64),
         (response, blob): (Response, &[u8]),
-        policy: CachePolicy,
+        terms: Terms,
     ) -> Result<Result<Completion, CompleteError>, Fail> {
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
@@ -357,13 +360,12 @@ impl Writer {
         };
         let old = record.hot;
         b.mutated = true;
-        if !policy.keeps(response.status()) {
+        if !terms.cache_policy().keeps(response.status()) {
             self.let_go(t, b, (hash, record), false)?;
             bump(&counters.releases);
             return Ok(Ok(Completion::Released));
         }
-        let ttl = crate::clock::millis(shared.config.ttl);
-        record.hot = machine::completed(old, response.status(), blob.len(), now, ttl);
+        record.hot = machine::completed(old, response.status(), blob.len(), now, terms.ttl_ms());
         self.put(t, b, (hash, &record), Some(&old), Some(blob))?;
         b.durable |= self.durable_if(true);
         b.effects.push(Effect::Put(
@@ -558,15 +560,15 @@ impl Writer {
         t: &mut Tables<'_>,
         b: &mut Batch,
         now: u64,
-        hash: &KeyHash,
-        token: u64,
+        (hash, token): (&KeyHash, u64),
+        terms: Terms,
     ) -> Result<Result<u64, LeaseError>, Fail> {
         let mut record = match self.held(t, (hash, token))? {
             Ok(record) => record,
             Err(refused) => return Ok(Err(refused)),
         };
         let old = record.hot;
-        let lease_deadline = now.saturating_add(crate::clock::millis(self.shared.config.lease));
+        let lease_deadline = now.saturating_add(terms.lease_ms());
         record.hot.lease_deadline = lease_deadline;
         record.hot.expires_at = old.expires_at.max(lease_deadline);
         let point = self.point_of(t, hash, &old)?;

@@ -26,7 +26,7 @@ use super::checkpoints::count_checkpoint;
 use super::*;
 use parking_lot::{RwLock, RwLockWriteGuard};
 
-use crate::config::CachePolicy;
+use crate::config::Terms;
 use crate::engine::work::{self, Ran, Work};
 use crate::error::PointError;
 use crate::format::point;
@@ -255,9 +255,9 @@ impl Writer {
             Work::Complete {
                 hash,
                 token,
-                policy,
+                terms,
                 run,
-            } => self.complete_with((&hash, token), policy, run, (b, part, last)),
+            } => self.complete_with((&hash, token), terms, run, (b, part, last)),
             Work::Point {
                 hash,
                 token,
@@ -359,7 +359,7 @@ impl Writer {
     fn complete_with(
         &mut self,
         (hash, token): (&KeyHash, u64),
-        policy: CachePolicy,
+        terms: Terms,
         run: work::CompleteFn,
         (b, part, last): (&mut Batch, &mut Part<'_>, bool),
     ) -> Result<Result<Ran, CompleteError>, Fail> {
@@ -378,7 +378,7 @@ impl Writer {
             Ok(Some(response)) => {
                 match blob::refusal(&response, shared.config.max_response_bytes) {
                     Some(refused) => Err(Err(refused)),
-                    None if !policy.keeps(response.status()) => {
+                    None if !terms.cache_policy().keeps(response.status()) => {
                         Err(Ok(Ran::Committed(Completion::Released)))
                     }
                     None => match blob::encode(&response) {
@@ -403,7 +403,7 @@ impl Writer {
         {
             let mut t = self.file_tables(&txn)?;
             let old = record.hot;
-            let ttl = crate::clock::millis(shared.config.ttl);
+            let ttl = terms.ttl_ms();
             record.hot = machine::completed(old, response.status(), blob.len(), shared.now(), ttl);
             self.put(&mut t, b, (hash, &record), Some(&old), Some(&blob))?;
         }
