@@ -184,3 +184,67 @@ fn c8_a_takeover_and_a_fenced_holder_are_events() {
             .all(|(_, l)| !l.contains("secret-key-456"))
     );
 }
+
+/// The Redis engine decides on the server and reads its answers on its own I/O thread: a
+/// stale holder refused there is the same warn event, with both tokens, as on the other
+/// engines. Read through a process-wide subscriber, since the event is not on this thread.
+#[cfg(feature = "redis")]
+#[test]
+fn c8_a_fenced_holder_on_redis_is_an_event() {
+    use idemstore::{RedisClock, RedisOptions};
+    let Some(server) = crate::redis_support::Server::start() else {
+        return;
+    };
+    let capture = global_capture();
+    let clock = ManualClock::new(T0);
+    let config = Config::builder()
+        .clock(clock.clone())
+        .lease(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let options = RedisOptions::new(server.url()).clock(RedisClock::Store);
+    let store = Store::open_redis_with(options, config).unwrap();
+    let (s, k, f) = (scope("acct"), key("secret-key-789"), fp("x"));
+    let Claim::Execute { token: stale, .. } = store.claim(&s, &k, &f).unwrap() else {
+        panic!("a new key executes");
+    };
+    clock.advance(Duration::from_secs(10));
+    let Claim::Execute { token, .. } = store.claim(&s, &k, &f).unwrap() else {
+        panic!("the lease ran out: a takeover");
+    };
+    assert!(store.complete(&s, &k, stale, resp(201, "late")).is_err());
+    assert!(store.renew(&s, &k, stale).is_err());
+    let fenced = [
+        "idemstore::store",
+        "fenced",
+        &format!("token={stale}"),
+        &format!("current={token}"),
+    ];
+    assert_eq!(capture.level_of(&fenced), Some(Level::WARN));
+    assert!(
+        capture
+            .lines()
+            .iter()
+            .all(|(_, l)| !l.contains("secret-key-789"))
+    );
+}
+
+/// A capture installed as the process's default subscriber, once: it sees the events of
+/// threads that have no subscriber of their own (the engines' threads, in every test of the
+/// binary), so it keeps warnings and errors only.
+#[cfg(feature = "redis")]
+fn global_capture() -> Capture {
+    use tracing_subscriber::Layer;
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = Capture::default();
+            let warnings = capture
+                .clone()
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(warnings))
+                .unwrap();
+            capture
+        })
+        .clone()
+}

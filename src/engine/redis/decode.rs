@@ -10,6 +10,7 @@ use ::redis::Value;
 use crate::backend::Claim;
 use crate::engine::Shared;
 use crate::error::{BeginError, Unavailable};
+use crate::rules::key::KeyHash;
 use crate::stats::bump;
 
 use super::io::Failure;
@@ -125,18 +126,19 @@ pub(crate) fn decode_claim(shared: &Shared, v: Value) -> Result<(Claim, Option<L
     }
 }
 
-/// A refusal of a holder's call: `fenced` or `not_reserved`.
+/// A refusal of the call of `holder` (a key hash and a token): `fenced` (counted, and said in
+/// the store's events) or `not_reserved`.
 pub(crate) fn holder_refusal(
     shared: &Shared,
+    (hash, token): (&KeyHash, u64),
     what: &str,
-    first: &[u8],
-    rest: &[Vec<u8>],
+    (first, rest): (&[u8], &[Vec<u8>]),
 ) -> Result<Option<u64>, Unavailable> {
     match (first, rest) {
         (b"fenced", [current]) => {
-            bump(&shared.counters.fenced);
-            shared.metrics.fenced();
-            Ok(Some(number("token", current)?))
+            let current = number("token", current)?;
+            crate::stats::count_fenced(shared, hash, (token, current));
+            Ok(Some(current))
         }
         (b"not_reserved", []) => Ok(None),
         _ => Err(Unavailable::Corrupted {
@@ -154,6 +156,7 @@ pub(crate) enum Completed {
 /// Reads a completion's answer; a refusal is `Err(Some(current))` (fenced) or `Err(None)`.
 pub(crate) fn decode_completion(
     shared: &Shared,
+    holder: (&KeyHash, u64),
     v: Value,
 ) -> Result<Result<Completed, Option<u64>>, Unavailable> {
     let (first, rest) = verdict("a completion", v)?;
@@ -166,7 +169,7 @@ pub(crate) fn decode_completion(
             bump(&shared.counters.releases);
             Ok(Ok(Completed::Released))
         }
-        _ => holder_refusal(shared, "a completion", &first, &rest).map(Err),
+        _ => holder_refusal(shared, holder, "a completion", (&first, &rest)).map(Err),
     }
 }
 

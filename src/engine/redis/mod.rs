@@ -415,7 +415,7 @@ impl Engine for RedisEngine {
                 Some((replicas, _)) => replicated(v, replicas)?,
                 None => v,
             };
-            match decode_completion(shared, v)? {
+            match decode_completion(shared, (&hash, token), v)? {
                 Ok(Completed::Stored(fp, life)) => {
                     if let (Some(response), Ok(fp)) = (kept, record::fingerprint(&fp)) {
                         keeper.keep(&hash, fp, response, life);
@@ -442,7 +442,7 @@ impl Engine for RedisEngine {
                 shared.waiters.wake(&hash);
                 return Ok(());
             }
-            match holder_refusal(shared, "a release", &first, &rest)? {
+            match holder_refusal(shared, (&hash, token), "a release", (&first, &rest))? {
                 Some(current) => Err(LeaseError::Fenced { token, current }),
                 None => Err(LeaseError::NotReserved { token }),
             }
@@ -476,7 +476,7 @@ impl Engine for RedisEngine {
             let (first, rest) = verdict("a renewal", v)?;
             match (first.as_slice(), rest.as_slice()) {
                 (b"renewed", [deadline]) => Ok(number("lease deadline", deadline)?),
-                _ => match holder_refusal(shared, "a renewal", &first, &rest)? {
+                _ => match holder_refusal(shared, (&hash, token), "a renewal", (&first, &rest))? {
                     Some(current) => Err(LeaseError::Fenced { token, current }),
                     None => Err(LeaseError::NotReserved { token }),
                 },
