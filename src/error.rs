@@ -631,6 +631,140 @@ impl From<Unavailable> for ResolveError {
     }
 }
 
+/// An operator's release of a key ([`Store::release_held`](crate::Store::release_held),
+/// [`Store::release_unknown`](crate::Store::release_unknown)) was refused or failed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ReleaseError {
+    /// The key is longer than this store's configured `max_key_len` (rule C12).
+    InvalidKey(KeyError),
+    /// There is no live record for the key.
+    NotFound,
+    /// The record is in a state this call does not release: a completed record is never
+    /// released (purge it), an in-flight one only by `release_held`, one whose outcome is
+    /// unknown only by `release_unknown`.
+    WrongState {
+        /// The record's state.
+        state: crate::State,
+    },
+    /// A resolution of the key's unknown outcome holds it now (rule E6).
+    Resolving,
+    /// The record changed between its reading and its release (completed, released or taken
+    /// over meanwhile): nothing was released; look again.
+    Changed,
+    /// The store cannot serve.
+    Unavailable(Unavailable),
+}
+
+impl fmt::Display for ReleaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReleaseError::InvalidKey(e) => write!(f, "release refused: {e}"),
+            ReleaseError::NotFound => f.write_str("release refused: no live record for this key"),
+            ReleaseError::WrongState { state } => match state {
+                crate::State::Completed => f.write_str(
+                    "release refused: the record is completed and replays its response (purge it to forget it)",
+                ),
+                crate::State::OutcomeUnknown => f.write_str(
+                    "release refused: the key's outcome is unknown; release it only once its operation is known not to have had its effect (release_unknown, `--not-applied`)",
+                ),
+                crate::State::InFlight => f.write_str(
+                    "release refused: the key is in flight, its outcome is not unknown (release_held, without `--not-applied`)",
+                ),
+            },
+            ReleaseError::Resolving => {
+                f.write_str("release refused: a resolution of the key's unknown outcome holds it")
+            }
+            ReleaseError::Changed => f.write_str(
+                "release refused: the record changed while it was being released; look again",
+            ),
+            ReleaseError::Unavailable(e) => write!(f, "release failed: {e}"),
+        }
+    }
+}
+
+impl StdError for ReleaseError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            ReleaseError::InvalidKey(e) => Some(e),
+            ReleaseError::Unavailable(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<Unavailable> for ReleaseError {
+    fn from(e: Unavailable) -> Self {
+        ReleaseError::Unavailable(e)
+    }
+}
+
+/// An import of exported records ([`admin::import`](crate::admin::import)) was refused or
+/// stopped.
+#[cfg(feature = "admin")]
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// The input could not be read.
+    Read(std::io::Error),
+    /// A line is not an exported record: nothing was imported.
+    Line {
+        /// The line's number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store refused or failed the `begin` of the record on this line; the lines before
+    /// it are imported.
+    Begin {
+        /// The line's number, from 1.
+        line: usize,
+        /// The store's error.
+        source: BeginError,
+    },
+    /// The store refused or failed the `complete` of the record on this line; the lines
+    /// before it are imported.
+    Complete {
+        /// The line's number, from 1.
+        line: usize,
+        /// The store's error.
+        source: CompleteError,
+    },
+}
+
+#[cfg(feature = "admin")]
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImportError::Read(e) => write!(f, "import failed: cannot read the input: {e}"),
+            ImportError::Line { line, reason } => {
+                write!(
+                    f,
+                    "import refused: line {line} is not an exported record: {reason}"
+                )
+            }
+            ImportError::Begin { line, source } => {
+                write!(f, "import stopped at line {line}: {source}")
+            }
+            ImportError::Complete { line, source } => {
+                write!(f, "import stopped at line {line}: {source}")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "admin")]
+impl StdError for ImportError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            ImportError::Read(e) => Some(e),
+            ImportError::Line { .. } => None,
+            ImportError::Begin { source, .. } => Some(source),
+            ImportError::Complete { source, .. } => Some(source),
+        }
+    }
+}
+
 /// A transaction over the caller's own tables ([`Store::write`](crate::Store::write),
 /// [`Store::read`](crate::Store::read)) did not commit, or did not run.
 ///
@@ -756,6 +890,11 @@ pub enum Error {
     Point(PointError),
     /// Resolving a key whose outcome is unknown failed.
     Resolve(ResolveError),
+    /// An operator's release of a key failed.
+    Release(ReleaseError),
+    /// An import of exported records failed.
+    #[cfg(feature = "admin")]
+    Import(ImportError),
     /// A read, purge or compaction failed.
     Unavailable(Unavailable),
     /// A transaction over the caller's own tables, or a completion or a recovery point with
@@ -775,6 +914,9 @@ impl fmt::Display for Error {
             Error::Lease(e) => e.fmt(f),
             Error::Point(e) => e.fmt(f),
             Error::Resolve(e) => e.fmt(f),
+            Error::Release(e) => e.fmt(f),
+            #[cfg(feature = "admin")]
+            Error::Import(e) => e.fmt(f),
             Error::Unavailable(e) => e.fmt(f),
             Error::Transaction(e) => e.fmt(f),
         }
@@ -793,6 +935,9 @@ impl StdError for Error {
             Error::Lease(e) => Some(e),
             Error::Point(e) => Some(e),
             Error::Resolve(e) => Some(e),
+            Error::Release(e) => Some(e),
+            #[cfg(feature = "admin")]
+            Error::Import(e) => Some(e),
             Error::Unavailable(e) => Some(e),
             Error::Transaction(e) => Some(&**e),
         }
@@ -819,7 +964,15 @@ umbrella_from! {
     LeaseError => Lease,
     PointError => Point,
     ResolveError => Resolve,
+    ReleaseError => Release,
     Unavailable => Unavailable,
+}
+
+#[cfg(feature = "admin")]
+impl From<ImportError> for Error {
+    fn from(e: ImportError) -> Self {
+        Error::Import(e)
+    }
 }
 
 impl<E: StdError + Send + Sync + 'static> From<TransactionError<E>> for Error {

@@ -33,6 +33,8 @@
 #[doc(hidden)]
 #[path = "fuzz_support.rs"]
 pub mod __fuzz;
+#[cfg(feature = "admin")]
+pub mod admin;
 mod backend;
 mod clock;
 mod config;
@@ -61,7 +63,8 @@ pub use config::{CachePolicy, Config, ConfigBuilder, Durability, InFlightAtOpen,
 pub use engine::redis::{RedisClock, RedisOptions};
 pub use error::{
     BeginError, CompleteError, CompleteWithError, ConfigError, Error, KeyError, LeaseError,
-    OpenError, PointError, PointWithError, ResolveError, ScopeError, TransactionError, Unavailable,
+    OpenError, PointError, PointWithError, ReleaseError, ResolveError, ScopeError,
+    TransactionError, Unavailable,
 };
 pub use inspect::Inspector;
 /// The storage engine under the file store, re-exported so that the caller's own tables

@@ -9,6 +9,7 @@
 //! reach returns an error instead of panicking.
 
 mod compactor;
+mod operator;
 mod reservation;
 mod resolve;
 mod transact;
