@@ -90,7 +90,12 @@ pub(crate) fn bytes(b: &[u8]) -> String {
 /// Outside strings JSON text is ASCII without controls, so only string contents change, and
 /// they decode to the same text.
 pub(crate) fn json(doc: &serde_json::Value) -> String {
-    let raw = doc.to_string();
+    json_text(&doc.to_string())
+}
+
+/// Serialized JSON (one document, or JSON Lines) escaped as [`json`] escapes it: for text that
+/// is JSON already, such as an export read from the admin interface.
+pub(crate) fn json_text(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for c in raw.chars() {
         if unsafe_char(c) {

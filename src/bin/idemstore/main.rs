@@ -3,21 +3,25 @@
 //! * `idemstore serve [--db PATH] [--addr ADDR] [--handler-delay-ms N]` serves the bookings
 //!   API of the README behind the idempotency layer;
 //! * `idemstore demo [--db PATH]` walks through the store's answers without HTTP;
-//! * `idemstore stats|list|get|purge|compact|check [--db PATH] [--json]` inspect and maintain a
-//!   store file.
+//! * `idemstore stats|list|get|purge|release|export|import|compact|check [--db PATH |
+//!   --redis URL | --admin ADDR] [--json]` inspect and maintain a store: a file, a Redis
+//!   server, or a running service's admin interface.
 //!
 //! Every failure is one line on stderr and a non-zero exit status.
 
+mod admin_serve;
 mod bookings;
 mod demo;
 mod escape;
 mod ops;
+mod remote;
 mod serve;
 mod server;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -42,18 +46,27 @@ enum Command {
         #[arg(long, default_value = "idemstore-demo.redb")]
         db: PathBuf,
     },
-    /// Count the records in a store file.
-    Stats(ops::Target),
-    /// List live records.
+    /// Count the records in a store (with `--admin`, the service's counters too).
+    Stats {
+        #[command(flatten)]
+        target: ops::Target,
+        /// Print a line of counts every interval, until stopped (or `--count` lines).
+        #[arg(long)]
+        watch: bool,
+        /// With `--watch`: the interval, in ms.
+        #[arg(long, default_value_t = 2000, value_name = "N", requires = "watch")]
+        #[arg(value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+        interval_ms: u64,
+        /// With `--watch`: stop after this many lines.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
+    },
+    /// List live records; says on stderr when more match than the limit.
     List {
         #[command(flatten)]
         target: ops::Target,
-        /// Only this scope's records.
-        #[arg(long)]
-        scope: Option<String>,
-        /// Only the records in this state.
-        #[arg(long, value_enum)]
-        state: Option<ops::StateArg>,
+        #[command(flatten)]
+        filters: ops::Filters,
         /// At most this many records.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -69,8 +82,28 @@ enum Command {
         #[arg(long)]
         key: String,
     },
-    /// Remove one record, whatever its state (exit status 1 if there was none).
+    /// Remove one record (`--scope S --key K`; exit status 1 if there was none), or every
+    /// record the filters select (`--dry-run` lists them without removing anything).
     Purge {
+        #[command(flatten)]
+        target: ops::Target,
+        #[command(flatten)]
+        filters: ops::Filters,
+        /// The record's key (with `--scope`): remove this one record, whatever its state.
+        #[arg(long, requires = "scope")]
+        key: Option<String>,
+        /// Without `--key`: only say which records would be removed.
+        #[arg(long, conflicts_with = "key")]
+        dry_run: bool,
+        /// Without `--key` and without a filter: every live record.
+        #[arg(long, conflicts_with = "key")]
+        all: bool,
+        /// Without `--key`: at most this many records.
+        #[arg(long, conflicts_with = "key")]
+        limit: Option<usize>,
+    },
+    /// Free a key in flight now, so its next attempt runs; its holder can no longer complete.
+    Release {
         #[command(flatten)]
         target: ops::Target,
         /// The record's scope.
@@ -79,6 +112,32 @@ enum Command {
         /// The record's key.
         #[arg(long)]
         key: String,
+        /// For a key whose outcome is unknown: its operation did not have its effect, so the
+        /// next attempt runs it again.
+        #[arg(long)]
+        not_applied: bool,
+    },
+    /// Write every live record as JSON Lines (stdout, or `--out`).
+    Export {
+        #[command(flatten)]
+        target: ops::Target,
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Re-create the completed records of an export (stdin, or `--in`); a file that does not
+    /// exist becomes a new store.
+    Import {
+        #[command(flatten)]
+        target: ops::Target,
+        /// The export to read.
+        #[arg(long = "in", value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// On a file or a Redis server: how long the imported records live, in seconds (the
+        /// store's default, a day, otherwise); an import cannot keep their old expiry.
+        #[arg(long, value_name = "N")]
+        #[arg(value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
+        ttl_secs: Option<u64>,
     },
     /// Remove every expired record now.
     Compact(ops::Target),
@@ -131,22 +190,59 @@ fn run(cli: Cli) -> ExitCode {
                 Err(e) => fail(&ops::chain(&*e)),
             };
         }
-        Command::Stats(t) => ops::stats(&t),
+        Command::Stats {
+            target,
+            watch,
+            interval_ms,
+            count,
+        } => {
+            if watch {
+                ops::watch(&target, Duration::from_millis(interval_ms), count)
+            } else {
+                ops::stats(&target)
+            }
+        }
         Command::List {
             target,
-            scope,
-            state,
+            filters,
             limit,
-        } => ops::list(&target, scope.as_deref(), state, limit),
+        } => ops::list(&target, &filters, limit),
         Command::Get { target, scope, key } => ops::get(&target, &scope, &key),
-        Command::Purge { target, scope, key } => ops::purge(&target, &scope, &key),
+        Command::Purge {
+            target,
+            filters,
+            key,
+            dry_run,
+            all,
+            limit,
+        } => match (&filters.scope, key) {
+            (Some(scope), Some(key)) => ops::purge(&target, scope, &key),
+            _ => ops::purge_matching(&target, &filters, limit, dry_run, all),
+        },
+        Command::Release {
+            target,
+            scope,
+            key,
+            not_applied,
+        } => ops::release(&target, &scope, &key, not_applied),
+        Command::Export { target, out } => ops::export(&target, out.as_deref()),
+        Command::Import {
+            target,
+            input,
+            ttl_secs,
+        } => ops::import(&target, input.as_deref(), ttl_secs.map(Duration::from_secs)),
         Command::Compact(t) => ops::compact(&t),
         Command::Check(t) => ops::check(&t),
     };
     match result {
         Ok(out) => {
             // A closed stdout (`idemstore list | head`) is not an error worth a message.
-            let _ = writeln!(std::io::stdout(), "{}", out.text);
+            if !out.text.is_empty() {
+                let _ = writeln!(std::io::stdout(), "{}", out.text);
+            }
+            if let Some(note) = &out.note {
+                eprintln!("idemstore: {}", escape::text(note));
+            }
             if out.success {
                 ExitCode::SUCCESS
             } else {

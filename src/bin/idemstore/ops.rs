@@ -1,25 +1,36 @@
-//! The operator subcommands: `stats`, `list`, `get`, `purge`, `compact`, `check`.
+//! The operator subcommands: `stats`, `list`, `get`, `purge`, `release`, `export`, `import`,
+//! `compact`, `check`.
 //!
-//! Why: an operator needs to see and fix a store file without writing code. Invariants: the
-//! commands that only look (`stats`, `list`, `get`, `check`) go through the library's
-//! read-only [`Inspector`], so they never create, migrate or write the file or its log, and
-//! work on a file they may not write (with `--redis`, through a store opened with
-//! `RedisOptions::read_only`, which writes nothing to the server); only `purge` and `compact`,
-//! which change the store, open it as a [`Store`]. A missing file is never created (it is an error); a damaged or foreign
-//! one gives a one-line error and a non-zero exit, never a panic. Everything printed that came
-//! from the file (scopes, keys, headers, bodies, problems) goes through `escape`, so no byte
-//! of it can drive the terminal. `--json` prints one JSON document on stdout; the human form is
-//! an aligned table.
+//! Why: an operator needs to see and fix a store without writing code, on a file, on a Redis
+//! server, or while a service holds it (through the service's admin interface, `--admin`).
+//! Invariants: the commands that only look (`stats`, `list`, `get`, `export`, `check`) go
+//! through the library's read-only [`Inspector`] on a file, so they never create, migrate or
+//! write the file or its log, and work on a file they may not write (with `--redis`, through a
+//! store opened with `RedisOptions::read_only`, which writes nothing to the server); only the
+//! commands that change the store (`purge`, `release`, `import`, `compact`) open it as a
+//! [`Store`]. A missing file is never created (an error), except by `import`, whose purpose
+//! is to fill a store. A damaged or foreign one gives a one-line error and a non-zero exit,
+//! never a panic. The selection of records and their JSON are the library's
+//! (`idemstore::admin`), whatever the target, so `--admin`, `--redis` and a file print the
+//! same shapes. Everything printed that came from the store (scopes, keys, headers, bodies,
+//! problems) goes through `escape`, so no byte of it can drive the terminal. `--json` prints
+//! one JSON document on stdout; the human form is an aligned table; a note (a listing cut at
+//! its limit) goes to stderr.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hyper::Method;
+use idemstore::admin::{self, ListQuery, Sort};
 use idemstore::{
-    CheckReport, Config, Inspector, Key, RecordInfo, RedisOptions, Scope, State, Store, Unavailable,
+    CheckReport, Clock, Config, Inspector, Key, RecordInfo, RedisOptions, Scope, State, Store,
+    SystemClock, Unavailable,
 };
 use serde_json::{Value, json};
 
 use crate::escape;
+use crate::remote::{self, Address, Reply};
 
 /// Where the store is and how to print.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,11 +42,15 @@ pub(crate) struct Target {
     /// (`--db` is then unused).
     #[arg(long, value_name = "URL")]
     pub(crate) redis: Option<String>,
+    /// The admin interface of a running service (`HOST:PORT` or `unix:PATH`, what
+    /// `idemstore serve --admin` serves), instead of a file (`--db` is then unused).
+    #[arg(long, value_name = "ADDR", conflicts_with = "redis")]
+    pub(crate) admin: Option<String>,
     /// With `--redis`: the prefix of the store's keys on the server.
     #[arg(long, default_value = "idem:")]
     pub(crate) prefix: String,
-    /// With `--redis`, for `purge`: do not read the server's settings (managed services that
-    /// hide `CONFIG`).
+    /// With `--redis`, for the commands that change the store: do not read the server's
+    /// settings (managed services that hide `CONFIG`).
     #[arg(long, requires = "redis")]
     pub(crate) trust_server_settings: bool,
     /// Print JSON instead of a table.
@@ -43,16 +58,26 @@ pub(crate) struct Target {
     pub(crate) json: bool,
 }
 
+impl Target {
+    /// The admin interface's address, if the target is one.
+    fn admin(&self) -> Result<Option<Address>, String> {
+        self.admin.as_deref().map(Address::parse).transpose()
+    }
+}
+
 /// What a subcommand prints, and whether it found what it was asked for.
 pub(crate) struct Outcome {
     pub(crate) text: String,
     pub(crate) success: bool,
+    /// A line for stderr after the output (a listing cut at its limit).
+    pub(crate) note: Option<String>,
 }
 
 fn ok(text: String) -> Result<Outcome, String> {
     Ok(Outcome {
         text,
         success: true,
+        note: None,
     })
 }
 
@@ -66,28 +91,39 @@ fn existing(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Opens an existing store to change it (`purge`, `compact`).
-fn open(t: &Target) -> Result<Store, String> {
+/// Opens an existing store to change it (`purge`, `release`, `compact`); `import` may create
+/// the file (`create`), with records living `ttl`.
+fn open_with(t: &Target, create: bool, ttl: Option<Duration>) -> Result<Store, String> {
+    let mut config = Config::builder()
+        // No background compaction while an operator works, and reservations other than
+        // the one changed stay as found: the tool changes only what it is asked to.
+        .compactor_interval(Duration::from_secs(3600))
+        .release_in_flight_on_open(false);
+    if let Some(ttl) = ttl {
+        config = config.ttl(ttl);
+    }
+    let config = config.build().map_err(|e| e.to_string())?;
     if let Some(url) = &t.redis {
         // Made sure first that the store exists there: a purge never creates one.
-        drop(look_on_redis(t, url)?);
+        if !create {
+            drop(look_on_redis(t, url)?);
+        }
         let mut options = RedisOptions::new(url.as_str()).prefix(t.prefix.as_str());
         if t.trust_server_settings {
             options = options.trust_server_settings();
         }
-        return Store::open_redis_with(options, Config::default())
+        return Store::open_redis_with(options, config)
             .map_err(|e| format!("cannot open the store on {url}: {}", chain(&e)));
     }
     let path = &t.db;
-    existing(path)?;
-    let config = Config::builder()
-        // No background compaction while an operator works, and reservations other than
-        // the one purged stay as found: the tool changes only what it is asked to.
-        .compactor_interval(Duration::from_secs(3600))
-        .release_in_flight_on_open(false)
-        .build()
-        .map_err(|e| e.to_string())?;
+    if !create {
+        existing(path)?;
+    }
     Store::open(path, config).map_err(|e| format!("cannot open {}: {}", path.display(), chain(&e)))
+}
+
+fn open(t: &Target) -> Result<Store, String> {
+    open_with(t, false, None)
 }
 
 /// What the looking commands read: a file through the inspector, or a Redis server through a
@@ -172,51 +208,104 @@ fn close(store: Store) -> Result<(), String> {
     store.close().map_err(|e| chain(&e))
 }
 
-pub(crate) fn stats(t: &Target) -> Result<Outcome, String> {
-    let view = view(t, false)?;
-    let report = view.check().map_err(|e| chain(&e))?;
-    let mut rows = Vec::new();
-    match (&view, &t.redis) {
-        (View::File(inspector), _) => {
-            let file_bytes = std::fs::metadata(&t.db).map(|m| m.len()).unwrap_or(0);
-            rows.push(("file", t.db.display().to_string()));
-            rows.push(("file_bytes", file_bytes.to_string()));
-            rows.push((
-                "log_entries_not_checkpointed",
-                inspector.log_entries().to_string(),
-            ));
+/// The counts of `stats`, in the order printed: where the store is, the record counts, and
+/// (from a running service) its counters.
+fn stats_rows(t: &Target) -> Result<Vec<(String, Value)>, String> {
+    let mut rows: Vec<(String, Value)> = Vec::new();
+    let counts = if let Some(addr) = t.admin()? {
+        rows.push(("admin".into(), addr.to_string().into()));
+        remote::json(&addr, Method::GET, "/v1/stats", Vec::new())?
+    } else {
+        let view = view(t, false)?;
+        let report = view.check().map_err(|e| chain(&e))?;
+        match &view {
+            View::File(inspector) => {
+                let file_bytes = std::fs::metadata(&t.db).map(|m| m.len()).unwrap_or(0);
+                rows.push(("file".into(), t.db.display().to_string().into()));
+                rows.push(("file_bytes".into(), file_bytes.into()));
+                rows.push((
+                    "log_entries_not_checkpointed".into(),
+                    inspector.log_entries().into(),
+                ));
+            }
+            View::Redis(_) => {
+                rows.push(("server".into(), t.redis.clone().unwrap_or_default().into()));
+                rows.push(("prefix".into(), t.prefix.clone().into()));
+            }
         }
-        (View::Redis(_), url) => {
-            rows.push(("server", url.clone().unwrap_or_default()));
-            rows.push(("prefix", t.prefix.clone()));
+        admin::stats_json(&report, None)
+    };
+    for name in [
+        "records",
+        "live",
+        "in_flight",
+        "completed",
+        "expired_not_removed",
+        "response_bytes",
+    ] {
+        rows.push((name.into(), counts[name].clone()));
+    }
+    if let Some(counters) = counts["counters"].as_object() {
+        for (name, v) in counters {
+            rows.push((name.clone(), v.clone()));
         }
     }
-    drop(view);
-    let live = report.records - report.expired;
-    rows.extend([
-        ("records", report.records.to_string()),
-        ("live", live.to_string()),
-        ("in_flight", report.in_flight.to_string()),
-        ("completed", report.completed.to_string()),
-        ("expired_not_removed", report.expired.to_string()),
-        ("response_bytes", report.response_bytes.to_string()),
-    ]);
+    Ok(rows)
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => escape::text(s),
+        other => escape::text(&other.to_string()),
+    }
+}
+
+pub(crate) fn stats(t: &Target) -> Result<Outcome, String> {
+    let rows = stats_rows(t)?;
     if t.json {
-        let mut m = serde_json::Map::new();
-        for (k, v) in &rows {
-            let v = v
-                .parse::<u64>()
-                .map_or(Value::String(v.clone()), Value::from);
-            m.insert((*k).to_owned(), v);
-        }
+        let m: serde_json::Map<String, Value> = rows.into_iter().collect();
         return ok(escape::json(&Value::Object(m)));
     }
     ok(table(
         &["STAT", "VALUE"],
         rows.iter()
-            .map(|(k, v)| vec![(*k).to_owned(), escape::text(v)])
+            .map(|(k, v)| vec![escape::text(k), plain(v)])
             .collect(),
     ))
+}
+
+/// `stats --watch`: a line every `interval` (the first at once), `count` of them, or until
+/// stopped: the time, then each count as `name=value` (`--json`: one JSON object a line).
+pub(crate) fn watch(t: &Target, interval: Duration, count: Option<u64>) -> Result<Outcome, String> {
+    let mut printed = 0u64;
+    loop {
+        let rows = stats_rows(t)?;
+        let now = admin::rfc3339(SystemClock.now_millis());
+        let line = if t.json {
+            let mut m = serde_json::Map::new();
+            m.insert("at".into(), now.into());
+            m.extend(rows);
+            escape::json(&Value::Object(m))
+        } else {
+            let counts: Vec<String> = rows
+                .iter()
+                .filter(|(_, v)| v.is_number())
+                .map(|(k, v)| format!("{}={}", escape::text(k), plain(v)))
+                .collect();
+            format!("{now} {}", counts.join(" "))
+        };
+        let mut out = std::io::stdout();
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            // A closed stdout (`| head`): the watch is over.
+            break;
+        }
+        printed += 1;
+        if count.is_some_and(|c| printed >= c) {
+            break;
+        }
+        std::thread::sleep(interval);
+    }
+    ok(String::new())
 }
 
 /// Which records `list --state` shows.
@@ -230,51 +319,167 @@ pub(crate) enum StateArg {
     OutcomeUnknown,
 }
 
-pub(crate) fn list(
-    t: &Target,
-    scope: Option<&str>,
-    state_filter: Option<StateArg>,
-    limit: usize,
-) -> Result<Outcome, String> {
-    let scope = scope
-        .map(Scope::new)
-        .transpose()
-        .map_err(|e| format!("bad --scope: {e}"))?;
-    let wanted = state_filter.map(|s| match s {
-        StateArg::InFlight => State::InFlight,
-        StateArg::Completed => State::Completed,
-        StateArg::OutcomeUnknown => State::OutcomeUnknown,
-    });
-    let records = view(t, false)?
-        .records(scope.as_ref(), wanted, limit)
+/// The order of `list --sort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SortArg {
+    /// The store's own order (by key hash); the cheapest.
+    Store,
+    /// Oldest first, by when the key was reserved.
+    Oldest,
+    /// Newest first.
+    Newest,
+    /// The soonest to expire first.
+    Expiring,
+    /// By scope, then key.
+    Scope,
+}
+
+/// The filters of `list` and of a bulk `purge`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Filters {
+    /// Only this scope's records.
+    #[arg(long)]
+    pub(crate) scope: Option<String>,
+    /// Only the records in this state.
+    #[arg(long, value_enum)]
+    pub(crate) state: Option<StateArg>,
+    /// Only the records created at least this long ago (`90s`, `15m`, `2h`, `7d`, `500ms`):
+    /// their key was reserved that long ago by the attempt that holds or completed it.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub(crate) older_than: Option<Duration>,
+    /// The order (anything but `store` reads every record that passes the other filters).
+    #[arg(long, value_enum, default_value_t = SortArg::Store)]
+    pub(crate) sort: SortArg,
+}
+
+impl Filters {
+    fn query(&self, limit: usize) -> Result<ListQuery, String> {
+        let mut q = ListQuery::default();
+        q.scope = self
+            .scope
+            .as_deref()
+            .map(Scope::new)
+            .transpose()
+            .map_err(|e| format!("bad --scope: {e}"))?;
+        q.state = self.state.map(|s| match s {
+            StateArg::InFlight => State::InFlight,
+            StateArg::Completed => State::Completed,
+            StateArg::OutcomeUnknown => State::OutcomeUnknown,
+        });
+        q.older_than = self.older_than;
+        q.sort = match self.sort {
+            SortArg::Store => Sort::Store,
+            SortArg::Oldest => Sort::Oldest,
+            SortArg::Newest => Sort::Newest,
+            SortArg::Expiring => Sort::Expiring,
+            SortArg::Scope => Sort::Scope,
+        };
+        q.limit = limit;
+        Ok(q)
+    }
+
+    fn any(&self) -> bool {
+        self.scope.is_some() || self.state.is_some() || self.older_than.is_some()
+    }
+}
+
+/// An age: a number and a unit, `ms`, `s`, `m`, `h` or `d`.
+pub(crate) fn parse_age(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("\"{s}\": give a number and a unit (500ms, 90s, 15m, 2h, 7d)"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(format!("\"{s}\": the unit is ms, s, m, h or d")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("\"{s}\" is too long"))
+}
+
+/// The records a query selects, as JSON, and whether there were more.
+fn select(t: &Target, q: &ListQuery) -> Result<(Vec<Value>, bool), String> {
+    if let Some(addr) = t.admin()? {
+        let path = format!("/v1/records?{}", q.to_query_string());
+        let answer = remote::json(&addr, Method::GET, &path, Vec::new())?;
+        let records = answer["records"].as_array().cloned().unwrap_or_default();
+        return Ok((records, answer["truncated"].as_bool().unwrap_or(false)));
+    }
+    let view = view(t, false)?;
+    let listing = q
+        .run(SystemClock.now_millis(), |s, st, n| view.records(s, st, n))
         .map_err(|e| chain(&e))?;
+    Ok((
+        listing.records.iter().map(admin::record_json).collect(),
+        listing.truncated,
+    ))
+}
+
+/// The note for a listing cut at its limit.
+fn truncation_note(limit: usize) -> String {
+    format!("more records match than the {limit} shown; raise --limit to see them")
+}
+
+pub(crate) fn list(t: &Target, filters: &Filters, limit: usize) -> Result<Outcome, String> {
+    let q = filters.query(limit)?;
+    let (records, truncated) = select(t, &q)?;
+    let note = truncated.then(|| truncation_note(limit));
     if t.json {
-        return ok(escape::json(&Value::Array(
-            records.iter().map(record_json).collect(),
-        )));
+        return Ok(Outcome {
+            text: escape::json(&Value::Array(records)),
+            success: true,
+            note,
+        });
     }
     let rows = records
         .iter()
         .map(|r| {
             vec![
-                escape::text(&r.scope),
-                escape::text(&r.key),
-                state(r).to_owned(),
-                r.response
-                    .as_ref()
-                    .map_or("-".to_owned(), |x| x.status().to_string()),
-                r.token.to_string(),
-                time(r.created_at),
-                time(r.expires_at),
+                plain(&r["scope"]),
+                plain(&r["key"]),
+                plain(&r["state"]),
+                r["response"]["status"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |s| s.to_string()),
+                plain(&r["token_readable"]),
+                plain(&r["created_at"]),
+                plain(&r["expires_at"]),
+                lease(&r["lease_deadline"]),
             ]
         })
         .collect();
-    ok(table(
-        &[
-            "SCOPE", "KEY", "STATE", "STATUS", "TOKEN", "CREATED", "EXPIRES",
-        ],
-        rows,
-    ))
+    Ok(Outcome {
+        text: table(
+            &[
+                "SCOPE",
+                "KEY",
+                "STATE",
+                "STATUS",
+                "TOKEN",
+                "CREATED",
+                "EXPIRES",
+                "LEASE_UNTIL",
+            ],
+            rows,
+        ),
+        success: true,
+        note,
+    })
+}
+
+/// A lease deadline in a table: `-` for none, `ended` for a lease let go (a released record
+/// that keeps its recovery point, whose next attempt takes it over at once).
+fn lease(deadline: &Value) -> String {
+    match deadline.as_str() {
+        None => "-".to_owned(),
+        Some(d) if d == admin::rfc3339(0) => "ended".to_owned(),
+        Some(d) => escape::text(d),
+    }
 }
 
 fn scope_key(scope: &str, key: &str) -> Result<(Scope, Key), String> {
@@ -293,9 +498,40 @@ fn no_record(scope: &str, key: &str) -> String {
     )
 }
 
+/// Bytes given in hex by the library's record JSON (`body_hex`, a header's third element).
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Text from the record JSON, with its exact bytes when they are given in hex.
+fn exact(text: &Value, hex: &Value) -> Vec<u8> {
+    hex.as_str()
+        .and_then(unhex)
+        .unwrap_or_else(|| text.as_str().unwrap_or("").as_bytes().to_vec())
+}
+
 pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String> {
     let (s, k) = scope_key(scope, key)?;
-    let record = view(t, false)?.get(&s, &k).map_err(|e| chain(&e))?;
+    let record = if let Some(addr) = t.admin()? {
+        let path = format!("/v1/record?{}", admin::record_query(scope, key));
+        match remote::call(&addr, Method::GET, &path, Vec::new())? {
+            Reply::Ok(bytes) => Some(serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+                format!("the admin interface at {addr} answered something else than JSON: {e}")
+            })?),
+            Reply::Refused { status: 404, .. } => None,
+            Reply::Refused { message, .. } => {
+                return Err(format!("the admin interface at {addr}: {message}"));
+            }
+        }
+    } else {
+        view(t, false)?
+            .get(&s, &k)
+            .map_err(|e| chain(&e))?
+            .map(|r| admin::record_json(&r))
+    };
     let Some(r) = record else {
         return Ok(Outcome {
             text: if t.json {
@@ -304,47 +540,74 @@ pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String>
                 no_record(scope, key)
             },
             success: false,
+            note: None,
         });
     };
     if t.json {
-        return ok(escape::json(&record_json(&r)));
+        return ok(escape::json(&r));
     }
+    let field = |name: &str, v: &Value| vec![name.to_owned(), plain(v)];
     let mut rows = vec![
-        vec!["scope".to_owned(), escape::text(&r.scope)],
-        vec!["key".to_owned(), escape::text(&r.key)],
-        vec!["state".to_owned(), state(&r).to_owned()],
-        vec!["fingerprint".to_owned(), r.fingerprint.to_string()],
-        vec!["token".to_owned(), r.token.to_string()],
-        vec!["created".to_owned(), time(r.created_at)],
-        vec!["expires".to_owned(), time(r.expires_at)],
+        field("scope", &r["scope"]),
+        field("key", &r["key"]),
+        field("state", &r["state"]),
+        field("fingerprint", &r["fingerprint"]),
+        vec![
+            "token".to_owned(),
+            format!("{} ({})", plain(&r["token_readable"]), plain(&r["token"])),
+        ],
+        field("created", &r["created_at"]),
+        field("expires", &r["expires_at"]),
     ];
-    if let Some(d) = r.lease_deadline {
-        rows.push(vec!["lease_deadline".to_owned(), time(d)]);
+    if r["lease_deadline"].is_string() {
+        rows.push(vec![
+            "lease_deadline".to_owned(),
+            lease(&r["lease_deadline"]),
+        ]);
     }
-    if let Some(resp) = &r.response {
-        rows.push(vec!["status".to_owned(), resp.status().to_string()]);
-        for (n, v) in resp.headers() {
+    if let Some(p) = r["recovery_point"].as_object() {
+        rows.push(vec![
+            "recovery_point".to_owned(),
+            format!(
+                "{}: {}",
+                plain(&p["name"]),
+                p["payload"].as_str().map_or(String::new(), escape::text)
+            ),
+        ]);
+    }
+    let resp = &r["response"];
+    if resp.is_object() {
+        rows.push(field("status", &resp["status"]));
+        for h in resp["headers"].as_array().map_or(&[][..], Vec::as_slice) {
             rows.push(vec![
-                format!("header {}", escape::text(n)),
-                escape::bytes(v),
+                format!("header {}", plain(&h[0])),
+                escape::bytes(&exact(&h[1], &h[2])),
             ]);
         }
+        let body = exact(&resp["body"], &resp["body_hex"]);
         // Bytes that are not UTF-8 are shown as \xNN; say so, since the body is then not text.
-        let label = if std::str::from_utf8(resp.body()).is_ok() {
+        let label = if std::str::from_utf8(&body).is_ok() {
             "body"
         } else {
             "body (not UTF-8: bytes as \\xNN)"
         };
-        rows.push(vec![label.to_owned(), escape::bytes(resp.body())]);
+        rows.push(vec![label.to_owned(), escape::bytes(&body)]);
     }
     ok(table(&["FIELD", "VALUE"], rows))
 }
 
 pub(crate) fn purge(t: &Target, scope: &str, key: &str) -> Result<Outcome, String> {
     let (s, k) = scope_key(scope, key)?;
-    let store = open(t)?;
-    let removed = store.purge(&s, &k).map_err(|e| chain(&e))?;
-    close(store)?;
+    let removed = if let Some(addr) = t.admin()? {
+        let path = format!("/v1/purge?{}", admin::record_query(scope, key));
+        let answer = remote::json(&addr, Method::POST, &path, Vec::new())?;
+        answer["purged"].as_bool().unwrap_or(false)
+    } else {
+        let store = open(t)?;
+        let removed = store.purge(&s, &k).map_err(|e| chain(&e))?;
+        close(store)?;
+        removed
+    };
     let text = if t.json {
         json!({"purged": removed}).to_string()
     } else if removed {
@@ -359,21 +622,208 @@ pub(crate) fn purge(t: &Target, scope: &str, key: &str) -> Result<Outcome, Strin
     Ok(Outcome {
         text,
         success: removed,
+        note: None,
     })
 }
 
+/// `purge` without `--key`: every record the filters select (at most `limit`), or with
+/// `dry_run` only the list of them.
+pub(crate) fn purge_matching(
+    t: &Target,
+    filters: &Filters,
+    limit: Option<usize>,
+    dry_run: bool,
+    all: bool,
+) -> Result<Outcome, String> {
+    if !filters.any() && !all {
+        return Err(
+            "a purge without --key needs a filter (--scope, --state, --older-than) or --all".into(),
+        );
+    }
+    let q = filters.query(limit.unwrap_or(usize::MAX))?;
+    let report = if let Some(addr) = t.admin()? {
+        let mut path = format!("/v1/purge-matching?{}", q.to_query_string());
+        if dry_run {
+            path.push_str("&dry_run=true");
+        }
+        remote::json(&addr, Method::POST, &path, Vec::new())?
+    } else {
+        let store = open(t)?;
+        let report = admin::purge_matching(&store, &q, dry_run).map_err(|e| chain(&e))?;
+        close(store)?;
+        report.to_json()
+    };
+    let note = (report["truncated"] == true).then(|| truncation_note(q.limit));
+    if t.json {
+        return Ok(Outcome {
+            text: escape::json(&report),
+            success: true,
+            note,
+        });
+    }
+    let records = report["records"].as_array().map_or(&[][..], Vec::as_slice);
+    let mut text = table(
+        &["SCOPE", "KEY", "STATE", "TOKEN", "CREATED"],
+        records
+            .iter()
+            .map(|r| {
+                ["scope", "key", "state", "token_readable", "created_at"]
+                    .iter()
+                    .map(|f| plain(&r[*f]))
+                    .collect()
+            })
+            .collect(),
+    );
+    text.push('\n');
+    if dry_run {
+        text.push_str(&format!(
+            "dry run: would purge {} records (nothing was changed)",
+            records.len()
+        ));
+    } else {
+        text.push_str(&format!(
+            "purged {} of {} records selected",
+            plain(&report["purged"]),
+            records.len()
+        ));
+    }
+    Ok(Outcome {
+        text,
+        success: true,
+        note,
+    })
+}
+
+/// `release`: frees a key in flight (or, `not_applied`, one whose outcome is unknown).
+pub(crate) fn release(
+    t: &Target,
+    scope: &str,
+    key: &str,
+    not_applied: bool,
+) -> Result<Outcome, String> {
+    let (s, k) = scope_key(scope, key)?;
+    let answer = if let Some(addr) = t.admin()? {
+        let mut path = format!("/v1/release?{}", admin::record_query(scope, key));
+        if not_applied {
+            path.push_str("&not_applied=true");
+        }
+        remote::json(&addr, Method::POST, &path, Vec::new())?
+    } else {
+        let store = open(t)?;
+        let released = if not_applied {
+            store.release_unknown(&s, &k)
+        } else {
+            store.release_held(&s, &k)
+        };
+        close(store)?;
+        let token = released.map_err(|e| chain(&e))?;
+        json!({
+            "released": true,
+            "token": token,
+            "token_readable": admin::token_text(token),
+        })
+    };
+    if t.json {
+        return ok(escape::json(&answer));
+    }
+    ok(format!(
+        "released scope \"{}\", key \"{}\": reservation {} can no longer complete",
+        escape::text(scope),
+        escape::text(key),
+        plain(&answer["token_readable"]),
+    ))
+}
+
+/// `export`: every live record as JSON Lines, on stdout or into `out`.
+pub(crate) fn export(t: &Target, out: Option<&Path>) -> Result<Outcome, String> {
+    let lines = if let Some(addr) = t.admin()? {
+        match remote::call(&addr, Method::GET, "/v1/export", Vec::new())? {
+            Reply::Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
+                format!("the admin interface at {addr} sent an export that is not UTF-8")
+            })?,
+            Reply::Refused { message, .. } => {
+                return Err(format!("the admin interface at {addr}: {message}"));
+            }
+        }
+    } else {
+        let records = view(t, false)?
+            .records(None, None, usize::MAX)
+            .map_err(|e| chain(&e))?;
+        admin::export_lines(&records)
+    };
+    let count = lines.lines().count();
+    match out {
+        Some(path) => {
+            std::fs::write(path, lines.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            if t.json {
+                return ok(json!({"exported": count}).to_string());
+            }
+            ok(format!("exported {count} records to {}", path.display()))
+        }
+        None => ok(escape::json_text(lines.trim_end_matches('\n'))),
+    }
+}
+
+/// `import`: the records of an export (from `input`, or stdin), into the target; on a file,
+/// records live `ttl` (the store's default otherwise).
+pub(crate) fn import(
+    t: &Target,
+    input: Option<&Path>,
+    ttl: Option<Duration>,
+) -> Result<Outcome, String> {
+    let bytes = match input {
+        Some(path) => {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        }
+        None => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            buf
+        }
+    };
+    let report = if let Some(addr) = t.admin()? {
+        if ttl.is_some() {
+            return Err("--ttl-secs applies to a file or a Redis server; through --admin, the service's TTL does".into());
+        }
+        remote::json(&addr, Method::POST, "/v1/import", bytes)?
+    } else {
+        let store = open_with(t, true, ttl)?;
+        let report = admin::import(&store, bytes.as_slice()).map_err(|e| chain(&e));
+        close(store)?;
+        report?.to_json()
+    };
+    if t.json {
+        return ok(escape::json(&report));
+    }
+    ok(format!(
+        "imported {} records; left alone {} that exist; skipped {} not completed and {} expired",
+        plain(&report["imported"]),
+        plain(&report["existing"]),
+        plain(&report["skipped_not_completed"]),
+        plain(&report["skipped_expired"]),
+    ))
+}
+
 pub(crate) fn compact(t: &Target) -> Result<Outcome, String> {
-    if t.redis.is_some() {
+    let removed = if let Some(addr) = t.admin()? {
+        remote::json(&addr, Method::POST, "/v1/compact", Vec::new())?["removed"]
+            .as_u64()
+            .unwrap_or(0)
+    } else if t.redis.is_some() {
         // Nothing to do: the server drops each record once its TTL (expiry plus grace) ends.
         drop(view(t, false)?);
         if t.json {
             return ok(json!({"removed": 0}).to_string());
         }
         return ok("removed 0 expired records: the Redis server removes them itself".into());
-    }
-    let store = open(t)?;
-    let removed = store.compact_now().map_err(|e| chain(&e))?;
-    close(store)?;
+    } else {
+        let store = open(t)?;
+        let removed = store.compact_now().map_err(|e| chain(&e))?;
+        close(store)?;
+        removed
+    };
     if t.json {
         return ok(json!({"removed": removed}).to_string());
     }
@@ -381,101 +831,50 @@ pub(crate) fn compact(t: &Target) -> Result<Outcome, String> {
 }
 
 pub(crate) fn check(t: &Target) -> Result<Outcome, String> {
-    let report = view(t, true)?.check().map_err(|e| chain(&e))?;
-    let sound = report.is_sound();
+    let report = if let Some(addr) = t.admin()? {
+        remote::json(&addr, Method::GET, "/v1/check", Vec::new())?
+    } else {
+        admin::check_json(&view(t, true)?.check().map_err(|e| chain(&e))?)
+    };
+    let sound = report["sound"] == true;
     if t.json {
         return Ok(Outcome {
-            text: escape::json(&json!({
-                "sound": sound,
-                "records": report.records,
-                "in_flight": report.in_flight,
-                "completed": report.completed,
-                "expired": report.expired,
-                "responses": report.responses,
-                "expiry_entries": report.expiry_entries,
-                "problems": report.problems,
-            })),
+            text: escape::json(&report),
             success: sound,
+            note: None,
         });
     }
+    let problems = report["problems"].as_array().map_or(&[][..], Vec::as_slice);
     let mut text = table(
         &["CHECK", "VALUE"],
         vec![
             vec![
                 "page checksums".to_owned(),
-                if t.redis.is_some() { "-" } else { "ok" }.to_owned(),
+                if t.redis.is_some() || t.admin.is_some() {
+                    "-"
+                } else {
+                    "ok"
+                }
+                .to_owned(),
             ],
-            vec!["records".to_owned(), report.records.to_string()],
-            vec!["responses".to_owned(), report.responses.to_string()],
+            vec!["records".to_owned(), plain(&report["records"])],
+            vec!["responses".to_owned(), plain(&report["responses"])],
             vec![
                 "expiry entries".to_owned(),
-                report.expiry_entries.to_string(),
+                plain(&report["expiry_entries"]),
             ],
-            vec!["problems".to_owned(), report.problems.len().to_string()],
+            vec!["problems".to_owned(), problems.len().to_string()],
         ],
     );
-    for p in &report.problems {
+    for p in problems {
         text.push_str("\nproblem: ");
-        text.push_str(&escape::text(p));
+        text.push_str(&plain(p));
     }
     Ok(Outcome {
         text,
         success: sound,
+        note: None,
     })
-}
-
-fn state(r: &RecordInfo) -> &'static str {
-    match r.state {
-        State::InFlight => "in_flight",
-        State::Completed => "completed",
-        State::OutcomeUnknown => "outcome_unknown",
-    }
-}
-
-fn record_json(r: &RecordInfo) -> Value {
-    json!({
-        "scope": r.scope,
-        "key": r.key,
-        "state": state(r),
-        "fingerprint": r.fingerprint.to_string(),
-        "token": r.token,
-        "created_at": time(r.created_at),
-        "expires_at": time(r.expires_at),
-        "lease_deadline": r.lease_deadline.map(time),
-        "recovery_point": r.recovery_point.as_ref().map(|p| json!({
-            "name": p.name(),
-            "payload": String::from_utf8_lossy(p.payload()),
-        })),
-        "response": r.response.as_ref().map(|x| json!({
-            "status": x.status(),
-            "headers": x.headers().iter().map(|(n, v)| json!([n, String::from_utf8_lossy(v)])).collect::<Vec<_>>(),
-            "body": String::from_utf8_lossy(x.body()),
-        })),
-    })
-}
-
-/// Milliseconds since the Unix epoch as RFC 3339 UTC (`2026-05-20T15:00:00.000Z`).
-pub(crate) fn time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
 }
 
 /// Left-aligned columns, two spaces apart.
@@ -513,10 +912,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn time_is_rfc3339() {
-        assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(time(1_767_225_600_000), "2026-01-01T00:00:00.000Z");
-        assert_eq!(time(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+    fn o6_ages_take_a_unit() {
+        assert_eq!(parse_age("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_age("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "90", "s", "1.5h", "3w", "-1s", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

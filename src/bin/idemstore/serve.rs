@@ -31,7 +31,7 @@ use idemstore::{
 use serde_json::{Value, json};
 
 use crate::bookings::{Booking, BookingError, Bookings, KeyedRequest, NewBooking, file};
-use crate::server;
+use crate::{admin_serve, server};
 
 /// How `serve` keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -111,6 +111,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     #[arg(value_parser = clap::value_parser!(u64).range(0..=DAY_MS))]
     pub(crate) shutdown_grace_ms: u64,
+    /// Serve the store's admin interface (for `idemstore list --admin ADDR` and the other
+    /// operator commands) on this address: a loopback `IP:PORT` (port 0 picks a free port;
+    /// the address is printed) or `unix:PATH` (a socket of mode 0600). It has no
+    /// authentication: any other address is refused. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin: Option<String>,
     /// What opening the store's file does with the creates a stopped process left in flight.
     #[arg(long, value_enum, default_value_t = InFlightArg::Release)]
     pub(crate) in_flight_at_open: InFlightArg,
@@ -209,6 +215,11 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let app = app.merge(metrics_route(store.clone(), metrics));
     let shutdown = shutdown_signal()?;
+    // Bound first, so that an address refused stops the service before it serves anything.
+    let admin_listener = match &args.admin {
+        Some(addr) => Some(admin_serve::bind(addr).await?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let addr = listener.local_addr()?;
     println!("idemstore serve: listening on http://{addr}");
@@ -227,7 +238,25 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
     };
     let grace = limits.shutdown_grace;
+    let (stop_admin, admin_stopping) = tokio::sync::watch::channel(false);
+    let admin = match admin_listener {
+        Some((listener, bound)) => {
+            println!("idemstore serve: admin interface on {bound}");
+            tracing::info!(admin = %bound, "serving the admin interface");
+            Some(tokio::spawn(admin_serve::run(
+                listener,
+                store.clone(),
+                admin_stopping,
+            )))
+        }
+        None => None,
+    };
     server::run(listener, app, limits, shutdown).await;
+    // The operator's interface stops with the service, before the store closes.
+    let _ = stop_admin.send(true);
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     if let Some(layer) = layer {
         // A grace of their own: connections dropped at the end of theirs leave their started
         // handlers running (rule H11), which need the time to store their responses.
