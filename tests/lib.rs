@@ -1,5 +1,5 @@
 //! The integration tests, built as one binary. Each module is a scenario; test names carry the
-//! contract rule they check (C1-C12, H1-H9, O1-O4, see docs/contract.md).
+//! contract rule they check (C1-C12, H1-H9, O1-O10, see docs/contract.md).
 
 // Tests state their expectations with unwrap and panic; a failure is the test's verdict.
 #![allow(
@@ -59,6 +59,8 @@ mod http_exactly_once;
 mod http_support;
 
 // The `idemstore` binary (feature `cli`): the demo service and the operator subcommands.
+#[cfg(feature = "cli")]
+mod admin;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "cli")]

@@ -23,16 +23,18 @@ use tokio::net::TcpStream;
 
 use crate::http_support::{Reply, closed_within, raw_write, read_raw_reply, send};
 
-const BODY: &str =
+pub(crate) const BODY: &str =
     r#"{"event_type_id":"evt_1","start":"2026-05-20T15:00:00Z","attendee":{"email":"a@b.com"}}"#;
 const BODY_RESPACED: &str = r#"{ "attendee": {"email": "a@b.com"}, "start": "2026-05-20T15:00:00Z", "event_type_id": "evt_1" }"#;
 const OTHER: &str =
     r#"{"event_type_id":"evt_1","start":"2026-05-21T09:00:00Z","attendee":{"email":"a@b.com"}}"#;
 const KEY: &str = "1f0a3b6e-7c1d-4a3e-9e91-9b6c0f8b18f4";
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    /// The admin interface's address as printed (`http://…` or `unix:…`), with `--admin`.
+    pub(crate) admin: Option<String>,
 }
 
 impl Drop for Server {
@@ -42,8 +44,9 @@ impl Drop for Server {
     }
 }
 
-/// Starts `idemstore serve` on a free port and reads the address it prints.
-fn serve(db: &Path, extra: &[&str]) -> Server {
+/// Starts `idemstore serve` on a free port and reads the address it prints (and, with
+/// `--admin`, the admin interface's).
+pub(crate) fn serve(db: &Path, extra: &[&str]) -> Server {
     serve_logging(db, extra, "warn")
 }
 
@@ -61,9 +64,8 @@ fn serve_logging(db: &Path, extra: &[&str], rust_log: &str) -> Server {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
     let addr = line
         .trim()
         .rsplit("http://")
@@ -71,7 +73,16 @@ fn serve_logging(db: &Path, extra: &[&str], rust_log: &str) -> Server {
         .unwrap()
         .parse()
         .unwrap_or_else(|e| panic!("no address in {line:?}: {e}"));
-    Server { child, addr }
+    let admin = extra.contains(&"--admin").then(|| {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line.trim()
+            .rsplit(" on ")
+            .next()
+            .unwrap_or_else(|| panic!("no admin address in {line:?}"))
+            .to_owned()
+    });
+    Server { child, addr, admin }
 }
 
 /// Sends SIGTERM and waits (at most `within`) for the process to exit.
@@ -93,7 +104,7 @@ fn terminate(server: &mut Server, within: Duration) -> ExitStatus {
 }
 
 /// Stops the server cleanly (SIGTERM), so that its files can be opened by the operator tool.
-fn stop(mut server: Server) {
+pub(crate) fn stop(mut server: Server) {
     let exit = terminate(&mut server, Duration::from_secs(30));
     assert!(exit.success(), "{exit:?}");
 }
@@ -120,7 +131,12 @@ fn scopes(db: &Path) -> Vec<String> {
         .collect()
 }
 
-fn booking(method: &str, path: &str, key: Option<&str>, body: &str) -> Request<Full<Bytes>> {
+pub(crate) fn booking(
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Request<Full<Bytes>> {
     let mut b = Request::builder()
         .method(method)
         .uri(path)

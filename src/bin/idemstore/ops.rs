@@ -245,12 +245,22 @@ fn stats_rows(t: &Target) -> Result<Vec<(String, Value)>, String> {
     ] {
         rows.push((name.into(), counts[name].clone()));
     }
-    if let Some(counters) = counts["counters"].as_object() {
-        for (name, v) in counters {
-            rows.push((name.clone(), v.clone()));
-        }
+    if counts["counters"].is_object() {
+        rows.push(("counters".into(), counts["counters"].clone()));
     }
     Ok(rows)
+}
+
+/// The rows of `stats` with the counters' map spread out, for a table or a line.
+fn flat(rows: Vec<(String, Value)>) -> Vec<(String, Value)> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (name, v) in rows {
+        match v {
+            Value::Object(m) => out.extend(m),
+            v => out.push((name, v)),
+        }
+    }
+    out
 }
 
 fn plain(v: &Value) -> String {
@@ -268,7 +278,8 @@ pub(crate) fn stats(t: &Target) -> Result<Outcome, String> {
     }
     ok(table(
         &["STAT", "VALUE"],
-        rows.iter()
+        flat(rows)
+            .iter()
             .map(|(k, v)| vec![escape::text(k), plain(v)])
             .collect(),
     ))
@@ -287,7 +298,7 @@ pub(crate) fn watch(t: &Target, interval: Duration, count: Option<u64>) -> Resul
             m.extend(rows);
             escape::json(&Value::Object(m))
         } else {
-            let counts: Vec<String> = rows
+            let counts: Vec<String> = flat(rows)
                 .iter()
                 .filter(|(_, v)| v.is_number())
                 .map(|(k, v)| format!("{}={}", escape::text(k), plain(v)))
@@ -761,7 +772,11 @@ pub(crate) fn export(t: &Target, out: Option<&Path>) -> Result<Outcome, String> 
             }
             ok(format!("exported {count} records to {}", path.display()))
         }
-        None => ok(escape::json_text(lines.trim_end_matches('\n'))),
+        None => ok(lines
+            .lines()
+            .map(escape::json_text)
+            .collect::<Vec<_>>()
+            .join("\n")),
     }
 }
 

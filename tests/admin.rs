@@ -1,0 +1,469 @@
+//! The operator commands against a running `idemstore serve` through its admin interface
+//! (`--admin`), end to end: bookings made over HTTP, then `stats`, `list` with each filter and
+//! order and its truncation note, `get`, `release` of a held key (whose holder is fenced and
+//! whose retry runs), bulk `purge` with and without `--dry-run`, `export` then `import` into a
+//! fresh file, `stats --watch`; a Unix socket; the refusal of an address that is not loopback;
+//! and the store's operator release itself (rules O5-O10). Waits are upper bounds on polls.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use idemstore::{Begin, Config, Fingerprint, InFlightAtOpen, ReleaseError, Scope, State, Store};
+use serde_json::Value;
+
+use crate::http_support::send;
+use crate::serve::{BODY, Server, booking, serve, stop};
+
+/// Runs an operator command with `--admin ADDR`.
+fn admin(server: &Server, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(args)
+        .arg("--admin")
+        .arg(server.admin.as_deref().unwrap())
+        .output()
+        .unwrap()
+}
+
+/// Runs an operator command on a store file.
+fn on_file(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap()
+}
+
+/// The stdout of a command that must succeed.
+fn out(o: Output) -> String {
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn json(o: Output) -> Value {
+    serde_json::from_str(&out(o)).unwrap()
+}
+
+fn records(v: &Value) -> &Vec<Value> {
+    v.as_array().unwrap()
+}
+
+/// Books `keys` one after the other with the demo's token `tok`.
+async fn book(server: &Server, token: &str, keys: &[&str]) {
+    for k in keys {
+        let mut req = booking("POST", "/v1/bookings", Some(k), BODY);
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let r = send(server.addr, req).await.unwrap();
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--admin", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    serve(&dir.join("idem.redb"), &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o5_o6_o10_cli_over_admin_lists_filters_sorts_notes_truncation_and_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    book(&server, "tok_demo", &["k1", "k2", "k3"]).await;
+
+    let stats = json(admin(&server, &["stats", "--json"]));
+    assert_eq!(stats["records"], 3);
+    assert_eq!(stats["completed"], 3);
+    assert_eq!(
+        stats["counters"]["executes"], 3,
+        "the running store's counters"
+    );
+    assert!(out(admin(&server, &["stats"])).starts_with("STAT"));
+
+    let all = json(admin(&server, &["list", "--json"]));
+    assert_eq!(records(&all).len(), 3);
+    let scope = all[0]["scope"].as_str().unwrap().to_owned();
+    for r in records(&all) {
+        let token = r["token"].as_u64().unwrap();
+        assert_eq!(
+            r["token_readable"],
+            format!("{}.{}", token >> 32, token & 0xffff_ffff)
+        );
+        assert_eq!(r["state"], "completed");
+        assert_eq!(r["lease_deadline"], Value::Null);
+    }
+
+    // The limit, and the note that says it cut the listing.
+    let cut = admin(&server, &["list", "--limit", "2"]);
+    assert_eq!(
+        out(cut.clone()).lines().count(),
+        3,
+        "the header and two records"
+    );
+    let note = String::from_utf8_lossy(&cut.stderr);
+    assert!(note.contains("raise --limit"), "{note}");
+    let whole = admin(&server, &["list", "--limit", "3"]);
+    assert!(whole.stderr.is_empty(), "{whole:?}");
+    let cut = admin(
+        &server,
+        &["list", "--json", "--limit", "1", "--sort", "oldest"],
+    );
+    assert!(String::from_utf8_lossy(&cut.stderr).contains("raise --limit"));
+    assert_eq!(records(&json(cut)).len(), 1);
+
+    // Orders.
+    let created = |sort: &str| -> Vec<String> {
+        records(&json(admin(&server, &["list", "--json", "--sort", sort])))
+            .iter()
+            .map(|r| r["created_at"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let oldest = created("oldest");
+    assert!(oldest.windows(2).all(|w| w[0] <= w[1]), "{oldest:?}");
+    let newest = created("newest");
+    assert!(newest.windows(2).all(|w| w[0] >= w[1]), "{newest:?}");
+    let by_scope = json(admin(&server, &["list", "--json", "--sort", "scope"]));
+    let keys: Vec<&str> = records(&by_scope)
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["k1", "k2", "k3"]);
+
+    // Filters.
+    let count = |args: &[&str]| {
+        let mut a = vec!["list", "--json"];
+        a.extend_from_slice(args);
+        records(&json(admin(&server, &a))).len()
+    };
+    assert_eq!(count(&["--scope", &scope]), 3);
+    assert_eq!(count(&["--scope", "acct_nobody"]), 0);
+    assert_eq!(count(&["--state", "completed"]), 3);
+    assert_eq!(count(&["--state", "in-flight"]), 0);
+    assert_eq!(count(&["--older-than", "0ms"]), 3);
+    assert_eq!(count(&["--older-than", "1d"]), 0);
+
+    // `get`: the record as `list` gives it; none for a key without one.
+    let got = json(admin(
+        &server,
+        &["get", "--json", "--scope", &scope, "--key", "k2"],
+    ));
+    let listed = records(&by_scope)[1].clone();
+    assert_eq!(got, listed, "one shape");
+    assert!(out(admin(&server, &["get", "--scope", &scope, "--key", "k2"])).contains("201"));
+    let missing = admin(&server, &["get", "--scope", &scope, "--key", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+
+    // `stats --watch`: a line an interval, stopped by --count.
+    let watched = out(admin(
+        &server,
+        &["stats", "--watch", "--interval-ms", "10", "--count", "2"],
+    ));
+    let lines: Vec<&str> = watched.lines().collect();
+    assert_eq!(lines.len(), 2, "{watched}");
+    for l in &lines {
+        assert!(l.starts_with("20") && l.contains(" records=3 "), "{l}");
+    }
+    let watched = out(admin(
+        &server,
+        &[
+            "stats",
+            "--json",
+            "--watch",
+            "--interval-ms",
+            "10",
+            "--count",
+            "2",
+        ],
+    ));
+    for l in watched.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["records"], 3);
+    }
+
+    // The same records, in the same shape, from the file once the service has stopped.
+    stop(server);
+    let db = dir.path().join("idem.redb");
+    let from_file = json(on_file(&db, &["list", "--json", "--sort", "scope"]));
+    assert_eq!(from_file, by_scope);
+}
+
+/// Polls (for at most 30 s) until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "not within 30 s: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o7_release_over_admin_frees_a_held_key_fences_its_holder_and_the_retry_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Guarded handlers are held 4 s: long enough to release the key while its first attempt
+    // runs.
+    let server = start(dir.path(), &["--handler-delay-ms", "4000"]);
+    let addr = server.addr;
+    let first = tokio::spawn(send(
+        addr,
+        booking("POST", "/v1/bookings", Some("held"), BODY),
+    ));
+    let mut held = Value::Null;
+    eventually("the key in flight", || {
+        let l = json(admin(&server, &["list", "--json", "--state", "in-flight"]));
+        held = l[0].clone();
+        !held.is_null()
+    });
+    let scope = held["scope"].as_str().unwrap().to_owned();
+    assert!(held["lease_deadline"].is_string(), "{held}");
+    let shown = out(admin(&server, &["list", "--state", "in-flight"]));
+    assert!(
+        shown.contains(held["lease_deadline"].as_str().unwrap())
+            && shown.contains(held["token_readable"].as_str().unwrap()),
+        "the table shows the lease deadline and the readable token: {shown}"
+    );
+
+    let released = json(admin(
+        &server,
+        &["release", "--json", "--scope", &scope, "--key", "held"],
+    ));
+    assert_eq!(released["released"], true);
+    assert_eq!(released["token"], held["token"]);
+
+    // The retry runs (it takes the key over at once and resumes the create under its id);
+    // the first attempt, fenced, stores nothing.
+    let retry = send(addr, booking("POST", "/v1/bookings", Some("held"), BODY))
+        .await
+        .unwrap();
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text());
+    assert!(!retry.replayed());
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        first.text()
+    );
+    let stats = json(admin(&server, &["stats", "--json"]));
+    assert!(
+        stats["counters"]["fenced"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    let again = send(addr, booking("POST", "/v1/bookings", Some("held"), BODY))
+        .await
+        .unwrap();
+    assert!(again.replayed());
+    assert_eq!(again.body, retry.body);
+
+    // A completed record is never released; a key without a record is not either.
+    let refused = admin(&server, &["release", "--scope", &scope, "--key", "held"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("completed"), "{err}");
+    let none = admin(&server, &["release", "--scope", &scope, "--key", "nope"]);
+    assert_eq!(none.status.code(), Some(1));
+    stop(server);
+}
+
+#[test]
+fn o7_release_frees_in_flight_keys_and_unknown_ones_only_when_told_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idem.redb");
+    let config = || {
+        Config::builder()
+            .in_flight_at_open(InFlightAtOpen::MarkUnknown)
+            .build()
+            .unwrap()
+    };
+    let (scope, fp) = (Scope::new("acct_1").unwrap(), Fingerprint::of_bytes(b"x"));
+    let store = Store::open(&path, config()).unwrap();
+    let key = store.key("k1").unwrap();
+    let Begin::Execute(r) = store.begin(&scope, &key, &fp).unwrap() else {
+        panic!("a first attempt executes")
+    };
+    r.abandon();
+    store.close().unwrap();
+
+    let store = Store::open(&path, config()).unwrap();
+    assert!(matches!(
+        store.release_held(&scope, &key),
+        Err(ReleaseError::WrongState {
+            state: State::OutcomeUnknown
+        })
+    ));
+    assert!(matches!(
+        store.begin(&scope, &key, &fp).unwrap(),
+        Begin::OutcomeUnknown
+    ));
+    store.release_unknown(&scope, &key).unwrap();
+    let Begin::Execute(r) = store.begin(&scope, &key, &fp).unwrap() else {
+        panic!("the key runs again once released as not applied")
+    };
+    assert!(matches!(
+        store.release_unknown(&scope, &key),
+        Err(ReleaseError::WrongState {
+            state: State::InFlight
+        })
+    ));
+    r.complete(idemstore::Response::without_headers(201, "ok"))
+        .unwrap();
+    assert!(matches!(
+        store.release_held(&scope, &key),
+        Err(ReleaseError::WrongState {
+            state: State::Completed
+        })
+    ));
+    let other = store.key("k2").unwrap();
+    assert!(matches!(
+        store.release_held(&scope, &other),
+        Err(ReleaseError::NotFound)
+    ));
+    store.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o8_bulk_purge_over_admin_lists_with_dry_run_then_purges_what_it_selects() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    book(&server, "tok_a", &["k1", "k2", "k3"]).await;
+    book(&server, "tok_b", &["k1"]).await;
+    let all = json(admin(&server, &["list", "--json", "--sort", "scope"]));
+    let scope_of = |key_count: usize| {
+        records(&all)
+            .iter()
+            .map(|r| r["scope"].as_str().unwrap())
+            .find(|s| records(&all).iter().filter(|r| r["scope"] == *s).count() == key_count)
+            .unwrap()
+            .to_owned()
+    };
+    let a = scope_of(3);
+
+    let unfiltered = admin(&server, &["purge"]);
+    assert_eq!(
+        unfiltered.status.code(),
+        Some(1),
+        "a filter or --all is needed"
+    );
+
+    let dry = json(admin(
+        &server,
+        &["purge", "--json", "--scope", &a, "--dry-run"],
+    ));
+    assert_eq!(
+        (dry["dry_run"].clone(), dry["matched"].clone()),
+        (true.into(), 3.into())
+    );
+    assert_eq!(dry["purged"], 0);
+    assert_eq!(records(&json(admin(&server, &["list", "--json"]))).len(), 4);
+    let text = out(admin(&server, &["purge", "--scope", &a, "--dry-run"]));
+    assert!(text.contains("would purge 3"), "{text}");
+
+    let done = json(admin(&server, &["purge", "--json", "--scope", &a]));
+    assert_eq!(done["purged"], 3);
+    assert_eq!(done["records"], dry["records"], "what the dry run listed");
+    let left = json(admin(&server, &["list", "--json"]));
+    assert_eq!(records(&left).len(), 1);
+    assert_ne!(left[0]["scope"], a.as_str());
+
+    // The single-record form still works.
+    let b = left[0]["scope"].as_str().unwrap().to_owned();
+    let one = json(admin(
+        &server,
+        &["purge", "--json", "--scope", &b, "--key", "k1"],
+    ));
+    assert_eq!(one["purged"], true);
+    let all_gone = json(admin(&server, &["purge", "--json", "--all"]));
+    assert_eq!(all_gone["matched"], 0);
+    stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o9_export_over_admin_then_import_into_a_fresh_file_gives_the_same_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    book(&server, "tok_demo", &["k1", "k2", "k3"]).await;
+    let export = dir.path().join("export.jsonl");
+    let said = out(admin(
+        &server,
+        &["export", "--out", export.to_str().unwrap()],
+    ));
+    assert!(said.contains("exported 3 records"), "{said}");
+    let lines = std::fs::read_to_string(&export).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+    let to_stdout = out(admin(&server, &["export"]));
+    assert_eq!(to_stdout, lines, "the same lines on stdout");
+
+    let fresh = dir.path().join("fresh.redb");
+    let imported = json(on_file(
+        &fresh,
+        &["import", "--json", "--in", export.to_str().unwrap()],
+    ));
+    assert_eq!(imported["imported"], 3);
+    let again = json(on_file(
+        &fresh,
+        &["import", "--json", "--in", export.to_str().unwrap()],
+    ));
+    assert_eq!(
+        (again["imported"].clone(), again["existing"].clone()),
+        (0.into(), 3.into())
+    );
+    // Into the running service: every key has its record already, and is left alone.
+    let into_service = json(admin(
+        &server,
+        &["import", "--json", "--in", export.to_str().unwrap()],
+    ));
+    assert_eq!(into_service["existing"], 3);
+
+    let compare = |v: &Value| -> Vec<Value> {
+        records(v)
+            .iter()
+            .map(|r| {
+                serde_json::json!([
+                    r["scope"],
+                    r["key"],
+                    r["state"],
+                    r["fingerprint"],
+                    r["response"]
+                ])
+            })
+            .collect()
+    };
+    let served = json(admin(&server, &["list", "--json", "--sort", "scope"]));
+    let copied = json(on_file(&fresh, &["list", "--json", "--sort", "scope"]));
+    assert_eq!(compare(&copied), compare(&served));
+    stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o5_serve_admin_on_a_unix_socket_of_mode_0600_removed_at_stop() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let spec = format!("unix:{}", socket.display());
+    let server = serve(&dir.path().join("idem.redb"), &["--admin", &spec]);
+    assert_eq!(server.admin.as_deref(), Some(spec.as_str()));
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    book(&server, "tok_demo", &["k1"]).await;
+    let stats = json(admin(&server, &["stats", "--json"]));
+    assert_eq!(stats["records"], 1);
+    stop(server);
+    assert!(!socket.exists(), "the socket is removed with the service");
+}
+
+#[test]
+fn o5_serve_refuses_an_admin_address_that_is_not_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    for addr in ["0.0.0.0:0", "[::]:0", "example.com:9100"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_idemstore"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--admin", addr, "--db"])
+            .arg(dir.path().join("idem.redb"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{addr}: {o:?}");
+        assert!(o.stdout.is_empty(), "nothing served: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("loopback"), "{addr}: {err}");
+    }
+}
