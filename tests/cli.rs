@@ -226,7 +226,7 @@ fn cli_damaged_and_foreign_files_are_one_line_errors_never_panics() {
     }
 }
 
-/// The read-only subcommands, each in both output forms; `get` asks for `scope`/`key`.
+/// The read-only subcommands (`export` to stdout), each in both output forms; `get` asks for `scope`/`key`.
 fn read_only_commands(scope: &str, key: &str) -> Vec<Vec<String>> {
     let own = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
     let mut out = Vec::new();
@@ -234,8 +234,10 @@ fn read_only_commands(scope: &str, key: &str) -> Vec<Vec<String>> {
         for cmd in [
             own(&["stats"]),
             own(&["list"]),
+            own(&["list", "--sort", "newest", "--older-than", "0ms"]),
             own(&["get", "--scope", scope, "--key", key]),
             own(&["check"]),
+            own(&["export"]),
         ] {
             let mut cmd = cmd;
             if json {
@@ -301,6 +303,13 @@ fn shows_the_logged_records(outputs: &[(Vec<String>, Output)]) {
                 assert_eq!(v["records"], 6, "{text}");
                 assert_eq!(v["in_flight"], 1, "{text}");
                 assert!(v["log_entries_not_checkpointed"].as_u64().unwrap() >= 4);
+            }
+            ("export", _) => {
+                assert_eq!(text.lines().count(), 6, "{text}");
+                for line in text.lines() {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    assert!(v["fingerprint"].is_string(), "{line}");
+                }
             }
             ("check", false) => assert!(text.contains("problems"), "{text}"),
             ("check", true) => {
@@ -771,4 +780,48 @@ fn cli_list_by_state_shows_outcome_unknown_keys_with_their_points() {
         before,
         "listing wrote to the file"
     );
+}
+
+#[test]
+fn o7_o8_cli_release_and_bulk_purge_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = known_file(dir.path());
+
+    // The held key is freed; a completed one is refused in one line.
+    let released = idemstore(&["release", "--scope", "acct_a", "--key", "k2"], &db);
+    assert!(released.status.success(), "{released:?}");
+    assert!(stdout(&released).contains("can no longer complete"));
+    let gone = idemstore(&["get", "--scope", "acct_a", "--key", "k2"], &db);
+    assert_eq!(gone.status.code(), Some(1), "released to nothing: {gone:?}");
+    let err = one_line_error(&idemstore(
+        &["release", "--scope", "acct_a", "--key", "k1"],
+        &db,
+    ));
+    assert!(err.contains("completed"), "{err}");
+
+    // Bulk purge: a filter or --all is needed; a dry run changes nothing.
+    one_line_error(&idemstore(&["purge"], &db));
+    let dry: serde_json::Value = serde_json::from_slice(
+        &idemstore(
+            &["purge", "--json", "--state", "completed", "--dry-run"],
+            &db,
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        (dry["matched"].clone(), dry["purged"].clone()),
+        (2.into(), 0.into())
+    );
+    let listed: serde_json::Value =
+        serde_json::from_slice(&idemstore(&["list", "--json"], &db).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let done: serde_json::Value = serde_json::from_slice(
+        &idemstore(&["purge", "--json", "--state", "completed"], &db).stdout,
+    )
+    .unwrap();
+    assert_eq!(done["purged"], 2);
+    let listed: serde_json::Value =
+        serde_json::from_slice(&idemstore(&["list", "--json"], &db).stdout).unwrap();
+    assert!(listed.as_array().unwrap().is_empty());
 }
