@@ -44,6 +44,15 @@ pub(crate) fn fenced(hash: &KeyHash, token: u64, current: u64) {
     let _ = (hash, token, current);
 }
 
+/// An operator released a key (`Store::release_held`, `release_unknown`): reservation
+/// `token` can no longer complete.
+pub(crate) fn operator_release(hash: &KeyHash, token: u64, outcome_unknown: bool) {
+    #[cfg(feature = "tracing")]
+    tracing::info!(target: "idemstore::store", key_hash = %short(hash), token, outcome_unknown, "key released by an operator");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (hash, token, outcome_unknown);
+}
+
 /// A checkpoint wrote the log's changes into the database file.
 pub(crate) fn checkpoint(took: Duration) {
     #[cfg(feature = "tracing")]

@@ -1,6 +1,6 @@
 //! The `tracing` events (feature `tracing`), read by a subscriber that records them: a span per
 //! guarded request with what the layer did, at the levels the design gives them; the store's
-//! takeovers and fenced holders; and no scope or key value in any of them.
+//! takeovers, fenced holders and operator releases; and no scope or key value in any of them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -221,6 +221,33 @@ fn c8_a_fenced_holder_on_redis_is_an_event() {
         &format!("current={token}"),
     ];
     assert_eq!(capture.level_of(&fenced), Some(Level::WARN));
+    assert!(
+        capture
+            .lines()
+            .iter()
+            .all(|(_, l)| !l.contains("secret-key-789"))
+    );
+}
+
+/// An operator's release is an event (info) naming the token it fenced, without the key.
+#[test]
+fn o7_an_operator_release_is_an_event() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(subscriber(&capture));
+    let store = Store::in_memory(Config::default()).unwrap();
+    let (s, k, f) = (scope("acct"), key("secret-key-789"), fp("x"));
+    let Claim::Execute { token, .. } = store.claim(&s, &k, &f).unwrap() else {
+        panic!("a new key executes");
+    };
+    assert_eq!(store.release_held(&s, &k).unwrap(), token);
+    assert_eq!(
+        capture.level_of(&[
+            "idemstore::store",
+            "released by an operator",
+            &format!("token={token}")
+        ]),
+        Some(Level::INFO)
+    );
     assert!(
         capture
             .lines()

@@ -56,6 +56,7 @@ impl Store {
         self.release_token(hash, record.token, Release::Answered)
             .wait()
             .map_err(refusal)?;
+        crate::trace::operator_release(&hash, record.token, false);
         Ok(record.token)
     }
 
@@ -84,6 +85,7 @@ impl Store {
         };
         let token = reservation.token();
         reservation.release().map_err(refusal)?;
+        crate::trace::operator_release(&KeyHash::of(scope, key), token, true);
         Ok(token)
     }
 
