@@ -11,6 +11,8 @@
 //! records. The rules the store keeps are stated in `docs/contract.md` (C1-C12); the design, with
 //! its crash analysis, in `docs/design.md`; the file format, byte by byte, in `docs/format.md`.
 //! [`Inspector`] reads a store file without writing anything (rules O1-O4), for operators.
+//! With the feature `admin`, the module `admin` answers the operator commands for a store
+//! that a running service holds (rules O5-O10).
 //!
 //! ```
 //! use idemstore::{Begin, Config, Fingerprint, Key, Response, Scope, Store};
