@@ -467,3 +467,72 @@ fn o5_serve_refuses_an_admin_address_that_is_not_loopback() {
         assert!(err.contains("loopback"), "{addr}: {err}");
     }
 }
+
+/// Asks `admin` one request; the status and the JSON answer.
+async fn ask(admin: &idemstore::admin::AdminService, method: &str, uri: &str) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let answer = admin.clone().oneshot(req).await.unwrap();
+    let status = answer.status().as_u16();
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn o5_the_admin_service_answers_errors_in_one_shape_and_changes_only_on_post() {
+    let store = Store::in_memory(Config::default()).unwrap();
+    let (scope, fp) = (Scope::new("acct 1/é").unwrap(), Fingerprint::of_bytes(b"x"));
+    let key = store.key("k/1").unwrap();
+    let Begin::Execute(r) = store.begin(&scope, &key, &fp).unwrap() else {
+        panic!("a first attempt executes")
+    };
+    r.complete(idemstore::Response::without_headers(201, "ok"))
+        .unwrap();
+    let admin = idemstore::admin::service(store.clone());
+    let one = idemstore::admin::record_query("acct 1/é", "k/1");
+
+    let (status, record) = ask(&admin, "GET", &format!("/v1/record?{one}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(record["key"], "k/1", "scope and key travel percent-encoded");
+    assert_eq!(record["response"]["status"], 201);
+
+    for (method, uri, want, code) in [
+        ("GET", "/v1/nothing".to_owned(), 404, "not_found"),
+        ("GET", "/v1/purge".to_owned(), 405, "method_not_allowed"),
+        ("POST", "/v1/records".to_owned(), 405, "method_not_allowed"),
+        (
+            "GET",
+            "/v1/records?sort=sideways".to_owned(),
+            400,
+            "bad_request",
+        ),
+        ("GET", "/v1/record?scope=a".to_owned(), 400, "bad_request"),
+        (
+            "GET",
+            "/v1/record?scope=a&key=b".to_owned(),
+            404,
+            "not_found",
+        ),
+        ("POST", format!("/v1/release?{one}"), 409, "release_refused"),
+    ] {
+        let (status, body) = ask(&admin, method, &uri).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (want, Some(code)),
+            "{method} {uri}"
+        );
+        assert!(body["error"]["message"].is_string());
+    }
+    assert!(
+        store.get(&scope, &key).unwrap().is_some(),
+        "nothing changed"
+    );
+    let (status, purged) = ask(&admin, "POST", &format!("/v1/purge?{one}")).await;
+    assert_eq!((status, purged), (200, serde_json::json!({"purged": true})));
+    assert!(store.get(&scope, &key).unwrap().is_none());
+}
