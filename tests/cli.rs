@@ -661,8 +661,9 @@ fn o4_cli_output_escapes_terminal_controls_bidi_and_invisible_characters() {
     assert!(stdout(&missing).contains(r"acct_\u{202e}x"));
 }
 
-/// The operator subcommands with `--redis`: the looking ones write nothing to the server and
-/// refuse a prefix without a store; `purge` removes a record; `compact` has nothing to do.
+/// The operator subcommands with `--redis`: the looking ones (`export` among them) write
+/// nothing to the server and refuse a prefix without a store; `purge` removes a record, or
+/// those its filters select; `compact` has nothing to do.
 #[cfg(feature = "redis")]
 #[test]
 fn o1_cli_commands_on_a_redis_store() {
@@ -703,6 +704,7 @@ fn o1_cli_commands_on_a_redis_store() {
     let got = cli(&["get", "--scope", "acct_a", "--key", "k1"]);
     assert!(stdout(&got).contains("201"), "{got:?}");
     assert!(cli(&["check"]).status.success());
+    assert_eq!(stdout(&cli(&["export"])).lines().count(), 2);
     assert!(stdout(&cli(&["stats"])).contains("server"));
     let compact = cli(&["compact"]);
     assert!(
@@ -720,6 +722,19 @@ fn o1_cli_commands_on_a_redis_store() {
     let list = cli(&["list", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
+    // And so does a bulk purge, after its dry run.
+    let dry = cli(&["purge", "--json", "--scope", "acct_a", "--dry-run"]);
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(
+        (dry["matched"].clone(), dry["purged"].clone()),
+        (1.into(), 0.into())
+    );
+    let done = cli(&["purge", "--json", "--scope", "acct_a"]);
+    let done: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(done["purged"], 1);
+    let list = cli(&["list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(rows.as_array().unwrap().is_empty());
 }
 
 /// E6 and P1 for operators: `list --state` picks the records of one state, counting the limit
