@@ -46,10 +46,11 @@ use read_only::{BaseFile, CopyOnWrite, ReadOnlyLog, SharedLocks};
 /// A store file opened for reading only: its records as they stand after every acknowledged
 /// change, without writing anything.
 ///
-/// This is what the operator subcommands `idemstore stats`, `list`, `get` and `check` use. An
-/// inspector never creates, truncates, migrates or writes the file or its write-ahead log
-/// (`<file>.wal`), creates no file beside it, and needs no write permission: it works on a
-/// file of mode 0444 or on a read-only mount. It still shows what [`Store::open`] would:
+/// This is what the operator subcommands `idemstore stats`, `list`, `get`, `export` and
+/// `check` use on a file. An inspector never creates, truncates, migrates or writes the file or
+/// its write-ahead log (`<file>.wal`), creates no file beside it, and needs no write
+/// permission: it works on a file of mode 0444 or on a read-only mount. It still shows what
+/// [`Store::open`] would:
 ///
 /// * a file that was not closed cleanly is repaired, and the log's entries past the file's
 ///   last checkpoint are applied, exactly as recovery at open does it (the same log reader, the
