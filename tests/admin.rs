@@ -381,7 +381,8 @@ async fn o8_bulk_purge_over_admin_lists_with_dry_run_then_purges_what_it_selects
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn o9_export_over_admin_then_import_into_a_fresh_file_gives_the_same_records() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &[]);
+    // Two hours, against the day the fresh file's store would give an imported record.
+    let server = start(dir.path(), &["--ttl-secs", "7200"]);
     book(&server, "tok_demo", &["k1", "k2", "k3"]).await;
     let export = dir.path().join("export.jsonl");
     let said = out(admin(
@@ -432,6 +433,16 @@ async fn o9_export_over_admin_then_import_into_a_fresh_file_gives_the_same_recor
     let served = json(admin(&server, &["list", "--json", "--sort", "scope"]));
     let copied = json(on_file(&fresh, &["list", "--json", "--sort", "scope"]));
     assert_eq!(compare(&copied), compare(&served));
+    // Each record keeps the expiry it had (to the second the import took), not a fresh TTL.
+    let expiries = |v: &Value| -> Vec<i64> {
+        records(v)
+            .iter()
+            .map(|r| seconds(r["expires_at"].as_str().unwrap()))
+            .collect()
+    };
+    for (copied, served) in expiries(&copied).into_iter().zip(expiries(&served)) {
+        assert!((copied - served).abs() <= 10, "{copied} against {served}");
+    }
     stop(server);
 }
 
@@ -535,4 +546,18 @@ async fn o5_the_admin_service_answers_errors_in_one_shape_and_changes_only_on_po
     let (status, purged) = ask(&admin, "POST", &format!("/v1/purge?{one}")).await;
     assert_eq!((status, purged), (200, serde_json::json!({"purged": true})));
     assert!(store.get(&scope, &key).unwrap().is_none());
+}
+
+/// Seconds since the epoch of an RFC 3339 time `YYYY-MM-DDTHH:MM:SS...Z`, for comparisons.
+fn seconds(rfc3339: &str) -> i64 {
+    let n = |range: std::ops::Range<usize>| rfc3339[range].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from the civil date (the inverse of the one the tool prints with).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
 }

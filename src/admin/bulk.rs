@@ -9,10 +9,11 @@
 //! before it changes anything, refusing it all at its first bad line.
 
 use std::io::BufRead;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::config::CachePolicy;
+use crate::config::{CachePolicy, Terms};
 use crate::error::{ImportError, Unavailable};
 use crate::rules::key::{Key, Scope};
 use crate::rules::state::State;
@@ -129,11 +130,11 @@ impl ImportReport {
     }
 }
 
-/// Imports an export ([`export_lines`]): each completed record is created through `begin`
-/// and `complete`, with its fingerprint and its response (whatever its status: the store's
-/// cache policy does not apply), so that a retry of it replays. The store cannot be given an
-/// expiry: an imported record expires one TTL of the store from now, and its `created_at` and
-/// token are the import's. Records in flight or whose outcome is unknown are skipped (counted:
+/// Imports an export ([`export_lines`]): each completed record is created through `begin_with`
+/// and `complete`, with its fingerprint and its response, under [`Terms`](crate::Terms) that
+/// keep any status (the store's cache policy does not apply) for the time the record had left,
+/// so that a retry of it replays until the moment it would have expired (at least 1 s from the
+/// import). Its `created_at` and token are the import's. Records in flight or whose outcome is unknown are skipped (counted:
 /// nothing can be replayed for them), as are records already expired and keys that have a
 /// live record in the store already (counted, left alone). Empty lines are ignored.
 ///
@@ -172,13 +173,14 @@ pub fn import(store: &Store, input: impl BufRead) -> Result<ImportReport, Import
             report.skipped_expired += 1;
             continue;
         }
+        let terms = kept_for(store, r.expires_at - now);
         match store
-            .begin(&scope, &key, &r.fingerprint)
+            .begin_with(&scope, &key, &r.fingerprint, terms)
             .map_err(|source| ImportError::Begin { line, source })?
         {
             Begin::Execute(reservation) => {
                 reservation
-                    .complete_keeping(response, CachePolicy::AllIncludingTransient)
+                    .complete(response)
                     .map_err(|source| ImportError::Complete { line, source })?;
                 report.imported += 1;
             }
@@ -186,6 +188,18 @@ pub fn import(store: &Store, input: impl BufRead) -> Result<ImportReport, Import
         }
     }
     Ok(report)
+}
+
+/// The terms of an imported record: every status kept, for the `left_ms` it had left (within
+/// the range a time to live may take).
+fn kept_for(store: &Store, left_ms: u64) -> Terms {
+    let terms = store
+        .config()
+        .terms()
+        .with_cache_policy(CachePolicy::AllIncludingTransient);
+    let left = Duration::from_millis(left_ms)
+        .clamp(Duration::from_secs(1), Duration::from_secs(366 * 86_400));
+    terms.with_ttl(left).unwrap_or(terms)
 }
 
 /// The counts `idemstore stats --json` gives: `records`, `live`, `in_flight`, `completed`,
@@ -272,12 +286,16 @@ mod tests {
         let a = Scope::new("a").unwrap();
         let fp = Fingerprint::of_bytes(b"x");
         // A 500 the default cache policy would not keep: an import keeps it all the same.
-        let r = execute(from.begin(&a, &Key::new("k1").unwrap(), &fp).unwrap());
-        r.complete_keeping(
-            Response::new(500, [("x", &b"\xff"[..])], b"\xfe".to_vec()),
-            CachePolicy::AllIncludingTransient,
-        )
-        .unwrap();
+        let all = from
+            .config()
+            .terms()
+            .with_cache_policy(CachePolicy::AllIncludingTransient);
+        let r = execute(
+            from.begin_with(&a, &Key::new("k1").unwrap(), &fp, all)
+                .unwrap(),
+        );
+        r.complete(Response::new(500, [("x", &b"\xff"[..])], b"\xfe".to_vec()))
+            .unwrap();
         execute(from.begin(&a, &Key::new("k2").unwrap(), &fp).unwrap()).abandon();
         let lines = export_lines(&from.records(None, 10).unwrap());
 

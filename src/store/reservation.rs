@@ -114,21 +114,6 @@ impl Reservation {
         completed
     }
 
-    /// [`complete`](Reservation::complete) under `policy` instead of the store's: an import
-    /// keeps every status it was given.
-    #[cfg(feature = "admin")]
-    pub(crate) fn complete_keeping(
-        mut self,
-        response: Response,
-        policy: CachePolicy,
-    ) -> Result<Completion, CompleteError> {
-        let answer = self
-            .store
-            .complete_token(self.hash, self.token, response, policy);
-        self.disarm_if_queued(&answer);
-        answer.wait()
-    }
-
     /// [`complete`](Reservation::complete) as a runtime-agnostic future.
     pub fn complete_async(
         mut self,

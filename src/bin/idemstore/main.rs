@@ -133,11 +133,6 @@ enum Command {
         /// The export to read.
         #[arg(long = "in", value_name = "FILE")]
         input: Option<PathBuf>,
-        /// On a file or a Redis server: how long the imported records live, in seconds (the
-        /// store's default, a day, otherwise); an import cannot keep their old expiry.
-        #[arg(long, value_name = "N")]
-        #[arg(value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
-        ttl_secs: Option<u64>,
     },
     /// Remove every expired record now.
     Compact(ops::Target),
@@ -226,11 +221,7 @@ fn run(cli: Cli) -> ExitCode {
             not_applied,
         } => ops::release(&target, &scope, &key, not_applied),
         Command::Export { target, out } => ops::export(&target, out.as_deref()),
-        Command::Import {
-            target,
-            input,
-            ttl_secs,
-        } => ops::import(&target, input.as_deref(), ttl_secs.map(Duration::from_secs)),
+        Command::Import { target, input } => ops::import(&target, input.as_deref()),
         Command::Compact(t) => ops::compact(&t),
         Command::Check(t) => ops::check(&t),
     };

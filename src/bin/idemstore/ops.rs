@@ -93,16 +93,14 @@ fn existing(path: &Path) -> Result<(), String> {
 
 /// Opens an existing store to change it (`purge`, `release`, `compact`); `import` may create
 /// the file (`create`), with records living `ttl`.
-fn open_with(t: &Target, create: bool, ttl: Option<Duration>) -> Result<Store, String> {
-    let mut config = Config::builder()
+fn open_with(t: &Target, create: bool) -> Result<Store, String> {
+    let config = Config::builder()
         // No background compaction while an operator works, and reservations other than
         // the one changed stay as found: the tool changes only what it is asked to.
         .compactor_interval(Duration::from_secs(3600))
-        .release_in_flight_on_open(false);
-    if let Some(ttl) = ttl {
-        config = config.ttl(ttl);
-    }
-    let config = config.build().map_err(|e| e.to_string())?;
+        .release_in_flight_on_open(false)
+        .build()
+        .map_err(|e| e.to_string())?;
     if let Some(url) = &t.redis {
         // Made sure first that the store exists there: a purge never creates one.
         if !create {
@@ -123,7 +121,7 @@ fn open_with(t: &Target, create: bool, ttl: Option<Duration>) -> Result<Store, S
 }
 
 fn open(t: &Target) -> Result<Store, String> {
-    open_with(t, false, None)
+    open_with(t, false)
 }
 
 /// What the looking commands read: a file through the inspector, or a Redis server through a
@@ -782,11 +780,7 @@ pub(crate) fn export(t: &Target, out: Option<&Path>) -> Result<Outcome, String> 
 
 /// `import`: the records of an export (from `input`, or stdin), into the target; on a file,
 /// records live `ttl` (the store's default otherwise).
-pub(crate) fn import(
-    t: &Target,
-    input: Option<&Path>,
-    ttl: Option<Duration>,
-) -> Result<Outcome, String> {
+pub(crate) fn import(t: &Target, input: Option<&Path>) -> Result<Outcome, String> {
     let bytes = match input {
         Some(path) => {
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
@@ -799,12 +793,9 @@ pub(crate) fn import(
         }
     };
     let report = if let Some(addr) = t.admin()? {
-        if ttl.is_some() {
-            return Err("--ttl-secs applies to a file or a Redis server; through --admin, the service's TTL does".into());
-        }
         remote::json(&addr, Method::POST, "/v1/import", bytes)?
     } else {
-        let store = open_with(t, true, ttl)?;
+        let store = open_with(t, true)?;
         let report = admin::import(&store, bytes.as_slice()).map_err(|e| chain(&e));
         close(store)?;
         report?.to_json()
