@@ -900,6 +900,12 @@ pub enum Error {
     /// A transaction over the caller's own tables, or a completion or a recovery point with
     /// it, failed ([`TransactionError`], [`CompleteWithError`], [`PointWithError`]).
     Transaction(Box<dyn StdError + Send + Sync + 'static>),
+    /// The caller's key journal failed (feature `client`).
+    #[cfg(feature = "client")]
+    Journal(Box<crate::client::JournalError>),
+    /// A retried request ended without an answer (feature `client`).
+    #[cfg(feature = "client")]
+    Retry(Box<crate::client::RetryError>),
 }
 
 impl fmt::Display for Error {
@@ -919,6 +925,10 @@ impl fmt::Display for Error {
             Error::Import(e) => e.fmt(f),
             Error::Unavailable(e) => e.fmt(f),
             Error::Transaction(e) => e.fmt(f),
+            #[cfg(feature = "client")]
+            Error::Journal(e) => e.fmt(f),
+            #[cfg(feature = "client")]
+            Error::Retry(e) => e.fmt(f),
         }
     }
 }
@@ -940,6 +950,10 @@ impl StdError for Error {
             Error::Import(e) => Some(e),
             Error::Unavailable(e) => Some(e),
             Error::Transaction(e) => Some(&**e),
+            #[cfg(feature = "client")]
+            Error::Journal(e) => Some(&**e),
+            #[cfg(feature = "client")]
+            Error::Retry(e) => Some(&**e),
         }
     }
 }
@@ -972,6 +986,20 @@ umbrella_from! {
 impl From<ImportError> for Error {
     fn from(e: ImportError) -> Self {
         Error::Import(e)
+    }
+}
+
+#[cfg(feature = "client")]
+impl From<crate::client::JournalError> for Error {
+    fn from(e: crate::client::JournalError) -> Self {
+        Error::Journal(Box::new(e))
+    }
+}
+
+#[cfg(feature = "client")]
+impl From<crate::client::RetryError> for Error {
+    fn from(e: crate::client::RetryError) -> Self {
+        Error::Retry(Box::new(e))
     }
 }
 

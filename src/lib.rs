@@ -38,6 +38,8 @@ pub mod __fuzz;
 #[cfg(feature = "admin")]
 pub mod admin;
 mod backend;
+#[cfg(feature = "client")]
+pub mod client;
 mod clock;
 mod config;
 mod engine;
