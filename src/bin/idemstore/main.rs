@@ -3,6 +3,8 @@
 //! * `idemstore serve [--db PATH] [--addr ADDR] [--handler-delay-ms N]` serves the bookings
 //!   API of the README behind the idempotency layer;
 //! * `idemstore demo [--db PATH]` walks through the store's answers without HTTP;
+//! * `idemstore call METHOD URL --data JSON --op ID [--journal PATH] [--header ...]` sends a
+//!   write with a journaled idempotency key and retries it safely;
 //! * `idemstore stats|list|get|purge|release|export|import|compact|check [--db PATH |
 //!   --redis URL | --admin ADDR] [--json]` inspect and maintain a store: a file, a Redis
 //!   server, or a running service's admin interface.
@@ -11,6 +13,7 @@
 
 mod admin_serve;
 mod bookings;
+mod call;
 mod demo;
 mod escape;
 mod ops;
@@ -46,6 +49,8 @@ enum Command {
         #[arg(long, default_value = "idemstore-demo.redb")]
         db: PathBuf,
     },
+    /// Send a write with a journaled idempotency key, retrying it safely (http:// only).
+    Call(call::CallArgs),
     /// Count the records in a store (with `--admin`, the service's counters too).
     Stats {
         #[command(flatten)]
@@ -185,6 +190,7 @@ fn run(cli: Cli) -> ExitCode {
                 Err(e) => fail(&ops::chain(&*e)),
             };
         }
+        Command::Call(args) => return call::run(args),
         Command::Stats {
             target,
             watch,
