@@ -63,5 +63,10 @@ mod http_support;
 mod admin;
 #[cfg(feature = "cli")]
 mod cli;
+// The caller's side (feature `client`) against the demo service, through a faulty proxy.
+#[cfg(feature = "cli")]
+mod client;
+#[cfg(feature = "cli")]
+mod client_proxy;
 #[cfg(feature = "cli")]
 mod serve;

@@ -6,7 +6,8 @@
 //! timeouts, the body limit without the layer, the connection limit, and a shutdown bounded by
 //! its grace period. Waits are upper bounds on polls, not sleeps that let something happen;
 //! the one check that something does not happen (a connection beyond the limit is not served)
-//! looks for a short, bounded time.
+//! looks for a short, bounded time. The helpers that start the binary and list its bookings
+//! serve the client's tests too (`tests/client.rs`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -305,7 +306,7 @@ fn serve_shuts_down_cleanly_on_sigterm() {
 }
 
 /// The account's bookings' uids.
-async fn uids(addr: SocketAddr) -> Vec<String> {
+pub(crate) async fn uids(addr: SocketAddr) -> Vec<String> {
     let list = send(addr, booking("GET", "/v1/bookings", None, ""))
         .await
         .unwrap();
