@@ -704,3 +704,63 @@ async fn k8_idemstore_call_retries_resumes_replays_and_stops_on_a_conflict() {
     assert!(!bad.status.success());
     assert!(stderr_line(&bad).contains("only http://"));
 }
+
+// ---- K7 with reqwest: the same policy as a reqwest-middleware middleware ---------------------
+
+#[cfg(feature = "client-reqwest")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k7_the_reqwest_middleware_makes_one_booking_through_faults_and_stops_on_a_conflict() {
+    use idemstore::client::RetryMiddleware;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("idem.redb"), &[]);
+    let script = vec![
+        Fault::DropAnswer,
+        Fault::Reset,
+        Fault::Stall,
+        Fault::Delay(Duration::from_millis(30)),
+    ];
+    let proxy = start(server.addr, script).await;
+    let journal = KeyJournal::in_memory(JournalConfig::default()).unwrap();
+    // One connection per request, so that each attempt meets the next fault.
+    let reqwest = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest)
+        .with(RetryMiddleware::new(fast_policy()).journal(journal.clone()))
+        .build();
+    let url = format!("http://{}/v1/bookings", proxy.addr);
+    let send = |op: &'static str, body: String| {
+        client
+            .post(&url)
+            .with_extension(Operation::new(op))
+            .header("authorization", "Bearer tok_demo")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let response = send("r-1", body(8)).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let report = response.extensions().get::<RetryReport>().cloned().unwrap();
+    assert!(report.attempts >= 4 && report.replayed, "{report:?}");
+    assert_eq!(journal.key_for("r-1").unwrap().key(), report.key);
+    let booked: serde_json::Value =
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let uid = booked["data"]["uid"].as_str().unwrap().to_owned();
+    assert_eq!(uids(server.addr).await, [uid]);
+
+    match send("r-1", body(9)).await {
+        Err(reqwest_middleware::Error::Middleware(e)) => assert!(
+            matches!(
+                e.downcast_ref::<RetryError>(),
+                Some(RetryError::Conflict { attempts: 1, .. })
+            ),
+            "{e:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(uids(server.addr).await.len(), 1);
+    assert!(journal.pending().unwrap().is_empty());
+}

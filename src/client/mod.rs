@@ -20,6 +20,8 @@
 //! * [`RetryLayer`]: a tower layer for hyper-based clients that applies both, with one key
 //!   on every attempt (from the journal through an [`Operation`] extension, from an
 //!   [`IdempotencyKey`] extension, or from the request's header).
+//! * With the feature `client-reqwest`, `RetryMiddleware` does the same as a
+//!   `reqwest-middleware` middleware.
 //!
 //! Invariants kept across them (rules K1 to K8 of `docs/contract.md`):
 //!
@@ -39,6 +41,8 @@ mod classify;
 mod error;
 mod journal;
 mod layer;
+#[cfg(feature = "client-reqwest")]
+mod middleware;
 mod mint;
 mod policy;
 mod retry;
@@ -47,5 +51,7 @@ pub use classify::{Verdict, classify, error_code, is_replay, retry_after};
 pub use error::{BoxError, Failure, JournalError, RetryError};
 pub use journal::{JournalConfig, JournalEntry, KeyJournal, Outcome};
 pub use layer::{IdempotencyKey, Operation, ResponseFuture, RetryLayer, RetryService};
+#[cfg(feature = "client-reqwest")]
+pub use middleware::RetryMiddleware;
 pub use policy::RetryPolicy;
 pub use retry::RetryReport;
