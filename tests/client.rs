@@ -404,7 +404,7 @@ async fn k6_retries_keep_one_key_and_the_report_says_attempts_and_replay() {
 }
 
 #[tokio::test]
-async fn k6_conflicts_refusals_and_unknown_outcomes_stop_at_the_first_attempt() {
+async fn k4_k6_conflicts_refusals_and_unknown_outcomes_stop_at_the_first_attempt() {
     for (status, body) in [(409, CONFLICT), (422, "{}"), (400, "{}"), (409, UNKNOWN)] {
         let journal = KeyJournal::in_memory(JournalConfig::default()).unwrap();
         let (server, keys) = scripted(vec![(status, &[], body), (201, &[], "")]);
@@ -434,7 +434,7 @@ async fn k6_conflicts_refusals_and_unknown_outcomes_stop_at_the_first_attempt() 
 }
 
 #[tokio::test]
-async fn k6_a_request_without_a_key_is_not_sent_and_one_given_up_stays_pending() {
+async fn k4_k6_a_request_without_a_key_is_not_sent_and_one_given_up_stays_pending() {
     let (server, keys) = scripted(vec![(503, &[], ""), (503, &[], "")]);
     let service = RetryLayer::new(fast_policy()).layer(server.clone());
     let request = http::Request::post("http://x/")
