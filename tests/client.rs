@@ -51,7 +51,7 @@ fn fast_policy() -> RetryPolicy {
         .cap(Duration::from_millis(20))
         .max_attempts(40)
         .deadline(Duration::from_secs(120))
-        .attempt_timeout(Duration::from_millis(500))
+        .attempt_timeout(Duration::from_secs(1))
 }
 
 fn create(addr: std::net::SocketAddr, op: &str, body: &str) -> http::Request<Full<Bytes>> {
@@ -466,6 +466,28 @@ async fn k4_k6_a_request_without_a_key_is_not_sent_and_one_given_up_stays_pendin
         "{err:?}"
     );
     assert_eq!(journal.pending().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn k5_a_retry_after_that_ends_past_the_deadline_ends_the_request_without_waiting() {
+    let (server, keys) = scripted(vec![(503, &[("retry-after", "30")], ""), (201, &[], "")]);
+    let service = RetryLayer::new(fast_policy().deadline(Duration::from_secs(10))).layer(server);
+    let request = http::Request::post("http://x/")
+        .header("idempotency-key", "k-deadline")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let err = service.oneshot(request).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RetryError::Deadline {
+                attempts: 1,
+                last: idemstore::client::Failure::Status(503)
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(keys.lock().unwrap().as_slice(), ["k-deadline"]);
 }
 
 // ---- K7: the demo service through the faulty proxy ------------------------------------------
