@@ -722,6 +722,27 @@ async fn k8_idemstore_call_retries_resumes_replays_and_stops_on_a_conflict() {
     expected.sort();
     assert_eq!(listed, expected, "one booking per operation");
 
+    // A key derived from a stable id: the journal holds that id as the operation's key.
+    let derived = call(
+        &journal,
+        &url,
+        "cli-4",
+        &body(10),
+        &["--key-from", "webhook-evt-4"],
+    );
+    assert!(derived.status.success(), "{derived:?}");
+    let keys = KeyJournal::open(&journal, JournalConfig::default()).unwrap();
+    let entry = keys.key_for("cli-4").unwrap();
+    assert_eq!(entry.key(), "webhook-evt-4");
+    assert_eq!(
+        entry.outcome(),
+        Some(Outcome::Answered {
+            status: 201,
+            replayed: false
+        })
+    );
+    keys.close().unwrap();
+
     let bad = call(&journal, "https://example.com/", "cli-3", "{}", &[]);
     assert!(!bad.status.success());
     assert!(stderr_line(&bad).contains("only http://"));
