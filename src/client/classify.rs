@@ -81,7 +81,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict
     }
 }
 
-/// Another spelling of a conflict, used by some APIs (one of the seeds').
+/// Another spelling of a conflict, used by some APIs.
 const REUSED: &str = "idempotency_key_reused";
 
 /// The error code of a JSON error body: `{"error": {"code": ...}}` (idemstore's JSON style)

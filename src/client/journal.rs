@@ -68,7 +68,7 @@ impl fmt::Debug for JournalConfig {
 }
 
 impl Default for JournalConfig {
-    /// A 24-hour window, the common one (the seeds' APIs and idemstore's own default).
+    /// A 24-hour window: the common one, and idemstore's own default `ttl`.
     fn default() -> Self {
         JournalConfig::new(Duration::from_secs(24 * 3600))
     }
