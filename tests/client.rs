@@ -541,6 +541,35 @@ async fn k7_every_operation_makes_one_booking_through_dropped_reset_delayed_and_
     assert!(journal.pending().unwrap().is_empty());
 }
 
+/// The first attempt is abandoned while the handler (held 300 ms) runs, so the retry and it
+/// meet at the server: `409 idempotency_in_progress` is waited out as `Retry-After` asks, and
+/// the operation ends with one booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k7_a_retry_while_the_first_attempt_runs_waits_and_gets_its_booking() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        &dir.path().join("idem.redb"),
+        &["--handler-delay-ms", "300"],
+    );
+    let proxy = start(server.addr, vec![Fault::Abandon]).await;
+    let journal = KeyJournal::in_memory(JournalConfig::default()).unwrap();
+    let service = RetryLayer::new(fast_policy().attempt_timeout(Duration::from_secs(10)))
+        .journal(journal)
+        .layer(client());
+    let response = service
+        .oneshot(create(proxy.addr, "held", &body(20)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let report = response.extensions().get::<RetryReport>().unwrap().clone();
+    // The retry may reach the server before the abandoned attempt (then it runs, and the
+    // abandoned one is in progress or a replay), or after it (then it waits on in progress
+    // and replays): either way one booking, the one answered.
+    assert!(report.attempts >= 2, "{report:?}");
+    assert_eq!(proxy.applied()[0], Fault::Abandon);
+    assert_eq!(uids(server.addr).await, [uid_of(response).await]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k2_a_caller_that_dies_after_sending_resumes_with_its_key_and_gets_the_first_booking() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,8 @@
 //! A fault-injecting TCP proxy on loopback, for the client's tests: per connection it
 //! forwards, drops the answer (the request reaches the server, which does the work, and the
 //! connection is closed before the answer comes back), resets the connection before the
-//! request reaches the server, delays the answer, or stalls it (holds it until the client
-//! gives up). Faults come from a script, one per connection in order, so a run is the same
+//! request reaches the server, abandons it while the server works (closes at once after
+//! forwarding it), delays the answer, or stalls it (holds it until the client gives up). Faults come from a script, one per connection in order, so a run is the same
 //! every time: what differs between runs is timing, never which fault a connection gets.
 
 use std::net::SocketAddr;
@@ -23,6 +23,9 @@ pub enum Fault {
     DropAnswer,
     /// Read the request and reset the connection (RST) without forwarding it.
     Reset,
+    /// Forward the request and close the client's connection at once, while the server may
+    /// still be working on it: a retry can arrive while the first attempt runs.
+    Abandon,
     /// Forward the request, hold the answer for this long, then pass everything through.
     Delay(Duration),
     /// Forward the request and never send the answer: hold the connection until the client
@@ -123,6 +126,13 @@ async fn connection(
     }
     let mut server = TcpStream::connect(upstream).await?;
     server.write_all(&request).await?;
+    if fault == Fault::Abandon {
+        drop(client);
+        // Keep the server's side open until it answers, so the request is not cut short.
+        let mut sink = [0u8; 1024];
+        let _ = server.read(&mut sink).await;
+        return Ok(());
+    }
     let mut first = vec![0u8; 64 * 1024];
     let n = server.read(&mut first).await?;
     match fault {
@@ -139,7 +149,7 @@ async fn connection(
             tokio::io::copy_bidirectional(&mut client, &mut server).await?;
             Ok(())
         }
-        Fault::Forward | Fault::Reset => Ok(()),
+        Fault::Forward | Fault::Reset | Fault::Abandon => Ok(()),
     }
 }
 
