@@ -53,6 +53,15 @@ pub(crate) fn operator_release(hash: &KeyHash, token: u64, outcome_unknown: bool
     let _ = (hash, token, outcome_unknown);
 }
 
+/// A holder gave its key back (C6): released it, or dropped its reservation (`dropped`), so
+/// the next attempt executes.
+pub(crate) fn released(hash: &KeyHash, token: u64, dropped: bool) {
+    #[cfg(feature = "tracing")]
+    tracing::debug!(target: "idemstore::store", key_hash = %short(hash), token, dropped, "reservation released");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (hash, token, dropped);
+}
+
 /// A checkpoint wrote the log's changes into the database file.
 pub(crate) fn checkpoint(took: Duration) {
     #[cfg(feature = "tracing")]

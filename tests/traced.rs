@@ -229,6 +229,33 @@ fn c8_a_fenced_holder_on_redis_is_an_event() {
     );
 }
 
+/// C6: a holder that gives its key back, by `release` or by dropping its reservation, is a
+/// debug event naming its token and how.
+#[test]
+fn c6_a_release_and_a_dropped_reservation_are_events() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(subscriber(&capture));
+    let store = Store::in_memory(Config::default()).unwrap();
+    let s = scope("acct");
+    let released = crate::support::execute(store.begin(&s, &key("k-released"), &fp("x")).unwrap());
+    let kept = released.token();
+    released.release().unwrap();
+    let dropped = crate::support::execute(store.begin(&s, &key("k-dropped"), &fp("x")).unwrap());
+    let gone = dropped.token();
+    drop(dropped);
+    for (token, how) in [(kept, "dropped=false"), (gone, "dropped=true")] {
+        assert_eq!(
+            capture.level_of(&[
+                "idemstore::store",
+                "reservation released",
+                &format!("token={token}"),
+                how
+            ]),
+            Some(Level::DEBUG)
+        );
+    }
+}
+
 /// An operator's release is an event (info) naming the token it fenced, without the key.
 #[test]
 fn o7_an_operator_release_is_an_event() {

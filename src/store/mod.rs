@@ -493,6 +493,7 @@ impl Store {
 
     /// Releases `token` without waiting for the answer (a dropped reservation).
     fn forget(&self, hash: KeyHash, token: u64) {
+        crate::trace::released(&hash, token, true);
         let _ = self.inner.engine.release(hash, token, Release::Forget);
     }
 
@@ -500,6 +501,7 @@ impl Store {
         if let Err(e) = self.inner.shared.check() {
             return Answer::Now(Err(e.into()));
         }
+        crate::trace::released(&hash, token, false);
         self.inner.engine.release(hash, token, how)
     }
 
