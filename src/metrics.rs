@@ -87,6 +87,28 @@ pub fn publish(store: &crate::Store) {
     gauge("idemstore_waiting", stats.waiting);
 }
 
+/// When a caller asked, for a latency histogram: it reads the clock only when the store's
+/// histograms go to a recorder (never without the feature).
+#[derive(Clone, Copy)]
+pub(crate) struct Stopwatch(#[cfg(feature = "metrics")] Option<std::time::Instant>);
+
+impl Stopwatch {
+    pub(crate) fn start(metrics: &Metrics) -> Stopwatch {
+        #[cfg(feature = "metrics")]
+        return Stopwatch(metrics.timed.then(std::time::Instant::now));
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = metrics;
+            Stopwatch()
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn elapsed(self) -> Option<Duration> {
+        self.0.map(|t| t.elapsed())
+    }
+}
+
 /// The handles one store records through, registered when it opens.
 #[cfg(feature = "metrics")]
 pub(crate) struct Metrics {
@@ -100,6 +122,9 @@ pub(crate) struct Metrics {
     commit_ops: metrics::Histogram,
     commit_seconds: metrics::Histogram,
     checkpoint_seconds: metrics::Histogram,
+    /// Whether a recorder took the handles: without one, latencies are not timed at all, so a
+    /// build with the feature and nothing installed reads no clock for them.
+    timed: bool,
     /// By [`Outcome`](crate::http::Outcome), in the order of `Outcome::ALL`.
     #[cfg(feature = "http")]
     http: Vec<metrics::Counter>,
@@ -134,7 +159,12 @@ impl Metrics {
     #[cfg(feature = "metrics")]
     pub(crate) fn new(store: &str) -> Metrics {
         let s = || store.to_owned();
+        // The facade's stand-in when nothing is installed is a recorder of size zero; one that
+        // keeps anything has state. (A recorder of size zero is taken for none: its handles
+        // still get every count, but no latency.)
+        let timed = metrics::with_recorder(|r| std::mem::size_of_val(r) != 0);
         Metrics {
+            timed,
             begin: ANSWERS
                 .map(|a| metrics::counter!("idemstore_begin_total", "store" => s(), "answer" => a)),
             begin_seconds: metrics::histogram!("idemstore_begin_seconds", "store" => s()),
@@ -162,23 +192,27 @@ impl Metrics {
         Metrics
     }
 
-    /// A `begin` answered `claim`, `took` after its caller asked.
-    pub(crate) fn begin(&self, claim: &Claim, took: Duration) {
+    /// A `begin` answered `claim` to a caller who asked at `asked`.
+    pub(crate) fn begin(&self, claim: &Claim, asked: Stopwatch) {
         #[cfg(feature = "metrics")]
         {
             self.begin[answer_index(claim)].increment(1);
-            self.begin_seconds.record(took);
+            if let Some(took) = asked.elapsed() {
+                self.begin_seconds.record(took);
+            }
         }
         #[cfg(not(feature = "metrics"))]
-        let _ = (claim, took);
+        let _ = (claim, asked);
     }
 
-    /// A `complete` was answered, `took` after its caller asked.
-    pub(crate) fn completed(&self, took: Duration) {
+    /// A `complete` was answered to a caller who asked at `asked`.
+    pub(crate) fn completed(&self, asked: Stopwatch) {
         #[cfg(feature = "metrics")]
-        self.complete_seconds.record(took);
+        if let Some(took) = asked.elapsed() {
+            self.complete_seconds.record(took);
+        }
         #[cfg(not(feature = "metrics"))]
-        let _ = took;
+        let _ = asked;
     }
 
     /// A lease was taken over (C8).

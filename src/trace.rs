@@ -91,19 +91,41 @@ pub(crate) fn request_span(
     scope: &crate::rules::key::Scope,
     key: &crate::rules::key::Key,
 ) -> tracing::Span {
-    let scope_digest: String = blake3::hash(scope.as_str().as_bytes()).as_bytes()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     tracing::info_span!(
         target: "idemstore::http",
         "idempotency",
-        scope = %scope_digest,
-        key_hash = %short(&KeyHash::of(scope, key)),
+        scope = %ScopeDigest(scope),
+        key_hash = %KeyDigest(scope, key),
         store_us = tracing::field::Empty,
         outcome = tracing::field::Empty,
         status = tracing::field::Empty,
     )
+}
+
+/// A scope's digest in a span, computed only when a subscriber records the span: a layer with
+/// the feature and no subscriber pays nothing for it.
+#[cfg(all(feature = "http", feature = "tracing"))]
+struct ScopeDigest<'a>(&'a crate::rules::key::Scope);
+
+#[cfg(all(feature = "http", feature = "tracing"))]
+impl std::fmt::Display for ScopeDigest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &blake3::hash(self.0.as_str().as_bytes()).as_bytes()[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A key's hash in a span, computed only when a subscriber records the span.
+#[cfg(all(feature = "http", feature = "tracing"))]
+struct KeyDigest<'a>(&'a crate::rules::key::Scope, &'a crate::rules::key::Key);
+
+#[cfg(all(feature = "http", feature = "tracing"))]
+impl std::fmt::Display for KeyDigest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&short(&KeyHash::of(self.0, self.1)))
+    }
 }
 
 /// Records in the current request span how long the store took to decide a `begin`.

@@ -161,6 +161,7 @@ where
         #[cfg(feature = "tracing")]
         let span = crate::trace::request_span(&scope, &key);
         let answering = guarded(Arc::clone(&self.shared), inner, parts, body, scope, key);
+        #[cfg(feature = "metrics")]
         let store = self.shared.store.clone();
         let answering = async move {
             let answered = answering.await;
@@ -168,6 +169,7 @@ where
                 && let Some(outcome) = response.extensions().get::<Outcome>()
             {
                 crate::trace::answered(*outcome, response.status().as_u16());
+                #[cfg(feature = "metrics")]
                 store.metrics().answered(*outcome);
             }
             answered

@@ -18,7 +18,6 @@ mod wait;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -29,6 +28,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::{Answer, Engine, Release, Shared};
 use crate::error::{BeginError, CompleteError, KeyError, LeaseError, OpenError, Unavailable};
 use crate::format::blob;
+use crate::metrics::Stopwatch;
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
 use crate::rules::point::RecoveryPoint;
@@ -285,7 +285,7 @@ impl Store {
         fp: &Fingerprint,
         terms: Terms,
     ) -> Result<Begin, BeginError> {
-        let asked = Instant::now();
+        let asked = Stopwatch::start(&self.inner.shared.metrics);
         let (hash, answer) = self.claim(scope, key, fp, terms)?;
         Ok(self.wrap(hash, self.counted(answer.wait()?, asked), terms))
     }
@@ -311,7 +311,7 @@ impl Store {
         terms: Terms,
     ) -> impl Future<Output = Result<Begin, BeginError>> + Send + 'static {
         let store = self.clone();
-        let asked = Instant::now();
+        let asked = Stopwatch::start(&self.inner.shared.metrics);
         // An answer decided already is wrapped now, so that a reservation in it is armed (its
         // drop releases the key) even if the future is dropped without being polled.
         let claimed = self
@@ -334,8 +334,8 @@ impl Store {
     }
 
     /// Records a `begin`'s answer and latency in the store's metrics.
-    fn counted(&self, claim: Claim, asked: Instant) -> Claim {
-        self.inner.shared.metrics.begin(&claim, asked.elapsed());
+    fn counted(&self, claim: Claim, asked: Stopwatch) -> Claim {
+        self.inner.shared.metrics.begin(&claim, asked);
         claim
     }
 

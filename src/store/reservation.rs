@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use redb::WriteTransaction;
@@ -18,6 +18,7 @@ use crate::backend::Completion;
 use crate::config::Terms;
 use crate::engine::{Answer, Ran, Release};
 use crate::error::{CompleteError, CompleteWithError, LeaseError, PointError, PointWithError};
+use crate::metrics::Stopwatch;
 use crate::rules::key::KeyHash;
 use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
@@ -104,13 +105,13 @@ impl Reservation {
     /// mode). A status the cache policy does not keep releases the key instead (C6, C7).
     /// A stale holder (C8) gets [`CompleteError::Fenced`] and nothing is stored.
     pub fn complete(mut self, response: Response) -> Result<Completion, CompleteError> {
-        let asked = Instant::now();
+        let asked = Stopwatch::start(&self.store.inner.shared.metrics);
         let answer = self
             .store
             .complete_token(self.hash, self.token, response, self.terms);
         self.disarm_if_queued(&answer);
         let completed = answer.wait();
-        self.store.inner.shared.metrics.completed(asked.elapsed());
+        self.store.inner.shared.metrics.completed(asked);
         completed
     }
 
@@ -119,7 +120,7 @@ impl Reservation {
         mut self,
         response: Response,
     ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
-        let asked = Instant::now();
+        let asked = Stopwatch::start(&self.store.inner.shared.metrics);
         let answer = self
             .store
             .complete_token(self.hash, self.token, response, self.terms);
@@ -127,7 +128,7 @@ impl Reservation {
         let store = self.store.clone();
         async move {
             let completed = answer.resolve().await;
-            store.inner.shared.metrics.completed(asked.elapsed());
+            store.inner.shared.metrics.completed(asked);
             completed
         }
     }
