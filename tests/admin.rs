@@ -28,12 +28,7 @@ fn admin(server: &Server, args: &[&str]) -> Output {
 
 /// Runs an operator command on a store file.
 fn on_file(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_idemstore"))
-        .args(args)
-        .arg("--db")
-        .arg(db)
-        .output()
-        .unwrap()
+    crate::cli::idemstore(args, db)
 }
 
 /// The stdout of a command that must succeed.

@@ -9,7 +9,8 @@ use idemstore::{Config, Fingerprint, Key, ManualClock, Response, Scope, Store};
 
 use crate::support::T0;
 
-fn idemstore(args: &[&str], db: &Path) -> Output {
+/// Runs an operator command on the store file `db`.
+pub(crate) fn idemstore(args: &[&str], db: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_idemstore"))
         .args(args)
         .arg("--db")

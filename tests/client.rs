@@ -313,10 +313,7 @@ async fn k3_the_layer_sends_nothing_for_an_operation_past_the_window() {
                 }
             },
         ));
-    let mut request = http::Request::post("http://x/v1/bookings")
-        .body(Full::new(Bytes::from("{}")))
-        .unwrap();
-    request.extensions_mut().insert(Operation::new("old"));
+    let request = operation_request("old");
     let err = service.oneshot(request).await.unwrap_err();
     assert!(
         matches!(err, RetryError::Journal(JournalError::Expired { .. })),
@@ -383,10 +380,7 @@ async fn k6_retries_keep_one_key_and_the_report_says_attempts_and_replay() {
     let service = RetryLayer::new(fast_policy())
         .journal(journal.clone())
         .layer(server);
-    let mut request = http::Request::post("http://x/v1/bookings")
-        .body(Full::new(Bytes::from("{}")))
-        .unwrap();
-    request.extensions_mut().insert(Operation::new("op-1"));
+    let request = operation_request("op-1");
     let response = service.oneshot(request).await.unwrap();
     let report = response.extensions().get::<RetryReport>().unwrap().clone();
     assert_eq!((report.attempts, report.replayed), (4, true));
@@ -411,10 +405,7 @@ async fn k4_k6_conflicts_refusals_and_unknown_outcomes_stop_at_the_first_attempt
         let service = RetryLayer::new(fast_policy())
             .journal(journal.clone())
             .layer(server);
-        let mut request = http::Request::post("http://x/v1/bookings")
-            .body(Full::new(Bytes::from("{}")))
-            .unwrap();
-        request.extensions_mut().insert(Operation::new("op"));
+        let request = operation_request("op");
         let err = service.oneshot(request).await.unwrap_err();
         assert_eq!(err.attempts(), 1, "{status}: {err:?}");
         assert_eq!(keys.lock().unwrap().len(), 1);
@@ -835,4 +826,13 @@ async fn k7_the_reqwest_middleware_makes_one_booking_through_faults_and_stops_on
     }
     assert_eq!(uids(server.addr).await.len(), 1);
     assert!(journal.pending().unwrap().is_empty());
+}
+
+/// A `POST` of `{}` to the scripted service, journaled as operation `op`.
+fn operation_request(op: &str) -> http::Request<Full<Bytes>> {
+    let mut request = http::Request::post("http://x/v1/bookings")
+        .body(Full::new(Bytes::from("{}")))
+        .unwrap();
+    request.extensions_mut().insert(Operation::new(op));
+    request
 }

@@ -71,6 +71,20 @@ impl Capture {
     fn lines(&self) -> Vec<Line> {
         self.lines.lock().clone()
     }
+    /// A warn event says that reservation `stale` was refused because `current` holds the key.
+    fn saw_fenced(&self, stale: u64, current: u64) {
+        let fenced = [
+            "idemstore::store",
+            "fenced",
+            &format!("token={stale}"),
+            &format!("current={current}"),
+        ];
+        assert_eq!(self.level_of(&fenced), Some(Level::WARN));
+    }
+    /// No event or span shows `text` (a key).
+    fn never_shows(&self, text: &str) {
+        assert!(self.lines().iter().all(|(_, l)| !l.contains(text)));
+    }
     /// The level of the first event whose line contains every one of `parts`.
     fn level_of(&self, parts: &[&str]) -> Option<Level> {
         self.lines()
@@ -168,21 +182,8 @@ fn c8_a_takeover_and_a_fenced_holder_are_events() {
         ]),
         Some(Level::INFO)
     );
-    assert_eq!(
-        capture.level_of(&[
-            "idemstore::store",
-            "fenced",
-            &format!("token={stale}"),
-            &format!("current={token}")
-        ]),
-        Some(Level::WARN)
-    );
-    assert!(
-        capture
-            .lines()
-            .iter()
-            .all(|(_, l)| !l.contains("secret-key-456"))
-    );
+    capture.saw_fenced(stale, token);
+    capture.never_shows("secret-key-456");
 }
 
 /// The Redis engine decides on the server and reads its answers on its own I/O thread: a
@@ -214,19 +215,8 @@ fn c8_a_fenced_holder_on_redis_is_an_event() {
     };
     assert!(store.complete(&s, &k, stale, resp(201, "late")).is_err());
     assert!(store.renew(&s, &k, stale).is_err());
-    let fenced = [
-        "idemstore::store",
-        "fenced",
-        &format!("token={stale}"),
-        &format!("current={token}"),
-    ];
-    assert_eq!(capture.level_of(&fenced), Some(Level::WARN));
-    assert!(
-        capture
-            .lines()
-            .iter()
-            .all(|(_, l)| !l.contains("secret-key-789"))
-    );
+    capture.saw_fenced(stale, token);
+    capture.never_shows("secret-key-789");
 }
 
 /// C6: a holder that gives its key back, by `release` or by dropping its reservation, is a
@@ -275,12 +265,7 @@ fn o7_an_operator_release_is_an_event() {
         ]),
         Some(Level::INFO)
     );
-    assert!(
-        capture
-            .lines()
-            .iter()
-            .all(|(_, l)| !l.contains("secret-key-789"))
-    );
+    capture.never_shows("secret-key-789");
 }
 
 /// A capture installed as the process's default subscriber, once: it sees the events of
