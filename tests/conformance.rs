@@ -181,7 +181,13 @@ fn conformance_memory() {
 /// can move time.
 #[cfg(feature = "redis")]
 fn run_redis(url: String) {
-    use idemstore::{RedisClock, RedisOptions};
+    run_redis_with(idemstore::RedisOptions::new(url));
+}
+
+/// [`run_redis`] with `options` (their clock set to the store's).
+#[cfg(feature = "redis")]
+fn run_redis_with(options: idemstore::RedisOptions) {
+    use idemstore::RedisClock;
     let clock = ManualClock::new(T0);
     let cfg = config(&clock)
         .lease(Duration::from_secs(10))
@@ -189,7 +195,7 @@ fn run_redis(url: String) {
         .cache_policy(CachePolicy::SuccessOnly)
         .build()
         .unwrap();
-    let options = RedisOptions::new(url).clock(RedisClock::Store);
+    let options = options.clock(RedisClock::Store);
     let store = Store::open_redis_with(options, cfg).unwrap();
     suite(&store, &clock);
     terms_suite(&store, &clock);
@@ -209,5 +215,29 @@ fn conformance_redis() {
 fn conformance_redis_cluster() {
     if let Some(cluster) = crate::redis_support::Cluster::start() {
         run_redis(cluster.url());
+    }
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn conformance_valkey() {
+    if let Some(server) = crate::redis_support::Server::start_valkey_with(&[]) {
+        run_redis(server.url());
+    }
+}
+
+/// The suite again with every completion waiting for its fsync (`WAITAOF 1 0`).
+#[cfg(feature = "redis")]
+#[test]
+fn conformance_valkey_waitaof() {
+    if let Some(server) = crate::redis_support::Server::start_valkey_with(&[]) {
+        let options = idemstore::RedisOptions::new(server.url()).wait_for_aof(
+            true,
+            0,
+            Duration::from_secs(1),
+        );
+        run_redis_with(options);
+        let stats = server.command(&["INFO", "commandstats"]);
+        assert!(stats.contains("cmdstat_waitaof:calls="), "{stats}");
     }
 }

@@ -841,6 +841,145 @@ fn c10_a_completion_waits_for_its_replica_and_says_when_it_did_not_arrive() {
     assert_eq!(r.complete(resp(201, "c")).unwrap(), Completion::Stored);
 }
 
+/// How many times the server ran `command`, from `INFO commandstats`.
+fn calls_of(server: &Server, command: &str) -> u64 {
+    let stats = server.command(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn c10_waitaof_is_refused_at_open_where_the_server_lacks_it() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    // A known command's entry names it; an unknown one is a null.
+    let has_it = server
+        .command(&["COMMAND", "INFO", "waitaof"])
+        .contains("waitaof");
+    let clock = ManualClock::new(T0);
+    let options = RedisOptions::new(server.url()).wait_for_aof(true, 0, Duration::from_secs(1));
+    let opened = Store::open_redis_with(options, config(&clock).build().unwrap());
+    match opened {
+        Err(OpenError::UnsafeServer { detail }) => {
+            assert!(!has_it, "refused by a server that has WAITAOF: {detail}");
+            assert!(detail.contains("no WAITAOF"), "{detail}");
+            assert!(detail.contains("wait_for_replicas"), "{detail}");
+        }
+        // Redis 7.2 or later installed: the option is taken.
+        Ok(_store) => assert!(has_it, "opened on a server without WAITAOF"),
+        Err(other) => panic!("{other:?}"),
+    }
+    // The refusal wrote nothing a later open trips on, and WAIT is still there.
+    let options = RedisOptions::new(server.url()).wait_for_replicas(1, Duration::from_millis(1));
+    assert!(Store::open_redis_with(options, config(&clock).build().unwrap()).is_ok());
+}
+
+#[test]
+fn c10_waitaof_acknowledges_a_completion_once_it_is_fsynced() {
+    let Some(server) = Server::start_valkey_with(&[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let options = RedisOptions::new(server.url())
+        .clock(RedisClock::Store)
+        .wait_for_aof(true, 0, Duration::from_secs(1));
+    let store = Store::open_redis_with(options, config(&clock).build().unwrap()).unwrap();
+    let (s, f) = (scope("s"), fp("x"));
+    let before = calls_of(&server, "waitaof");
+    const N: u64 = 20;
+    for i in 0..N {
+        let r = execute(store.begin(&s, &key(&format!("k{i}")), &f).unwrap());
+        assert_eq!(r.complete(resp(201, "ok")).unwrap(), Completion::Stored);
+    }
+    // One WAITAOF a completion, and none for the claims.
+    assert_eq!(calls_of(&server, "waitaof") - before, N);
+    assert!(matches!(
+        store.begin(&s, &key("k0"), &f).unwrap(),
+        Begin::Replay(_)
+    ));
+}
+
+#[test]
+fn c10_a_waitaof_the_server_cannot_run_leaves_the_outcome_unknown() {
+    // Without an append-only file the server refuses `WAITAOF 1 …` after the completion ran:
+    // the record is stored, and the caller hears that nothing confirmed it.
+    let Some(server) = Server::start_valkey_with(&["--appendonly", "no"]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let options = RedisOptions::new(server.url())
+        .clock(RedisClock::Store)
+        .trust_server_settings()
+        .wait_for_aof(true, 0, Duration::from_secs(1));
+    let store = Store::open_redis_with(options, config(&clock).build().unwrap()).unwrap();
+    let (s, f) = (scope("s"), fp("x"));
+    let r = execute(store.begin(&s, &key("a"), &f).unwrap());
+    match r.complete(resp(201, "a")) {
+        Err(CompleteError::Unavailable(Unavailable::OutcomeUnknown { cause })) => {
+            assert!(cause.to_string().contains("WAITAOF failed"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match store.begin(&s, &key("a"), &f).unwrap() {
+        Begin::Replay(r) => assert_eq!(r, resp(201, "a")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn c10_waitaof_waits_for_a_replicas_fsync_and_says_when_it_did_not_come() {
+    let port = Server::free_port().to_string();
+    let Some(primary) =
+        Server::start_valkey_with(&["--port", &port, "--repl-diskless-sync-delay", "0"])
+    else {
+        return;
+    };
+    let Some(replica) = Server::start_valkey_with(&["--replicaof", "127.0.0.1", &port]) else {
+        return;
+    };
+    replica.wait_for_replication("master_link_status:up");
+    primary.wait_for_replication("state=online");
+    let clock = ManualClock::new(T0);
+    let options = RedisOptions::new(primary.url())
+        .clock(RedisClock::Store)
+        .wait_for_aof(true, 1, Duration::from_secs(1));
+    let store = Store::open_redis_with(options, config(&clock).build().unwrap()).unwrap();
+    let (s, f) = (scope("s"), fp("x"));
+    let r = execute(store.begin(&s, &key("a"), &f).unwrap());
+    assert_eq!(r.complete(resp(201, "a")).unwrap(), Completion::Stored);
+    let pause = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &replica.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    pause("-STOP");
+    let r = execute(store.begin(&s, &key("b"), &f).unwrap());
+    match r.complete(resp(201, "b")) {
+        Err(CompleteError::Unavailable(Unavailable::OutcomeUnknown { cause })) => {
+            assert!(
+                cause.to_string().contains("0 of 1 replicas fsynced"),
+                "{cause}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    pause("-CONT");
+    assert!(matches!(
+        store.begin(&s, &key("b"), &f).unwrap(),
+        Begin::Replay(_)
+    ));
+    let r = execute(store.begin(&s, &key("c"), &f).unwrap());
+    assert_eq!(r.complete(resp(201, "c")).unwrap(), Completion::Stored);
+    assert_eq!(calls_of(&primary, "waitaof"), 3);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The Redis engine against the memory engine, operation by operation
 

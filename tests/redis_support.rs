@@ -4,6 +4,10 @@
 //! Where `redis-server` is not installed the Redis tests say so on stderr and pass, unless
 //! `IDEMSTORE_REQUIRE_REDIS=1` is set (CI sets it, after installing the server), which makes a
 //! missing server a failure.
+//!
+//! The Valkey tests (a server with `WAITAOF`, which Debian 12's Redis 7.0 lacks) run the
+//! `valkey-server` binary that `IDEMSTORE_VALKEY_SERVER` names; without it they say so and
+//! pass, unless `IDEMSTORE_REQUIRE_VALKEY=1` is set (CI sets both).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -30,11 +34,36 @@ const SAFE: [&str; 10] = [
     "warning",
 ];
 
-/// A `redis-server` child process.
+/// A `redis-server` (or `valkey-server`) child process.
 pub struct Server {
     child: Option<Child>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// The server's binary.
+    program: PathBuf,
+}
+
+/// The `valkey-server` binary the Valkey tests run, if `IDEMSTORE_VALKEY_SERVER` names one
+/// that starts; panics when one is required and missing.
+fn valkey() -> Option<PathBuf> {
+    let program = std::env::var_os("IDEMSTORE_VALKEY_SERVER").map(PathBuf::from);
+    let found = program.filter(|p| {
+        Command::new(p)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("IDEMSTORE_REQUIRE_VALKEY").is_none(),
+            "IDEMSTORE_REQUIRE_VALKEY is set but IDEMSTORE_VALKEY_SERVER names no valkey-server \
+             that runs"
+        );
+        eprintln!("IDEMSTORE_VALKEY_SERVER names no valkey-server: skipping this Valkey test");
+    }
+    found
 }
 
 /// Whether the tests can start a server; panics when one is required and missing.
@@ -67,13 +96,26 @@ impl Server {
         if !available() {
             return None;
         }
+        Some(Server::spawned(PathBuf::from("redis-server"), extra))
+    }
+
+    /// A Valkey server (the binary `IDEMSTORE_VALKEY_SERVER` names) with the settings of
+    /// [`start`](Server::start) and `extra`, or `None` when there is none (see the module
+    /// documentation).
+    pub fn start_valkey_with(extra: &[&str]) -> Option<Server> {
+        let program = valkey()?;
+        Some(Server::spawned(program, extra))
+    }
+
+    fn spawned(program: PathBuf, extra: &[&str]) -> Server {
         let mut server = Server {
             child: None,
             dir: tempfile::tempdir().unwrap(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            program,
         };
         server.spawn();
-        Some(server)
+        server
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -86,7 +128,7 @@ impl Server {
 
     fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.socket());
-        let child = Command::new("redis-server")
+        let child = Command::new(&self.program)
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
             .args(["--unixsocketperm", "700", "--dir"])

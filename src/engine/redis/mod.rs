@@ -59,6 +59,7 @@ use record::{Fields, Names, number};
 use scan::Scan;
 use scripts::Script;
 
+use options::Wait;
 pub use options::{RedisClock, RedisOptions};
 
 /// The Redis engine.
@@ -227,30 +228,91 @@ impl Keeper {
     }
 }
 
-/// The completion's reply out of `[reply, WAIT's reply]`, once `replicas` replicas have
-/// acknowledged it; otherwise the completion is on the primary only, which a failover can
-/// lose: its outcome for the caller is unknown.
-fn replicated(v: Value, replicas: u32) -> Result<Value, Unavailable> {
+/// The command sent after a completion on the same connection, for `wait`.
+fn wait_cmd(wait: Wait) -> Cmd {
+    match wait {
+        Wait::Replicas { replicas, timeout } => {
+            let mut w = ::redis::cmd("WAIT");
+            w.arg(replicas).arg(crate::clock::millis(timeout).max(1));
+            w
+        }
+        Wait::Aof {
+            local,
+            replicas,
+            timeout,
+        } => {
+            let mut w = ::redis::cmd("WAITAOF");
+            w.arg(u8::from(local))
+                .arg(replicas)
+                .arg(crate::clock::millis(timeout).max(1));
+            w
+        }
+    }
+}
+
+/// The completion's reply out of `[reply, the wait's reply]`, once what `wait` asks for is
+/// confirmed; otherwise the completion is on the primary only (or not yet on its disk), which
+/// a failover or a power loss can lose: its outcome for the caller is unknown.
+fn confirmed(v: Value, wait: Wait) -> Result<Value, Unavailable> {
     let Value::Array(mut both) = v else {
-        return Err(record::malformed("a completion and its WAIT", &v));
+        return Err(record::malformed("a completion and its wait", &v));
     };
     let (Some(acked), Some(reply)) = (both.pop(), both.pop()) else {
         return Err(Unavailable::Corrupted {
-            detail: "a completion and its WAIT answered other than two replies".into(),
+            detail: "a completion and its wait answered other than two replies".into(),
         });
     };
-    match acked {
-        Value::Int(n) if n >= i64::from(replicas) => Ok(reply),
-        Value::Int(n) => Err(Unavailable::OutcomeUnknown {
-            cause: Arc::new(Message(format!(
-                "the completion is stored on the primary, but {n} of {replicas} replicas \
-                 acknowledged it in time; a failover may lose it"
-            ))),
-        }),
-        Value::ServerError(e) => Err(Unavailable::Refused {
-            detail: format!("WAIT: {} {}", e.code(), e.details().unwrap_or("")),
-        }),
-        other => Err(record::malformed("WAIT", &other)),
+    let unknown = |what: String| Unavailable::OutcomeUnknown {
+        cause: Arc::new(Message(format!(
+            "the completion is stored on the primary, but {what}; a failover or a power loss \
+             may lose it"
+        ))),
+    };
+    if matches!(reply, Value::ServerError(_)) {
+        // The completion itself was refused: its own error says what happened.
+        return Ok(reply);
+    }
+    let name = match wait {
+        Wait::Replicas { .. } => "WAIT",
+        Wait::Aof { .. } => "WAITAOF",
+    };
+    match (wait, acked) {
+        // The completion ran; the wait could not: it is stored, not confirmed.
+        (_, Value::ServerError(e)) => Err(unknown(format!(
+            "{name} failed ({} {}), so nothing confirmed it",
+            e.code(),
+            e.details().unwrap_or("")
+        ))),
+        (Wait::Replicas { replicas, .. }, Value::Int(n)) => {
+            if n >= i64::from(replicas) {
+                Ok(reply)
+            } else {
+                Err(unknown(format!(
+                    "{n} of {replicas} replicas acknowledged it in time"
+                )))
+            }
+        }
+        (
+            Wait::Aof {
+                local, replicas, ..
+            },
+            Value::Array(counts),
+        ) => match counts.as_slice() {
+            [Value::Int(on_disk), Value::Int(n)] => {
+                if local && *on_disk < 1 {
+                    Err(unknown("the primary did not fsync it in time".into()))
+                } else if *n < i64::from(replicas) {
+                    Err(unknown(format!(
+                        "{n} of {replicas} replicas fsynced it in time"
+                    )))
+                } else {
+                    Ok(reply)
+                }
+            }
+            _ => Err(record::malformed("WAITAOF", &Value::Array(counts))),
+        },
+        (Wait::Replicas { .. }, other) => Err(record::malformed("WAIT", &other)),
+        (Wait::Aof { .. }, other) => Err(record::malformed("WAITAOF", &other)),
     }
 }
 
@@ -258,7 +320,7 @@ fn replicated(v: Value, replicas: u32) -> Result<Value, Unavailable> {
 struct ScriptCall {
     cmd: Cmd,
     target: Target,
-    /// `WAIT` after it, on the same connection.
+    /// `WAIT` or `WAITAOF` after it, on the same connection.
     then: Option<Cmd>,
 }
 
@@ -404,15 +466,11 @@ impl Engine for RedisEngine {
             .arg(blob);
         let keeper = self.keeper();
         let kept = keep.then_some(response);
-        let wait = self.options.wait_for_replicas;
-        if let Some((replicas, timeout)) = wait {
-            let mut w = ::redis::cmd("WAIT");
-            w.arg(replicas).arg(crate::clock::millis(timeout).max(1));
-            cmd.then = Some(w);
-        }
+        let wait = self.options.wait;
+        cmd.then = wait.map(wait_cmd);
         self.call(cmd, move |shared, v| {
             let v = match wait {
-                Some((replicas, _)) => replicated(v, replicas)?,
+                Some(wait) => confirmed(v, wait)?,
                 None => v,
             };
             match decode_completion(shared, (&hash, token), v)? {

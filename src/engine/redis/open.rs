@@ -18,6 +18,7 @@ use crate::error::{ConfigError, Message, OpenError};
 use super::RedisOptions;
 use super::io::{Failure, Target};
 use super::link::{Link, slot_of};
+use super::options::Wait;
 use super::record::{Names, number, words};
 
 /// The format of what the engine keeps on the server, in `<prefix>meta`.
@@ -83,6 +84,9 @@ pub(super) fn connect(
         if !options.trust_server_settings {
             check_settings(&mut ask, config.durability).map_err(|e| on_node(e, &name))?;
         }
+        if matches!(options.wait, Some(Wait::Aof { .. })) {
+            check_waitaof(&mut ask).map_err(|e| on_node(e, &name))?;
+        }
         link.load_functions(node, deadline).map_err(unreachable)?;
     }
     let meta = Names::meta(&options.prefix);
@@ -131,6 +135,38 @@ fn check_version(ask: &mut impl FnMut(&Cmd) -> Result<Value, OpenError>) -> Resu
         });
     }
     Ok(())
+}
+
+/// Refuses a server without `WAITAOF` (Redis before 7.2) when completions must wait for it: a
+/// wait that the server cannot run would fail every completion. Asks whether the command
+/// exists (`COMMAND INFO`), which also holds on servers that report another version.
+fn check_waitaof(ask: &mut impl FnMut(&Cmd) -> Result<Value, OpenError>) -> Result<(), OpenError> {
+    let mut cmd = ::redis::cmd("COMMAND");
+    cmd.arg("INFO").arg("waitaof");
+    let known = match ask(&cmd)? {
+        Value::Array(entries) => entries.first().is_some_and(|e| *e != Value::Nil),
+        Value::Map(entries) => !entries.is_empty(),
+        Value::ServerError(e) => {
+            return Err(OpenError::UnsafeServer {
+                detail: format!(
+                    "cannot ask whether the server has WAITAOF ({} {}), which \
+                     RedisOptions::wait_for_aof needs",
+                    e.code(),
+                    e.details().unwrap_or("")
+                ),
+            });
+        }
+        _ => false,
+    };
+    if known {
+        return Ok(());
+    }
+    Err(OpenError::UnsafeServer {
+        detail: "the server has no WAITAOF (it needs Redis 7.2 or later, or Valkey), which \
+                 RedisOptions::wait_for_aof asks for; upgrade the server, or wait with \
+                 RedisOptions::wait_for_replicas (WAIT: the replicas' memory, not their disks)"
+            .into(),
+    })
 }
 
 /// Refuses a server that may drop records: see [`OpenError::UnsafeServer`].

@@ -49,7 +49,22 @@ pub struct RedisOptions {
     pub(crate) replay_cache_bytes: usize,
     pub(crate) connections: usize,
     pub(crate) read_only: bool,
-    pub(crate) wait_for_replicas: Option<(u32, Duration)>,
+    pub(crate) wait: Option<Wait>,
+}
+
+/// What a completion waits for before it is acknowledged: the last of
+/// [`RedisOptions::wait_for_replicas`] and [`RedisOptions::wait_for_aof`] set wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// `WAIT replicas timeout`: the replicas received the write (in their memory).
+    Replicas { replicas: u32, timeout: Duration },
+    /// `WAITAOF local replicas timeout`: the write is in the append-only file, fsynced, on
+    /// this server (`local`) and on `replicas` replicas.
+    Aof {
+        local: bool,
+        replicas: u32,
+        timeout: Duration,
+    },
 }
 
 impl RedisOptions {
@@ -69,7 +84,7 @@ impl RedisOptions {
             replay_cache_bytes: 64 << 20,
             connections: 4,
             read_only: false,
-            wait_for_replicas: None,
+            wait: None,
         }
     }
 
@@ -153,7 +168,28 @@ impl RedisOptions {
     /// failover picks the most up-to-date replica on a best-effort basis: this narrows the
     /// loss on failover, it does not close it (`docs/distributed.md`).
     pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> RedisOptions {
-        self.wait_for_replicas = Some((replicas, timeout));
+        self.wait = Some(Wait::Replicas { replicas, timeout });
+        self
+    }
+
+    /// Acknowledges a completion only once it is fsynced to the append-only file on this
+    /// server (`local`) and on `replicas` replicas (0 to 16, at least one of the two asked
+    /// for), waiting at most `timeout` (1 ms to 1 min), with `WAITAOF` sent right after the
+    /// completion on the same connection. Where [`wait_for_replicas`](Self::wait_for_replicas)
+    /// (`WAIT`) confirms that the replicas hold the write in memory, this confirms that it is
+    /// on their disks: a replica that restarts keeps it. A completion not confirmed in time is
+    /// answered `Unavailable::OutcomeUnknown`, as with `WAIT`: it is stored on the primary,
+    /// which a failover or a power loss can still lose. Replaces `wait_for_replicas` (it waits
+    /// for more). `WAITAOF` needs Redis 7.2 or Valkey: on an older server the open fails with
+    /// `OpenError::UnsafeServer`. With `local` the server needs `appendonly yes`; under
+    /// `appendfsync everysec` each completion then waits for the server's next fsync (about
+    /// 100 ms), under `always` it costs next to nothing.
+    pub fn wait_for_aof(mut self, local: bool, replicas: u32, timeout: Duration) -> RedisOptions {
+        self.wait = Some(Wait::Aof {
+            local,
+            replicas,
+            timeout,
+        });
         self
     }
 
@@ -178,16 +214,29 @@ impl RedisOptions {
                 range: "1 to 64",
             });
         }
-        if let Some((replicas, timeout)) = self.wait_for_replicas
-            && (!(1..=16).contains(&replicas)
-                || timeout < Duration::from_millis(1)
-                || timeout > Duration::from_secs(60))
-        {
-            return Err(ConfigError {
-                setting: "RedisOptions::wait_for_replicas",
-                value: format!("{replicas} replicas, {timeout:?}"),
-                range: "1 to 16 replicas, 1 ms to 1 min",
-            });
+        let timely = |t: Duration| t >= Duration::from_millis(1) && t <= Duration::from_secs(60);
+        match self.wait {
+            Some(Wait::Replicas { replicas, timeout })
+                if !(1..=16).contains(&replicas) || !timely(timeout) =>
+            {
+                return Err(ConfigError {
+                    setting: "RedisOptions::wait_for_replicas",
+                    value: format!("{replicas} replicas, {timeout:?}"),
+                    range: "1 to 16 replicas, 1 ms to 1 min",
+                });
+            }
+            Some(Wait::Aof {
+                local,
+                replicas,
+                timeout,
+            }) if replicas > 16 || (!local && replicas == 0) || !timely(timeout) => {
+                return Err(ConfigError {
+                    setting: "RedisOptions::wait_for_aof",
+                    value: format!("local {local}, {replicas} replicas, {timeout:?}"),
+                    range: "the local disk or 1 to 16 replicas (or both), 1 ms to 1 min",
+                });
+            }
+            _ => {}
         }
         if self.replay_cache_bytes > 64 << 30 {
             return Err(ConfigError {
@@ -250,6 +299,19 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_wait_for_nothing_is_refused() {
+        let o = RedisOptions::new("redis://x").wait_for_aof(false, 0, Duration::from_secs(1));
+        assert_eq!(
+            o.validate().map_err(|e| e.setting()),
+            Err("RedisOptions::wait_for_aof")
+        );
+        let o = RedisOptions::new("redis://x").wait_for_aof(true, 0, Duration::from_secs(1));
+        assert!(o.validate().is_ok());
+        let o = RedisOptions::new("redis://x").wait_for_aof(true, 17, Duration::from_secs(1));
+        assert!(o.validate().is_err());
     }
 
     #[test]
