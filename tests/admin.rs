@@ -481,6 +481,7 @@ async fn ask(admin: &idemstore::admin::AdminService, method: &str, uri: &str) ->
     let req = http::Request::builder()
         .method(method)
         .uri(uri)
+        .header(idemstore::admin::ADMIN_HEADER, "1")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let answer = admin.clone().oneshot(req).await.unwrap();
@@ -555,4 +556,122 @@ fn seconds(rfc3339: &str) -> i64 {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
+}
+
+/// A request body that is empty, or never arrives (a client that sends a header and stops).
+enum TestBody {
+    Empty,
+    NeverSent,
+}
+
+impl http_body::Body for TestBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match *self {
+            TestBody::Empty => std::task::Poll::Ready(None),
+            TestBody::NeverSent => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// O5: what a web page on the operator's machine could make a browser send is refused (no
+/// admin header, an `Origin`, a rebound `Host`); parameters are strict (an unknown one, a flag
+/// that is not true or false, a bulk purge without a filter or `all=true`: nothing purged);
+/// one import or export at a time.
+#[tokio::test]
+async fn o5_o8_the_admin_service_refuses_browsers_loose_parameters_and_a_second_import() {
+    use tower::ServiceExt;
+    let store = Store::in_memory(Config::default()).unwrap();
+    let fp = Fingerprint::of_bytes(b"x");
+    for k in ["k1", "k2"] {
+        let Begin::Execute(r) = store
+            .begin(&Scope::new("a").unwrap(), &store.key(k).unwrap(), &fp)
+            .unwrap()
+        else {
+            panic!("a first attempt executes")
+        };
+        r.complete(idemstore::Response::without_headers(201, "ok"))
+            .unwrap();
+    }
+    let admin = idemstore::admin::service(store.clone());
+    let send = |headers: &[(&str, &str)]| {
+        let mut req = http::Request::post("/v1/purge-matching?all=true");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        admin.clone().oneshot(
+            req.body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+    };
+    for headers in [
+        &[][..],
+        &[("x-idemstore-admin", "yes")][..],
+        &[
+            ("x-idemstore-admin", "1"),
+            ("origin", "http://evil.example"),
+        ][..],
+        &[("x-idemstore-admin", "1"), ("host", "evil.example:9100")][..],
+        &[
+            ("x-idemstore-admin", "1"),
+            ("host", "127.0.0.1.evil.example"),
+        ][..],
+    ] {
+        let answer = send(headers).await.unwrap();
+        assert_eq!(answer.status().as_u16(), 403, "{headers:?}");
+    }
+    for uri in [
+        "/v1/purge-matching?dry_run=yes&all=true",
+        "/v1/purge-matching?stat=in_flight",
+        "/v1/purge-matching",
+        "/v1/purge-matching?limit=1000",
+        "/v1/release?scope=a&key=k1&not_applied=on",
+        "/v1/stats?verbose=1",
+    ] {
+        let (status, body) = ask(&admin, "POST", uri).await;
+        let want = if uri.starts_with("/v1/stats") {
+            405
+        } else {
+            400
+        };
+        assert_eq!(status, want, "{uri}: {body}");
+    }
+    assert_eq!(store.records(None, 10).unwrap().len(), 2, "nothing purged");
+    for host in [
+        "localhost:9100",
+        "127.0.0.1:9100",
+        "[::1]:9100",
+        "LOCALHOST",
+    ] {
+        let req = http::Request::post("/v1/purge-matching?all=true&dry_run=true")
+            .header("x-idemstore-admin", "1")
+            .header("host", host)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let answer = admin.clone().oneshot(req).await.unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "{host}");
+    }
+    assert_eq!(store.records(None, 10).unwrap().len(), 2, "a dry run");
+
+    // An import whose body never comes holds the one heavy request; a second is refused
+    // until the first is gone.
+    let import = |body| {
+        let req = http::Request::post("/v1/import")
+            .header("x-idemstore-admin", "1")
+            .body(body)
+            .unwrap();
+        admin.clone().oneshot(req)
+    };
+    let stalled = tokio::spawn(import(TestBody::NeverSent));
+    tokio::task::yield_now().await;
+    let second = import(TestBody::Empty).await.unwrap();
+    assert_eq!(second.status().as_u16(), 429);
+    stalled.abort();
+    let _ = stalled.await;
+    let third = import(TestBody::Empty).await.unwrap();
+    assert_eq!(third.status().as_u16(), 200);
 }

@@ -5,14 +5,23 @@
 //! every answer is JSON (export: JSON Lines) and every error is `{"error": {"code",
 //! "message"}}`; a request that changes the store is a `POST`; the store's blocking calls run
 //! on tokio's blocking pool when there is a runtime, never on a worker thread; nothing here
-//! authenticates anyone, so the service must only be reachable by the operator (a loopback
-//! address, a Unix socket of mode 0600).
+//! authenticates anyone, so the service must only be reachable by the operator (a Unix socket
+//! of mode 0600, or a loopback address, which every local user can reach). What a browser on
+//! the operator's machine could be made to send is refused: every request must carry
+//! [`ADMIN_HEADER`] (a page cannot add it without the browser asking first, which is refused),
+//! none may carry `Origin`, and a `Host` must name the loopback (a rebound DNS name cannot).
+//! Parameters are checked strictly (an unknown one, or a flag that is not `true`/`false`,
+//! is a `400`), a bulk purge needs a filter or `all=true`, and one import or export runs at a
+//! time, its body read within [`BODY_TIMEOUT`].
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Cursor;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -22,6 +31,7 @@ use serde_json::{Value, json};
 
 use crate::error::{ImportError, ReleaseError};
 use crate::rules::key::Scope;
+use crate::sleep::Sleep;
 use crate::store::Store;
 
 use super::bulk::{check_json, export_lines, import, purge_matching, stats_json};
@@ -33,6 +43,14 @@ pub type AdminBody = Full<Bytes>;
 
 /// The largest import the admin interface takes in one request: 256 MiB.
 pub const MAX_IMPORT_BYTES: usize = 256 << 20;
+
+/// The header every request to the admin interface carries, with the value `1`: a web page
+/// cannot send it to another origin without a preflight, which the interface refuses, so a
+/// browser on the operator's machine cannot be made to purge or export.
+pub const ADMIN_HEADER: &str = "x-idemstore-admin";
+
+/// How long an import's body may take to arrive whole.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The admin interface of a store, as a tower service of `http::Request`s: mount it on a
 /// listener of its own, bound to a loopback address or a Unix socket (`axum::Router::
@@ -74,12 +92,18 @@ pub const MAX_IMPORT_BYTES: usize = 256 << 20;
 #[derive(Clone, Debug)]
 pub struct AdminService {
     store: Store,
+    /// Held by the import or export running now: one at a time, since each holds every record
+    /// in memory.
+    heavy: Arc<AtomicBool>,
 }
 
 impl AdminService {
     /// The admin interface of `store`.
     pub fn new(store: Store) -> AdminService {
-        AdminService { store }
+        AdminService {
+            store,
+            heavy: Arc::default(),
+        }
     }
 }
 
@@ -104,7 +128,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let store = self.store.clone();
-        Box::pin(async move { Ok(answer(store, req).await) })
+        let heavy = Arc::clone(&self.heavy);
+        Box::pin(async move { Ok(answer(store, heavy, req).await) })
     }
 }
 
@@ -150,23 +175,49 @@ fn json_answer(v: &Value) -> Done {
     }
 }
 
-async fn answer<B>(store: Store, req: Request<B>) -> Response<AdminBody>
+async fn answer<B>(store: Store, heavy: Arc<AtomicBool>, req: Request<B>) -> Response<AdminBody>
 where
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let (parts, body) = req.into_parts();
-    let body = if parts.method == Method::POST && parts.uri.path() == "/v1/import" {
-        match Limited::new(body, MAX_IMPORT_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) => {
+    if let Err(refused) = from_the_operator(&parts.headers) {
+        return respond(Err(refused));
+    }
+    let path = parts.uri.path();
+    let _heavy = if matches!(path, "/v1/import" | "/v1/export") {
+        match Heavy::take(&heavy) {
+            Some(held) => Some(held),
+            None => {
+                return respond(Err(failure(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "busy",
+                    "an import or export is running; one at a time",
+                )));
+            }
+        }
+    } else {
+        None
+    };
+    let body = if parts.method == Method::POST && path == "/v1/import" {
+        let reading = Limited::new(body, MAX_IMPORT_BYTES).collect();
+        match within(BODY_TIMEOUT, reading).await {
+            Some(Ok(collected)) => collected.to_bytes(),
+            Some(Err(e)) => {
                 return respond(Err(failure(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
                     format!(
                         "the import could not be read whole (at most {MAX_IMPORT_BYTES} bytes): {e}"
                     ),
+                )));
+            }
+            None => {
+                return respond(Err(failure(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("the import did not arrive whole within {BODY_TIMEOUT:?}"),
                 )));
             }
         }
@@ -188,6 +239,68 @@ where
         Err(_) => work(),
     };
     respond(result)
+}
+
+/// Refuses what a browser on the operator's machine could be made to send: a request without
+/// [`ADMIN_HEADER`], with an `Origin`, or with a `Host` that does not name the loopback (a
+/// DNS name rebound to 127.0.0.1).
+fn from_the_operator(headers: &http::HeaderMap) -> Result<(), Failure> {
+    let forbidden = |message: &str| failure(StatusCode::FORBIDDEN, "forbidden", message);
+    if headers.get(ADMIN_HEADER).map(|v| v.as_bytes()) != Some(b"1") {
+        return Err(forbidden(
+            "an admin request carries the header x-idemstore-admin: 1",
+        ));
+    }
+    if headers.contains_key(header::ORIGIN) {
+        return Err(forbidden("a request from a web page (Origin) is refused"));
+    }
+    match headers.get(header::HOST).map(|v| v.to_str()) {
+        None => Ok(()),
+        Some(Ok(host)) if loopback_host(host) => Ok(()),
+        Some(_) => Err(forbidden("the Host of an admin request names the loopback")),
+    }
+}
+
+/// Whether `host` (a `Host` header: a name or address, with or without a port) is
+/// `localhost`, an address in 127.0.0.0/8, or `[::1]`.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The right to run the one import or export allowed at a time, given back on drop.
+struct Heavy(Arc<AtomicBool>);
+
+impl Heavy {
+    fn take(flag: &Arc<AtomicBool>) -> Option<Heavy> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Heavy(Arc::clone(flag)))
+    }
+}
+
+impl Drop for Heavy {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// `work`'s output, unless `limit` passes first (on the crate's own timer: any runtime).
+async fn within<T>(limit: Duration, work: impl Future<Output = T>) -> Option<T> {
+    let (mut work, mut timer) = (std::pin::pin!(work), std::pin::pin!(Sleep::new(limit)));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 fn respond(result: Result<Done, Failure>) -> Response<AdminBody> {
@@ -240,13 +353,40 @@ fn route(
     }
     let now = store.config().clock.now_millis();
     let pairs = decode_pairs(query).map_err(bad_request)?;
+    const LIST: &[&str] = &["scope", "state", "older_than_ms", "sort", "limit"];
+    let known: &[&str] = match path {
+        "/v1/records" => LIST,
+        "/v1/purge-matching" => &[
+            "scope",
+            "state",
+            "older_than_ms",
+            "sort",
+            "limit",
+            "dry_run",
+            "all",
+        ],
+        "/v1/record" | "/v1/purge" => &["scope", "key"],
+        "/v1/release" => &["scope", "key", "not_applied"],
+        _ => &[],
+    };
+    if let Some((unknown, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(bad_request(format!(
+            "{path} takes no parameter {unknown:?} (it takes {known:?})"
+        )));
+    }
     let param = |name: &str| {
         pairs
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let flag = |name: &str| param(name).is_some_and(|v| matches!(v, "" | "1" | "true"));
+    let flag = |name: &str| match param(name) {
+        None | Some("0" | "false") => Ok(false),
+        Some("" | "1" | "true") => Ok(true),
+        Some(other) => Err(bad_request(format!(
+            "{name}={other:?}: a flag is true, false, 1 or 0"
+        ))),
+    };
     let record = || {
         let scope = param("scope").ok_or_else(|| bad_request("scope is missing"))?;
         let key = param("key").ok_or_else(|| bad_request("key is missing"))?;
@@ -293,12 +433,20 @@ fn route(
             Ok(json_answer(&json!({"purged": store.purge(&scope, &key)?})))
         }
         "/v1/purge-matching" => {
-            let report = purge_matching(store, &list()?, flag("dry_run"))?;
+            let filtered = ["scope", "state", "older_than_ms"]
+                .iter()
+                .any(|f| param(f).is_some());
+            if !filtered && !flag("all")? {
+                return Err(bad_request(
+                    "a bulk purge names a filter (scope, state, older_than_ms) or all=true",
+                ));
+            }
+            let report = purge_matching(store, &list()?, flag("dry_run")?)?;
             Ok(json_answer(&report.to_json()))
         }
         "/v1/release" => {
             let (scope, key) = record()?;
-            let released = if flag("not_applied") {
+            let released = if flag("not_applied")? {
                 store.release_unknown(&scope, &key)
             } else {
                 store.release_held(&scope, &key)

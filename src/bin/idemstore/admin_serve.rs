@@ -25,6 +25,9 @@ use crate::remote::Address;
 /// How long a request header may take to arrive.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections served at once; more wait in the listen backlog, unaccepted.
+const MAX_CONNECTIONS: usize = 16;
+
 /// A bound admin listener.
 pub(crate) enum Listener {
     Tcp(tokio::net::TcpListener),
@@ -55,17 +58,13 @@ pub(crate) async fn bind(addr: &str) -> Result<(Listener, String), String> {
         }
         #[cfg(unix)]
         Address::Unix(path) => {
-            use std::os::unix::fs::PermissionsExt;
             if path.exists() {
                 return Err(format!(
                     "--admin {addr}: {} exists; remove it first",
                     path.display()
                 ));
             }
-            let listener = tokio::net::UnixListener::bind(&path)
-                .map_err(|e| format!("--admin {addr}: {e}"))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("--admin {addr}: cannot make the socket mode 0600: {e}"))?;
+            let listener = bind_private(&path).map_err(|e| format!("--admin {addr}: {e}"))?;
             Ok((
                 Listener::Unix(listener, path.clone()),
                 format!("unix:{}", path.display()),
@@ -78,6 +77,34 @@ pub(crate) async fn bind(addr: &str) -> Result<(Listener, String), String> {
     }
 }
 
+/// Binds a Unix socket at `path` that nobody but this user can ever connect to: it is bound
+/// in a new directory of mode 0700 beside `path`, made mode 0600 there, and only then linked
+/// to `path` (a link fails where a file exists, so nothing is replaced), whatever the umask.
+#[cfg(unix)]
+fn bind_private(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(std::io::Error::other)?;
+    let private = parent.join(format!(
+        ".idemstore-admin-{}",
+        nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("socket");
+    let bound = tokio::net::UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::hard_link(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
 /// Serves the admin interface of `store` on `listener` until `stop` turns true; then drops
 /// the connections still open (an admin request is short, and the store closes next).
 pub(crate) async fn run(listener: Listener, store: Store, mut stop: watch::Receiver<bool>) {
@@ -87,8 +114,14 @@ pub(crate) async fn run(listener: Listener, store: Store, mut stop: watch::Recei
     let http = Arc::new(http);
     let service = AdminService::new(store);
     let mut connections = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             accepted = accept(&listener) => accepted,
@@ -109,6 +142,7 @@ pub(crate) async fn run(listener: Listener, store: Store, mut stop: watch::Recei
             if let Err(e) = http.serve_connection(io, service).await {
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
+            drop(slot);
         });
     }
     connections.abort_all();

@@ -655,6 +655,9 @@ pub(crate) fn purge_matching(
         if dry_run {
             path.push_str("&dry_run=true");
         }
+        if all {
+            path.push_str("&all=true");
+        }
         remote::json(&addr, Method::POST, &path, Vec::new())?
     } else {
         let store = open(t)?;

@@ -117,6 +117,7 @@ async fn exchange(
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, "localhost")
+        .header(idemstore::admin::ADMIN_HEADER, "1")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
