@@ -165,8 +165,16 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     }
     (0..s.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .map(|i| hex_byte(s.get(i..i + 2)?))
         .collect()
+}
+
+/// Two hex digits as a byte; anything else (`u8::from_str_radix` would take `+f`) is `None`.
+pub(crate) fn hex_byte(two: &str) -> Option<u8> {
+    if two.len() != 2 || !two.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u8::from_str_radix(two, 16).ok()
 }
 
 /// A fingerprint as [`Fingerprint`]'s `Display` writes it: `v<version>:` and 64 hex digits.

@@ -281,7 +281,7 @@ fn decode(s: &str) -> Result<String, String> {
             b'%' => {
                 let byte = s
                     .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .and_then(super::json::hex_byte)
                     .ok_or_else(|| format!("a bad escape in \"{s}\""))?;
                 out.push(byte);
                 i += 3;
@@ -420,6 +420,10 @@ mod tests {
         assert!(ListQuery::from_query_string("state=done").is_err());
         assert!(ListQuery::from_query_string("scope=%zz").is_err());
         assert!(ListQuery::from_query_string("scope=%ff").is_err());
+        assert!(
+            decode_pairs("scope=%+A").is_err(),
+            "two hex digits, no sign"
+        );
         assert_eq!(
             decode_pairs("a=b+c&dry_run").unwrap(),
             [
