@@ -397,6 +397,23 @@ async fn k6_retries_keep_one_key_and_the_report_says_attempts_and_replay() {
     );
 }
 
+/// K6: an answer longer than the policy's limit is not read whole; the attempt fails as a lost
+/// answer would, and the next one, with the same key, gets the short answer.
+#[tokio::test]
+async fn k6_an_answer_over_the_limit_is_not_held_and_the_retry_keeps_the_key() {
+    let long: &'static str = "x".repeat(4096).leak();
+    let (server, keys) = scripted(vec![(200, &[], long), (201, &[], "{}")]);
+    let service = RetryLayer::new(fast_policy().max_response_bytes(1024))
+        .journal(KeyJournal::in_memory(JournalConfig::default()).unwrap())
+        .layer(server);
+    let response = service.oneshot(operation_request("op-long")).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let report = response.extensions().get::<RetryReport>().unwrap().clone();
+    assert_eq!(report.attempts, 2);
+    let keys = keys.lock().unwrap().clone();
+    assert!(keys.len() == 2 && keys[0] == keys[1], "{keys:?}");
+}
+
 #[tokio::test]
 async fn k4_k6_conflicts_refusals_and_unknown_outcomes_stop_at_the_first_attempt() {
     for (status, body) in [(409, CONFLICT), (422, "{}"), (400, "{}"), (409, UNKNOWN)] {

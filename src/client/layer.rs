@@ -190,6 +190,7 @@ impl RetryLayer {
             .to_bytes();
         // The closure owns the inner service (which need not be `Sync`) and borrows the rest.
         let (head, body) = (&parts, &body);
+        let limit = self.policy.response_limit();
         let result = drive(&self.policy, &key, move || {
             let mut attempt = Request::new(Full::new(body.clone()));
             *attempt.method_mut() = head.method.clone();
@@ -197,7 +198,7 @@ impl RetryLayer {
             *attempt.version_mut() = head.version;
             *attempt.headers_mut() = head.headers.clone();
             *attempt.extensions_mut() = head.extensions.clone();
-            send(inner.clone(), attempt)
+            send(inner.clone(), attempt, limit)
         })
         .await;
         self.finish(operation.as_ref(), &result).await;
@@ -257,10 +258,12 @@ impl RetryLayer {
     }
 }
 
-/// One attempt through `inner`: readiness, the call, and the whole response body.
+/// One attempt through `inner`: readiness, the call, and the whole response body, of at most
+/// `limit` bytes.
 async fn send<S, RB>(
     mut inner: S,
     request: Request<Full<Bytes>>,
+    limit: usize,
 ) -> Result<http::Response<Bytes>, BoxError>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<RB>>,
@@ -273,6 +276,9 @@ where
         .map_err(Into::into)?;
     let response = inner.call(request).await.map_err(Into::into)?;
     let (head, body) = response.into_parts();
-    let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+    let bytes = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await?
+        .to_bytes();
     Ok(http::Response::from_parts(head, bytes))
 }

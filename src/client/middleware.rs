@@ -109,6 +109,7 @@ impl RetryMiddleware {
             ));
         }
         let (template, shared) = (&request, &*extensions);
+        let limit = self.policy.response_limit();
         let result = drive(&self.policy, &key, move || {
             let attempt = template.try_clone();
             let mut own = shared.clone();
@@ -118,7 +119,10 @@ impl RetryMiddleware {
                 let response = next.run(attempt, &mut own).await?;
                 let response: http::Response<reqwest::Body> = response.into();
                 let (head, body) = response.into_parts();
-                let bytes: Bytes = body.collect().await?.to_bytes();
+                let bytes: Bytes = http_body_util::Limited::new(body, limit)
+                    .collect()
+                    .await?
+                    .to_bytes();
                 Ok::<_, BoxError>(http::Response::from_parts(head, bytes))
             }
         })

@@ -36,10 +36,12 @@ pub struct RetryPolicy {
     max_attempts: u32,
     deadline: Duration,
     attempt_timeout: Duration,
+    max_response_bytes: usize,
 }
 
 impl Default for RetryPolicy {
-    /// Base 100 ms, cap 10 s, 8 attempts, a deadline of 60 s, 30 s per attempt.
+    /// Base 100 ms, cap 10 s, 8 attempts, a deadline of 60 s, 30 s per attempt, answers of at
+    /// most 16 MiB.
     fn default() -> Self {
         RetryPolicy {
             base: Duration::from_millis(100),
@@ -47,6 +49,7 @@ impl Default for RetryPolicy {
             max_attempts: 8,
             deadline: Duration::from_secs(60),
             attempt_timeout: Duration::from_secs(30),
+            max_response_bytes: 16 << 20,
         }
     }
 }
@@ -63,6 +66,19 @@ pub(crate) enum Next {
 }
 
 impl RetryPolicy {
+    /// The largest response body an attempt reads (default 16 MiB): a longer one ends the
+    /// attempt as a failure (retried like a lost answer, with the same key), so a broken or
+    /// hostile server cannot make the client hold more than this per attempt.
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes;
+        self
+    }
+
+    /// The largest response body an attempt reads.
+    pub fn response_limit(&self) -> usize {
+        self.max_response_bytes
+    }
+
     /// The ceiling of the first retry's wait, doubled for each retry after it. Default
     /// 100 ms.
     pub fn base(mut self, base: Duration) -> Self {
