@@ -30,7 +30,7 @@
 //!
 //! | name | labels | what |
 //! |---|---|---|
-//! | `idemstore_records` | `state`: `live`, `in_flight`, `completed` | records held now (`completed` counts every live record not in flight, outcome-unknown ones included); not set on Redis, which keeps no count |
+//! | `idemstore_records` | `state`: `live`, `in_flight`, `completed` | records held now (`completed` counts every live record not in flight: outcome-unknown ones, and expired ones the compactor has not removed yet, included); not set on Redis, which keeps no count |
 //! | `idemstore_file_bytes` | | the database file's size (a store opened by path) |
 //! | `idemstore_log_bytes_total` | | bytes appended to the write-ahead log since open |
 //! | `idemstore_index_entries` | | entries in the hot index (records on the memory engine) |

@@ -134,7 +134,9 @@ impl ImportReport {
 /// and `complete`, with its fingerprint and its response, under [`Terms`](crate::Terms) that
 /// keep any status (the store's cache policy does not apply) for the time the record had left,
 /// so that a retry of it replays until the moment it would have expired (at least 1 s from the
-/// import). Its `created_at` and token are the import's. Records in flight or whose outcome is unknown are skipped (counted:
+/// import). Its `created_at` and token are the import's. A record in flight in the store whose
+/// lease has run out and whose fingerprint matches is taken over (C8) and completed with the
+/// exported response, which is that request's own answer. Records in flight or whose outcome is unknown are skipped (counted:
 /// nothing can be replayed for them), as are records already expired and keys that have a
 /// live record in the store already (counted, left alone). Empty lines are ignored.
 ///
