@@ -82,20 +82,37 @@ pub(crate) trait Engine: Send + Sync {
     /// Stores the response of reservation `token` for `terms`' time to live (C3, C7, C8, C10),
     /// or releases the key when their cache policy does not keep its status. The response is
     /// within the store's limits.
+    ///
+    /// This and the other calls on one record get the record's scope with its hash: an engine
+    /// that keeps a scope's records together (the Redis engine, for C13) names a record by
+    /// both; the others ignore it.
     fn complete(
         &self,
         hash: KeyHash,
+        scope: &Scope,
         token: u64,
         response: Response,
         terms: Terms,
     ) -> Answer<Completion, CompleteError>;
 
     /// Releases reservation `token` (C6).
-    fn release(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError>;
+    fn release(
+        &self,
+        hash: KeyHash,
+        scope: &Scope,
+        token: u64,
+        how: Release,
+    ) -> Answer<(), LeaseError>;
 
     /// Extends the lease of reservation `token` by `terms`' lease; answers the new deadline
     /// (C8).
-    fn renew(&self, hash: KeyHash, token: u64, terms: Terms) -> Answer<u64, LeaseError>;
+    fn renew(
+        &self,
+        hash: KeyHash,
+        scope: &Scope,
+        token: u64,
+        terms: Terms,
+    ) -> Answer<u64, LeaseError>;
 
     /// Saves `point` as the last recovery point of reservation `token`'s key, durably (P1).
     /// An engine that keeps no points refuses it.
@@ -120,11 +137,11 @@ pub(crate) trait Engine: Send + Sync {
     }
 
     /// Removes the record, whatever its state; answers whether there was one.
-    fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable>;
+    fn purge(&self, hash: KeyHash, scope: &Scope) -> Answer<bool, Unavailable>;
 
     /// The record, unless absent or expired (C9); a release sent before the call is applied
     /// first (C6).
-    fn get(&self, hash: KeyHash) -> Result<Option<RecordInfo>, Unavailable>;
+    fn get(&self, hash: KeyHash, scope: &Scope) -> Result<Option<RecordInfo>, Unavailable>;
 
     /// Removes up to `limit` expired records (C9).
     fn expire(&self, limit: usize) -> Result<ExpireReport, Unavailable>;

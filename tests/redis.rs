@@ -348,7 +348,7 @@ fn servers_that_can_lose_records_are_refused() {
 }
 
 #[test]
-fn memory_durability_a_scope_cap_and_malformed_options_are_refused() {
+fn memory_durability_and_malformed_options_are_refused() {
     let memory = Config::builder()
         .durability(Durability::Memory)
         .build()
@@ -359,13 +359,6 @@ fn memory_durability_a_scope_cap_and_malformed_options_are_refused() {
     }
     match Store::open_redis("http://nowhere", Config::default()) {
         Err(OpenError::Config(e)) => assert_eq!(e.setting(), "RedisOptions::new"),
-        other => panic!("{other:?}"),
-    }
-    let capped = Config::builder().max_records_per_scope(5).build().unwrap();
-    match Store::open_redis("redis://127.0.0.1:1", capped) {
-        Err(OpenError::Config(e)) => {
-            assert_eq!(e.setting(), "ConfigBuilder::max_records_per_scope")
-        }
         other => panic!("{other:?}"),
     }
     let bad = RedisOptions::new("redis://127.0.0.1:1").prefix("a{b}");
@@ -1338,4 +1331,255 @@ fn c5_a_waiting_retry_is_woken_by_this_processs_completion_and_another_stores_en
     }
     first.complete(resp(201, "there")).unwrap();
     assert!(matches!(waiter.join().unwrap().unwrap(), Begin::Replay(_)));
+}
+
+/// A store on `url` under `prefix` whose scopes hold at most `cap` records, on its own clock
+/// `clock`, without the replay cache (every answer from the server): lease 10 s, TTL 100 s.
+fn capped(url: &str, prefix: &str, clock: &ManualClock, cap: u64) -> Store {
+    let cfg = config(clock)
+        .lease(Duration::from_secs(10))
+        .ttl(Duration::from_secs(100))
+        .max_records_per_scope(cap)
+        .build()
+        .unwrap();
+    let options = RedisOptions::new(url)
+        .prefix(prefix)
+        .clock(RedisClock::Store)
+        .replay_cache_bytes(0);
+    Store::open_redis_with(options, cfg).unwrap()
+}
+
+fn scope_full(b: Result<Begin, idemstore::BeginError>) -> u64 {
+    match b {
+        Err(idemstore::BeginError::ScopeFull { limit }) => limit,
+        other => panic!("expected ScopeFull, got {other:?}"),
+    }
+}
+
+/// C13 on the server at `url`, as `limits.rs` checks it on the file: the cap refuses the next
+/// new key and leaves other scopes alone; a release, a purge and expiry each free a place; a
+/// takeover counts once. Two stores share the prefix, as two machines would.
+fn c13_cap_on(url: &str) {
+    let clock = ManualClock::new(T0);
+    let (here, there) = (
+        capped(url, "c13:", &clock, 3),
+        capped(url, "c13:", &clock, 3),
+    );
+    let (a, b, f) = (scope("acct_a"), scope("acct_b"), fp("1"));
+    execute(here.begin(&a, &key("done"), &f).unwrap())
+        .complete(resp(201, "ok"))
+        .unwrap();
+    let held = execute(there.begin(&a, &key("held"), &f).unwrap());
+    let spare = execute(here.begin(&a, &key("spare"), &f).unwrap());
+    assert_eq!(scope_full(there.begin(&a, &key("new"), &f)), 3);
+    assert_eq!(there.stats().scope_full, 1);
+    assert!(
+        here.get(&a, &key("new")).unwrap().is_none(),
+        "nothing reserved"
+    );
+    // The scope's own keys answer as before; another scope has room.
+    assert_eq!(
+        replay(there.begin(&a, &key("done"), &f).unwrap()).body(),
+        b"ok"
+    );
+    assert!(matches!(
+        here.begin(&a, &key("held"), &f).unwrap(),
+        Begin::InProgress { .. }
+    ));
+    assert!(matches!(
+        here.begin(&a, &key("done"), &fp("2")).unwrap(),
+        Begin::Conflict
+    ));
+    drop(execute(here.begin(&b, &key("new"), &f).unwrap()));
+    // A release makes room for one.
+    spare.release().unwrap();
+    let taken = execute(there.begin(&a, &key("new"), &f).unwrap());
+    scope_full(here.begin(&a, &key("more"), &f));
+    // So does a purge.
+    assert!(here.purge(&a, &key("done")).unwrap());
+    let more = execute(there.begin(&a, &key("more"), &f).unwrap());
+    scope_full(here.begin(&a, &key("late"), &f));
+    // A takeover after the lease and a renewal keep the same place: still full.
+    clock.advance(Duration::from_secs(11));
+    let mut retaken = execute(here.begin(&a, &key("held"), &f).unwrap());
+    assert!(retaken.token() > held.token());
+    retaken.renew().unwrap();
+    scope_full(there.begin(&a, &key("late"), &f));
+    drop(held);
+    scope_full(there.begin(&a, &key("late"), &f));
+    // Completions keep their places; once they expire, the places are free again.
+    retaken.complete(resp(200, "x")).unwrap();
+    taken.complete(resp(200, "x")).unwrap();
+    more.complete(resp(200, "x")).unwrap();
+    scope_full(here.begin(&a, &key("late"), &f));
+    clock.advance(Duration::from_secs(100));
+    let fresh: Vec<_> = ["late", "e1", "e2"]
+        .iter()
+        .map(|k| execute(here.begin(&a, &key(k), &f).unwrap()))
+        .collect();
+    scope_full(there.begin(&a, &key("e3"), &f));
+    // An expired record executed again counts as a new one: its place was freed.
+    scope_full(there.begin(&a, &key("new"), &f));
+    assert_eq!(here.stats().scope_full + there.stats().scope_full, 8);
+    drop(fresh);
+    let report = here.check().unwrap();
+    assert!(report.is_sound(), "{:?}", report.problems);
+}
+
+#[test]
+fn c13_a_scope_holds_at_most_its_cap_of_live_records_on_one_server() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    c13_cap_on(&server.url());
+    // Every place was given back (released, or trimmed once expired): no count is left.
+    let counts = server.command(&["KEYS", "c13:s:*"]);
+    assert!(!counts.contains("c13:s:{"), "{counts}");
+}
+
+#[test]
+fn c13_a_scope_holds_at_most_its_cap_of_live_records_on_a_cluster() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    c13_cap_on(&cluster.url());
+}
+
+/// Threads making new keys in one scope at once, through two stores, get exactly the cap of
+/// reservations between them.
+fn c13_race_on(url: &str) {
+    const CAP: u64 = 20;
+    let clock = ManualClock::new(T0);
+    let stores = [
+        capped(url, "race:", &clock, CAP),
+        capped(url, "race:", &clock, CAP),
+    ];
+    let threads: Vec<_> = (0..8)
+        .map(|th| {
+            let store = stores[th % 2].clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                let mut full = 0;
+                for i in 0..10 {
+                    let k = key(&format!("t{th}-{i}"));
+                    match store.begin(&scope("crowd"), &k, &fp("1")) {
+                        Ok(b) => held.push(execute(b)),
+                        Err(idemstore::BeginError::ScopeFull { .. }) => full += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                // Held to the end, so no release makes room mid-race.
+                (held.into_iter().map(|r| r.abandon()).count(), full)
+            })
+        })
+        .collect();
+    let (mut reserved, mut refused) = (0, 0);
+    for t in threads {
+        let (r, f) = t.join().unwrap();
+        reserved += r;
+        refused += f;
+    }
+    assert_eq!(reserved as u64, CAP);
+    assert_eq!(refused as u64, 80 - CAP);
+    let held = stores[0]
+        .records(Some(&scope("crowd")), 1000)
+        .unwrap()
+        .len();
+    assert_eq!(held as u64, CAP);
+}
+
+#[test]
+fn c13_racing_first_attempts_never_pass_the_cap_on_one_server() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    c13_race_on(&server.url());
+}
+
+#[test]
+fn c13_racing_first_attempts_never_pass_the_cap_on_a_cluster() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    c13_race_on(&cluster.url());
+}
+
+/// A store made before the scope layout (its metadata without `layout`) keeps its records by
+/// key and keeps working; a cap asked of it is refused at open, saying why. `forget_layout`
+/// deletes the field, as the store's metadata was before.
+fn c13_old_layout_on(url: &str, forget_layout: impl Fn()) {
+    let clock = ManualClock::new(T0);
+    let options = || {
+        RedisOptions::new(url)
+            .prefix("old:")
+            .clock(RedisClock::Store)
+    };
+    let cfg = || config(&clock).build().unwrap();
+    drop(Store::open_redis_with(options(), cfg()).unwrap());
+    forget_layout();
+    let store = Store::open_redis_with(options(), cfg()).unwrap();
+    let (s, f) = (scope("s"), fp("x"));
+    for i in 0..5 {
+        execute(store.begin(&s, &key(&format!("k{i}")), &f).unwrap())
+            .complete(resp(201, "ok"))
+            .unwrap();
+    }
+    let held = execute(store.begin(&s, &key("held"), &f).unwrap());
+    held.release().unwrap();
+    assert!(store.purge(&s, &key("k0")).unwrap());
+    assert_eq!(
+        replay(store.begin(&s, &key("k1"), &f).unwrap()).body(),
+        b"ok"
+    );
+    assert_eq!(store.get(&s, &key("k2")).unwrap().unwrap().key, "k2");
+    assert_eq!(store.records(Some(&s), 100).unwrap().len(), 4);
+    assert!(store.check().unwrap().is_sound());
+    let capped = config(&clock).max_records_per_scope(3).build().unwrap();
+    match Store::open_redis_with(options(), capped) {
+        Err(OpenError::Config(e)) => {
+            assert_eq!(e.setting(), "ConfigBuilder::max_records_per_scope");
+            assert!(e.to_string().contains("layout"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A new store on another prefix is laid out by scope and takes the cap.
+    let fresh = config(&clock).max_records_per_scope(3).build().unwrap();
+    let options = RedisOptions::new(url)
+        .prefix("new:")
+        .clock(RedisClock::Store);
+    Store::open_redis_with(options, fresh).unwrap();
+}
+
+#[test]
+fn c13_a_store_made_before_the_scope_layout_keeps_working_and_refuses_a_cap() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    c13_old_layout_on(&server.url(), || {
+        assert!(
+            server
+                .command(&["HDEL", "old:meta", "layout"])
+                .starts_with(":1")
+        );
+    });
+    // Its records are named by key alone: no count, and one tag per record key.
+    assert!(!server.command(&["KEYS", "old:s:*"]).contains("old:s:"));
+    let records = server.command(&["KEYS", "old:r:*"]);
+    let names: Vec<_> = records
+        .lines()
+        .filter(|l| l.starts_with("old:r:"))
+        .collect();
+    assert!(!names.is_empty());
+    assert!(names.iter().all(|n| n.ends_with('}')), "{records}");
+}
+
+#[test]
+fn c13_a_store_made_before_the_scope_layout_keeps_working_on_a_cluster() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    c13_old_layout_on(&cluster.url(), || {
+        let out = cluster.cli(0, &["-c", "HDEL", "old:meta", "layout"]);
+        assert_eq!(out.trim(), "1");
+    });
 }

@@ -571,6 +571,7 @@ impl Engine for MemoryEngine {
     fn complete(
         &self,
         hash: KeyHash,
+        _scope: &Scope,
         token: u64,
         response: Response,
         terms: Terms,
@@ -585,7 +586,13 @@ impl Engine for MemoryEngine {
         ))
     }
 
-    fn release(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError> {
+    fn release(
+        &self,
+        hash: KeyHash,
+        _scope: &Scope,
+        token: u64,
+        how: Release,
+    ) -> Answer<(), LeaseError> {
         // Done before this returns, however it is answered.
         let explicit = how != Release::Forget;
         Answer::Now(MemoryEngine::release(
@@ -611,7 +618,13 @@ impl Engine for MemoryEngine {
         ))
     }
 
-    fn renew(&self, hash: KeyHash, token: u64, terms: Terms) -> Answer<u64, LeaseError> {
+    fn renew(
+        &self,
+        hash: KeyHash,
+        _scope: &Scope,
+        token: u64,
+        terms: Terms,
+    ) -> Answer<u64, LeaseError> {
         Answer::Now(MemoryEngine::renew(
             self,
             &self.shared,
@@ -620,11 +633,11 @@ impl Engine for MemoryEngine {
         ))
     }
 
-    fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable> {
+    fn purge(&self, hash: KeyHash, _scope: &Scope) -> Answer<bool, Unavailable> {
         Answer::Now(MemoryEngine::purge(self, &self.shared, &hash))
     }
 
-    fn get(&self, hash: KeyHash) -> Result<Option<RecordInfo>, Unavailable> {
+    fn get(&self, hash: KeyHash, _scope: &Scope) -> Result<Option<RecordInfo>, Unavailable> {
         Ok(MemoryEngine::get(self, &hash, self.shared.now()))
     }
 

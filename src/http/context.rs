@@ -28,6 +28,7 @@ pub(crate) struct Hold {
     state: Mutex<Held>,
     /// The reservation's key and token, to find what a completion by the handler left.
     pub(crate) hash: KeyHash,
+    pub(crate) scope: Scope,
     pub(crate) token: u64,
     lease: Lease,
 }
@@ -57,6 +58,7 @@ impl Hold {
     pub(crate) fn new(reservation: Reservation) -> Arc<Hold> {
         Arc::new(Hold {
             hash: reservation.key_hash(),
+            scope: reservation.scope().clone(),
             token: reservation.token(),
             lease: reservation.lease(),
             state: Mutex::new(Held::Layer(reservation)),

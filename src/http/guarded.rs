@@ -344,8 +344,8 @@ where
         // future returns before knowing: the store then says what the completion left.
         let stored = match (handled, started.held_key()) {
             (Handled::Stored(stored), _) => Some(stored),
-            (Handled::Pending, Some((hash, token))) => {
-                settled(&shared.store, (hash, token), shared.terms.lease()).await
+            (Handled::Pending, Some((at, token))) => {
+                settled(&shared.store, (at, token), shared.terms.lease()).await
             }
             (Handled::Nothing | Handled::Pending, _) => None,
         };
@@ -384,13 +384,13 @@ where
 /// future, never on the path of one that awaited it.
 async fn settled(
     store: &crate::Store,
-    (hash, token): (KeyHash, u64),
+    ((hash, scope), token): ((KeyHash, Scope), u64),
     lease: std::time::Duration,
 ) -> Option<crate::Response> {
     let until = Instant::now().checked_add(lease);
     loop {
         let woken = store.watch(hash);
-        match store.record_of(hash) {
+        match store.record_of((hash, &scope)) {
             Ok(Some(r)) if r.token == token && r.state == crate::State::Completed => {
                 return r.response;
             }

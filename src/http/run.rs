@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use super::context::{Handled, Hold};
 use crate::Reservation;
-use crate::rules::key::KeyHash;
+use crate::rules::key::{KeyHash, Scope};
 use crate::sleep::Sleep;
 use crate::store::Lease;
 
@@ -196,8 +196,10 @@ impl Started {
     }
 
     /// The reservation's key and token.
-    pub(crate) fn held_key(&self) -> Option<(KeyHash, u64)> {
-        self.0.as_ref().map(|hold| (hold.hash, hold.token))
+    pub(crate) fn held_key(&self) -> Option<((KeyHash, Scope), u64)> {
+        self.0
+            .as_ref()
+            .map(|hold| ((hold.hash, hold.scope.clone()), hold.token))
     }
 
     /// The lease, to renew while the call runs.

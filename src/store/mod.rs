@@ -287,7 +287,7 @@ impl Store {
     ) -> Result<Begin, BeginError> {
         let asked = Stopwatch::start(&self.inner.shared.metrics);
         let (hash, answer) = self.claim(scope, key, fp, terms)?;
-        Ok(self.wrap(hash, self.counted(answer.wait()?, asked), terms))
+        Ok(self.wrap((hash, scope), self.counted(answer.wait()?, asked), terms))
     }
 
     /// [`begin`](Store::begin) as a future, woken by the engine (with [`Durability::Memory`],
@@ -311,6 +311,7 @@ impl Store {
         terms: Terms,
     ) -> impl Future<Output = Result<Begin, BeginError>> + Send + 'static {
         let store = self.clone();
+        let owned = scope.clone();
         let asked = Stopwatch::start(&self.inner.shared.metrics);
         // An answer decided already is wrapped now, so that a reservation in it is armed (its
         // drop releases the key) even if the future is dropped without being polled.
@@ -318,7 +319,7 @@ impl Store {
             .claim(scope, key, fp, terms)
             .map(|(hash, answer)| match answer {
                 Answer::Now(claim) => {
-                    Ok(claim.map(|c| self.wrap(hash, self.counted(c, asked), terms)))
+                    Ok(claim.map(|c| self.wrap((hash, scope), self.counted(c, asked), terms)))
                 }
                 Answer::Later(later) => Err((hash, later)),
             });
@@ -327,7 +328,7 @@ impl Store {
                 Ok(begin) => begin,
                 Err((hash, later)) => {
                     let claim = later.await?;
-                    Ok(store.wrap(hash, store.counted(claim, asked), terms))
+                    Ok(store.wrap((hash, &owned), store.counted(claim, asked), terms))
                 }
             }
         }
@@ -340,7 +341,7 @@ impl Store {
     }
 
     /// A reservation under `terms` for an `Execute` claim; the other answers as they are.
-    fn wrap(&self, hash: KeyHash, claim: Claim, terms: Terms) -> Begin {
+    fn wrap(&self, (hash, scope): (KeyHash, &Scope), claim: Claim, terms: Terms) -> Begin {
         match claim {
             Claim::Execute {
                 token,
@@ -348,7 +349,7 @@ impl Store {
                 recovery,
             } => Begin::Execute(Reservation::new(
                 self.clone(),
-                hash,
+                (hash, scope.clone()),
                 (token, lease_deadline),
                 recovery,
                 terms,
@@ -391,14 +392,17 @@ impl Store {
     /// The record for (scope, key), or `None` if there is none or it has expired (C9).
     pub fn get(&self, scope: &Scope, key: &Key) -> Result<Option<RecordInfo>, Unavailable> {
         self.inner.shared.check()?;
-        self.inner.engine.get(KeyHash::of(scope, key))
+        self.inner.engine.get(KeyHash::of(scope, key), scope)
     }
 
     /// Removes the record for (scope, key), whatever its state; true if there was one. A
     /// reservation of a purged key can no longer complete.
     pub fn purge(&self, scope: &Scope, key: &Key) -> Result<bool, Unavailable> {
         self.inner.shared.check()?;
-        self.inner.engine.purge(KeyHash::of(scope, key)).wait()
+        self.inner
+            .engine
+            .purge(KeyHash::of(scope, key), scope)
+            .wait()
     }
 
     /// The live (not expired) records, in the file's order (by key hash), those of `scope`
@@ -474,7 +478,7 @@ impl Store {
     /// store cannot keep releases the key (C6): its operation ran, but nothing can replay it.
     fn complete_token(
         &self,
-        hash: KeyHash,
+        (hash, scope): (KeyHash, &Scope),
         token: u64,
         response: Response,
         terms: Terms,
@@ -485,31 +489,46 @@ impl Store {
         }
         let refused = blob::refusal(&response, shared.config.max_response_bytes);
         if let Some(e) = refused {
-            self.forget(hash, token);
+            self.forget((hash, scope), token);
             return Answer::Now(Err(e));
         }
-        self.inner.engine.complete(hash, token, response, terms)
+        self.inner
+            .engine
+            .complete(hash, scope, token, response, terms)
     }
 
     /// Releases `token` without waiting for the answer (a dropped reservation).
-    fn forget(&self, hash: KeyHash, token: u64) {
+    fn forget(&self, (hash, scope): (KeyHash, &Scope), token: u64) {
         crate::trace::released(&hash, token, true);
-        let _ = self.inner.engine.release(hash, token, Release::Forget);
+        let _ = self
+            .inner
+            .engine
+            .release(hash, scope, token, Release::Forget);
     }
 
-    fn release_token(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError> {
+    fn release_token(
+        &self,
+        (hash, scope): (KeyHash, &Scope),
+        token: u64,
+        how: Release,
+    ) -> Answer<(), LeaseError> {
         if let Err(e) = self.inner.shared.check() {
             return Answer::Now(Err(e.into()));
         }
         crate::trace::released(&hash, token, false);
-        self.inner.engine.release(hash, token, how)
+        self.inner.engine.release(hash, scope, token, how)
     }
 
-    fn renew_token(&self, hash: KeyHash, token: u64, terms: Terms) -> Answer<u64, LeaseError> {
+    fn renew_token(
+        &self,
+        (hash, scope): (KeyHash, &Scope),
+        token: u64,
+        terms: Terms,
+    ) -> Answer<u64, LeaseError> {
         if let Err(e) = self.inner.shared.check() {
             return Answer::Now(Err(e.into()));
         }
-        self.inner.engine.renew(hash, token, terms)
+        self.inner.engine.renew(hash, scope, token, terms)
     }
 
     pub(crate) fn save_point_token(
@@ -563,18 +582,18 @@ impl Backend for Store {
         response: Response,
     ) -> Result<Completion, CompleteError> {
         let terms = self.inner.shared.config.terms();
-        self.complete_token(KeyHash::of(scope, key), token, response, terms)
+        self.complete_token((KeyHash::of(scope, key), scope), token, response, terms)
             .wait()
     }
 
     fn renew(&self, scope: &Scope, key: &Key, token: u64) -> Result<u64, LeaseError> {
         let terms = self.inner.shared.config.terms();
-        self.renew_token(KeyHash::of(scope, key), token, terms)
+        self.renew_token((KeyHash::of(scope, key), scope), token, terms)
             .wait()
     }
 
     fn release(&self, scope: &Scope, key: &Key, token: u64) -> Result<(), LeaseError> {
-        self.release_token(KeyHash::of(scope, key), token, Release::Answered)
+        self.release_token((KeyHash::of(scope, key), scope), token, Release::Answered)
             .wait()
     }
 

@@ -53,7 +53,7 @@ impl Store {
             });
         }
         let hash = KeyHash::of(scope, key);
-        self.release_token(hash, record.token, Release::Answered)
+        self.release_token((hash, scope), record.token, Release::Answered)
             .wait()
             .map_err(refusal)?;
         crate::trace::operator_release(&hash, record.token, false);

@@ -19,7 +19,7 @@ use crate::config::Terms;
 use crate::engine::{Answer, Ran, Release};
 use crate::error::{CompleteError, CompleteWithError, LeaseError, PointError, PointWithError};
 use crate::metrics::Stopwatch;
-use crate::rules::key::KeyHash;
+use crate::rules::key::{KeyHash, Scope};
 use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 
@@ -58,6 +58,8 @@ pub enum Begin {
 pub struct Reservation {
     store: Store,
     hash: KeyHash,
+    /// The key's scope, which the Redis engine names the record by too.
+    scope: Scope,
     token: u64,
     lease_deadline: u64,
     /// The last recovery point of the key: inherited from an earlier attempt, then the last
@@ -71,7 +73,7 @@ pub struct Reservation {
 impl Reservation {
     pub(super) fn new(
         store: Store,
-        hash: KeyHash,
+        (hash, scope): (KeyHash, Scope),
         (token, lease_deadline): (u64, u64),
         recovery: Option<RecoveryPoint>,
         terms: Terms,
@@ -79,6 +81,7 @@ impl Reservation {
         Reservation {
             store,
             hash,
+            scope,
             token,
             lease_deadline,
             recovery,
@@ -106,9 +109,9 @@ impl Reservation {
     /// A stale holder (C8) gets [`CompleteError::Fenced`] and nothing is stored.
     pub fn complete(mut self, response: Response) -> Result<Completion, CompleteError> {
         let asked = Stopwatch::start(&self.store.inner.shared.metrics);
-        let answer = self
-            .store
-            .complete_token(self.hash, self.token, response, self.terms);
+        let answer =
+            self.store
+                .complete_token((self.hash, &self.scope), self.token, response, self.terms);
         self.disarm_if_queued(&answer);
         let completed = answer.wait();
         self.store.inner.shared.metrics.completed(asked);
@@ -121,9 +124,9 @@ impl Reservation {
         response: Response,
     ) -> impl Future<Output = Result<Completion, CompleteError>> + Send + 'static {
         let asked = Stopwatch::start(&self.store.inner.shared.metrics);
-        let answer = self
-            .store
-            .complete_token(self.hash, self.token, response, self.terms);
+        let answer =
+            self.store
+                .complete_token((self.hash, &self.scope), self.token, response, self.terms);
         self.disarm_if_queued(&answer);
         let store = self.store.clone();
         async move {
@@ -218,6 +221,12 @@ impl Reservation {
         self.hash
     }
 
+    /// The key's scope.
+    #[cfg(feature = "http")]
+    pub(crate) fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
     /// A handle that renews this reservation's lease from elsewhere (the HTTP layer, while
     /// the handler runs), without holding the reservation.
     #[cfg(feature = "http")]
@@ -225,6 +234,7 @@ impl Reservation {
         Lease {
             store: self.store.clone(),
             hash: self.hash,
+            scope: self.scope.clone(),
             token: self.token,
             terms: self.terms,
         }
@@ -398,14 +408,16 @@ impl Reservation {
     pub fn renew(&mut self) -> Result<(), LeaseError> {
         self.lease_deadline = self
             .store
-            .renew_token(self.hash, self.token, self.terms)
+            .renew_token((self.hash, &self.scope), self.token, self.terms)
             .wait()?;
         Ok(())
     }
 
     /// [`renew`](Reservation::renew) as a runtime-agnostic future.
     pub fn renew_async(&mut self) -> impl Future<Output = Result<(), LeaseError>> + Send + '_ {
-        let answer = self.store.renew_token(self.hash, self.token, self.terms);
+        let answer = self
+            .store
+            .renew_token((self.hash, &self.scope), self.token, self.terms);
         async move {
             self.lease_deadline = answer.resolve().await?;
             Ok(())
@@ -437,9 +449,9 @@ impl Reservation {
 
     /// Releases the key now, so the next attempt executes (C6).
     pub fn release(mut self) -> Result<(), LeaseError> {
-        let answer = self
-            .store
-            .release_token(self.hash, self.token, Release::Answered);
+        let answer =
+            self.store
+                .release_token((self.hash, &self.scope), self.token, Release::Answered);
         self.disarm_if_queued(&answer);
         answer.wait()
     }
@@ -451,9 +463,9 @@ impl Reservation {
     ) -> impl Future<Output = Result<(), LeaseError>> + Send + 'static {
         // Detached: dropping this future must not keep the key, as dropping the reservation
         // would not.
-        let answer = self
-            .store
-            .release_token(self.hash, self.token, Release::Detached);
+        let answer =
+            self.store
+                .release_token((self.hash, &self.scope), self.token, Release::Detached);
         self.disarm_if_queued(&answer);
         answer.resolve()
     }
@@ -465,6 +477,7 @@ impl Reservation {
 pub(crate) struct Lease {
     store: Store,
     hash: KeyHash,
+    scope: Scope,
     token: u64,
     terms: Terms,
 }
@@ -475,7 +488,7 @@ impl Lease {
     /// reservation completed, released or taken over answers an error.
     pub(crate) fn renew(&self) -> impl Future<Output = Result<u64, LeaseError>> + Send + 'static {
         self.store
-            .renew_token(self.hash, self.token, self.terms)
+            .renew_token((self.hash, &self.scope), self.token, self.terms)
             .resolve()
     }
 
@@ -507,7 +520,7 @@ impl Lease {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.armed {
-            self.store.forget(self.hash, self.token);
+            self.store.forget((self.hash, &self.scope), self.token);
         }
     }
 }

@@ -67,10 +67,12 @@ impl Store {
         }
         let hash = KeyHash::of(scope, key);
         match self.inner.engine.resolve(hash).wait()? {
-            Some(claim) => match self.wrap(hash, claim, self.inner.shared.config.terms()) {
-                Begin::Execute(reservation) => Ok(Some(reservation)),
-                _ => Ok(None),
-            },
+            Some(claim) => {
+                match self.wrap((hash, scope), claim, self.inner.shared.config.terms()) {
+                    Begin::Execute(reservation) => Ok(Some(reservation)),
+                    _ => Ok(None),
+                }
+            }
             None => Ok(None),
         }
     }

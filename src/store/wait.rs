@@ -121,10 +121,10 @@ impl Store {
     #[cfg(feature = "http")]
     pub(crate) fn record_of(
         &self,
-        hash: KeyHash,
+        (hash, scope): (KeyHash, &Scope),
     ) -> Result<Option<crate::RecordInfo>, Unavailable> {
         self.inner.shared.check()?;
-        self.inner.engine.get(hash)
+        self.inner.engine.get(hash, scope)
     }
 
     /// A wait on `hash`, woken when its key settles (`engine/waiters.rs`).

@@ -525,6 +525,7 @@ impl Engine for FileEngine {
     fn complete(
         &self,
         hash: KeyHash,
+        _scope: &Scope,
         token: u64,
         response: Response,
         terms: Terms,
@@ -551,11 +552,23 @@ impl Engine for FileEngine {
         self.queue(op, rx)
     }
 
-    fn release(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError> {
+    fn release(
+        &self,
+        hash: KeyHash,
+        _scope: &Scope,
+        token: u64,
+        how: Release,
+    ) -> Answer<(), LeaseError> {
         self.send_release(hash, token, how)
     }
 
-    fn renew(&self, hash: KeyHash, token: u64, terms: Terms) -> Answer<u64, LeaseError> {
+    fn renew(
+        &self,
+        hash: KeyHash,
+        _scope: &Scope,
+        token: u64,
+        terms: Terms,
+    ) -> Answer<u64, LeaseError> {
         let (tx, rx) = reply::channel();
         self.queue(
             Op::Renew {
@@ -593,12 +606,12 @@ impl Engine for FileEngine {
         self.queue(Op::Resolve { hash, reply: tx }, rx)
     }
 
-    fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable> {
+    fn purge(&self, hash: KeyHash, _scope: &Scope) -> Answer<bool, Unavailable> {
         let (tx, rx) = reply::channel();
         self.queue(Op::Purge { hash, reply: tx }, rx)
     }
 
-    fn get(&self, hash: KeyHash) -> Result<Option<RecordInfo>, Unavailable> {
+    fn get(&self, hash: KeyHash, _scope: &Scope) -> Result<Option<RecordInfo>, Unavailable> {
         if self.state.releases_pending() {
             // A dropped reservation's release is queued: let the writer apply it first, so a
             // read after the drop sees the key released (C6).

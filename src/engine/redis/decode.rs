@@ -90,6 +90,12 @@ pub(crate) fn decode_claim(shared: &Shared, v: Value) -> Result<(Claim, Option<L
             bump(&counters.conflicts);
             Ok((Claim::Conflict, None))
         }
+        (b"scope_full", []) => {
+            bump(&counters.scope_full);
+            Err(BeginError::ScopeFull {
+                limit: shared.config.max_records_per_scope,
+            })
+        }
         (b"busy", []) => {
             bump(&counters.in_progress);
             Ok((

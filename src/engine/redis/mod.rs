@@ -10,8 +10,8 @@
 //! in memory (`cache.rs`), so a replay needs no round trip.
 //!
 //! Invariants:
-//! - every state change is one function call on one key; nothing is decided from a
-//!   client-side read (the replay cache answers only for completed records, which do not
+//! - every state change is one function call on one record (and, in the scope layout, its
+//!   scope's count, in the same slot); nothing is decided from a client-side read (the replay cache answers only for completed records, which do not
 //!   change before they expire);
 //! - every mutating call carries a nonce that its script stores, so a call re-sent after a
 //!   lost reply is recognised and answered as the first was;
@@ -79,7 +79,7 @@ impl RedisEngine {
     /// Connects, checks the server, loads or makes the store's secret and starts the I/O
     /// thread.
     pub(crate) fn open(options: RedisOptions, config: Config) -> Result<RedisEngine, OpenError> {
-        let (link, secret) = open::connect(&options, &config)?;
+        let (link, secret, layout) = open::connect(&options, &config)?;
         let mut base = [0u8; 16];
         getrandom::fill(&mut base).map_err(|e| OpenError::Storage {
             cause: Arc::new(Message(format!("no random source for nonces: {e}"))),
@@ -91,7 +91,7 @@ impl RedisEngine {
         Ok(RedisEngine {
             cache: Arc::new(ReplayCache::new(options.replay_cache_bytes)),
             shared,
-            names: Names::new(&options.prefix, secret),
+            names: Names::new(&options.prefix, secret, layout),
             options,
             lanes,
             nonce_base: u128::from_le_bytes(base),
@@ -122,9 +122,9 @@ impl RedisEngine {
         crate::clock::millis(self.options.grace)
     }
 
-    /// `FCALL` of `script` on the record of `hash`.
-    fn fcall(&self, script: Script, hash: &KeyHash) -> ScriptCall {
-        ScriptCall::new(&self.names, script, hash)
+    /// `FCALL` of `script` on the record of `hash`, of `scope`.
+    fn fcall(&self, script: Script, hash: &KeyHash, scope: &Scope) -> ScriptCall {
+        ScriptCall::new(&self.names, script, (hash, scope))
     }
 
     /// Queues `call`; its reply goes to `reply`. A refusal to queue (the thread is gone) drops
@@ -199,8 +199,8 @@ impl RedisEngine {
         }
     }
 
-    fn release_cmd(&self, hash: &KeyHash, token: u64) -> ScriptCall {
-        let mut cmd = self.fcall(Script::Release, hash);
+    fn release_cmd(&self, hash: &KeyHash, scope: &Scope, token: u64) -> ScriptCall {
+        let mut cmd = self.fcall(Script::Release, hash, scope);
         cmd.arg(token).arg(self.grace_ms()).arg(self.nonce());
         cmd
     }
@@ -316,7 +316,8 @@ fn confirmed(v: Value, wait: Wait) -> Result<Value, Unavailable> {
     }
 }
 
-/// A script call on one record: the command, and where the record's key lives.
+/// A script call on one record: the command, and where the record's key lives. In the scope
+/// layout the scope's count is its second key, in the same slot.
 struct ScriptCall {
     cmd: Cmd,
     target: Target,
@@ -325,11 +326,15 @@ struct ScriptCall {
 }
 
 impl ScriptCall {
-    fn new(names: &Names, script: Script, hash: &KeyHash) -> ScriptCall {
-        let key = names.record(hash);
+    fn new(names: &Names, script: Script, (hash, scope): (&KeyHash, &Scope)) -> ScriptCall {
+        let key = names.record(scope, hash);
         let target = Target::Slot(link::slot_of(key.as_bytes()));
         let mut cmd = ::redis::cmd("FCALL");
-        cmd.arg(script.function()).arg(1).arg(key);
+        cmd.arg(script.function());
+        match names.scope_count(scope) {
+            Some(count) => cmd.arg(2).arg(key).arg(count),
+            None => cmd.arg(1).arg(key),
+        };
         ScriptCall {
             cmd,
             target,
@@ -379,7 +384,7 @@ impl Engine for RedisEngine {
             }
             None => {}
         }
-        let mut cmd = self.fcall(Script::Claim, &hash);
+        let mut cmd = self.fcall(Script::Claim, &hash, scope);
         cmd.arg(self.now_arg())
             .arg(terms.lease_ms())
             .arg(terms.ttl_ms())
@@ -387,7 +392,8 @@ impl Engine for RedisEngine {
             .arg(record::fingerprint_bytes(fp))
             .arg(self.nonce())
             .arg(scope.as_str())
-            .arg(key.as_str());
+            .arg(key.as_str())
+            .arg(self.shared.config.max_records_per_scope);
         let (tx, rx) = reply::channel();
         let shared = Arc::clone(&self.shared);
         // A reservation whose caller went away is released, so that the key is not held
@@ -399,8 +405,9 @@ impl Engine for RedisEngine {
             let names = self.names.clone();
             let base = self.nonce();
             let timeout = self.options.timeout;
+            let scope = scope.clone();
             move |token: u64| {
-                let mut call = ScriptCall::new(&names, Script::Release, &hash);
+                let mut call = ScriptCall::new(&names, Script::Release, (&hash, &scope));
                 call.arg(token).arg(grace).arg(format!("{base}r"));
                 call.queue(&jobs, timeout, Box::new(|_| {}));
             }
@@ -441,6 +448,7 @@ impl Engine for RedisEngine {
     fn complete(
         &self,
         hash: KeyHash,
+        scope: &Scope,
         token: u64,
         response: Response,
         terms: Terms,
@@ -449,14 +457,14 @@ impl Engine for RedisEngine {
             Ok(blob) => blob,
             // The store checked the response first: not reached.
             Err(e) => {
-                self.send(self.release_cmd(&hash, token), Box::new(|_| {}));
+                self.send(self.release_cmd(&hash, scope, token), Box::new(|_| {}));
                 return Answer::Now(Err(CompleteError::InvalidResponse {
                     reason: e.to_string(),
                 }));
             }
         };
         let keep = terms.cache_policy().keeps(response.status());
-        let mut cmd = self.fcall(Script::Complete, &hash);
+        let mut cmd = self.fcall(Script::Complete, &hash, scope);
         cmd.arg(self.now_arg())
             .arg(token)
             .arg(if keep { "1" } else { "0" })
@@ -491,8 +499,14 @@ impl Engine for RedisEngine {
         })
     }
 
-    fn release(&self, hash: KeyHash, token: u64, how: Release) -> Answer<(), LeaseError> {
-        let cmd = self.release_cmd(&hash, token);
+    fn release(
+        &self,
+        hash: KeyHash,
+        scope: &Scope,
+        token: u64,
+        how: Release,
+    ) -> Answer<(), LeaseError> {
+        let cmd = self.release_cmd(&hash, scope, token);
         let decode = move |shared: &Shared, v: Value| {
             let (first, rest) = verdict("a release", v)?;
             if first.as_slice() == b"ok" {
@@ -524,8 +538,14 @@ impl Engine for RedisEngine {
         }
     }
 
-    fn renew(&self, hash: KeyHash, token: u64, terms: Terms) -> Answer<u64, LeaseError> {
-        let mut cmd = self.fcall(Script::Renew, &hash);
+    fn renew(
+        &self,
+        hash: KeyHash,
+        scope: &Scope,
+        token: u64,
+        terms: Terms,
+    ) -> Answer<u64, LeaseError> {
+        let mut cmd = self.fcall(Script::Renew, &hash, scope);
         cmd.arg(self.now_arg())
             .arg(token)
             .arg(terms.lease_ms())
@@ -542,9 +562,9 @@ impl Engine for RedisEngine {
         })
     }
 
-    fn purge(&self, hash: KeyHash) -> Answer<bool, Unavailable> {
+    fn purge(&self, hash: KeyHash, scope: &Scope) -> Answer<bool, Unavailable> {
         self.cache.remove(&hash);
-        let mut cmd = self.fcall(Script::Purge, &hash);
+        let mut cmd = self.fcall(Script::Purge, &hash, scope);
         cmd.arg(self.grace_ms()).arg(self.nonce());
         self.call(cmd, move |shared, v| match v {
             Value::Int(n) => {
@@ -557,10 +577,10 @@ impl Engine for RedisEngine {
         })
     }
 
-    fn get(&self, hash: KeyHash) -> Result<Option<RecordInfo>, Unavailable> {
+    fn get(&self, hash: KeyHash, scope: &Scope) -> Result<Option<RecordInfo>, Unavailable> {
         if self.options.read_only {
             // No function may be loaded: the hash itself, judged on the deciding clock.
-            let key = self.names.record(&hash);
+            let key = self.names.record(scope, &hash);
             return self.exclusive(move |link, scan| {
                 let now = scan.now(link)?;
                 let fields = scan.fields(link, &key)?;
@@ -571,7 +591,7 @@ impl Engine for RedisEngine {
                 }
             });
         }
-        let mut cmd = self.fcall(Script::Get, &hash);
+        let mut cmd = self.fcall(Script::Get, &hash, scope);
         cmd.arg(self.now_arg());
         self.call(cmd, |_, v| {
             let fields = Fields::of("a read", v)?;

@@ -1,11 +1,12 @@
 //! Opening the Redis engine: the connection, the checks of the server, and the store's
-//! secret.
+//! secret and layout.
 //!
 //! Why: a server that may evict keys or lose acknowledged writes breaks the contract without
 //! a single error, so it is refused before anything is written, with a message that says
 //! which setting to change. Invariant: `connect` returns only once the server is 7.0 or later,
 //! its settings keep what the store's durability promises (unless the operator vouched for
-//! them), and the secret is the one every store on this prefix uses.
+//! them), the secret and the layout are the ones every store on this prefix uses, and a cap on
+//! a scope's records is asked only of a store whose layout can keep it (C13).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,33 +20,23 @@ use super::RedisOptions;
 use super::io::{Failure, Target};
 use super::link::{Link, slot_of};
 use super::options::Wait;
-use super::record::{Names, number, words};
+use super::record::{Layout, Names, number, words};
 
 /// The format of what the engine keeps on the server, in `<prefix>meta`.
 const FORMAT: u64 = 1;
 
-/// Connects to the server of `options` and checks it; answers the connection and the
-/// store's secret.
+/// Connects to the server of `options` and checks it; answers the connection, the store's
+/// secret and its layout.
 pub(super) fn connect(
     options: &RedisOptions,
     config: &Config,
-) -> Result<(Link, [u8; 32]), OpenError> {
+) -> Result<(Link, [u8; 32], Layout), OpenError> {
     options.validate().map_err(OpenError::Config)?;
     if config.durability == Durability::Memory {
         return Err(OpenError::Config(ConfigError {
             setting: "ConfigBuilder::durability",
             value: "Memory".into(),
             range: "Immediate or Buffered with the Redis engine",
-        }));
-    }
-    if config.max_records_per_scope != Config::default().max_records_per_scope {
-        // Counting a scope's records needs every record of the scope in one Cluster slot, or
-        // a second key per call; neither is built yet, and a cap that is not kept must not
-        // look as if it were.
-        return Err(OpenError::Config(ConfigError {
-            setting: "ConfigBuilder::max_records_per_scope",
-            value: config.max_records_per_scope.to_string(),
-            range: "its default with the Redis engine, which does not count records per scope (C13)",
         }));
     }
     let client = ::redis::Client::open(options.url.as_str()).map_err(|e| {
@@ -92,8 +83,22 @@ pub(super) fn connect(
     let meta = Names::meta(&options.prefix);
     let target = Target::Slot(slot_of(meta.as_bytes()));
     let mut ask = |cmd: &Cmd| link.query(target, cmd, deadline).map_err(unreachable);
-    let secret = load_or_make_secret(&mut ask, &meta, !options.read_only)?;
-    Ok((link, secret))
+    let (secret, layout) = load_or_make_secret(&mut ask, &meta, !options.read_only)?;
+    if layout == Layout::ByKey
+        && config.max_records_per_scope != Config::default().max_records_per_scope
+    {
+        // A store made before the scope layout has its records in slots of their own: its
+        // scripts cannot count a scope's records, and a cap that is not kept must not look as
+        // if it were.
+        return Err(OpenError::Config(ConfigError {
+            setting: "ConfigBuilder::max_records_per_scope",
+            value: config.max_records_per_scope.to_string(),
+            range: "its default on this store, which was made before records were laid out by \
+                    scope (its metadata has no `layout`), so its records cannot be counted per \
+                    scope (C13); a store made on a new prefix can cap them",
+        }));
+    }
+    Ok((link, secret, layout))
 }
 
 /// Names the node a refusal is about, when there may be several.
@@ -232,31 +237,73 @@ fn check_settings(
     Ok(())
 }
 
-/// The store's secret and format, written by the first store that opens on this prefix.
+/// Makes the store's metadata if there is none, in one step: the secret, the format, and the
+/// scope layout, which only a new store gets (a store made before it keeps its records by key).
+const MAKE: &str = r#"
+if redis.call('HSETNX', KEYS[1], 'secret', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'layout', ARGV[3])
+end
+redis.call('HSETNX', KEYS[1], 'format', ARGV[2])
+return 1
+"#;
+
+/// The store's secret, format and layout, written by the first store that opens on this
+/// prefix.
 fn load_or_make_secret(
     ask: &mut impl FnMut(&Cmd) -> Result<Value, OpenError>,
     meta: &str,
     make: bool,
-) -> Result<[u8; 32], OpenError> {
+) -> Result<([u8; 32], Layout), OpenError> {
     if make {
         let fresh = crate::engine::file::open::random_secret()?;
-        let mut set = ::redis::cmd("HSETNX");
-        set.arg(meta).arg("secret").arg(hex(&fresh));
-        ask(&set)?;
-        let mut set = ::redis::cmd("HSETNX");
-        set.arg(meta).arg("format").arg(FORMAT);
-        ask(&set)?;
+        let mut set = ::redis::cmd("EVAL");
+        set.arg(MAKE)
+            .arg(1)
+            .arg(meta)
+            .arg(hex(&fresh))
+            .arg(FORMAT)
+            .arg(Layout::BY_SCOPE);
+        if let Value::ServerError(e) = ask(&set)? {
+            return Err(OpenError::Unreachable {
+                cause: Arc::new(Message(format!(
+                    "making the store's metadata: {} {}",
+                    e.code(),
+                    e.details().unwrap_or("")
+                ))),
+            });
+        }
     }
     let mut get = ::redis::cmd("HMGET");
-    get.arg(meta).arg("secret").arg("format");
+    get.arg(meta).arg("secret").arg("format").arg("layout");
     let corrupt = |detail: String| OpenError::Corrupted { detail };
-    let v = ask(&get)?;
-    if matches!(&v, Value::Array(fields) if fields.contains(&Value::Nil)) {
-        return Err(OpenError::NotAnIdemstoreFile {
-            detail: format!("no idemstore store on this server under {meta:?}"),
-        });
-    }
-    let w = words("HMGET", v).map_err(|e| corrupt(e.to_string()))?;
+    let v = match ask(&get)? {
+        Value::Array(mut fields) if fields.len() == 3 => {
+            let layout = fields.pop();
+            if fields.contains(&Value::Nil) {
+                return Err(OpenError::NotAnIdemstoreFile {
+                    detail: format!("no idemstore store on this server under {meta:?}"),
+                });
+            }
+            (Value::Array(fields), layout)
+        }
+        other => return Err(corrupt(format!("{meta} answered {other:?}"))),
+    };
+    let layout = match v.1 {
+        Some(Value::Nil) | None => Layout::ByKey,
+        Some(l) => match words("HMGET", Value::Array(vec![l])) {
+            Ok(w) if w.first().map(Vec::as_slice) == Some(Layout::BY_SCOPE.as_bytes()) => {
+                Layout::ByScope
+            }
+            Ok(w) => {
+                return Err(corrupt(format!(
+                    "{meta} holds an unknown layout {:?}",
+                    w.first().map(|b| String::from_utf8_lossy(b).into_owned())
+                )));
+            }
+            Err(e) => return Err(corrupt(e.to_string())),
+        },
+    };
+    let w = words("HMGET", v.0).map_err(|e| corrupt(e.to_string()))?;
     let [secret, format] = w.as_slice() else {
         return Err(corrupt(format!("{meta} answered other than two fields")));
     };
@@ -267,7 +314,9 @@ fn load_or_make_secret(
             supported: FORMAT,
         });
     }
-    unhex(secret).ok_or_else(|| corrupt(format!("{meta} holds a malformed secret")))
+    let secret =
+        unhex(secret).ok_or_else(|| corrupt(format!("{meta} holds a malformed secret")))?;
+    Ok((secret, layout))
 }
 
 fn hex(b: &[u8; 32]) -> String {

@@ -6,18 +6,23 @@
 //! `Corrupted` error naming what was wrong, never a panic.
 //!
 //! Invariants:
-//! - a record's key is `<prefix>r:{<tag>}`, the tag being 32 hex digits of BLAKE3 keyed by the
-//!   store's secret over the record's key hash: a client cannot choose keys that crowd one
+//! - a record's key tag is 32 hex digits of BLAKE3 keyed by the store's secret over the
+//!   record's key hash, and a scope's tag 32 hex digits of the same keyed BLAKE3 over the
+//!   scope's name (with a domain of its own): a client cannot choose keys that crowd one
 //!   Cluster slot, and every machine holding the secret (kept in `<prefix>meta`) names a
 //!   record alike;
-//! - the braces make the tag the key's Redis Cluster hash tag, so the record is one slot.
+//! - a store laid out by key (made before per-scope counts) names a record
+//!   `<prefix>r:{<key tag>}`; one laid out by scope names it `<prefix>r:{<scope tag>}<key tag>`
+//!   and keeps its scope's count in `<prefix>s:{<scope tag>}` (C13): the braces make the tag
+//!   the key's Redis Cluster hash tag, so a record, and in the scope layout all of its scope's
+//!   records with their count, are one slot.
 
 use ::redis::Value;
 
 use crate::error::Unavailable;
 use crate::format::blob;
 use crate::rules::fingerprint::Fingerprint;
-use crate::rules::key::KeyHash;
+use crate::rules::key::{KeyHash, Scope};
 use crate::rules::response::Response;
 use crate::rules::state::State;
 use crate::view::RecordInfo;
@@ -25,18 +30,34 @@ use crate::view::RecordInfo;
 /// How many hex digits of the keyed digest name a record (128 bits).
 const TAG_HEX: usize = 32;
 
+/// How a store's records are named, recorded in `<prefix>meta` when the store is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Each record a slot of its own; no count per scope (stores made before the layout).
+    ByKey,
+    /// A scope's records and their count in one slot, so a script can cap the scope (C13).
+    ByScope,
+}
+
+impl Layout {
+    /// The `layout` field of `<prefix>meta` (absent: [`Layout::ByKey`]).
+    pub(crate) const BY_SCOPE: &'static str = "scope";
+}
+
 /// The names of a store's keys on the server.
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
     prefix: String,
     secret: [u8; 32],
+    layout: Layout,
 }
 
 impl Names {
-    pub(crate) fn new(prefix: &str, secret: [u8; 32]) -> Names {
+    pub(crate) fn new(prefix: &str, secret: [u8; 32], layout: Layout) -> Names {
         Names {
             prefix: prefix.to_owned(),
             secret,
+            layout,
         }
     }
 
@@ -45,11 +66,33 @@ impl Names {
         format!("{prefix}meta")
     }
 
-    /// The key of the record named `hash`.
-    pub(crate) fn record(&self, hash: &KeyHash) -> String {
+    /// The key of the record named `hash`, of `scope`.
+    pub(crate) fn record(&self, scope: &Scope, hash: &KeyHash) -> String {
         let digest = blake3::keyed_hash(&self.secret, &hash.0);
         let hex = digest.to_hex();
-        format!("{}r:{{{}}}", self.prefix, &hex.as_str()[..TAG_HEX])
+        let key_tag = &hex.as_str()[..TAG_HEX];
+        match self.layout {
+            Layout::ByKey => format!("{}r:{{{key_tag}}}", self.prefix),
+            Layout::ByScope => format!("{}r:{{{}}}{key_tag}", self.prefix, self.scope_tag(scope)),
+        }
+    }
+
+    /// The key of `scope`'s count (a sorted set: each live record's key tag, scored by its
+    /// expiry), in the scope layout only.
+    pub(crate) fn scope_count(&self, scope: &Scope) -> Option<String> {
+        match self.layout {
+            Layout::ByKey => None,
+            Layout::ByScope => Some(format!("{}s:{{{}}}", self.prefix, self.scope_tag(scope))),
+        }
+    }
+
+    fn scope_tag(&self, scope: &Scope) -> String {
+        let mut h = blake3::Hasher::new_keyed(&self.secret);
+        // A domain of its own, so that no scope's tag is any record's key tag.
+        h.update(b"idemstore scope tag\0");
+        h.update(scope.as_str().as_bytes());
+        let hex = h.finalize().to_hex();
+        hex.as_str()[..TAG_HEX].to_owned()
     }
 
     /// The `SCAN` pattern that matches every record key of the store.
@@ -259,17 +302,30 @@ mod tests {
 
     #[test]
     fn record_keys_are_one_slot_and_keyed_by_the_secret() {
-        let hash = KeyHash::of_raw(b"acct", b"k1");
-        let a = Names::new("idem:", [1; 32]).record(&hash);
-        let b = Names::new("idem:", [2; 32]).record(&hash);
+        let scope = Scope::new("acct").unwrap();
+        let hash = KeyHash::of(&scope, &crate::rules::key::Key::new("k1").unwrap());
+        let a = Names::new("idem:", [1; 32], Layout::ByKey).record(&scope, &hash);
+        let b = Names::new("idem:", [2; 32], Layout::ByKey).record(&scope, &hash);
         assert_ne!(a, b);
         assert!(a.starts_with("idem:r:{") && a.ends_with('}'));
         assert_eq!(a.len(), "idem:r:{}".len() + TAG_HEX);
+        // In the scope layout, the record and its scope's count share the scope's tag.
+        let names = Names::new("idem:", [1; 32], Layout::ByScope);
+        let (r, s) = (
+            names.record(&scope, &hash),
+            names.scope_count(&scope).unwrap(),
+        );
+        assert_eq!(r.len(), "idem:r:{}".len() + 2 * TAG_HEX);
+        assert_eq!(
+            r["idem:r:".len()..].split('}').next(),
+            s["idem:s:".len()..].split('}').next()
+        );
+        assert!(r.ends_with(&a["idem:r:{".len()..a.len() - 1]));
     }
 
     #[test]
     fn glob_characters_of_a_prefix_are_matched_literally() {
-        let names = Names::new("a*b?[", [0; 32]);
+        let names = Names::new("a*b?[", [0; 32], Layout::ByScope);
         assert_eq!(names.records_pattern(), "a\\*b\\?\\[r:{*");
     }
 

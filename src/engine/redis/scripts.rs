@@ -6,7 +6,14 @@
 //! the rules of `rules/machine.rs` and writes, while the server runs nothing else.
 //!
 //! Invariants:
-//! - a script touches one key, `KEYS[1]`, the record, so it runs unchanged on Redis Cluster;
+//! - a script touches the record, `KEYS[1]`, and in the scope layout its scope's count,
+//!   `KEYS[2]` (`record.rs`), which share a hash slot, so it runs unchanged on Redis Cluster;
+//! - the count (C13) is a sorted set of the scope's records, each its key tag (what follows
+//!   the `}` of the record's key) scored by the record's expiry: a claim trims the members
+//!   past their expiry, counts the rest only when it would add a record, and adds it; a
+//!   completion, renewal or takeover moves the member's score to the new expiry; a release or
+//!   a purge removes it. A record the server expired leaves a member the next claim trims, so
+//!   a count never holds an expired record;
 //! - the record is a hash: `st` (`f` in flight, `c` completed, `r` released or purged: a
 //!   tombstone that keeps only the last token), `fp`, `tk`, `cr`, `ld`, `ex`, `sc`, `k`, `rs`
 //!   (the response blob of `format/blob.rs`), and the nonce of the call that made the state:
@@ -44,15 +51,22 @@ local function tombstone(r, tk, nonce, grace)
   redis.call('HSET', r, 'st', 'r', 'tk', tk, 'rn', nonce)
   redis.call('PEXPIRE', r, grace)
 end
+local function member(r) return string.sub(r, string.find(r, '}', 1, true) + 1) end
+local function count(s, r, ex)
+  if s then redis.call('ZADD', s, ex, member(r)) end
+end
+local function uncount(s, r)
+  if s then redis.call('ZREM', s, member(r)) end
+end
 local function refuse(st, tk, token)
   if (st == 'f' or st == 'c') and tonumber(tk) > token then return {'fenced', tk} end
   return {'not_reserved'}
 end
 "#;
 
-/// `begin` (C1-C5, C8, C9). ARGV: now, lease, ttl, grace, fingerprint, nonce, scope, key.
-/// Answers `{conflict}`, `{replay, blob, expiry, now}`, `{busy}` or
-/// `{execute, token, deadline, takeover}`.
+/// `begin` (C1-C5, C8, C9, C13). ARGV: now, lease, ttl, grace, fingerprint, nonce, scope, key,
+/// the scope's cap. Answers `{conflict}`, `{replay, blob, expiry, now}`, `{busy}`,
+/// `{scope_full}` or `{execute, token, deadline, takeover}`.
 const CLAIM: &str = r#"
 local now = clock(ARGV[1])
 local lease, ttl, grace = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -66,6 +80,12 @@ if live(h[1], h[6], now) then
   if now < tonumber(h[5]) then return {'busy'} end
   takeover = '1'
 end
+if s and takeover == '0' then
+  redis.call('ZREMRANGEBYSCORE', s, '-inf', int(now))
+  if not redis.call('ZSCORE', s, member(r)) and redis.call('ZCARD', s) >= tonumber(ARGV[9]) then
+    return {'scope_full'}
+  end
+end
 local token = math.max((tonumber(h[3]) or 0) + 1, now * 1024)
 local deadline = now + lease
 local expires = math.max(now + ttl, deadline)
@@ -73,6 +93,7 @@ redis.call('DEL', r)
 redis.call('HSET', r, 'st', 'f', 'fp', fp, 'tk', int(token), 'at', nonce, 'cr', int(now),
   'ld', int(deadline), 'ex', int(expires), 'sc', ARGV[7], 'k', ARGV[8])
 redis.call('PEXPIRE', r, int(expires - now + grace))
+count(s, r, int(expires))
 return {'execute', int(token), int(deadline), takeover}
 "#;
 
@@ -88,11 +109,13 @@ if h[1] == 'r' and h[4] == nonce then return {'released'} end
 if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
 if ARGV[3] == '0' then
   tombstone(r, h[2], nonce, grace)
+  uncount(s, r)
   return {'released'}
 end
 redis.call('HSET', r, 'st', 'c', 'rs', ARGV[7], 'ex', int(now + ttl), 'ld', '0', 'cn', nonce)
 redis.call('HDEL', r, 'at')
 redis.call('PEXPIRE', r, int(ttl + grace))
+count(s, r, int(now + ttl))
 return {'stored', h[5], int(now + ttl), int(now)}
 "#;
 
@@ -104,6 +127,7 @@ local h = redis.call('HMGET', r, 'st', 'tk', 'rn')
 if h[1] == 'r' and h[3] == nonce then return {'ok'} end
 if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
 tombstone(r, h[2], nonce, grace)
+uncount(s, r)
 return {'ok'}
 "#;
 
@@ -118,6 +142,7 @@ local deadline = now + lease
 local expires = math.max(tonumber(h[3]), deadline)
 redis.call('HSET', r, 'ld', int(deadline), 'ex', int(expires))
 redis.call('PEXPIRE', r, int(expires - now + grace))
+count(s, r, int(expires))
 return {'renewed', int(deadline)}
 "#;
 
@@ -127,6 +152,7 @@ local h = redis.call('HMGET', r, 'st', 'tk', 'rn')
 if h[1] == 'r' and h[3] == ARGV[2] then return 1 end
 if h[1] ~= 'f' and h[1] ~= 'c' then return 0 end
 tombstone(r, h[2], ARGV[2], tonumber(ARGV[1]))
+uncount(s, r)
 return 1
 "#;
 
@@ -207,7 +233,7 @@ fn library() -> &'static Library {
         let mut source = format!("#!lua name=idemstore_{tag}\n{HELPERS}");
         for (script, name) in Script::ALL.iter().zip(&names) {
             source.push_str(&format!(
-                "redis.register_function('{name}', function(KEYS, ARGV)\nlocal r = KEYS[1]\n{}end)\n",
+                "redis.register_function('{name}', function(KEYS, ARGV)\nlocal r, s = KEYS[1], KEYS[2]\n{}end)\n",
                 script.body()
             ));
         }
