@@ -1506,7 +1506,7 @@ fn c13_racing_first_attempts_never_pass_the_cap_on_a_cluster() {
 
 /// A store made before the scope layout (its metadata without `layout`) keeps its records by
 /// key and keeps working; a cap asked of it is refused at open, saying why. `forget_layout`
-/// deletes the field, as the store's metadata was before.
+/// makes the metadata what it was before: format 1, without the field.
 fn c13_old_layout_on(url: &str, forget_layout: impl Fn()) {
     let clock = ManualClock::new(T0);
     let options = || {
@@ -1561,6 +1561,11 @@ fn c13_a_store_made_before_the_scope_layout_keeps_working_and_refuses_a_cap() {
                 .command(&["HDEL", "old:meta", "layout"])
                 .starts_with(":1")
         );
+        assert!(
+            server
+                .command(&["HSET", "old:meta", "format", "1"])
+                .starts_with(":0")
+        );
     });
     // Its records are named by key alone: no count, and one tag per record key.
     assert!(!server.command(&["KEYS", "old:s:*"]).contains("old:s:"));
@@ -1581,5 +1586,7 @@ fn c13_a_store_made_before_the_scope_layout_keeps_working_on_a_cluster() {
     c13_old_layout_on(&cluster.url(), || {
         let out = cluster.cli(0, &["-c", "HDEL", "old:meta", "layout"]);
         assert_eq!(out.trim(), "1");
+        let out = cluster.cli(0, &["-c", "HSET", "old:meta", "format", "1"]);
+        assert_eq!(out.trim(), "0");
     });
 }

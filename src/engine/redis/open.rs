@@ -22,8 +22,11 @@ use super::link::{Link, slot_of};
 use super::options::Wait;
 use super::record::{Layout, Names, number, words};
 
-/// The format of what the engine keeps on the server, in `<prefix>meta`.
-const FORMAT: u64 = 1;
+/// The format of what the engine keeps on the server, in `<prefix>meta`: 2 for a store made
+/// in the scope layout, so that a version that knows only format 1 (records by key) refuses it
+/// instead of naming its records otherwise; format 1 stores (no layout) still open.
+const FORMAT: u64 = 2;
+const FORMAT_BY_KEY: u64 = 1;
 
 /// Connects to the server of `options` and checks it; answers the connection, the store's
 /// secret and its layout.
@@ -276,7 +279,7 @@ fn load_or_make_secret(
     let mut get = ::redis::cmd("HMGET");
     get.arg(meta).arg("secret").arg("format").arg("layout");
     let corrupt = |detail: String| OpenError::Corrupted { detail };
-    let v = match ask(&get)? {
+    let (fields, layout) = match ask(&get)? {
         Value::Array(mut fields) if fields.len() == 3 => {
             let layout = fields.pop();
             if fields.contains(&Value::Nil) {
@@ -288,7 +291,7 @@ fn load_or_make_secret(
         }
         other => return Err(corrupt(format!("{meta} answered {other:?}"))),
     };
-    let layout = match v.1 {
+    let layout = match layout {
         Some(Value::Nil) | None => Layout::ByKey,
         Some(l) => match words("HMGET", Value::Array(vec![l])) {
             Ok(w) if w.first().map(Vec::as_slice) == Some(Layout::BY_SCOPE.as_bytes()) => {
@@ -303,12 +306,12 @@ fn load_or_make_secret(
             Err(e) => return Err(corrupt(e.to_string())),
         },
     };
-    let w = words("HMGET", v.0).map_err(|e| corrupt(e.to_string()))?;
+    let w = words("HMGET", fields).map_err(|e| corrupt(e.to_string()))?;
     let [secret, format] = w.as_slice() else {
         return Err(corrupt(format!("{meta} answered other than two fields")));
     };
     let format = number("format", format).map_err(|e| corrupt(e.to_string()))?;
-    if format != FORMAT {
+    if format != FORMAT && format != FORMAT_BY_KEY {
         return Err(OpenError::UnsupportedFormat {
             found: format,
             supported: FORMAT,
