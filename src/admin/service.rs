@@ -81,7 +81,9 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 /// let admin = AdminService::new(Store::in_memory(Config::default())?);
-/// let req = Request::get("/v1/records?limit=10").body(Empty::<bytes::Bytes>::new())?;
+/// let req = Request::get("/v1/records?limit=10")
+///     .header(idemstore::admin::ADMIN_HEADER, "1")
+///     .body(Empty::<bytes::Bytes>::new())?;
 /// let answer = admin.oneshot(req).await?;
 /// let body: serde_json::Value = serde_json::from_slice(&answer.into_body().collect().await?.to_bytes())?;
 /// assert_eq!(body, serde_json::json!({"records": [], "truncated": false}));
