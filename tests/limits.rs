@@ -177,7 +177,6 @@ fn c13_a_scope_holds_at_most_its_cap_of_live_records() {
 /// reservations between them, on the file store and on the memory engine.
 #[test]
 fn c13_racing_first_attempts_never_pass_the_cap() {
-    use std::sync::Arc;
     const CAP: u64 = 20;
     let file = open_with(|c| c.max_records_per_scope(CAP));
     let memory = idemstore::Store::in_memory(
@@ -188,33 +187,7 @@ fn c13_racing_first_attempts_never_pass_the_cap() {
     )
     .unwrap();
     for store in [file.store.clone(), memory] {
-        let store = Arc::new(store);
-        let threads: Vec<_> = (0..8)
-            .map(|th| {
-                let store = Arc::clone(&store);
-                std::thread::spawn(move || {
-                    let mut held = Vec::new();
-                    let mut full = 0;
-                    for i in 0..10 {
-                        let k = key(&format!("t{th}-{i}"));
-                        match store.begin(&scope("crowd"), &k, &fp("1")) {
-                            Ok(b) => held.push(execute(b)),
-                            Err(BeginError::ScopeFull { .. }) => full += 1,
-                            Err(e) => panic!("{e}"),
-                        }
-                    }
-                    // Held to the end, so no release makes room mid-race.
-                    (held.into_iter().map(|r| r.abandon()).count(), full)
-                })
-            })
-            .collect();
-        let (mut reserved, mut refused) = (0, 0);
-        for t in threads {
-            let (r, f) = t.join().unwrap();
-            reserved += r;
-            refused += f;
-        }
-        assert_eq!(reserved as u64, CAP);
-        assert_eq!(refused as u64, 80 - CAP);
+        let (reserved, refused) = crate::support::race_for_a_scope(&[store]);
+        assert_eq!((reserved, refused), (CAP, 80 - CAP));
     }
 }

@@ -1454,33 +1454,8 @@ fn c13_race_on(url: &str) {
         capped(url, "race:", &clock, CAP),
         capped(url, "race:", &clock, CAP),
     ];
-    let threads: Vec<_> = (0..8)
-        .map(|th| {
-            let store = stores[th % 2].clone();
-            std::thread::spawn(move || {
-                let mut held = Vec::new();
-                let mut full = 0;
-                for i in 0..10 {
-                    let k = key(&format!("t{th}-{i}"));
-                    match store.begin(&scope("crowd"), &k, &fp("1")) {
-                        Ok(b) => held.push(execute(b)),
-                        Err(idemstore::BeginError::ScopeFull { .. }) => full += 1,
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-                // Held to the end, so no release makes room mid-race.
-                (held.into_iter().map(|r| r.abandon()).count(), full)
-            })
-        })
-        .collect();
-    let (mut reserved, mut refused) = (0, 0);
-    for t in threads {
-        let (r, f) = t.join().unwrap();
-        reserved += r;
-        refused += f;
-    }
-    assert_eq!(reserved as u64, CAP);
-    assert_eq!(refused as u64, 80 - CAP);
+    let (reserved, refused) = crate::support::race_for_a_scope(&stores);
+    assert_eq!((reserved, refused), (CAP, 80 - CAP));
     let held = stores[0]
         .records(Some(&scope("crowd")), 1000)
         .unwrap()

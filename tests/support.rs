@@ -122,3 +122,31 @@ pub fn replay(b: Begin) -> Response {
         other => panic!("expected Replay, got {other:?}"),
     }
 }
+
+/// Eight threads each try 10 new keys in scope `crowd`, through `stores` in turn, holding every
+/// reservation they get until all are done (so no release makes room mid-race); how many were
+/// reserved and how many refused as over the scope's cap (C13).
+pub fn race_for_a_scope(stores: &[Store]) -> (u64, u64) {
+    let threads: Vec<_> = (0..8)
+        .map(|th| {
+            let store = stores[th % stores.len()].clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                let mut full = 0;
+                for i in 0..10 {
+                    let k = key(&format!("t{th}-{i}"));
+                    match store.begin(&scope("crowd"), &k, &fp("1")) {
+                        Ok(b) => held.push(execute(b)),
+                        Err(idemstore::BeginError::ScopeFull { .. }) => full += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (held.into_iter().map(|r| r.abandon()).count() as u64, full)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold((0, 0), |(r, f), (r2, f2)| (r + r2, f + f2))
+}
