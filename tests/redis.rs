@@ -809,14 +809,7 @@ fn c10_a_completion_waits_for_its_replica_and_says_when_it_did_not_arrive() {
     assert_eq!(r.complete(resp(201, "a")).unwrap(), Completion::Stored);
     // The replica stops taking writes: the next completion is stored on the primary only,
     // and says so instead of acknowledging.
-    let pause = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &replica.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    pause("-STOP");
+    replica.signal("-STOP");
     let r = execute(store.begin(&s, &key("b"), &f).unwrap());
     match r.complete(resp(201, "b")) {
         Err(CompleteError::Unavailable(Unavailable::OutcomeUnknown { cause })) => {
@@ -824,7 +817,7 @@ fn c10_a_completion_waits_for_its_replica_and_says_when_it_did_not_arrive() {
         }
         other => panic!("{other:?}"),
     }
-    pause("-CONT");
+    replica.signal("-CONT");
     // Stored on the primary all the same: a retry replays it.
     assert!(matches!(
         store.begin(&s, &key("b"), &f).unwrap(),
@@ -945,14 +938,7 @@ fn c10_waitaof_waits_for_a_replicas_fsync_and_says_when_it_did_not_come() {
     let (s, f) = (scope("s"), fp("x"));
     let r = execute(store.begin(&s, &key("a"), &f).unwrap());
     assert_eq!(r.complete(resp(201, "a")).unwrap(), Completion::Stored);
-    let pause = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &replica.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    pause("-STOP");
+    replica.signal("-STOP");
     let r = execute(store.begin(&s, &key("b"), &f).unwrap());
     match r.complete(resp(201, "b")) {
         Err(CompleteError::Unavailable(Unavailable::OutcomeUnknown { cause })) => {
@@ -963,7 +949,7 @@ fn c10_waitaof_waits_for_a_replicas_fsync_and_says_when_it_did_not_come() {
         }
         other => panic!("{other:?}"),
     }
-    pause("-CONT");
+    replica.signal("-CONT");
     assert!(matches!(
         store.begin(&s, &key("b"), &f).unwrap(),
         Begin::Replay(_)

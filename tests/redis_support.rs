@@ -149,6 +149,15 @@ impl Server {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Sends the server signal `sig` (`-STOP` pauses it, `-CONT` resumes it).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// A free loopback TCP port (for a server that replicas connect to).
     pub fn free_port() -> u16 {
         free_cluster_port(&[])
