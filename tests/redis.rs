@@ -1431,6 +1431,45 @@ fn c13_a_scope_holds_at_most_its_cap_of_live_records_on_a_cluster() {
     c13_cap_on(&cluster.url());
 }
 
+/// The words of a RESP reply (`redis_support::Server::command`), its framing left out.
+fn resp_words(reply: &str) -> Vec<String> {
+    reply
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with(['*', '$', ':', '+']))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// C13: `check` compares each scope's count with the scope's live records, and names a
+/// record the count lacks and a count entry that has no record.
+#[test]
+fn c13_check_finds_a_scope_count_that_disagrees_with_the_records() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = capped(&server.url(), "chk:", &clock, 10);
+    for k in ["a", "b"] {
+        execute(store.begin(&scope("s"), &key(k), &fp("1")).unwrap())
+            .complete(resp(201, "ok"))
+            .unwrap();
+    }
+    assert!(store.check().unwrap().is_sound());
+    let count = resp_words(&server.command(&["KEYS", "chk:s:*"]));
+    assert_eq!(count.len(), 1, "{count:?}");
+    let members = resp_words(&server.command(&["ZRANGE", &count[0], "0", "-1"]));
+    assert_eq!(members.len(), 2, "{members:?}");
+    server.command(&["ZREM", &count[0], &members[0]]);
+    server.command(&["ZADD", &count[0], "99999999999999", "not-a-record"]);
+    let report = store.check().unwrap();
+    let problems = report.problems.join("\n");
+    assert!(problems.contains("is not counted"), "{problems}");
+    assert!(
+        problems.contains("not-a-record with no live record"),
+        "{problems}"
+    );
+}
+
 /// Threads making new keys in one scope at once, through two stores, get exactly the cap of
 /// reservations between them.
 fn c13_race_on(url: &str) {

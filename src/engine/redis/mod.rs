@@ -652,6 +652,11 @@ impl Engine for RedisEngine {
         self.exclusive(move |link, view| {
             let now = view.now(link)?;
             let mut report = CheckReport::default();
+            // In the scope layout: each live record's key tag, by its scope's count key (C13).
+            let mut counts: std::collections::BTreeMap<
+                String,
+                std::collections::BTreeSet<Vec<u8>>,
+            > = Default::default();
             view.walk(link, |key, fields| {
                 let fields = match fields {
                     Ok(fields) => fields,
@@ -674,6 +679,17 @@ impl Engine for RedisEngine {
                         }
                         match fields.info() {
                             Ok(info) => {
+                                let count = Scope::new(&info.scope)
+                                    .ok()
+                                    .and_then(|s| view.scope_count(&s));
+                                if let (true, Some(count), Some((_, member))) =
+                                    (ex > now, count, key.split_once('}'))
+                                {
+                                    counts
+                                        .entry(count)
+                                        .or_default()
+                                        .insert(member.as_bytes().to_vec());
+                                }
                                 match info.response {
                                     Some(_) => {
                                         report.completed += 1;
@@ -697,6 +713,22 @@ impl Engine for RedisEngine {
                 }
                 Ok(())
             })?;
+            for (count, live) in counts {
+                let counted: std::collections::BTreeSet<Vec<u8>> =
+                    view.counted(link, &count, now)?.into_iter().collect();
+                let tag = |m: &Vec<u8>| String::from_utf8_lossy(m).into_owned();
+                let missing = live
+                    .difference(&counted)
+                    .map(|m| format!("{count}: a live record ({}) is not counted (C13)", tag(m)));
+                let extra = counted
+                    .difference(&live)
+                    .map(|m| format!("{count}: counts {} with no live record (C13)", tag(m)));
+                for problem in missing.chain(extra) {
+                    if report.problems.len() < MAX_PROBLEMS {
+                        report.problems.push(problem);
+                    }
+                }
+            }
             Ok(report)
         })
     }

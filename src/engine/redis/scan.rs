@@ -71,6 +71,28 @@ impl Scan {
         Fields::of("HGETALL", v)
     }
 
+    /// The count key of `scope` in the scope layout (`None` in the layout by key).
+    pub(crate) fn scope_count(&self, scope: &crate::rules::key::Scope) -> Option<String> {
+        self.names.scope_count(scope)
+    }
+
+    /// The members of the count at `key` scored past `now`: the key tags of the scope's live
+    /// records, as the scripts keep them.
+    pub(crate) fn counted(
+        &self,
+        link: &mut Link,
+        key: &str,
+        now: u64,
+    ) -> Result<Vec<Vec<u8>>, Unavailable> {
+        let mut range = ::redis::cmd("ZRANGEBYSCORE");
+        range.arg(key).arg(format!("({now}")).arg("+inf");
+        let target = Target::Slot(slot_of(key.as_bytes()));
+        let v = link
+            .query(target, &range, self.deadline())
+            .map_err(unavailable)?;
+        words("ZRANGEBYSCORE", v)
+    }
+
     /// Every record hash of the store, node by node and page by page: `each` gets the key
     /// and its fields, or the error reading them gave (another program's key under the prefix).
     pub(crate) fn walk(
