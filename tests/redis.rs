@@ -788,16 +788,9 @@ fn o1_a_read_only_open_writes_nothing_and_refuses_changes() {
 
 #[test]
 fn c10_a_completion_waits_for_its_replica_and_says_when_it_did_not_arrive() {
-    let port = Server::free_port().to_string();
-    let Some(primary) = Server::start_with(&["--port", &port, "--repl-diskless-sync-delay", "0"])
-    else {
+    let Some((primary, replica)) = Server::replicated(Server::start_with) else {
         return;
     };
-    let Some(replica) = Server::start_with(&["--replicaof", "127.0.0.1", &port]) else {
-        return;
-    };
-    replica.wait_for_replication("master_link_status:up");
-    primary.wait_for_replication("state=online");
     let clock = ManualClock::new(T0);
     let cfg = config(&clock).build().unwrap();
     let options = RedisOptions::new(primary.url())
@@ -919,17 +912,9 @@ fn c10_a_waitaof_the_server_cannot_run_leaves_the_outcome_unknown() {
 
 #[test]
 fn c10_waitaof_waits_for_a_replicas_fsync_and_says_when_it_did_not_come() {
-    let port = Server::free_port().to_string();
-    let Some(primary) =
-        Server::start_valkey_with(&["--port", &port, "--repl-diskless-sync-delay", "0"])
-    else {
+    let Some((primary, replica)) = Server::replicated(Server::start_valkey_with) else {
         return;
     };
-    let Some(replica) = Server::start_valkey_with(&["--replicaof", "127.0.0.1", &port]) else {
-        return;
-    };
-    replica.wait_for_replication("master_link_status:up");
-    primary.wait_for_replication("state=online");
     let clock = ManualClock::new(T0);
     let options = RedisOptions::new(primary.url())
         .clock(RedisClock::Store)

@@ -107,6 +107,17 @@ impl Server {
         Some(Server::spawned(program, extra))
     }
 
+    /// A primary and a replica of it on loopback, linked, started by `start` (`start_with`,
+    /// or `start_valkey_with`); `None` where the binary is missing.
+    pub fn replicated(start: fn(&[&str]) -> Option<Server>) -> Option<(Server, Server)> {
+        let port = Server::free_port().to_string();
+        let primary = start(&["--port", &port, "--repl-diskless-sync-delay", "0"])?;
+        let replica = start(&["--replicaof", "127.0.0.1", &port])?;
+        replica.wait_for_replication("master_link_status:up");
+        primary.wait_for_replication("state=online");
+        Some((primary, replica))
+    }
+
     fn spawned(program: PathBuf, extra: &[&str]) -> Server {
         let mut server = Server {
             child: None,

@@ -166,14 +166,7 @@ fn c8_a_takeover_and_a_fenced_holder_are_events() {
         .unwrap();
     let store = Store::open("unused", config).unwrap();
     let (s, k, f) = (scope("acct"), key("secret-key-456"), fp("x"));
-    let Claim::Execute { token: stale, .. } = store.claim(&s, &k, &f).unwrap() else {
-        panic!("a new key executes");
-    };
-    clock.advance(Duration::from_secs(10));
-    let Claim::Execute { token, .. } = store.claim(&s, &k, &f).unwrap() else {
-        panic!("the lease ran out: a takeover");
-    };
-    assert!(store.complete(&s, &k, stale, resp(201, "late")).is_err());
+    let (stale, token) = taken_over_then_fenced(&store, &clock, (&s, &k, &f));
     assert_eq!(
         capture.level_of(&[
             "idemstore::store",
@@ -206,14 +199,7 @@ fn c8_a_fenced_holder_on_redis_is_an_event() {
     let options = RedisOptions::new(server.url()).clock(RedisClock::Store);
     let store = Store::open_redis_with(options, config).unwrap();
     let (s, k, f) = (scope("acct"), key("secret-key-789"), fp("x"));
-    let Claim::Execute { token: stale, .. } = store.claim(&s, &k, &f).unwrap() else {
-        panic!("a new key executes");
-    };
-    clock.advance(Duration::from_secs(10));
-    let Claim::Execute { token, .. } = store.claim(&s, &k, &f).unwrap() else {
-        panic!("the lease ran out: a takeover");
-    };
-    assert!(store.complete(&s, &k, stale, resp(201, "late")).is_err());
+    let (stale, token) = taken_over_then_fenced(&store, &clock, (&s, &k, &f));
     assert!(store.renew(&s, &k, stale).is_err());
     capture.saw_fenced(stale, token);
     capture.never_shows("secret-key-789");
@@ -286,4 +272,22 @@ fn global_capture() -> Capture {
             capture
         })
         .clone()
+}
+
+/// A key reserved, its 10 s lease let run out, taken over, and the stale holder's completion
+/// refused: the stale token and the taker's.
+fn taken_over_then_fenced(
+    store: &Store,
+    clock: &ManualClock,
+    (s, k, f): (&idemstore::Scope, &idemstore::Key, &idemstore::Fingerprint),
+) -> (u64, u64) {
+    let Claim::Execute { token: stale, .. } = store.claim(s, k, f).unwrap() else {
+        panic!("a new key executes");
+    };
+    clock.advance(Duration::from_secs(10));
+    let Claim::Execute { token, .. } = store.claim(s, k, f).unwrap() else {
+        panic!("the lease ran out: a takeover");
+    };
+    assert!(store.complete(s, k, stale, resp(201, "late")).is_err());
+    (stale, token)
 }
