@@ -5,7 +5,8 @@
 //! tie up a thread per waiting call beyond the caller's own: a blocking caller parks on a
 //! condition variable, an async caller leaves a waker, and the writer wakes whichever is there.
 //! No async runtime is involved. In step mode (`engine/file/step.rs`) there is no writer thread: the slot
-//! knows the writer, and the waiting caller runs its turns until the reply is in. Invariants: a
+//! knows the writer, and the waiting caller runs its turns until the reply is in; a blocking
+//! caller of the Redis engine likewise sends its own call when its lane is idle. Invariants: a
 //! receiver always ends, either with the value or, if the sender was dropped without sending
 //! (the writer stopped or panicked), with `Closed`; a value is either taken by the receiver or
 //! handed back to the sender (when the receiver was abandoned first), never silently lost,
@@ -30,10 +31,20 @@ static WAITING: AtomicUsize = AtomicUsize::new(0);
 /// While there are any, the executor has other waiting work, and a poll does not watch.
 static PARKED: AtomicUsize = AtomicUsize::new(0);
 
-/// A writer that runs on the threads waiting for its answers (step mode, `engine/file/step.rs`).
+/// Work that runs on the threads waiting for its answers: the file engine's writer in step
+/// mode (`engine/file/step.rs`), a Redis lane whose link is idle (`engine/redis/io.rs`).
 pub(crate) trait Drive: Send + Sync {
-    /// Runs one turn of the writer; false when it had nothing to do.
+    /// Runs one turn of the work; false when it had nothing to do.
     fn turn(&self) -> bool;
+
+    /// Whether a turn may block on I/O. An async receiver's poll must not, so it only
+    /// [`nudge`](Drive::nudge)s such work, as does a receiver dropped before its answer.
+    fn turn_blocks(&self) -> bool {
+        false
+    }
+
+    /// Makes sure the work's own thread takes what a receiver left queued.
+    fn nudge(&self) {}
 }
 
 struct Slot<T> {
@@ -43,7 +54,7 @@ struct Slot<T> {
     done: AtomicBool,
     /// How long a blocking receiver waiting alone watches `done` before it parks.
     spin: Duration,
-    /// Step mode: the writer the receiver runs until the reply is in.
+    /// The work the receiver runs (or nudges) until the reply is in.
     driver: OnceLock<Weak<dyn Drive>>,
 }
 
@@ -162,7 +173,7 @@ impl<T> Receiver<T> {
     /// Blocks the calling thread until the reply arrives, watching first when it waits alone
     /// (`watch_if_alone`).
     pub(crate) fn wait(self) -> Result<T, Closed> {
-        self.drive();
+        self.drive(true);
         self.watch_if_alone();
         let mut st = self.slot.state.lock();
         while !st.closed {
@@ -195,11 +206,21 @@ impl<T> Receiver<T> {
 }
 
 impl<T> Receiver<T> {
-    /// Step mode: runs the writer's turns until the reply is in or it has nothing left to do.
-    fn drive(&self) {
+    /// The receiver runs `driver` (or nudges it) until the reply is in.
+    pub(crate) fn drive_with(&self, driver: Weak<dyn Drive>) {
+        let _ = self.slot.driver.set(driver);
+    }
+
+    /// Runs the driver's turns until the reply is in or it has nothing left to do; a driver
+    /// whose turns block is only nudged unless `may_block`.
+    fn drive(&self, may_block: bool) {
         let Some(driver) = self.slot.driver.get().and_then(Weak::upgrade) else {
             return;
         };
+        if driver.turn_blocks() && !may_block {
+            driver.nudge();
+            return;
+        }
         let mut more = true;
         while more && !self.slot.done.load(Ordering::Acquire) {
             more = driver.turn();
@@ -224,7 +245,7 @@ impl<T> Future for Receiver<T> {
     type Output = Result<T, Closed>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.drive();
+        self.drive(false);
         if !self.parked {
             // The first poll: a task waiting alone watches before it leaves its waker, as a
             // blocking caller does, so that a lone caller's worker is not parked and woken
@@ -264,6 +285,13 @@ impl<T> Receiver<T> {
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.unpark();
+        // Work left queued for this receiver still runs, on the driver's own thread.
+        if !self.slot.done.load(Ordering::Acquire)
+            && let Some(driver) = self.slot.driver.get().and_then(Weak::upgrade)
+            && driver.turn_blocks()
+        {
+            driver.nudge();
+        }
     }
 }
 
@@ -325,5 +353,69 @@ mod tests {
         assert_eq!(tx.send(10u32), Ok(()));
         assert_eq!(Pin::new(&mut rx).poll(&mut cx), Poll::Ready(Ok(10)));
         assert!(!rx.parked);
+    }
+
+    /// Work whose turns block: counts its turns and nudges, and answers on its first turn.
+    struct Lane {
+        reply: Mutex<Option<Sender<u32>>>,
+        turns: AtomicUsize,
+        nudges: AtomicUsize,
+    }
+
+    impl Drive for Lane {
+        fn turn(&self) -> bool {
+            self.turns.fetch_add(1, Ordering::SeqCst);
+            match self.reply.lock().take() {
+                Some(tx) => tx.send(3).is_ok(),
+                None => false,
+            }
+        }
+        fn turn_blocks(&self) -> bool {
+            true
+        }
+        fn nudge(&self) {
+            self.nudges.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn lane(tx: Sender<u32>) -> Arc<Lane> {
+        Arc::new(Lane {
+            reply: Mutex::new(Some(tx)),
+            turns: AtomicUsize::new(0),
+            nudges: AtomicUsize::new(0),
+        })
+    }
+
+    /// A blocking receiver runs work whose turns block; a poll only nudges it, and so does a
+    /// receiver dropped before its answer, so that the work's own thread takes it.
+    #[test]
+    fn only_a_blocking_receiver_runs_turns_that_block() {
+        let (tx, rx) = channel();
+        let work = lane(tx);
+        let driver: Arc<dyn Drive> = work.clone();
+        rx.drive_with(Arc::downgrade(&driver));
+        assert_eq!(rx.wait(), Ok(3));
+        assert_eq!(work.turns.load(Ordering::SeqCst), 1);
+        assert_eq!(work.nudges.load(Ordering::SeqCst), 0);
+
+        let (tx, mut rx) = channel();
+        let work = lane(tx);
+        let driver: Arc<dyn Drive> = work.clone();
+        rx.drive_with(Arc::downgrade(&driver));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(Pin::new(&mut rx).poll(&mut cx), Poll::Pending);
+        assert_eq!(work.turns.load(Ordering::SeqCst), 0);
+        assert_eq!(work.nudges.load(Ordering::SeqCst), 1);
+        drop(rx);
+        assert_eq!(work.nudges.load(Ordering::SeqCst), 2);
+
+        // Answered: dropping it nudges nothing.
+        let (tx, rx) = channel();
+        let work = lane(tx);
+        let driver: Arc<dyn Drive> = work.clone();
+        rx.drive_with(Arc::downgrade(&driver));
+        assert!(work.turn());
+        drop(rx);
+        assert_eq!(work.nudges.load(Ordering::SeqCst), 0);
     }
 }

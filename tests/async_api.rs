@@ -21,7 +21,7 @@ impl Wake for ThreadWaker {
 }
 
 /// Polls `fut` to completion, parking between polls; fails if nobody wakes it for 20 s.
-fn block_on<F: Future>(fut: F) -> F::Output {
+pub fn block_on<F: Future>(fut: F) -> F::Output {
     let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);

@@ -391,6 +391,39 @@ fn stores_with_different_prefixes_share_a_server_without_meeting() {
     assert_eq!(a.records(None, 10).unwrap()[0].key, "k");
 }
 
+/// A blocking caller sends its own call when its lane is idle, but an async caller's poll
+/// must never wait on the server: with the server paused, the first poll returns at once,
+/// and the lane's own thread sends the call and wakes the task once the server answers.
+#[test]
+fn an_async_poll_never_waits_on_the_server() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = on(&server.url(), &clock);
+    execute(store.begin(&scope("s"), &key("warm"), &fp("x")).unwrap())
+        .complete(resp(200, "ok"))
+        .unwrap();
+    server.signal("-STOP");
+    let s = scope("s");
+    let k = key("paused");
+    let x = fp("x");
+    let mut fut = std::pin::pin!(store.begin_async(&s, &k, &x));
+    let first = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    // Had the poll sent the call itself, it would have waited for the server until the call's
+    // deadline and come back with an error.
+    assert!(first.is_pending(), "{first:?}");
+    server.signal("-CONT");
+    let begin = crate::async_api::block_on(fut);
+    execute(begin.unwrap()).complete(resp(201, "made")).unwrap();
+    // The blocking path, on the lane the async call used.
+    let again = store.begin(&s, &k, &x).unwrap();
+    assert_eq!(replay(again).body(), b"made");
+}
+
 #[test]
 fn c6_a_dropped_reservation_is_released_before_the_next_call() {
     let Some(server) = Server::start() else {

@@ -133,6 +133,13 @@ impl RedisEngine {
         call.queue(&self.lanes.queue, self.options.timeout, reply);
     }
 
+    /// [`send`](RedisEngine::send) for a call whose caller waits on `rx`: a blocking caller
+    /// sends it itself when its lane is idle (`io.rs`).
+    fn send_waited<T>(&self, call: ScriptCall, reply: io::Reply, rx: &reply::Receiver<T>) {
+        let call = call.into_call(self.options.timeout, reply);
+        self.lanes.queue.call_waited(call, rx);
+    }
+
     /// Ok while the store may serve and change records: refused when opened read-only.
     fn writable(&self) -> Result<(), Unavailable> {
         self.shared.check()?;
@@ -159,7 +166,7 @@ impl RedisEngine {
         }
         let (tx, rx) = reply::channel();
         let shared = Arc::clone(&self.shared);
-        self.send(
+        self.send_waited(
             cmd,
             Box::new(move |out| {
                 let _ = tx.send(
@@ -168,6 +175,7 @@ impl RedisEngine {
                         .and_then(|v| decode(&shared, v)),
                 );
             }),
+            &rx,
         );
         Answer::later(rx, &self.shared)
     }
@@ -348,13 +356,17 @@ impl ScriptCall {
     }
 
     fn queue(self, queue: &Queue, timeout: std::time::Duration, reply: io::Reply) {
-        queue.call(Call {
+        queue.call(self.into_call(timeout, reply));
+    }
+
+    fn into_call(self, timeout: std::time::Duration, reply: io::Reply) -> Call {
+        Call {
             cmd: self.cmd,
             then: self.then,
             target: self.target,
             deadline: Instant::now() + timeout,
             reply,
-        });
+        }
     }
 }
 
@@ -416,7 +428,7 @@ impl Engine for RedisEngine {
         let on_answer = Arc::clone(&release);
         let keeper = self.keeper();
         let fp = *fp;
-        self.send(
+        self.send_waited(
             cmd,
             Box::new(move |out| {
                 let out = out
@@ -433,6 +445,7 @@ impl Engine for RedisEngine {
                     on_answer(token);
                 }
             }),
+            &rx,
         );
         Answer::later_or(
             rx,
