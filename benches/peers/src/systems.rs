@@ -173,6 +173,9 @@ pub fn open_idemstore_redis(url: &str, wait_for_replica: bool) -> Result<Store, 
         .build()
         .map_err(|e| e.to_string())?;
     let mut options = idemstore::RedisOptions::new(url);
+    if let Some(n) = std::env::var("PEERS_REDIS_CONNECTIONS").ok().and_then(|v| v.parse().ok()) {
+        options = options.connections(n);
+    }
     if wait_for_replica {
         options = options.wait_for_replicas(1, Duration::from_secs(1));
     }
