@@ -119,10 +119,11 @@ pub(crate) trait Engine: Send + Sync {
     fn save_point(
         &self,
         hash: KeyHash,
+        scope: &Scope,
         token: u64,
         point: RecoveryPoint,
     ) -> Answer<(), LeaseError> {
-        let _ = (hash, token, point);
+        let _ = (hash, scope, token, point);
         Answer::Now(Err(LeaseError::Unavailable(Unavailable::Unsupported {
             operation: "Reservation::save_point",
         })))

@@ -22,7 +22,8 @@ fn file(log: bool) -> TestStore {
     open_with(|c| c.lease(LEASE).write_ahead_log(log))
 }
 
-/// Runs `test` on the file engine with and without the log, and on the memory engine.
+/// Runs `test` on the file engine with and without the log, on the memory engine, and on a
+/// Redis server when there is one (feature `redis`).
 fn every_engine(test: impl Fn(&Store, &ManualClock, &str)) {
     for log in [true, false] {
         let t = file(log);
@@ -30,6 +31,16 @@ fn every_engine(test: impl Fn(&Store, &ManualClock, &str)) {
     }
     let clock = ManualClock::new(T0);
     test(&memory_with_lease(&clock), &clock, "memory");
+    #[cfg(feature = "redis")]
+    if let Some(server) = crate::redis_support::Server::start() {
+        let clock = ManualClock::new(T0);
+        let cfg = crate::support::config(&clock).lease(LEASE).build().unwrap();
+        let options =
+            idemstore::RedisOptions::new(server.url()).clock(idemstore::RedisClock::Store);
+        let store = Store::open_redis_with(options, cfg).unwrap();
+        test(&store, &clock, "redis");
+        assert!(store.check().unwrap().is_sound());
+    }
 }
 
 /// A memory store with the tests' lease.
@@ -428,8 +439,8 @@ fn p3_a_completion_with_writes_that_fails_keeps_the_point_of_the_steps_before() 
 
 /// P1-P3 against a reference model: random sequences of begins, points (plain and with
 /// writes, some failing), releases, drops, abandons, completions (kept and not), lease
-/// expiries and reopens, on the file engine with and without the log and on the memory
-/// engine. After every step each key's state and point are the model's, and every `begin`
+/// expiries and reopens, on the file engine with and without the log, on the memory engine
+/// and on Redis. After every step each key's state and point are the model's, and every `begin`
 /// answers as the model says, with the model's point.
 mod model {
     use std::collections::HashMap;
@@ -484,6 +495,13 @@ mod model {
     enum Engine {
         File(Option<TestStore>, bool),
         Memory(Store, ManualClock),
+        #[cfg(feature = "redis")]
+        /// The server lives as long as the store.
+        Redis {
+            store: Store,
+            clock: ManualClock,
+            _server: crate::redis_support::Server,
+        },
     }
 
     impl Engine {
@@ -491,12 +509,16 @@ mod model {
             match self {
                 Engine::File(t, _) => &t.as_ref().unwrap().store,
                 Engine::Memory(s, _) => s,
+                #[cfg(feature = "redis")]
+                Engine::Redis { store, .. } => store,
             }
         }
         fn clock(&self) -> &ManualClock {
             match self {
                 Engine::File(t, _) => &t.as_ref().unwrap().clock,
                 Engine::Memory(_, c) => c,
+                #[cfg(feature = "redis")]
+                Engine::Redis { clock, .. } => clock,
             }
         }
     }
@@ -688,8 +710,32 @@ mod model {
         Engine::Memory(memory_with_lease(&clock), clock)
     }
 
+    /// A store on a Redis server of its own, when there is one.
+    #[cfg(feature = "redis")]
+    fn redis_engine() -> Option<Engine> {
+        let server = crate::redis_support::Server::start()?;
+        let clock = ManualClock::new(T0);
+        let cfg = crate::support::config(&clock).lease(LEASE).build().unwrap();
+        let options =
+            idemstore::RedisOptions::new(server.url()).clock(idemstore::RedisClock::Store);
+        let store = Store::open_redis_with(options, cfg).unwrap();
+        Some(Engine::Redis {
+            store,
+            clock,
+            _server: server,
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[cfg(feature = "redis")]
+        #[test]
+        fn model_p1_p3_redis(ops in proptest::collection::vec(op(), 1..40)) {
+            if let Some(engine) = redis_engine() {
+                run(engine, &ops)?;
+            }
+        }
 
         #[test]
         fn model_p1_p3_with_the_log(ops in proptest::collection::vec(op(), 1..40)) {

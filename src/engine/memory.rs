@@ -606,6 +606,7 @@ impl Engine for MemoryEngine {
     fn save_point(
         &self,
         hash: KeyHash,
+        _scope: &Scope,
         token: u64,
         point: RecoveryPoint,
     ) -> Answer<(), LeaseError> {

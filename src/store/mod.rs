@@ -533,14 +533,14 @@ impl Store {
 
     pub(crate) fn save_point_token(
         &self,
-        hash: KeyHash,
+        (hash, scope): (KeyHash, &Scope),
         token: u64,
         point: RecoveryPoint,
     ) -> Answer<(), LeaseError> {
         if let Err(e) = self.inner.shared.check() {
             return Answer::Now(Err(e.into()));
         }
-        self.inner.engine.save_point(hash, token, point)
+        self.inner.engine.save_point(hash, scope, token, point)
     }
 }
 

@@ -300,7 +300,7 @@ impl Reservation {
     pub fn save_point(&mut self, name: &str, payload: &[u8]) -> Result<(), PointError> {
         let point = RecoveryPoint::new(name, payload)?;
         self.store
-            .save_point_token(self.hash, self.token, point.clone())
+            .save_point_token((self.hash, &self.scope), self.token, point.clone())
             .wait()?;
         self.recovery = Some(point);
         Ok(())
@@ -316,9 +316,9 @@ impl Reservation {
         payload: &[u8],
     ) -> impl Future<Output = Result<(), PointError>> + Send + '_ {
         let queued = RecoveryPoint::new(name, payload).map(|point| {
-            let answer = self
-                .store
-                .save_point_token(self.hash, self.token, point.clone());
+            let answer =
+                self.store
+                    .save_point_token((self.hash, &self.scope), self.token, point.clone());
             (point, answer)
         });
         async move {
@@ -498,7 +498,7 @@ impl Lease {
         point: RecoveryPoint,
     ) -> impl Future<Output = Result<(), LeaseError>> + Send + 'static {
         self.store
-            .save_point_token(self.hash, self.token, point)
+            .save_point_token((self.hash, &self.scope), self.token, point)
             .resolve()
     }
 

@@ -584,6 +584,7 @@ impl Engine for FileEngine {
     fn save_point(
         &self,
         hash: KeyHash,
+        _scope: &Scope,
         token: u64,
         point: RecoveryPoint,
     ) -> Answer<(), LeaseError> {

@@ -111,9 +111,10 @@ pub(crate) fn decode_claim(shared: &Shared, v: Value) -> Result<(Claim, Option<L
             bump(&counters.replays);
             Ok((Claim::Replay(response), Some(life)))
         }
-        (b"execute", [token, deadline, takeover]) => {
+        (b"execute", [token, deadline, takeover, point]) => {
             let token = number("token", token)?;
             let lease_deadline = number("lease deadline", deadline)?;
+            let recovery = record::point(point)?;
             bump(&counters.executes);
             if takeover.as_slice() == b"1" {
                 crate::stats::count_takeover(shared);
@@ -122,8 +123,7 @@ pub(crate) fn decode_claim(shared: &Shared, v: Value) -> Result<(Claim, Option<L
                 Claim::Execute {
                     token,
                     lease_deadline,
-                    // This engine keeps no recovery points.
-                    recovery: None,
+                    recovery,
                 },
                 None,
             ))

@@ -44,6 +44,7 @@ use crate::format::blob;
 use crate::reply;
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{Key, KeyHash, Scope};
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 use crate::rules::state::State;
 use crate::stats::{Stats, bump};
@@ -549,6 +550,28 @@ impl Engine for RedisEngine {
                 Answer::Now(Ok(()))
             }
         }
+    }
+
+    fn save_point(
+        &self,
+        hash: KeyHash,
+        scope: &Scope,
+        token: u64,
+        point: RecoveryPoint,
+    ) -> Answer<(), LeaseError> {
+        let mut cmd = self.fcall(Script::Point, &hash, scope);
+        cmd.arg(token).arg(crate::format::point::encode(&point));
+        self.call(cmd, move |shared, v| {
+            let (first, rest) = verdict("a recovery point", v)?;
+            if first.as_slice() == b"ok" {
+                bump(&shared.counters.points_saved);
+                return Ok(());
+            }
+            match holder_refusal(shared, (&hash, token), "a recovery point", (&first, &rest))? {
+                Some(current) => Err(LeaseError::Fenced { token, current }),
+                None => Err(LeaseError::NotReserved { token }),
+            }
+        })
     }
 
     fn renew(

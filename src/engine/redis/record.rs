@@ -23,6 +23,7 @@ use crate::error::Unavailable;
 use crate::format::blob;
 use crate::rules::fingerprint::Fingerprint;
 use crate::rules::key::{KeyHash, Scope};
+use crate::rules::point::RecoveryPoint;
 use crate::rules::response::Response;
 use crate::rules::state::State;
 use crate::view::RecordInfo;
@@ -151,6 +152,16 @@ pub(crate) fn response(b: &[u8]) -> Result<Response, Unavailable> {
 }
 
 /// A fingerprint as the scripts store it: the version byte, then the digest.
+/// A recovery point as the scripts keep it (`format/point.rs`'s encoding); empty for none.
+pub(crate) fn point(b: &[u8]) -> Result<Option<RecoveryPoint>, Unavailable> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    crate::format::point::decode(b)
+        .map(Some)
+        .map_err(|e| corrupt(&format!("recovery point: {e}")))
+}
+
 pub(crate) fn fingerprint_bytes(fp: &Fingerprint) -> Vec<u8> {
     let mut out = Vec::with_capacity(33);
     out.push(fp.version());
@@ -186,6 +197,7 @@ pub(crate) struct Fields {
     sc: Option<Vec<u8>>,
     k: Option<Vec<u8>>,
     rs: Option<Vec<u8>>,
+    pt: Option<Vec<u8>>,
 }
 
 impl Fields {
@@ -221,6 +233,7 @@ impl Fields {
                 b"sc" => &mut f.sc,
                 b"k" => &mut f.k,
                 b"rs" => &mut f.rs,
+                b"pt" => &mut f.pt,
                 // The nonces, and anything a later version adds.
                 _ => continue,
             };
@@ -278,7 +291,10 @@ impl Fields {
             expires_at: self.expires_at()?,
             token: number("token", need(&self.tk, "tk")?)?,
             response,
-            recovery_point: None,
+            recovery_point: match &self.pt {
+                Some(b) => point(b)?,
+                None => None,
+            },
         })
     }
 }

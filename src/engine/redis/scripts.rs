@@ -16,11 +16,17 @@
 //!   a count never holds an expired record;
 //! - the record is a hash: `st` (`f` in flight, `c` completed, `r` released or purged: a
 //!   tombstone that keeps only the last token), `fp`, `tk`, `cr`, `ld`, `ex`, `sc`, `k`, `rs`
-//!   (the response blob of `format/blob.rs`), and the nonce of the call that made the state:
+//!   (the response blob of `format/blob.rs`), `pt` (the recovery point, as `format/point.rs`
+//!   encodes it, while in flight), and the nonce of the call that made the state:
 //!   `at` (claim; left in place by the completion, since only a record in flight reads it),
 //!   `cn` (completion), `rn` (release or purge). A call sent twice, because its
 //!   first reply was lost, finds its own nonce and answers as the first did, without a second
 //!   change;
+//! - a record with a recovery point is never let go to nothing (P3): a release, or a
+//!   completion whose status is not kept, leaves it in flight with its point, its lease ended
+//!   (`ld` 0) and the next token, so the next claim of the same request takes it over at once
+//!   and inherits the point (P2), and the holder that let it go is fenced; a completion
+//!   removes the point;
 //! - a fencing token is `max(last token of the key + 1, now * 1024)`: strictly increasing for
 //!   the key while its hash or tombstone lives, and above every earlier one after that as long
 //!   as the deciding clock has not stepped back (tokens stay below 2^53, exact in Lua, and
@@ -60,25 +66,29 @@ end
 local function uncount(s, r)
   if s then redis.call('ZREM', s, member(r)) end
 end
+local function keep_point(r, token, nonce)
+  redis.call('HSET', r, 'tk', int(token + 1), 'ld', '0', 'rn', nonce)
+end
 local function refuse(st, tk, token)
   if (st == 'f' or st == 'c') and tonumber(tk) > token then return {'fenced', tk} end
   return {'not_reserved'}
 end
 "#;
 
-/// `begin` (C1-C5, C8, C9, C13). ARGV: now, lease, ttl, grace, fingerprint, nonce, scope, key,
-/// the scope's cap. Answers `{conflict}`, `{replay, blob, expiry, now}`, `{busy}`,
-/// `{scope_full}` or `{execute, token, deadline, takeover}`.
+/// `begin` (C1-C5, C8, C9, C13, P2). ARGV: now, lease, ttl, grace, fingerprint, nonce, scope,
+/// key, the scope's cap. Answers `{conflict}`, `{replay, blob, expiry, now}`, `{busy}`,
+/// `{scope_full}` or `{execute, token, deadline, takeover, point}` (the point a takeover
+/// inherits, or empty).
 const CLAIM: &str = r#"
 local now = clock(ARGV[1])
 local lease, ttl, grace = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local fp, nonce = ARGV[5], ARGV[6]
-local h = redis.call('HMGET', r, 'st', 'fp', 'tk', 'at', 'ld', 'ex')
+local h = redis.call('HMGET', r, 'st', 'fp', 'tk', 'at', 'ld', 'ex', 'pt')
 local takeover = '0'
 if live(h[1], h[6], now) then
   if h[2] ~= fp then return {'conflict'} end
   if h[1] == 'c' then return {'replay', redis.call('HGET', r, 'rs'), h[6], int(now)} end
-  if h[4] == nonce then return {'execute', h[3], h[5], '0'} end
+  if h[4] == nonce then return {'execute', h[3], h[5], '0', h[7] or ''} end
   if now < tonumber(h[5]) then return {'busy'} end
   takeover = '1'
 end
@@ -94,39 +104,54 @@ local expires = math.max(now + ttl, deadline)
 if h[1] then redis.call('DEL', r) end
 redis.call('HSET', r, 'st', 'f', 'fp', fp, 'tk', int(token), 'at', nonce, 'cr', int(now),
   'ld', int(deadline), 'ex', int(expires), 'sc', ARGV[7], 'k', ARGV[8])
+local point = ''
+if takeover == '1' and h[7] then
+  point = h[7]
+  redis.call('HSET', r, 'pt', point)
+end
 redis.call('PEXPIRE', r, int(expires - now + grace))
 count(s, r, int(expires))
-return {'execute', int(token), int(deadline), takeover}
+return {'execute', int(token), int(deadline), takeover, point}
 "#;
 
-/// `complete` (C3, C6, C7, C8). ARGV: now, token, keep (`1` or `0`), ttl, grace, nonce, blob.
+/// `complete` (C3, C6, C7, C8, P3). ARGV: now, token, keep (`1` or `0`), ttl, grace, nonce,
+/// blob.
 /// Answers `{stored, fingerprint, expiry, now}`, `{released}`, `{fenced, current}` or
 /// `{not_reserved}`.
 const COMPLETE: &str = r#"
 local now = clock(ARGV[1])
 local token, ttl, grace, nonce = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local h = redis.call('HMGET', r, 'st', 'tk', 'cn', 'rn', 'fp', 'ex')
+local h = redis.call('HMGET', r, 'st', 'tk', 'cn', 'rn', 'fp', 'ex', 'pt')
 if h[1] == 'c' and h[3] == nonce then return {'stored', h[5], h[6], int(now)} end
-if h[1] == 'r' and h[4] == nonce then return {'released'} end
+if h[4] == nonce then return {'released'} end
 if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
 if ARGV[3] == '0' then
+  if h[7] then
+    keep_point(r, token, nonce)
+    return {'released'}
+  end
   tombstone(r, h[2], nonce, grace)
   uncount(s, r)
   return {'released'}
 end
 redis.call('HSET', r, 'st', 'c', 'rs', ARGV[7], 'ex', int(now + ttl), 'ld', '0', 'cn', nonce)
+if h[7] then redis.call('HDEL', r, 'pt') end
 redis.call('PEXPIRE', r, int(ttl + grace))
 count(s, r, int(now + ttl))
 return {'stored', h[5], int(now + ttl), int(now)}
 "#;
 
-/// `release` (C6). ARGV: token, grace, nonce. Answers `{ok}`, `{fenced, current}` or
+/// `release` (C6, P3). ARGV: token, grace, nonce. Answers `{ok}`, `{fenced, current}` or
 /// `{not_reserved}`.
 const RELEASE: &str = r#"
 local token, grace, nonce = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local h = redis.call('HMGET', r, 'st', 'tk', 'rn')
-if h[1] == 'r' and h[3] == nonce then return {'ok'} end
+local h = redis.call('HMGET', r, 'st', 'tk', 'rn', 'pt')
+if h[3] == nonce then return {'ok'} end
 if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
+if h[4] then
+  keep_point(r, token, nonce)
+  return {'ok'}
+end
 tombstone(r, h[2], nonce, grace)
 uncount(s, r)
 return {'ok'}
@@ -145,6 +170,16 @@ redis.call('HSET', r, 'ld', int(deadline), 'ex', int(expires))
 redis.call('PEXPIRE', r, int(expires - now + grace))
 count(s, r, int(expires))
 return {'renewed', int(deadline)}
+"#;
+
+/// `point` (P1): saves a recovery point, its encoding, for the holder of the token. ARGV:
+/// token, point. Answers `{ok}`, `{fenced, current}` or `{not_reserved}`.
+const POINT: &str = r#"
+local token = tonumber(ARGV[1])
+local h = redis.call('HMGET', r, 'st', 'tk')
+if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
+redis.call('HSET', r, 'pt', ARGV[2])
+return {'ok'}
 "#;
 
 /// `purge`. ARGV: grace, nonce. Answers 1 if there was a record (expired or not), else 0.
@@ -173,16 +208,18 @@ pub(crate) enum Script {
     Complete,
     Release,
     Renew,
+    Point,
     Purge,
     Get,
 }
 
 impl Script {
-    const ALL: [Script; 6] = [
+    const ALL: [Script; 7] = [
         Script::Claim,
         Script::Complete,
         Script::Release,
         Script::Renew,
+        Script::Point,
         Script::Purge,
         Script::Get,
     ];
@@ -193,6 +230,7 @@ impl Script {
             Script::Complete => COMPLETE,
             Script::Release => RELEASE,
             Script::Renew => RENEW,
+            Script::Point => POINT,
             Script::Purge => PURGE,
             Script::Get => GET,
         }
@@ -204,6 +242,7 @@ impl Script {
             Script::Complete => "complete",
             Script::Release => "release",
             Script::Renew => "renew",
+            Script::Point => "point",
             Script::Purge => "purge",
             Script::Get => "get",
         }
@@ -217,7 +256,7 @@ impl Script {
 
 struct Library {
     source: String,
-    names: [String; 6],
+    names: [String; 7],
 }
 
 fn library() -> &'static Library {
