@@ -169,6 +169,13 @@ pub(crate) trait Engine: Send + Sync {
     /// [`closing_on_own_thread`](Engine::closing_on_own_thread).
     fn close(&self) -> Result<(), Unavailable>;
 
+    /// Whether every change of a key happens in this process, so that the engine wakes the
+    /// calls waiting on it (`waiters.rs`); false where other processes change keys too (the
+    /// Redis engine), and a waiting call must look again by itself.
+    fn wakes_every_waiter(&self) -> bool {
+        true
+    }
+
     /// Whether the calling thread is one of the engine's own (the last handle was dropped by a
     /// task the engine woke): then `close` must not wait for anything the engine does.
     fn closing_on_own_thread(&self) -> bool {

@@ -159,6 +159,54 @@ fn k1_a_journaled_key_survives_closing_and_dropping_the_journal() {
     assert_eq!(journal.key_for("dropped").unwrap().key(), dropped.key());
 }
 
+/// Two processes (two stores) whose journals share one Redis server share their operations:
+/// the key the first mints is the key the second gets, racing calls of both get one key, and
+/// an outcome one records is what the other reads.
+#[cfg(feature = "redis")]
+#[test]
+fn k1_journals_over_one_redis_server_share_each_operations_key() {
+    let Some(server) = crate::redis_support::Server::start() else {
+        return;
+    };
+    let journal = || {
+        let config = Config::builder().ttl(2 * HOUR).build().unwrap();
+        let store = Store::open_redis(&server.url(), config).unwrap();
+        KeyJournal::with_store(store, &JournalConfig::new(HOUR)).unwrap()
+    };
+    let (a, b) = (journal(), journal());
+    let first = a.key_for("book-7").unwrap();
+    assert!(first.is_fresh());
+    let seen = b.key_for("book-7").unwrap();
+    assert!(!seen.is_fresh());
+    assert_eq!(seen.key(), first.key());
+
+    let keys: HashSet<String> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let j = if i % 2 == 0 { &a } else { &b };
+                s.spawn(move || j.key_for("book-8").unwrap().key().to_owned())
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(keys.len(), 1, "{keys:?}");
+
+    let answered = Outcome::Answered {
+        status: 201,
+        replayed: false,
+    };
+    b.finish("book-7", answered).unwrap();
+    let done = a.key_for("book-7").unwrap();
+    assert_eq!((done.key(), done.outcome()), (first.key(), Some(answered)));
+    let pending: Vec<String> = a
+        .pending()
+        .unwrap()
+        .iter()
+        .map(|e| e.operation().to_owned())
+        .collect();
+    assert_eq!(pending, ["book-8"]);
+}
+
 #[test]
 fn k1_concurrent_calls_for_one_operation_get_one_key() {
     let journal = KeyJournal::in_memory(JournalConfig::default()).unwrap();

@@ -5,7 +5,8 @@
 //! again later, usually with a guess at the delay. The store knows when the attempt ends: the
 //! engine that completes, releases or removes a key wakes the calls waiting on it
 //! (`engine/waiters.rs`), so the retry can be answered with the outcome itself, as soon as it
-//! exists, with no polling. Invariants: the wait is registered before each look at the key, so
+//! exists, with no polling (except on an engine whose keys other processes change too, where
+//! the wait also looks again with a growing pause). Invariants: the wait is registered before each look at the key, so
 //! no change between the look and the wait is missed; a wait never outlasts its bound; what
 //! ends it is always a fresh `begin`, so its answer is one `begin` could give.
 
@@ -23,6 +24,12 @@ use crate::sleep::{Sleep, block_on};
 
 use super::{Begin, Store};
 
+/// How long a wait on an engine whose keys other processes change (Redis) sleeps before it
+/// looks at the key again, at first and at most: a settled key is seen within a few
+/// milliseconds at first, and a long attempt costs a look every 200 ms.
+const LOOK_AGAIN_FIRST: Duration = Duration::from_millis(10);
+const LOOK_AGAIN_MAX: Duration = Duration::from_millis(200);
+
 impl Store {
     /// [`begin_async`](Store::begin_async), but a key in flight (another attempt executing it)
     /// is waited for, up to `within`, instead of answered [`Begin::InProgress`] at once: the
@@ -32,7 +39,8 @@ impl Store {
     ///
     /// The wait is woken by the engine when the key settles in this process (the file and
     /// memory engines), not by polling. On the Redis engine, an attempt running on another
-    /// machine wakes nothing here: the wait then ends at its bound with one more look. A key
+    /// machine wakes nothing here, so the wait also looks again by itself, after 10 ms, then
+    /// twice as long each time up to 200 ms. A key
     /// whose holder died waits for its lease as any retry does (C8): keep `within` well below
     /// the lease. Dropping the future gives the wait up; it holds no key while it waits.
     ///
@@ -79,12 +87,14 @@ impl Store {
         let (scope, key, fp) = (scope.clone(), key.clone(), *fp);
         let hash = KeyHash::of(&scope, &key);
         let until = Instant::now().checked_add(within);
+        let woken_by_engine = store.inner.engine.wakes_every_waiter();
         async move {
             if work::inside() {
                 // Polled on the writer, inside a transaction's closure: the wait would hold
                 // the writer, which alone could end it.
                 return Err(Unavailable::Reentrant.into());
             }
+            let mut look_again = LOOK_AGAIN_FIRST;
             loop {
                 let woken = store.inner.shared.waiters.register(hash);
                 let begun = store.begin_with_async(&scope, &key, &fp, terms).await?;
@@ -96,7 +106,17 @@ impl Store {
                 if left.is_some_and(|l| l.is_zero()) {
                     return Ok(begun);
                 }
-                if !woken_before(woken, left.map(Sleep::new)).await {
+                let nap = match left {
+                    Some(l) if woken_by_engine || l <= look_again => Some(l),
+                    None if woken_by_engine => None,
+                    _ => Some(look_again),
+                };
+                if !woken_before(woken, nap.map(Sleep::new)).await {
+                    if nap != left {
+                        // Another process may have settled the key: look again.
+                        look_again = (look_again * 2).min(LOOK_AGAIN_MAX);
+                        continue;
+                    }
                     // The bound passed: one last look, answered as it is.
                     return store.begin_with_async(&scope, &key, &fp, terms).await;
                 }

@@ -779,6 +779,11 @@ impl Engine for RedisEngine {
         self.shared.check_poison()
     }
 
+    fn wakes_every_waiter(&self) -> bool {
+        // Another machine's completion or release wakes nothing here.
+        false
+    }
+
     fn closing_on_own_thread(&self) -> bool {
         self.lanes.is_own_thread()
     }
