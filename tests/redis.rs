@@ -1493,6 +1493,18 @@ fn c13_check_finds_a_scope_count_that_disagrees_with_the_records() {
         problems.contains("not-a-record with no live record"),
         "{problems}"
     );
+    // A count whose scope has no live record at all still names what it counts.
+    server.command(&[
+        "ZADD",
+        "chk:s:{no-live-record}",
+        "99999999999999",
+        "left-behind",
+    ]);
+    let problems = store.check().unwrap().problems.join("\n");
+    assert!(
+        problems.contains("left-behind with no live record"),
+        "{problems}"
+    );
 }
 
 /// Threads making new keys in one scope at once, through two stores, get exactly the cap of

@@ -749,6 +749,11 @@ impl Engine for RedisEngine {
                 }
                 Ok(())
             })?;
+            // A count whose scope has no live record left still names what it counts.
+            view.counts(link, |count| {
+                counts.entry(count.to_owned()).or_default();
+                Ok(())
+            })?;
             for (count, live) in counts {
                 let counted: std::collections::BTreeSet<Vec<u8>> =
                     view.counted(link, &count, now)?.into_iter().collect();

@@ -98,7 +98,16 @@ impl Names {
 
     /// The `SCAN` pattern that matches every record key of the store.
     pub(crate) fn records_pattern(&self) -> String {
-        let mut p = String::with_capacity(self.prefix.len() + 4);
+        self.pattern("r:{*")
+    }
+
+    /// The `SCAN` pattern of every scope's count (the scope layout).
+    pub(crate) fn counts_pattern(&self) -> String {
+        self.pattern("s:{*")
+    }
+
+    fn pattern(&self, tail: &str) -> String {
+        let mut p = String::with_capacity(self.prefix.len() + tail.len());
         for c in self.prefix.chars() {
             // The prefix is visible ASCII; glob characters in it are matched literally.
             if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -106,7 +115,7 @@ impl Names {
             }
             p.push(c);
         }
-        p.push_str("r:{*");
+        p.push_str(tail);
         p
     }
 }

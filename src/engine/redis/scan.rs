@@ -1,5 +1,5 @@
-//! Walks over every record of the store, for `list` and `check`: `SCAN` page by page on the
-//! I/O thread's connection.
+//! Walks over every record of the store (and every scope's count), for `list` and `check`:
+//! `SCAN` page by page on a lane's connection.
 //!
 //! Why: a walk takes many round trips, so it runs as one exclusive job between two batches of
 //! calls instead of holding callers' replies behind it call by call. Invariant: every record
@@ -100,49 +100,59 @@ impl Scan {
         link: &mut Link,
         mut each: impl FnMut(&str, Result<Fields, Unavailable>) -> Result<(), Unavailable>,
     ) -> Result<(), Unavailable> {
-        for node in link.primaries() {
-            self.walk_node(link, node, &mut each)?;
-        }
-        Ok(())
+        self.keys(link, &self.names.records_pattern(), |link, key| {
+            // A key that does not read as a hash is `each`'s to judge.
+            let fields = self.fields(link, key);
+            each(key, fields)
+        })
     }
 
-    fn walk_node(
+    /// Every scope's count key (the scope layout), node by node.
+    pub(crate) fn counts(
         &self,
         link: &mut Link,
-        node: usize,
-        each: &mut impl FnMut(&str, Result<Fields, Unavailable>) -> Result<(), Unavailable>,
+        mut each: impl FnMut(&str) -> Result<(), Unavailable>,
     ) -> Result<(), Unavailable> {
-        let pattern = self.names.records_pattern();
-        let mut cursor = 0u64;
-        loop {
-            let mut scan = ::redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
-            let v = link
-                .query(Target::Node(node), &scan, self.deadline())
-                .map_err(unavailable)?;
-            let Value::Array(mut parts) = v else {
-                return Err(record::malformed("SCAN", &v));
-            };
-            let (Some(keys), Some(next)) = (parts.pop(), parts.pop()) else {
-                return Err(Unavailable::Corrupted {
-                    detail: "SCAN answered other than a cursor and keys".into(),
-                });
-            };
-            let next = words("SCAN", Value::Array(vec![next]))?;
-            cursor = number("SCAN cursor", next.first().map_or(&[][..], Vec::as_slice))?;
-            for key in words("SCAN", keys)? {
-                let key = String::from_utf8_lossy(&key).into_owned();
-                // A key that does not read as a hash is `each`'s to judge.
-                let fields = self.fields(link, &key);
-                each(&key, fields)?;
-            }
-            if cursor == 0 {
-                return Ok(());
+        self.keys(link, &self.names.counts_pattern(), |_, key| each(key))
+    }
+
+    /// Every key matching `pattern`, node by node and page by page.
+    fn keys(
+        &self,
+        link: &mut Link,
+        pattern: &str,
+        mut each: impl FnMut(&mut Link, &str) -> Result<(), Unavailable>,
+    ) -> Result<(), Unavailable> {
+        for node in link.primaries() {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = ::redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let v = link
+                    .query(Target::Node(node), &scan, self.deadline())
+                    .map_err(unavailable)?;
+                let Value::Array(mut parts) = v else {
+                    return Err(record::malformed("SCAN", &v));
+                };
+                let (Some(keys), Some(next)) = (parts.pop(), parts.pop()) else {
+                    return Err(Unavailable::Corrupted {
+                        detail: "SCAN answered other than a cursor and keys".into(),
+                    });
+                };
+                let next = words("SCAN", Value::Array(vec![next]))?;
+                cursor = number("SCAN cursor", next.first().map_or(&[][..], Vec::as_slice))?;
+                for key in words("SCAN", keys)? {
+                    each(link, &String::from_utf8_lossy(&key))?;
+                }
+                if cursor == 0 {
+                    break;
+                }
             }
         }
+        Ok(())
     }
 }
