@@ -853,6 +853,39 @@ fn c10_a_completion_waits_for_its_replica_and_says_when_it_did_not_arrive() {
     assert_eq!(r.complete(resp(201, "c")).unwrap(), Completion::Stored);
 }
 
+/// Completions sent in one batch share one `WAIT`, which covers every write of the
+/// connection before it, instead of each holding the connection for a wait of its own. Async
+/// completions are queued when made and sent at their first poll, so ten made before any poll
+/// go in one batch.
+#[test]
+fn c10_completions_of_one_batch_share_one_wait() {
+    let Some((primary, _replica)) = Server::replicated(Server::start_with) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock).build().unwrap();
+    let options = RedisOptions::new(primary.url())
+        .clock(RedisClock::Store)
+        .wait_for_replicas(1, Duration::from_secs(5));
+    let store = Store::open_redis_with(options, cfg).unwrap();
+    let s = scope("s");
+    let held: Vec<_> = (0..10)
+        .map(|i| execute(store.begin(&s, &key(&format!("k{i}")), &fp("x")).unwrap()))
+        .collect();
+    let before = calls_of(&primary, "wait");
+    let completions: Vec<_> = held
+        .into_iter()
+        .map(|r| r.complete_async(resp(201, "ok")))
+        .collect();
+    for c in completions {
+        assert_eq!(crate::async_api::block_on(c).unwrap(), Completion::Stored);
+    }
+    assert_eq!(calls_of(&primary, "wait") - before, 1);
+    for i in 0..10 {
+        replay(store.begin(&s, &key(&format!("k{i}")), &fp("x")).unwrap());
+    }
+}
+
 /// How many times the server ran `command`, from `INFO commandstats`.
 fn calls_of(server: &Server, command: &str) -> u64 {
     let stats = server.command(&["INFO", "commandstats"]);

@@ -74,8 +74,10 @@ pub(crate) enum Target {
 /// One command and its caller.
 pub(crate) struct Call {
     pub(crate) cmd: Cmd,
-    /// A command sent right after it on the same connection (`WAIT`), whose reply comes with
-    /// the command's: the call is answered `[reply, then's reply]`.
+    /// A wait (`WAIT`, `WAITAOF`) sent after it on the same connection, whose reply comes
+    /// with the command's: the call is answered `[reply, the wait's reply]`. One wait after
+    /// the last such call of a batch on a node serves them all, since it covers every write
+    /// the connection made before it.
     pub(crate) then: Option<Cmd>,
     pub(crate) target: Target,
     pub(crate) deadline: Instant,

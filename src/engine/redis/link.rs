@@ -13,6 +13,10 @@
 //! - a call whose reply was not read (a broken connection, a read past the timeout, a
 //!   redirection) is sent again, to where the slot map now says, until its deadline; the
 //!   scripts make a repeated call harmless (`scripts.rs`);
+//! - a call that asks for a wait (`WAIT`, `WAITAOF`) is answered only with the reply of a wait
+//!   sent after it on the same connection, one for all such calls of a node's batch: a wait
+//!   blocks its connection, so a wait for each call would hold the lane once per call; a call whose
+//!   wait went unanswered is sent again;
 //! - every call is answered exactly once.
 
 use std::collections::BTreeMap;
@@ -366,10 +370,12 @@ impl Link {
                         ::redis::cmd("ASKING").write_packed_command(&mut packed);
                     }
                     p.call.cmd.write_packed_command(&mut packed);
-                    if let Some(then) = &p.call.then {
-                        then.write_packed_command(&mut packed);
-                    }
                     p.sent = true;
+                }
+                // One wait after the node's last command covers every write of the connection
+                // before it: the calls that asked for it share it.
+                if let Some(then) = group.iter().rev().find_map(|p| p.call.then.as_ref()) {
+                    then.write_packed_command(&mut packed);
                 }
                 match conn.send_packed_command(&packed) {
                     Ok(()) => sent.push((node, group)),
@@ -381,13 +387,16 @@ impl Link {
                 }
             }
             for (node, group) in sent {
+                let shared_wait = group.iter().any(|p| p.call.then.is_some());
+                // Calls answered, waiting for the wait's reply: `[reply, the wait's reply]`.
+                let mut waiting: Vec<(Pending, Value)> = Vec::new();
                 let mut broken_at = None;
                 for p in group {
                     if broken_at.is_some() {
                         todo.push(p);
                         continue;
                     }
-                    let reply = match self.read(node, p.ask.is_some(), p.call.then.is_some()) {
+                    let reply = match self.read(node, p.ask.is_some()) {
                         Ok(Value::ServerError(e)) => Err(server_text(e.code(), e.details())),
                         Err(e) if !broken(&e) && e.code().is_some() => {
                             Err(server_text(e.code().unwrap_or(""), e.detail()))
@@ -415,6 +424,7 @@ impl Link {
                             }
                             None => (p.call.reply)(Err(Failure::Server(text))),
                         },
+                        Ok(Ok(value)) if p.call.then.is_some() => waiting.push((p, value)),
                         Ok(Ok(value)) => (p.call.reply)(Ok(value)),
                         Ok(Err(e)) if broken(&e) => {
                             self.nodes[node].conn = None;
@@ -423,6 +433,31 @@ impl Link {
                             todo.push(p);
                         }
                         Ok(Err(e)) => (p.call.reply)(Err(Failure::Server(e.to_string()))),
+                    }
+                }
+                if shared_wait {
+                    let waited = match broken_at {
+                        Some(_) => None,
+                        // A wait's error reply is a value; an error reading it leaves the
+                        // connection out of step, so it is dropped and the calls sent again.
+                        None => match self.read(node, false) {
+                            Err(e) => {
+                                self.nodes[node].conn = None;
+                                last = Arc::new(e);
+                                None
+                            }
+                            Ok(v) => Some(v),
+                        },
+                    };
+                    for (p, value) in waiting {
+                        match (&waited, value) {
+                            // Its wait went unanswered: sent again, which its nonce makes
+                            // harmless, with a wait of its own.
+                            (None, _) => todo.push(p),
+                            // The call itself was refused: its own error says what happened.
+                            (_, v @ Value::ServerError(_)) => (p.call.reply)(Ok(v)),
+                            (Some(w), v) => (p.call.reply)(Ok(Value::Array(vec![v, w.clone()]))),
+                        }
                     }
                 }
             }
@@ -443,10 +478,8 @@ impl Link {
         }
     }
 
-    /// Reads the next reply of node `i` (after the `+OK` of an `ASKING` if one was sent); with
-    /// `then`, also the reply of the command sent right after it, and answers both as a
-    /// two-element array unless the first is an error.
-    fn read(&mut self, i: usize, asking: bool, then: bool) -> Result<Value, RedisError> {
+    /// Reads the next reply of node `i` (after the `+OK` of an `ASKING` if one was sent).
+    fn read(&mut self, i: usize, asking: bool) -> Result<Value, RedisError> {
         let Some(conn) = self.nodes.get_mut(i).and_then(|n| n.conn.as_mut()) else {
             return Err(RedisError::from(std::io::Error::from(
                 std::io::ErrorKind::NotConnected,
@@ -455,15 +488,7 @@ impl Link {
         if asking {
             conn.recv_response()?;
         }
-        let first = conn.recv_response();
-        if !then {
-            return first;
-        }
-        let second = conn.recv_response()?;
-        match first? {
-            Value::ServerError(e) => Ok(Value::ServerError(e)),
-            first => Ok(Value::Array(vec![first, second])),
-        }
+        conn.recv_response()
     }
 }
 
