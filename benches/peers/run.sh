@@ -9,7 +9,9 @@
 # Knobs (environment): ROUNDS (3), DURATION seconds per cell (5), WARMUP (1), CONCURRENCY
 # (1,16,64,256), WORKLOADS (flow,storm,replay90), SYSTEMS (all nine), SCALE_KEYS
 # ("1000000 10000000"), RESULTS (benches/peers/results), SVG_DIR (the plots: RESULTS; set
-# SVG_DIR=docs/peers to refresh the ones the docs show), KEEP=1 keeps the temporary directory.
+# SVG_DIR=docs/peers to refresh the ones the docs show), KEEP=1 keeps the temporary directory,
+# REDIS_SERVER (redis-server; a valkey-server path for idemstore-redis-always-waitaof1, which
+# needs WAITAOF), PEERS_REDIS_CONNECTIONS (the Redis engine's connections, 4).
 #
 # Installs redis-server and PostgreSQL from Debian's packages if they are missing, starts them
 # on 127.0.0.1 in a temporary directory, and stops exactly the processes it started (by PID) on
@@ -71,7 +73,8 @@ apt_install() {
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 
 start_servers() {
-  command -v redis-server >/dev/null || apt_install redis-server
+  [[ -n "${REDIS_SERVER:-}" ]] || command -v redis-server >/dev/null || apt_install redis-server
+  local server=${REDIS_SERVER:-redis-server}
   [[ -n "$(pg_bin)" && -x "$(pg_bin)/initdb" ]] || apt_install postgresql
   local PGBIN; PGBIN=$(pg_bin)
   local modes=(always everysec none)
@@ -86,14 +89,14 @@ start_servers() {
         none) echo "appendonly no" ;;
       esac
     } > "$d/redis.conf"
-    redis-server "$d/redis.conf" >/dev/null 2>&1 &
+    "$server" "$d/redis.conf" >/dev/null 2>&1 &
     PIDS+=($!)
   done
   # A replica of the `always` server, for the system that waits for one (only when it runs:
   # replication costs the primary work that the other systems would then share).
-  if [[ ",$SYSTEMS," == *",idemstore-redis-always-wait1,"* ]]; then
+  if [[ ",$SYSTEMS," == *",idemstore-redis-always-wait1,"* || ",$SYSTEMS," == *",idemstore-redis-always-waitaof1,"* ]]; then
     local d="$WORK/redis-replica"; mkdir -p "$d"
-    redis-server --port "$REPLICA_PORT" --bind 127.0.0.1 --dir "$d" --save "" \
+    "$server" --port "$REPLICA_PORT" --bind 127.0.0.1 --dir "$d" --save "" \
       --appendonly yes --appendfsync always --replicaof 127.0.0.1 "${REDIS_PORTS[0]}" \
       --logfile "$d/redis.log" >/dev/null 2>&1 &
     PIDS+=($!)
@@ -120,7 +123,7 @@ start_servers() {
   done
   for _ in $(seq 200); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p $PG_PORT && break; sleep 0.1; done
   "$PGBIN/pg_isready" -q -h 127.0.0.1 -p $PG_PORT
-  log "redis $(redis-server --version | awk '{print $3}') on ${REDIS_PORTS[*]}, postgres $("$PGBIN/postgres" --version | awk '{print $3}') on $PG_PORT"
+  log "redis $("$server" --version | awk '{print $3}') on ${REDIS_PORTS[*]}, postgres $("$PGBIN/postgres" --version | awk '{print $3}') on $PG_PORT"
 }
 
 build() {

@@ -99,9 +99,10 @@ fn plan(args: &Args) -> Result<Plan, String> {
     };
     for s in &p.systems {
         let missing = match s {
-            System::RedisAlways | System::IdemRedisAlways | System::IdemRedisAlwaysWait1 => {
-                p.redis[0].is_none()
-            }
+            System::RedisAlways
+            | System::IdemRedisAlways
+            | System::IdemRedisAlwaysWait1
+            | System::IdemRedisAlwaysWaitAof1 => p.redis[0].is_none(),
             System::RedisEverysec => p.redis[1].is_none(),
             System::RedisNone => p.redis[2].is_none(),
             System::PgOn | System::PgOff => p.pg.is_none(),
@@ -379,9 +380,11 @@ fn run_cell(
             drop(progress);
             Ok((tally, close_idemstore(store, &dir)?))
         }
-        System::IdemRedisAlways | System::IdemRedisAlwaysWait1 => {
+        System::IdemRedisAlways
+        | System::IdemRedisAlwaysWait1
+        | System::IdemRedisAlwaysWaitAof1 => {
             let url = p.redis[0].as_deref().unwrap_or_default();
-            let store = systems::open_idemstore_redis(url, system == System::IdemRedisAlwaysWait1)?;
+            let store = systems::open_idemstore_redis(url, system)?;
             let clients = (0..c)
                 .map(|_| systems::IdemClient::new(store.clone(), system))
                 .collect::<Result<Vec<_>, _>>()?;

@@ -52,6 +52,9 @@ pub enum System {
     /// The same, acknowledging each completion once one replica received it (`WAIT 1`); needs
     /// the replica `run.sh` starts when this system is named.
     IdemRedisAlwaysWait1,
+    /// The same, acknowledging each completion once it is fsynced on the primary and on one
+    /// replica (`WAITAOF 1 1`); needs Redis 7.2 or Valkey, and a replica.
+    IdemRedisAlwaysWaitAof1,
     /// idemstore, `Durability::Buffered`.
     IdemBuffered,
     /// idemstore, `Durability::Memory` (no file).
@@ -94,6 +97,7 @@ impl System {
             System::IdemCompleteWith => "idemstore-complete-with",
             System::IdemRedisAlways => "idemstore-redis-always",
             System::IdemRedisAlwaysWait1 => "idemstore-redis-always-wait1",
+            System::IdemRedisAlwaysWaitAof1 => "idemstore-redis-always-waitaof1",
             System::IdemBuffered => "idemstore-buffered",
             System::IdemMemory => "idemstore-memory",
             System::RedbNaive => "redb-naive",
@@ -116,6 +120,7 @@ impl System {
                 System::IdemCompleteWith,
                 System::IdemRedisAlways,
                 System::IdemRedisAlwaysWait1,
+                System::IdemRedisAlwaysWaitAof1,
             ])
             .find(|x| x.name() == s)
     }
@@ -161,8 +166,8 @@ pub fn open_idemstore(system: System, dir: &Path, settings: IdemSettings) -> Res
 }
 
 /// Opens idemstore's Redis engine on the server at `url` (emptied first), with the same TTL
-/// as every system.
-pub fn open_idemstore_redis(url: &str, wait_for_replica: bool) -> Result<Store, String> {
+/// as every system, waiting for a replica as `system` says.
+pub fn open_idemstore_redis(url: &str, system: System) -> Result<Store, String> {
     let client = redis::Client::open(url).map_err(|e| e.to_string())?;
     let mut conn = client.get_connection().map_err(|e| e.to_string())?;
     let _: () = redis::cmd("FLUSHALL")
@@ -173,11 +178,20 @@ pub fn open_idemstore_redis(url: &str, wait_for_replica: bool) -> Result<Store, 
         .build()
         .map_err(|e| e.to_string())?;
     let mut options = idemstore::RedisOptions::new(url);
-    if let Some(n) = std::env::var("PEERS_REDIS_CONNECTIONS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("PEERS_REDIS_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         options = options.connections(n);
     }
-    if wait_for_replica {
-        options = options.wait_for_replicas(1, Duration::from_secs(1));
+    match system {
+        System::IdemRedisAlwaysWait1 => {
+            options = options.wait_for_replicas(1, Duration::from_secs(1));
+        }
+        System::IdemRedisAlwaysWaitAof1 => {
+            options = options.wait_for_aof(true, 1, Duration::from_secs(1));
+        }
+        _ => {}
     }
     Store::open_redis_with(options, config).map_err(|e| e.to_string())
 }
@@ -256,7 +270,8 @@ impl BlockingClient for IdemClient {
             return r
                 .complete_with(move |txn| {
                     let body = response.body().to_vec();
-                    txn.open_table(EFFECTS)?.insert(key.as_str(), body.as_slice())?;
+                    txn.open_table(EFFECTS)?
+                        .insert(key.as_str(), body.as_slice())?;
                     Ok::<_, idemstore::redb::Error>(response)
                 })
                 .map(|_| ())
