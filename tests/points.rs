@@ -32,15 +32,22 @@ fn every_engine(test: impl Fn(&Store, &ManualClock, &str)) {
     let clock = ManualClock::new(T0);
     test(&memory_with_lease(&clock), &clock, "memory");
     #[cfg(feature = "redis")]
-    if let Some(server) = crate::redis_support::Server::start() {
-        let clock = ManualClock::new(T0);
-        let cfg = crate::support::config(&clock).lease(LEASE).build().unwrap();
-        let options =
-            idemstore::RedisOptions::new(server.url()).clock(idemstore::RedisClock::Store);
-        let store = Store::open_redis_with(options, cfg).unwrap();
+    if let Some((store, clock, _server)) = redis_with_lease() {
         test(&store, &clock, "redis");
         assert!(store.check().unwrap().is_sound());
     }
+}
+
+/// A store with the tests' lease on a Redis server of its own (which lives as long as the
+/// server handle), when there is one; its own clock decides.
+#[cfg(feature = "redis")]
+fn redis_with_lease() -> Option<(Store, ManualClock, crate::redis_support::Server)> {
+    let server = crate::redis_support::Server::start()?;
+    let clock = ManualClock::new(T0);
+    let cfg = crate::support::config(&clock).lease(LEASE).build().unwrap();
+    let options = idemstore::RedisOptions::new(server.url()).clock(idemstore::RedisClock::Store);
+    let store = Store::open_redis_with(options, cfg).unwrap();
+    Some((store, clock, server))
 }
 
 /// A memory store with the tests' lease.
@@ -713,12 +720,7 @@ mod model {
     /// A store on a Redis server of its own, when there is one.
     #[cfg(feature = "redis")]
     fn redis_engine() -> Option<Engine> {
-        let server = crate::redis_support::Server::start()?;
-        let clock = ManualClock::new(T0);
-        let cfg = crate::support::config(&clock).lease(LEASE).build().unwrap();
-        let options =
-            idemstore::RedisOptions::new(server.url()).clock(idemstore::RedisClock::Store);
-        let store = Store::open_redis_with(options, cfg).unwrap();
+        let (store, clock, server) = super::redis_with_lease()?;
         Some(Engine::Redis {
             store,
             clock,
