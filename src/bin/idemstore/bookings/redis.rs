@@ -5,12 +5,14 @@
 //! `<prefix>bk:{<account>}:b:<uid>` holds the stored booking (JSON), `…:all` the account's
 //! uids (a sorted set, all scores 0, so in uid order), `…:t:<scope>:<key>` the tie of an
 //! idempotency key to the booking it made (`uid`, `fp`, `ex`), expiring with the store's time
-//! to live.
+//! to live, and `…:w:<token>` marks a swap as made, for a while.
 //!
 //! Invariants: a create is one script that looks the tie up and writes the booking, the index
 //! and the tie, so two creates under one key cannot both miss the tie; an update writes only
 //! if the booking is still the version it read (compare and set, retried), so two edits of one
-//! version cannot both succeed.
+//! version cannot both succeed. Every call is safe to send again when its answer is lost: a
+//! create finds its tie or its own booking (its uid is drawn once, before the first send), and
+//! a swap finds its mark.
 
 use std::time::Duration;
 
@@ -20,7 +22,8 @@ use redis::{Client, Connection, Value};
 use super::{Booking, BookingError, KeyedRequest, NewBooking, Stored, edit, new_record, uid_of};
 
 /// Looks the tie up; makes the booking, its index entry and the tie if it finds none that
-/// holds. KEYS: tie, booking, index. ARGV: now, fingerprint (empty without a key), uid,
+/// holds, unless the booking is there already (this create, sent again after its answer was
+/// lost: uids are random, 64 bits). KEYS: tie, booking, index. ARGV: now, fingerprint (empty without a key), uid,
 /// stored booking, tie expiry, the account's booking key prefix, tie lifetime in ms.
 const CREATE: &str = r#"
 if ARGV[2] ~= '' then
@@ -30,6 +33,7 @@ if ARGV[2] ~= '' then
     if b then return {'existing', b} end
   end
 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'new'} end
 redis.call('SET', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
 if ARGV[2] ~= '' then
@@ -40,15 +44,21 @@ end
 return {'new'}
 "#;
 
-/// Writes the booking only if it still holds what was read. KEYS: booking. ARGV: what was
-/// read, what to write. Answers 1 if written.
+/// Writes the booking only if it still holds what was read, and marks the swap as made.
+/// KEYS: booking, this swap's mark. ARGV: what was read, what to write, the mark's lifetime in
+/// ms. Answers 1 if written, now or by an earlier send of this swap (its mark is there).
 const SWAP: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
   return 1
 end
 return 0
 "#;
+
+/// How long a swap's mark lives: far longer than a call's sends and reconnections last.
+const SWAP_MARK_MS: u64 = 600_000;
 
 /// Bookings on a Redis server. Cheap to clone.
 #[derive(Clone)]
@@ -76,17 +86,16 @@ impl RedisBookings {
             prefix: format!("{prefix}bk:"),
         };
         // Fails now, not at the first request, if the server cannot be reached.
-        b.with(true, |c| redis::cmd("PING").query::<String>(c))?;
+        b.with(|c| redis::cmd("PING").query::<String>(c))?;
         Ok(b)
     }
 
     /// Runs `f` on an idle connection (or a new one), which goes back to the pool if it still
     /// works. A broken connection empties the pool (the server may have restarted, breaking
-    /// them all), and `f` runs once more on a new connection if `again` says it is safe to
-    /// repeat: a read, or a create whose tie recognises the first attempt.
+    /// them all), and `f` runs once more on a new connection: every call is safe to repeat
+    /// (see the module documentation).
     fn with<T>(
         &self,
-        again: bool,
         f: impl Fn(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, BookingError> {
         let pooled = self.idle.lock().pop();
@@ -101,9 +110,6 @@ impl RedisBookings {
             }
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
                 self.idle.lock().clear();
-                if !again {
-                    return Err(storage(e));
-                }
                 let mut fresh = self.connect()?;
                 let out = f(&mut fresh).map_err(storage)?;
                 self.idle.lock().push(fresh);
@@ -166,7 +172,7 @@ impl RedisBookings {
             .arg(expires_at)
             .arg(format!("{base}b:"))
             .arg(ttl);
-        let reply: Value = self.with(request.is_some(), |c| cmd.query(c))?;
+        let reply: Value = self.with(|c| cmd.query(c))?;
         match reply {
             Value::Array(items) => match items.as_slice() {
                 [Value::BulkString(tag), Value::BulkString(b)] if tag == b"existing" => {
@@ -182,7 +188,7 @@ impl RedisBookings {
 
     pub(crate) fn list(&self, account: &str) -> Result<Vec<Booking>, BookingError> {
         let base = self.account_prefix(account);
-        let uids: Vec<String> = self.with(true, |c| {
+        let uids: Vec<String> = self.with(|c| {
             redis::cmd("ZRANGE")
                 .arg(format!("{base}all"))
                 .arg(0)
@@ -201,7 +207,7 @@ impl RedisBookings {
     /// The booking `uid` of `account` as stored (its bytes, for a compare and set), if any.
     fn read(&self, account: &str, uid: &str) -> Result<Option<(Vec<u8>, Stored)>, BookingError> {
         let key = format!("{}b:{uid}", self.account_prefix(account));
-        let bytes: Option<Vec<u8>> = self.with(true, |c| redis::cmd("GET").arg(&key).query(c))?;
+        let bytes: Option<Vec<u8>> = self.with(|c| redis::cmd("GET").arg(&key).query(c))?;
         match bytes {
             None => Ok(None),
             Some(b) => {
@@ -235,14 +241,20 @@ impl RedisBookings {
             };
             edit(&mut stored, if_match, &f)?;
             let written = serde_json::to_vec(&stored).map_err(storage)?;
-            // Not repeated: a swap whose answer was lost may have been made.
-            let swapped: i64 = self.with(false, |c| {
+            // A fresh mark for each swap: a send of this swap again finds it, another's does
+            // not.
+            let mut token = [0u8; 8];
+            getrandom::fill(&mut token).map_err(storage)?;
+            let mark = format!("{}w:{}", self.account_prefix(account), hex(&token));
+            let swapped: i64 = self.with(|c| {
                 redis::cmd("EVAL")
                     .arg(SWAP)
-                    .arg(1)
+                    .arg(2)
                     .arg(&key)
+                    .arg(&mark)
                     .arg(&read)
                     .arg(&written)
+                    .arg(SWAP_MARK_MS)
                     .query(c)
             })?;
             if swapped == 1 {
