@@ -67,8 +67,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value = "idemstore.redb")]
     pub(crate) db: PathBuf,
     /// Keep the idempotency records and the bookings on this Redis server
-    /// (`redis://host:port`) instead of files (`--db` is then unused), so that several `serve`
-    /// processes are one service. The server must run with `appendonly yes`, `appendfsync
+    /// (`redis://host:port`), or on the Redis Cluster it is a node of, instead of files (`--db`
+    /// is then unused), so that several `serve` processes are one service. The server must run with `appendonly yes`, `appendfsync
     /// always` (`everysec` with `--durability buffered`) and `maxmemory-policy noeviction`.
     #[arg(long, value_name = "URL")]
     pub(crate) redis: Option<String>,

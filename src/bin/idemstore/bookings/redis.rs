@@ -1,5 +1,11 @@
 //! The bookings on the Redis server the store uses (`idemstore serve --redis`), so that every
-//! `serve` process pointed at it shares them.
+//! `serve` process pointed at it shares them. On a Redis Cluster (found at open, as the store
+//! finds it: `INFO cluster`) each call goes to the node that owns its keys' slot, through the
+//! `redis` crate's cluster client, which follows `MOVED` and `ASK` across a reshard. While an
+//! account's slot is being migrated, a call that writes a key the slot does not hold yet (a
+//! create, an edit) is refused by both nodes (`ASK`, then `TRYAGAIN`: Redis runs a call of
+//! several keys there only if they all exist) and fails after the client's re-sends; reads
+//! are served.
 //!
 //! Keys, all of one account in one Cluster slot (the account, hex-encoded, is the hash tag):
 //! `<prefix>bk:{<account>}:b:<uid>` holds the stored booking (JSON), `…:all` the account's
@@ -10,14 +16,17 @@
 //! Invariants: a create is one script that looks the tie up and writes the booking, the index
 //! and the tie, so two creates under one key cannot both miss the tie; an update writes only
 //! if the booking is still the version it read (compare and set, retried), so two edits of one
-//! version cannot both succeed. Every call is safe to send again when its answer is lost: a
-//! create finds its tie or its own booking (its uid is drawn once, before the first send), and
-//! a swap finds its mark.
+//! //! version cannot both succeed. A call's keys all share one slot, so the cluster client, which
+//! routes a script by its first key, sends it where all of them live. Every call is safe to
+//! send again when its answer is lost (the cluster client re-sends by itself after a broken
+//! connection): a create finds its tie or its own booking (its uid is drawn once, before the
+//! first send), and a swap finds its mark.
 
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use redis::{Client, Connection, Value};
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{Client, Connection, ConnectionLike, Value};
 
 use super::{Booking, BookingError, KeyedRequest, NewBooking, Stored, edit, new_record, uid_of};
 
@@ -60,13 +69,45 @@ return 0
 /// How long a swap's mark lives: far longer than a call's sends and reconnections last.
 const SWAP_MARK_MS: u64 = 600_000;
 
-/// Bookings on a Redis server. Cheap to clone.
+/// How long a connection, a read and a write may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bookings on a Redis server or Cluster. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct RedisBookings {
-    client: Client,
+    source: Source,
     /// Idle connections, reused by the next call.
-    idle: std::sync::Arc<Mutex<Vec<Connection>>>,
+    idle: std::sync::Arc<Mutex<Vec<Conn>>>,
     prefix: String,
+}
+
+/// Where connections come from.
+#[derive(Clone)]
+enum Source {
+    Server(Client),
+    /// Shared: the client holds the Cluster's settings, hundreds of bytes.
+    Cluster(std::sync::Arc<ClusterClient>),
+}
+
+/// A connection to a server, or a set of them (one a node) to a Cluster.
+enum Conn {
+    Server(Connection),
+    /// Boxed: it holds a connection per node and the slot map.
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Conn {
+    fn like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::Server(c) => c,
+            Conn::Cluster(c) => c.as_mut(),
+        }
+    }
+}
+
+/// Whether `INFO cluster`'s answer says the server is a Cluster node.
+fn cluster_enabled(info: &str) -> bool {
+    info.lines().any(|l| l.trim() == "cluster_enabled:1")
 }
 
 fn storage(e: impl std::fmt::Display) -> BookingError {
@@ -78,16 +119,38 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl RedisBookings {
+    /// The bookings on the server at `url`, or on the Cluster it is a node of.
     pub(crate) fn open(url: &str, prefix: &str) -> Result<RedisBookings, BookingError> {
         let client = Client::open(url).map_err(storage)?;
-        let b = RedisBookings {
-            client,
-            idle: Default::default(),
-            prefix: format!("{prefix}bk:"),
-        };
         // Fails now, not at the first request, if the server cannot be reached.
-        b.with(|c| redis::cmd("PING").query::<String>(c))?;
-        Ok(b)
+        let mut first = server_connection(&client)?;
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query(&mut first)
+            .map_err(storage)?;
+        let (source, first) = if cluster_enabled(&info) {
+            // The client's default waits between re-sends grow to minutes; these keep a call
+            // that meets `TRYAGAIN` or `CLUSTERDOWN` to about three seconds of waiting.
+            let cluster = ClusterClient::builder([url])
+                .connection_timeout(IO_TIMEOUT)
+                .response_timeout(IO_TIMEOUT)
+                .retries(10)
+                .min_retry_wait(10)
+                .max_retry_wait(500)
+                .retry_wait_formula(10, 2)
+                .build()
+                .map_err(storage)?;
+            let source = Source::Cluster(std::sync::Arc::new(cluster));
+            let first = connect(&source)?;
+            (source, first)
+        } else {
+            (Source::Server(client), Conn::Server(first))
+        };
+        Ok(RedisBookings {
+            source,
+            idle: std::sync::Arc::new(Mutex::new(vec![first])),
+            prefix: format!("{prefix}bk:"),
+        })
     }
 
     /// Runs `f` on an idle connection (or a new one), which goes back to the pool if it still
@@ -96,37 +159,27 @@ impl RedisBookings {
     /// (see the module documentation).
     fn with<T>(
         &self,
-        f: impl Fn(&mut Connection) -> redis::RedisResult<T>,
+        f: impl Fn(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, BookingError> {
         let pooled = self.idle.lock().pop();
         let mut conn = match pooled {
             Some(c) => c,
-            None => self.connect()?,
+            None => connect(&self.source)?,
         };
-        match f(&mut conn) {
+        match f(conn.like()) {
             Ok(out) => {
                 self.idle.lock().push(conn);
                 Ok(out)
             }
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
                 self.idle.lock().clear();
-                let mut fresh = self.connect()?;
-                let out = f(&mut fresh).map_err(storage)?;
+                let mut fresh = connect(&self.source)?;
+                let out = f(fresh.like()).map_err(storage)?;
                 self.idle.lock().push(fresh);
                 Ok(out)
             }
             Err(e) => Err(storage(e)),
         }
-    }
-
-    fn connect(&self) -> Result<Connection, BookingError> {
-        let c = self
-            .client
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .map_err(storage)?;
-        c.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(storage)?;
-        Ok(c)
     }
 
     fn account_prefix(&self, account: &str) -> String {
@@ -265,5 +318,38 @@ impl RedisBookings {
     }
 }
 
+/// A new connection from `source`: to the server, or to each node of the Cluster.
+fn connect(source: &Source) -> Result<Conn, BookingError> {
+    match source {
+        Source::Server(client) => server_connection(client).map(Conn::Server),
+        Source::Cluster(client) => {
+            let c = client.get_connection().map_err(storage)?;
+            c.set_read_timeout(Some(IO_TIMEOUT)).map_err(storage)?;
+            c.set_write_timeout(Some(IO_TIMEOUT)).map_err(storage)?;
+            Ok(Conn::Cluster(Box::new(c)))
+        }
+    }
+}
+
+fn server_connection(client: &Client) -> Result<Connection, BookingError> {
+    let c = client
+        .get_connection_with_timeout(IO_TIMEOUT)
+        .map_err(storage)?;
+    c.set_read_timeout(Some(IO_TIMEOUT)).map_err(storage)?;
+    Ok(c)
+}
+
 /// How many times an update is tried against concurrent changes of the same booking.
 const MAX_SWAPS: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_enabled_reads_info_cluster() {
+        assert!(cluster_enabled("# Cluster\r\ncluster_enabled:1\r\n"));
+        assert!(!cluster_enabled("# Cluster\r\ncluster_enabled:0\r\n"));
+        assert!(!cluster_enabled(""));
+    }
+}
