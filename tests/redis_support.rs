@@ -469,6 +469,59 @@ impl Cluster {
         );
     }
 
+    /// The node whose keys include some in `slot`.
+    pub fn holder_of(&self, slot: u16) -> Option<usize> {
+        let s = slot.to_string();
+        (0..self.ports.len()).find(|&i| {
+            self.cli(i, &["cluster", "countkeysinslot", &s])
+                .trim()
+                .parse::<u64>()
+                .is_ok_and(|n| n > 0)
+        })
+    }
+
+    /// The slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.cli(0, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Starts moving `slot` from node `from` to node `to` as a reshard does: the slot is
+    /// importing on `to` and migrating on `from`, and its keys are moved, so that `from`
+    /// answers `ASK` for them; [`finish_move`](Cluster::finish_move) ends the move.
+    pub fn start_move(&self, slot: u16, from: usize, to: usize) {
+        let s = slot.to_string();
+        let ok = |out: String| assert!(out.contains("OK"), "{out}");
+        ok(self.cli(to, &["cluster", "setslot", &s, "importing", &self.id(from)]));
+        ok(self.cli(from, &["cluster", "setslot", &s, "migrating", &self.id(to)]));
+        let keys = self.cli(from, &["cluster", "getkeysinslot", &s, "1000"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if !keys.is_empty() {
+            let port = self.ports[to].to_string();
+            let mut migrate = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            migrate.extend(keys);
+            ok(self.cli(from, &migrate));
+        }
+    }
+
+    /// Gives `slot` to node `to` on every node (it first), ending a move: the other nodes
+    /// answer `MOVED` for it from then on.
+    pub fn finish_move(&self, slot: u16, to: usize) {
+        let (s, id) = (slot.to_string(), self.id(to));
+        let others = (0..self.ports.len()).filter(|&i| i != to);
+        for node in std::iter::once(to).chain(others) {
+            let out = self.cli(node, &["cluster", "setslot", &s, "node", &id]);
+            assert!(out.contains("OK"), "{out}");
+        }
+    }
+
+    /// Node `i`'s id.
+    fn id(&self, i: usize) -> String {
+        self.cli(i, &["cluster", "myid"]).trim().to_owned()
+    }
+
     /// Waits until every node reports `cluster_state:ok` (a readiness poll; gives up after
     /// 30 s).
     fn wait_until_ok(&self) {

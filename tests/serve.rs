@@ -807,9 +807,24 @@ async fn c1_two_serve_processes_on_one_redis_make_one_booking_per_key() {
     let Some(redis) = crate::redis_support::Server::start() else {
         return;
     };
+    two_serve_processes_storm(&redis.url()).await;
+}
+
+/// The storm above on a three-node Redis Cluster: the bookings' calls go to the node that owns
+/// their account's slot, from both processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_two_serve_processes_on_a_redis_cluster_make_one_booking_per_key() {
+    let Some(cluster) = crate::redis_support::Cluster::start() else {
+        return;
+    };
+    two_serve_processes_storm(&cluster.url()).await;
+}
+
+/// Two `serve --redis url` processes; same-key creates alternating between them: one booking
+/// per key, replayed by both.
+async fn two_serve_processes_storm(url: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let url = redis.url();
-    let args = ["--redis", url.as_str(), "--handler-delay-ms", "100"];
+    let args = ["--redis", url, "--handler-delay-ms", "100"];
     let servers = [
         serve(&dir.path().join("a.redb"), &args),
         serve(&dir.path().join("b.redb"), &args),
@@ -862,6 +877,104 @@ async fn c1_two_serve_processes_on_one_redis_make_one_booking_per_key() {
             .unwrap();
         assert_eq!(list.json()["data"].as_array().unwrap().len(), KEYS);
     }
+}
+
+/// `serve` on a Redis Cluster: bookings made, listed and read, and the story of `If-Match` and
+/// `Idempotency-Key` together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_a_redis_cluster_creates_lists_and_gets_bookings() {
+    let Some(cluster) = crate::redis_support::Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    let server = serve(&dir.path().join("x.redb"), &["--redis", url.as_str()]);
+    let made = create_three(server.addr, "made").await;
+    assert_eq!(uids(server.addr).await, made, "oldest uid first");
+    for uid in &made {
+        let shown = send(
+            server.addr,
+            booking("GET", &format!("/v1/bookings/{uid}"), None, ""),
+        )
+        .await
+        .unwrap();
+        assert_eq!(shown.status, StatusCode::OK, "{}", shown.text());
+        assert_eq!(shown.json()["data"]["uid"].as_str(), Some(uid.as_str()));
+    }
+    if_match_and_key_story(server.addr).await;
+}
+
+/// Three bookings under keys `<prefix>-0..2`; their uids, sorted.
+async fn create_three(addr: SocketAddr, prefix: &str) -> Vec<String> {
+    let mut made = Vec::new();
+    for i in 0..3 {
+        let key = format!("{prefix}-{i}");
+        let created = send(addr, booking("POST", "/v1/bookings", Some(&key), BODY))
+            .await
+            .unwrap();
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+        made.push(created.json()["data"]["uid"].as_str().unwrap().to_owned());
+    }
+    made.sort();
+    made
+}
+
+/// The bookings' slot moves to another node while `serve` runs: midway (the old node answers
+/// `ASK`) bookings are read and replayed, and once it is over (`MOVED`) read, made and
+/// replayed as before. (Midway, Redis refuses a create: see `bookings/redis.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_a_redis_cluster_follows_its_bookings_across_a_slot_move() {
+    let Some(cluster) = crate::redis_support::Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    let server = serve(&dir.path().join("x.redb"), &["--redis", url.as_str()]);
+    let mut all = create_three(server.addr, "before").await;
+    // The account's index, found on the node that holds it.
+    let index = (0..cluster.ports.len())
+        .flat_map(|i| {
+            cluster
+                .cli(i, &["--scan", "--pattern", "idem:bk:*:all"])
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .next()
+        .unwrap();
+    let slot = cluster.slot_of(&index);
+    let from = cluster.holder_of(slot).unwrap();
+    let to = (from + 1) % cluster.ports.len();
+    let replay_before = || async {
+        let again = send(
+            server.addr,
+            booking("POST", "/v1/bookings", Some("before-0"), BODY),
+        )
+        .await
+        .unwrap();
+        assert!(again.replayed(), "{}", again.text());
+    };
+
+    cluster.start_move(slot, from, to);
+    assert_eq!(uids(server.addr).await, all, "read through ASK");
+    for uid in &all {
+        let shown = send(
+            server.addr,
+            booking("GET", &format!("/v1/bookings/{uid}"), None, ""),
+        )
+        .await
+        .unwrap();
+        assert_eq!(shown.status, StatusCode::OK, "{}", shown.text());
+    }
+    replay_before().await;
+
+    cluster.finish_move(slot, to);
+    assert_eq!(cluster.holder_of(slot), Some(to));
+    assert_eq!(uids(server.addr).await, all, "read through MOVED");
+    all.extend(create_three(server.addr, "after").await);
+    all.sort();
+    assert_eq!(uids(server.addr).await, all);
+    replay_before().await;
 }
 
 /// The bookings on Redis keep `If-Match`: the story above, and two edits of one version sent
