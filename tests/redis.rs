@@ -886,6 +886,39 @@ fn c10_completions_of_one_batch_share_one_wait() {
     }
 }
 
+/// A wait covers only what its own connection wrote: a completion sent again on a new
+/// connection, after its reply was lost, writes once more, so that its `WAIT` still waits for
+/// the replica (paused here) instead of confirming a write the new connection never made.
+#[test]
+fn c10_a_completion_sent_again_is_not_confirmed_by_a_wait_that_covers_nothing() {
+    let Some((primary, replica)) = Server::replicated(Server::start_with) else {
+        return;
+    };
+    let proxy = LossyProxy::start(primary.socket());
+    let clock = ManualClock::new(T0);
+    let cfg = config(&clock).build().unwrap();
+    let options = RedisOptions::new(proxy.url())
+        .clock(RedisClock::Store)
+        .wait_for_replicas(1, Duration::from_millis(500));
+    let store = Store::open_redis_with(options, cfg).unwrap();
+    let (s, f) = (scope("s"), fp("x"));
+    let r = execute(store.begin(&s, &key("a"), &f).unwrap());
+    assert_eq!(r.complete(resp(201, "a")).unwrap(), Completion::Stored);
+    replica.signal("-STOP");
+    let r = execute(store.begin(&s, &key("b"), &f).unwrap());
+    // The completion runs, its reply is lost with its connection, and it is sent again.
+    proxy.drop_replies.store(1, Ordering::SeqCst);
+    let done = r.complete(resp(201, "b"));
+    replica.signal("-CONT");
+    assert_eq!(proxy.dropped.load(Ordering::SeqCst), 1);
+    match done {
+        Err(CompleteError::Unavailable(Unavailable::OutcomeUnknown { cause })) => {
+            assert!(cause.to_string().contains("0 of 1 replicas"), "{cause}");
+        }
+        other => panic!("confirmed without the replica: {other:?}"),
+    }
+}
+
 /// How many times the server ran `command`, from `INFO commandstats`.
 fn calls_of(server: &Server, command: &str) -> u64 {
     let stats = server.command(&["INFO", "commandstats"]);

@@ -21,11 +21,14 @@
 //!   `at` (claim; left in place by the completion, since only a record in flight reads it),
 //!   `cn` (completion), `rn` (release or purge). A call sent twice, because its
 //!   first reply was lost, finds its own nonce and answers as the first did, without a second
-//!   change;
+//!   change; a completion sent again still writes its nonce once more, so that a `WAIT` or
+//!   `WAITAOF` after it on a new connection covers the completion (a wait covers only what
+//!   its own connection wrote), rather than confirming at once;
 //! - a record with a recovery point is never let go to nothing (P3): a release, or a
 //!   completion whose status is not kept, leaves it in flight with its point, its lease ended
 //!   (`ld` 0) and the next token, so the next claim of the same request takes it over at once
-//!   and inherits the point (P2), and the holder that let it go is fenced; a completion
+//!   and inherits the point (P2), and the holder that let it go is fenced (its claim's nonce
+//!   goes too, so that no re-sent claim can answer with the kept record's token); a completion
 //!   removes the point;
 //! - a fencing token is `max(last token of the key + 1, now * 1024)`: strictly increasing for
 //!   the key while its hash or tombstone lives, and above every earlier one after that as long
@@ -68,6 +71,7 @@ local function uncount(s, r)
 end
 local function keep_point(r, token, nonce)
   redis.call('HSET', r, 'tk', int(token + 1), 'ld', '0', 'rn', nonce)
+  redis.call('HDEL', r, 'at')
 end
 local function refuse(st, tk, token)
   if (st == 'f' or st == 'c') and tonumber(tk) > token then return {'fenced', tk} end
@@ -122,8 +126,14 @@ const COMPLETE: &str = r#"
 local now = clock(ARGV[1])
 local token, ttl, grace, nonce = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local h = redis.call('HMGET', r, 'st', 'tk', 'cn', 'rn', 'fp', 'ex', 'pt')
-if h[1] == 'c' and h[3] == nonce then return {'stored', h[5], h[6], int(now)} end
-if h[4] == nonce then return {'released'} end
+if h[1] == 'c' and h[3] == nonce then
+  redis.call('HSET', r, 'cn', nonce)
+  return {'stored', h[5], h[6], int(now)}
+end
+if h[4] == nonce then
+  redis.call('HSET', r, 'rn', nonce)
+  return {'released'}
+end
 if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
 if ARGV[3] == '0' then
   if h[7] then
