@@ -919,6 +919,59 @@ fn c10_a_completion_sent_again_is_not_confirmed_by_a_wait_that_covers_nothing() 
     }
 }
 
+/// A panic on a lane's own thread (here, an async caller's waker that panics when the answer
+/// wakes it) poisons the store and ends every call queued behind it, rather than leaving them
+/// waiting for a lane that is gone.
+#[test]
+fn a_panic_on_a_lanes_thread_poisons_the_store_and_leaves_no_call_waiting() {
+    use std::future::Future;
+    use std::task::{Context, Wake, Waker};
+
+    struct Panics;
+    impl Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            panic!("a waker that panics");
+        }
+    }
+
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = on(&server.url(), &clock);
+    let s = scope("s");
+    server.signal("-STOP");
+    let (k, x) = (key("a"), fp("x"));
+    let mut fut = Box::pin(store.begin_async(&s, &k, &x));
+    let waker = Waker::from(Arc::new(Panics));
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    server.signal("-CONT");
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let store = store.clone();
+        let s = s.clone();
+        std::thread::spawn(move || {
+            // Until the lane breaks, a call may still be answered.
+            loop {
+                match store.begin(&s, &key("b"), &fp("x")) {
+                    Err(e) => return tx.send(e.to_string()).unwrap(),
+                    Ok(b) => drop(b),
+                }
+            }
+        });
+    }
+    // The minute's watchdog only keeps a hang from hanging the run.
+    let error = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a call waited for a lane that is gone");
+    assert!(error.contains("panicked"), "{error}");
+    drop(fut);
+}
+
 /// How many times the server ran `command`, from `INFO commandstats`.
 fn calls_of(server: &Server, command: &str) -> u64 {
     let stats = server.command(&["INFO", "commandstats"]);

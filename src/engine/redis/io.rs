@@ -7,7 +7,8 @@
 //! every call that is queued, sends them in one write per server node, reads the replies in
 //! order and hands each to its caller's reply slot: a batch a round trip, so 64 concurrent
 //! callers cost about one round trip each, not 64. A blocking caller that finds its lane idle
-//! sends the batch itself and reads its own answer, with no thread woken on either side (on
+//! sends the calls in front of the queue that one round trip answers (no wait for replicas,
+//! no walk) itself and reads its own answer, with no thread woken on either side (on
 //! this 2-vCPU machine each hand-off cost tens of microseconds, a fifth of a flow); an async
 //! caller never blocks its executor, so its first poll wakes the lane's own thread instead,
 //! which also takes whatever a caller leaves queued when it hands the link back. A link has
@@ -27,7 +28,8 @@
 //! - every call is answered exactly once: with the server's reply, `NotSent` (nothing left
 //!   this process before its deadline) or `NoReply` (sent, unanswered by its deadline); a call
 //!   queued after the engine stopped is dropped, and its caller hears the store's state; a
-//!   panic while a caller's thread holds a link poisons the store and drops what is queued.
+//!   panic while any thread holds a link poisons the store, breaks the lane and drops what is
+//!   queued.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -145,14 +147,24 @@ impl Lane {
     }
 
     /// Takes the link and the next batch when the link is idle and work is queued: calls up
-    /// to `MAX_BATCH`, ending at the first exclusive job.
-    fn take(st: &mut LaneState) -> Option<(Link, Vec<Job>)> {
-        if st.jobs.is_empty() || st.link.is_none() {
-            return None;
+    /// to `MAX_BATCH`, ending at the first exclusive job. For a caller's thread
+    /// (`caller`), only the calls in front that need neither a wait nor a walk: a caller
+    /// sends what one round trip answers, and leaves the rest to the lane's thread.
+    fn take(st: &mut LaneState, caller: bool) -> Option<(Link, Vec<Job>)> {
+        let quick = |job: &Job| matches!(job, Job::Call(call) if call.then.is_none());
+        match st.jobs.front() {
+            None => return None,
+            Some(job) if caller && !quick(job) => return None,
+            Some(_) => {}
         }
         let link = st.link.take()?;
         let mut batch = Vec::new();
         while batch.len() < MAX_BATCH {
+            match st.jobs.front() {
+                Some(job) if caller && !quick(job) => break,
+                Some(_) => {}
+                None => break,
+            }
             let Some(job) = st.jobs.pop_front() else {
                 break;
             };
@@ -163,6 +175,20 @@ impl Lane {
             }
         }
         Some((link, batch))
+    }
+
+    /// After a panic while a batch was sent: poisons the store, breaks the lane and drops
+    /// what is queued (their callers hear the poisoned store), waking the lane's thread so
+    /// that it can end.
+    fn break_down(&self, mut st: MutexGuard<'_, LaneState>, text: &str) {
+        self.shared.poison_flag().set(Arc::new(Message(format!(
+            "a thread panicked sending calls to the server: {text}"
+        ))));
+        st.broken = true;
+        let jobs = std::mem::take(&mut st.jobs);
+        drop(st);
+        drop(jobs);
+        self.work.notify_one();
     }
 
     /// Sends a batch, in order; exclusive jobs run once the calls before them are answered.
@@ -183,13 +209,24 @@ impl Lane {
     /// The lane's thread: batches of what is queued, until the lane stops and its queue is
     /// empty.
     fn run(&self) {
-        // A panic below poisons the store before the replies it drops are read.
+        // A panic outside a batch poisons the store too.
         let _dart = PoisonDart(self.shared.poison_flag());
         let mut st = self.state.lock();
         loop {
-            if let Some((mut link, batch)) = Lane::take(&mut st) {
-                MutexGuard::unlocked(&mut st, || Lane::run_batch(&mut link, batch));
-                st.link = Some(link);
+            if let Some((mut link, batch)) = Lane::take(&mut st, false) {
+                let ran = MutexGuard::unlocked(&mut st, || {
+                    crate::poison::catch(move || {
+                        Lane::run_batch(&mut link, batch);
+                        link
+                    })
+                });
+                match ran {
+                    Ok(link) => st.link = Some(link),
+                    Err(text) => {
+                        self.break_down(st, &text);
+                        st = self.state.lock();
+                    }
+                }
                 continue;
             }
             if st.stopping && st.jobs.is_empty() && (st.link.is_some() || st.broken) {
@@ -204,15 +241,21 @@ impl Drive for Lane {
     /// Sends the next batch on the calling thread, if the link is idle. A panic there poisons
     /// the store and breaks the lane, rather than reaching the caller.
     fn turn(&self) -> bool {
-        let Some((mut link, batch)) = Lane::take(&mut self.state.lock()) else {
+        let mut st = self.state.lock();
+        let Some((mut link, batch)) = Lane::take(&mut st, true) else {
+            // What a caller does not send (a wait, a walk) is the lane's thread's.
+            if st.link.is_some() && !st.jobs.is_empty() {
+                self.work.notify_one();
+            }
             return false;
         };
-        DRIVING.with(|d| d.set(true));
+        drop(st);
+        let outer = DRIVING.with(|d| d.replace(true));
         let ran = crate::poison::catch(move || {
             Lane::run_batch(&mut link, batch);
             link
         });
-        DRIVING.with(|d| d.set(false));
+        DRIVING.with(|d| d.set(outer));
         let mut st = self.state.lock();
         match ran {
             Ok(link) => {
@@ -221,17 +264,7 @@ impl Drive for Lane {
                     self.work.notify_one();
                 }
             }
-            Err(text) => {
-                self.shared.poison_flag().set(Arc::new(Message(format!(
-                    "a thread panicked sending calls to the server: {text}"
-                ))));
-                st.broken = true;
-                // Dropped unanswered: their callers hear the poisoned store.
-                let jobs = std::mem::take(&mut st.jobs);
-                drop(st);
-                drop(jobs);
-                self.work.notify_one();
-            }
+            Err(text) => self.break_down(st, &text),
         }
         true
     }
