@@ -756,7 +756,16 @@ impl Engine for RedisEngine {
             })?;
             for (count, live) in counts {
                 let counted: std::collections::BTreeSet<Vec<u8>> =
-                    view.counted(link, &count, now)?.into_iter().collect();
+                    match view.counted(link, &count, now) {
+                        Ok(members) => members.into_iter().collect(),
+                        // Another program's key under the prefix: a problem, not the end.
+                        Err(e) => {
+                            if report.problems.len() < MAX_PROBLEMS {
+                                report.problems.push(format!("{count}: {e}"));
+                            }
+                            continue;
+                        }
+                    };
                 let tag = |m: &Vec<u8>| String::from_utf8_lossy(m).into_owned();
                 let missing = live
                     .difference(&counted)
