@@ -39,6 +39,17 @@ fn on_uncached(url: &str, clock: &ManualClock) -> Store {
     Store::open_redis_with(options, cfg).unwrap()
 }
 
+/// A server, and a store on it (see [`on`]) that has completed one record, so that its
+/// functions are loaded and its connection is up.
+fn server_with_a_record() -> Option<(Server, Store)> {
+    let server = Server::start()?;
+    let store = on(&server.url(), &ManualClock::new(T0));
+    execute(store.begin(&scope("s"), &key("warm"), &fp("x")).unwrap())
+        .complete(resp(200, "ok"))
+        .unwrap();
+    Some((server, store))
+}
+
 fn execute(b: Begin) -> idemstore::Reservation {
     match b {
         Begin::Execute(r) => r,
@@ -399,14 +410,9 @@ fn an_async_poll_never_waits_on_the_server() {
     use std::future::Future;
     use std::task::{Context, Waker};
 
-    let Some(server) = Server::start() else {
+    let Some((server, store)) = server_with_a_record() else {
         return;
     };
-    let clock = ManualClock::new(T0);
-    let store = on(&server.url(), &clock);
-    execute(store.begin(&scope("s"), &key("warm"), &fp("x")).unwrap())
-        .complete(resp(200, "ok"))
-        .unwrap();
     server.signal("-STOP");
     let s = scope("s");
     let k = key("paused");
@@ -597,14 +603,9 @@ fn a_purge_on_another_machine_reaches_this_cache_only_at_expiry() {
 
 #[test]
 fn functions_lost_by_the_server_are_loaded_again() {
-    let Some(server) = Server::start() else {
+    let Some((server, store)) = server_with_a_record() else {
         return;
     };
-    let clock = ManualClock::new(T0);
-    let store = on(&server.url(), &clock);
-    execute(store.begin(&scope("s"), &key("a"), &fp("x")).unwrap())
-        .complete(resp(200, "a"))
-        .unwrap();
     // An operator flushes the functions (or a new node joins without them): the next call is
     // refused with "Function not found", and the store loads the library and sends it again.
     assert!(server.command(&["FUNCTION", "FLUSH"]).starts_with("+OK"));
@@ -819,17 +820,21 @@ fn o1_a_read_only_open_writes_nothing_and_refuses_changes() {
     assert_eq!(writes(&server), before, "the read-only store wrote nothing");
 }
 
+/// A store on `url` whose completions wait up to `wait` for one replica, on its own clock.
+fn waiting_for_a_replica(url: &str, wait: Duration) -> Store {
+    let cfg = config(&ManualClock::new(T0)).build().unwrap();
+    let options = RedisOptions::new(url)
+        .clock(RedisClock::Store)
+        .wait_for_replicas(1, wait);
+    Store::open_redis_with(options, cfg).unwrap()
+}
+
 #[test]
 fn c10_a_completion_waits_for_its_replica_and_says_when_it_did_not_arrive() {
     let Some((primary, replica)) = Server::replicated(Server::start_with) else {
         return;
     };
-    let clock = ManualClock::new(T0);
-    let cfg = config(&clock).build().unwrap();
-    let options = RedisOptions::new(primary.url())
-        .clock(RedisClock::Store)
-        .wait_for_replicas(1, Duration::from_secs(1));
-    let store = Store::open_redis_with(options, cfg).unwrap();
+    let store = waiting_for_a_replica(&primary.url(), Duration::from_secs(1));
     let (s, f) = (scope("s"), fp("x"));
     let r = execute(store.begin(&s, &key("a"), &f).unwrap());
     assert_eq!(r.complete(resp(201, "a")).unwrap(), Completion::Stored);
@@ -862,12 +867,7 @@ fn c10_completions_of_one_batch_share_one_wait() {
     let Some((primary, _replica)) = Server::replicated(Server::start_with) else {
         return;
     };
-    let clock = ManualClock::new(T0);
-    let cfg = config(&clock).build().unwrap();
-    let options = RedisOptions::new(primary.url())
-        .clock(RedisClock::Store)
-        .wait_for_replicas(1, Duration::from_secs(5));
-    let store = Store::open_redis_with(options, cfg).unwrap();
+    let store = waiting_for_a_replica(&primary.url(), Duration::from_secs(5));
     let s = scope("s");
     let held: Vec<_> = (0..10)
         .map(|i| execute(store.begin(&s, &key(&format!("k{i}")), &fp("x")).unwrap()))
@@ -886,24 +886,18 @@ fn c10_completions_of_one_batch_share_one_wait() {
     }
 }
 
-/// A wait covers only what its own connection wrote: a completion sent again on a new
-/// connection, after its reply was lost, writes once more, so that its `WAIT` still waits for
-/// the replica (paused here) instead of confirming a write the new connection never made.
+/// A completion sent again on a new connection, after its reply was lost, is confirmed only
+/// once the replica (paused here) has it: the wait after the re-sent call must cover the
+/// completion, which the re-sent call writes once more so as not to depend on how the server
+/// counts a new connection's writes.
 #[test]
 fn c10_a_completion_sent_again_is_not_confirmed_by_a_wait_that_covers_nothing() {
     let Some((primary, replica)) = Server::replicated(Server::start_with) else {
         return;
     };
     let proxy = LossyProxy::start(primary.socket());
-    let clock = ManualClock::new(T0);
-    let cfg = config(&clock).build().unwrap();
-    let options = RedisOptions::new(proxy.url())
-        .clock(RedisClock::Store)
-        .wait_for_replicas(1, Duration::from_millis(500));
-    let store = Store::open_redis_with(options, cfg).unwrap();
+    let store = waiting_for_a_replica(&proxy.url(), Duration::from_secs(1));
     let (s, f) = (scope("s"), fp("x"));
-    let r = execute(store.begin(&s, &key("a"), &f).unwrap());
-    assert_eq!(r.complete(resp(201, "a")).unwrap(), Completion::Stored);
     replica.signal("-STOP");
     let r = execute(store.begin(&s, &key("b"), &f).unwrap());
     // The completion runs, its reply is lost with its connection, and it is sent again.

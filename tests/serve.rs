@@ -891,9 +891,16 @@ async fn serve_on_a_redis_cluster_creates_lists_and_gets_bookings() {
     let server = serve(&dir.path().join("x.redb"), &["--redis", url.as_str()]);
     let made = create_three(server.addr, "made").await;
     assert_eq!(uids(server.addr).await, made, "oldest uid first");
-    for uid in &made {
+    shows_each(server.addr, &made).await;
+    if_match_and_key_story(server.addr).await;
+}
+
+/// Three bookings under keys `<prefix>-0..2`; their uids, sorted.
+/// Every booking of `uids` is shown by `GET`, under its own uid.
+async fn shows_each(addr: SocketAddr, uids: &[String]) {
+    for uid in uids {
         let shown = send(
-            server.addr,
+            addr,
             booking("GET", &format!("/v1/bookings/{uid}"), None, ""),
         )
         .await
@@ -901,10 +908,8 @@ async fn serve_on_a_redis_cluster_creates_lists_and_gets_bookings() {
         assert_eq!(shown.status, StatusCode::OK, "{}", shown.text());
         assert_eq!(shown.json()["data"]["uid"].as_str(), Some(uid.as_str()));
     }
-    if_match_and_key_story(server.addr).await;
 }
 
-/// Three bookings under keys `<prefix>-0..2`; their uids, sorted.
 async fn create_three(addr: SocketAddr, prefix: &str) -> Vec<String> {
     let mut made = Vec::new();
     for i in 0..3 {
@@ -957,15 +962,7 @@ async fn serve_on_a_redis_cluster_follows_its_bookings_across_a_slot_move() {
 
     cluster.start_move(slot, from, to);
     assert_eq!(uids(server.addr).await, all, "read through ASK");
-    for uid in &all {
-        let shown = send(
-            server.addr,
-            booking("GET", &format!("/v1/bookings/{uid}"), None, ""),
-        )
-        .await
-        .unwrap();
-        assert_eq!(shown.status, StatusCode::OK, "{}", shown.text());
-    }
+    shows_each(server.addr, &all).await;
     replay_before().await;
 
     cluster.finish_move(slot, to);
