@@ -22,8 +22,8 @@
 //!   `cn` (completion), `rn` (release or purge). A call sent twice, because its
 //!   first reply was lost, finds its own nonce and answers as the first did, without a second
 //!   change; a completion sent again still writes its nonce once more, so that a `WAIT` or
-//!   `WAITAOF` after it on a new connection covers the completion (a wait covers only what
-//!   its own connection wrote), rather than confirming at once;
+//!   `WAITAOF` after it on a new connection covers the completion whatever the server counts
+//!   as that connection's writes;
 //! - a record with a recovery point is never let go to nothing (P3): a release, or a
 //!   completion whose status is not kept, leaves it in flight with its point, its lease ended
 //!   (`ld` 0) and the next token, so the next claim of the same request takes it over at once
