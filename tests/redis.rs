@@ -669,13 +669,17 @@ fn kill_loop(
     const WORKERS: usize = 4;
     const KEYS_EACH: usize = 60;
     const KILLS: usize = 30;
+    // Kills that land under load whatever the machine's speed: the workers hold at every
+    // tenth acknowledgement until the killer has killed for it, this many times.
+    const HELD_KILLS: usize = 10;
     let acked = AtomicUsize::new(0);
+    let killed = AtomicUsize::new(0);
     let done = AtomicBool::new(false);
     // Per key: the tokens it executed with, and whether its completion was acknowledged.
     let outcomes = std::thread::scope(|s| {
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| {
-                let (store, clock, acked) = (store.clone(), clock.clone(), &acked);
+                let (store, clock, acked, killed) = (store.clone(), clock.clone(), &acked, &killed);
                 s.spawn(move || {
                     let mut out = Vec::new();
                     for i in 0..KEYS_EACH {
@@ -691,6 +695,15 @@ fn kill_loop(
                                         Ok(Completion::Stored) => {
                                             was_acked = true;
                                             acked.fetch_add(1, Ordering::SeqCst);
+                                            loop {
+                                                let k = killed.load(Ordering::SeqCst);
+                                                if k >= HELD_KILLS
+                                                    || acked.load(Ordering::SeqCst) < (k + 1) * 10
+                                                {
+                                                    break;
+                                                }
+                                                std::thread::yield_now();
+                                            }
                                             break;
                                         }
                                         Ok(other) => panic!("{other:?}"),
@@ -721,14 +734,12 @@ fn kill_loop(
             .collect();
         let killer = s.spawn(|| {
             let mut kills = 0;
-            let mut seen = 0;
             while kills < KILLS && !done.load(Ordering::SeqCst) {
-                // A kill after every few acknowledgements, while the workers run.
-                let now = acked.load(Ordering::SeqCst);
-                if now >= seen + 10 {
-                    seen = now;
+                // A kill after every ten acknowledgements, while the workers run.
+                if acked.load(Ordering::SeqCst) >= (kills + 1) * 10 {
                     server.lock().unwrap().restart();
                     kills += 1;
+                    killed.store(kills, Ordering::SeqCst);
                 } else {
                     std::thread::yield_now();
                 }
