@@ -846,21 +846,30 @@ fn c10_a_completion_waits_for_its_replica_and_says_when_it_did_not_arrive() {
         return;
     };
     let store = waiting_for_a_replica(&primary.url(), Duration::from_secs(1));
+    a_replica_paused_leaves_a_completion_unknown(&store, &replica, "0 of 1 replicas");
+}
+
+/// A completion acknowledged while `replica` runs; with it paused, the next completion is
+/// stored on the primary only and says so (its cause naming `unconfirmed`) instead of
+/// acknowledging, and a retry replays it; with the replica back, completions are
+/// acknowledged again.
+fn a_replica_paused_leaves_a_completion_unknown(
+    store: &Store,
+    replica: &Server,
+    unconfirmed: &str,
+) {
     let (s, f) = (scope("s"), fp("x"));
     let r = execute(store.begin(&s, &key("a"), &f).unwrap());
     assert_eq!(r.complete(resp(201, "a")).unwrap(), Completion::Stored);
-    // The replica stops taking writes: the next completion is stored on the primary only,
-    // and says so instead of acknowledging.
     replica.signal("-STOP");
     let r = execute(store.begin(&s, &key("b"), &f).unwrap());
     match r.complete(resp(201, "b")) {
         Err(CompleteError::Unavailable(Unavailable::OutcomeUnknown { cause })) => {
-            assert!(cause.to_string().contains("0 of 1 replicas"), "{cause}");
+            assert!(cause.to_string().contains(unconfirmed), "{cause}");
         }
         other => panic!("{other:?}"),
     }
     replica.signal("-CONT");
-    // Stored on the primary all the same: a retry replays it.
     assert!(matches!(
         store.begin(&s, &key("b"), &f).unwrap(),
         Begin::Replay(_)
@@ -1077,27 +1086,7 @@ fn c10_waitaof_waits_for_a_replicas_fsync_and_says_when_it_did_not_come() {
         .clock(RedisClock::Store)
         .wait_for_aof(true, 1, Duration::from_secs(1));
     let store = Store::open_redis_with(options, config(&clock).build().unwrap()).unwrap();
-    let (s, f) = (scope("s"), fp("x"));
-    let r = execute(store.begin(&s, &key("a"), &f).unwrap());
-    assert_eq!(r.complete(resp(201, "a")).unwrap(), Completion::Stored);
-    replica.signal("-STOP");
-    let r = execute(store.begin(&s, &key("b"), &f).unwrap());
-    match r.complete(resp(201, "b")) {
-        Err(CompleteError::Unavailable(Unavailable::OutcomeUnknown { cause })) => {
-            assert!(
-                cause.to_string().contains("0 of 1 replicas fsynced"),
-                "{cause}"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
-    replica.signal("-CONT");
-    assert!(matches!(
-        store.begin(&s, &key("b"), &f).unwrap(),
-        Begin::Replay(_)
-    ));
-    let r = execute(store.begin(&s, &key("c"), &f).unwrap());
-    assert_eq!(r.complete(resp(201, "c")).unwrap(), Completion::Stored);
+    a_replica_paused_leaves_a_completion_unknown(&store, &replica, "0 of 1 replicas fsynced");
     assert_eq!(calls_of(&primary, "waitaof"), 3);
 }
 
