@@ -207,6 +207,7 @@ impl<T> Receiver<T> {
 
 impl<T> Receiver<T> {
     /// The receiver runs `driver` (or nudges it) until the reply is in.
+    #[cfg(any(feature = "redis", test))]
     pub(crate) fn drive_with(&self, driver: Weak<dyn Drive>) {
         let _ = self.slot.driver.set(driver);
     }
