@@ -98,7 +98,7 @@ if live(h[1], h[6], now) then
 end
 if s and takeover == '0' then
   redis.call('ZREMRANGEBYSCORE', s, '-inf', int(now))
-  if not redis.call('ZSCORE', s, member(r)) and redis.call('ZCARD', s) >= tonumber(ARGV[9]) then
+  if redis.call('ZCARD', s) >= tonumber(ARGV[9]) and not redis.call('ZSCORE', s, member(r)) then
     return {'scope_full'}
   end
 end
