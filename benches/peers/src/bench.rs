@@ -425,8 +425,11 @@ fn run_cell(
             .unwrap_or_default();
             let client = redis::Client::open(url).map_err(|e| e.to_string())?;
             let clients = rt.block_on(async {
+                // No response timeout: emptying a server that holds a large database takes
+                // longer than the crate's default 500 ms.
+                let admin_config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
                 let mut admin = client
-                    .get_multiplexed_async_connection()
+                    .get_multiplexed_async_connection_with_config(&admin_config)
                     .await
                     .map_err(|e| e.to_string())?;
                 let _: () = redis::cmd("FLUSHALL")
