@@ -895,7 +895,6 @@ async fn serve_on_a_redis_cluster_creates_lists_and_gets_bookings() {
     if_match_and_key_story(server.addr).await;
 }
 
-/// Three bookings under keys `<prefix>-0..2`; their uids, sorted.
 /// Every booking of `uids` is shown by `GET`, under its own uid.
 async fn shows_each(addr: SocketAddr, uids: &[String]) {
     for uid in uids {
@@ -910,6 +909,7 @@ async fn shows_each(addr: SocketAddr, uids: &[String]) {
     }
 }
 
+/// Three bookings under keys `<prefix>-0..2`; their uids, sorted.
 async fn create_three(addr: SocketAddr, prefix: &str) -> Vec<String> {
     let mut made = Vec::new();
     for i in 0..3 {
