@@ -925,8 +925,9 @@ async fn create_three(addr: SocketAddr, prefix: &str) -> Vec<String> {
 }
 
 /// The bookings' slot moves to another node while `serve` runs: midway (the old node answers
-/// `ASK`) bookings are read and replayed, and once it is over (`MOVED`) read, made and
-/// replayed as before. (Midway, Redis refuses a create: see `bookings/redis.rs`.)
+/// `ASK`) bookings are read and replayed, and a create is refused with a `503` that writes
+/// nothing and is not kept (see `bookings/redis.rs`); once the move is over (`MOVED`) that
+/// create's retry makes its booking once, and bookings are read, made and replayed as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_a_redis_cluster_follows_its_bookings_across_a_slot_move() {
     let Some(cluster) = crate::redis_support::Cluster::start() else {
@@ -964,10 +965,50 @@ async fn serve_on_a_redis_cluster_follows_its_bookings_across_a_slot_move() {
     assert_eq!(uids(server.addr).await, all, "read through ASK");
     shows_each(server.addr, &all).await;
     replay_before().await;
+    // A create writes keys the moving slot does not hold yet, which neither node runs midway:
+    // it is refused as unavailable, leaves nothing, and is not kept for its key.
+    let midway = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some("midway"), BODY),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        midway.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        midway.text()
+    );
+    assert_eq!(midway.headers["retry-after"], "1");
+    assert!(!midway.replayed());
+    assert_eq!(
+        uids(server.addr).await,
+        all,
+        "the refused create left nothing"
+    );
 
     cluster.finish_move(slot, to);
     assert_eq!(cluster.holder_of(slot), Some(to));
     assert_eq!(uids(server.addr).await, all, "read through MOVED");
+    // Its retry, once the move is over, makes the booking, once.
+    let retried = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some("midway"), BODY),
+    )
+    .await
+    .unwrap();
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.text());
+    assert!(!retried.replayed());
+    all.push(retried.json()["data"]["uid"].as_str().unwrap().to_owned());
+    let again = send(
+        server.addr,
+        booking("POST", "/v1/bookings", Some("midway"), BODY),
+    )
+    .await
+    .unwrap();
+    assert!(again.replayed(), "{}", again.text());
+    all.sort();
+    assert_eq!(uids(server.addr).await, all);
     all.extend(create_three(server.addr, "after").await);
     all.sort();
     assert_eq!(uids(server.addr).await, all);

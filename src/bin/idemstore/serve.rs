@@ -368,12 +368,20 @@ struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After`, on an answer worth sending again.
+    retry_after: Option<u32>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -382,6 +390,7 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
         status,
         code,
         message: message.into(),
+        retry_after: None,
     }
 }
 
@@ -479,6 +488,16 @@ fn booking_error(e: BookingError) -> ApiError {
             format!("If-Match does not name the current version {current}; read it again"),
         ),
         BookingError::InvalidState(why) => error(StatusCode::CONFLICT, "invalid_state", why),
+        BookingError::Unavailable(why) => {
+            tracing::warn!(%why, "bookings storage unavailable");
+            let mut e = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the bookings storage is unavailable for a moment; send the request again",
+            );
+            e.retry_after = Some(1);
+            e
+        }
         BookingError::Storage(why) => {
             tracing::error!(%why, "bookings storage failed");
             error(

@@ -57,6 +57,10 @@ pub(crate) enum BookingError {
     },
     /// The transition is not allowed from the booking's state.
     InvalidState(String),
+    /// The storage cannot answer for a moment (the Redis server restarting or out of reach,
+    /// a Cluster slot midway through a move): nothing was written, and the call may be sent
+    /// again.
+    Unavailable(String),
     Storage(String),
 }
 
@@ -66,6 +70,7 @@ impl std::fmt::Display for BookingError {
             BookingError::NotFound => f.write_str("no such booking"),
             BookingError::Stale { current } => write!(f, "the current version is {current}"),
             BookingError::InvalidState(why) => f.write_str(why),
+            BookingError::Unavailable(why) => write!(f, "bookings storage unavailable: {why}"),
             BookingError::Storage(why) => write!(f, "bookings storage: {why}"),
         }
     }

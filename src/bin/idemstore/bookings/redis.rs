@@ -4,8 +4,8 @@
 //! `redis` crate's cluster client, which follows `MOVED` and `ASK` across a reshard. While an
 //! account's slot is being migrated, a call that writes a key the slot does not hold yet (a
 //! create, an edit) is refused by both nodes (`ASK`, then `TRYAGAIN`: Redis runs a call of
-//! several keys there only if they all exist) and fails after the client's re-sends; reads
-//! are served.
+//! several keys there only if they all exist) and, after the client's re-sends, fails as
+//! `Unavailable` (a `503` with `Retry-After`), having written nothing; reads are served.
 //!
 //! Keys, all of one account in one Cluster slot (the account, hex-encoded, is the hash tag):
 //! `<prefix>bk:{<account>}:b:<uid>` holds the stored booking (JSON), `…:all` the account's
@@ -114,6 +114,31 @@ fn storage(e: impl std::fmt::Display) -> BookingError {
     BookingError::Storage(e.to_string())
 }
 
+/// A Redis error as a bookings error: `Unavailable` when the same call may succeed once the
+/// server or the Cluster is back in shape (no connection, a timeout, a server loading its
+/// data or read-only after a failover, a slot midway through a move or the Cluster down),
+/// else `Storage`.
+fn redis_error(e: redis::RedisError) -> BookingError {
+    use redis::{ErrorKind, ServerErrorKind};
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
+        );
+    if transient {
+        BookingError::Unavailable(e.to_string())
+    } else {
+        storage(e)
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -174,11 +199,11 @@ impl RedisBookings {
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
                 self.idle.lock().clear();
                 let mut fresh = connect(&self.source)?;
-                let out = f(fresh.like()).map_err(storage)?;
+                let out = f(fresh.like()).map_err(redis_error)?;
                 self.idle.lock().push(fresh);
                 Ok(out)
             }
-            Err(e) => Err(storage(e)),
+            Err(e) => Err(redis_error(e)),
         }
     }
 
@@ -323,9 +348,9 @@ fn connect(source: &Source) -> Result<Conn, BookingError> {
     match source {
         Source::Server(client) => server_connection(client).map(Conn::Server),
         Source::Cluster(client) => {
-            let c = client.get_connection().map_err(storage)?;
-            c.set_read_timeout(Some(IO_TIMEOUT)).map_err(storage)?;
-            c.set_write_timeout(Some(IO_TIMEOUT)).map_err(storage)?;
+            let c = client.get_connection().map_err(redis_error)?;
+            c.set_read_timeout(Some(IO_TIMEOUT)).map_err(redis_error)?;
+            c.set_write_timeout(Some(IO_TIMEOUT)).map_err(redis_error)?;
             Ok(Conn::Cluster(Box::new(c)))
         }
     }
@@ -334,8 +359,8 @@ fn connect(source: &Source) -> Result<Conn, BookingError> {
 fn server_connection(client: &Client) -> Result<Connection, BookingError> {
     let c = client
         .get_connection_with_timeout(IO_TIMEOUT)
-        .map_err(storage)?;
-    c.set_read_timeout(Some(IO_TIMEOUT)).map_err(storage)?;
+        .map_err(redis_error)?;
+    c.set_read_timeout(Some(IO_TIMEOUT)).map_err(redis_error)?;
     Ok(c)
 }
 
@@ -351,5 +376,39 @@ mod tests {
         assert!(cluster_enabled("# Cluster\r\ncluster_enabled:1\r\n"));
         assert!(!cluster_enabled("# Cluster\r\ncluster_enabled:0\r\n"));
         assert!(!cluster_enabled(""));
+    }
+
+    #[test]
+    fn a_call_worth_sending_again_is_unavailable_and_a_refused_one_is_a_storage_error() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        let server = |kind: ServerErrorKind| RedisError::from((ErrorKind::Server(kind), "x"));
+        let again = [
+            server(ServerErrorKind::TryAgain),
+            server(ServerErrorKind::Ask),
+            server(ServerErrorKind::ClusterDown),
+            server(ServerErrorKind::BusyLoading),
+            server(ServerErrorKind::ReadOnly),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        ];
+        for e in again {
+            let shown = e.to_string();
+            assert!(
+                matches!(redis_error(e), BookingError::Unavailable(_)),
+                "{shown}"
+            );
+        }
+        let refused = [
+            server(ServerErrorKind::ResponseError),
+            server(ServerErrorKind::NoPerm),
+            RedisError::from((ErrorKind::UnexpectedReturnType, "x")),
+        ];
+        for e in refused {
+            let shown = e.to_string();
+            assert!(
+                matches!(redis_error(e), BookingError::Storage(_)),
+                "{shown}"
+            );
+        }
     }
 }
