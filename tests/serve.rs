@@ -1096,7 +1096,8 @@ async fn serve_on_redis_refuses_an_unsafe_server_unless_trusted() {
 }
 
 /// With its Redis server gone, `serve --redis` fails closed: `503 idempotency_unavailable`
-/// once the store's deadline passes, nothing run; and it serves again once the server is back.
+/// once the store's deadline passes, nothing run, and a read answers `503 unavailable`; it
+/// serves again once the server is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_redis_fails_closed_while_the_server_is_down() {
     let Some(mut redis) = crate::redis_support::Server::start() else {
@@ -1126,6 +1127,19 @@ async fn serve_on_redis_fails_closed_while_the_server_is_down() {
         down.text()
     );
     assert_eq!(down.code(), "idempotency_unavailable");
+    // A read is not guarded, so the bookings answer it themselves: unavailable, to be sent
+    // again, not an internal error.
+    let read = send(server.addr, booking("GET", "/v1/bookings", None, ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        read.text()
+    );
+    assert_eq!(read.code(), "unavailable");
+    assert_eq!(read.headers["retry-after"], "1");
     redis.restart();
     let again = send(
         server.addr,
