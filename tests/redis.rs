@@ -601,6 +601,60 @@ fn a_purge_on_another_machine_reaches_this_cache_only_at_expiry() {
     drop(execute(cached.begin(&s, &k, &fp("x")).unwrap()));
 }
 
+/// Runs `f` on a new thread and returns once that thread sleeps in the kernel (`S` in its
+/// `/proc` status): with the server stopped, a call sleeps there once it has been sent, or
+/// queued behind a call that has.
+fn spawn_until_asleep<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        tx.send(std::fs::read_link("/proc/thread-self").unwrap())
+            .unwrap();
+        f()
+    });
+    let stat = std::path::Path::new("/proc")
+        .join(rx.recv().unwrap())
+        .join("stat");
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&stat).unwrap();
+        // The state follows the command name, which is in parentheses.
+        let state = text.rsplit(')').next().unwrap().trim_start().chars().next();
+        if state == Some('S') {
+            return handle;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the call never waited"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// A purge through a store queued behind that store's own completion of the key, which is on
+/// the wire (the server stopped): the completion is answered first and keeps its record in the
+/// cache, and the purge, answered after it, must leave no copy behind, so the key runs again.
+#[test]
+fn a_purge_behind_a_completion_on_the_wire_leaves_no_copy_in_the_cache() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = on(&server.url(), &clock);
+    let (s, k) = (scope("s"), key("k"));
+    let held = execute(store.begin(&s, &k, &fp("x")).unwrap());
+    server.signal("-STOP");
+    let completing = spawn_until_asleep(move || held.complete(resp(201, "first")));
+    let st = store.clone();
+    let purging = spawn_until_asleep(move || st.purge(&scope("s"), &key("k")));
+    server.signal("-CONT");
+    assert_eq!(completing.join().unwrap().unwrap(), Completion::Stored);
+    assert!(purging.join().unwrap().unwrap());
+    assert!(store.get(&s, &k).unwrap().is_none());
+    drop(execute(store.begin(&s, &k, &fp("x")).unwrap()));
+}
+
 #[test]
 fn functions_lost_by_the_server_are_loaded_again() {
     let Some((server, store)) = server_with_a_record() else {

@@ -13,9 +13,10 @@
 //!   moment the call that learned of it was sent (before the server read its time), so skew
 //!   between the machine and the server does not stretch it; on the store's clock it is the
 //!   record's expiry itself, read from that clock as the scripts do;
-//! - a purge made through this store removes the entry before it is sent. A purge made by
-//!   another machine does not reach this cache: this machine may replay the purged response
-//!   until the entry's deadline (see `docs/distributed.md`);
+//! - a purge made through this store removes the entry before it is sent and again when it
+//!   is answered, after every call of the key sent before it, which may have put the record
+//!   back. A purge made by another machine does not reach this cache: this machine may replay
+//!   the purged response until the entry's deadline (see `docs/distributed.md`);
 //! - the entries of a shard hold at most a shard's share of the byte budget; the map and the
 //!   shard are chosen by the secret-seeded hash (`seeded.rs`), so a client cannot crowd one.
 

@@ -600,16 +600,23 @@ impl Engine for RedisEngine {
 
     fn purge(&self, hash: KeyHash, scope: &Scope) -> Answer<bool, Unavailable> {
         self.cache.remove(&hash);
+        // Again once answered: the calls of the key sent before the purge are answered before
+        // it (a lane answers in order), and a replay or a completion among them puts the
+        // record it learned of back into the cache.
+        let cache = Arc::clone(&self.cache);
         let mut cmd = self.fcall(Script::Purge, &hash, scope);
         cmd.arg(self.grace_ms()).arg(self.nonce());
-        self.call(cmd, move |shared, v| match v {
-            Value::Int(n) => {
-                if n == 1 {
-                    shared.waiters.wake(&hash);
+        self.call(cmd, move |shared, v| {
+            cache.remove(&hash);
+            match v {
+                Value::Int(n) => {
+                    if n == 1 {
+                        shared.waiters.wake(&hash);
+                    }
+                    Ok(n == 1)
                 }
-                Ok(n == 1)
+                other => Err(record::malformed("a purge", &other)),
             }
-            other => Err(record::malformed("a purge", &other)),
         })
     }
 
