@@ -286,6 +286,70 @@ fn calls_whose_replies_are_lost_are_applied_once() {
     assert_eq!(store.stats().executes, 20);
 }
 
+/// A call the server applied, whose reply was lost, and which the server refuses when it is
+/// sent again (here `NOREPLICAS`; after a restart `LOADING`, after a failover `READONLY`): its
+/// caller hears that the outcome is unknown, not a refusal that says nothing was applied.
+#[test]
+fn a_call_refused_when_sent_again_after_its_reply_was_lost_has_an_unknown_outcome() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let server = Arc::new(server);
+    let proxy = LossyProxy::start(server.socket());
+    let refuse = |on: bool| {
+        let n = if on { "1" } else { "0" };
+        let out = server.command(&["CONFIG", "SET", "min-replicas-to-write", n]);
+        assert!(out.contains("OK"), "{out}");
+    };
+    let srv = Arc::clone(&server);
+    *proxy.on_drop.lock().unwrap() = Some(Box::new(move || {
+        let out = srv.command(&["CONFIG", "SET", "min-replicas-to-write", "1"]);
+        assert!(out.contains("OK"), "{out}");
+    }));
+    let clock = ManualClock::new(T0);
+    let store = on(&proxy.url(), &clock);
+    let witness = on_uncached(&server.url(), &clock);
+    let s = scope("s");
+    // A completion.
+    let k = key("completed");
+    let r = execute(store.begin(&s, &k, &fp("x")).unwrap());
+    proxy.drop_replies.store(1, Ordering::SeqCst);
+    let done = r.complete(resp(201, "first"));
+    refuse(false);
+    assert!(
+        matches!(
+            done,
+            Err(CompleteError::Unavailable(
+                Unavailable::OutcomeUnknown { .. }
+            ))
+        ),
+        "{done:?}"
+    );
+    match witness.begin(&s, &k, &fp("x")).unwrap() {
+        Begin::Replay(got) => assert_eq!(got.body(), b"first"),
+        other => panic!("the completion was applied: {other:?}"),
+    }
+    // A claim.
+    let k = key("claimed");
+    proxy.drop_replies.store(1, Ordering::SeqCst);
+    let claimed = store.begin(&s, &k, &fp("x"));
+    refuse(false);
+    assert!(
+        matches!(
+            claimed,
+            Err(idemstore::BeginError::Unavailable(
+                Unavailable::OutcomeUnknown { .. }
+            ))
+        ),
+        "{claimed:?}"
+    );
+    assert!(matches!(
+        witness.begin(&s, &k, &fp("x")).unwrap(),
+        Begin::InProgress { .. }
+    ));
+    assert_eq!(proxy.dropped.load(Ordering::SeqCst), 2);
+}
+
 #[test]
 fn a_server_that_is_down_is_an_error_then_the_store_reconnects() {
     let Some(mut server) = Server::start() else {

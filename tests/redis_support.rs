@@ -265,8 +265,14 @@ pub struct LossyProxy {
     pub drop_replies: Arc<AtomicUsize>,
     /// Replies dropped so far.
     pub dropped: Arc<AtomicUsize>,
+    /// Runs when a reply is dropped, before its connection is closed (so before the client
+    /// can send anything again).
+    pub on_drop: Hook,
     stop: Arc<AtomicBool>,
 }
+
+/// Something a proxy runs when it drops a reply.
+pub type Hook = Arc<std::sync::Mutex<Option<Box<dyn Fn() + Send>>>>;
 
 impl LossyProxy {
     pub fn start(upstream: PathBuf) -> LossyProxy {
@@ -274,10 +280,12 @@ impl LossyProxy {
         let port = listener.local_addr().unwrap().port();
         let drop_replies = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicUsize::new(0));
+        let on_drop: Hook = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (d, n, st) = (
+        let (d, n, h, st) = (
             Arc::clone(&drop_replies),
             Arc::clone(&dropped),
+            Arc::clone(&on_drop),
             Arc::clone(&stop),
         );
         std::thread::spawn(move || {
@@ -291,14 +299,15 @@ impl LossyProxy {
                 };
                 let (c_read, s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || pump_requests(c_read, s_write));
-                let (d, n) = (Arc::clone(&d), Arc::clone(&n));
-                std::thread::spawn(move || pump_replies(server, client, d, n));
+                let (d, n, h) = (Arc::clone(&d), Arc::clone(&n), Arc::clone(&h));
+                std::thread::spawn(move || pump_replies(server, client, d, n, h));
             }
         });
         LossyProxy {
             port,
             drop_replies,
             dropped,
+            on_drop,
             stop,
         }
     }
@@ -330,6 +339,7 @@ fn pump_replies(
     mut to: TcpStream,
     drop_replies: Arc<AtomicUsize>,
     dropped: Arc<AtomicUsize>,
+    on_drop: Hook,
 ) {
     let mut buf = vec![0u8; 64 << 10];
     while let Ok(n) = from.read(&mut buf) {
@@ -341,6 +351,9 @@ fn pump_replies(
             .is_ok();
         if drop_this {
             dropped.fetch_add(1, Ordering::SeqCst);
+            if let Some(hook) = on_drop.lock().unwrap().as_ref() {
+                hook();
+            }
             break;
         }
         if to.write_all(&buf[..n]).is_err() {

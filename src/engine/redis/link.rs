@@ -17,6 +17,9 @@
 //!   sent after it on the same connection, one for all such calls of a node's batch: a wait
 //!   blocks its connection, so a wait for each call would hold the lane once per call; a call whose
 //!   wait went unanswered is sent again;
+//! - a call sent on a connection that broke before its reply (or its wait's) was read may have
+//!   been applied: if the server refuses it when it is sent again, its outcome is unknown
+//!   (`NoReply`), never a refusal that says nothing was applied;
 //! - every call is answered exactly once.
 
 use std::collections::BTreeMap;
@@ -67,11 +70,34 @@ struct Node {
     conn: Option<Connection>,
 }
 
-/// A call on its way: where an `ASK` sent it, and whether it may have reached a server.
+/// A call on its way: where an `ASK` sent it, whether it may have reached a server, and
+/// whether a server may have applied it without this process reading the reply.
 struct Pending {
     call: Call,
     ask: Option<usize>,
     sent: bool,
+    /// Sent on a connection that broke before its reply was read (or a wait's was): a later
+    /// refusal of the call sent again says nothing of the first send.
+    lost: bool,
+}
+
+impl Pending {
+    /// Answers the call with the server's refusal, `text`; of a call sent before without an
+    /// answer, the outcome is unknown instead, since the first send may have been applied.
+    fn refused(self, text: String) {
+        let failure = if self.lost {
+            Failure::NoReply(cause_of(&format!(
+                "sent again after its reply was lost, and refused: {text}"
+            )))
+        } else {
+            Failure::Server(text)
+        };
+        (self.call.reply)(Err(failure));
+    }
+
+    fn lost(self) -> Pending {
+        Pending { lost: true, ..self }
+    }
 }
 
 /// The engine's connections.
@@ -327,6 +353,7 @@ impl Link {
                 call,
                 ask: None,
                 sent: false,
+                lost: false,
             })
             .collect();
         let mut last: Cause = cause_of("deadline passed before sending");
@@ -380,9 +407,10 @@ impl Link {
                 match conn.send_packed_command(&packed) {
                     Ok(()) => sent.push((node, group)),
                     Err(e) => {
+                        // Part of the write may have reached the server.
                         self.nodes[node].conn = None;
                         last = Arc::new(e);
-                        todo.extend(group);
+                        todo.extend(group.into_iter().map(Pending::lost));
                     }
                 }
             }
@@ -393,7 +421,7 @@ impl Link {
                 let mut broken_at = None;
                 for p in group {
                     if broken_at.is_some() {
-                        todo.push(p);
+                        todo.push(p.lost());
                         continue;
                     }
                     let reply = match self.read(node, p.ask.is_some()) {
@@ -422,7 +450,7 @@ impl Link {
                                 missing.push(node);
                                 todo.push(p);
                             }
-                            None => (p.call.reply)(Err(Failure::Server(text))),
+                            None => p.refused(text),
                         },
                         Ok(Ok(value)) if p.call.then.is_some() => waiting.push((p, value)),
                         Ok(Ok(value)) => (p.call.reply)(Ok(value)),
@@ -430,9 +458,9 @@ impl Link {
                             self.nodes[node].conn = None;
                             last = Arc::new(e);
                             broken_at = Some(node);
-                            todo.push(p);
+                            todo.push(p.lost());
                         }
-                        Ok(Err(e)) => (p.call.reply)(Err(Failure::Server(e.to_string()))),
+                        Ok(Err(e)) => p.refused(e.to_string()),
                     }
                 }
                 if shared_wait {
@@ -453,8 +481,12 @@ impl Link {
                         match (&waited, value) {
                             // Its wait went unanswered: sent again, which its nonce makes
                             // harmless, with a wait of its own.
-                            (None, _) => todo.push(p),
-                            // The call itself was refused: its own error says what happened.
+                            (None, _) => todo.push(p.lost()),
+                            // The call itself was refused: its own error says what happened,
+                            // unless an earlier send of it went unanswered.
+                            (_, Value::ServerError(e)) if p.lost => {
+                                p.refused(server_text(e.code(), e.details()));
+                            }
                             (_, v @ Value::ServerError(_)) => (p.call.reply)(Ok(v)),
                             (Some(w), v) => (p.call.reply)(Ok(Value::Array(vec![v, w.clone()]))),
                         }
