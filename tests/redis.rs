@@ -1689,6 +1689,55 @@ fn c13_a_scope_holds_at_most_its_cap_of_live_records_on_a_cluster() {
     c13_cap_on(&cluster.url());
 }
 
+/// C13 with late holders: a holder whose expired record a claim has trimmed from its scope's
+/// count may still complete or renew it (C8), as on a file before the compactor runs, but it
+/// comes back into the count only if the scope has room; in a full scope it answers
+/// `NotReserved`, as for a record the compactor removed, so no scope passes its cap.
+#[test]
+fn c13_holders_of_expired_records_trimmed_from_the_count_cannot_pass_the_cap() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = capped(&server.url(), "late:", &clock, 3);
+    let (s, f) = (scope("s"), fp("1"));
+    let mut old: Vec<_> = (0..3)
+        .map(|i| execute(store.begin(&s, &key(&format!("old{i}")), &f).unwrap()))
+        .collect();
+    clock.advance(Duration::from_secs(101));
+    // Nothing trimmed yet: the record is still counted, and completes.
+    assert_eq!(
+        old.remove(0).complete(resp(201, "in time")).unwrap(),
+        Completion::Stored
+    );
+    // The next claims trim the two expired records the scope still counts, and fill it.
+    let mut new: Vec<_> = (0..2)
+        .map(|i| execute(store.begin(&s, &key(&format!("new{i}")), &f).unwrap()))
+        .collect();
+    scope_full(store.begin(&s, &key("new2"), &f));
+    let (mut second, third) = (old.remove(0), old.remove(0));
+    assert!(matches!(
+        second.renew(),
+        Err(idemstore::LeaseError::NotReserved { .. })
+    ));
+    assert!(matches!(
+        third.complete(resp(201, "too late")),
+        Err(CompleteError::NotReserved { .. })
+    ));
+    assert_eq!(store.records(Some(&s), 100).unwrap().len(), 3);
+    // With a place free, a late holder comes back and takes it.
+    new.pop().unwrap().release().unwrap();
+    assert_eq!(
+        second.complete(resp(201, "late, with room")).unwrap(),
+        Completion::Stored
+    );
+    scope_full(store.begin(&s, &key("new2"), &f));
+    assert_eq!(store.records(Some(&s), 100).unwrap().len(), 3);
+    drop(new);
+    let report = store.check().unwrap();
+    assert!(report.is_sound(), "{:?}", report.problems);
+}
+
 /// The words of a RESP reply (`redis_support::Server::command`), its framing left out.
 fn resp_words(reply: &str) -> Vec<String> {
     reply

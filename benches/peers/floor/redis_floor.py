@@ -193,7 +193,8 @@ def engine(r, flows, batch):
         check(claims, b'execute')
         p = r.pipeline(transaction=False)
         for key, c in zip(keys, claims):
-            p.fcall('e_complete', 2, key, 's:{sc}', '', c[1], 1, 86400000, 60000, 'c' + key, BODY)
+            p.fcall('e_complete', 2, key, 's:{sc}', '', c[1], 1, 86400000, 60000, 'c' + key, BODY,
+                    1000000000)
         check(p.execute(), b'stored')
     return flows
 
@@ -204,8 +205,8 @@ def engine_per_slot(r, flows, batch):
         args = [9] + [a for key in keys for a in claim_args(key)]
         claims = r.fcall('m_claim', len(keys) + 1, 's:{sc}', *keys, *args)
         check(claims, b'execute')
-        args = [7] + [a for key, c in zip(keys, claims)
-                      for a in ('', c[1], 1, 86400000, 60000, 'c' + key, BODY)]
+        args = [8] + [a for key, c in zip(keys, claims)
+                      for a in ('', c[1], 1, 86400000, 60000, 'c' + key, BODY, 1000000000)]
         check(r.fcall('m_complete', len(keys) + 1, 's:{sc}', *keys, *args), b'stored')
     return flows
 

@@ -485,7 +485,8 @@ impl Engine for RedisEngine {
             .arg(terms.ttl_ms())
             .arg(self.grace_ms())
             .arg(self.nonce())
-            .arg(blob);
+            .arg(blob)
+            .arg(self.shared.config.max_records_per_scope);
         let keeper = self.keeper();
         let kept = keep.then_some(response);
         let wait = self.options.wait;
@@ -585,7 +586,8 @@ impl Engine for RedisEngine {
         cmd.arg(self.now_arg())
             .arg(token)
             .arg(terms.lease_ms())
-            .arg(self.grace_ms());
+            .arg(self.grace_ms())
+            .arg(self.shared.config.max_records_per_scope);
         self.call(cmd, move |shared, v| {
             let (first, rest) = verdict("a renewal", v)?;
             match (first.as_slice(), rest.as_slice()) {

@@ -13,7 +13,9 @@
 //!   past their expiry, counts the rest only when it would add a record, and adds it; a
 //!   completion, renewal or takeover moves the member's score to the new expiry; a release or
 //!   a purge removes it. A record the server expired leaves a member the next claim trims, so
-//!   a count never holds an expired record;
+//!   a count never holds an expired record. A holder whose expired record was trimmed may
+//!   still complete or renew it (C8), which counts it again, but only if its scope has room:
+//!   otherwise it answers `not_reserved`, as for a record the compactor removed from a file;
 //! - the record is a hash: `st` (`f` in flight, `c` completed, `r` released or purged: a
 //!   tombstone that keeps only the last token), `fp`, `tk`, `cr`, `ld`, `ex`, `sc`, `k`, `rs`
 //!   (the response blob of `format/blob.rs`), `pt` (the recovery point, as `format/point.rs`
@@ -77,6 +79,9 @@ local function refuse(st, tk, token)
   if (st == 'f' or st == 'c') and tonumber(tk) > token then return {'fenced', tk} end
   return {'not_reserved'}
 end
+local function rejoins(s, r, cap)
+  return not s or redis.call('ZSCORE', s, member(r)) or redis.call('ZCARD', s) < cap
+end
 "#;
 
 /// `begin` (C1-C5, C8, C9, C13, P2). ARGV: now, lease, ttl, grace, fingerprint, nonce, scope,
@@ -118,8 +123,8 @@ count(s, r, int(expires))
 return {'execute', int(token), int(deadline), takeover, point}
 "#;
 
-/// `complete` (C3, C6, C7, C8, P3). ARGV: now, token, keep (`1` or `0`), ttl, grace, nonce,
-/// blob.
+/// `complete` (C3, C6, C7, C8, C13, P3). ARGV: now, token, keep (`1` or `0`), ttl, grace, nonce,
+/// blob, the scope's cap.
 /// Answers `{stored, fingerprint, expiry, now}`, `{released}`, `{fenced, current}` or
 /// `{not_reserved}`.
 const COMPLETE: &str = r#"
@@ -135,6 +140,9 @@ if h[4] == nonce then
   return {'released'}
 end
 if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
+if now >= tonumber(h[6]) and not rejoins(s, r, tonumber(ARGV[8])) then
+  return {'not_reserved'}
+end
 if ARGV[3] == '0' then
   if h[7] then
     keep_point(r, token, nonce)
@@ -167,13 +175,16 @@ uncount(s, r)
 return {'ok'}
 "#;
 
-/// `renew` (C8). ARGV: now, token, lease, grace. Answers `{renewed, deadline}`,
+/// `renew` (C8, C13). ARGV: now, token, lease, grace, the scope's cap. Answers `{renewed, deadline}`,
 /// `{fenced, current}` or `{not_reserved}`.
 const RENEW: &str = r#"
 local now = clock(ARGV[1])
 local token, lease, grace = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local h = redis.call('HMGET', r, 'st', 'tk', 'ex')
 if h[1] ~= 'f' or tonumber(h[2]) ~= token then return refuse(h[1], h[2], token) end
+if now >= tonumber(h[3]) and not rejoins(s, r, tonumber(ARGV[5])) then
+  return {'not_reserved'}
+end
 local deadline = now + lease
 local expires = math.max(tonumber(h[3]), deadline)
 redis.call('HSET', r, 'ld', int(deadline), 'ex', int(expires))
