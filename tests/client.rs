@@ -339,6 +339,36 @@ fn k3_a_store_that_forgets_before_the_window_is_refused() {
         KeyJournal::in_memory(JournalConfig::new(Duration::from_secs(300 * 86_400))),
         Err(JournalError::Config(_))
     ));
+    // A store that forgets at the window, or no margin, would forget an operation at the very
+    // moment it should be refused: then resumed with a fresh key, a duplicate.
+    let exactly = Store::in_memory(Config::builder().ttl(HOUR).build().unwrap()).unwrap();
+    assert!(matches!(
+        KeyJournal::with_store(exactly, &JournalConfig::new(HOUR)),
+        Err(JournalError::Config(e)) if e.setting() == "ttl"
+    ));
+    assert!(matches!(
+        KeyJournal::in_memory(JournalConfig::new(HOUR).margin(Duration::ZERO)),
+        Err(JournalError::Config(e)) if e.setting() == "margin"
+    ));
+}
+
+/// K3 at its edge: with the smallest margin, an operation started exactly the window ago is
+/// refused, not minted afresh.
+#[test]
+fn k3_with_the_smallest_margin_the_window_edge_is_refused() {
+    let clock = ManualClock::new(5_000_000);
+    let journal = KeyJournal::in_memory(
+        JournalConfig::new(HOUR)
+            .margin(Duration::from_millis(1))
+            .clock(clock.clone()),
+    )
+    .unwrap();
+    journal.key_for("op").unwrap();
+    clock.advance(HOUR);
+    assert!(matches!(
+        journal.key_for("op"),
+        Err(JournalError::Expired { .. })
+    ));
 }
 
 // ---- K3, K6, K8 through the layer, without a network --------------------------------------

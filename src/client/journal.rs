@@ -88,7 +88,8 @@ impl JournalConfig {
 
     /// How long past the window an entry is kept, so that resuming it is refused with
     /// [`JournalError::Expired`] rather than forgotten (then minted afresh). Default: the
-    /// window. Window plus margin must stay within 366 days.
+    /// window. More than zero (with none, an operation would be forgotten at the very moment
+    /// it should be refused), and window plus margin within 366 days.
     pub fn margin(mut self, margin: Duration) -> JournalConfig {
         self.margin = margin;
         self
@@ -118,10 +119,21 @@ impl JournalConfig {
         self.window.saturating_add(self.margin)
     }
 
-    /// The configuration of the journal's own store.
+    /// The configuration of the journal's own store: records for window plus margin, and
+    /// room for as many as the store takes in its one scope, since they are the caller's own
+    /// operations (the default cap, C13, at 48 hours a record, would refuse a client past
+    /// about 58 operations a second).
     fn store_config(&self) -> Result<Config, ConfigError> {
+        if self.margin.is_zero() {
+            return Err(ConfigError {
+                setting: "margin",
+                value: format!("{:?}", self.margin),
+                range: "more than zero",
+            });
+        }
         let mut builder = Config::builder()
             .ttl(self.ttl())
+            .max_records_per_scope(1 << 40)
             .in_flight_at_open(InFlightAtOpen::Release);
         if let Some(clock) = &self.clock {
             builder = builder.clock(SharedClock(Arc::clone(clock)));
@@ -237,15 +249,18 @@ impl KeyJournal {
         KeyJournal::over(store, &config)
     }
 
-    /// A journal over a store the caller opened (the store's clock applies; `config`'s is
-    /// ignored). The store must keep records at least as long as the window, or it would
-    /// forget keys the server remembers: a shorter time to live is refused.
+    /// A journal over a store the caller opened (the store's clock, time to live and cap per
+    /// scope apply; `config`'s clock and margin are ignored). The store must keep records
+    /// longer than the window, or it would forget keys the server remembers, or forget an
+    /// operation at the moment it should refuse it: a time to live of the window or less is
+    /// refused. All of the journal's records are in one scope, so the store's
+    /// `max_records_per_scope` bounds the operations kept at once.
     pub fn with_store(store: Store, config: &JournalConfig) -> Result<KeyJournal, JournalError> {
-        if store.config().ttl() < config.window {
+        if store.config().ttl() <= config.window {
             return Err(JournalError::Config(ConfigError {
                 setting: "ttl",
                 value: format!("{:?}", store.config().ttl()),
-                range: "at least the journal's window",
+                range: "more than the journal's window",
             }));
         }
         KeyJournal::over(store, config)
