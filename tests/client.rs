@@ -401,6 +401,47 @@ async fn k3_the_layer_sends_nothing_for_an_operation_past_the_window() {
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
+/// K3 between attempts: an operation resumed just before its window ends gets an answer that
+/// asks for a retry, and the window ends meanwhile; the layer sends nothing more, since the
+/// server may have forgotten the key, and the operation stays pending.
+#[tokio::test]
+async fn k3_the_layer_stops_retrying_when_the_window_ends_between_attempts() {
+    let clock = ManualClock::new(5_000_000);
+    let journal = KeyJournal::in_memory(JournalConfig::new(HOUR).clock(clock.clone())).unwrap();
+    journal.key_for("late").unwrap();
+    clock.advance(HOUR - Duration::from_millis(1));
+    let calls = Arc::new(AtomicU32::new(0));
+    let (counted, moved) = (calls.clone(), clock.clone());
+    let service = RetryLayer::new(
+        RetryPolicy::default()
+            .base(Duration::from_millis(1))
+            .cap(Duration::from_millis(1)),
+    )
+    .journal(journal.clone())
+    .layer(tower::service_fn(
+        move |_req: http::Request<Full<Bytes>>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // The attempt takes the rest of the window.
+            moved.advance(Duration::from_millis(1));
+            async {
+                let mut busy = http::Response::new(Full::new(Bytes::new()));
+                *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, std::convert::Infallible>(busy)
+            }
+        },
+    ));
+    let err = service
+        .oneshot(operation_request("late"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RetryError::WindowEnded { attempts: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(journal.pending().unwrap().len(), 1);
+}
+
 /// One scripted answer: status, headers, body.
 type Scripted = (u16, &'static [(&'static str, &'static str)], &'static str);
 /// The keys a scripted server saw, one per attempt.

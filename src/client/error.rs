@@ -221,6 +221,16 @@ pub enum RetryError {
         /// What the last one got.
         last: Failure,
     },
+    /// The operation's window ([`JournalConfig::window`](super::JournalConfig::window)) ended
+    /// between two attempts: the server may have forgotten the key and would run another
+    /// attempt as a new request, so none is sent (K3). The operation stays pending; decide by
+    /// looking the effect up, then [`finish`](super::KeyJournal::finish) it.
+    WindowEnded {
+        /// Attempts made.
+        attempts: u32,
+        /// What the last one got.
+        last: Failure,
+    },
     /// The request carries no idempotency key and no operation to journal one for; it is
     /// not sent, since retrying a write without a key can run it twice.
     NoKey,
@@ -238,7 +248,8 @@ impl RetryError {
             | RetryError::Rejected { attempts, .. }
             | RetryError::OutcomeUnknown { attempts, .. }
             | RetryError::Exhausted { attempts, .. }
-            | RetryError::Deadline { attempts, .. } => *attempts,
+            | RetryError::Deadline { attempts, .. }
+            | RetryError::WindowEnded { attempts, .. } => *attempts,
             RetryError::NoKey | RetryError::Journal(_) | RetryError::Request(_) => 0,
         }
     }
@@ -266,6 +277,11 @@ impl fmt::Display for RetryError {
                 f,
                 "deadline reached after {attempts} attempts; the last one: {last}"
             ),
+            RetryError::WindowEnded { attempts, last } => write!(
+                f,
+                "the operation's window ended after {attempts} attempts, so the server may have \
+                 forgotten its key: not sent again; the last one: {last}"
+            ),
             RetryError::NoKey => write!(f, "no idempotency key and no operation to journal"),
             RetryError::Journal(e) => e.fmt(f),
             RetryError::Request(e) => write!(f, "the request could not be prepared: {e}"),
@@ -276,7 +292,9 @@ impl fmt::Display for RetryError {
 impl StdError for RetryError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            RetryError::Exhausted { last, .. } | RetryError::Deadline { last, .. } => match last {
+            RetryError::Exhausted { last, .. }
+            | RetryError::Deadline { last, .. }
+            | RetryError::WindowEnded { last, .. } => match last {
                 Failure::Transport(e) => Some(&**e),
                 Failure::Timeout | Failure::Status(_) => None,
             },

@@ -152,6 +152,20 @@ impl Clock for SharedClock {
     }
 }
 
+/// The end of one operation's window, on its journal's clock.
+#[derive(Debug, Clone)]
+pub(crate) struct WindowEnd {
+    journal: KeyJournal,
+    at_ms: u64,
+}
+
+impl WindowEnd {
+    /// Whether the window has ended: the server may have forgotten the key.
+    pub(crate) fn passed(&self) -> bool {
+        self.journal.now() >= self.at_ms
+    }
+}
+
 /// How a finished operation ended, as [`KeyJournal::finish`] records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -482,6 +496,15 @@ impl KeyJournal {
         self.store
             .key(operation)
             .map_err(JournalError::InvalidOperation)
+    }
+
+    /// When `entry`'s window ends, on the journal's clock: the retry loop sends nothing
+    /// after it (K3).
+    pub(crate) fn window_end(&self, entry: &JournalEntry) -> WindowEnd {
+        WindowEnd {
+            journal: self.clone(),
+            at_ms: entry.started_ms.saturating_add(millis(self.window)),
+        }
     }
 
     fn now(&self) -> u64 {

@@ -22,7 +22,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::error::{BoxError, RetryError};
-use super::journal::{KeyJournal, Outcome};
+use super::journal::{KeyJournal, Outcome, WindowEnd};
 use super::policy::RetryPolicy;
 use super::retry::{RetryReport, drive};
 
@@ -180,7 +180,7 @@ impl RetryLayer {
     {
         let (mut parts, body) = request.into_parts();
         let operation = parts.extensions.get::<Operation>().cloned();
-        let key = self.key_of(&parts, operation.as_ref()).await?;
+        let (key, window) = self.key_of(&parts, operation.as_ref()).await?;
         let value = HeaderValue::from_str(&key).map_err(|e| RetryError::Request(e.into()))?;
         parts.headers.insert(self.header.clone(), value);
         let body = body
@@ -191,7 +191,7 @@ impl RetryLayer {
         // The closure owns the inner service (which need not be `Sync`) and borrows the rest.
         let (head, body) = (&parts, &body);
         let limit = self.policy.response_limit();
-        let result = drive(&self.policy, &key, move || {
+        let result = drive(&self.policy, &key, window.as_ref(), move || {
             let mut attempt = Request::new(Full::new(body.clone()));
             *attempt.method_mut() = head.method.clone();
             *attempt.uri_mut() = head.uri.clone();
@@ -208,26 +208,26 @@ impl RetryLayer {
         Ok(Response::from_parts(head, Full::new(bytes)))
     }
 
-    /// The request's key: its operation's, from the journal; else an [`IdempotencyKey`]
-    /// extension; else the header it already carries.
+    /// The request's key: its operation's, from the journal, with the end of its window;
+    /// else an [`IdempotencyKey`] extension; else the header it already carries.
     async fn key_of(
         &self,
         parts: &http::request::Parts,
         operation: Option<&Operation>,
-    ) -> Result<String, RetryError> {
+    ) -> Result<(String, Option<WindowEnd>), RetryError> {
         if let Some(op) = operation {
             let journal = self.journal.as_ref().ok_or(RetryError::NoKey)?;
             let entry = journal.key_for_async(op.id()).await?;
-            return Ok(entry.key().to_owned());
+            return Ok((entry.key().to_owned(), Some(journal.window_end(&entry))));
         }
         if let Some(key) = parts.extensions.get::<IdempotencyKey>() {
-            return Ok(key.as_str().to_owned());
+            return Ok((key.as_str().to_owned(), None));
         }
         parts
             .headers
             .get(&self.header)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+            .map(|key| (key.to_owned(), None))
             .ok_or(RetryError::NoKey)
     }
 

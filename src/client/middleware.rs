@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use reqwest_middleware::{Middleware, Next};
 
 use super::error::{BoxError, RetryError};
-use super::journal::{KeyJournal, Outcome};
+use super::journal::{KeyJournal, Outcome, WindowEnd};
 use super::layer::{IdempotencyKey, Operation};
 use super::policy::RetryPolicy;
 use super::retry::{RetryReport, drive};
@@ -75,19 +75,20 @@ impl RetryMiddleware {
         request: &reqwest::Request,
         extensions: &Extensions,
         operation: Option<&Operation>,
-    ) -> Result<String, RetryError> {
+    ) -> Result<(String, Option<WindowEnd>), RetryError> {
         if let Some(op) = operation {
             let journal = self.journal.as_ref().ok_or(RetryError::NoKey)?;
-            return Ok(journal.key_for_async(op.id()).await?.key().to_owned());
+            let entry = journal.key_for_async(op.id()).await?;
+            return Ok((entry.key().to_owned(), Some(journal.window_end(&entry))));
         }
         if let Some(key) = extensions.get::<IdempotencyKey>() {
-            return Ok(key.as_str().to_owned());
+            return Ok((key.as_str().to_owned(), None));
         }
         request
             .headers()
             .get(&self.header)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+            .map(|key| (key.to_owned(), None))
             .ok_or(RetryError::NoKey)
     }
 
@@ -98,7 +99,7 @@ impl RetryMiddleware {
         next: Next<'_>,
     ) -> Result<reqwest::Response, RetryError> {
         let operation = extensions.get::<Operation>().cloned();
-        let key = self
+        let (key, window) = self
             .key_of(&request, extensions, operation.as_ref())
             .await?;
         let value = HeaderValue::from_str(&key).map_err(|e| RetryError::Request(e.into()))?;
@@ -110,7 +111,7 @@ impl RetryMiddleware {
         }
         let (template, shared) = (&request, &*extensions);
         let limit = self.policy.response_limit();
-        let result = drive(&self.policy, &key, move || {
+        let result = drive(&self.policy, &key, window.as_ref(), move || {
             let attempt = template.try_clone();
             let mut own = shared.clone();
             let next = next.clone();

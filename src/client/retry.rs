@@ -5,8 +5,9 @@
 //! Why: one loop means one behaviour, however the caller sends. Invariants: every attempt
 //! sends the same method, URI, headers (the idempotency key among them) and body bytes; an
 //! attempt is bounded by the policy's attempt timeout and by the deadline, its response
-//! body included, so a slow or stalled answer is a timeout and not a hang; waits and
-//! timeouts use the crate's own timer, so the loop runs on any executor.
+//! body included, so a slow or stalled answer is a timeout and not a hang; no attempt of a
+//! journaled operation is sent once its window has ended (K3); waits and timeouts use the
+//! crate's own timer, so the loop runs on any executor.
 
 use std::future::Future;
 use std::pin::pin;
@@ -19,6 +20,7 @@ use crate::sleep::Sleep;
 
 use super::classify::{Verdict, classify, is_replay};
 use super::error::{BoxError, Failure, RetryError};
+use super::journal::WindowEnd;
 use super::policy::{Next, RetryPolicy, random_u64};
 
 /// What a retried request ended with, as a response extension (the tower layer) or beside
@@ -35,11 +37,13 @@ pub struct RetryReport {
     pub key: String,
 }
 
-/// Sends with `attempt` until an answer, a stop or the policy's end. `attempt` gives a
-/// future of one whole attempt, its body read.
+/// Sends with `attempt` until an answer, a stop, the policy's end or the end of the
+/// journaled operation's `window`. `attempt` gives a future of one whole attempt, its body
+/// read.
 pub(crate) async fn drive<F, Fut>(
     policy: &RetryPolicy,
     key: &str,
+    window: Option<&WindowEnd>,
     mut attempt: F,
 ) -> Result<(http::Response<Bytes>, RetryReport), RetryError>
 where
@@ -96,6 +100,9 @@ where
             Next::Wait(wait) => Sleep::new(wait).await,
             Next::Exhausted => return Err(RetryError::Exhausted { attempts, last }),
             Next::Deadline => return Err(RetryError::Deadline { attempts, last }),
+        }
+        if window.is_some_and(WindowEnd::passed) {
+            return Err(RetryError::WindowEnded { attempts, last });
         }
     }
 }
