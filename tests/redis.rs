@@ -12,7 +12,7 @@ use idemstore::{
     RedisOptions, Store, Unavailable,
 };
 
-use crate::redis_support::{Cluster, LossyProxy, Server};
+use crate::redis_support::{Cluster, HoldProxy, LossyProxy, Server};
 use crate::support::*;
 
 /// A store on `url` whose own clock `clock` decides (so a test can move time): lease 10 s,
@@ -348,6 +348,122 @@ fn a_call_refused_when_sent_again_after_its_reply_was_lost_has_an_unknown_outcom
         Begin::InProgress { .. }
     ));
     assert_eq!(proxy.dropped.load(Ordering::SeqCst), 2);
+}
+
+/// A store with one connection, its own clock deciding, and the cache as asked.
+fn one_lane(url: &str, clock: &ManualClock, cache: bool) -> Store {
+    let cfg = config(clock)
+        .lease(Duration::from_secs(10))
+        .ttl(Duration::from_secs(100))
+        .build()
+        .unwrap();
+    let mut options = RedisOptions::new(url)
+        .clock(RedisClock::Store)
+        .connections(1);
+    if !cache {
+        options = options.replay_cache_bytes(0);
+    }
+    Store::open_redis_with(options, cfg).unwrap()
+}
+
+/// The first copy of a call whose connection broke, held in flight (`HoldProxy`) while the
+/// call is sent again and answered, and delivered after newer calls of its key: the engine
+/// closed that connection on the server before sending again, so the copy is never applied.
+/// Here a purge, whose late copy would erase another machine's acknowledged completion.
+#[test]
+fn a_late_copy_of_a_purge_cannot_erase_a_newer_completion() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let proxy = HoldProxy::start(server.socket());
+    let clock = ManualClock::new(T0);
+    let operator = one_lane(&proxy.url(), &clock, true);
+    let other = one_lane(&server.url(), &clock, true);
+    let witness = one_lane(&server.url(), &clock, false);
+    let (s, k) = (scope("s"), key("k"));
+    execute(operator.begin(&s, &k, &fp("x")).unwrap())
+        .complete(resp(201, "first"))
+        .unwrap();
+    proxy.arm.store(true, Ordering::SeqCst);
+    assert!(operator.purge(&s, &k).unwrap());
+    assert_eq!(proxy.held(), 1, "the first copy is held");
+    let r = execute(other.begin(&s, &k, &fp("x")).unwrap());
+    assert_eq!(r.complete(resp(201, "second")).unwrap(), Completion::Stored);
+    assert_eq!(proxy.release(), vec![None], "the old connection was closed");
+    match witness.begin(&s, &k, &fp("x")).unwrap() {
+        Begin::Replay(got) => assert_eq!(got.body(), b"second"),
+        other => panic!("an acknowledged completion stopped replaying: {other:?}"),
+    }
+}
+
+/// As above, for a claim: its late copy would hold a released key for nobody (C6).
+#[test]
+fn a_late_copy_of_a_claim_cannot_hold_a_released_key() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let proxy = HoldProxy::start(server.socket());
+    let clock = ManualClock::new(T0);
+    let store = one_lane(&proxy.url(), &clock, true);
+    let other = one_lane(&server.url(), &clock, false);
+    let (s, k) = (scope("s"), key("k"));
+    proxy.arm.store(true, Ordering::SeqCst);
+    let r = execute(store.begin(&s, &k, &fp("x")).unwrap());
+    assert_eq!(proxy.held(), 1);
+    r.release().unwrap();
+    assert_eq!(proxy.release(), vec![None]);
+    drop(execute(other.begin(&s, &k, &fp("x")).unwrap()));
+}
+
+/// As above, for a recovery point: its late copy would replace the later point (P1, P2).
+#[test]
+fn a_late_copy_of_a_point_cannot_replace_a_later_one() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let proxy = HoldProxy::start(server.socket());
+    let clock = ManualClock::new(T0);
+    let store = one_lane(&proxy.url(), &clock, true);
+    let other = one_lane(&server.url(), &clock, false);
+    let (s, k) = (scope("s"), key("k"));
+    let mut r = execute(store.begin(&s, &k, &fp("x")).unwrap());
+    proxy.arm.store(true, Ordering::SeqCst);
+    r.save_point("reserved", b"step-1").unwrap();
+    assert_eq!(proxy.held(), 1);
+    r.save_point("charged", b"step-2").unwrap();
+    assert_eq!(proxy.release(), vec![None]);
+    r.abandon();
+    clock.advance(Duration::from_secs(11));
+    let next = execute(other.begin(&s, &k, &fp("x")).unwrap());
+    assert_eq!(next.recovery_point().unwrap().name(), "charged");
+}
+
+/// As above, for a renewal on the store's clock: its late copy would move the lease deadline
+/// back before the one its holder was told (C8).
+#[test]
+fn a_late_copy_of_a_renewal_cannot_shorten_the_lease() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let proxy = HoldProxy::start(server.socket());
+    let clock = ManualClock::new(T0);
+    let store = one_lane(&proxy.url(), &clock, true);
+    let other = one_lane(&server.url(), &clock, false);
+    let (s, k) = (scope("s"), key("k"));
+    let mut r = execute(store.begin(&s, &k, &fp("x")).unwrap());
+    clock.advance(Duration::from_secs(1));
+    proxy.arm.store(true, Ordering::SeqCst);
+    r.renew().unwrap();
+    assert_eq!(proxy.held(), 1);
+    clock.advance(Duration::from_secs(4));
+    r.renew().unwrap();
+    assert_eq!(r.lease_deadline(), T0 + 15_000);
+    assert_eq!(proxy.release(), vec![None]);
+    clock.advance(Duration::from_secs(7));
+    assert!(matches!(
+        other.begin(&s, &k, &fp("x")).unwrap(),
+        Begin::InProgress { .. }
+    ));
 }
 
 #[test]

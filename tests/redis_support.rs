@@ -364,6 +364,124 @@ fn pump_replies(
     let _ = from.shutdown(Shutdown::Both);
 }
 
+/// A TCP proxy in front of a server's socket that, once armed, keeps the next bytes a client
+/// sends instead of forwarding them and closes that client's side: the engine sees its
+/// connection break and sends the calls again on a new one, while the server-side connection
+/// stays open, as a connection's bytes can stay in flight or in a proxy.
+/// [`release`](HoldProxy::release) delivers them late.
+pub struct HoldProxy {
+    pub port: u16,
+    pub arm: Arc<AtomicBool>,
+    held: Arc<std::sync::Mutex<Vec<Held>>>,
+}
+
+/// Kept bytes, the server-side connection they were for, and what the server sent on it
+/// after its client was gone (`None` until that connection closed).
+struct Held {
+    upstream: UnixStream,
+    bytes: Vec<u8>,
+    late: Arc<std::sync::Mutex<(Vec<u8>, bool)>>,
+}
+
+impl HoldProxy {
+    pub fn start(upstream: PathBuf) -> HoldProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let arm = Arc::new(AtomicBool::new(false));
+        let held: Arc<std::sync::Mutex<Vec<Held>>> = Arc::default();
+        let (a, h) = (Arc::clone(&arm), Arc::clone(&held));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = UnixStream::connect(&upstream) else {
+                    continue;
+                };
+                // What the server sends once the client is gone, and whether it has closed.
+                let late: Arc<std::sync::Mutex<(Vec<u8>, bool)>> = Arc::default();
+                let (mut from, mut to, l) = (
+                    server.try_clone().unwrap(),
+                    client.try_clone().unwrap(),
+                    Arc::clone(&late),
+                );
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut client_gone = false;
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        client_gone = client_gone || to.write_all(&buf[..n]).is_err();
+                        if client_gone {
+                            l.lock().unwrap().0.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    l.lock().unwrap().1 = true;
+                });
+                let (a, h) = (Arc::clone(&a), Arc::clone(&h));
+                let (mut from, mut to) = (client, server);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if a.swap(false, Ordering::SeqCst) {
+                            h.lock().unwrap().push(Held {
+                                upstream: to.try_clone().unwrap(),
+                                bytes: buf[..n].to_vec(),
+                                late,
+                            });
+                            let _ = from.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        HoldProxy { port, arm, held }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// How many sends are held.
+    pub fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    /// Delivers every held send on its old server-side connection, and returns what the
+    /// server answered to each: `None` if it had closed that connection.
+    pub fn release(&self) -> Vec<Option<String>> {
+        let mut answers = Vec::new();
+        for mut h in self.held.lock().unwrap().drain(..) {
+            let _ = h.upstream.write_all(&h.bytes);
+            let start = Instant::now();
+            let answer = loop {
+                let late = h.late.lock().unwrap();
+                if !late.0.is_empty() {
+                    break Some(String::from_utf8_lossy(&late.0).into_owned());
+                }
+                if late.1 {
+                    break None;
+                }
+                drop(late);
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the server neither answered nor closed"
+                );
+                std::thread::yield_now();
+            };
+            answers.push(answer);
+        }
+        answers
+    }
+}
+
 /// A Redis Cluster of three primaries on loopback TCP ports, each node in its own directory,
 /// killed when dropped.
 pub struct Cluster {

@@ -17,6 +17,10 @@
 //!   sent after it on the same connection, one for all such calls of a node's batch: a wait
 //!   blocks its connection, so a wait for each call would hold the lane once per call; a call whose
 //!   wait went unanswered is sent again;
+//! - a connection given up while calls on it were unanswered is closed on the server
+//!   (`CLIENT KILL ID`) before anything is sent on the next one, so that no copy of a call it
+//!   still carries (in the server's buffers, or a proxy's) is applied after the calls sent
+//!   again: a late purge, claim, point or renewal would undo newer changes of its key;
 //! - a call sent on a connection that broke before its reply (or its wait's) was read may have
 //!   been applied: if the server refuses it when it is sent again, its outcome is unknown
 //!   (`NoReply`), never a refusal that says nothing was applied;
@@ -68,6 +72,30 @@ struct Node {
     addr: String,
     client: Client,
     conn: Option<Connection>,
+    /// The server's id of `conn` (`CLIENT ID`), if the server told it.
+    id: Option<i64>,
+    /// The ids of connections given up while calls on them were unanswered: the server may
+    /// still hold their bytes (in its buffers, or a proxy's), so each is closed on the server
+    /// (`CLIENT KILL ID`) before anything is sent on the next connection.
+    dropped: Vec<i64>,
+}
+
+impl Node {
+    fn new(addr: String, client: Client) -> Node {
+        Node {
+            addr,
+            client,
+            conn: None,
+            id: None,
+            dropped: Vec::new(),
+        }
+    }
+
+    /// Gives the connection up; see `dropped`.
+    fn lose(&mut self) {
+        self.conn = None;
+        self.dropped.extend(self.id.take());
+    }
 }
 
 /// A call on its way: where an `ASK` sent it, whether it may have reached a server, and
@@ -115,11 +143,7 @@ impl Link {
     pub(crate) fn new(client: Client, timeout: Duration, connect_timeout: Duration) -> Link {
         let addr = client.get_connection_info().addr().to_string();
         Link {
-            nodes: vec![Node {
-                addr,
-                client,
-                conn: None,
-            }],
+            nodes: vec![Node::new(addr, client)],
             slots: Vec::new(),
             timeout,
             connect_timeout,
@@ -132,11 +156,7 @@ impl Link {
             nodes: self
                 .nodes
                 .iter()
-                .map(|n| Node {
-                    addr: n.addr.clone(),
-                    client: n.client.clone(),
-                    conn: None,
-                })
+                .map(|n| Node::new(n.addr.clone(), n.client.clone()))
                 .collect(),
             slots: self.slots.clone(),
             timeout: self.timeout,
@@ -197,11 +217,7 @@ impl Link {
             .clone()
             .set_addr(ConnectionAddr::Tcp(host.to_owned(), port));
         let client = Client::open(info).ok()?;
-        self.nodes.push(Node {
-            addr: addr.to_owned(),
-            client,
-            conn: None,
-        });
+        self.nodes.push(Node::new(addr.to_owned(), client));
         Some(self.nodes.len() - 1)
     }
 
@@ -274,12 +290,18 @@ impl Link {
             match node
                 .client
                 .get_connection_with_timeout(left.min(self.connect_timeout))
-                .and_then(|c| {
+                .and_then(|mut c| {
                     c.set_read_timeout(Some(self.timeout))?;
                     c.set_write_timeout(Some(self.timeout))?;
-                    Ok(c)
+                    let id = fence(&mut c, &node.dropped)?;
+                    Ok((c, id))
                 }) {
-                Ok(conn) => self.nodes[i].conn = Some(conn),
+                Ok((conn, id)) => {
+                    let node = &mut self.nodes[i];
+                    node.dropped.clear();
+                    node.id = id;
+                    node.conn = Some(conn);
+                }
                 Err(e) => {
                     last = Some(Arc::new(e));
                     // Backoff between attempts, never past the deadline: a server that is
@@ -316,7 +338,7 @@ impl Link {
             Ok(v) => Ok(v),
             Err(e) => {
                 if broken(&e) {
-                    self.nodes[i].conn = None;
+                    self.nodes[i].lose();
                 }
                 Err(Failure::NoReply(Arc::new(e)))
             }
@@ -408,7 +430,7 @@ impl Link {
                     Ok(()) => sent.push((node, group)),
                     Err(e) => {
                         // Part of the write may have reached the server.
-                        self.nodes[node].conn = None;
+                        self.nodes[node].lose();
                         last = Arc::new(e);
                         todo.extend(group.into_iter().map(Pending::lost));
                     }
@@ -455,7 +477,7 @@ impl Link {
                         Ok(Ok(value)) if p.call.then.is_some() => waiting.push((p, value)),
                         Ok(Ok(value)) => (p.call.reply)(Ok(value)),
                         Ok(Err(e)) if broken(&e) => {
-                            self.nodes[node].conn = None;
+                            self.nodes[node].lose();
                             last = Arc::new(e);
                             broken_at = Some(node);
                             todo.push(p.lost());
@@ -470,7 +492,7 @@ impl Link {
                         // connection out of step, so it is dropped and the calls sent again.
                         None => match self.read(node, false) {
                             Err(e) => {
-                                self.nodes[node].conn = None;
+                                self.nodes[node].lose();
                                 last = Arc::new(e);
                                 None
                             }
@@ -558,6 +580,27 @@ fn server_text(code: &str, detail: Option<&str>) -> String {
 /// Whether an error leaves the connection unusable, replies unread: then the calls go again.
 fn broken(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
+}
+
+/// Readies a new connection: closes on the server the connections in `dropped`, so that
+/// nothing they still carry is applied after the calls sent again on this one, and answers
+/// this connection's own id. A server that refuses either command (a managed service's ACL)
+/// leaves that protection out; only an I/O error fails the connection.
+fn fence(conn: &mut Connection, dropped: &[i64]) -> Result<Option<i64>, RedisError> {
+    use ::redis::ConnectionLike;
+    for id in dropped {
+        let mut kill = ::redis::cmd("CLIENT");
+        kill.arg("KILL").arg("ID").arg(*id);
+        match conn.req_command(&kill) {
+            Err(e) if broken(&e) => return Err(e),
+            _ => {}
+        }
+    }
+    match conn.req_command(::redis::cmd("CLIENT").arg("ID")) {
+        Ok(Value::Int(id)) => Ok(Some(id)),
+        Err(e) if broken(&e) => Err(e),
+        _ => Ok(None),
+    }
 }
 
 fn unsent_or_lost(sent: bool, cause: Cause) -> Failure {
