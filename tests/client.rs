@@ -560,6 +560,32 @@ async fn k4_k6_conflicts_refusals_and_unknown_outcomes_stop_at_the_first_attempt
     }
 }
 
+/// K4: an answer that settles nothing about earlier attempts whose fate is unknown (a `401`
+/// once a token expired, after a `503`) is handed back, and the operation stays pending: the
+/// caller sends it again with the same key and learns what happened. The same answer to the
+/// first attempt settles it.
+#[tokio::test]
+async fn k4_an_answer_after_attempts_of_unknown_fate_settles_only_a_success_or_a_replay() {
+    let journal = KeyJournal::in_memory(JournalConfig::default()).unwrap();
+    let (server, keys) = scripted(vec![(503, &[], ""), (401, &[], "{}")]);
+    let service = RetryLayer::new(fast_policy())
+        .journal(journal.clone())
+        .layer(server);
+    let answer = service.oneshot(operation_request("op")).await.unwrap();
+    assert_eq!(answer.status(), 401);
+    assert_eq!(keys.lock().unwrap().len(), 2);
+    assert_eq!(journal.pending().unwrap().len(), 1, "still pending");
+
+    let journal = KeyJournal::in_memory(JournalConfig::default()).unwrap();
+    let (server, _) = scripted(vec![(401, &[], "{}")]);
+    let service = RetryLayer::new(fast_policy())
+        .journal(journal.clone())
+        .layer(server);
+    let answer = service.oneshot(operation_request("op")).await.unwrap();
+    assert_eq!(answer.status(), 401);
+    assert!(journal.pending().unwrap().is_empty(), "settled");
+}
+
 #[tokio::test]
 async fn k4_k6_a_request_without_a_key_is_not_sent_and_one_given_up_stays_pending() {
     let (server, keys) = scripted(vec![(503, &[], ""), (503, &[], "")]);

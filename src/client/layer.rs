@@ -22,9 +22,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::error::{BoxError, RetryError};
-use super::journal::{KeyJournal, Outcome, WindowEnd};
+use super::journal::{KeyJournal, WindowEnd};
 use super::policy::RetryPolicy;
-use super::retry::{RetryReport, drive};
+use super::retry::{RetryReport, drive, settled};
 
 /// A request extension: send the request for this logical operation, under the key the
 /// layer's [`KeyJournal`] holds for it (minted and made durable on the first call).
@@ -241,20 +241,9 @@ impl RetryLayer {
         let (Some(journal), Some(op)) = (&self.journal, operation) else {
             return;
         };
-        let outcome = match result {
-            Ok((response, report)) => Outcome::Answered {
-                status: response.status().as_u16(),
-                replayed: report.replayed,
-            },
-            Err(RetryError::Conflict { status, .. } | RetryError::Rejected { status, .. }) => {
-                Outcome::Answered {
-                    status: *status,
-                    replayed: false,
-                }
-            }
-            Err(_) => return,
-        };
-        let _ = journal.finish_async(op.id(), outcome).await;
+        if let Some(outcome) = settled(result) {
+            let _ = journal.finish_async(op.id(), outcome).await;
+        }
     }
 }
 

@@ -13,10 +13,10 @@ use http_body_util::BodyExt;
 use reqwest_middleware::{Middleware, Next};
 
 use super::error::{BoxError, RetryError};
-use super::journal::{KeyJournal, Outcome, WindowEnd};
+use super::journal::{KeyJournal, WindowEnd};
 use super::layer::{IdempotencyKey, Operation};
 use super::policy::RetryPolicy;
-use super::retry::{RetryReport, drive};
+use super::retry::{RetryReport, drive, settled};
 
 /// Retries reqwest requests under a [`RetryPolicy`], with one idempotency key each: the
 /// journal's for a request carrying an [`Operation`] extension
@@ -128,24 +128,11 @@ impl RetryMiddleware {
             }
         })
         .await;
-        if let (Some(journal), Some(op)) = (&self.journal, &operation) {
-            let outcome = match &result {
-                Ok((response, report)) => Some(Outcome::Answered {
-                    status: response.status().as_u16(),
-                    replayed: report.replayed,
-                }),
-                Err(RetryError::Conflict { status, .. } | RetryError::Rejected { status, .. }) => {
-                    Some(Outcome::Answered {
-                        status: *status,
-                        replayed: false,
-                    })
-                }
-                Err(_) => None,
-            };
-            if let Some(outcome) = outcome {
-                // Not the request's failure: the operation stays pending, and a resume replays.
-                let _ = journal.finish_async(op.id(), outcome).await;
-            }
+        if let (Some(journal), Some(op), Some(outcome)) =
+            (&self.journal, &operation, settled(&result))
+        {
+            // Not the request's failure: the operation stays pending, and a resume replays.
+            let _ = journal.finish_async(op.id(), outcome).await;
         }
         let (mut response, report): (http::Response<Bytes>, RetryReport) = result?;
         response.extensions_mut().insert(report);

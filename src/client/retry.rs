@@ -20,7 +20,7 @@ use crate::sleep::Sleep;
 
 use super::classify::{Verdict, classify, is_replay};
 use super::error::{BoxError, Failure, RetryError};
-use super::journal::WindowEnd;
+use super::journal::{Outcome, WindowEnd};
 use super::policy::{Next, RetryPolicy, random_u64};
 
 /// What a retried request ended with, as a response extension (the tower layer) or beside
@@ -35,6 +35,33 @@ pub struct RetryReport {
     pub replayed: bool,
     /// The idempotency key sent on every attempt.
     pub key: String,
+}
+
+/// What the retry loop's `result` settles about its operation, for the journal (K4): the
+/// server's word on the request (an answer handed back, a conflict, a refusal), or `None`,
+/// and the operation stays pending. An answer other than a success or a replay, after
+/// attempts whose fate is unknown, settles nothing: a `401` once a token expired, a `404`
+/// from a proxy, say nothing of whether an earlier attempt ran.
+pub(crate) fn settled(
+    result: &Result<(http::Response<Bytes>, RetryReport), RetryError>,
+) -> Option<Outcome> {
+    match result {
+        Ok((response, report))
+            if report.attempts == 1 || report.replayed || response.status().is_success() =>
+        {
+            Some(Outcome::Answered {
+                status: response.status().as_u16(),
+                replayed: report.replayed,
+            })
+        }
+        Err(RetryError::Conflict { status, .. } | RetryError::Rejected { status, .. }) => {
+            Some(Outcome::Answered {
+                status: *status,
+                replayed: false,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Sends with `attempt` until an answer, a stop, the policy's end or the end of the
