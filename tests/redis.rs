@@ -366,31 +366,57 @@ fn one_lane(url: &str, clock: &ManualClock, cache: bool) -> Store {
     Store::open_redis_with(options, cfg).unwrap()
 }
 
+/// A server, a [`HoldProxy`] in front of it, and on a clock of their own a one-lane store
+/// through the proxy (`through`, with its cache) and one straight on the server (`direct`,
+/// without a cache). Fields drop in order: the stores close while the server still runs.
+struct LateCopy {
+    through: Store,
+    direct: Store,
+    clock: ManualClock,
+    proxy: HoldProxy,
+    server: Server,
+}
+
+fn late_copy() -> Option<LateCopy> {
+    let server = Server::start()?;
+    let proxy = HoldProxy::start(server.socket());
+    let clock = ManualClock::new(T0);
+    let through = one_lane(&proxy.url(), &clock, true);
+    let direct = one_lane(&server.url(), &clock, false);
+    Some(LateCopy {
+        through,
+        direct,
+        clock,
+        proxy,
+        server,
+    })
+}
+
 /// The first copy of a call whose connection broke, held in flight (`HoldProxy`) while the
 /// call is sent again and answered, and delivered after newer calls of its key: the engine
 /// closed that connection on the server before sending again, so the copy is never applied.
 /// Here a purge, whose late copy would erase another machine's acknowledged completion.
 #[test]
 fn a_late_copy_of_a_purge_cannot_erase_a_newer_completion() {
-    let Some(server) = Server::start() else {
+    let Some(t) = late_copy() else {
         return;
     };
-    let proxy = HoldProxy::start(server.socket());
-    let clock = ManualClock::new(T0);
-    let operator = one_lane(&proxy.url(), &clock, true);
-    let other = one_lane(&server.url(), &clock, true);
-    let witness = one_lane(&server.url(), &clock, false);
+    let other = one_lane(&t.server.url(), &t.clock, true);
     let (s, k) = (scope("s"), key("k"));
-    execute(operator.begin(&s, &k, &fp("x")).unwrap())
+    execute(t.through.begin(&s, &k, &fp("x")).unwrap())
         .complete(resp(201, "first"))
         .unwrap();
-    proxy.arm.store(true, Ordering::SeqCst);
-    assert!(operator.purge(&s, &k).unwrap());
-    assert_eq!(proxy.held(), 1, "the first copy is held");
+    t.proxy.arm.store(true, Ordering::SeqCst);
+    assert!(t.through.purge(&s, &k).unwrap());
+    assert_eq!(t.proxy.held(), 1, "the first copy is held");
     let r = execute(other.begin(&s, &k, &fp("x")).unwrap());
     assert_eq!(r.complete(resp(201, "second")).unwrap(), Completion::Stored);
-    assert_eq!(proxy.release(), vec![None], "the old connection was closed");
-    match witness.begin(&s, &k, &fp("x")).unwrap() {
+    assert_eq!(
+        t.proxy.release(),
+        vec![None],
+        "the old connection was closed"
+    );
+    match t.direct.begin(&s, &k, &fp("x")).unwrap() {
         Begin::Replay(got) => assert_eq!(got.body(), b"second"),
         other => panic!("an acknowledged completion stopped replaying: {other:?}"),
     }
@@ -399,42 +425,34 @@ fn a_late_copy_of_a_purge_cannot_erase_a_newer_completion() {
 /// As above, for a claim: its late copy would hold a released key for nobody (C6).
 #[test]
 fn a_late_copy_of_a_claim_cannot_hold_a_released_key() {
-    let Some(server) = Server::start() else {
+    let Some(t) = late_copy() else {
         return;
     };
-    let proxy = HoldProxy::start(server.socket());
-    let clock = ManualClock::new(T0);
-    let store = one_lane(&proxy.url(), &clock, true);
-    let other = one_lane(&server.url(), &clock, false);
     let (s, k) = (scope("s"), key("k"));
-    proxy.arm.store(true, Ordering::SeqCst);
-    let r = execute(store.begin(&s, &k, &fp("x")).unwrap());
-    assert_eq!(proxy.held(), 1);
+    t.proxy.arm.store(true, Ordering::SeqCst);
+    let r = execute(t.through.begin(&s, &k, &fp("x")).unwrap());
+    assert_eq!(t.proxy.held(), 1);
     r.release().unwrap();
-    assert_eq!(proxy.release(), vec![None]);
-    drop(execute(other.begin(&s, &k, &fp("x")).unwrap()));
+    assert_eq!(t.proxy.release(), vec![None]);
+    drop(execute(t.direct.begin(&s, &k, &fp("x")).unwrap()));
 }
 
 /// As above, for a recovery point: its late copy would replace the later point (P1, P2).
 #[test]
 fn a_late_copy_of_a_point_cannot_replace_a_later_one() {
-    let Some(server) = Server::start() else {
+    let Some(t) = late_copy() else {
         return;
     };
-    let proxy = HoldProxy::start(server.socket());
-    let clock = ManualClock::new(T0);
-    let store = one_lane(&proxy.url(), &clock, true);
-    let other = one_lane(&server.url(), &clock, false);
     let (s, k) = (scope("s"), key("k"));
-    let mut r = execute(store.begin(&s, &k, &fp("x")).unwrap());
-    proxy.arm.store(true, Ordering::SeqCst);
+    let mut r = execute(t.through.begin(&s, &k, &fp("x")).unwrap());
+    t.proxy.arm.store(true, Ordering::SeqCst);
     r.save_point("reserved", b"step-1").unwrap();
-    assert_eq!(proxy.held(), 1);
+    assert_eq!(t.proxy.held(), 1);
     r.save_point("charged", b"step-2").unwrap();
-    assert_eq!(proxy.release(), vec![None]);
+    assert_eq!(t.proxy.release(), vec![None]);
     r.abandon();
-    clock.advance(Duration::from_secs(11));
-    let next = execute(other.begin(&s, &k, &fp("x")).unwrap());
+    t.clock.advance(Duration::from_secs(11));
+    let next = execute(t.direct.begin(&s, &k, &fp("x")).unwrap());
     assert_eq!(next.recovery_point().unwrap().name(), "charged");
 }
 
@@ -442,26 +460,22 @@ fn a_late_copy_of_a_point_cannot_replace_a_later_one() {
 /// back before the one its holder was told (C8).
 #[test]
 fn a_late_copy_of_a_renewal_cannot_shorten_the_lease() {
-    let Some(server) = Server::start() else {
+    let Some(t) = late_copy() else {
         return;
     };
-    let proxy = HoldProxy::start(server.socket());
-    let clock = ManualClock::new(T0);
-    let store = one_lane(&proxy.url(), &clock, true);
-    let other = one_lane(&server.url(), &clock, false);
     let (s, k) = (scope("s"), key("k"));
-    let mut r = execute(store.begin(&s, &k, &fp("x")).unwrap());
-    clock.advance(Duration::from_secs(1));
-    proxy.arm.store(true, Ordering::SeqCst);
+    let mut r = execute(t.through.begin(&s, &k, &fp("x")).unwrap());
+    t.clock.advance(Duration::from_secs(1));
+    t.proxy.arm.store(true, Ordering::SeqCst);
     r.renew().unwrap();
-    assert_eq!(proxy.held(), 1);
-    clock.advance(Duration::from_secs(4));
+    assert_eq!(t.proxy.held(), 1);
+    t.clock.advance(Duration::from_secs(4));
     r.renew().unwrap();
     assert_eq!(r.lease_deadline(), T0 + 15_000);
-    assert_eq!(proxy.release(), vec![None]);
-    clock.advance(Duration::from_secs(7));
+    assert_eq!(t.proxy.release(), vec![None]);
+    t.clock.advance(Duration::from_secs(7));
     assert!(matches!(
-        other.begin(&s, &k, &fp("x")).unwrap(),
+        t.direct.begin(&s, &k, &fp("x")).unwrap(),
         Begin::InProgress { .. }
     ));
 }
