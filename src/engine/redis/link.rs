@@ -18,9 +18,10 @@
 //!   blocks its connection, so a wait for each call would hold the lane once per call; a call whose
 //!   wait went unanswered is sent again;
 //! - a connection given up while calls on it were unanswered is closed on the server
-//!   (`CLIENT KILL ID`) before anything is sent on the next one, so that no copy of a call it
-//!   still carries (in the server's buffers, or a proxy's) is applied after the calls sent
-//!   again: a late purge, claim, point or renewal would undo newer changes of its key;
+//!   (`CLIENT KILL`, by its id and address) before anything is sent on the next one, so that
+//!   no copy of a call it still carries (in the server's buffers, or a proxy's) is applied
+//!   after the calls sent again: a late purge, claim, point or renewal would undo newer
+//!   changes of its key;
 //! - a call sent on a connection that broke before its reply (or its wait's) was read may have
 //!   been applied: if the server refuses it when it is sent again, its outcome is unknown
 //!   (`NoReply`), never a refusal that says nothing was applied;
@@ -72,12 +73,19 @@ struct Node {
     addr: String,
     client: Client,
     conn: Option<Connection>,
-    /// The server's id of `conn` (`CLIENT ID`), if the server told it.
-    id: Option<i64>,
-    /// The ids of connections given up while calls on them were unanswered: the server may
-    /// still hold their bytes (in its buffers, or a proxy's), so each is closed on the server
-    /// (`CLIENT KILL ID`) before anything is sent on the next connection.
-    dropped: Vec<i64>,
+    /// `conn` as the server knows it (`CLIENT INFO`), if the server told.
+    known: Option<Known>,
+    /// Connections given up while calls on them were unanswered: the server may still hold
+    /// their bytes (in its buffers, or a proxy's), so each is closed on the server (`CLIENT
+    /// KILL`) before anything is sent on the next connection.
+    dropped: Vec<Known>,
+}
+
+/// A connection as the server knows it. `CLIENT KILL` must match both, so that once a
+/// restarted server hands the same id out again, no other client's connection is closed.
+struct Known {
+    id: String,
+    addr: String,
 }
 
 impl Node {
@@ -86,7 +94,7 @@ impl Node {
             addr,
             client,
             conn: None,
-            id: None,
+            known: None,
             dropped: Vec::new(),
         }
     }
@@ -94,7 +102,7 @@ impl Node {
     /// Gives the connection up; see `dropped`.
     fn lose(&mut self) {
         self.conn = None;
-        self.dropped.extend(self.id.take());
+        self.dropped.extend(self.known.take());
     }
 }
 
@@ -293,13 +301,13 @@ impl Link {
                 .and_then(|mut c| {
                     c.set_read_timeout(Some(self.timeout))?;
                     c.set_write_timeout(Some(self.timeout))?;
-                    let id = fence(&mut c, &node.dropped)?;
-                    Ok((c, id))
+                    let known = fence(&mut c, &node.dropped)?;
+                    Ok((c, known))
                 }) {
-                Ok((conn, id)) => {
+                Ok((conn, known)) => {
                     let node = &mut self.nodes[i];
                     node.dropped.clear();
-                    node.id = id;
+                    node.known = known;
                     node.conn = Some(conn);
                 }
                 Err(e) => {
@@ -584,23 +592,42 @@ fn broken(e: &RedisError) -> bool {
 
 /// Readies a new connection: closes on the server the connections in `dropped`, so that
 /// nothing they still carry is applied after the calls sent again on this one, and answers
-/// this connection's own id. A server that refuses either command (a managed service's ACL)
-/// leaves that protection out; only an I/O error fails the connection.
-fn fence(conn: &mut Connection, dropped: &[i64]) -> Result<Option<i64>, RedisError> {
+/// how the server knows this one. A server that refuses either command (a managed service's
+/// ACL) leaves that protection out; only an I/O error fails the connection.
+fn fence(conn: &mut Connection, dropped: &[Known]) -> Result<Option<Known>, RedisError> {
     use ::redis::ConnectionLike;
-    for id in dropped {
+    for old in dropped {
+        // Filters must all match; the caller's own connection is never closed (`SKIPME`).
         let mut kill = ::redis::cmd("CLIENT");
-        kill.arg("KILL").arg("ID").arg(*id);
+        kill.arg("KILL")
+            .arg("ID")
+            .arg(&old.id)
+            .arg("ADDR")
+            .arg(&old.addr);
         match conn.req_command(&kill) {
             Err(e) if broken(&e) => return Err(e),
             _ => {}
         }
     }
-    match conn.req_command(::redis::cmd("CLIENT").arg("ID")) {
-        Ok(Value::Int(id)) => Ok(Some(id)),
+    match conn.req_command(::redis::cmd("CLIENT").arg("INFO")) {
+        Ok(Value::BulkString(info)) => Ok(known(&String::from_utf8_lossy(&info))),
+        Ok(Value::VerbatimString { text, .. }) => Ok(known(&text)),
         Err(e) if broken(&e) => Err(e),
         _ => Ok(None),
     }
+}
+
+/// The id and address in a `CLIENT INFO` line (`id=7 addr=127.0.0.1:51234 …`).
+fn known(info: &str) -> Option<Known> {
+    let field = |name: &str| {
+        info.split_ascii_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    Some(Known {
+        id: field("id=")?,
+        addr: field("addr=")?,
+    })
 }
 
 fn unsent_or_lost(sent: bool, cause: Cause) -> Failure {
@@ -618,6 +645,15 @@ fn cause_of(text: &str) -> Cause {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_info_line_gives_the_id_and_address_a_kill_must_match() {
+        let line = "id=7 addr=127.0.0.1:51234 laddr=127.0.0.1:6379 fd=8 name= age=0\n";
+        let k = known(line).unwrap();
+        assert_eq!((k.id.as_str(), k.addr.as_str()), ("7", "127.0.0.1:51234"));
+        assert!(known("addr=127.0.0.1:1").is_none());
+        assert!(known("").is_none());
+    }
 
     #[test]
     fn slots_follow_the_cluster_specification() {
