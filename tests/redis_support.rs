@@ -10,6 +10,7 @@
 //! pass, unless `IDEMSTORE_REQUIRE_VALKEY=1` is set (CI sets both).
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -171,7 +172,7 @@ impl Server {
 
     /// A free loopback TCP port (for a server that replicas connect to).
     pub fn free_port() -> u16 {
-        free_cluster_port(&[])
+        free_cluster_port()
     }
 
     /// Waits until `INFO replication` shows `line` (a readiness poll; gives up after 10 s).
@@ -490,17 +491,26 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-/// A port that is free, with its cluster bus port (+10000) free too.
-fn free_cluster_port(taken: &[u16]) -> u16 {
+/// Ports handed out by [`free_cluster_port`] in this process, with their bus ports: a port
+/// the kernel hands out again for port 0 is never given to two servers of one test run.
+static HANDED_OUT: parking_lot::Mutex<BTreeSet<u16>> = parking_lot::Mutex::new(BTreeSet::new());
+
+/// A port that is free, with its cluster bus port (+10000) free too, and neither handed out
+/// before in this process.
+fn free_cluster_port() -> u16 {
     for _ in 0..1000 {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or(0);
+        let mut handed = HANDED_OUT.lock();
         if (1024..55535).contains(&port)
-            && !taken.contains(&port)
+            && !handed.contains(&port)
+            && !handed.contains(&(port + 10000))
             && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
         {
+            handed.insert(port);
+            handed.insert(port + 10000);
             return port;
         }
     }
@@ -517,26 +527,10 @@ impl Cluster {
         let mut ports = Vec::new();
         let mut nodes = Vec::new();
         for i in 0..3 {
-            let port = free_cluster_port(&ports);
-            ports.push(port);
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
-                .arg(&node_dir)
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                ])
-                .args(SAFE)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let (port, child) = start_cluster_node(&node_dir);
+            ports.push(port);
             nodes.push(child);
         }
         let cluster = Cluster {
@@ -544,9 +538,6 @@ impl Cluster {
             ports,
             _dir: dir,
         };
-        for &port in &cluster.ports {
-            wait_for_tcp(port);
-        }
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
         for &port in &cluster.ports {
@@ -681,12 +672,61 @@ impl Drop for Cluster {
     }
 }
 
-fn wait_for_tcp(port: u16) {
-    wait_for_pong(&format!("port {port}"), || {
-        TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|s| Box::new(s) as Box<dyn Stream>)
-    });
+/// Starts a cluster node in `dir` on a free port pair. A free port can be taken
+/// by another listener between the check and the server's bind (another test's proxy, a
+/// `serve` process), and the server then exits: it is started again on other ports.
+fn start_cluster_node(dir: &Path) -> (u16, Child) {
+    for _ in 0..20 {
+        let port = free_cluster_port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
+            .arg(dir)
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ])
+            .args(SAFE)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if answers_on_tcp(&mut child, port) {
+            return (port, child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("no cluster node would start");
+}
+
+/// Waits until `child` answers `PING` on `port`; false if it exits first (its port was taken).
+/// Whatever else listens there is not waited on: a read gives up after a second.
+fn answers_on_tcp(child: &mut Child, port: u16) -> bool {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let mut buf = [0u8; 16];
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read(&mut buf)
+                    .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            {
+                return true;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server did not start on port {port}"
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// A TCP relay in front of a server's port, for a replica's link: once `cut` is set, nothing
