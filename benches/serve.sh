@@ -10,7 +10,7 @@ duration=${DURATION:-10s}
 conns=${CONNS:-32}
 threads=${THREADS:-1}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 1; }
-cargo build --release --features cli --bin idemstore >&2
+cargo build --release -p idemstore-cli --bin idemstore >&2
 bin=${CARGO_TARGET_DIR:-target}/release/idemstore
 
 run() { # label, mode, serve flags...

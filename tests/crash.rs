@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use idemstore::{
     Begin, BeginError, CompleteError, Completion, Config, Fingerprint, Key, LeaseError,
-    ManualClock, Reservation, Response, Scope, State, Store,
+    ManualClock, Reservation, Response, Scope, State, StorageBackend, Store,
 };
 
-use crate::sim_disk::{Mode, Rng, SimDisk};
+use crate::sim_disk::{Mode, Rng, SECTOR, SimDisk};
 use crate::support::{T0, fp, key, scope};
 
 /// Keys the workload touches.
@@ -784,4 +784,67 @@ fn negative_control_a_disk_whose_fsync_lies_is_caught() {
          harness cannot see lost writes",
         summary.cases
     );
+}
+
+// ---- The simulated disk itself ---------------------------------------------------------------
+
+#[test]
+fn sim_disk_keeps_synced_bytes_and_fails_after_the_countdown() {
+    let disk = SimDisk::new(Mode::Subset);
+    disk.set_len(1024).unwrap();
+    disk.write(0, b"durable").unwrap();
+    disk.sync_data().unwrap();
+    disk.write(0, b"pending").unwrap();
+    let mut out = [0u8; 7];
+    disk.read(0, &mut out).unwrap();
+    assert_eq!(&out, b"pending");
+    disk.arm(2);
+    disk.write(512, b"x").unwrap();
+    assert!(disk.write(600, b"y").is_err());
+    assert!(disk.read(0, &mut out).is_err());
+    assert!(disk.sync_data().is_err());
+    let mut seen_durable = false;
+    let mut seen_pending = false;
+    let mut rng = Rng::new(7);
+    for _ in 0..64 {
+        let image = disk.crash_image(&mut rng, Mode::Subset);
+        assert_eq!(image.len(), 1024);
+        match &image[..7] {
+            b"durable" => seen_durable = true,
+            b"pending" => seen_pending = true,
+            other => panic!("unexpected bytes {other:?}"),
+        }
+        assert_eq!(image[600], 0, "the failed write never landed");
+    }
+    assert!(seen_durable && seen_pending);
+}
+
+#[test]
+fn sim_disk_tears_writes_by_sector_and_a_lying_disk_keeps_nothing() {
+    let disk = SimDisk::new(Mode::Subset);
+    disk.write(0, &[1u8; 4 * SECTOR as usize]).unwrap();
+    let mut rng = Rng::new(11);
+    let mut torn = false;
+    for _ in 0..200 {
+        let image = disk.crash_image(&mut rng, Mode::Torn);
+        for sector in image.chunks(SECTOR as usize) {
+            assert!(sector.iter().all(|&b| b == sector[0]), "a sector is whole");
+        }
+        if image.contains(&0) {
+            torn = true;
+        }
+    }
+    assert!(torn);
+
+    let lying = SimDisk::new(Mode::Lying);
+    lying.write(0, b"acked").unwrap();
+    lying.sync_data().unwrap();
+    let restored = SimDisk::from_image(b"image".to_vec());
+    let mut out = [0u8; 5];
+    restored.read(0, &mut out).unwrap();
+    assert_eq!(&out, b"image");
+    assert_eq!(restored.crash_image(&mut Rng::new(1), Mode::Torn), b"image");
+    let mut rng = Rng::new(3);
+    let lost = (0..64).any(|_| lying.crash_image(&mut rng, Mode::Subset).is_empty());
+    assert!(lost, "a lying sync leaves the write pending");
 }

@@ -22,6 +22,7 @@ mod damaged;
 mod durability;
 mod exactly_once;
 mod expiry;
+mod files;
 mod fixtures;
 mod inspect;
 mod kill;
@@ -44,8 +45,7 @@ mod redis_support;
 #[cfg(feature = "fuzzing")]
 mod step;
 mod storm;
-// Read through tracing-subscriber's registry, which the `cli` feature brings.
-#[cfg(all(feature = "tracing", feature = "cli"))]
+#[cfg(all(feature = "tracing", feature = "http"))]
 mod traced;
 mod wait;
 mod wal;
@@ -57,16 +57,3 @@ mod http;
 mod http_exactly_once;
 #[cfg(feature = "http")]
 mod http_support;
-
-// The `idemstore` binary (feature `cli`): the demo service and the operator subcommands.
-#[cfg(feature = "cli")]
-mod admin;
-#[cfg(feature = "cli")]
-mod cli;
-// The caller's side (feature `client`) against the demo service, through a faulty proxy.
-#[cfg(feature = "cli")]
-mod client;
-#[cfg(feature = "cli")]
-mod client_proxy;
-#[cfg(feature = "cli")]
-mod serve;

@@ -1,7 +1,7 @@
 //! The caller's side (feature `client`, rules K1 to K8): the key journal on the memory engine
 //! and on a file, the window, and the retry layer over hyper-util's client against the real
 //! `idemstore serve` binary through a proxy that drops answers, resets connections, and
-//! delays or stalls responses (`tests/client_proxy.rs`), driven by a fixed script.
+//! delays or stalls responses (`client_proxy.rs`), driven by a fixed script.
 //! Every logical operation makes exactly one booking; a caller that dies after journaling,
 //! before or after sending, resumes with its key; a conflicting reuse stops with the typed
 //! error; a resume past the window is refused; `idemstore call` does all of it from a shell.
@@ -162,7 +162,6 @@ fn k1_a_journaled_key_survives_closing_and_dropping_the_journal() {
 /// Two processes (two stores) whose journals share one Redis server share their operations:
 /// the key the first mints is the key the second gets, racing calls of both get one key, and
 /// an outcome one records is what the other reads.
-#[cfg(feature = "redis")]
 #[test]
 fn k1_journals_over_one_redis_server_share_each_operations_key() {
     let Some(server) = crate::redis_support::Server::start() else {
@@ -932,7 +931,6 @@ async fn k8_idemstore_call_retries_resumes_replays_and_stops_on_a_conflict() {
 
 // ---- K7 with reqwest: the same policy as a reqwest-middleware middleware ---------------------
 
-#[cfg(feature = "client-reqwest")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k7_the_reqwest_middleware_makes_one_booking_through_faults_and_stops_on_a_conflict() {
     use idemstore::client::RetryMiddleware;

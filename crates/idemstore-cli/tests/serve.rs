@@ -7,7 +7,7 @@
 //! its grace period. Waits are upper bounds on polls, not sleeps that let something happen;
 //! the one check that something does not happen (a connection beyond the limit is not served)
 //! looks for a short, bounded time. The helpers that start the binary and list its bookings
-//! serve the client's tests too (`tests/client.rs`).
+//! serve the client's tests too (`client.rs`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -280,14 +280,14 @@ fn run(cmd: &[String], db: &Path) -> Output {
 /// file's bytes and mode, and the list of files) is exactly as before.
 fn run_read_only(db: &Path, scope: &str, key: &str) -> Vec<(Vec<String>, Output)> {
     let dir = db.parent().unwrap();
-    let before = crate::inspect::snapshot(dir);
+    let before = crate::files::snapshot(dir);
     read_only_commands(scope, key)
         .into_iter()
         .map(|cmd| {
             let out = run(&cmd, db);
             assert_ne!(out.status.code(), Some(101), "panic on {cmd:?}: {out:?}");
             assert_eq!(
-                crate::inspect::snapshot(dir),
+                crate::files::snapshot(dir),
                 before,
                 "{cmd:?} changed the files"
             );
@@ -297,7 +297,7 @@ fn run_read_only(db: &Path, scope: &str, key: &str) -> Vec<(Vec<String>, Output)
 }
 
 /// Checks what the read-only subcommands show of a crash image made by
-/// `inspect::logged_crash_image(dir, _, 2, 3)`: the records in the file and the logged ones.
+/// `files::logged_crash_image(dir, _, 2, 3)`: the records in the file and the logged ones.
 fn shows_the_logged_records(outputs: &[(Vec<String>, Output)]) {
     for (cmd, out) in outputs {
         assert!(out.status.success(), "{cmd:?}: {out:?}");
@@ -347,15 +347,15 @@ fn shows_the_logged_records(outputs: &[(Vec<String>, Output)]) {
 #[test]
 fn o1_o2_cli_read_only_commands_show_a_crash_images_logged_records_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let db = crate::inspect::logged_crash_image(dir.path(), "live.redb", 2, 3);
+    let db = crate::files::logged_crash_image(dir.path(), "live.redb", 2, 3);
     shows_the_logged_records(&run_read_only(&db, "acct_a", "log-1"));
 }
 
 #[test]
 fn o1_o2_cli_read_only_commands_work_on_files_without_write_permission() {
-    use crate::inspect::chmod;
+    use crate::files::chmod;
     let dir = tempfile::tempdir().unwrap();
-    let db = crate::inspect::logged_crash_image(dir.path(), "ro.redb", 2, 3);
+    let db = crate::files::logged_crash_image(dir.path(), "ro.redb", 2, 3);
     chmod(&db, 0o444);
     chmod(&dir.path().join("ro.redb.wal"), 0o444);
     chmod(dir.path(), 0o555);
@@ -389,7 +389,7 @@ fn o1_o3_cli_read_only_commands_refuse_an_empty_file_and_never_make_it_a_store()
 fn o1_o3_cli_read_only_commands_refuse_another_programs_redb_file() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bookings.redb");
-    crate::inspect::foreign_redb(&db);
+    crate::files::foreign_redb(&db);
     refused_as_foreign(&db);
 }
 
@@ -686,7 +686,6 @@ fn o4_cli_output_escapes_terminal_controls_bidi_and_invisible_characters() {
 /// The operator subcommands with `--redis`: the looking ones (`export` among them) write
 /// nothing to the server and refuse a prefix without a store; `purge` removes a record, or
 /// those its filters select; `compact` has nothing to do.
-#[cfg(feature = "redis")]
 #[test]
 fn o1_cli_commands_on_a_redis_store() {
     let Some(server) = crate::redis_support::Server::start() else {
