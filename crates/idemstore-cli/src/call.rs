@@ -101,6 +101,11 @@ fn call(args: CallArgs) -> Result<ExitCode, String> {
             .await?;
         service.call(request).await
     });
+    // An answer after attempts whose fate is unknown settles the operation only if it is a
+    // success or a replay (K4): a `401` or a `404` then leaves it pending.
+    let left_pending = journal
+        .pending()
+        .is_ok_and(|entries| entries.iter().any(|e| e.operation() == args.op));
     let closed = journal.close();
     let code = match answer {
         Ok(response) => {
@@ -114,13 +119,21 @@ fn call(args: CallArgs) -> Result<ExitCode, String> {
             let _ = out.write_all(&body);
             let _ = out.flush();
             let (attempts, replayed) = report.map_or((1, false), |r| (r.attempts, r.replayed));
-            eprintln!(
+            let mut line = format!(
                 "idemstore call: {} {}, {attempts} attempt{}, {}",
                 status.as_u16(),
                 status.canonical_reason().unwrap_or(""),
                 if attempts == 1 { "" } else { "s" },
                 if replayed { "replayed" } else { "executed" }
             );
+            if left_pending {
+                line.push_str(&format!(
+                    "; operation {} stays pending in {}: an earlier attempt may have run, so run the same command again to resume with its key",
+                    escape::text(&args.op),
+                    escape::text(&args.journal.display().to_string())
+                ));
+            }
+            eprintln!("{line}");
             if status.as_u16() < 400 {
                 ExitCode::SUCCESS
             } else {

@@ -929,6 +929,56 @@ async fn k8_idemstore_call_retries_resumes_replays_and_stops_on_a_conflict() {
     assert!(stderr_line(&bad).contains("only http://"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k4_k8_idemstore_call_says_an_operation_stays_pending_when_its_answer_settles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("idem.redb"), &[]);
+    let journal = dir.path().join("keys.redb");
+    // The first answer is lost, so the first attempt may have run; the second is a `404`,
+    // which says nothing of the first: the operation stays pending, and the line says so.
+    let proxy = start(server.addr, vec![Fault::DropAnswer, Fault::Forward]).await;
+    let unknown = format!("http://{}/v1/no-such-route", proxy.addr);
+    let out = tokio::task::spawn_blocking({
+        let journal = journal.clone();
+        move || call(&journal, &unknown, "cli-5", &body(1), &[])
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let line = stderr_line(&out);
+    assert!(
+        line.starts_with(
+            "idemstore call: 404 Not Found, 2 attempts, executed; operation cli-5 stays pending in "
+        ),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("run the same command again to resume with its key"),
+        "{line}"
+    );
+    let keys = KeyJournal::open(&journal, JournalConfig::default()).unwrap();
+    assert_eq!(keys.key_for("cli-5").unwrap().outcome(), None);
+    keys.close().unwrap();
+
+    // Run again with its key, one attempt: the `404` is then the server's word, and settles it.
+    let direct = format!("http://{}/v1/no-such-route", server.addr);
+    let again = call(&journal, &direct, "cli-5", &body(1), &[]);
+    assert!(!again.status.success());
+    assert_eq!(
+        stderr_line(&again),
+        "idemstore call: 404 Not Found, 1 attempt, executed"
+    );
+    let keys = KeyJournal::open(&journal, JournalConfig::default()).unwrap();
+    assert_eq!(
+        keys.key_for("cli-5").unwrap().outcome(),
+        Some(Outcome::Answered {
+            status: 404,
+            replayed: false
+        })
+    );
+    keys.close().unwrap();
+}
+
 // ---- K7 with reqwest: the same policy as a reqwest-middleware middleware ---------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
