@@ -164,6 +164,11 @@ impl WindowEnd {
     pub(crate) fn passed(&self) -> bool {
         self.journal.now() >= self.at_ms
     }
+
+    /// How long until the window ends (zero once it has).
+    pub(crate) fn left(&self) -> Duration {
+        Duration::from_millis(self.at_ms.saturating_sub(self.journal.now()))
+    }
 }
 
 /// How a finished operation ended, as [`KeyJournal::finish`] records it.

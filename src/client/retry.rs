@@ -123,11 +123,18 @@ where
                 }
             }
         };
-        match policy.next(attempts, start.elapsed(), retry_after, random_u64()) {
-            Next::Wait(wait) => Sleep::new(wait).await,
+        let wait = match policy.next(attempts, start.elapsed(), retry_after, random_u64()) {
+            Next::Wait(wait) => wait,
             Next::Exhausted => return Err(RetryError::Exhausted { attempts, last }),
             Next::Deadline => return Err(RetryError::Deadline { attempts, last }),
+        };
+        // As for the deadline, no wait is begun that would end at or past the window's end:
+        // a `Retry-After` (the server's to choose) could otherwise hold the caller for as
+        // long as the server says, only to send nothing after it.
+        if window.is_some_and(|end| wait >= end.left()) {
+            return Err(RetryError::WindowEnded { attempts, last });
         }
+        Sleep::new(wait).await;
         if window.is_some_and(WindowEnd::passed) {
             return Err(RetryError::WindowEnded { attempts, last });
         }

@@ -441,6 +441,47 @@ async fn k3_the_layer_stops_retrying_when_the_window_ends_between_attempts() {
     assert_eq!(journal.pending().unwrap().len(), 1);
 }
 
+/// K3 and K5: a `Retry-After` that would end past the operation's window ends the request at
+/// once, whatever the deadline: the client neither holds its caller for as long as the server
+/// asks nor sends anything after it. The request completes on its first poll, so it never
+/// began to wait.
+#[test]
+fn k3_k5_a_retry_after_past_the_window_ends_the_request_without_waiting() {
+    let clock = ManualClock::new(5_000_000);
+    let journal = KeyJournal::in_memory(JournalConfig::new(HOUR).clock(clock.clone())).unwrap();
+    journal.key_for("held-off").unwrap();
+    clock.advance(HOUR / 2);
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let service = RetryLayer::new(RetryPolicy::default().deadline(Duration::MAX))
+        .journal(journal.clone())
+        .layer(tower::service_fn(
+            move |_req: http::Request<Full<Bytes>>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async {
+                    // Two hours, where half an hour of the window is left.
+                    let mut busy = http::Response::new(Full::new(Bytes::new()));
+                    *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    busy.headers_mut()
+                        .insert("retry-after", http::HeaderValue::from_static("7200"));
+                    Ok::<_, std::convert::Infallible>(busy)
+                }
+            },
+        ));
+    let mut request = std::pin::pin!(service.oneshot(operation_request("held-off")));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let std::task::Poll::Ready(answer) = request.as_mut().poll(&mut cx) else {
+        panic!("the request waits for the server's Retry-After past its window");
+    };
+    let err = answer.unwrap_err();
+    assert!(
+        matches!(err, RetryError::WindowEnded { attempts: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(journal.pending().unwrap().len(), 1);
+}
+
 /// One scripted answer: status, headers, body.
 type Scripted = (u16, &'static [(&'static str, &'static str)], &'static str);
 /// The keys a scripted server saw, one per attempt.
