@@ -703,22 +703,27 @@ fn start_cluster_node(dir: &Path) -> (u16, Child) {
     panic!("no cluster node would start");
 }
 
-/// Waits until `child` answers `PING` on `port`; false if it exits first (its port was taken).
-/// Whatever else listens there is not waited on: a read gives up after a second.
+/// Waits until `child` answers on `port`; false if it exits first (its port was taken). The
+/// answer must come from `child` (`INFO server` names its process id): another listener that
+/// took the port, a proxy in front of another server say, is not waited on past a second.
 fn answers_on_tcp(child: &mut Child, port: u16) -> bool {
     let start = Instant::now();
+    let own = format!("process_id:{}\r\n", child.id());
     loop {
         if child.try_wait().unwrap().is_some() {
             return false;
         }
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-            let mut buf = [0u8; 16];
-            if s.write_all(b"PING\r\n").is_ok()
-                && s.read(&mut buf)
-                    .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-            {
-                return true;
+            if s.write_all(b"INFO server\r\n").is_ok() {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    seen.extend_from_slice(&buf[..n]);
+                    if String::from_utf8_lossy(&seen).contains(&own) {
+                        return true;
+                    }
+                }
             }
         }
         assert!(
