@@ -222,9 +222,11 @@ pub enum RetryError {
         last: Failure,
     },
     /// The operation's window ([`JournalConfig::window`](super::JournalConfig::window)) ended
-    /// between two attempts: the server may have forgotten the key and would run another
-    /// attempt as a new request, so none is sent (K3). The operation stays pending; decide by
-    /// looking the effect up, then [`finish`](super::KeyJournal::finish) it.
+    /// between two attempts, or would end before the next one (the wait the policy or the
+    /// server's `Retry-After` asks for reaches past it): the server may have forgotten the key
+    /// and would run another attempt as a new request, so none is sent (K3). The operation
+    /// stays pending; decide by looking the effect up, then
+    /// [`finish`](super::KeyJournal::finish) it.
     WindowEnded {
         /// Attempts made.
         attempts: u32,
@@ -279,8 +281,9 @@ impl fmt::Display for RetryError {
             ),
             RetryError::WindowEnded { attempts, last } => write!(
                 f,
-                "the operation's window ended after {attempts} attempts, so the server may have \
-                 forgotten its key: not sent again; the last one: {last}"
+                "the operation's window ends before another attempt could be sent (after \
+                 {attempts} attempts), so the server may have forgotten its key: not sent \
+                 again; the last one: {last}"
             ),
             RetryError::NoKey => write!(f, "no idempotency key and no operation to journal"),
             RetryError::Journal(e) => e.fmt(f),
