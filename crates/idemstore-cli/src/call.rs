@@ -141,19 +141,22 @@ fn call(args: CallArgs) -> Result<ExitCode, String> {
             }
         }
         Err(e) => {
-            let pending = matches!(
-                e,
-                RetryError::Exhausted { .. } | RetryError::Deadline { .. }
-            );
-            let mut line = chain(&e);
-            if pending {
-                line.push_str(&format!(
-                    "; operation {} stays pending in {}: run the same command again to resume with its key",
-                    args.op,
-                    args.journal.display()
-                ));
-            }
-            return Err(line);
+            let then = match e {
+                RetryError::Exhausted { .. } | RetryError::Deadline { .. } => {
+                    "run the same command again to resume with its key"
+                }
+                RetryError::OutcomeUnknown { .. } => {
+                    "the server does not know whether it ran; once someone there has settled \
+                     its key, run the same command again to get its answer"
+                }
+                _ => return Err(chain(&e)),
+            };
+            return Err(format!(
+                "{}; operation {} stays pending in {}: {then}",
+                chain(&e),
+                args.op,
+                args.journal.display()
+            ));
         }
     };
     closed.map_err(|e| chain(&e))?;

@@ -970,6 +970,41 @@ async fn k8_idemstore_call_retries_resumes_replays_and_stops_on_a_conflict() {
     assert!(stderr_line(&bad).contains("only http://"));
 }
 
+/// K4 and K8: a server that does not know whether the operation ran (`409
+/// idempotency_outcome_unknown`) leaves it pending, and the line says what to do next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k4_k8_idemstore_call_leaves_an_outcome_unknown_pending_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("keys.redb");
+    let app = axum::Router::new().route(
+        "/v1/bookings",
+        axum::routing::post(|| async { (http::StatusCode::CONFLICT, UNKNOWN) }),
+    );
+    let (addr, server) = crate::http_support::serve_router(app).await;
+    let url = format!("http://{addr}/v1/bookings");
+    let out = tokio::task::spawn_blocking({
+        let journal = journal.clone();
+        move || call(&journal, &url, "cli-6", &body(1), &[])
+    })
+    .await
+    .unwrap();
+    server.abort();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let line = stderr_line(&out);
+    assert!(
+        line.contains("; operation cli-6 stays pending in ")
+            && line.ends_with(
+                "the server does not know whether it ran; once someone there has settled its \
+                 key, run the same command again to get its answer"
+            ),
+        "{line}"
+    );
+    let keys = KeyJournal::open(&journal, JournalConfig::default()).unwrap();
+    assert_eq!(keys.key_for("cli-6").unwrap().outcome(), None);
+    keys.close().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k4_k8_idemstore_call_says_an_operation_stays_pending_when_its_answer_settles_nothing() {
     let dir = tempfile::tempdir().unwrap();
