@@ -12,11 +12,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::waiters::Waiters;
 use crate::config::Config;
-use crate::error::{Cause, Message, Unavailable};
+use crate::error::{Cause, Message, OpenError, Unavailable};
 use crate::metrics::Metrics;
 use crate::poison::Poison;
 use crate::reply::Closed;
 use crate::stats::Counters;
+
+/// A new store's secret: 32 bytes from the operating system's random source. Every engine
+/// draws it here, once, when it makes a store that has none yet.
+pub(crate) fn random_secret() -> Result<[u8; 32], OpenError> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)
+        .map_err(|e| OpenError::Io(std::io::Error::other(format!("no random source: {e}"))))?;
+    Ok(secret)
+}
 
 pub(crate) struct Shared {
     pub(crate) config: Config,

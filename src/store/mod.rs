@@ -171,7 +171,7 @@ impl Store {
         };
         let shared = Arc::new(Shared::new(
             config,
-            crate::engine::file::open::random_secret()?,
+            crate::engine::shared::random_secret()?,
         ));
         let engine = MemoryEngine::new(Arc::clone(&shared));
         Store::run(shared, Arc::new(engine))

@@ -111,14 +111,6 @@ pub(crate) struct Opened {
     pub(crate) scopes: Counts,
 }
 
-/// 32 bytes from the operating system's random source.
-pub(crate) fn random_secret() -> Result<[u8; 32], OpenError> {
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret)
-        .map_err(|e| OpenError::Io(std::io::Error::other(format!("no random source: {e}"))))?;
-    Ok(secret)
-}
-
 /// The secret kept in `meta`, made and inserted if the file has none yet.
 fn load_or_make_secret(meta: &mut Table<&str, u64>) -> Result<[u8; 32], OpenError> {
     let mut words = [0u64; 4];
@@ -130,7 +122,7 @@ fn load_or_make_secret(meta: &mut Table<&str, u64>) -> Result<[u8; 32], OpenErro
         }
     }
     if found < META_SCOPE_SECRET.len() {
-        let fresh = random_secret()?;
+        let fresh = crate::engine::shared::random_secret()?;
         for ((word, name), chunk) in words
             .iter_mut()
             .zip(META_SCOPE_SECRET)

@@ -258,7 +258,7 @@ fn load_or_make_secret(
     make: bool,
 ) -> Result<([u8; 32], Layout), OpenError> {
     if make {
-        let fresh = crate::engine::file::open::random_secret()?;
+        let fresh = crate::engine::shared::random_secret()?;
         let mut set = ::redis::cmd("EVAL");
         set.arg(MAKE)
             .arg(1)
