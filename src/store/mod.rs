@@ -169,10 +169,7 @@ impl Store {
             durability: Durability::Memory,
             ..config
         };
-        let shared = Arc::new(Shared::new(
-            config,
-            crate::engine::shared::random_secret()?,
-        ));
+        let shared = Arc::new(Shared::new(config, crate::engine::shared::random_secret()?));
         let engine = MemoryEngine::new(Arc::clone(&shared));
         Store::run(shared, Arc::new(engine))
     }
