@@ -84,3 +84,9 @@ pub use stats::Stats;
 pub use storage::StorageBackend;
 pub use store::{Begin, Reservation, Store};
 pub use view::{CheckReport, RecordInfo};
+
+/// The README's Rust programs, compiled (and the self-contained ones run) as doc tests, so
+/// that the front page cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
