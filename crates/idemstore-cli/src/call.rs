@@ -127,13 +127,13 @@ fn call(args: CallArgs) -> Result<ExitCode, String> {
                 if replayed { "replayed" } else { "executed" }
             );
             if left_pending {
-                line.push_str(&format!(
-                    "; operation {} stays pending in {}: an earlier attempt may have run, so run the same command again to resume with its key",
-                    escape::text(&args.op),
-                    escape::text(&args.journal.display().to_string())
+                line.push_str(&stays_pending(
+                    &args,
+                    "an earlier attempt may have run, so run the same command again to resume \
+                     with its key",
                 ));
             }
-            eprintln!("{line}");
+            eprintln!("{}", escape::text(&line));
             if status.as_u16() < 400 {
                 ExitCode::SUCCESS
             } else {
@@ -151,16 +151,21 @@ fn call(args: CallArgs) -> Result<ExitCode, String> {
                 }
                 _ => return Err(chain(&e)),
             };
-            return Err(format!(
-                "{}; operation {} stays pending in {}: {then}",
-                chain(&e),
-                args.op,
-                args.journal.display()
-            ));
+            return Err(format!("{}{}", chain(&e), stays_pending(&args, then)));
         }
     };
     closed.map_err(|e| chain(&e))?;
     Ok(code)
+}
+
+/// The end of a status line whose operation stays pending in the journal: where, and what to
+/// do next.
+fn stays_pending(args: &CallArgs, then: &str) -> String {
+    format!(
+        "; operation {} stays pending in {}: {then}",
+        args.op,
+        args.journal.display()
+    )
 }
 
 /// The request the arguments describe, with the operation as an extension.
