@@ -740,3 +740,34 @@ async fn h11_a_call_whose_client_left_is_given_up_after_its_lease() {
         );
     }
 }
+
+/// H22: the same layer on a sub-router and around the app guards each request once: the
+/// inner layer passes on a request the outer one holds. Before, the inner layer found the key
+/// held by that very request and answered `409` in progress on every attempt, and the
+/// handler never ran.
+#[tokio::test]
+async fn h22_a_layer_inside_a_layer_guards_each_request_once() {
+    let store = Store::in_memory(Config::default()).unwrap();
+    let calls = Arc::default();
+    let layer = IdempotencyLayer::new(store, Contract::default()).unwrap();
+    let orders = axum::Router::new()
+        .route("/orders", counted("order", &calls))
+        .layer(layer.clone());
+    let app = axum::Router::new().nest("/v1", orders).layer(layer);
+    let json = "application/json";
+    let request = || keyed("POST", "/v1/orders", Some("nested"), json, "{}");
+    let response = {
+        use tower::ServiceExt;
+        app.clone().oneshot(request()).await.unwrap()
+    };
+    assert_eq!(
+        response.extensions().get::<idemstore::http::Outcome>(),
+        Some(&idemstore::http::Outcome::Executed)
+    );
+    let (status, _, body) = through(&app, request()).await;
+    assert_eq!((status.as_u16(), &body[..]), (201, &b"order 1"[..]));
+    let (status, headers, body) = through(&app, request()).await;
+    assert_eq!((status.as_u16(), &body[..]), (201, &b"order 1"[..]));
+    assert!(headers.contains_key("idempotent-replay"));
+    assert_eq!(calls.lock().unwrap().values().sum::<u32>(), 1);
+}

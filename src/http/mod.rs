@@ -131,7 +131,10 @@
 //!   effect the handler already started may still land: prefer bounding the work itself.
 //! * **Routers**: over the whole app or inside `Router::nest` alike, with the `axum` feature,
 //!   which matches routes and fingerprints on the original path (H12). Without it, a layer
-//!   inside `nest` sees `/orders` for `/v1/orders`: put it outside the nest.
+//!   inside `nest` sees `/orders` for `/v1/orders`: put it outside the nest. A layer inside
+//!   another idempotency layer passes on the requests the outer one guards (H22), so a
+//!   sub-router that brings its own layer under an app-wide one runs each request once, under
+//!   the outer layer's contract; for routes of their own terms, put layers side by side.
 //!
 //! # What it guarantees, and what it does not
 //!

@@ -4,7 +4,8 @@
 //! refused on their headers alone (no key, a bad key, no scope, a declared body over the
 //! limit), are answered without any allocation beyond the response; only a guarded request
 //! goes to the store, through one boxed future. Invariant: the inner service is called at
-//! most once per request, and for a guarded request only after the store said `Execute`.
+//! most once per request, and for a guarded request only after the store said `Execute`; a
+//! request an outer layer already guards is passed on, so one request holds one key.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tower_service::Service;
 
 use super::answer::{self, code, too_large};
 use super::body::{BoxError, RequestBody, ResponseBody};
+use super::context::IdempotencyContext;
 use super::future::ResponseFuture;
 use super::guarded::guarded;
 use super::layer::LayerState;
@@ -90,6 +92,18 @@ impl<S> Idempotency<S> {
         S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
     {
         self.shared.store.metrics().answered(Outcome::Unguarded);
+        self.passed_on(req)
+    }
+
+    /// A request passed to the inner service as it is, uncounted: the outer layer that
+    /// guards it counts it once.
+    fn passed_on<B, ResBody>(
+        &mut self,
+        req: Request<B>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    {
         ResponseFuture::unguarded(self.inner.call(req.map(RequestBody::streaming)))
     }
 }
@@ -113,6 +127,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        if req.extensions().get::<IdempotencyContext>().is_some() {
+            // An outer idempotency layer already holds this request's key (H22): guarding it
+            // again would find the key held by that very request and answer `409` for ever.
+            return self.passed_on(req);
+        }
         let contract = &self.shared.contract;
         let path = original_uri(req.uri(), req.extensions()).path();
         if !contract.guards(req.method(), path) {
