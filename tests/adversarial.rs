@@ -741,6 +741,127 @@ async fn h11_a_call_whose_client_left_is_given_up_after_its_lease() {
     }
 }
 
+/// A response body whose one frame waits for its gate: the bytes sent through it, or a panic
+/// when the sender is dropped.
+struct Gated(Option<tokio::sync::oneshot::Receiver<Bytes>>);
+
+impl http_body::Body for Gated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let Some(gate) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::pin::Pin::new(gate).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(bytes)) => {
+                self.0 = None;
+                Poll::Ready(Some(Ok(http_body::Frame::data(bytes))))
+            }
+            Poll::Ready(Err(_)) => panic!("the response body fails, as this test makes it"),
+        }
+    }
+}
+
+/// A layer on `store` in front of a handler that counts its calls and answers `201` at once,
+/// with a body behind the gate it takes from `gates`.
+fn gated_service(
+    store: &Store,
+    scope: &idemstore::Scope,
+    gates: Arc<Mutex<Vec<tokio::sync::oneshot::Receiver<Bytes>>>>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+) -> impl tower::Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<idemstore::http::ResponseBody<Gated>>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ 'static {
+    use tower::Layer;
+    let contract = Contract::default().constant_scope(scope.clone());
+    let layer = IdempotencyLayer::new(store.clone(), contract).unwrap();
+    layer.layer(tower::service_fn(move |_req| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let gate = gates.lock().unwrap().pop();
+        async move {
+            let mut response = http::Response::new(Gated(gate));
+            *response.status_mut() = http::StatusCode::CREATED;
+            Ok::<_, Infallible>(response)
+        }
+    }))
+}
+
+/// H16: the lease is renewed until the response is stored, not only while the handler's
+/// future runs: a body that takes longer than a lease to produce keeps its key, and a retry
+/// meanwhile gets `409` in progress. Before, renewals stopped when the handler returned its
+/// response's head, and a retry past the lease took the key over and ran the operation again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h16_the_lease_is_renewed_while_a_slow_response_body_is_read() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::{Duration, Instant};
+    use tower::ServiceExt;
+    let clock = idemstore::ManualClock::new(crate::support::T0);
+    let config = Config::builder()
+        .clock(clock.clone())
+        .lease(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let store = Store::in_memory(config).unwrap();
+    let scope = idemstore::Scope::new("tenant").unwrap();
+    let (send_body, gate) = tokio::sync::oneshot::channel();
+    let calls = Arc::default();
+    let gates = Arc::new(Mutex::new(vec![gate]));
+    let service = gated_service(&store, &scope, gates, Arc::clone(&calls));
+    let first = tokio::spawn(service.clone().oneshot(guarded_post("slow-body")));
+    let key = store.key("slow-body").unwrap();
+    let deadline = || {
+        store
+            .get(&scope, &key)
+            .unwrap()
+            .and_then(|r| r.lease_deadline)
+    };
+    while deadline().is_none() {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(deadline(), Some(crate::support::T0 + 300));
+    // The handler has returned its head; the layer now waits for the body. Renewals come
+    // every third of a lease of real time: wait for one made at the advanced clock.
+    clock.advance(Duration::from_millis(200));
+    let waited = Instant::now();
+    while deadline() != Some(crate::support::T0 + 500) {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "no renewal while the body is read: {:?}",
+            deadline()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    clock.advance(Duration::from_millis(200));
+    let retry = service
+        .clone()
+        .oneshot(guarded_post("slow-body"))
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), http::StatusCode::CONFLICT);
+    let body = retry.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(code_of(&body), "idempotency_in_progress");
+    send_body.send(Bytes::from_static(b"run 1")).unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), http::StatusCode::CREATED);
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"run 1");
+    assert_eq!(calls.load(SeqCst), 1);
+    let replay = service.oneshot(guarded_post("slow-body")).await.unwrap();
+    assert!(replay.headers().contains_key("idempotent-replay"));
+    let body = replay.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"run 1");
+}
+
 /// H22: the same layer on a sub-router and around the app guards each request once: the
 /// inner layer passes on a request the outer one holds. Before, the inner layer found the key
 /// held by that very request and answered `409` in progress on every attempt, and the

@@ -9,9 +9,10 @@
 //! call runs to completion even if the client goes away, or leaves its key in flight until the
 //! lease ends (`run.rs`, rule H11); the reservation is released when no response is stored
 //! because the service failed or panicked, its status is not kept (C6, C7), or its body
-//! failed; a stored response is durable before the client sees it (C10); a response too large
-//! to keep is stored as its status and headers with a note for a body, so a retry never runs
-//! the operation again.
+//! failed; the lease is renewed from the call until the response is stored (H16); a stored
+//! response is durable before the client sees it (C10); a response too large to keep is
+//! stored as its status and headers with a note for a body, so a retry never runs the
+//! operation again.
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -45,8 +46,7 @@ use crate::store::woken_before;
 use crate::{Begin, BeginError, Key, Scope};
 
 /// Renews a lease every `every` until a renewal fails (the reservation was completed,
-/// released or taken over), then waits forever: polled beside the handler, never awaited
-/// alone.
+/// released or taken over), then waits forever: polled beside the call, never awaited alone.
 type Renewing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 fn keep_renewed(lease: Lease, every: Duration) -> Renewing {
@@ -62,11 +62,35 @@ fn keep_renewed(lease: Lease, every: Duration) -> Renewing {
 }
 
 pin_project! {
-    /// The inner service's future with the reservation it runs under, whose lease it renews
-    /// while the future runs.
+    /// A call under its reservation, with the renewals of the reservation's lease polled
+    /// beside it: from the inner service's call until its response is stored (or the key let
+    /// go), since a response body can take longer than a lease to produce.
+    struct Renewed<F> {
+        renewing: Option<Renewing>,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Renewed<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let polled = this.future.poll(cx);
+        if polled.is_pending()
+            && let Some(renewing) = this.renewing.as_mut()
+        {
+            let _ = renewing.as_mut().poll(cx);
+        }
+        polled
+    }
+}
+
+pin_project! {
+    /// The inner service's future with the reservation it runs under.
     struct Executing<F> {
         started: Option<Started>,
-        renewing: Option<Renewing>,
         #[pin]
         future: F,
     }
@@ -82,12 +106,7 @@ impl<F: Future> Future for Executing<F> {
         let polled = catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx)));
         let out = match polled {
             Ok(Poll::Ready(out)) => out,
-            Ok(Poll::Pending) => {
-                if let Some(renewing) = this.renewing.as_mut() {
-                    let _ = renewing.as_mut().poll(cx);
-                }
-                return Poll::Pending;
-            }
+            Ok(Poll::Pending) => return Poll::Pending,
             Err(payload) => {
                 if let Some(started) = this.started.take() {
                     started.release();
@@ -313,7 +332,8 @@ async fn fingerprint_off_runtime(
     Some((parts, fp))
 }
 
-/// Runs the inner service's future under its reservation, then stores and answers.
+/// Runs the inner service's future under its reservation, then stores and answers, renewing
+/// the lease all along (H16).
 async fn execute<F, ResBody, E>(
     shared: Arc<LayerState>,
     started: Started,
@@ -327,9 +347,26 @@ where
     // A third of a lease: a renewal that is late by less than that still lands in time.
     let every = shared.terms.lease() / 3;
     let renewing = started.lease().map(|lease| keep_renewed(lease, every));
+    Renewed {
+        renewing,
+        future: run_and_store(shared, started, future),
+    }
+    .await
+}
+
+/// Runs the inner service's future under its reservation, then stores and answers.
+async fn run_and_store<F, ResBody, E>(
+    shared: Arc<LayerState>,
+    started: Started,
+    future: F,
+) -> Result<Response<ResponseBody<ResBody>>, E>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
     let (started, result) = Executing {
         started: Some(started),
-        renewing,
         future,
     }
     .await;

@@ -181,8 +181,9 @@
 //!   own file and commit them with the response
 //!   ([`IdempotencyContext::complete_with`], `docs/exactly-once.md`), or keep them idempotent
 //!   downstream (the context's key and fingerprint can tie them to the request).
-//! * **Long handlers**: the layer renews a running handler's lease every third of a lease, so a
-//!   retry meanwhile gets `409` in progress instead of taking the key over (C8).
+//! * **Long handlers**: the layer renews a running handler's lease every third of a lease,
+//!   until its response body has been read and stored, so a retry meanwhile gets `409` in
+//!   progress instead of taking the key over (C8).
 //! * **Not covered**: idempotency is not concurrency control: use `ETag`/`If-Match` for
 //!   concurrent edits (the `idemstore serve` demo shows both).
 
