@@ -43,22 +43,39 @@ use crate::rules::key::KeyHash;
 use crate::sleep::Sleep;
 use crate::store::Lease;
 use crate::store::woken_before;
-use crate::{Begin, BeginError, Key, Scope};
+use crate::{Begin, BeginError, Key, LeaseError, Scope, Unavailable};
 
-/// Renews a lease every `every` until a renewal fails (the reservation was completed,
-/// released or taken over), then waits forever: polled beside the call, never awaited alone.
+/// Renews a lease every `every` until the reservation is gone (completed, released or taken
+/// over) or the store is closed or poisoned, then waits forever: polled beside the call,
+/// never awaited alone. A renewal the store could not answer for now (a Redis timeout, a
+/// refused command) does not end them: the next one may land before the lease ends, and
+/// without it a retry would take over a key whose call still runs.
 type Renewing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 fn keep_renewed(lease: Lease, every: Duration) -> Renewing {
     Box::pin(async move {
         loop {
             Sleep::new(every).await;
-            if lease.renew().await.is_err() {
-                break;
+            match lease.renew().await {
+                Ok(_) => {}
+                Err(LeaseError::Unavailable(e)) if passing(&e) => {}
+                Err(_) => break,
             }
         }
         std::future::pending::<()>().await;
     })
+}
+
+/// Whether a store that could not answer may answer a later call: the reservation may still
+/// hold its key, so renewals go on.
+fn passing(e: &Unavailable) -> bool {
+    matches!(
+        e,
+        Unavailable::Unreachable { .. }
+            | Unavailable::Refused { .. }
+            | Unavailable::OutcomeUnknown { .. }
+            | Unavailable::Io { .. }
+    )
 }
 
 pin_project! {
