@@ -862,6 +862,26 @@ async fn h16_the_lease_is_renewed_while_a_slow_response_body_is_read() {
     assert_eq!(&body[..], b"run 1");
 }
 
+/// H11: a response body that panics while the layer reads it fails the call as a handler's
+/// panic does: its key is released (C6), and the request is answered `500`. Before, the key
+/// stayed in flight for a whole lease, every retry answered `409` though nothing ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h11_a_response_body_that_panics_releases_its_key() {
+    use tower::ServiceExt;
+    let store = Store::in_memory(Config::default()).unwrap();
+    let scope = idemstore::Scope::new("tenant").unwrap();
+    let (dropped, gate) = tokio::sync::oneshot::channel::<Bytes>();
+    drop(dropped);
+    let gates = Arc::new(Mutex::new(vec![gate]));
+    let service = gated_service(&store, &scope, gates, Arc::default());
+    let first = service.oneshot(guarded_post("panicky")).await.unwrap();
+    assert_eq!(first.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(code_of(&body), "idempotency_handler_failed");
+    let record = store.get(&scope, &store.key("panicky").unwrap()).unwrap();
+    assert_eq!(record.map(|r| r.state), None, "the key was not released");
+}
+
 /// H22: the same layer on a sub-router and around the app guards each request once: the
 /// inner layer passes on a request the outer one holds. Before, the inner layer found the key
 /// held by that very request and answered `409` in progress on every attempt, and the

@@ -9,10 +9,10 @@
 //! call runs to completion even if the client goes away, or leaves its key in flight until the
 //! lease ends (`run.rs`, rule H11); the reservation is released when no response is stored
 //! because the service failed or panicked, its status is not kept (C6, C7), or its body
-//! failed; the lease is renewed from the call until the response is stored (H16); a stored
-//! response is durable before the client sees it (C10); a response too large to keep is
-//! stored as its status and headers with a note for a body, so a retry never runs the
-//! operation again.
+//! failed or panicked; the lease is renewed from the call until the response is stored
+//! (H16); a stored response is durable before the client sees it (C10); a response too large
+//! to keep is stored as its status and headers with a note for a body, so a retry never runs
+//! the operation again.
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -483,7 +483,25 @@ where
     let budget = shared.max_stored.saturating_sub(base.encoded_len());
     let mut buf = BytesMut::new();
     let mut oversized = false;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A body that panics is the handler's work failing: its key is released (C6), as
+        // for a handler that panics, before the panic goes on to the task.
+        let polled = std::future::poll_fn(|cx| {
+            match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut body).poll_frame(cx))) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(frame)) => Poll::Ready(Ok(frame)),
+                Err(payload) => Poll::Ready(Err(payload)),
+            }
+        })
+        .await;
+        let frame = match polled {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(payload) => {
+                started.release();
+                resume_unwind(payload)
+            }
+        };
         match frame {
             Ok(frame) => {
                 // Trailers are neither stored nor forwarded.

@@ -141,8 +141,8 @@
 //! * **One execution per key** (C1): of concurrent identical requests, one runs; the others get
 //!   `409 idempotency_in_progress` until it is done, then the replay.
 //! * **Release on failure** (C6): if the service returns an error, panics, produces a status
-//!   the cache policy does not keep, or its response body fails, the key is released and the
-//!   next attempt runs.
+//!   the cache policy does not keep, or its response body fails or panics, the key is
+//!   released and the next attempt runs.
 //! * **A started call is never orphaned** (H11): a server drops a request's future when its
 //!   client disconnects, but an effect the handler started still lands. Once the inner
 //!   service has been called, the rest of the call (the handler, then storing its response)
