@@ -882,6 +882,51 @@ async fn h11_a_response_body_that_panics_releases_its_key() {
     assert_eq!(record.map(|r| r.state), None, "the key was not released");
 }
 
+/// H4: a response too large to keep, under a limit with no room for the note, is stored as
+/// its status alone, so its retry still never runs the operation again; a contract whose
+/// limit is below a status's room is refused. Before, the key was released and the retry ran
+/// the operation a second time.
+#[tokio::test]
+async fn h4_a_response_too_large_for_its_note_still_keeps_its_status() {
+    use tower::{Layer, ServiceExt};
+    let config = Config::builder().max_response_bytes(64).build().unwrap();
+    let store = Store::in_memory(config).unwrap();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let layer = IdempotencyLayer::new(store.clone(), Contract::default()).unwrap();
+    let service = layer.layer(tower::service_fn(move |_req| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let mut response = http::Response::new(Full::new(Bytes::from(vec![b'x'; 400])));
+            *response.status_mut() = http::StatusCode::CREATED;
+            Ok::<_, Infallible>(response)
+        }
+    }));
+    let first = service.clone().oneshot(guarded_post("big")).await.unwrap();
+    assert_eq!(first.status(), http::StatusCode::CREATED);
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        body.len(),
+        400,
+        "the client that ran it gets the whole body"
+    );
+    let retry = service.oneshot(guarded_post("big")).await.unwrap();
+    assert_eq!(retry.status(), http::StatusCode::CREATED);
+    assert!(retry.headers().contains_key("idempotent-replay"));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let refused = IdempotencyLayer::new(store, Contract::default().max_stored_response(8));
+    assert!(matches!(
+        refused,
+        Err(
+            idemstore::http::ContractError::StoredResponseLimitBelowFloor {
+                contract: 8,
+                floor: 64
+            }
+        )
+    ));
+}
+
 /// H22: the same layer on a sub-router and around the app guards each request once: the
 /// inner layer passes on a request the outer one holds. Before, the inner layer found the key
 /// held by that very request and answered `409` in progress on every attempt, and the

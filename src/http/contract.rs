@@ -418,7 +418,8 @@ impl Contract {
     /// A larger response is still sent whole to the client that ran the operation, and the
     /// key is completed with the same status and headers but a short JSON body saying that
     /// the original was too large to keep: a retry is told what happened and never runs the
-    /// operation again.
+    /// operation again (under a limit too small for the note, the status alone is kept).
+    /// [`IdempotencyLayer::new`](super::IdempotencyLayer::new) refuses a limit below 64 bytes.
     pub fn max_stored_response(mut self, bytes: usize) -> Self {
         self.max_stored_response = Some(bytes);
         self

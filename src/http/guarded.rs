@@ -11,8 +11,8 @@
 //! because the service failed or panicked, its status is not kept (C6, C7), or its body
 //! failed or panicked; the lease is renewed from the call until the response is stored
 //! (H16); a stored response is durable before the client sees it (C10); a response too large
-//! to keep is stored as its status and headers with a note for a body, so a retry never runs
-//! the operation again.
+//! to keep is stored as its status and headers with a note for a body (or its status alone,
+//! under a limit too small for the note), so a retry never runs the operation again.
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -547,17 +547,17 @@ where
                 about_result.chain([content_type.clone()]),
                 note.clone(),
             );
-            let bare = || crate::Response::new(status.as_u16(), [content_type], note);
-            if fits(&noted) {
-                Some(noted)
-            } else {
-                Some(bare()).filter(fits)
-            }
+            let bare = crate::Response::new(status.as_u16(), [content_type], note);
+            // With no room for the note (a limit of a few dozen bytes), the status alone:
+            // a retry must still find the operation done.
+            let no_headers: [(String, Vec<u8>); 0] = [];
+            let status_only = crate::Response::new(status.as_u16(), no_headers, Vec::new());
+            [noted, bare, status_only].into_iter().find(fits)
         }
     };
     let Some(stored) = stored else {
-        // Not even the note fits (a store whose limit is below a few hundred bytes): release,
-        // C6.
+        // Not even the status fits, which `IdempotencyLayer::new` refuses (its floor is
+        // above a status alone): release, C6.
         started.release();
         return Ok(Response::from_parts(
             parts,

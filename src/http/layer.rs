@@ -42,9 +42,22 @@ pub enum ContractError {
         /// The store's limit.
         store: usize,
     },
+    /// The contract's stored-response limit is below the smallest the store accepts, which
+    /// leaves room for a response's status at least.
+    StoredResponseLimitBelowFloor {
+        /// The contract's limit.
+        contract: usize,
+        /// The smallest limit accepted.
+        floor: usize,
+    },
     /// The contract's time to live or lease is out of its range.
     OutOfRange(ConfigError),
 }
+
+/// The smallest stored-response limit a contract may set: the store's own floor for
+/// `max_response_bytes`, room for a status and a short note's headers, so that a response too
+/// large to keep always leaves its status behind (H4).
+const MIN_STORED_RESPONSE: usize = 64;
 
 impl fmt::Display for ContractError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -52,6 +65,10 @@ impl fmt::Display for ContractError {
             ContractError::StoredResponseLimitAboveStore { contract, store } => write!(
                 f,
                 "the contract's stored-response limit ({contract} bytes) is above the store's max_response_bytes ({store} bytes)"
+            ),
+            ContractError::StoredResponseLimitBelowFloor { contract, floor } => write!(
+                f,
+                "the contract's stored-response limit ({contract} bytes) is below {floor} bytes, the smallest that keeps a response's status"
             ),
             ContractError::OutOfRange(_) => f.write_str("the contract's terms are out of range"),
         }
@@ -62,7 +79,8 @@ impl std::error::Error for ContractError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ContractError::OutOfRange(e) => Some(e),
-            ContractError::StoredResponseLimitAboveStore { .. } => None,
+            ContractError::StoredResponseLimitAboveStore { .. }
+            | ContractError::StoredResponseLimitBelowFloor { .. } => None,
         }
     }
 }
@@ -107,6 +125,12 @@ impl IdempotencyLayer {
             return Err(ContractError::StoredResponseLimitAboveStore {
                 contract: max_stored,
                 store: store_max,
+            });
+        }
+        if max_stored < MIN_STORED_RESPONSE {
+            return Err(ContractError::StoredResponseLimitBelowFloor {
+                contract: max_stored,
+                floor: MIN_STORED_RESPONSE,
             });
         }
         let scope = contract.scope.resolve(store.secret());
