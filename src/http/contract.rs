@@ -399,7 +399,7 @@ impl Contract {
         self
     }
 
-    /// Adds a request header to the fingerprint (all its values, in order).
+    /// Adds a request header to the fingerprint: all its values, whose order does not count.
     pub fn fingerprint_header(mut self, name: HeaderName) -> Self {
         self.fingerprint_headers.push(name);
         self
