@@ -53,10 +53,25 @@ use crate::{Begin, BeginError, Key, LeaseError, Scope, Unavailable};
 type Renewing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 fn keep_renewed(lease: Lease, every: Duration) -> Renewing {
+    renewing(
+        move || {
+            let lease = lease.clone();
+            async move { lease.renew().await }
+        },
+        every,
+    )
+}
+
+/// [`keep_renewed`] over any renewal: `renew` answers the new deadline or why not.
+fn renewing<R, F>(mut renew: R, every: Duration) -> Renewing
+where
+    R: FnMut() -> F + Send + 'static,
+    F: Future<Output = Result<u64, LeaseError>> + Send,
+{
     Box::pin(async move {
         loop {
             Sleep::new(every).await;
-            match lease.renew().await {
+            match renew().await {
                 Ok(_) => {}
                 Err(LeaseError::Unavailable(e)) if passing(&e) => {}
                 Err(_) => break,
@@ -586,5 +601,59 @@ fn full_or_rest<B>(oversized: bool, read: Bytes, rest: B) -> ResponseBody<B> {
         ResponseBody::inner_after(read, rest)
     } else {
         ResponseBody::full(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many renewals are made over `script`, the answers they get in turn, before they stop.
+    fn calls_made(script: Vec<Result<u64, LeaseError>>) -> usize {
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&made);
+        let mut script = script.into_iter();
+        let mut renewals = renewing(
+            move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::future::ready(script.next().unwrap_or(Ok(0)))
+            },
+            Duration::ZERO,
+        );
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Each poll makes renewals until one is pending or they stop: a few polls more than
+        // the script show whether they stopped.
+        for _ in 0..8 {
+            assert!(renewals.as_mut().poll(&mut cx).is_pending());
+            if made.load(std::sync::atomic::Ordering::SeqCst) > 16 {
+                break;
+            }
+        }
+        made.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn h16_renewals_go_on_past_a_store_that_cannot_answer_for_now_and_stop_when_the_key_is_gone() {
+        let refused = || {
+            Err(LeaseError::Unavailable(Unavailable::Refused {
+                detail: "busy".into(),
+            }))
+        };
+        let script = vec![
+            refused(),
+            refused(),
+            Ok(7),
+            Err(LeaseError::NotReserved { token: 1 }),
+        ];
+        assert_eq!(calls_made(script), 4);
+        let fenced = LeaseError::Fenced {
+            token: 1,
+            current: 2,
+        };
+        assert_eq!(calls_made(vec![Ok(7), Err(fenced)]), 2);
+        assert_eq!(
+            calls_made(vec![Err(LeaseError::Unavailable(Unavailable::Closed))]),
+            1
+        );
     }
 }
