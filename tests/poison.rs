@@ -287,3 +287,86 @@ fn io_error_at_any_position(wal: bool) {
     // says which file failed.
     assert_eq!(poisoned_log, wal);
 }
+
+/// The caller's table the work below writes to.
+const COUNT: idemstore::redb::TableDefinition<&str, u64> =
+    idemstore::redb::TableDefinition::new("count");
+
+/// Work with the caller's writes, of each kind the writer commits directly: a plain write
+/// (`kind` 0), a completion (1) and a recovery point (2), setting `count` to `n`. A key the
+/// work needs is reserved here; the work runs when the returned closure is called, and a
+/// refusal is the store's.
+fn caller_work(store: &Store, kind: usize, n: u64) -> impl FnOnce() -> Result<(), Unavailable> {
+    use idemstore::{CompleteError, CompleteWithError, LeaseError, PointError, PointWithError};
+    use idemstore::{TransactionError, redb};
+    let set = move |txn: &redb::WriteTransaction| -> Result<(), redb::Error> {
+        txn.open_table(COUNT)?.insert("n", n)?;
+        Ok(())
+    };
+    let store = store.clone();
+    let reserved = (kind > 0).then(|| {
+        execute(
+            store
+                .begin(&scope("acct"), &key(&format!("k{n}")), &fp("1"))
+                .unwrap(),
+        )
+    });
+    move || match (kind, reserved) {
+        (1, Some(r)) => match r.complete_with(move |txn| set(txn).map(|()| resp(201, "done"))) {
+            Ok(_) => Ok(()),
+            Err(CompleteWithError::Complete(CompleteError::Unavailable(e))) => Err(e),
+            Err(e) => panic!("complete_with: {e:?}"),
+        },
+        (_, Some(mut r)) => {
+            match r.save_point_with("set", move |txn| set(txn).map(|()| b"p".to_vec())) {
+                Ok(_) => Ok(()),
+                Err(PointWithError::Point(PointError::Lease(LeaseError::Unavailable(e)))) => Err(e),
+                Err(e) => panic!("save_point_with: {e:?}"),
+            }
+        }
+        (_, None) => match store.write(set) {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Unavailable(e)) => Err(e),
+            Err(e) => panic!("write: {e:?}"),
+        },
+    }
+}
+
+/// C10: a failed commit of the caller's writes (its fsync) may have been applied, so its
+/// caller hears `OutcomeUnknown`, as the callers of any failed commit do, and only later calls
+/// hear `Poisoned`: a `Store::write` answered `Poisoned` would be retried and run twice.
+#[test]
+fn c10_a_failed_commit_of_the_callers_writes_is_outcome_unknown() {
+    for wal in [false, true] {
+        for kind in 0..3 {
+            let device = Devices::new(wal);
+            let store = device.open().unwrap();
+            caller_work(&store, kind, 1)().unwrap();
+            let doomed = caller_work(&store, kind, 2);
+            device.fail_sync.store(true, Ordering::SeqCst);
+            let answer = doomed();
+            assert!(
+                matches!(answer, Err(Unavailable::OutcomeUnknown { .. })),
+                "wal {wal}, kind {kind}: {answer:?}"
+            );
+            assert!(matches!(
+                store.write(|_| Ok::<_, ()>(())),
+                Err(idemstore::TransactionError::Unavailable(
+                    Unavailable::Poisoned { .. }
+                ))
+            ));
+            assert!(store.close().is_err());
+            device.fail_sync.store(false, Ordering::SeqCst);
+            // The commit was written before its fsync failed: the writes are there.
+            let store = device.open().unwrap();
+            let n = store
+                .read(|txn| {
+                    let count = txn.open_table(COUNT)?;
+                    Ok::<_, idemstore::redb::Error>(count.get("n")?.map(|g| g.value()))
+                })
+                .unwrap();
+            assert_eq!(n, Some(2), "wal {wal}, kind {kind}");
+            store.close().unwrap();
+        }
+    }
+}

@@ -20,7 +20,10 @@
 //!   and every read transaction of the engine begins under that lock;
 //! - with a log, the batch's first transaction folds in the whole overlay with the log's mark,
 //!   so the file holds every logged change before any work commits over it, and the log's space
-//!   is freed only once the last commit is durable.
+//!   is freed only once the last commit is durable;
+//! - a storage failure in any of the batch's transactions answers every operation decided so
+//!   far, the piece of work it struck included, `OutcomeUnknown` (C10): one of the batch's
+//!   commits may be on disk already; the operations not reached yet hear `Poisoned`.
 
 use super::checkpoints::count_checkpoint;
 use super::*;
@@ -128,8 +131,17 @@ impl Writer {
                 self.apply_part(&txn, std::mem::take(&mut run), b)?;
                 self.commit_part(txn, b, &mut part, false)?;
             }
+            // The reply joins the batch's before the work runs: a failure from here on may
+            // come after the work's transaction was written (its commit's fsync failed), and
+            // `fail_batch` answers every reply of the batch OutcomeUnknown (C10). A reply
+            // dropped instead would be heard as `Poisoned`, and a write retried on that word
+            // would run twice.
+            let at = b.pending.len();
+            b.pending.push(Pending::Work(reply, not_run_yet()));
             let answer = self.work(work, b, &mut part, i == last)?;
-            b.pending.push(Pending::Work(reply, answer));
+            if let Some(Pending::Work(_, slot)) = b.pending.get_mut(at) {
+                *slot = answer;
+            }
         }
         if run.is_empty() && part.durable && part.fold.is_none() {
             return Ok(());
@@ -437,6 +449,15 @@ impl Writer {
         bump(&self.shared.counters.releases);
         Ok(())
     }
+}
+
+/// What a piece of work's reply holds until the work has run. Never sent: the work's answer
+/// replaces it, or the batch's failure answers the reply; were it sent, it would still be
+/// true.
+fn not_run_yet() -> Result<Ran, CompleteError> {
+    Err(CompleteError::Unavailable(Unavailable::OutcomeUnknown {
+        cause: Arc::new(Message("the batch stopped while this work ran".to_owned())),
+    }))
 }
 
 /// Where a direct batch stands between its transactions.
