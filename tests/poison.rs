@@ -188,26 +188,46 @@ fn c10_a_full_disk_poisons_the_store_and_reopening_recovers() {
     check_poisoned_then_recovered(|d, on| d.fail_write.store(on, Ordering::SeqCst));
 }
 
+/// C10: a panic inside a commit (the storage engine's, here its device's) is a failed commit:
+/// the commit may have reached the disk, so its callers hear `OutcomeUnknown`, and every later
+/// call `Poisoned`, both with the panic's own message.
 #[test]
-fn a_panic_in_the_writer_poisons_the_store_and_its_callers_hear_so() {
-    let device = Flaky::default();
-    let store = Store::open_with_backend(device.clone(), cfg()).unwrap();
-    let s = scope("acct");
-    device.panic_on_write.store(true, Ordering::SeqCst);
-    for attempt in 0..2 {
-        match store.begin(&s, &key("k"), &fp("1")) {
-            Err(BeginError::Unavailable(e @ Unavailable::Poisoned { .. })) => {
-                assert!(e.to_string().contains("panicked"), "attempt {attempt}: {e}");
-                if attempt == 1 {
-                    // The store keeps the panic's own message.
+fn c10_a_panic_during_a_commit_is_outcome_unknown_then_the_store_is_poisoned() {
+    use idemstore::TransactionError;
+    for wal in [false, true] {
+        // A reservation (through the log, with one) and the caller's writes (to the file).
+        for work in [false, true] {
+            let device = Devices::new(wal);
+            let store = device.open().unwrap();
+            device.panic_on_write.store(true, Ordering::SeqCst);
+            let answer = if work {
+                match store.write(|_| Ok::<_, ()>(())) {
+                    Err(TransactionError::Unavailable(e)) => e,
+                    other => panic!("wal {wal}: expected a refusal, got {other:?}"),
+                }
+            } else {
+                match store.begin(&scope("acct"), &key("k"), &fp("1")) {
+                    Err(BeginError::Unavailable(e)) => e,
+                    other => panic!("wal {wal}: expected a refusal, got {other:?}"),
+                }
+            };
+            match answer {
+                Unavailable::OutcomeUnknown { .. } => {
+                    assert!(answer.to_string().contains("injected panic"), "{answer}")
+                }
+                other => panic!("wal {wal}, work {work}: expected OutcomeUnknown, got {other:?}"),
+            }
+            match store.begin(&scope("acct"), &key("k"), &fp("1")) {
+                Err(BeginError::Unavailable(e @ Unavailable::Poisoned { .. })) => {
+                    assert!(e.to_string().contains("panicked"), "{e}");
                     assert!(e.to_string().contains("injected panic"), "{e}");
                 }
+                other => panic!("wal {wal}, work {work}: expected Poisoned, got {other:?}"),
             }
-            other => panic!("attempt {attempt}: expected Poisoned, got {other:?}"),
+            device.panic_on_write.store(false, Ordering::SeqCst);
+            assert!(store.close().is_err());
         }
     }
-    device.panic_on_write.store(false, Ordering::SeqCst);
-    assert!(store.close().is_err());
 }
 
 /// A workload of begins and completions; returns the keys whose completion was acknowledged.

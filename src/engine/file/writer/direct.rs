@@ -55,7 +55,16 @@ impl Writer {
             }
         };
         let started = Instant::now();
-        let done = self.direct_transactions(ops, (folded.as_ref(), &state.visible), &mut b);
+        // A panic of the storage engine between the batch's transactions or inside one is a
+        // failed commit (`committing` in `mod.rs`): an earlier one may be on disk. The caller's
+        // closures do not reach this: `work::run_inside` catches their panics.
+        let done = poison::catch(|| {
+            self.direct_transactions(ops, (folded.as_ref(), &state.visible), &mut b)
+        })
+        .unwrap_or_else(|text| {
+            shared.poison(panicked_in_commit(&text));
+            Err(Fail)
+        });
         if done.is_err() {
             let c = match shared.poisoned_error() {
                 Unavailable::Poisoned { cause } => cause,

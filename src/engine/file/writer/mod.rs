@@ -16,8 +16,9 @@
 //!   before the answers;
 //! - a finished checkpoint's generation leaves the overlay before the next batch opens its
 //!   snapshot, so nothing is ever in neither;
-//! - a failed commit answers the whole batch "outcome unknown" and poisons the store; any
-//!   storage error poisons the store before any reply slot of the batch is dropped;
+//! - a failed commit answers the whole batch "outcome unknown" and poisons the store, and so
+//!   does a panic inside a commit (the storage engine's or a device's: the commit may be on
+//!   disk); any storage error poisons the store before any reply slot of the batch is dropped;
 //! - `next_token` only grows and is written in the same transaction as the reservations that
 //!   used it, so fencing tokens never repeat, even across crashes.
 //!
@@ -401,8 +402,10 @@ impl Writer {
         }
         let shared = Arc::clone(&self.shared);
         let mut b = self.new_batch(ops.len(), force_durable);
-        // A panic below drops `b`'s reply slots while unwinding; they are marked so, and their
-        // callers hear `Poisoned` (see `Shared::lost_reply`); `guarded` then poisons the store.
+        // A panic before the commit drops `b`'s reply slots while unwinding; they are marked
+        // so, and their callers hear `Poisoned` (see `Shared::lost_reply`), which is true:
+        // nothing of the batch was written. `guarded` then poisons the store. A panic in the
+        // commit is a failed commit (`committing`).
         let ops_count = ops.len() as u64;
         let Ok(txn) = self.io(self.db.begin_write()) else {
             return;
@@ -438,7 +441,7 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        match self.commit_direct(txn, &b) {
+        match committing(|| self.commit_direct(txn, &b)) {
             Ok(durable) => self.committed(b, ops_count, started, durable),
             Err(c) => fail_batch(&shared, b, c),
         }
@@ -484,7 +487,7 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        match self.log_batch(&mut b) {
+        match committing(|| self.log_batch(&mut b)) {
             Ok(durable) => self.committed(b, ops_count, started, durable),
             Err(c) => fail_batch(&shared, b, c),
         }
@@ -564,6 +567,21 @@ impl Writer {
     fn durable_if(&self, needed: bool) -> bool {
         needed && self.shared.config.durability == Durability::Immediate
     }
+}
+
+/// Runs a batch's commit, turning a panic inside it (the storage engine's, or a device's) into
+/// a failed commit: the commit may have reached the disk before the panic, so the batch's
+/// callers must hear `OutcomeUnknown` (C10), not the `Poisoned` that the replies dropped by the
+/// unwinding would give them.
+fn committing<T>(commit: impl FnOnce() -> Result<T, Cause>) -> Result<T, Cause> {
+    poison::catch(commit).unwrap_or_else(|text| Err(panicked_in_commit(&text)))
+}
+
+/// The cause a panic inside a commit poisons the store with.
+fn panicked_in_commit(text: &str) -> Cause {
+    Arc::new(Message(format!(
+        "the storage engine panicked during a commit: {text}"
+    )))
 }
 
 /// A batch whose commit failed: the store is poisoned, and every caller hears that the outcome
