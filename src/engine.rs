@@ -65,6 +65,9 @@ pub(crate) struct ExpireReport {
     pub(crate) removed: u64,
 }
 
+/// A record of a listing, or why the record under that key hash could not be read.
+pub(crate) type Listed = Result<RecordInfo, (KeyHash, Unavailable)>;
+
 /// Where records live. See the module documentation.
 pub(crate) trait Engine: Send + Sync {
     /// Decides a `begin` (C1-C5, C8, C9, C13), reserving the key when the caller must execute,
@@ -157,6 +160,17 @@ pub(crate) trait Engine: Send + Sync {
         filter: (Option<&Scope>, Option<State>),
         limit: usize,
     ) -> Result<Vec<RecordInfo>, Unavailable>;
+
+    /// As [`list`](Engine::list), but a record that cannot be read is an entry of its own,
+    /// with its key hash and why, instead of the listing's end (the resolver hook goes on past
+    /// it, E6). Engines whose listing meets no damaged record list as `list` does.
+    fn list_each(
+        &self,
+        filter: (Option<&Scope>, Option<State>),
+        limit: usize,
+    ) -> Result<Vec<Listed>, Unavailable> {
+        Ok(self.list(filter, limit)?.into_iter().map(Ok).collect())
+    }
 
     /// Checks that the records and what they hold agree.
     fn check(&self) -> Result<CheckReport, Unavailable>;

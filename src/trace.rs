@@ -53,6 +53,23 @@ pub(crate) fn operator_release(hash: &KeyHash, token: u64, outcome_unknown: bool
     let _ = (hash, token, outcome_unknown);
 }
 
+/// The resolver hook went past a key whose outcome is unknown (E6) that it could not reserve
+/// because of its own record (`why`, damage): the key stays unknown.
+pub(crate) fn unresolvable(hash: &KeyHash, why: &crate::error::Unavailable) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "idemstore::store", key_hash = %short(hash), error = %why, "key whose outcome is unknown not resolved: its record cannot be read");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (hash, why);
+}
+
+/// The resolver hook went past `skipped` keys it could not reserve (see [`unresolvable`]).
+pub(crate) fn unresolved(skipped: usize) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "idemstore::store", skipped, "keys whose outcome is unknown left unresolved: their records cannot be read; `check` names them");
+    #[cfg(not(feature = "tracing"))]
+    let _ = skipped;
+}
+
 /// A holder gave its key back (C6): released it, or dropped its reservation (`dropped`), so
 /// the next attempt executes.
 pub(crate) fn released(hash: &KeyHash, token: u64, dropped: bool) {

@@ -269,3 +269,165 @@ fn e6_a_key_let_go_with_a_point_is_not_marked_unknown() {
         Begin::OutcomeUnknown
     ));
 }
+
+/// E6 with C12: the hook hands over every unknown key, however long, up to the longest key a
+/// store may be configured for, and whatever limit the store was opened with this time.
+#[test]
+fn e6_the_hook_hands_over_keys_of_any_length_the_store_took() {
+    for log in [true, false] {
+        let limit = |max: usize| {
+            move |c: idemstore::ConfigBuilder| {
+                c.lease(LEASE)
+                    .write_ahead_log(log)
+                    .in_flight_at_open(InFlightAtOpen::MarkUnknown)
+                    .max_key_len(max)
+            }
+        };
+        let t = open_with(limit(4096));
+        let (s, f) = (scope("acct"), fp("x"));
+        // Under the limit reopened with, under the default 255, over it, the longest.
+        let lengths = [5, 200, 300, 4096];
+        for len in lengths {
+            let k = t.store.key("k".repeat(len)).unwrap();
+            execute(t.store.begin(&s, &k, &f).unwrap()).abandon();
+        }
+        // Reopened with a smaller limit than the keys were made under.
+        let t = t.reopen_with(limit(100));
+        assert_eq!(t.store.stats().marked_unknown, 4, "log={log}");
+        let mut seen = Vec::new();
+        let handed = t
+            .store
+            .resolve_unknown(usize::MAX, |record, reservation| {
+                seen.push(record.key.len());
+                reservation.release().unwrap();
+            })
+            .unwrap();
+        seen.sort();
+        assert_eq!((handed, seen.as_slice()), (4, &lengths[..]), "log={log}");
+        let left = t
+            .store
+            .records_in_state(None, Some(State::OutcomeUnknown), usize::MAX)
+            .unwrap();
+        assert!(left.is_empty(), "log={log}: {left:?}");
+        execute(t.store.begin(&s, &key(&"k".repeat(5)), &f).unwrap())
+            .complete(resp(201, "once"))
+            .unwrap();
+    }
+}
+
+/// The store's records table as `docs/format.md` defines it, to damage a record in the file.
+#[derive(Debug)]
+struct RecordBytes;
+
+impl idemstore::redb::Value for RecordBytes {
+    type SelfType<'a>
+        = &'a [u8]
+    where
+        Self: 'a;
+    type AsBytes<'a>
+        = &'a [u8]
+    where
+        Self: 'a;
+
+    fn fixed_width() -> Option<usize> {
+        None
+    }
+
+    fn from_bytes<'a>(data: &'a [u8]) -> &'a [u8]
+    where
+        Self: 'a,
+    {
+        data
+    }
+
+    fn as_bytes<'a, 'b: 'a>(value: &'a &'b [u8]) -> &'a [u8]
+    where
+        Self: 'b,
+    {
+        value
+    }
+
+    fn type_name() -> idemstore::redb::TypeName {
+        idemstore::redb::TypeName::new("idemstore::Record")
+    }
+}
+
+/// Cuts the last byte off the record whose key is `key`, in the closed store's file at
+/// `path`: its fixed part still reads, so its state is known, but the record does not decode.
+fn damage_record(path: &std::path::Path, key: &str) {
+    use idemstore::redb::{Database, ReadableTable, TableDefinition};
+    const RECORDS: TableDefinition<&[u8; 32], RecordBytes> = TableDefinition::new("idem_records");
+    let db = Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut records = txn.open_table(RECORDS).unwrap();
+        let found = records
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|(k, v)| (*k.value(), v.value().to_vec()))
+            .find(|(_, v)| v.ends_with(key.as_bytes()));
+        let (hash, bytes) = found.unwrap();
+        records.insert(&hash, &bytes[..bytes.len() - 1]).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// E6: one key the hook cannot reserve (its record is damaged) does not stop it: the others
+/// are handed over, and the damaged one stays unknown, never freed, for `check` to report.
+#[test]
+fn e6_the_hook_goes_past_a_key_it_cannot_reserve() {
+    for log in [true, false] {
+        let t = marking(log);
+        let (s, f) = (scope("acct"), fp("x"));
+        for k in ["k0", "k1", "k2"] {
+            execute(t.store.begin(&s, &key(k), &f).unwrap()).abandon();
+        }
+        let t = reopen(t, log);
+        let TestStore {
+            store,
+            clock,
+            path,
+            dir,
+        } = t;
+        store.close().unwrap();
+        damage_record(&path, "k1");
+        let store = idemstore::Store::open(
+            &path,
+            crate::support::config(&clock)
+                .lease(LEASE)
+                .write_ahead_log(log)
+                .in_flight_at_open(InFlightAtOpen::MarkUnknown)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let t = TestStore {
+            store,
+            clock,
+            path,
+            dir,
+        };
+        let mut seen = Vec::new();
+        let handed = t
+            .store
+            .resolve_unknown(usize::MAX, |record, reservation| {
+                seen.push(record.key.clone());
+                reservation.release().unwrap();
+            })
+            .unwrap();
+        seen.sort();
+        assert_eq!(handed, 2, "log={log}");
+        assert_eq!(seen, ["k0", "k2"], "log={log}");
+        assert!(!t.store.check().unwrap().is_sound());
+        // Its fixed part still reads: a retry is told the outcome is unknown, nothing runs.
+        assert!(matches!(
+            t.store.begin(&s, &key("k1"), &f).unwrap(),
+            Begin::OutcomeUnknown
+        ));
+        assert!(matches!(
+            t.store.begin(&s, &key("k0"), &f).unwrap(),
+            Begin::Execute(_)
+        ));
+    }
+}

@@ -9,9 +9,12 @@
 //! again. Invariants: only a key whose outcome is unknown and that no live resolution holds is
 //! reserved here, so at most one resolution holds a key at a time (a later one, after the
 //! first one's lease, fences it); the key stays unknown while it is resolved and after any
-//! resolution that ends without a verdict, so nothing but an explicit release frees it.
+//! resolution that ends without a verdict, so nothing but an explicit release frees it. The
+//! hook reaches every unknown key the store holds (by its stored scope and key, whatever this
+//! open's key limit), and a key whose record cannot be read is skipped, still unknown, rather
+//! than stopping the keys after it.
 
-use crate::error::{KeyError, ResolveError};
+use crate::error::{KeyError, ResolveError, Unavailable};
 use crate::format::record::State;
 use crate::rules::key::{Key, KeyHash, Scope};
 use crate::view::RecordInfo;
@@ -65,42 +68,85 @@ impl Store {
                 max,
             }));
         }
-        let hash = KeyHash::of(scope, key);
-        match self.inner.engine.resolve(hash).wait()? {
-            Some(claim) => {
-                match self.wrap((hash, scope), claim, self.inner.shared.config.terms()) {
-                    Begin::Execute(reservation) => Ok(Some(reservation)),
-                    _ => Ok(None),
-                }
-            }
-            None => Ok(None),
-        }
+        Ok(self.resolve_hash(KeyHash::of(scope, key), scope)?)
     }
 
     /// The resolver hook: reserves each key whose outcome is unknown (E6), up to `limit` of
     /// them, and hands `f` its record and its reservation, to complete or release (a
-    /// reservation `f` drops gives the key back, still unknown). Returns how many keys it handed over. Run it after
-    /// opening a store with [`InFlightAtOpen::MarkUnknown`](crate::InFlightAtOpen::MarkUnknown),
-    /// before or while serving: retries of the keys not resolved yet are answered
-    /// `OutcomeUnknown` meanwhile. With the write-ahead log, finding the keys checkpoints
-    /// first, as [`records`](Store::records) does.
+    /// reservation `f` drops gives the key back, still unknown). Returns how many keys it
+    /// handed over. Run it after opening a store with
+    /// [`InFlightAtOpen::MarkUnknown`](crate::InFlightAtOpen::MarkUnknown), before or while
+    /// serving: retries of the keys not resolved yet are answered `OutcomeUnknown` meanwhile.
+    /// With the write-ahead log, finding the keys checkpoints first, as
+    /// [`records`](Store::records) does.
+    ///
+    /// Every unknown key the store holds is handed over, whatever its length: a key longer
+    /// than the `max_key_len` the store was opened with this time (it was stored under a
+    /// larger one) is still resolved here, though [`resolve`](Store::resolve) refuses it.
+    ///
+    /// A key that cannot be reserved because of its own record (the record, or its recovery
+    /// point, does not decode: `Unavailable::Corrupted`) is skipped: it stays unknown, so no
+    /// retry runs it, it is reported as a warning (feature `tracing`), and the hook goes on to
+    /// the next key. [`check`](Store::check) names such records; `limit` counts them with the
+    /// keys handed over. An error of the store itself (poisoned, closed, a failed read) stops
+    /// the hook and is returned; the keys handed over before it stay as `f` left them.
     pub fn resolve_unknown(
         &self,
         limit: usize,
         mut f: impl FnMut(&RecordInfo, Reservation),
     ) -> Result<usize, ResolveError> {
-        let unknown = self.records_in_state(None, Some(State::OutcomeUnknown), limit)?;
-        let mut handed = 0;
-        for record in unknown {
-            // A stored scope and key were valid when they were stored.
-            let (Ok(scope), Ok(key)) = (Scope::new(&record.scope), Key::new(&record.key)) else {
-                continue;
-            };
-            if let Some(reservation) = self.resolve(&scope, &key)? {
-                f(&record, reservation);
-                handed += 1;
+        self.inner.shared.check()?;
+        let filter = (None, Some(State::OutcomeUnknown));
+        let listed = self.inner.engine.list_each(filter, limit)?;
+        let (mut handed, mut skipped) = (0, 0);
+        for entry in listed {
+            let reserved = entry.and_then(|record| {
+                // By the stored scope and key's hash: the key was valid under the limit it
+                // was stored with, which may be larger than this open's.
+                let hash = KeyHash::of_raw(record.scope.as_bytes(), record.key.as_bytes());
+                let scope = Scope::new(&record.scope).map_err(|e| {
+                    let detail = format!("record {hash:?}: its scope: {e}");
+                    (hash, Unavailable::Corrupted { detail })
+                })?;
+                match self.resolve_hash(hash, &scope) {
+                    Ok(reservation) => Ok(reservation.map(|r| (record, r))),
+                    Err(e) => Err((hash, e)),
+                }
+            });
+            match reserved {
+                Ok(Some((record, reservation))) => {
+                    f(&record, reservation);
+                    handed += 1;
+                }
+                // Resolved, held by another resolution or expired since the listing.
+                Ok(None) => {}
+                Err((hash, e @ Unavailable::Corrupted { .. })) => {
+                    crate::trace::unresolvable(&hash, &e);
+                    skipped += 1;
+                }
+                Err((_, e)) => return Err(e.into()),
             }
         }
+        if skipped > 0 {
+            crate::trace::unresolved(skipped);
+        }
         Ok(handed)
+    }
+
+    /// [`resolve`](Store::resolve) of the key under `hash`, in `scope`, without checking the
+    /// key against this open's `max_key_len`.
+    fn resolve_hash(
+        &self,
+        hash: KeyHash,
+        scope: &Scope,
+    ) -> Result<Option<Reservation>, Unavailable> {
+        let claim = self.inner.engine.resolve(hash).wait()?;
+        let terms = self.inner.shared.config.terms();
+        Ok(
+            match claim.map(|claim| self.wrap((hash, scope), claim, terms)) {
+                Some(Begin::Execute(reservation)) => Some(reservation),
+                _ => None,
+            },
+        )
     }
 }

@@ -648,6 +648,16 @@ impl Engine for FileEngine {
         self.read(|txn| read::records_in(txn, filter, limit, now))
     }
 
+    fn list_each(
+        &self,
+        filter: (Option<&Scope>, Option<State>),
+        limit: usize,
+    ) -> Result<Vec<crate::engine::Listed>, Unavailable> {
+        self.settle_into_file()?;
+        let now = self.shared.now();
+        self.read(|txn| read::records_each(txn, filter, limit, now))
+    }
+
     fn check(&self) -> Result<CheckReport, Unavailable> {
         self.settle_into_file()?;
         let now = self.shared.now();

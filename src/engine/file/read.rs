@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
+use crate::engine::Listed;
 use crate::error::{Unavailable, cause};
 use crate::format::blob;
 use crate::format::record::{
@@ -79,13 +80,31 @@ pub(crate) fn read_record(
     record_info(hash, g.value(), blob.as_deref(), now)
 }
 
-/// The live records of one snapshot: see `Store::records`.
+/// The live records of one snapshot: see `Store::records`. A record that does not decode
+/// ends the listing with its error.
 pub(crate) fn records_in(
+    txn: &ReadTransaction,
+    filter: (Option<&Scope>, Option<State>),
+    limit: usize,
+    now: u64,
+) -> Result<Vec<RecordInfo>, Unavailable> {
+    // Each entry is a record or its damage, and damage counts towards `limit`: the first
+    // damaged entry is then always within the listing, as if it had ended there.
+    records_each(txn, filter, limit, now)?
+        .into_iter()
+        .map(|r| r.map_err(|(_, e)| e))
+        .collect()
+}
+
+/// As [`records_in`], but a record that does not decode (or whose response or recovery point
+/// does not) is an entry of its own instead of the listing's end: for the resolver hook, which
+/// goes on past a damaged key (rule E6). Only a failed read of the file ends it.
+pub(crate) fn records_each(
     txn: &ReadTransaction,
     (scope, state): (Option<&Scope>, Option<State>),
     limit: usize,
     now: u64,
-) -> Result<Vec<RecordInfo>, Unavailable> {
+) -> Result<Vec<Listed>, Unavailable> {
     let records = txn.open_table(RECORDS).map_err(io_error)?;
     let expiry = txn.open_table(EXPIRY).map_err(io_error)?;
     let mut out = Vec::new();
@@ -94,24 +113,32 @@ pub(crate) fn records_in(
             break;
         }
         let (hash, bytes) = entry.map_err(io_error)?;
-        // The fixed part first: records of another state are skipped undecoded.
-        if let Some(wanted) = state
-            && Hot::decode(bytes.value()).map_err(corrupted)?.state != wanted
-        {
-            continue;
-        }
-        let rec = Record::decode(bytes.value()).map_err(corrupted)?;
-        if scope.is_some_and(|s| s.as_str() != rec.scope) || machine::expired(&rec.hot, now) {
-            continue;
-        }
         let hash = KeyHash(*hash.value());
-        let value = if rec.hot.state == State::Completed || rec.hot.has_point() {
-            tables::response(&expiry, &hash, rec.hot.expires_at, <[u8]>::to_vec)
-                .map_err(io_error)?
-        } else {
-            None
+        let damaged = |e: Unavailable| Some(Err((hash, e)));
+        let listed = match Hot::decode(bytes.value()) {
+            // The fixed part first: records of another state are skipped undecoded.
+            Ok(hot) if state.is_some_and(|wanted| hot.state != wanted) => None,
+            Err(e) if state.is_some() => damaged(corrupted(e)),
+            _ => match Record::decode(bytes.value()) {
+                Err(e) => damaged(corrupted(e)),
+                Ok(rec)
+                    if scope.is_some_and(|s| s.as_str() != rec.scope)
+                        || machine::expired(&rec.hot, now) =>
+                {
+                    None
+                }
+                Ok(rec) => {
+                    let value = if rec.hot.state == State::Completed || rec.hot.has_point() {
+                        tables::response(&expiry, &hash, rec.hot.expires_at, <[u8]>::to_vec)
+                            .map_err(io_error)?
+                    } else {
+                        None
+                    };
+                    Some(view(&hash, rec, value.as_deref()).map_err(|e| (hash, e)))
+                }
+            },
         };
-        out.push(view(&hash, rec, value.as_deref())?);
+        out.extend(listed);
     }
     Ok(out)
 }
