@@ -431,3 +431,54 @@ fn e6_the_hook_goes_past_a_key_it_cannot_reserve() {
         ));
     }
 }
+
+/// E6 with C11: a resolution does not survive a restart, as no reservation does (one process
+/// uses a file at a time): a resolver that died holding a key does not hide it from the hook
+/// run right after the next open, under any policy, and the next resolution fences it.
+#[test]
+fn e6_a_resolution_cut_off_by_a_restart_does_not_hide_its_key() {
+    for log in [true, false] {
+        for policy in [
+            InFlightAtOpen::MarkUnknown,
+            InFlightAtOpen::Release,
+            InFlightAtOpen::KeepLease,
+        ] {
+            let t = marking(log);
+            let (s, k, f) = (scope("acct"), key("pay-1"), fp("pay 10"));
+            execute(t.store.begin(&s, &k, &f).unwrap()).abandon();
+            let t = reopen(t, log);
+            // The resolver's process dies while it holds the key: its lease is in the file.
+            let cut = t.store.resolve(&s, &k).unwrap().unwrap();
+            let cut_token = cut.token();
+            cut.abandon();
+            let t = t.reopen_with(|c| {
+                c.lease(LEASE)
+                    .write_ahead_log(log)
+                    .in_flight_at_open(policy)
+            });
+            let case = format!("log={log}, {policy:?}");
+            // Still unknown to a retry: the restart freed nothing.
+            assert!(
+                matches!(t.store.begin(&s, &k, &f).unwrap(), Begin::OutcomeUnknown),
+                "{case}"
+            );
+            // No clock advance: the dead resolution's lease has not run out.
+            let mut tokens = Vec::new();
+            let handed = t
+                .store
+                .resolve_unknown(usize::MAX, |_, reservation| {
+                    tokens.push(reservation.token());
+                    reservation.release().unwrap();
+                })
+                .unwrap();
+            assert_eq!(handed, 1, "{case}");
+            assert!(
+                tokens[0] > cut_token,
+                "{case}: {tokens:?} after {cut_token}"
+            );
+            execute(t.store.begin(&s, &k, &f).unwrap())
+                .complete(resp(201, "paid once"))
+                .unwrap();
+        }
+    }
+}

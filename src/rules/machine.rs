@@ -106,9 +106,15 @@ pub(crate) fn resolving(old: Hot, token: u64, now: u64, lease_ms: u64) -> Hot {
     }
 }
 
-/// Whether `hot` is a record whose outcome is unknown and that no resolution holds at `now`.
-pub(crate) fn resolvable(hot: &Hot, now: u64) -> bool {
-    hot.state == State::OutcomeUnknown && !expired(hot, now) && now >= hot.lease_deadline
+/// Whether `hot` is a record whose outcome is unknown and that no resolution holds at `now`,
+/// in a store whose current open hands out tokens from `first_token`: none ever did, its lease
+/// has run out, or it was made before this open (its token is lower), whatever its lease says.
+/// One process uses a file at a time (C11), so a resolution, like any reservation, does not
+/// survive a restart: its holder is gone, and waiting out its lease would hide the key from
+/// the resolver hook run right after the open.
+pub(crate) fn resolvable(hot: &Hot, now: u64, first_token: u64) -> bool {
+    let held = now < hot.lease_deadline && hot.token >= first_token;
+    hot.state == State::OutcomeUnknown && !expired(hot, now) && !held
 }
 
 /// The record `held` with its outcome unknown (E6): kept, with no lease, until it expires or
@@ -229,6 +235,24 @@ mod tests {
             "C8"
         );
         assert_eq!(decide_begin(Some(&busy), &other, 50), Conflict, "C4");
+    }
+
+    #[test]
+    fn resolution_rules() {
+        // Marked at open: no lease, resolvable at once; a completed record never is.
+        let unknown = hot(State::OutcomeUnknown, 1, 0, 100, 7);
+        assert!(resolvable(&unknown, 5, 8), "E6");
+        assert!(!resolvable(&hot(State::Completed, 1, 0, 100, 7), 5, 8));
+        assert!(!resolvable(&unknown, 100, 8), "C9: expired");
+        // Held by a resolution of this open until its lease runs out.
+        let held = resolving(unknown, 9, 5, 10);
+        assert!(!resolvable(&held, 14, 8), "E6: one resolution at a time");
+        assert!(resolvable(&held, 15, 8), "C8: its lease ran out");
+        // A resolution made before this open (tokens from 20 now) is gone with its process.
+        assert!(
+            resolvable(&held, 6, 20),
+            "C11: no reservation survives a restart"
+        );
     }
 
     #[test]

@@ -8,11 +8,11 @@
 //! the key: complete it with the response the effect deserves, or release it so a retry runs
 //! again. Invariants: only a key whose outcome is unknown and that no live resolution holds is
 //! reserved here, so at most one resolution holds a key at a time (a later one, after the
-//! first one's lease, fences it); the key stays unknown while it is resolved and after any
-//! resolution that ends without a verdict, so nothing but an explicit release frees it. The
-//! hook reaches every unknown key the store holds (by its stored scope and key, whatever this
-//! open's key limit), and a key whose record cannot be read is skipped, still unknown, rather
-//! than stopping the keys after it.
+//! first one's lease or a restart, fences it); the key stays unknown while it is resolved and
+//! after any resolution that ends without a verdict, so nothing but an explicit release frees
+//! it. The hook reaches every unknown key the store holds (by its stored scope and key,
+//! whatever this open's key limit), and a key whose record cannot be read is skipped, still
+//! unknown, rather than stopping the keys after it.
 
 use crate::error::{KeyError, ResolveError, Unavailable};
 use crate::format::record::State;
@@ -25,7 +25,10 @@ impl Store {
     /// Reserves a key whose outcome is unknown (E6) for the application to resolve it:
     /// `Some(reservation)` with a fresh fencing token, a lease and the key's last
     /// [`recovery_point`](Reservation::recovery_point); `None` when the key's outcome is not
-    /// unknown (absent, expired, in flight, completed) or another resolution holds it.
+    /// unknown (absent, expired, in flight, completed) or another resolution holds it. A
+    /// resolution made before the store was last opened holds nothing any more: its process
+    /// is gone (one process uses a file at a time), so the key is resolvable at once after a
+    /// restart, whatever that resolution's lease said.
     ///
     /// Look the effect up, then [`complete`](Reservation::complete) the reservation with the
     /// response a retry should get (the effect happened), or [`release`](Reservation::release)

@@ -519,7 +519,8 @@ impl Writer {
             Ok(current) => current,
             Err(damaged) => return Ok(Err(damaged)),
         };
-        let Some(record) = current.filter(|r| machine::resolvable(&r.hot, now)) else {
+        let resolvable = |r: &Record| machine::resolvable(&r.hot, now, self.first_token);
+        let Some(record) = current.filter(resolvable) else {
             return Ok(Ok(None));
         };
         let bytes = self.point_of(t, hash, &record.hot)?;

@@ -20,7 +20,8 @@
 //!   does a panic inside a commit (the storage engine's or a device's: the commit may be on
 //!   disk); any storage error poisons the store before any reply slot of the batch is dropped;
 //! - `next_token` only grows and is written in the same transaction as the reservations that
-//!   used it, so fencing tokens never repeat, even across crashes.
+//!   used it, so fencing tokens never repeat, even across crashes; so a token below the first
+//!   one of this open (`first_token`) was handed out before it.
 //!
 //! Here: the thread's loop and the batches and their commits. Beside it: `apply.rs` (one
 //! function per operation), `batch_tables.rs` (where a batch reads and writes), `checkpoints.rs`
@@ -117,6 +118,9 @@ pub(crate) struct Writer {
     db: Arc<Database>,
     rx: Receiver<Op>,
     next_token: u64,
+    /// The first token of this open: a reservation with a lower one was made before the
+    /// store was opened, by a process (or a handle) that is gone.
+    first_token: u64,
     /// Commits since the last durable one exist.
     unsynced: bool,
     /// When the buffered mode must next make its commits durable.
@@ -189,6 +193,7 @@ impl Writer {
             db,
             rx,
             next_token,
+            first_token: next_token,
             unsynced: false,
             flush_at: None,
             cached,
