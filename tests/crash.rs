@@ -848,3 +848,133 @@ fn sim_disk_tears_writes_by_sector_and_a_lying_disk_keeps_nothing() {
     let lost = (0..64).any(|_| lying.crash_image(&mut rng, Mode::Subset).is_empty());
     assert!(lost, "a lying sync leaves the write pending");
 }
+
+/// A disk whose next `sync_data`, once armed, waits until the test lets it go and then fails,
+/// as if the power went during it: what the call was to make durable never is.
+#[derive(Debug, Clone)]
+struct StalledSync {
+    disk: SimDisk,
+    /// 0 idle, 1 armed, 2 a sync is waiting, 3 let it go.
+    gate: std::sync::Arc<(std::sync::Mutex<u8>, std::sync::Condvar)>,
+}
+
+impl StalledSync {
+    fn new(disk: SimDisk) -> StalledSync {
+        StalledSync {
+            disk,
+            gate: std::sync::Arc::default(),
+        }
+    }
+
+    fn arm(&self) {
+        *self.gate.0.lock().unwrap() = 1;
+    }
+
+    /// Waits until an armed sync has begun; an upper bound, not a sleep.
+    fn wait_for_the_sync(&self) {
+        let (m, cv) = &*self.gate;
+        let st = m.lock().unwrap();
+        let (st, timeout) = cv
+            .wait_timeout_while(st, Duration::from_secs(60), |st| *st != 2)
+            .unwrap();
+        assert!(!timeout.timed_out() && *st == 2, "no sync was made");
+    }
+
+    fn let_go(&self) {
+        *self.gate.0.lock().unwrap() = 3;
+        self.gate.1.notify_all();
+    }
+}
+
+impl StorageBackend for StalledSync {
+    fn len(&self) -> std::io::Result<u64> {
+        self.disk.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.disk.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.disk.set_len(len)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.disk.write(offset, data)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        let (m, cv) = &*self.gate;
+        let mut st = m.lock().unwrap();
+        if *st == 1 {
+            *st = 2;
+            cv.notify_all();
+            while *st != 3 {
+                st = cv.wait(st).unwrap();
+            }
+            return Err(std::io::Error::other("the power went during this sync"));
+        }
+        drop(st);
+        self.disk.sync_data()
+    }
+}
+
+/// C10 for readers: with the write-ahead log, a completion is seen by `get` only once it is
+/// durable, whether its batch is made durable by a log sync or, when its entry does not fit in
+/// the log, by the checkpoint that writes it into the file. The durability point here never
+/// comes (the power goes during it), and the reopened image holds the key in flight: a read
+/// that had seen the completion would have shown a state a power loss took back. Before, the
+/// batch's changes reached the overlay that readers consult before the sync.
+#[test]
+fn c10_a_read_never_sees_a_logged_completion_before_it_is_durable() {
+    // A body that fits in the log, then one larger than the whole log.
+    for body_len in [16usize, 80 << 10] {
+        let clock = ManualClock::new(T0);
+        let db = StalledSync::new(SimDisk::new(Mode::Subset));
+        let log = StalledSync::new(db.disk.sibling(Vec::new()));
+        let config = crate::sim_disk::disk_config(&clock)
+            .release_in_flight_on_open(false)
+            .build()
+            .unwrap();
+        let store = Store::open_with_backends(db.clone(), log.clone(), config).unwrap();
+        let (s, k) = (scope("acct"), key("k"));
+        let Begin::Execute(r) = store.begin(&s, &k, &fp("a")).unwrap() else {
+            panic!("a fresh key executes");
+        };
+        store.flush().unwrap();
+        let durable_by = if body_len < 1024 { &log } else { &db };
+        durable_by.arm();
+        let response = Response::new(201, [("content-type", "text/plain")], vec![b'x'; body_len]);
+        let completing = std::thread::spawn(move || r.complete(response));
+        durable_by.wait_for_the_sync();
+        let seen = store.get(&s, &k).unwrap().map(|r| r.state);
+        durable_by.let_go();
+        let answered = completing.join().unwrap();
+        assert!(
+            matches!(
+                answered,
+                Err(CompleteError::Unavailable(
+                    idemstore::Unavailable::OutcomeUnknown { .. }
+                ))
+            ),
+            "body {body_len}: {answered:?}"
+        );
+        assert_eq!(
+            seen,
+            Some(State::InFlight),
+            "body {body_len}: read before the sync"
+        );
+        drop(store);
+        let reopened = Store::open_with_backends(
+            SimDisk::from_image(db.disk.synced_image()),
+            SimDisk::from_image(log.disk.synced_image()),
+            crate::sim_disk::disk_config(&clock)
+                .release_in_flight_on_open(false)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let after = reopened.get(&s, &k).unwrap().map(|r| r.state);
+        assert_eq!(
+            after,
+            Some(State::InFlight),
+            "body {body_len}: after the power loss"
+        );
+    }
+}

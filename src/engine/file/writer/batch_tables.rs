@@ -35,7 +35,7 @@ impl Tables<'_> {
             Tables::Logged {
                 overlay, records, ..
             } => {
-                let hit = overlay.with(hash, |slot| {
+                let hit = overlay.with_own(hash, |slot| {
                     slot.map(|s| match s {
                         Change::Put { record, .. } => Some(decode(record)),
                         Change::Delete => None,
@@ -62,7 +62,7 @@ impl Tables<'_> {
             Tables::Logged {
                 overlay, expiry, ..
             } => {
-                let hit = overlay.with(hash, |slot| {
+                let hit = overlay.with_own(hash, |slot| {
                     slot.map(|s| match s {
                         Change::Put { response, .. } => response.as_deref().map(decode),
                         Change::Delete => None,

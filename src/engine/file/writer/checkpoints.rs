@@ -47,6 +47,9 @@ impl Writer {
         if b.durable {
             bump(&counters.durable_commits);
         }
+        // The batch is as durable as its mode makes it: readers may see it now, and the
+        // checkpoint started below carries it.
+        self.state.overlay.publish();
         let due = l.log.wants_checkpoint()
             || l.last_checkpoint.elapsed() >= shared.config.checkpoint_interval;
         if due && !l.checkpointer.running() {

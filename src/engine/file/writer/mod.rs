@@ -16,6 +16,8 @@
 //!   before the answers;
 //! - a finished checkpoint's generation leaves the overlay before the next batch opens its
 //!   snapshot, so nothing is ever in neither;
+//! - a logged batch's changes are published to readers only once the batch is durable (its
+//!   log sync, or the synchronous checkpoint that carries them);
 //! - a failed commit answers the whole batch "outcome unknown" and poisons the store, and so
 //!   does a panic inside a commit (the storage engine's or a device's: the commit may be on
 //!   disk); any storage error poisons the store before any reply slot of the batch is dropped;
@@ -460,6 +462,9 @@ impl Writer {
         let state = Arc::clone(&self.state);
         let mut b = self.new_batch(ops.len(), force_durable);
         let ops_count = ops.len() as u64;
+        // A batch that failed left its changes unpublished, and poisoned the store: none of
+        // them may reach a later batch's view.
+        state.overlay.discard_unpublished();
         // A finished checkpoint first: its generation leaves the overlay only now, before the
         // snapshot below is taken, so the snapshot holds it.
         if let Err(c) = self.settle_checkpoint(false) {
