@@ -187,3 +187,91 @@ fn the_last_handle_dropped_on_the_writer_thread_does_not_hang_the_store() {
     ));
     drop(dir);
 }
+
+/// The name of the thread a witness was dropped on, and whether that thread was unwinding.
+type Seen = Arc<std::sync::Mutex<Option<(Option<String>, bool)>>>;
+
+/// Records, when dropped, the thread it was dropped on and whether that thread was unwinding.
+struct Witness(Seen);
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        let thread = std::thread::current().name().map(str::to_owned);
+        if let Ok(mut seen) = self.0.lock() {
+            *seen = Some((thread, std::thread::panicking()));
+        }
+    }
+}
+
+/// A task and its witness, dropped in that order: the witness sees how the task's drop ended.
+struct Witnessed {
+    task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    _witness: Witness,
+}
+
+impl Future for Witnessed {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.task.as_mut().poll(cx)
+    }
+}
+
+#[test]
+fn c5_the_last_handle_dropped_on_the_compactor_thread_closes_the_store_without_a_panic() {
+    let clock = idemstore::ManualClock::new(T0);
+    let store = idemstore::Store::in_memory(
+        config(&clock)
+            .ttl(Duration::from_secs(1))
+            .lease(Duration::from_millis(100))
+            .compactor_interval(Duration::from_millis(5))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let (s, k, f) = (scope("a"), key("k"), fp("1"));
+    // A holder gone without a word: the key stays in flight until its record expires.
+    execute(store.begin(&s, &k, &f).unwrap()).abandon();
+    let waiting = store.begin_waiting_async(&s, &k, &f, Duration::from_secs(3600));
+    let seen: Seen = Arc::default();
+    let task = Witnessed {
+        task: Box::pin(async move {
+            let _ = waiting.await;
+        }),
+        _witness: Witness(Arc::clone(&seen)),
+    };
+    let owner = Arc::new(OwningWaker(std::sync::Mutex::new(Some(Box::pin(task)))));
+    let waker = Waker::from(owner.clone());
+    {
+        let mut slot = owner.0.lock().unwrap();
+        if let Some(task) = slot.as_mut() {
+            assert!(
+                task.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+        }
+    }
+    drop(waker);
+    assert_eq!(store.stats().waiting, 1);
+    // Only the task holds the store now. The record expires; the compactor's pass removes it
+    // and wakes the wait, which drops the task, and the last handle, on the compactor thread.
+    drop(store);
+    clock.advance(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (thread, unwinding) = loop {
+        if let Some(seen) = seen.lock().unwrap().clone() {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the compactor never woke the wait"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(thread.as_deref(), Some("idemstore-compactor"));
+    assert!(
+        !unwinding,
+        "closing the store on the compactor thread panicked"
+    );
+}

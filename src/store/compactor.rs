@@ -5,7 +5,10 @@
 //! engine for `expire` passes like any caller (the file engine queues them through its writer,
 //! so there is one writer and foreground operations share or follow its commit); each pass
 //! removes at most `compactor_batch` records and is followed by a `compactor_pause` while more
-//! are due, so it never holds the engine for long.
+//! are due, so it never holds the engine for long. Stopping never joins the compactor from its
+//! own thread: a pass wakes waiting retries, and a woken task dropped there may hold the last
+//! handle, whose close then detaches the thread (it ends at its next look at the stop channel)
+//! and goes on to close the engine and wake every wait.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -50,10 +53,13 @@ impl Compactor {
         })
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the thread and waits for it, unless called on the thread itself (the last handle
+    /// dropped by a task its pass woke): that cannot wait for itself, and only detaches.
     pub(super) fn stop(&mut self) {
         drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
             let _ = thread.join();
         }
     }

@@ -549,6 +549,8 @@ impl Inner {
             // for itself, nor for the compactor, which may be waiting for it.
             compactor.detach();
         } else {
+            // On the compactor's own thread (a task its pass woke held the last handle), this
+            // only detaches it; the engine is closed and the waits woken all the same.
             compactor.stop();
         }
         let closed = self.engine.close();
