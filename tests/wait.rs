@@ -191,3 +191,89 @@ fn c5_a_store_that_stops_ends_every_wait() {
     let answer = block_on(&mut waiting);
     assert!(format!("{answer:?}").contains("Poisoned"), "{answer:?}");
 }
+
+/// A waker that records that it was woken, then panics: a fault of the executor that polled
+/// with it.
+struct Panicky(AtomicBool);
+
+impl Wake for Panicky {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+        panic!("a waker that panics");
+    }
+}
+
+/// Polls `f` once with a waker that panics.
+fn poll_panicking<F: Future + Unpin>(f: &mut F) -> (Poll<F::Output>, Arc<Panicky>) {
+    let panicky = Arc::new(Panicky(AtomicBool::new(false)));
+    let waker = Waker::from(Arc::clone(&panicky));
+    let polled = std::pin::Pin::new(f).poll(&mut Context::from_waker(&waker));
+    (polled, panicky)
+}
+
+/// A wait, boxed.
+type Waiting = std::pin::Pin<Box<dyn Future<Output = Result<Begin, idemstore::BeginError>> + Send>>;
+
+/// Waits on `k` twice: first polled with a waker that panics, then with a flag.
+fn waits_behind_a_panicking_waker(
+    store: &Store,
+    k: &idemstore::Key,
+) -> (Waiting, Arc<Panicky>, Waiting, Arc<Flag>) {
+    let (s, f) = (scope("acct"), fp("{}"));
+    let mut broken: Waiting = Box::pin(store.begin_waiting_async(&s, k, &f, Duration::MAX));
+    let (polled, panicky) = poll_panicking(&mut broken);
+    assert!(polled.is_pending());
+    let mut other: Waiting = Box::pin(store.begin_waiting_async(&s, k, &f, Duration::MAX));
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    assert!(poll_once(&mut other, &flag).is_pending());
+    (broken, panicky, other, flag)
+}
+
+#[test]
+fn c5_a_waker_that_panics_keeps_no_other_wait_of_its_key_asleep() {
+    for (engine, store, _keep) in stores() {
+        let (s, f) = (scope("acct"), fp("{}"));
+        let first = execute(store.begin(&s, &key("k1"), &f).unwrap());
+        let (broken, panicky, mut other, flag) = waits_behind_a_panicking_waker(&store, &key("k1"));
+        let completed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            first.complete(resp(201, "first"))
+        }));
+        assert!(
+            matches!(completed, Ok(Ok(_))),
+            "{engine}: the completion unwound or failed"
+        );
+        assert!(panicky.0.load(Ordering::SeqCst), "{engine}");
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "{engine}: the completion woke the wait after the panicking one"
+        );
+        let Ok(Begin::Replay(r)) = block_on(&mut other) else {
+            panic!("{engine}: not a replay");
+        };
+        assert_eq!(r.body(), b"first");
+        // The wait whose waker panicked was fired too: polled again, it replays.
+        assert!(matches!(block_on(broken), Ok(Begin::Replay(_))), "{engine}");
+        // Closing wakes every wait, those after a panicking waker included.
+        let _held = execute(store.begin(&s, &key("k2"), &f).unwrap());
+        let (_broken, panicky, mut other, flag) =
+            waits_behind_a_panicking_waker(&store, &key("k2"));
+        let closed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.clone().close()));
+        assert!(
+            matches!(closed, Ok(Ok(()))),
+            "{engine}: closing unwound or failed"
+        );
+        assert!(panicky.0.load(Ordering::SeqCst), "{engine}");
+        assert!(flag.0.load(Ordering::SeqCst), "{engine}: the close woke it");
+        let answer = block_on(&mut other);
+        assert!(
+            matches!(
+                answer,
+                Err(idemstore::BeginError::Unavailable(
+                    idemstore::Unavailable::Closed
+                ))
+            ),
+            "{engine}: {answer:?}"
+        );
+    }
+}

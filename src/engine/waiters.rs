@@ -13,6 +13,10 @@
 //!   order the registration's count against the engine's check);
 //! - a wake fires every registration of its key at most once, and closing the store fires them
 //!   all; a registration dropped unfired leaves nothing behind;
+//! - a wake marks every registration it takes fired, and takes all their wakers out, before it
+//!   wakes any; each waker runs inside `poison::catch`, so a waker that panics (a fault of the
+//!   executor that made it) neither keeps the others asleep nor reaches the engine's thread or
+//!   the caller whose change woke it;
 //! - the map is keyed through the seeded hasher (H10) and holds one entry per waiting call.
 
 use std::collections::HashMap;
@@ -71,25 +75,29 @@ impl Waiters {
             return;
         }
         let fired = self.map.lock().remove(&hash.0);
-        for signal in fired.into_iter().flatten() {
-            signal.fired.store(true, Ordering::SeqCst);
-            if let Some(waker) = signal.waker.lock().take() {
-                waker.wake();
-            }
-        }
+        wake_each(fired.into_iter().flatten());
     }
-}
 
-impl Waiters {
     /// Wakes every wait: the store closed, and each wait's next look says so.
     pub(crate) fn wake_all(&self) {
         let fired: Vec<_> = self.map.lock().drain().flat_map(|(_, list)| list).collect();
-        for signal in fired {
+        wake_each(fired);
+    }
+}
+
+/// Fires every signal, then wakes their wakers one by one, each on its own: a waker that
+/// panics is the fault of the executor that made it, and the others are woken all the same.
+fn wake_each(fired: impl IntoIterator<Item = Arc<Signal>>) {
+    let wakers: Vec<Waker> = fired
+        .into_iter()
+        .filter_map(|signal| {
             signal.fired.store(true, Ordering::SeqCst);
-            if let Some(waker) = signal.waker.lock().take() {
-                waker.wake();
-            }
-        }
+            signal.waker.lock().take()
+        })
+        .collect();
+    for waker in wakers {
+        // Its panic was reported by the panic hook; nothing of the store is left half-done.
+        let _ = crate::poison::catch(move || waker.wake());
     }
 }
 
