@@ -5,12 +5,14 @@
 //! executors have none, so the layer keeps its own: one thread, started on first use, that
 //! wakes each sleeping future when its instant has passed.
 //!
-//! Invariants: a `Sleep` is ready once its instant has passed and never before (one too far
-//! ahead for the clock, never); each pending
-//! `Sleep` is woken at most once by the thread, after its instant; the thread holds a small
-//! entry per `Sleep` until that entry's instant, and nothing of a `Sleep` dropped before it
-//! but the entry, which goes once such entries are half of those held (and 1,024 or more). If the thread cannot be started, a `Sleep` never ends, and a bound that
-//! waits for it never applies.
+//! Invariants: a `Sleep` is ready once its instant has passed and never before (one too far ahead
+//! for the clock, never); each pending `Sleep` is woken at most once by the thread, after its
+//! instant; the thread takes the wakers of all the entries due before it wakes any, and wakes each
+//! inside `poison::catch`, so a waker that panics neither ends the thread nor keeps another `Sleep`
+//! from its wake; the thread holds a small entry per `Sleep` until that entry's instant, and
+//! nothing of a `Sleep` dropped before it but the entry, which goes once such entries are half of
+//! those held (and 1,024 or more). If the thread cannot be started, a `Sleep` never ends, and a
+//! bound that waits for it never applies.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -184,15 +186,19 @@ impl Wheel {
             }
             if !fire.is_empty() {
                 drop(due);
-                for d in fire {
-                    let waker = {
+                let wakers: Vec<Waker> = fire
+                    .iter()
+                    .filter_map(|d| {
                         let mut waker = d.entry.waker.lock();
                         d.entry.fired.store(true, AtomicOrdering::Release);
                         waker.take()
-                    };
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
+                    })
+                    .collect();
+                drop(fire);
+                for w in wakers {
+                    // A waker that panics is its executor's fault; the thread, which every
+                    // other `Sleep` needs, goes on (the panic hook has reported it).
+                    let _ = crate::poison::catch(move || w.wake());
                 }
                 due = self.due.lock();
                 continue;

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use idemstore::{Begin, Store};
 
@@ -276,4 +276,38 @@ fn c5_a_waker_that_panics_keeps_no_other_wait_of_its_key_asleep() {
             "{engine}: {answer:?}"
         );
     }
+}
+
+/// Waits, bounded, for `done` to hold.
+fn eventually(done: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn c5_a_waker_that_panics_at_the_bound_of_its_wait_leaves_later_bounds_running() {
+    let store = memory(&idemstore::ManualClock::new(T0));
+    let (s, k, f) = (scope("acct"), key("k1"), fp("{}"));
+    let _held = execute(store.begin(&s, &k, &f).unwrap());
+    let mut broken = Box::pin(store.begin_waiting_async(&s, &k, &f, Duration::from_millis(10)));
+    let (polled, panicky) = poll_panicking(&mut broken);
+    assert!(polled.is_pending());
+    eventually(
+        || panicky.0.load(Ordering::SeqCst),
+        "the bound never woke the wait",
+    );
+    // The bounds of every wait are kept by one timer thread, which that waker's panic must
+    // not end: a later bound still wakes its wait.
+    let mut later = Box::pin(store.begin_waiting_async(&s, &k, &f, Duration::from_millis(10)));
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    assert!(poll_once(&mut later, &flag).is_pending());
+    eventually(
+        || flag.0.load(Ordering::SeqCst),
+        "the bound after a panicking waker never woke its wait",
+    );
+    let answer = block_on(&mut later);
+    assert!(matches!(answer, Ok(Begin::InProgress { .. })), "{answer:?}");
 }
