@@ -17,7 +17,9 @@
 //!   wakes any; each waker runs inside `poison::catch`, so a waker that panics (a fault of the
 //!   executor that made it) neither keeps the others asleep nor reaches the engine's thread or
 //!   the caller whose change woke it;
-//! - the map is keyed through the seeded hasher (H10) and holds one entry per waiting call.
+//! - the map is keyed through the seeded hasher (H10) and holds one entry per waiting call;
+//!   each entry knows its index in its key's list, so a wait dropped unfired takes out its own
+//!   entry at a constant cost, however many wait on the key, under the lock every wake takes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,23 +39,29 @@ pub(crate) struct Waiters {
     map: Mutex<HashMap<[u8; 32], Vec<Arc<Signal>>, Seeded>>,
     /// Registrations alive: lets `wake` skip the lock when nobody waits.
     count: AtomicUsize,
+    /// Entries of a key's list looked at to unregister a wait, so far.
+    #[cfg(test)]
+    looked_at: AtomicUsize,
 }
 
 #[derive(Default)]
 struct Signal {
     fired: AtomicBool,
     waker: Mutex<Option<Waker>>,
+    /// Its index in its key's list while the list holds it; read and written under the map's
+    /// lock only.
+    slot: AtomicUsize,
 }
 
 impl Waiters {
     /// Registers a wait on `hash`; the returned future ends once an engine wakes it.
     pub(crate) fn register(self: &Arc<Self>, hash: KeyHash) -> Woken {
         let signal = Arc::new(Signal::default());
-        self.map
-            .lock()
-            .entry(hash.0)
-            .or_default()
-            .push(Arc::clone(&signal));
+        let mut map = self.map.lock();
+        let list = map.entry(hash.0).or_default();
+        signal.slot.store(list.len(), Ordering::Relaxed);
+        list.push(Arc::clone(&signal));
+        drop(map);
         self.count.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         Woken {
@@ -131,11 +139,24 @@ impl Drop for Woken {
             return;
         }
         let mut map = self.waiters.map.lock();
-        if let Some(list) = map.get_mut(&self.hash.0) {
-            list.retain(|s| !Arc::ptr_eq(s, &self.signal));
-            if list.is_empty() {
-                map.remove(&self.hash.0);
-            }
+        let Some(list) = map.get_mut(&self.hash.0) else {
+            return;
+        };
+        // Its own entry only, whatever the number of waits on the key: the global lock, which
+        // every wake takes, is held for no scan of the list.
+        let slot = self.signal.slot.load(Ordering::Relaxed);
+        #[cfg(test)]
+        self.waiters.looked_at.fetch_add(1, Ordering::Relaxed);
+        // A wake may have taken the signal out, unfired as yet, and a new list hold the key.
+        if !list.get(slot).is_some_and(|s| Arc::ptr_eq(s, &self.signal)) {
+            return;
+        }
+        list.swap_remove(slot);
+        if let Some(moved) = list.get(slot) {
+            moved.slot.store(slot, Ordering::Relaxed);
+        }
+        if list.is_empty() {
+            map.remove(&self.hash.0);
         }
     }
 }
@@ -156,6 +177,31 @@ mod tests {
         drop(on_a);
         drop(on_b);
         assert!(waiters.map.lock().is_empty());
+        assert_eq!(waiters.count.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn dropping_a_wait_looks_at_its_own_entry_only() {
+        const N: usize = 1_000;
+        let waiters = Arc::new(Waiters::default());
+        let key = KeyHash([1; 32]);
+        let mut waits: Vec<Woken> = (0..N).map(|_| waiters.register(key)).collect();
+        // The first half dropped from the front: a scan of the list would cost the most.
+        let mut rest = waits.split_off(N / 2);
+        drop(waits);
+        // Then every other one of the rest, so that entries move about the list.
+        let mut i = 0;
+        rest.retain(|_| {
+            i += 1;
+            i % 2 == 0
+        });
+        assert_eq!(waiters.looked_at.load(Ordering::Relaxed), N / 2 + N / 4);
+        assert_eq!(waiters.count.load(Ordering::SeqCst), N / 4);
+        // The rest are registered still, each once: a wake fires them all and leaves nothing.
+        waiters.wake(&key);
+        assert!(rest.iter().all(|w| w.signal.fired.load(Ordering::SeqCst)));
+        assert!(waiters.map.lock().is_empty());
+        drop(rest);
         assert_eq!(waiters.count.load(Ordering::SeqCst), 0);
     }
 }
