@@ -155,7 +155,9 @@ fn finish<T>(slot: &Slot<T>, value: Option<T>) -> Result<(), T> {
     };
     slot.ready.notify_all();
     if let Some(w) = waker {
-        w.wake();
+        // The value is in the slot: a waker that panics (a fault of the executor that made
+        // it) must not take down the thread that answers, often the engine's own.
+        let _ = crate::poison::catch(|| w.wake());
     }
     Ok(())
 }

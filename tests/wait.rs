@@ -311,3 +311,26 @@ fn c5_a_waker_that_panics_at_the_bound_of_its_wait_leaves_later_bounds_running()
     let answer = block_on(&mut later);
     assert!(matches!(answer, Ok(Begin::InProgress { .. })), "{answer:?}");
 }
+
+/// A call's answer is handed over by waking its future, on the engine's thread (the file
+/// engine's writer): a waker that panics there is the executor's fault, and must not stop the
+/// engine. Before, the panic ended the writer thread and poisoned the store.
+#[test]
+fn c10_a_waker_that_panics_when_its_answer_comes_leaves_the_store_serving() {
+    let file = open();
+    let store = &file.store;
+    let (s, f) = (scope("acct"), fp("{}"));
+    let mut asked = Box::pin(store.begin_async(&s, &key("k"), &f));
+    let (polled, panicky) = poll_panicking(&mut asked);
+    if polled.is_pending() {
+        // An upper bound, not a sleep: the writer answers and wakes the future.
+        let waited = Instant::now();
+        while !panicky.0.load(Ordering::SeqCst) {
+            assert!(waited.elapsed() < Duration::from_secs(30), "never answered");
+            std::thread::yield_now();
+        }
+    }
+    assert!(matches!(block_on(asked), Ok(Begin::Execute(_))));
+    let next = store.begin(&s, &key("k2"), &f);
+    assert!(matches!(next, Ok(Begin::Execute(_))), "{next:?}");
+}
