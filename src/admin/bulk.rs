@@ -22,7 +22,7 @@ use crate::store::{Begin, Store};
 use crate::view::{CheckReport, RecordInfo};
 
 use super::json::{parse_exported, record_json, state_name, token_text};
-use super::query::ListQuery;
+use super::query::{ListQuery, Listing};
 
 /// What [`purge_matching`] removed, or would remove.
 #[derive(Debug, Clone)]
@@ -39,6 +39,19 @@ pub struct PurgeReport {
 }
 
 impl PurgeReport {
+    /// The report of a dry run over `listing`: the records a purge would remove, none
+    /// removed. A caller that only looks (`idemstore purge --dry-run` on a file, through the
+    /// read-only [`Inspector`](crate::Inspector)) makes its listing itself and never opens
+    /// the store for writing.
+    pub fn dry_run(listing: Listing) -> PurgeReport {
+        PurgeReport {
+            dry_run: true,
+            records: listing.records,
+            purged: 0,
+            truncated: listing.truncated,
+        }
+    }
+
     /// As the admin interface and `idemstore purge --json` give it: `dry_run`, `matched`,
     /// `purged`, `truncated`, and `records` (`scope`, `key`, `state`, `token`,
     /// `token_readable`, `created_at` of each).
@@ -71,22 +84,22 @@ pub fn purge_matching(
 ) -> Result<PurgeReport, Unavailable> {
     let now = store.config().clock.now_millis();
     let listing = query.run(now, |s, st, n| store.records_in_state(s, st, n))?;
+    if dry_run {
+        return Ok(PurgeReport::dry_run(listing));
+    }
     let mut purged = 0;
-    if !dry_run {
-        for r in &listing.records {
-            // A stored scope and key were valid when they were stored.
-            let (Ok(scope), Ok(key)) =
-                (Scope::new(&r.scope), Key::with_max_len(&r.key, usize::MAX))
-            else {
-                continue;
-            };
-            if store.purge(&scope, &key)? {
-                purged += 1;
-            }
+    for r in &listing.records {
+        // A stored scope and key were valid when they were stored.
+        let (Ok(scope), Ok(key)) = (Scope::new(&r.scope), Key::with_max_len(&r.key, usize::MAX))
+        else {
+            continue;
+        };
+        if store.purge(&scope, &key)? {
+            purged += 1;
         }
     }
     Ok(PurgeReport {
-        dry_run,
+        dry_run: false,
         records: listing.records,
         purged,
         truncated: listing.truncated,

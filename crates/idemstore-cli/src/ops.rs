@@ -6,10 +6,10 @@
 //! Invariants: the commands that only look (`stats`, `list`, `get`, `export`, `check`) go
 //! through the library's read-only [`Inspector`] on a file, so they never create, migrate or
 //! write the file or its log, and work on a file they may not write (with `--redis`, through a
-//! store opened with `RedisOptions::read_only`, which writes nothing to the server); only the
-//! commands that change the store (`purge`, `release`, `import`, `compact`) open it as a
-//! [`Store`]. A missing file is never created (an error), except by `import`, whose purpose
-//! is to fill a store. A damaged or foreign one gives a one-line error and a non-zero exit,
+//! store opened with `RedisOptions::read_only`, which writes nothing to the server); so does
+//! `purge --dry-run`, which only looks too. Only the commands that change the store (`purge`,
+//! `release`, `import`, `compact`) open it as a [`Store`]. A missing or empty file is never
+//! made a store (an error), except by `import`, whose purpose is to fill a store. A damaged or foreign one gives a one-line error and a non-zero exit,
 //! never a panic. The selection of records and their JSON are the library's
 //! (`idemstore::admin`), whatever the target, so `--admin`, `--redis` and a file print the
 //! same shapes. Everything printed that came from the store (scopes, keys, headers, bodies,
@@ -116,6 +116,14 @@ fn open_with(t: &Target, create: bool) -> Result<Store, String> {
     let path = &t.db;
     if !create {
         existing(path)?;
+        // `Store::open` makes a new store of an empty file; only `import` (`create`) may make
+        // one, so the commands that change a store refuse it as the looking ones do.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(format!(
+                "cannot open {}: the file is not an idemstore database: the file is empty",
+                path.display()
+            ));
+        }
     }
     Store::open(path, config).map_err(|e| format!("cannot open {}: {}", path.display(), chain(&e)))
 }
@@ -659,9 +667,18 @@ pub(crate) fn purge_matching(
             path.push_str("&all=true");
         }
         remote::json(&addr, Method::POST, &path, Vec::new())?
+    } else if dry_run {
+        // A dry run only looks, so it reads as `list` does (the inspector on a file, a
+        // read-only store on Redis): it never checkpoints, repairs, migrates or locks a file,
+        // and writes nothing to a server.
+        let view = view(t, false)?;
+        let listing = q
+            .run(SystemClock.now_millis(), |s, st, n| view.records(s, st, n))
+            .map_err(|e| chain(&e))?;
+        admin::PurgeReport::dry_run(listing).to_json()
     } else {
         let store = open(t)?;
-        let report = admin::purge_matching(&store, &q, dry_run).map_err(|e| chain(&e))?;
+        let report = admin::purge_matching(&store, &q, false).map_err(|e| chain(&e))?;
         close(store)?;
         report.to_json()
     };

@@ -861,3 +861,112 @@ fn o7_o8_cli_release_and_bulk_purge_on_a_file() {
         serde_json::from_slice(&idemstore(&["list", "--json"], &db).stdout).unwrap();
     assert!(listed.as_array().unwrap().is_empty());
 }
+
+/// O1 and O8: `purge --dry-run` only looks. On a crash image (a file not closed cleanly, with
+/// records in its log) it lists what a purge would remove, and the file, its log and their
+/// directory are as before: no checkpoint, no repair, no lock, no migration.
+#[test]
+fn o1_o8_cli_dry_run_purge_on_a_file_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::files::logged_crash_image(dir.path(), "live.redb", 2, 3);
+    let before = crate::files::snapshot(dir.path());
+    let dry = idemstore(&["purge", "--json", "--scope", "acct_a", "--dry-run"], &db);
+    assert!(dry.status.success(), "{dry:?}");
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(
+        (
+            dry["dry_run"].clone(),
+            dry["matched"].clone(),
+            dry["purged"].clone()
+        ),
+        (true.into(), 5.into(), 0.into()),
+        "{dry}"
+    );
+    let text = idemstore(&["purge", "--all", "--dry-run"], &db);
+    assert!(stdout(&text).contains("would purge 6 records"), "{text:?}");
+    assert_eq!(
+        crate::files::snapshot(dir.path()),
+        before,
+        "a dry run changed the files"
+    );
+}
+
+/// O3: the commands that change a store refuse an empty file as the looking ones do (only
+/// `import` makes a store of it): a one-line error, and the file stays empty, with no log.
+#[test]
+fn o3_cli_commands_that_change_a_store_refuse_an_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("empty.redb");
+    std::fs::write(&db, b"").unwrap();
+    for cmd in [
+        &["compact"][..],
+        &["purge", "--all"],
+        &["purge", "--all", "--dry-run"],
+        &["purge", "--scope", "s", "--key", "k"],
+        &["release", "--scope", "s", "--key", "k"],
+    ] {
+        let err = one_line_error(&idemstore(cmd, &db));
+        assert!(err.contains("not an idemstore database"), "{cmd:?}: {err}");
+        assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "{cmd:?}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "{cmd:?} left a file beside the store"
+        );
+    }
+    // `import` may: its purpose is to fill a store.
+    let out = Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(["import", "--db"])
+        .arg(&db)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(std::fs::metadata(&db).unwrap().len() > 0);
+}
+
+/// O1 and O8 on Redis: `purge --dry-run` reads through a read-only store, so the server sees
+/// no write (no function loaded, no script run that writes).
+#[test]
+fn o1_o8_cli_dry_run_purge_on_redis_writes_nothing() {
+    let Some(server) = crate::redis_support::Server::start() else {
+        return;
+    };
+    let url = server.url();
+    let store = Store::open_redis(&url, Config::default()).unwrap();
+    let (s, fp) = (Scope::new("acct_a").unwrap(), Fingerprint::of_bytes(b"r"));
+    let idemstore::Begin::Execute(r) = store.begin(&s, &Key::new("k1").unwrap(), &fp).unwrap()
+    else {
+        panic!("k1 is new");
+    };
+    r.complete(Response::new(201, [("content-type", "text/plain")], "k1"))
+        .unwrap();
+    store.close().unwrap();
+    // A server that forgot its functions (a restart without them): a store opened for writing
+    // loads them again, a read-only one does not.
+    server.command(&["FUNCTION", "FLUSH"]);
+    let writes = || {
+        let info = server.command(&["INFO", "persistence"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap()
+    };
+    let before = writes();
+    let dry = Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(["purge", "--json", "--scope", "acct_a", "--dry-run"])
+        .args(["--redis", url.as_str()])
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{dry:?}");
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(
+        (dry["matched"].clone(), dry["purged"].clone()),
+        (1.into(), 0.into())
+    );
+    assert_eq!(writes(), before, "a dry run wrote to the server");
+    assert!(
+        server.command(&["FUNCTION", "LIST"]).starts_with("*0"),
+        "a dry run loaded the store's functions"
+    );
+}
