@@ -95,7 +95,9 @@ enum Command {
         #[command(flatten)]
         filters: ops::Filters,
         /// The record's key (with `--scope`): remove this one record, whatever its state.
-        #[arg(long, requires = "scope")]
+        // The bulk filters would not apply to the one record: refused rather than ignored, so
+        // that `--state in-flight` added as a safety net never lets a completed record go.
+        #[arg(long, requires = "scope", conflicts_with_all = ["state", "older_than", "sort"])]
         key: Option<String>,
         /// Without `--key`: only say which records would be removed.
         #[arg(long, conflicts_with = "key")]

@@ -970,3 +970,28 @@ fn o1_o8_cli_dry_run_purge_on_redis_writes_nothing() {
         "a dry run loaded the store's functions"
     );
 }
+
+/// O8: `purge --scope S --key K` removes one record whatever its state, so it refuses the bulk
+/// filters (`--state`, `--older-than`, `--sort`) instead of ignoring them: an operator who adds
+/// `--state in-flight` as a safety net must not see a completed record go.
+#[test]
+fn o8_cli_purge_of_one_key_refuses_the_bulk_filters_instead_of_ignoring_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = known_file(dir.path());
+    for extra in [
+        &["--state", "in-flight"][..],
+        &["--older-than", "1000d"],
+        &["--sort", "oldest"],
+    ] {
+        let mut cmd = vec!["purge", "--scope", "acct_a", "--key", "k1"];
+        cmd.extend_from_slice(extra);
+        let out = idemstore(&cmd, &db);
+        assert!(!out.status.success(), "{cmd:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+            "{cmd:?}: {out:?}"
+        );
+        let get = idemstore(&["get", "--scope", "acct_a", "--key", "k1"], &db);
+        assert!(get.status.success(), "{cmd:?} removed the record: {get:?}");
+    }
+}
