@@ -9,7 +9,6 @@
 //! conflict, a `400` or a `422` exits non-zero with one line and is not retried.
 //! Plain `http://` only: the binary links no TLS stack.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -115,9 +114,7 @@ fn call(args: CallArgs) -> Result<ExitCode, String> {
                 .block_on(response.into_body().collect())
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let mut out = std::io::stdout();
-            let _ = out.write_all(&body);
-            let _ = out.flush();
+            let written = crate::to_stdout(&body);
             let (attempts, replayed) = report.map_or((1, false), |r| (r.attempts, r.replayed));
             let mut line = format!(
                 "idemstore call: {} {}, {attempts} attempt{}, {}",
@@ -132,6 +129,14 @@ fn call(args: CallArgs) -> Result<ExitCode, String> {
                     "an earlier attempt may have run, so run the same command again to resume \
                      with its key",
                 ));
+            }
+            if let Err(e) = written {
+                // The answer came, so the operation is settled, but the caller never saw its
+                // body: a failure, said on the one status line.
+                line.push_str(&format!("; its body could not be written to stdout: {e}"));
+                eprintln!("{}", escape::text(&line));
+                closed.map_err(|e| chain(&e))?;
+                return Ok(ExitCode::FAILURE);
             }
             eprintln!("{}", escape::text(&line));
             if status.as_u16() < 400 {

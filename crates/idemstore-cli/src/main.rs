@@ -235,9 +235,10 @@ fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(out) => {
-            // A closed stdout (`idemstore list | head`) is not an error worth a message.
-            if !out.text.is_empty() {
-                let _ = writeln!(std::io::stdout(), "{}", out.text);
+            if !out.text.is_empty()
+                && let Err(e) = to_stdout(format!("{}\n", out.text).as_bytes())
+            {
+                return fail(&format!("cannot write to stdout: {e}"));
             }
             if let Some(note) = &out.note {
                 eprintln!("idemstore: {}", escape::text(note));
@@ -249,6 +250,19 @@ fn run(cli: Cli) -> ExitCode {
             }
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// Writes `bytes` to stdout and flushes them. `Ok(false)` when the reader has gone (a closed
+/// pipe: `idemstore list | head`), which is no error worth a message: the reader took what it
+/// wanted. Any other failure (a full disk, `> /dev/full`) is an error, since the output (an
+/// export kept as a backup, a listing a script reads) would otherwise be lost without a word.
+pub(crate) fn to_stdout(bytes: &[u8]) -> std::io::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

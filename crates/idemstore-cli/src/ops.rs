@@ -17,7 +17,6 @@
 //! one JSON document on stdout; the human form is an aligned table; a note (a listing cut at
 //! its limit) goes to stderr.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -311,8 +310,9 @@ pub(crate) fn watch(t: &Target, interval: Duration, count: Option<u64>) -> Resul
                 .collect();
             format!("{now} {}", counts.join(" "))
         };
-        let mut out = std::io::stdout();
-        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        let written = crate::to_stdout(format!("{line}\n").as_bytes())
+            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+        if !written {
             // A closed stdout (`| head`): the watch is over.
             break;
         }

@@ -995,3 +995,56 @@ fn o8_cli_purge_of_one_key_refuses_the_bulk_filters_instead_of_ignoring_them() {
         assert!(get.status.success(), "{cmd:?} removed the record: {get:?}");
     }
 }
+
+/// Runs an operator command on `db` with its stdout on `out`.
+fn idemstore_to(args: &[&str], db: &Path, out: std::process::Stdio) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// O9: output that cannot be written is a failure, so an export to a full disk never passes
+/// for a backup; a reader that closes the pipe early (`| head`) is not.
+#[test]
+fn o9_cli_output_that_cannot_be_written_fails_but_a_closed_pipe_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = known_file(dir.path());
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+            .into()
+    };
+    for cmd in [
+        &["export"][..],
+        &["list", "--json"],
+        &["stats"],
+        &["stats", "--watch", "--count", "1"],
+    ] {
+        let out = idemstore_to(cmd, &db, full());
+        let err = one_line_error(&out);
+        assert!(err.contains("cannot write to stdout"), "{cmd:?}: {err}");
+    }
+    // A closed pipe: the reader took what it wanted.
+    for cmd in [&["export"][..], &["stats", "--watch", "--count", "3"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_idemstore"))
+            .args(cmd)
+            .arg("--db")
+            .arg(&db)
+            .args(["--interval-ms", "1"].iter().filter(|_| cmd[0] == "stats"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        assert!(out.stderr.is_empty(), "{cmd:?}: {out:?}");
+    }
+}

@@ -1122,3 +1122,32 @@ fn operation_request(op: &str) -> http::Request<Full<Bytes>> {
     request.extensions_mut().insert(Operation::new(op));
     request
 }
+
+/// K8: an answer whose body cannot be written to stdout (a full disk) is a failure, said on
+/// the one status line, not a success with the body lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8_idemstore_call_fails_when_the_body_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("idem.redb"), &[]);
+    let journal = dir.path().join("keys.redb");
+    let url = format!("http://{}/v1/bookings", server.addr);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(["call", "POST", &url, "--data", &body(7), "--op", "full-1"])
+        .arg("--journal")
+        .arg(&journal)
+        .args(["--header", "Authorization: Bearer tok_demo"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let line = stderr_line(&out);
+    assert!(
+        line.starts_with("idemstore call: 201") && line.contains("could not be written"),
+        "{line}"
+    );
+    crate::serve::stop(server);
+}
