@@ -17,6 +17,7 @@ mod call;
 mod demo;
 mod escape;
 mod ops;
+mod redact;
 mod remote;
 mod serve;
 mod server;

@@ -29,6 +29,7 @@ use idemstore::{
 use serde_json::{Value, json};
 
 use crate::escape;
+use crate::redact::{self, redact};
 use crate::remote::{self, Address, Reply};
 
 /// Where the store is and how to print.
@@ -109,8 +110,7 @@ fn open_with(t: &Target, create: bool) -> Result<Store, String> {
         if t.trust_server_settings {
             options = options.trust_server_settings();
         }
-        return Store::open_redis_with(options, config)
-            .map_err(|e| format!("cannot open the store on {url}: {}", chain(&e)));
+        return Store::open_redis_with(options, config).map_err(|e| on_redis(url, &e));
     }
     let path = &t.db;
     if !create {
@@ -178,8 +178,17 @@ fn view(t: &Target, verify: bool) -> Result<View, String> {
 /// The store on the server at `url`, opened read-only.
 fn look_on_redis(t: &Target, url: &str) -> Result<Store, String> {
     let options = RedisOptions::new(url).prefix(t.prefix.as_str()).read_only();
-    Store::open_redis_with(options, Config::default())
-        .map_err(|e| format!("cannot open the store on {url}: {}", chain(&e)))
+    Store::open_redis_with(options, Config::default()).map_err(|e| on_redis(url, &e))
+}
+
+/// The error line of a store on Redis that did not open: the URL without its credentials,
+/// also where the error quotes it.
+fn on_redis(url: &str, e: &idemstore::OpenError) -> String {
+    format!(
+        "cannot open the store on {}: {}",
+        redact(url),
+        redact::scrub(&chain(e), url)
+    )
 }
 
 /// Opens an existing store file to look at it, without writing anything; `verify` checks every
@@ -234,7 +243,8 @@ fn stats_rows(t: &Target) -> Result<Vec<(String, Value)>, String> {
                 ));
             }
             View::Redis(_) => {
-                rows.push(("server".into(), t.redis.clone().unwrap_or_default().into()));
+                let url = t.redis.as_deref().map(redact).unwrap_or_default();
+                rows.push(("server".into(), url.into()));
                 rows.push(("prefix".into(), t.prefix.clone().into()));
             }
         }

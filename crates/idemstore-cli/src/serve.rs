@@ -31,6 +31,7 @@ use idemstore::{
 use serde_json::{Value, json};
 
 use crate::bookings::{Booking, BookingError, Bookings, KeyedRequest, NewBooking, file};
+use crate::redact::{self, redact};
 use crate::{admin_serve, server};
 
 /// How `serve` keeps its data.
@@ -184,10 +185,22 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             if args.trust_server_settings {
                 options = options.trust_server_settings();
             }
-            let store = Store::open_redis_with(options, config)
-                .map_err(|e| format!("cannot open the store on {url}: {e}"))?;
-            let bookings = Bookings::on_redis(url, "idem:")
-                .map_err(|e| format!("cannot keep bookings on {url}: {e:?}"))?;
+            // The URL may hold a password: printed only without it, also where an error
+            // quotes it.
+            let store = Store::open_redis_with(options, config).map_err(|e| {
+                format!(
+                    "cannot open the store on {}: {}",
+                    redact(url),
+                    redact::scrub(&e.to_string(), url)
+                )
+            })?;
+            let bookings = Bookings::on_redis(url, "idem:").map_err(|e| {
+                format!(
+                    "cannot keep bookings on {}: {}",
+                    redact(url),
+                    redact::scrub(&format!("{e:?}"), url)
+                )
+            })?;
             (store, bookings)
         }
         (None, DurabilityArg::Memory) => (
@@ -226,7 +239,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(
         %addr,
         db = %args.db.display(),
-        redis = ?args.redis,
+        redis = ?args.redis.as_deref().map(redact),
         durability = ?args.durability,
         idempotency = !args.without_idempotency,
         "serving the bookings API"

@@ -1048,3 +1048,52 @@ fn o9_cli_output_that_cannot_be_written_fails_but_a_closed_pipe_does_not() {
         assert!(out.stderr.is_empty(), "{cmd:?}: {out:?}");
     }
 }
+
+/// O11: a Redis URL's password is never printed: not in `stats` (table, JSON, `--watch`), not
+/// in the error line of a wrong password, and a URL that does not parse is not echoed at all.
+#[test]
+fn o11_cli_never_prints_a_redis_urls_password() {
+    const PASSWORD: &str = "s3cret-Pw-7781";
+    let Some(server) = crate::redis_support::Server::start() else {
+        return;
+    };
+    // Set once the server runs: the helper's readiness check speaks without a password.
+    assert!(
+        server
+            .command(&["CONFIG", "SET", "requirepass", PASSWORD])
+            .starts_with("+OK")
+    );
+    let url = format!("{}?pass={PASSWORD}", server.url());
+    Store::open_redis(&url, Config::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let cli = |url: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_idemstore"))
+            .args(args)
+            .args(["--redis", url])
+            .output()
+            .unwrap()
+    };
+    let shown = format!("{}?pass=***", server.url());
+    for args in [
+        &["stats"][..],
+        &["stats", "--json"],
+        &["stats", "--watch", "--json", "--count", "1"],
+    ] {
+        let out = cli(&url, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        assert!(!text.contains(PASSWORD), "{args:?}: {text}");
+        assert!(text.contains(&shown), "{args:?}: {text}");
+    }
+    let wrong = format!("{}?pass=wrong-{PASSWORD}", server.url());
+    // One command is enough: every one opens the server through the same error line (and
+    // the store retries a refused password until its deadline, 5 s).
+    let err = one_line_error(&cli(&wrong, &["list"]));
+    assert!(!err.contains(PASSWORD), "{err}");
+    assert!(err.contains(&shown), "{err}");
+    let unreadable = format!("redis://:{PASSWORD}@127.0.0.1:notaport");
+    let err = one_line_error(&cli(&unreadable, &["list"]));
+    assert!(!err.contains(PASSWORD), "{err}");
+}

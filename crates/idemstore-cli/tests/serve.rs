@@ -1364,3 +1364,47 @@ async fn p2_e6_serve_killed_between_the_steps_of_a_create_resumes_under_the_held
         assert_eq!(uids(second.addr).await, [uid], "{policy}: one booking");
     }
 }
+
+/// O11: `serve --redis URL` logs the server it uses without the URL's password, and its error
+/// line for a store it cannot open leaves the password out too.
+#[test]
+fn o11_serve_logs_and_errors_leave_a_redis_urls_password_out() {
+    use std::io::Read;
+    const PASSWORD: &str = "s3cret-Pw-7781";
+    let Some(redis) = crate::redis_support::Server::start() else {
+        return;
+    };
+    // Set once the server runs: the helper's readiness check speaks without a password.
+    assert!(
+        redis
+            .command(&["CONFIG", "SET", "requirepass", PASSWORD])
+            .starts_with("+OK")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}?pass={PASSWORD}", redis.url());
+    let mut server = serve_logging(&dir.path().join("x.redb"), &["--redis", &url], "info");
+    let exit = terminate(&mut server, Duration::from_secs(30));
+    assert!(exit.success(), "{exit:?}");
+    let mut log = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("serving the bookings API"), "{log}");
+    assert!(log.contains("pass=***"), "{log}");
+    assert!(!log.contains(PASSWORD), "{log}");
+
+    let wrong = format!("{}?pass=wrong-{PASSWORD}", redis.url());
+    let out = Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--redis", &wrong])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open the store on"), "{err}");
+    assert!(!err.contains(PASSWORD), "{err}");
+}
