@@ -41,4 +41,6 @@ pub use bulk::{
 };
 pub use json::{record_json, rfc3339, state_name, token_text};
 pub use query::{ListQuery, Listing, Sort, record_query};
-pub use service::{ADMIN_HEADER, AdminBody, AdminService, BODY_TIMEOUT, MAX_IMPORT_BYTES, service};
+pub use service::{
+    ADMIN_HEADER, AdminBody, AdminService, BODY_TIMEOUT, MAX_IMPORT_BYTES, NOT_FOUND, service,
+};

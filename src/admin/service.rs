@@ -49,6 +49,10 @@ pub const MAX_IMPORT_BYTES: usize = 256 << 20;
 /// browser on the operator's machine cannot be made to purge or export.
 pub const ADMIN_HEADER: &str = "x-idemstore-admin";
 
+/// The error code of a `404` the admin interface answers (no such record, no such route): a
+/// client tells it from another service's `404`, which says nothing about a record.
+pub const NOT_FOUND: &str = "not_found";
+
 /// How long an import's body may take to arrive whole.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -341,7 +345,7 @@ fn route(
         _ => {
             return Err(failure(
                 StatusCode::NOT_FOUND,
-                "not_found",
+                NOT_FOUND,
                 format!("no admin route {path}"),
             ));
         }
@@ -418,7 +422,7 @@ fn route(
                 Some(r) => Ok(json_answer(&record_json(&r))),
                 None => Err(failure(
                     StatusCode::NOT_FOUND,
-                    "not_found",
+                    NOT_FOUND,
                     "no live record for this scope and key",
                 )),
             }
@@ -463,7 +467,7 @@ fn route(
                 Err(ReleaseError::InvalidKey(e)) => Err(bad_request(format!("bad key: {e}"))),
                 Err(ReleaseError::NotFound) => Err(failure(
                     StatusCode::NOT_FOUND,
-                    "not_found",
+                    NOT_FOUND,
                     "no live record for this scope and key",
                 )),
                 Err(e) => Err(failure(
@@ -487,7 +491,7 @@ fn route(
         },
         _ => Err(failure(
             StatusCode::NOT_FOUND,
-            "not_found",
+            NOT_FOUND,
             format!("no admin route {path}"),
         )),
     }

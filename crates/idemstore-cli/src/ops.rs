@@ -548,7 +548,21 @@ pub(crate) fn get(t: &Target, scope: &str, key: &str) -> Result<Outcome, String>
             Reply::Ok(bytes) => Some(serde_json::from_slice::<Value>(&bytes).map_err(|e| {
                 format!("the admin interface at {addr} answered something else than JSON: {e}")
             })?),
-            Reply::Refused { status: 404, .. } => None,
+            // Only the admin service's own answer means no record: a 404 of another service
+            // (a wrong address) is not a record's absence.
+            Reply::Refused {
+                status: 404, code, ..
+            } if code == admin::NOT_FOUND => None,
+            Reply::Refused {
+                status: 404,
+                code,
+                message,
+            } => {
+                return Err(format!(
+                    "the admin interface at {addr} gave an unexpected answer (404, {code}: \
+                     {message}); is it an idemstore admin interface?"
+                ));
+            }
             Reply::Refused { message, .. } => {
                 return Err(format!("the admin interface at {addr}: {message}"));
             }

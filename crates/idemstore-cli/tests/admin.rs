@@ -675,3 +675,58 @@ async fn o5_o8_the_admin_service_refuses_browsers_loose_parameters_and_a_second_
     let third = import(TestBody::Empty).await.unwrap();
     assert_eq!(third.status().as_u16(), 200);
 }
+
+/// A listener on loopback that is not an admin interface: to each connection it accepts it
+/// sends `answer` once the request's head has arrived (nothing at all when `answer` is
+/// `None`), then waits for the client to close. Serves `connections` connections.
+fn impostor(answer: Option<&'static str>, connections: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for _ in 0..connections {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    if let Some(answer) = answer {
+                        let _ = conn.write_all(answer.as_bytes());
+                    }
+                    // Held open until the client gives up or has read the answer.
+                    while conn.read(&mut buf).is_ok_and(|n| n > 0) {}
+                    break;
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// O5: only the admin interface's own `404 not_found` means there is no such record; a `404`
+/// from another service (a wrong address) is an unexpected answer, not "no record".
+#[test]
+fn o5_cli_get_over_admin_tells_another_services_404_from_no_record() {
+    for answer in [
+        "HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot found",
+        "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 28\r\n\
+         connection: close\r\n\r\n{\"error\":{\"code\":\"no_page\"}}",
+    ] {
+        let addr = impostor(Some(answer), 1);
+        let out = Command::new(env!("CARGO_BIN_EXE_idemstore"))
+            .args(["get", "--scope", "acct_a", "--key", "k1", "--admin", &addr])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unexpected answer"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}
