@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 use crate::escape;
 use crate::redact::{self, redact};
-use crate::remote::{self, Address, Reply};
+use crate::remote::{self, Address, Admin, Reply};
 
 /// Where the store is and how to print.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,6 +46,11 @@ pub(crate) struct Target {
     /// `idemstore serve --admin` serves), instead of a file (`--db` is then unused).
     #[arg(long, value_name = "ADDR", conflicts_with = "redis")]
     pub(crate) admin: Option<String>,
+    /// With `--admin`: how long one exchange with the interface may take, in seconds
+    /// (default 60, and 600 for `export` and `import`).
+    #[arg(long, value_name = "N", requires = "admin")]
+    #[arg(value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) timeout_secs: Option<u64>,
     /// With `--redis`: the prefix of the store's keys on the server.
     #[arg(long, default_value = "idem:")]
     pub(crate) prefix: String,
@@ -59,9 +64,15 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// The admin interface's address, if the target is one.
-    fn admin(&self) -> Result<Option<Address>, String> {
-        self.admin.as_deref().map(Address::parse).transpose()
+    /// The admin interface, if the target is one.
+    fn admin(&self) -> Result<Option<Admin>, String> {
+        let Some(addr) = self.admin.as_deref() else {
+            return Ok(None);
+        };
+        Ok(Some(Admin {
+            addr: Address::parse(addr)?,
+            timeout: self.timeout_secs.map(Duration::from_secs),
+        }))
     }
 }
 

@@ -4,7 +4,10 @@
 //! the service's admin interface (`idemstore::admin`) instead, and print its answers as they
 //! print a file's. Invariants: one request a connection, on a runtime of the command's own;
 //! an address is `HOST:PORT` (optionally `http://HOST:PORT`) or `unix:PATH`; an answer that
-//! is not a success becomes one error line naming the interface and the reason it gave.
+//! is not a success becomes one error line naming the interface and the reason it gave; and
+//! the whole exchange (connecting, sending, the answer's head and body) has a deadline, so a
+//! listener that accepts and never answers (a wrong address, a stuck service) ends the command
+//! with an error instead of hanging it.
 
 use std::time::Duration;
 
@@ -16,6 +19,41 @@ use serde_json::Value;
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a whole exchange may take by default: a request that reads or changes a few
+/// records (a `stats` or a bulk `purge` reads every record, still well within it).
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The default for an export or an import, which move every record (up to
+/// `admin::MAX_IMPORT_BYTES` in one import).
+pub(crate) const BULK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// An admin interface to ask, and how long an exchange with it may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Admin {
+    pub(crate) addr: Address,
+    /// `None`: [`DEFAULT_TIMEOUT`], or [`BULK_TIMEOUT`] for an export or an import.
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Admin {
+    /// The deadline of a request to `path`.
+    fn timeout(&self, path: &str) -> Duration {
+        self.timeout.unwrap_or_else(|| {
+            if path.starts_with("/v1/export") || path.starts_with("/v1/import") {
+                BULK_TIMEOUT
+            } else {
+                DEFAULT_TIMEOUT
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
 
 /// Where an admin interface listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,9 +105,10 @@ pub(crate) enum Reply {
     },
 }
 
-/// Sends one request (`path` with its query string) and reads the whole answer.
+/// Sends one request (`path` with its query string) and reads the whole answer, within the
+/// interface's deadline.
 pub(crate) fn call(
-    addr: &Address,
+    admin: &Admin,
     method: Method,
     path: &str,
     body: Vec<u8>,
@@ -78,9 +117,20 @@ pub(crate) fn call(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let addr = &admin.addr;
     let unreachable = |e: String| format!("cannot reach the admin interface at {addr}: {e}");
+    let timeout = admin.timeout(path);
     runtime
-        .block_on(exchange(addr, method, path, body))
+        .block_on(async {
+            tokio::time::timeout(timeout, exchange(addr, method, path, body))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no whole answer within {} s (--timeout-secs sets the limit)",
+                        timeout.as_secs_f64()
+                    )
+                })?
+        })
         .map_err(unreachable)
 }
 
@@ -153,7 +203,7 @@ impl<T: hyper::rt::Read + hyper::rt::Write + Unpin + Send> Io for T {}
 
 /// A request whose answer must be a JSON success; a refusal is an error line.
 pub(crate) fn json(
-    addr: &Address,
+    addr: &Admin,
     method: Method,
     path: &str,
     body: Vec<u8>,

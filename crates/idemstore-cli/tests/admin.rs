@@ -730,3 +730,28 @@ fn o5_cli_get_over_admin_tells_another_services_404_from_no_record() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+/// O5: a listener that accepts and never answers ends each command with a one-line error
+/// once the exchange's deadline (`--timeout-secs`) has passed, instead of hanging it.
+#[test]
+fn o5_cli_over_admin_gives_up_on_a_listener_that_never_answers() {
+    for cmd in [
+        &["stats"][..],
+        &["get", "--scope", "acct_a", "--key", "k1"],
+        &["export"],
+    ] {
+        let addr = impostor(None, 1);
+        let started = Instant::now();
+        let out = crate::cli::output_within(
+            Command::new(env!("CARGO_BIN_EXE_idemstore"))
+                .args(cmd)
+                .args(["--admin", &addr, "--timeout-secs", "1"]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no whole answer within 1 s"), "{cmd:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(started.elapsed() >= Duration::from_secs(1), "{cmd:?}");
+    }
+}

@@ -17,6 +17,27 @@ pub(crate) fn idemstore(args: &[&str], db: &Path) -> Output {
         .unwrap()
 }
 
+/// Runs `cmd` to its end, or kills it and fails the test when it is still running after
+/// `within` (a generous bound: a command that would hang fails instead of stalling the run).
+pub(crate) fn output_within(cmd: &mut Command, within: Duration) -> Output {
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{cmd:?} still ran after {within:?}: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
