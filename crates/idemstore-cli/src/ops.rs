@@ -798,8 +798,88 @@ pub(crate) fn release(
     ))
 }
 
-/// `export`: every live record as JSON Lines, on stdout or into `out`.
+/// The store's write-ahead log: `<file>.wal` beside the file itself, a symbolic link
+/// followed (as the store and the inspector find it).
+fn log_path(db: &Path) -> PathBuf {
+    let mut name = std::fs::canonicalize(db)
+        .unwrap_or_else(|_| db.to_path_buf())
+        .into_os_string();
+    name.push(".wal");
+    PathBuf::from(name)
+}
+
+/// Whether `a` and `b` are one file (the same device and inode), whatever their names.
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// Writes `bytes` to `path` whole or not at all: into a new file beside it, synced, then
+/// renamed over it. An export that fails half-way leaves the previous file as it was (a
+/// backup is never truncated in place), and a reader never sees half an export.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let cannot = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("cannot write {}: it names no file", path.display()))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".idemstore-export-{}", std::process::id()));
+    let temp = dir.join(temp_name);
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if let Err(e) = written {
+        // Nothing of a failed export is left behind (the file may not have been created).
+        let _ = std::fs::remove_file(&temp);
+        return Err(cannot(e));
+    }
+    Ok(())
+}
+
+/// `export`: every live record as JSON Lines, on stdout or into `out` (replaced whole, and
+/// never the store's own file or log).
 pub(crate) fn export(t: &Target, out: Option<&Path>) -> Result<Outcome, String> {
+    if let Some(path) = out
+        && t.admin.is_none()
+        && t.redis.is_none()
+    {
+        for (own, what) in [
+            (t.db.clone(), "the store file"),
+            (log_path(&t.db), "its write-ahead log"),
+        ] {
+            if same_file(path, &own) {
+                return Err(format!(
+                    "refusing to export onto {what} {}: --out {} is that file",
+                    own.display(),
+                    path.display()
+                ));
+            }
+        }
+    }
     let lines = if let Some(addr) = t.admin()? {
         match remote::call(&addr, Method::GET, "/v1/export", Vec::new())? {
             Reply::Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
@@ -818,8 +898,7 @@ pub(crate) fn export(t: &Target, out: Option<&Path>) -> Result<Outcome, String> 
     let count = lines.lines().count();
     match out {
         Some(path) => {
-            std::fs::write(path, lines.as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            write_whole(path, lines.as_bytes())?;
             if t.json {
                 return ok(json!({"exported": count}).to_string());
             }

@@ -1118,3 +1118,47 @@ fn o11_cli_never_prints_a_redis_urls_password() {
     let err = one_line_error(&cli(&unreadable, &["list"]));
     assert!(!err.contains(PASSWORD), "{err}");
 }
+
+/// O9: `export --out` never writes onto the store it reads (its file under any name, or its
+/// log), and replaces its target whole: a new file renamed into place, never the old one
+/// truncated and rewritten, and nothing left beside it.
+#[test]
+fn o9_cli_export_refuses_the_store_and_its_log_as_out_and_replaces_its_target_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = known_file(dir.path());
+    let wal = dir.path().join("known.redb.wal");
+    assert!(wal.exists());
+    let alias = dir.path().join("alias.redb");
+    std::fs::hard_link(&db, &alias).unwrap();
+    let before = crate::files::snapshot(dir.path());
+    for out in [&db, &wal, &alias] {
+        let err = one_line_error(&idemstore(&["export", "--out", out.to_str().unwrap()], &db));
+        assert!(err.contains("refusing to export onto"), "{out:?}: {err}");
+        assert_eq!(crate::files::snapshot(dir.path()), before, "{out:?}");
+    }
+    // An existing target is replaced, not rewritten in place: another name of the old file
+    // keeps the old bytes.
+    let target = dir.path().join("backup.jsonl");
+    std::fs::write(&target, "old backup\n").unwrap();
+    let kept = dir.path().join("backup-kept.jsonl");
+    std::fs::hard_link(&target, &kept).unwrap();
+    let out = idemstore(&["export", "--out", target.to_str().unwrap()], &db);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap().lines().count(), 3);
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "old backup\n");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "alias.redb",
+            "backup-kept.jsonl",
+            "backup.jsonl",
+            "known.redb",
+            "known.redb.wal"
+        ]
+    );
+}
