@@ -21,7 +21,7 @@ use crate::stats::Stats;
 use crate::store::{Begin, Store};
 use crate::view::{CheckReport, RecordInfo};
 
-use super::json::{parse_exported, record_json, state_name, token_text};
+use super::json::{Exported, parse_exported, record_json, state_name, token_text};
 use super::query::{ListQuery, Listing};
 
 /// What [`purge_matching`] removed, or would remove.
@@ -143,20 +143,34 @@ impl ImportReport {
     }
 }
 
-/// Imports an export ([`export_lines`]): each completed record is created through `begin_with`
-/// and `complete`, with its fingerprint and its response, under [`Terms`](crate::Terms) that
-/// keep any status (the store's cache policy does not apply) for the time the record had left,
-/// so that a retry of it replays until the moment it would have expired (at least 1 s from the
-/// import). Its `created_at` and token are the import's. A record in flight in the store whose
-/// lease has run out and whose fingerprint matches is taken over (C8) and completed with the
-/// exported response, which is that request's own answer. Records in flight or whose outcome is unknown are skipped (counted:
-/// nothing can be replayed for them), as are records already expired and keys that have a
-/// live record in the store already (counted, left alone). Empty lines are ignored.
+/// An export read and checked whole ([`parse_import`]), ready to be imported
+/// ([`import_batch`]).
 ///
-/// The whole input is read and checked first: a line that is not an exported record refuses
-/// the import, with nothing changed. A store error stops it at that line; the lines before it
-/// are imported, and importing the same input again imports the rest.
-pub fn import(store: &Store, input: impl BufRead) -> Result<ImportReport, ImportError> {
+/// Parsing is apart from importing so that a caller can refuse a bad input before it opens,
+/// or creates, a store: `idemstore import` into a file that does not exist creates it only for
+/// an input that parses.
+#[derive(Debug)]
+pub struct ImportBatch {
+    /// Each record with its line's number (from 1) and its checked scope and key.
+    records: Vec<(usize, Scope, Key, Exported)>,
+}
+
+impl ImportBatch {
+    /// How many records the input holds (empty lines aside).
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the input holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// Reads and checks a whole export: every line must be an exported record whose scope is
+/// valid and whose key is at most `max_key_len` bytes. The first line that is not refuses it
+/// all ([`ImportError::Line`]); empty lines are ignored. Nothing is changed anywhere.
+pub fn parse_import(input: impl BufRead, max_key_len: usize) -> Result<ImportBatch, ImportError> {
     let mut records = Vec::new();
     for (i, line) in input.lines().enumerate() {
         let line = line.map_err(ImportError::Read)?;
@@ -169,14 +183,47 @@ pub fn import(store: &Store, input: impl BufRead) -> Result<ImportReport, Import
         };
         let r = parse_exported(&line).map_err(bad)?;
         let scope = Scope::new(&r.scope).map_err(|e| bad(format!("bad scope: {e}")))?;
-        let key = store
-            .key(&r.key)
-            .map_err(|e| bad(format!("bad key: {e}")))?;
+        let key =
+            Key::with_max_len(&r.key, max_key_len).map_err(|e| bad(format!("bad key: {e}")))?;
         records.push((i + 1, scope, key, r));
+    }
+    Ok(ImportBatch { records })
+}
+
+/// Imports an export ([`export_lines`]): [`parse_import`] with the store's `max_key_len`,
+/// then [`import_batch`].
+///
+/// The whole input is read and checked first: a line that is not an exported record refuses
+/// the import, with nothing changed. A store error stops it at that line; the lines before it
+/// are imported, and importing the same input again imports the rest.
+pub fn import(store: &Store, input: impl BufRead) -> Result<ImportReport, ImportError> {
+    import_batch(store, parse_import(input, store.config().max_key_len)?)
+}
+
+/// Imports a checked export: each completed record is created through `begin_with` and
+/// `complete`, with its fingerprint and its response, under [`Terms`](crate::Terms) that keep
+/// any status (the store's cache policy does not apply) for the time the record had left, so
+/// that a retry of it replays until the moment it would have expired (at least 1 s from the
+/// import). Its `created_at` and token are the import's. A record in flight in the store whose
+/// lease has run out and whose fingerprint matches is taken over (C8) and completed with the
+/// exported response, which is that request's own answer. Records in flight or whose outcome
+/// is unknown are skipped (counted: nothing can be replayed for them), as are records already
+/// expired and keys that have a live record in the store already (counted, left alone).
+///
+/// A key longer than this store's `max_key_len` (the batch was checked against another
+/// limit) refuses the whole batch before anything is changed. A store error stops it at that
+/// line; the lines before it are imported, and importing the same input again imports the
+/// rest.
+pub fn import_batch(store: &Store, batch: ImportBatch) -> Result<ImportReport, ImportError> {
+    for (line, _, key, _) in &batch.records {
+        store.key(key.as_str()).map_err(|e| ImportError::Line {
+            line: *line,
+            reason: format!("bad key: {e}"),
+        })?;
     }
     let now = store.config().clock.now_millis();
     let mut report = ImportReport::default();
-    for (line, scope, key, r) in records {
+    for (line, scope, key, r) in batch.records {
         let response = match (r.state, r.response) {
             (State::Completed, Some(response)) => response,
             _ => {

@@ -37,7 +37,8 @@ mod service;
 
 pub use crate::error::ImportError;
 pub use bulk::{
-    ImportReport, PurgeReport, check_json, export_lines, import, purge_matching, stats_json,
+    ImportBatch, ImportReport, PurgeReport, check_json, export_lines, import, import_batch,
+    parse_import, purge_matching, stats_json,
 };
 pub use json::{record_json, rfc3339, state_name, token_text};
 pub use query::{ListQuery, Listing, Sort, record_query};

@@ -929,8 +929,12 @@ pub(crate) fn import(t: &Target, input: Option<&Path>) -> Result<Outcome, String
     let report = if let Some(addr) = t.admin()? {
         remote::json(&addr, Method::POST, "/v1/import", bytes)?
     } else {
+        // The whole input is read and checked before the store is opened: an input refused
+        // leaves no new store file (nor its log) behind.
+        let batch = admin::parse_import(bytes.as_slice(), Config::default().max_key_len())
+            .map_err(|e| chain(&e))?;
         let store = open_with(t, true)?;
-        let report = admin::import(&store, bytes.as_slice()).map_err(|e| chain(&e));
+        let report = admin::import_batch(&store, batch).map_err(|e| chain(&e));
         close(store)?;
         report?.to_json()
     };

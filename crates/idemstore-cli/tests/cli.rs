@@ -1162,3 +1162,29 @@ fn o9_cli_export_refuses_the_store_and_its_log_as_out_and_replaces_its_target_wh
         ]
     );
 }
+
+/// O9: `import` checks its whole input before it opens the store, so an input it refuses
+/// into a file that does not exist creates nothing: no store file, no log.
+#[test]
+fn o9_cli_an_import_refused_for_its_input_creates_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = known_file(dir.path());
+    let export = dir.path().join("records.jsonl");
+    let out = idemstore(&["export", "--out", export.to_str().unwrap()], &source);
+    assert!(out.status.success(), "{out:?}");
+    let mut lines = std::fs::read_to_string(&export).unwrap();
+    lines.push_str("{\"not\": \"a record\"}\n");
+    std::fs::write(&export, lines).unwrap();
+    let before = crate::files::snapshot(dir.path());
+    let fresh = dir.path().join("fresh.redb");
+    let err = one_line_error(&idemstore(
+        &["import", "--in", export.to_str().unwrap()],
+        &fresh,
+    ));
+    assert!(err.contains("line 4"), "{err}");
+    assert_eq!(
+        crate::files::snapshot(dir.path()),
+        before,
+        "a refused import left files behind"
+    );
+}
