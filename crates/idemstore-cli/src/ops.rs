@@ -32,6 +32,11 @@ use crate::escape;
 use crate::redact::{self, redact};
 use crate::remote::{self, Address, Admin, Reply};
 
+/// The longest key a store may be configured for (`ConfigBuilder::max_key_len`'s range): the
+/// operator commands take every key a store can hold (`get`, `purge`, `release`, `import`),
+/// whatever limit its service was configured with.
+const MAX_KEY_LEN: usize = 4096;
+
 /// Where the store is and how to print.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Target {
@@ -110,6 +115,8 @@ fn open_with(t: &Target, create: bool) -> Result<Store, String> {
         // the one changed stay as found: the tool changes only what it is asked to.
         .compactor_interval(Duration::from_secs(3600))
         .release_in_flight_on_open(false)
+        // The longest key any store may hold: the tool acts on every record it can list.
+        .max_key_len(MAX_KEY_LEN)
         .build()
         .map_err(|e| e.to_string())?;
     if let Some(url) = &t.redis {
@@ -523,7 +530,7 @@ fn lease(deadline: &Value) -> String {
 fn scope_key(scope: &str, key: &str) -> Result<(Scope, Key), String> {
     let s = Scope::new(scope).map_err(|e| format!("bad --scope: {e}"))?;
     // Keys longer than the default limit are legal in stores configured for them.
-    let k = Key::with_max_len(key, 4096).map_err(|e| format!("bad --key: {e}"))?;
+    let k = Key::with_max_len(key, MAX_KEY_LEN).map_err(|e| format!("bad --key: {e}"))?;
     Ok((s, k))
 }
 
@@ -931,8 +938,7 @@ pub(crate) fn import(t: &Target, input: Option<&Path>) -> Result<Outcome, String
     } else {
         // The whole input is read and checked before the store is opened: an input refused
         // leaves no new store file (nor its log) behind.
-        let batch = admin::parse_import(bytes.as_slice(), Config::default().max_key_len())
-            .map_err(|e| chain(&e))?;
+        let batch = admin::parse_import(bytes.as_slice(), MAX_KEY_LEN).map_err(|e| chain(&e))?;
         let store = open_with(t, true)?;
         let report = admin::import_batch(&store, batch).map_err(|e| chain(&e));
         close(store)?;

@@ -1188,3 +1188,55 @@ fn o9_cli_an_import_refused_for_its_input_creates_no_store() {
         "a refused import left files behind"
     );
 }
+
+/// O7 and O9: the commands take every key a store can hold, as `get` and `purge` do: an
+/// export with keys longer than the default 255 bytes imports back, and such a key in flight
+/// is released on a file.
+#[test]
+fn o7_o9_cli_import_and_release_take_keys_as_long_as_get_and_purge_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("long.redb");
+    let (done, held) = ("d".repeat(1000), "h".repeat(4096));
+    let config = || {
+        Config::builder()
+            .max_key_len(4096)
+            .release_in_flight_on_open(false)
+            .build()
+            .unwrap()
+    };
+    let store = Store::open(&db, config()).unwrap();
+    let s = Scope::new("acct_a").unwrap();
+    let k = |k: &str| Key::with_max_len(k, 4096).unwrap();
+    crate::support::execute(
+        store
+            .begin(&s, &k(&done), &Fingerprint::of_bytes(b"1"))
+            .unwrap(),
+    )
+    .complete(Response::new(201, [("a", "b")], "done"))
+    .unwrap();
+    crate::support::execute(
+        store
+            .begin(&s, &k(&held), &Fingerprint::of_bytes(b"2"))
+            .unwrap(),
+    )
+    .abandon();
+    store.close().unwrap();
+
+    let export = dir.path().join("records.jsonl");
+    let out = idemstore(&["export", "--out", export.to_str().unwrap()], &db);
+    assert!(out.status.success(), "{out:?}");
+    let fresh = dir.path().join("fresh.redb");
+    let imported = idemstore(
+        &["import", "--json", "--in", export.to_str().unwrap()],
+        &fresh,
+    );
+    assert!(imported.status.success(), "{imported:?}");
+    let report: serde_json::Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(report["imported"], 1, "{report}");
+    let got = idemstore(&["get", "--scope", "acct_a", "--key", &done], &fresh);
+    assert!(got.status.success(), "{got:?}");
+
+    let released = idemstore(&["release", "--scope", "acct_a", "--key", &held], &db);
+    assert!(released.status.success(), "{released:?}");
+    assert!(stdout(&released).contains("can no longer complete"));
+}
