@@ -390,3 +390,33 @@ fn o2_a_crash_image_without_its_log_is_refused_as_the_store_refuses_it() {
         other => panic!("{other:?}"),
     }
 }
+
+/// O2: a store path that is a symbolic link finds its log beside the file the link points to
+/// (where the store wrote it), for the inspector and for `Store::open`, which creates no log
+/// beside the link.
+#[test]
+fn o2_a_symlinked_store_path_finds_the_log_beside_its_target() {
+    let real = tempfile::tempdir().unwrap();
+    let db = logged_crash_image(real.path(), "live.redb", 2, 3);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let link = elsewhere.path().join("link.redb");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    let before = snapshot(real.path());
+    let inspector = Inspector::open(&link, Config::default()).unwrap();
+    assert_eq!(inspector.records(None, usize::MAX).unwrap().len(), 6);
+    assert!(inspector.log_entries() >= 4);
+    drop(inspector);
+    assert_eq!(snapshot(real.path()), before, "the inspector wrote");
+    let keep_held = Config::builder()
+        .release_in_flight_on_open(false)
+        .build()
+        .unwrap();
+    let store = Store::open(&link, keep_held).unwrap();
+    assert_eq!(store.records(None, usize::MAX).unwrap().len(), 6);
+    store.close().unwrap();
+    let beside_link: Vec<_> = std::fs::read_dir(elsewhere.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside_link, ["link.redb"], "a log was made beside the link");
+}

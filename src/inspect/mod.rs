@@ -138,7 +138,10 @@ impl Inspector {
         let db = open_db(&config, |b| {
             b.create_with_backend(CopyOnWrite::new(Arc::clone(&base), len))
         })?;
-        match guard_open(|| prepare(&db, path)) {
+        // The log is beside the file itself, where the store writes it: a path that is a
+        // symbolic link is resolved first.
+        let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        match guard_open(|| prepare(&db, &resolved)) {
             Ok((log_entries, format)) => Ok(Inspector {
                 db,
                 _file: base,
@@ -247,6 +250,7 @@ const COUNTS_FROM: u64 = 3;
 /// Checks that the opened database is an idemstore store of a format this build reads as it
 /// is (2 or 3), and applies its write-ahead log (if it needs it) in one transaction on the
 /// in-memory copy, counts included. Returns the number of log entries applied and the format.
+/// `path` is the file's own (resolved) path: its log is `<path>.wal`.
 fn prepare(db: &Database, path: &Path) -> Result<(u64, u64), OpenError> {
     let read = db.begin_read().map_err(open_error)?;
     let tables = read.names().map_err(open_error)?;

@@ -1240,3 +1240,25 @@ fn o7_o9_cli_import_and_release_take_keys_as_long_as_get_and_purge_do() {
     assert!(released.status.success(), "{released:?}");
     assert!(stdout(&released).contains("can no longer complete"));
 }
+
+/// O2: `--db` naming a symbolic link reads the log beside the link's target, and `compact`
+/// through the link makes no log beside the link.
+#[test]
+fn o2_cli_a_symlinked_db_uses_the_log_beside_its_target() {
+    let real = tempfile::tempdir().unwrap();
+    let db = crate::files::logged_crash_image(real.path(), "live.redb", 2, 3);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let link = elsewhere.path().join("link.redb");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    let list = idemstore(&["list", "--json"], &link);
+    assert!(list.status.success(), "{list:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 6);
+    let compact = idemstore(&["compact"], &link);
+    assert!(compact.status.success(), "{compact:?}");
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        1,
+        "a log was made beside the link"
+    );
+}

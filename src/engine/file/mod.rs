@@ -142,7 +142,11 @@ impl FileEngine {
         // A file that is clearly not a redb database is refused as foreign, not as damaged.
         open::refuse_foreign_file(path)?;
         let db = open_db(&config, |b| b.create(path))?;
-        let mut log_path = path.to_path_buf().into_os_string();
+        // The log is beside the file itself: a path that is a symbolic link is resolved, so
+        // that the log is found where it is, and none is made beside the link.
+        let mut log_path = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .into_os_string();
         log_path.push(".wal");
         let log_path = PathBuf::from(log_path);
         let log_existed = log_path.exists();
