@@ -420,3 +420,50 @@ fn o2_a_symlinked_store_path_finds_the_log_beside_its_target() {
         .collect();
     assert_eq!(beside_link, ["link.redb"], "a log was made beside the link");
 }
+
+/// Runs `f` on a thread of its own and waits for its answer, at most `within`: a call that
+/// blocks fails the test instead of hanging it.
+fn within<T: Send + 'static>(within: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(within)
+        .unwrap_or_else(|_| panic!("no answer within {within:?}"))
+}
+
+/// O3: the inspector refuses a FIFO at the store's path, and never reads a FIFO at its log's,
+/// without blocking (opening a FIFO for reading waits for a writer).
+#[test]
+fn o3_the_inspector_refuses_a_fifo_for_the_file_or_its_log_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.redb");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let opened = within(Duration::from_secs(60), move || {
+        Inspector::open(&fifo, Config::default()).map(drop)
+    });
+    match opened {
+        Err(OpenError::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains("FIFO"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A crash image (its log must be read) whose log is a FIFO: refused, not waited on.
+    let db = logged_crash_image(dir.path(), "live.redb", 2, 3);
+    let log = dir.path().join("live.redb.wal");
+    std::fs::remove_file(&log).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&log)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let opened = within(Duration::from_secs(60), move || {
+        Inspector::open(&db, Config::default()).map(drop)
+    });
+    assert!(opened.is_err(), "{opened:?}");
+}

@@ -13,7 +13,6 @@
 
 pub(crate) mod read_only;
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -63,6 +62,9 @@ use read_only::{BaseFile, CopyOnWrite, ReadOnlyLog, SharedLocks};
 ///
 /// It refuses, with an [`OpenError`]:
 ///
+/// * a path that is not a regular file (a FIFO, a device, a socket, a directory): `Io`, of
+///   kind `InvalidInput`, naming what it is. The open never blocks (a FIFO would otherwise wait
+///   for a writer), and a log that is not a regular file is never read;
 /// * an empty file, a file that is not a redb database, and a redb database without
 ///   idemstore's format marker (another program's database): `NotAnIdemstoreFile`;
 /// * a format 1 file, which only a migration (a write) makes readable: `NeedsMigration`; open
@@ -121,7 +123,8 @@ impl Inspector {
     /// and what it reads. A missing file is [`OpenError::Io`] (nothing is created).
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Inspector, OpenError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(OpenError::Io)?;
+        // Never blocks, and refuses what is not a regular file (a FIFO, a device).
+        let file = read_only::open_regular(path).map_err(OpenError::Io)?;
         let len = file.metadata().map_err(OpenError::Io)?.len();
         if len == 0 {
             return Err(OpenError::NotAnIdemstoreFile {

@@ -11,9 +11,12 @@
 //! the file never sees them.
 //!
 //! Invariants:
-//! - the store file and its log are only ever opened read-only (`File::open`), so nothing here
-//!   can write, truncate or create them, and a file without write permission (mode 0444, a
-//!   read-only mount) works;
+//! - the store file and its log are only ever opened read-only ([`open_regular`]), so nothing
+//!   here can write, truncate or create them, and a file without write permission (mode 0444,
+//!   a read-only mount) works; and only regular files are read: the open does not block (a
+//!   FIFO put in their place would otherwise wait for a writer forever) and the descriptor's
+//!   own metadata must say regular file, so no rename between a check and the open can slip
+//!   another kind of file in;
 //! - the only file locks taken are the shared locks of the storage engine's own read-only
 //!   handle ([`SharedLocks`]), which need no write access, keep a writer (a running service, a
 //!   `Store::open`) out while the inspection lasts, and are refused while a writer holds the
@@ -50,6 +53,61 @@ fn refused() -> io::Error {
 /// The store file, opened read-only, shared by the lock holder and the copy-on-write device.
 /// Its locks last until the last handle is dropped and the descriptor closes.
 pub(crate) type BaseFile = Arc<FileBackend>;
+
+/// Opens `path` for reading, without blocking, and only if it is a regular file: a FIFO, a
+/// device, a socket or a directory is refused with [`io::ErrorKind::InvalidInput`], naming it.
+/// The check is made on the opened descriptor, so it holds for what was opened.
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opening a FIFO for reading waits for a writer, unless non-blocking. On a regular
+        // file the flag changes nothing: reads of a regular file do not block on it.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is {}, not a regular file",
+                path.display(),
+                file_kind(&meta.file_type())
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// What a file that is not a regular file is, in words.
+pub(crate) fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
 
 /// Wraps `file`, opened for reading only, for the storage engine.
 pub(crate) fn open_base(file: File) -> io::Result<BaseFile> {
@@ -300,7 +358,7 @@ pub(crate) struct ReadOnlyLog(File);
 impl ReadOnlyLog {
     /// Opens the log at `path` for reading; `None` when there is no such file.
     pub(crate) fn open(path: &Path) -> io::Result<Option<ReadOnlyLog>> {
-        match File::open(path) {
+        match open_regular(path) {
             Ok(f) => Ok(Some(ReadOnlyLog(f))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),

@@ -1262,3 +1262,56 @@ fn o2_cli_a_symlinked_db_uses_the_log_beside_its_target() {
         "a log was made beside the link"
     );
 }
+
+/// Makes a FIFO at `path`.
+pub(crate) fn mkfifo(path: &Path) {
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {path:?}");
+}
+
+/// O3: a FIFO where the store or its log should be is refused at once, in one line naming it,
+/// by every command (none waits for a writer that never comes), and is left as it is.
+#[test]
+fn o3_cli_a_fifo_at_the_store_or_its_log_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.redb");
+    mkfifo(&fifo);
+    let logged = known_file(dir.path());
+    let log = dir.path().join("known.redb.wal");
+    std::fs::remove_file(&log).unwrap();
+    mkfifo(&log);
+    let input = dir.path().join("empty.jsonl");
+    std::fs::write(&input, "").unwrap();
+    for (db, named) in [(&fifo, &fifo), (&logged, &log)] {
+        for cmd in [
+            &["stats"][..],
+            &["list"],
+            &["get", "--scope", "acct_a", "--key", "k1"],
+            &["check"],
+            &["export"],
+            &["compact"],
+            &["purge", "--all"],
+            &["purge", "--all", "--dry-run"],
+            &["purge", "--scope", "acct_a", "--key", "k1"],
+            &["release", "--scope", "acct_a", "--key", "k2"],
+            &["import", "--in", input.to_str().unwrap()],
+        ] {
+            let out = output_within(
+                Command::new(env!("CARGO_BIN_EXE_idemstore"))
+                    .args(cmd)
+                    .arg("--db")
+                    .arg(db),
+                Duration::from_secs(60),
+            );
+            let err = one_line_error(&out);
+            assert!(
+                err.contains("FIFO") && err.contains(named.to_str().unwrap()),
+                "{cmd:?}: {err}"
+            );
+        }
+    }
+    use std::os::unix::fs::FileTypeExt;
+    for f in [&fifo, &log] {
+        assert!(std::fs::metadata(f).unwrap().file_type().is_fifo());
+    }
+}
