@@ -13,7 +13,7 @@ use idemstore::{
 };
 
 use crate::sim_disk::{Mode, Rng, SimDisk, disk_config, open_on};
-use crate::support::{T0, execute, fp, key, memory, open_with, replay, resp, scope};
+use crate::support::{T0, execute, fp, key, memory, open_with, replay, resp, scope, within};
 
 /// The caller's table in the tests: booking id → what was booked.
 const BOOKINGS: TableDefinition<&str, &str> = TableDefinition::new("bookings");
@@ -527,16 +527,6 @@ fn e1_power_loss_at_every_io_point_leaves_the_writes_and_the_response_both_or_ne
     }
 }
 
-/// Runs `f` on a thread of its own and gives up on it after `secs`: a deadlock fails the test
-/// instead of hanging the run.
-fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(secs)).ok()
-}
-
 #[test]
 fn e4_a_release_or_complete_from_inside_a_transaction_is_refused_and_frees_the_key() {
     let t = open_with(|c| c);
@@ -544,7 +534,7 @@ fn e4_a_release_or_complete_from_inside_a_transaction_is_refused_and_frees_the_k
     for (k, how) in [("k-release", 0), ("k-complete", 1), ("k-release-async", 2)] {
         let held = execute(t.store.begin(&s, &key(k), &f).unwrap());
         let store = t.store.clone();
-        let seen = within(30, move || {
+        let seen = within(Duration::from_secs(30), move || {
             store.write(move |_| -> Result<String, ()> {
                 Ok(match how {
                     0 => format!("{:?}", held.release()),
@@ -582,7 +572,7 @@ fn e4_a_read_does_not_wait_for_a_running_closure() {
     });
     running.recv().unwrap();
     let store = t.store.clone();
-    let read = within(30, move || {
+    let read = within(Duration::from_secs(30), move || {
         store
             .read(|txn| -> Fallible<bool> { Ok(txn.open_table(COUNTERS).is_ok()) })
             .unwrap()
@@ -600,7 +590,7 @@ fn e4_a_read_does_not_wait_for_a_running_closure() {
 fn e2_a_closure_that_leaks_a_table_stops_the_store_with_a_cause_instead_of_hanging_it() {
     let t = open_with(|c| c);
     let store = t.store.clone();
-    let outcome = within(30, move || {
+    let outcome = within(Duration::from_secs(30), move || {
         let leaked = store.write(|txn| -> Fallible<()> {
             std::mem::forget(txn.open_table(COUNTERS)?);
             Ok(())

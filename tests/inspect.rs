@@ -7,7 +7,7 @@ use std::time::Duration;
 use idemstore::{Config, Inspector, ManualClock, OpenError, RecordInfo, Store};
 
 use crate::files::{chmod, foreign_redb, logged_crash_image, snapshot};
-use crate::support::{T0, key, scope};
+use crate::support::{T0, key, scope, within};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -421,17 +421,6 @@ fn o2_a_symlinked_store_path_finds_the_log_beside_its_target() {
     assert_eq!(beside_link, ["link.redb"], "a log was made beside the link");
 }
 
-/// Runs `f` on a thread of its own and waits for its answer, at most `within`: a call that
-/// blocks fails the test instead of hanging it.
-fn within<T: Send + 'static>(within: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(within)
-        .unwrap_or_else(|_| panic!("no answer within {within:?}"))
-}
-
 /// O3: the inspector refuses a FIFO at the store's path, and never reads a FIFO at its log's,
 /// without blocking (opening a FIFO for reading waits for a writer).
 #[test]
@@ -445,7 +434,8 @@ fn o3_the_inspector_refuses_a_fifo_for_the_file_or_its_log_without_blocking() {
     assert!(made.success());
     let opened = within(Duration::from_secs(60), move || {
         Inspector::open(&fifo, Config::default()).map(drop)
-    });
+    })
+    .expect("the open blocked");
     match opened {
         Err(OpenError::Io(e)) => {
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
@@ -464,6 +454,43 @@ fn o3_the_inspector_refuses_a_fifo_for_the_file_or_its_log_without_blocking() {
     assert!(made.success());
     let opened = within(Duration::from_secs(60), move || {
         Inspector::open(&db, Config::default()).map(drop)
-    });
+    })
+    .expect("the open blocked");
     assert!(opened.is_err(), "{opened:?}");
+}
+
+/// O3 for the store itself: `Store::open` refuses a FIFO at the store's path or at its log's,
+/// naming it, without blocking; neither is turned into a store.
+#[test]
+fn o3_store_open_refuses_a_fifo_for_the_file_or_its_log_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let mkfifo = |path: &std::path::Path| {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    };
+    let fifo = dir.path().join("fifo.redb");
+    mkfifo(&fifo);
+    let beside = dir.path().join("beside.redb");
+    mkfifo(&dir.path().join("beside.redb.wal"));
+    for (path, named) in [(&fifo, "fifo.redb"), (&beside, "beside.redb.wal")] {
+        let path = path.clone();
+        let opened = within(Duration::from_secs(60), move || {
+            idemstore::Store::open(&path, Config::default()).map(drop)
+        })
+        .expect("the open blocked");
+        match opened {
+            Err(OpenError::Io(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+                let text = e.to_string();
+                assert!(text.contains("FIFO") && text.contains(named), "{text}");
+            }
+            other => panic!("{named}: {other:?}"),
+        }
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(!beside.exists(), "a store was made beside a FIFO log");
 }

@@ -150,3 +150,16 @@ pub fn race_for_a_scope(stores: &[Store]) -> (u64, u64) {
         .map(|t| t.join().unwrap())
         .fold((0, 0), |(r, f), (r2, f2)| (r + r2, f + f2))
 }
+
+/// Runs `f` on a thread of its own and waits for its answer at most `limit`: `None` then, so
+/// a call that blocks or deadlocks fails its test instead of hanging the run.
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}

@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use redb::BackendError;
 use redb::backends::FileBackend;
 
-use crate::engine::file::device::read_exact_at;
+use crate::engine::file::device::{self, read_exact_at};
 use crate::storage::StorageBackend;
 
 /// The unit of the in-memory copy: whole pages of the storage engine (4 KiB).
@@ -54,59 +54,10 @@ fn refused() -> io::Error {
 /// Its locks last until the last handle is dropped and the descriptor closes.
 pub(crate) type BaseFile = Arc<FileBackend>;
 
-/// Opens `path` for reading, without blocking, and only if it is a regular file: a FIFO, a
-/// device, a socket or a directory is refused with [`io::ErrorKind::InvalidInput`], naming it.
-/// The check is made on the opened descriptor, so it holds for what was opened.
+/// Opens `path` for reading, without blocking, and only if it is a regular file (see
+/// [`device::open_regular`]).
 pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Opening a FIFO for reading waits for a writer, unless non-blocking. On a regular
-        // file the flag changes nothing: reads of a regular file do not block on it.
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = options.open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} is {}, not a regular file",
-                path.display(),
-                file_kind(&meta.file_type())
-            ),
-        ));
-    }
-    Ok(file)
-}
-
-/// What a file that is not a regular file is, in words.
-pub(crate) fn file_kind(kind: &std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if kind.is_fifo() {
-            return "a FIFO (named pipe)";
-        }
-        if kind.is_socket() {
-            return "a socket";
-        }
-        if kind.is_char_device() {
-            return "a character device";
-        }
-        if kind.is_block_device() {
-            return "a block device";
-        }
-    }
-    if kind.is_dir() {
-        "a directory"
-    } else if kind.is_file() {
-        "a regular file"
-    } else {
-        "not a regular file"
-    }
+    device::open_regular(path, std::fs::OpenOptions::new().read(true))
 }
 
 /// Wraps `file`, opened for reading only, for the storage engine.

@@ -5,7 +5,8 @@
 //! power under both with one simulated disk; in production that device is this file. The
 //! invariant it keeps: `sync_data` is `fdatasync` on the file, and a file this type created is
 //! made durable in its directory before `create` returns, so a log that the database refers to
-//! cannot vanish in a power loss.
+//! cannot vanish in a power loss. A path is opened only if it is a regular file, without
+//! blocking: a FIFO where a store or its log should be would otherwise hang the open.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -18,19 +19,88 @@ pub(crate) struct FileDevice(File);
 
 impl FileDevice {
     /// Opens `path` for reading and writing, creating it (and syncing its directory) when it
-    /// does not exist.
+    /// does not exist; a path that is not a regular file is refused ([`open_regular`]).
     pub(crate) fn open(path: &Path) -> io::Result<FileDevice> {
         let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = open_regular(
+            path,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )?;
         if !existed {
             sync_parent(path)?;
         }
         Ok(FileDevice(file))
+    }
+}
+
+/// Opens `path` with `options`, without blocking, and only if it is a regular file: a FIFO, a
+/// device, a socket or a directory is refused with [`io::ErrorKind::InvalidInput`], naming it.
+/// The check is made on the opened descriptor, so it holds for what was opened.
+pub(crate) fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opening a FIFO for reading waits for a writer, unless non-blocking. On a regular
+        // file the flag changes nothing: reads of a regular file do not block on it.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(irregular(path, &meta));
+    }
+    Ok(file)
+}
+
+/// The error for `path`, which is not a regular file.
+fn irregular(path: &Path, meta: &std::fs::Metadata) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{} is {}, not a regular file",
+            path.display(),
+            file_kind(&meta.file_type())
+        ),
+    )
+}
+
+/// What a file that is not a regular file is, in words.
+pub(crate) fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses a `path` that exists and is not a regular file, as [`open_regular`] does, without
+/// opening it.
+pub(crate) fn refuse_irregular(path: &Path) -> io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(irregular(path, &meta)),
+        _ => Ok(()),
     }
 }
 

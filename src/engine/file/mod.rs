@@ -135,20 +135,29 @@ enum Runner {
     Step(Arc<Stepper>),
 }
 
+/// The log's path: beside the file itself. A path that is a symbolic link is resolved, so
+/// that the log is found where it is, and none is made beside the link.
+fn log_path_of(path: &Path) -> PathBuf {
+    let mut log_path = std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .into_os_string();
+    log_path.push(".wal");
+    PathBuf::from(log_path)
+}
+
 impl FileEngine {
     /// Opens the store file at `path` (and its log, `<path>.wal`, with a write-ahead log),
     /// creating them if missing.
     pub(crate) fn open(path: &Path, config: Config) -> Result<FileEngine, OpenError> {
         // A file that is clearly not a redb database is refused as foreign, not as damaged.
         open::refuse_foreign_file(path)?;
+        if config.write_ahead_log {
+            // A log path that is not a regular file is refused before the file is created;
+            // the log's own open checks again what it opens.
+            device::refuse_irregular(&log_path_of(path)).map_err(OpenError::Io)?;
+        }
         let db = open_db(&config, |b| b.create(path))?;
-        // The log is beside the file itself: a path that is a symbolic link is resolved, so
-        // that the log is found where it is, and none is made beside the link.
-        let mut log_path = std::fs::canonicalize(path)
-            .unwrap_or_else(|_| path.to_path_buf())
-            .into_os_string();
-        log_path.push(".wal");
-        let log_path = PathBuf::from(log_path);
+        let log_path = log_path_of(path);
         let log_existed = log_path.exists();
         let log: Option<Box<dyn StorageBackend>> = if config.write_ahead_log {
             match FileDevice::open(&log_path) {

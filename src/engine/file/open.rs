@@ -19,6 +19,7 @@ use std::path::Path;
 use redb::{Database, MultimapTableHandle, ReadableTable, Table, TableHandle, WriteTransaction};
 
 use super::checkpoint::{ApplyError, apply_change};
+use super::device;
 use super::log::{self as wal, Header, Log, LogError, Mark};
 use crate::config::{Config, InFlightAtOpen};
 use crate::error::{OpenError, cause};
@@ -632,11 +633,14 @@ pub(crate) fn refuse_foreign(dev: &dyn StorageBackend) -> Result<(), OpenError> 
     foreign_prefix(&prefix).map_or(Ok(()), Err)
 }
 
-/// [`refuse_foreign`] for a file by path; a file that does not exist or cannot be read is left
-/// to the storage engine (which creates the one, and reports the other).
+/// [`refuse_foreign`] for a file by path, which also refuses a path that is not a regular file
+/// (a FIFO would hang the open); a file that does not exist or cannot be read is left to the
+/// storage engine (which creates the one, and reports the other).
 pub(crate) fn refuse_foreign_file(path: &Path) -> Result<(), OpenError> {
-    let Ok(file) = std::fs::File::open(path) else {
-        return Ok(());
+    let file = match device::open_regular(path, std::fs::OpenOptions::new().read(true)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => return Err(OpenError::Io(e)),
+        Err(_) => return Ok(()),
     };
     let mut prefix = Vec::with_capacity(PREFIX_LEN);
     if file
