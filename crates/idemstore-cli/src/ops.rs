@@ -97,61 +97,14 @@ fn ok(text: String) -> Result<Outcome, String> {
     })
 }
 
-/// The file, or the error a missing one gives (nothing is ever created). Errors are escaped
-/// where they are printed (`main::fail`).
+/// The file, or the error a missing one gives (nothing is ever created). A path that is not
+/// a regular file (a FIFO, a device), the store's or its log's, is refused by the library when
+/// it opens it, without blocking. Errors are escaped where they are printed (`main::fail`).
 fn existing(path: &Path) -> Result<(), String> {
     if path.exists() {
-        regular_files(path)
+        Ok(())
     } else {
         Err(format!("no store file at {}", path.display()))
-    }
-}
-
-/// Refuses a store path, or its log's, that exists and is not a regular file (a FIFO, a
-/// device, a directory): opening one could block forever (a FIFO waits for a writer) or read
-/// something that never ends. The library checks again on what it opens; this names the path
-/// before anything is opened, for the commands that open a `Store` too.
-fn regular_files(db: &Path) -> Result<(), String> {
-    for (path, what) in [
-        (db.to_path_buf(), "the store file"),
-        (log_path(db), "the store's write-ahead log"),
-    ] {
-        if let Ok(meta) = std::fs::metadata(&path)
-            && !meta.is_file()
-        {
-            return Err(format!(
-                "cannot open {}: {} is {}, not a regular file",
-                path.display(),
-                what,
-                file_kind(&meta.file_type())
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// What a file that is not a regular file is, in words.
-fn file_kind(kind: &std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if kind.is_fifo() {
-            return "a FIFO (named pipe)";
-        }
-        if kind.is_socket() {
-            return "a socket";
-        }
-        if kind.is_char_device() {
-            return "a character device";
-        }
-        if kind.is_block_device() {
-            return "a block device";
-        }
-    }
-    if kind.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
     }
 }
 
@@ -179,13 +132,11 @@ fn open_with(t: &Target, create: bool) -> Result<Store, String> {
         return Store::open_redis_with(options, config).map_err(|e| on_redis(url, &e));
     }
     let path = &t.db;
-    if create {
-        regular_files(path)?;
-    } else {
+    if !create {
         existing(path)?;
         // `Store::open` makes a new store of an empty file; only `import` (`create`) may make
         // one, so the commands that change a store refuse it as the looking ones do.
-        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
             return Err(format!(
                 "cannot open {}: the file is not an idemstore database: the file is empty",
                 path.display()
