@@ -2039,3 +2039,36 @@ fn c13_a_store_made_before_the_scope_layout_keeps_working_on_a_cluster() {
         assert_eq!(out.trim(), "0");
     });
 }
+
+/// Credentials the server refuses are answered at once, not tried again until the open's
+/// deadline, and no error quotes a password: not the refused one, and not one inside a URL
+/// that does not parse (where its password is cannot be known). Before, a wrong password was
+/// tried with backoff for the whole timeout, and a URL that did not parse was quoted whole.
+#[test]
+fn open_refuses_wrong_credentials_at_once_and_never_quotes_a_password() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    assert!(
+        server
+            .command(&["CONFIG", "SET", "requirepass", "right-pw-0927"])
+            .starts_with("+OK")
+    );
+    let url = format!("{}?pass=wrong-pw-4411", server.url());
+    let opened = within(Duration::from_secs(60), move || {
+        let options = RedisOptions::new(url).timeout(Duration::from_secs(600));
+        Store::open_redis_with(options, Config::default()).map(drop)
+    })
+    .expect("the refused credentials were tried until the deadline");
+    let Err(e) = opened else {
+        panic!("opened with a wrong password");
+    };
+    assert!(matches!(e, OpenError::Unreachable { .. }), "{e:?}");
+    let text = format!("{e} {e:?} {:?}", std::error::Error::source(&e));
+    assert!(!text.contains("wrong-pw-4411"), "{text}");
+    let e = Store::open_redis("redis://:hunter2-pw@[::1", Config::default())
+        .err()
+        .expect("a URL that does not parse");
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains("hunter2-pw"), "{text}");
+}

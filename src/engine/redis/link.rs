@@ -310,6 +310,11 @@ impl Link {
                     node.known = known;
                     node.conn = Some(conn);
                 }
+                Err(e) if e.kind() == ::redis::ErrorKind::AuthenticationFailed => {
+                    // Credentials the server refuses stay refused: trying them again until
+                    // the deadline only hides the cause from the caller for that long.
+                    return Err(Arc::new(e));
+                }
                 Err(e) => {
                     last = Some(Arc::new(e));
                     // Backoff between attempts, never past the deadline: a server that is
@@ -415,6 +420,13 @@ impl Link {
             for (node, mut group) in groups {
                 let conn = match self.connection(node, deadline) {
                     Ok(conn) => conn,
+                    Err(cause) if credentials_refused(&cause) => {
+                        // No later attempt can succeed: the calls are answered now.
+                        for p in group {
+                            (p.call.reply)(Err(unsent_or_lost(p.sent, Arc::clone(&cause))));
+                        }
+                        continue;
+                    }
                     Err(cause) => {
                         last = cause;
                         todo.extend(group);
@@ -594,6 +606,13 @@ fn broken(e: &RedisError) -> bool {
 /// nothing they still carry is applied after the calls sent again on this one, and answers
 /// how the server knows this one. A server that refuses either command (a managed service's
 /// ACL) leaves that protection out; only an I/O error fails the connection.
+/// Whether a connection failed because the server refused the store's credentials.
+fn credentials_refused(cause: &Cause) -> bool {
+    cause
+        .downcast_ref::<RedisError>()
+        .is_some_and(|e| e.kind() == ::redis::ErrorKind::AuthenticationFailed)
+}
+
 fn fence(conn: &mut Connection, dropped: &[Known]) -> Result<Option<Known>, RedisError> {
     use ::redis::ConnectionLike;
     for old in dropped {

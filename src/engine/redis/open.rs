@@ -45,7 +45,12 @@ pub(super) fn connect(
     let client = ::redis::Client::open(options.url.as_str()).map_err(|e| {
         OpenError::Config(ConfigError {
             setting: "RedisOptions::new",
-            value: format!("{:?} ({e})", options.url),
+            // Not the URL itself: where a URL that does not parse keeps its password cannot
+            // be known, and errors end up in logs.
+            value: format!(
+                "a URL that does not parse, not quoted since it may hold a password ({:?})",
+                e.kind()
+            ),
             range: "a redis:// or redis+unix:// URL",
         })
     })?;
