@@ -5,6 +5,15 @@
 
 use idemstore::{Begin, Config, Fingerprint, Key, Response, Scope, Store};
 
+/// Prints one line of the story. A stdout that cannot take it (a full disk) ends the demo
+/// with that error; a closed pipe (`| head`) only stops the printing's effect.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::to_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
+            .map_err(|e| format!("cannot write to stdout: {e}"))?
+    };
+}
+
 fn describe(b: &Begin) -> String {
     match b {
         Begin::Execute(r) => format!("execute (reservation token {})", r.token()),
@@ -23,7 +32,7 @@ fn describe(b: &Begin) -> String {
 
 pub(crate) fn run(db: &str) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(db, Config::default())?;
-    println!("store: {db} (durability: immediate, acknowledged after fsync)");
+    say!("store: {db} (durability: immediate, acknowledged after fsync)");
     let scope = Scope::new("acct_42")?;
     // A fresh key per run, so the demo can be run again on the same file.
     let key = Key::new(format!("demo-{}", std::process::id()))?;
@@ -33,40 +42,43 @@ pub(crate) fn run(db: &str) -> Result<(), Box<dyn std::error::Error>> {
     let fp =
         |b: &[u8]| Fingerprint::of_request("POST", "/v1/bookings", Some("application/json"), b);
 
-    println!("key: {key}\n");
-    println!("1. POST /v1/bookings (first attempt)");
+    say!("key: {key}\n");
+    say!("1. POST /v1/bookings (first attempt)");
     let first = store.begin(&scope, &key, &fp(body))?;
-    println!("   -> {}", describe(&first));
+    say!("   -> {}", describe(&first));
     let Begin::Execute(reservation) = first else {
         return Err("expected the first attempt to execute".into());
     };
-    println!("2. the same request again while the first is still running");
-    println!("   -> {}", describe(&store.begin(&scope, &key, &fp(body))?));
+    say!("2. the same request again while the first is still running");
+    say!("   -> {}", describe(&store.begin(&scope, &key, &fp(body))?));
     let response = Response::new(
         201,
         [("content-type", "application/json")],
         r#"{"data":{"uid":"bk_1","start":"2026-05-20T15:00:00Z"},"meta":{"request_id":"req_1"}}"#,
     );
     reservation.complete(response)?;
-    println!("   first attempt completed: 201 stored durably");
-    println!("3. retry with the same key, body keys reordered");
-    println!(
+    say!("   first attempt completed: 201 stored durably");
+    say!("3. retry with the same key, body keys reordered");
+    say!(
         "   -> {}",
         describe(&store.begin(&scope, &key, &fp(reordered))?)
     );
-    println!("4. the same key with a different body");
-    println!(
+    say!("4. the same key with a different body");
+    say!(
         "   -> {}",
         describe(&store.begin(&scope, &key, &fp(other))?)
     );
     store.close()?;
     let store = Store::open(db, Config::default())?;
-    println!("5. after closing and reopening the file, the retry again");
-    println!("   -> {}", describe(&store.begin(&scope, &key, &fp(body))?));
+    say!("5. after closing and reopening the file, the retry again");
+    say!("   -> {}", describe(&store.begin(&scope, &key, &fp(body))?));
     let s = store.stats();
-    println!(
+    say!(
         "\nstats since reopening: {} executes, {} replays, {} conflicts, {} in progress",
-        s.executes, s.replays, s.conflicts, s.in_progress
+        s.executes,
+        s.replays,
+        s.conflicts,
+        s.in_progress
     );
     store.close()?;
     Ok(())

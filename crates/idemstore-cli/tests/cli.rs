@@ -1052,6 +1052,16 @@ fn o9_cli_output_that_cannot_be_written_fails_but_a_closed_pipe_does_not() {
         let err = one_line_error(&out);
         assert!(err.contains("cannot write to stdout"), "{cmd:?}: {err}");
     }
+    // The demo too, whose store is its own file.
+    let demo_db = dir.path().join("demo.redb");
+    let out = Command::new(env!("CARGO_BIN_EXE_idemstore"))
+        .args(["demo", "--db"])
+        .arg(&demo_db)
+        .stdout(full())
+        .output()
+        .unwrap();
+    let err = one_line_error(&out);
+    assert!(err.contains("cannot write to stdout"), "demo: {err}");
     // A closed pipe: the reader took what it wanted.
     for cmd in [&["export"][..], &["stats", "--watch", "--count", "3"]] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_idemstore"))
