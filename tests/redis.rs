@@ -2067,8 +2067,7 @@ fn open_refuses_wrong_credentials_at_once_and_never_quotes_a_password() {
     let text = format!("{e} {e:?} {:?}", std::error::Error::source(&e));
     assert!(!text.contains("wrong-pw-4411"), "{text}");
     let e = Store::open_redis("redis://:hunter2-pw@[::1", Config::default())
-        .err()
-        .expect("a URL that does not parse");
+        .expect_err("a URL that does not parse");
     let text = format!("{e} {e:?}");
     assert!(!text.contains("hunter2-pw"), "{text}");
 }
