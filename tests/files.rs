@@ -131,3 +131,51 @@ pub fn foreign_redb(path: &Path) {
     }
     txn.commit().unwrap();
 }
+
+/// The store's tables as bytes: a redb value type under idemstore's type names
+/// (`docs/format.md`), to write records the store's API would refuse (a scope or key holding
+/// control characters) or to damage one, as a damaged or hostile file may hold them. `EXPIRY`
+/// picks the expiry table's value type, else the records table's.
+pub mod raw {
+    use idemstore::redb::{TypeName, Value};
+
+    #[derive(Debug)]
+    pub struct Bytes<const EXPIRY: bool>;
+
+    impl<const EXPIRY: bool> Value for Bytes<EXPIRY> {
+        type SelfType<'a>
+            = &'a [u8]
+        where
+            Self: 'a;
+        type AsBytes<'a>
+            = &'a [u8]
+        where
+            Self: 'a;
+
+        fn fixed_width() -> Option<usize> {
+            None
+        }
+
+        fn from_bytes<'a>(data: &'a [u8]) -> &'a [u8]
+        where
+            Self: 'a,
+        {
+            data
+        }
+
+        fn as_bytes<'a, 'b: 'a>(value: &'a &'b [u8]) -> &'a [u8]
+        where
+            Self: 'b,
+        {
+            value
+        }
+
+        fn type_name() -> TypeName {
+            TypeName::new(if EXPIRY {
+                "idemstore::ResponseOrNone"
+            } else {
+                "idemstore::Record"
+            })
+        }
+    }
+}

@@ -315,48 +315,12 @@ fn e6_the_hook_hands_over_keys_of_any_length_the_store_took() {
     }
 }
 
-/// The store's records table as `docs/format.md` defines it, to damage a record in the file.
-#[derive(Debug)]
-struct RecordBytes;
-
-impl idemstore::redb::Value for RecordBytes {
-    type SelfType<'a>
-        = &'a [u8]
-    where
-        Self: 'a;
-    type AsBytes<'a>
-        = &'a [u8]
-    where
-        Self: 'a;
-
-    fn fixed_width() -> Option<usize> {
-        None
-    }
-
-    fn from_bytes<'a>(data: &'a [u8]) -> &'a [u8]
-    where
-        Self: 'a,
-    {
-        data
-    }
-
-    fn as_bytes<'a, 'b: 'a>(value: &'a &'b [u8]) -> &'a [u8]
-    where
-        Self: 'b,
-    {
-        value
-    }
-
-    fn type_name() -> idemstore::redb::TypeName {
-        idemstore::redb::TypeName::new("idemstore::Record")
-    }
-}
-
 /// Cuts the last byte off the record whose key is `key`, in the closed store's file at
 /// `path`: its fixed part still reads, so its state is known, but the record does not decode.
 fn damage_record(path: &std::path::Path, key: &str) {
     use idemstore::redb::{Database, ReadableTable, TableDefinition};
-    const RECORDS: TableDefinition<&[u8; 32], RecordBytes> = TableDefinition::new("idem_records");
+    const RECORDS: TableDefinition<&[u8; 32], crate::files::raw::Bytes<false>> =
+        TableDefinition::new("idem_records");
     let db = Database::create(path).unwrap();
     let txn = db.begin_write().unwrap();
     {

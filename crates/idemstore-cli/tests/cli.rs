@@ -432,45 +432,7 @@ fn o1_o3_cli_read_only_commands_refuse_a_file_that_is_not_redb_as_foreign_not_da
 mod raw {
     use redb::{TypeName, Value};
 
-    #[derive(Debug)]
-    pub struct Bytes<const EXPIRY: bool>;
-
-    impl<const EXPIRY: bool> Value for Bytes<EXPIRY> {
-        type SelfType<'a>
-            = &'a [u8]
-        where
-            Self: 'a;
-        type AsBytes<'a>
-            = &'a [u8]
-        where
-            Self: 'a;
-
-        fn fixed_width() -> Option<usize> {
-            None
-        }
-
-        fn from_bytes<'a>(data: &'a [u8]) -> &'a [u8]
-        where
-            Self: 'a,
-        {
-            data
-        }
-
-        fn as_bytes<'a, 'b: 'a>(value: &'a &'b [u8]) -> &'a [u8]
-        where
-            Self: 'b,
-        {
-            value
-        }
-
-        fn type_name() -> TypeName {
-            TypeName::new(if EXPIRY {
-                "idemstore::ResponseOrNone"
-            } else {
-                "idemstore::Record"
-            })
-        }
-    }
+    pub use crate::files::raw::Bytes;
 
     #[derive(Debug)]
     pub struct ExpiryKey;
