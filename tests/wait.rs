@@ -320,15 +320,31 @@ fn c10_a_waker_that_panics_when_its_answer_comes_leaves_the_store_serving() {
     let file = open();
     let store = &file.store;
     let (s, f) = (scope("acct"), fp("{}"));
+    // The writer is held in a transaction of the caller's, so the call below is answered
+    // only after its future was polled and left its waker.
+    let (entered, running) = std::sync::mpsc::channel();
+    let (go, hold) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            store.write(move |_| {
+                entered.send(()).unwrap();
+                hold.recv().unwrap();
+                Ok::<_, ()>(())
+            })
+        })
+    };
+    running.recv().unwrap();
     let mut asked = Box::pin(store.begin_async(&s, &key("k"), &f));
     let (polled, panicky) = poll_panicking(&mut asked);
-    if polled.is_pending() {
-        // An upper bound, not a sleep: the writer answers and wakes the future.
-        let waited = Instant::now();
-        while !panicky.0.load(Ordering::SeqCst) {
-            assert!(waited.elapsed() < Duration::from_secs(30), "never answered");
-            std::thread::yield_now();
-        }
+    assert!(polled.is_pending());
+    go.send(()).unwrap();
+    assert!(matches!(holder.join().unwrap(), Ok(())));
+    // An upper bound, not a sleep: the writer answers and wakes the future.
+    let waited = Instant::now();
+    while !panicky.0.load(Ordering::SeqCst) {
+        assert!(waited.elapsed() < Duration::from_secs(30), "never answered");
+        std::thread::yield_now();
     }
     assert!(matches!(block_on(asked), Ok(Begin::Execute(_))));
     let next = store.begin(&s, &key("k2"), &f);
