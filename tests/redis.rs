@@ -268,15 +268,27 @@ fn calls_whose_replies_are_lost_are_applied_once() {
             Begin::Replay(resp) => assert_eq!(resp.body(), format!("r{i}").as_bytes()),
             other => panic!("{other:?}"),
         }
-        // A release and a purge whose replies are lost answer as the first call did.
+        // A release whose reply is lost answers as the first call did. A purge is sent once
+        // (`a_purge_whose_reply_is_lost_…`): its outcome is unknown, and purging again says
+        // what its first send left.
         let k2 = key(&format!("released{i}"));
         let r = execute(store.begin(&s, &k2, &fp("x")).unwrap());
         proxy.drop_replies.store(1, Ordering::SeqCst);
         r.release().unwrap();
         proxy.drop_replies.store(1, Ordering::SeqCst);
+        let unknown = store.purge(&s, &k2);
+        assert!(
+            matches!(unknown, Err(Unavailable::OutcomeUnknown { .. })),
+            "{unknown:?}"
+        );
         assert!(!store.purge(&s, &k2).unwrap());
         proxy.drop_replies.store(1, Ordering::SeqCst);
-        assert!(store.purge(&s, &k).unwrap());
+        let unknown = store.purge(&s, &k);
+        assert!(
+            matches!(unknown, Err(Unavailable::OutcomeUnknown { .. })),
+            "{unknown:?}"
+        );
+        assert!(!store.purge(&s, &k).unwrap(), "the first send purged it");
     }
     assert_eq!(
         proxy.dropped.load(Ordering::SeqCst),
@@ -407,8 +419,15 @@ fn a_late_copy_of_a_purge_cannot_erase_a_newer_completion() {
         .complete(resp(201, "first"))
         .unwrap();
     t.proxy.arm.store(true, Ordering::SeqCst);
-    assert!(t.through.purge(&s, &k).unwrap());
+    // A purge is sent once: its copy held, its outcome is unknown to its caller.
+    let unknown = t.through.purge(&s, &k);
+    assert!(
+        matches!(unknown, Err(Unavailable::OutcomeUnknown { .. })),
+        "{unknown:?}"
+    );
     assert_eq!(t.proxy.held(), 1, "the first copy is held");
+    // Purged again, and run anew on another machine.
+    assert!(t.direct.purge(&s, &k).unwrap());
     let r = execute(other.begin(&s, &k, &fp("x")).unwrap());
     assert_eq!(r.complete(resp(201, "second")).unwrap(), Completion::Stored);
     assert_eq!(
@@ -2070,4 +2089,40 @@ fn open_refuses_wrong_credentials_at_once_and_never_quotes_a_password() {
         .expect_err("a URL that does not parse");
     let text = format!("{e} {e:?}");
     assert!(!text.contains("hunter2-pw"), "{text}");
+}
+
+/// A purge whose reply is lost is never sent again: its outcome is unknown to its caller.
+/// Sent again, it could not tell its own tombstone from a newer record: another store may
+/// have run the key again meanwhile, and the re-sent purge erased that acknowledged
+/// completion, so the key ran a third time.
+#[test]
+fn a_purge_whose_reply_is_lost_is_not_sent_again_over_a_newer_completion() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let proxy = LossyProxy::start(server.socket());
+    let clock = ManualClock::new(T0);
+    let store = on(&proxy.url(), &clock);
+    let other = Arc::new(on_uncached(&server.url(), &clock));
+    let (s, k) = (scope("s"), key("k"));
+    execute(store.begin(&s, &k, &fp("x")).unwrap())
+        .complete(resp(201, "first"))
+        .unwrap();
+    let o = Arc::clone(&other);
+    *proxy.on_drop.lock().unwrap() = Some(Box::new(move || {
+        // The purge was applied and its reply is lost; before anything else is sent, another
+        // store's client runs the key again, and its completion is acknowledged.
+        let r = execute(o.begin(&scope("s"), &key("k"), &fp("x")).unwrap());
+        assert_eq!(r.complete(resp(201, "second")).unwrap(), Completion::Stored);
+    }));
+    proxy.drop_replies.store(1, Ordering::SeqCst);
+    match store.purge(&s, &k) {
+        Err(Unavailable::OutcomeUnknown { .. }) => {}
+        other => panic!("a purge whose reply was lost: {other:?}"),
+    }
+    assert_eq!(proxy.dropped.load(Ordering::SeqCst), 1);
+    match other.begin(&s, &k, &fp("x")).unwrap() {
+        Begin::Replay(got) => assert_eq!(got.body(), b"second"),
+        b => panic!("the newer completion was erased: {b:?}"),
+    }
 }

@@ -83,6 +83,11 @@ pub(crate) struct Call {
     pub(crate) then: Option<Cmd>,
     pub(crate) target: Target,
     pub(crate) deadline: Instant,
+    /// Sent at most once: a call whose reply is lost is answered `NoReply` (outcome unknown)
+    /// instead of being sent again. For a call that cannot tell its own earlier effect from
+    /// another store's later change (a purge: its tombstone, which a re-send would find, goes
+    /// with the next claim of the key).
+    pub(crate) once: bool,
     pub(crate) reply: Reply,
 }
 

@@ -373,6 +373,7 @@ impl Link {
             then: None,
             target,
             deadline,
+            once: false,
             reply: Box::new(move |r| *slot.lock() = Some(r)),
         }];
         self.pipeline(&mut calls);
@@ -417,12 +418,17 @@ impl Link {
             let mut wait = false;
             let mut missing = Vec::new();
             let mut sent = Vec::new();
-            for (node, mut group) in groups {
+            for (node, group) in groups {
+                // A call sent once whose reply was lost is answered, its outcome unknown, once
+                // a new connection has closed the old one on the server (`connection`): its
+                // first send was applied by then, or never will be.
+                let (once_lost, mut group): (Vec<Pending>, Vec<Pending>) =
+                    group.into_iter().partition(|p| p.call.once && p.lost);
                 let conn = match self.connection(node, deadline) {
                     Ok(conn) => conn,
                     Err(cause) if credentials_refused(&cause) => {
                         // No later attempt can succeed: the calls are answered now.
-                        for p in group {
+                        for p in group.into_iter().chain(once_lost) {
                             (p.call.reply)(Err(unsent_or_lost(p.sent, Arc::clone(&cause))));
                         }
                         continue;
@@ -430,9 +436,16 @@ impl Link {
                     Err(cause) => {
                         last = cause;
                         todo.extend(group);
+                        todo.extend(once_lost);
                         continue;
                     }
                 };
+                for p in once_lost {
+                    (p.call.reply)(Err(Failure::NoReply(Arc::clone(&last))));
+                }
+                if group.is_empty() {
+                    continue;
+                }
                 let mut packed = Vec::new();
                 for p in &mut group {
                     if p.ask.is_some() {

@@ -332,6 +332,8 @@ struct ScriptCall {
     target: Target,
     /// `WAIT` or `WAITAOF` after it, on the same connection.
     then: Option<Cmd>,
+    /// Never sent again (`io::Call::once`).
+    once: bool,
 }
 
 impl ScriptCall {
@@ -348,6 +350,7 @@ impl ScriptCall {
             cmd,
             target,
             then: None,
+            once: false,
         }
     }
 
@@ -366,6 +369,7 @@ impl ScriptCall {
             then: self.then,
             target: self.target,
             deadline: Instant::now() + timeout,
+            once: self.once,
             reply,
         }
     }
@@ -608,6 +612,9 @@ impl Engine for RedisEngine {
         let cache = Arc::clone(&self.cache);
         let mut cmd = self.fcall(Script::Purge, &hash, scope);
         cmd.arg(self.grace_ms()).arg(self.nonce());
+        // Its nonce lives on the tombstone it leaves, which the next claim of the key (another
+        // store's, maybe) replaces: sent again after that, it would purge the new record.
+        cmd.once = true;
         self.call(cmd, move |shared, v| {
             cache.remove(&hash);
             match v {
