@@ -507,6 +507,15 @@ impl Log {
         Ok(())
     }
 
+    /// Moves the next sequence number `by` ahead, so that entries a crash left past the end of
+    /// the replayed chain (written, not synced, behind a torn one) never continue a later
+    /// chain: this session's entries go where the torn one began, and with numbers of their
+    /// own they are followed by no stale entry the reader would take for the next one. The
+    /// new mark must reach the file before the first entry is appended.
+    pub(crate) fn skip_sequence(&mut self, by: u64) {
+        self.next_seq = self.next_seq.saturating_add(by);
+    }
+
     /// Where the log stands now; a durable database commit that records this mark makes
     /// every entry so far unnecessary.
     pub(crate) fn mark(&self) -> Mark {

@@ -260,6 +260,10 @@ struct Recovered {
     next_token: u64,
 }
 
+/// How far a replaying open moves the log's sequence numbers ahead (`Log::skip_sequence`):
+/// more than any session appends, so no entry of an earlier session continues a later chain.
+const SEQ_SKIP_AT_OPEN: u64 = 1 << 32;
+
 /// Step 2: the write-ahead log. Entries past the file's last checkpoint are replayed into the
 /// tables; a log whose entries the file holds (closed cleanly), or none yet, is started anew;
 /// without a log device, a file bound to a log is unbound, unless it needs that log to recover.
@@ -300,10 +304,16 @@ fn recover_log(
             let done = replay_log(&mut t.records, &mut t.expiry, &mut t.deltas, dev, h, from)?;
             next_token = next_token.max(done.next_token);
             entries = done.entries;
-            done.log
+            let mut log = done.log;
+            // Past the replayed chain may lie entries of the last session that a crash left
+            // behind a torn one; this session writes over them from the same place, and must
+            // not hand its successor a chain that runs on into them (C10, C11). The mark
+            // below, committed by the opening transaction, carries the skip.
+            log.skip_sequence(SEQ_SKIP_AT_OPEN);
+            log
         }
-        // No log yet, or one whose entries the file holds durably (closed cleanly): start a
-        // new one.
+        // No log yet, or a file that may do without its log (closed cleanly, or new) whose log
+        // is missing, unreadable or another store's: start a new one.
         LogPlan::Fresh => {
             Log::create(dev, fresh_log_id(), config.log_capacity).map_err(log_error)?
         }
