@@ -160,6 +160,8 @@ struct Summary {
     double_crash_fired: u64,
     torn: u64,
     acked_checked: u64,
+    /// Completions acknowledged by a recovering store, before its own crash, checked.
+    acked_after_recovery_checked: u64,
     in_flight_checked: u64,
     violations: Vec<String>,
     panics: u64,
@@ -184,6 +186,10 @@ struct Case {
     wal: bool,
     /// Padding added to response bodies, at most, so the log fills up and wraps.
     pad_max: u64,
+    /// A completion acknowledged by the store that recovered the image, before the power went
+    /// again: it must replay after that crash too (the session after a recovery writes its
+    /// log where the torn tail began).
+    probe_acked: Option<Response>,
 }
 
 /// What an operation's outcome means for the workload.
@@ -215,6 +221,7 @@ impl Case {
             trace: std::env::var_os("IDEMSTORE_CRASH_TRACE").is_some(),
             wal: true,
             pad_max: 0,
+            probe_acked: None,
         }
     }
 
@@ -477,7 +484,10 @@ impl Case {
                 let probe_fp = fp("{\"probe\":1}");
                 if let Ok(Begin::Execute(res)) = store.begin(&self.scope, &probe, &probe_fp) {
                     self.max_token = self.max_token.max(res.token());
-                    let _ = res.complete(Response::new(200, [("p", "1")], "probe"));
+                    let r = Response::new(200, [("p", "1")], "probe");
+                    if let Ok(Completion::Stored) = res.complete(r.clone()) {
+                        self.probe_acked = Some(r);
+                    }
                 }
                 let _ = store.begin(&self.scope, &probe, &probe_fp);
                 if let Err(e) = store.close()
@@ -586,6 +596,16 @@ impl Case {
             }
         }
         drop(reservations);
+        if let Some(want) = &self.probe_acked {
+            match store.begin(&self.scope, &key("probe"), &fp("{\"probe\":1}")) {
+                Ok(Begin::Replay(got)) if got == *want => summary.acked_after_recovery_checked += 1,
+                other => {
+                    return Err(format!(
+                        "the completion acknowledged after the first recovery: {other:?}"
+                    ));
+                }
+            }
+        }
         // The recovered store still works and closes cleanly.
         let fresh = key("after-crash");
         let fresh_fp = fp("{\"after\":1}");
@@ -709,8 +729,9 @@ fn report(name: &str, s: &Summary, base: u64, took: Duration) {
     eprintln!(
         "{name}: base seed {base:#x}, {} cases in {took:.1?}: {} power losses in the workload at {} \
          distinct crash points (of 1..={ARM_MAX}), {} cases with a write-ahead log, {} operations, {} torn images, {} recoveries \
-         crashed again (of {} tried), {} acknowledged completions and {} acknowledged \
-         reservations checked; {} violations ({} open errors, {} panics)",
+         crashed again (of {} tried), {} acknowledged completions, {} more made after a \
+         recovery, and {} acknowledged reservations checked; {} violations ({} open errors, \
+         {} panics)",
         s.cases,
         s.crashed_in_workload,
         s.crash_points.len(),
@@ -720,6 +741,7 @@ fn report(name: &str, s: &Summary, base: u64, took: Duration) {
         s.double_crash_fired,
         s.double_crash_tried,
         s.acked_checked,
+        s.acked_after_recovery_checked,
         s.in_flight_checked,
         s.violations.len(),
         s.open_errors,
