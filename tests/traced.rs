@@ -29,6 +29,13 @@ struct Capture {
 
 /// A registry (which keeps track of the current span) with the capture on it.
 fn subscriber(capture: &Capture) -> impl Subscriber + Send + Sync {
+    // tracing caches each callsite's interest for the whole process, computed by the thread
+    // that reaches it first; while at most one dispatcher is registered, from that thread's
+    // own default: on another test's thread, none, so "never", and this capture would miss
+    // the event for good. A second dispatcher, kept for the whole process, makes every
+    // registration ask all of them, this capture included.
+    static KEEP: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    KEEP.get_or_init(|| tracing::Dispatch::new(tracing_subscriber::registry()));
     tracing_subscriber::registry().with(capture.clone())
 }
 
