@@ -2068,11 +2068,7 @@ fn open_refuses_wrong_credentials_at_once_and_never_quotes_a_password() {
     let Some(server) = Server::start() else {
         return;
     };
-    assert!(
-        server
-            .command(&["CONFIG", "SET", "requirepass", "right-pw-0927"])
-            .starts_with("+OK")
-    );
+    server.require_password("right-pw-0927");
     let url = format!("{}?pass=wrong-pw-4411", server.url());
     let opened = within(Duration::from_secs(60), move || {
         let options = RedisOptions::new(url).timeout(Duration::from_secs(600));

@@ -138,6 +138,16 @@ impl Server {
         format!("redis+unix://{}", self.socket().display())
     }
 
+    /// Makes the server require `password` and returns a URL that carries it. Set once the
+    /// server runs: the readiness check speaks without a password.
+    pub fn require_password(&self, password: &str) -> String {
+        assert!(
+            self.command(&["CONFIG", "SET", "requirepass", password])
+                .starts_with("+OK")
+        );
+        format!("{}?pass={password}", self.url())
+    }
+
     fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.socket());
         let child = Command::new(&self.program)

@@ -1050,13 +1050,7 @@ fn o11_cli_never_prints_a_redis_urls_password() {
     let Some(server) = crate::redis_support::Server::start() else {
         return;
     };
-    // Set once the server runs: the helper's readiness check speaks without a password.
-    assert!(
-        server
-            .command(&["CONFIG", "SET", "requirepass", PASSWORD])
-            .starts_with("+OK")
-    );
-    let url = format!("{}?pass={PASSWORD}", server.url());
+    let url = server.require_password(PASSWORD);
     Store::open_redis(&url, Config::default())
         .unwrap()
         .close()

@@ -1374,14 +1374,8 @@ fn o11_serve_logs_and_errors_leave_a_redis_urls_password_out() {
     let Some(redis) = crate::redis_support::Server::start() else {
         return;
     };
-    // Set once the server runs: the helper's readiness check speaks without a password.
-    assert!(
-        redis
-            .command(&["CONFIG", "SET", "requirepass", PASSWORD])
-            .starts_with("+OK")
-    );
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("{}?pass={PASSWORD}", redis.url());
+    let url = redis.require_password(PASSWORD);
     let mut server = serve_logging(&dir.path().join("x.redb"), &["--redis", &url], "info");
     let exit = terminate(&mut server, Duration::from_secs(30));
     assert!(exit.success(), "{exit:?}");
